@@ -1,0 +1,126 @@
+package keyport
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// signTestPackage signs like Service.signPackage, with a Go key instead of the HSM.
+func signTestPackage(t *testing.T, key *ecdsa.PrivateKey, kid string, p *KeyPackage) []byte {
+	t.Helper()
+	payload, _ := json.Marshal(p)
+	hdr, _ := json.Marshal(jwsHeader{Alg: "ES256", Kid: kid, Typ: KeyPackageType})
+	j := JWS{Protected: b64.EncodeToString(hdr), Payload: b64.EncodeToString(payload)}
+	d := sha256.Sum256([]byte(j.Protected + "." + j.Payload))
+	r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	j.Signature = b64.EncodeToString(sig)
+	out, _ := json.Marshal(j)
+	return out
+}
+
+func TestVerifyKeyPackageAcceptsTheSignedPackageAndRejectsEveryTamper(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	set := JWKS{Keys: []JWK{NewJWK("k1", &key.PublicKey)}}
+	p := &KeyPackage{Version: 1, EID: EID(testEID), AID: "A0000001515350410101", KVN: 48, SCP: "03", I: "70",
+		Keys: []PackageKey{{ID: 1, Usage: UsageENC, Bits: 128, KCV: "EE72CB", Wrapped: []byte{1, 2, 3}}}}
+	pkg := signTestPackage(t, key, "k1", p)
+	got, err := VerifyKeyPackage(pkg, set)
+	if err != nil || got.EID != p.EID || got.Keys[0].KCV != "EE72CB" {
+		t.Fatalf("verify: %+v %v", got, err)
+	}
+
+	var j JWS
+	json.Unmarshal(pkg, &j)
+	tampered := func(f func(*JWS)) []byte { c := j; f(&c); b, _ := json.Marshal(c); return b }
+	cases := map[string][]byte{
+		"payload changed":   tampered(func(c *JWS) { c.Payload = c.Payload[:len(c.Payload)-2] + "AA" }),
+		"signature flipped": tampered(func(c *JWS) { c.Signature = "A" + c.Signature[1:] }),
+		"other signer":      signTestPackage(t, other, "k1", p),
+		"unknown kid":       signTestPackage(t, key, "k2", p),
+		"not json":          []byte("garbage"),
+		"extra member":      []byte(strings.Replace(string(pkg), "{", `{"header":{},`, 1)),
+	}
+	for name, b := range cases {
+		if _, err := VerifyKeyPackage(b, set); !errors.Is(err, ErrBadPackage) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: err = %v, want ErrBadPackage", name, err)
+		}
+	}
+}
+
+func pemOf(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+func TestParsePublicKeyPEMAcceptsRSA3072InEveryUsualEncoding(t *testing.T) {
+	k, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	for name, in := range map[string][]byte{
+		"SPKI PEM":  pemOf("PUBLIC KEY", spki),
+		"PKCS1 PEM": pemOf("RSA PUBLIC KEY", x509.MarshalPKCS1PublicKey(&k.PublicKey)),
+		"SPKI DER":  spki,
+	} {
+		got, err := ParsePublicKeyPEM(in)
+		if err != nil || got.N.Cmp(k.N) != 0 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestParsePublicKeyPEMRefusesSmallNonRSAPrivateAndGarbageKeys(t *testing.T) {
+	small, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	smallDER, _ := x509.MarshalPKIXPublicKey(&small.PublicKey)
+	ecDER, _ := x509.MarshalPKIXPublicKey(&ec.PublicKey)
+	good := pemOf("PUBLIC KEY", smallDER)
+	cases := map[string][]byte{
+		"2048 bits is too small":    pemOf("PUBLIC KEY", smallDER),
+		"keyport wraps only to RSA": pemOf("PUBLIC KEY", ecDER),
+		"PRIVATE key":               pemOf("PRIVATE KEY", []byte{1}),
+		"not a public key":          pemOf("CERTIFICATE REQUEST", []byte{1}),
+		"not a PEM or DER":          []byte("hello"),
+		"damaged":                   good[:len(good)/2],
+	}
+	for want, in := range cases {
+		_, err := ParsePublicKeyPEM(in)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q, got %v", want, err)
+		}
+	}
+}
+
+func FuzzParsePublicKeyPEM(f *testing.F) {
+	f.Add([]byte("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n"))
+	f.Add([]byte{0x30, 0x82, 0x01, 0x22})
+	f.Add([]byte("-----BEGIN"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		k, err := ParsePublicKeyPEM(in)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error not ErrInvalid: %v", err)
+			}
+			return
+		}
+		if k.N.BitLen() < MinWrappingKeyBits {
+			t.Fatalf("accepted %d-bit key", k.N.BitLen())
+		}
+	})
+}
