@@ -1,0 +1,272 @@
+package hsm
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyport/keyport"
+)
+
+// Labels (CKA_LABEL) of keyport's long-lived keys. Every one is unique on the
+// token; its CKA_ID is derived from the label (see objectID).
+const (
+	// LabelReceipt: EC P-256 key pair that signs key packages (ES256).
+	LabelReceipt = "keyport/receipt"
+	// LabelAudit: 32-byte generic secret for HMAC-SHA256 audit checkpoints.
+	LabelAudit = "keyport/audit"
+	// LabelISDMaster: AES-256 key that derives every module's ISD keys.
+	LabelISDMaster = "keyport/isd-master"
+)
+
+// BatchMasterLabel is the label of a derived batch's AES-256 master key.
+func BatchMasterLabel(batch string) string { return "keyport/batch/" + batch + "/master" }
+
+// TransportLabel is the label of an imported batch's AES-256 transport key.
+func TransportLabel(batch string) string { return "keyport/batch/" + batch + "/transport" }
+
+// checkBatch refuses batch names that would make ambiguous labels.
+func checkBatch(batch string) error {
+	if batch == "" || len(batch) > 64 || strings.ContainsAny(batch, "/\x00") {
+		return keyport.Invalid("batch", "batch name must have 1 to 64 characters and no '/'")
+	}
+	for _, r := range batch {
+		if r < 0x20 || r == 0x7f {
+			return keyport.Invalid("batch", "batch name must not contain control characters")
+		}
+	}
+	return nil
+}
+
+// objectID is the CKA_ID of the key labelled label: the first 16 bytes of
+// SHA-256(label). Deterministic, so that tools such as pkcs11-tool can name a
+// key by --id as well as by --label.
+func objectID(label string) []byte {
+	sum := sha256.Sum256([]byte(label))
+	return sum[:16]
+}
+
+// longLived returns the attributes every long-lived key carries: a token
+// object, private, sensitive and never extractable (PKCS#11 v2.40 base
+// §4.9 private key and §4.10 secret key objects).
+func longLived(label string) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID(label)),
+	}
+}
+
+// findObject returns the one object of class with label, using the
+// session's cache. It fails with keyport.ErrNotFound on no match and with
+// ErrAmbiguousObject on more than one.
+func (h *HSM) findObject(s *session, class uint, label string) (pkcs11.ObjectHandle, error) {
+	k := objectKey{class, label}
+	if o, ok := s.objects[k]; ok {
+		return o, nil
+	}
+	found, err := h.findAll(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}, 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(found) {
+	case 0:
+		return 0, fmt.Errorf("no %s labelled %q: %w", className(class), label, keyport.ErrNotFound)
+	case 1:
+	default:
+		return 0, fmt.Errorf("%w: %q (%s)", ErrAmbiguousObject, label, className(class))
+	}
+	if s.objects == nil {
+		s.objects = map[objectKey]pkcs11.ObjectHandle{}
+	}
+	s.objects[k] = found[0]
+	return found[0], nil
+}
+
+// findAll returns up to max objects matching tmpl (PKCS#11 v2.40 base §5.7
+// C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal).
+func (h *HSM) findAll(s *session, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := h.p.FindObjectsInit(s.h, tmpl); err != nil {
+		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
+	}
+	found, _, err := h.p.FindObjects(s.h, max)
+	if ferr := h.p.FindObjectsFinal(s.h); err == nil && ferr != nil {
+		err = ferr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("C_FindObjects: %w", err)
+	}
+	return found, nil
+}
+
+func className(class uint) string {
+	switch class {
+	case pkcs11.CKO_SECRET_KEY:
+		return "secret key"
+	case pkcs11.CKO_PRIVATE_KEY:
+		return "private key"
+	case pkcs11.CKO_PUBLIC_KEY:
+		return "public key"
+	}
+	return fmt.Sprintf("object of class %d", class)
+}
+
+// refuseExisting fails with keyport.ErrConflict if any object carries label:
+// keyport never overwrites or duplicates a key.
+func (h *HSM) refuseExisting(s *session, label string) error {
+	found, err := h.findAll(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}, 1)
+	if err != nil {
+		return err
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("a key labelled %q exists: %w", label, keyport.ErrConflict)
+	}
+	return nil
+}
+
+// usageAttrs lists, per object class, the usage attributes a key template
+// sets (PKCS#11 v2.40 base §4.8-§4.10). All are set explicitly, because
+// modules have their own defaults: SoftHSM turns on encrypt, decrypt, wrap,
+// unwrap and verify when a template is silent.
+var usageAttrs = map[uint][]uint{
+	pkcs11.CKO_SECRET_KEY: {pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP,
+		pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_DERIVE},
+	pkcs11.CKO_PRIVATE_KEY: {pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_SIGN, pkcs11.CKA_DERIVE},
+	pkcs11.CKO_PUBLIC_KEY:  {pkcs11.CKA_ENCRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_VERIFY, pkcs11.CKA_DERIVE},
+}
+
+// usage returns the usage attributes of class: true for those in on, false
+// for the others.
+func usage(class uint, on ...uint) []*pkcs11.Attribute {
+	var t []*pkcs11.Attribute
+	for _, a := range usageAttrs[class] {
+		t = append(t, pkcs11.NewAttribute(a, slices.Contains(on, a)))
+	}
+	return t
+}
+
+// aesKey returns the template of a long-lived AES-256 key that may do only
+// the usages in on.
+func aesKey(label string, on ...uint) []*pkcs11.Attribute {
+	t := append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+	}, longLived(label)...)
+	return append(t, usage(pkcs11.CKO_SECRET_KEY, on...)...)
+}
+
+// masterKey is the template of a master key: it can only derive.
+func masterKey(label string) []*pkcs11.Attribute { return aesKey(label, pkcs11.CKA_DERIVE) }
+
+// createKey creates the key labelled label with create, refusing an existing
+// label with keyport.ErrConflict. Creation is serialized in this process;
+// across processes the label check and the creation are not atomic, so run
+// one key ceremony at a time.
+func (h *HSM) createKey(ctx context.Context, op, label string, create func(*session) error) error {
+	h.createMu.Lock()
+	defer h.createMu.Unlock()
+	return h.do(ctx, op, func(s *session) error {
+		if err := h.refuseExisting(s, label); err != nil {
+			return err
+		}
+		return create(s)
+	})
+}
+
+// CreateBatchMaster creates the AES-256 master key of a derived batch
+// (label BatchMasterLabel(batch)), which can only derive. It fails with
+// keyport.ErrConflict if the batch already has one.
+func (h *HSM) CreateBatchMaster(ctx context.Context, batch string) error {
+	if err := checkBatch(batch); err != nil {
+		return fmt.Errorf("hsm: create batch master: %w", err)
+	}
+	label := BatchMasterLabel(batch)
+	return h.createKey(ctx, "create batch master "+batch, label, func(s *session) error {
+		return h.generateAES(s, masterKey(label))
+	})
+}
+
+func (h *HSM) generateAES(s *session, tmpl []*pkcs11.Attribute) error {
+	_, err := h.p.GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	if err != nil {
+		return fmt.Errorf("C_GenerateKey: %w", err)
+	}
+	return nil
+}
+
+// p256OID is the DER of the OID of NIST P-256 (secp256r1, RFC 5480 §2.1.1.1),
+// the CKA_EC_PARAMS of the receipt key.
+var p256OID = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+
+// Init creates keyport's token-wide keys that do not exist yet: the receipt
+// signing key pair (LabelReceipt), the audit MAC key (LabelAudit) and the ISD
+// master key (LabelISDMaster). Existing keys are kept. It returns the labels
+// of the keys it created.
+func (h *HSM) Init(ctx context.Context) (created []string, err error) {
+	steps := []struct {
+		label  string
+		create func(*session) error
+	}{
+		{LabelReceipt, h.generateReceiptKey},
+		{LabelAudit, func(s *session) error {
+			_, err := h.p.GenerateKey(s.h,
+				[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
+				append([]*pkcs11.Attribute{
+					pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+					pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+					// SoftHSM requires ≥ 32 bytes for CKM_SHA256_HMAC (RFC 2104 §3: ≥ L).
+					pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+				}, slices.Concat(longLived(LabelAudit), usage(pkcs11.CKO_SECRET_KEY, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY))...))
+			if err != nil {
+				return fmt.Errorf("C_GenerateKey: %w", err)
+			}
+			return nil
+		}},
+		{LabelISDMaster, func(s *session) error { return h.generateAES(s, masterKey(LabelISDMaster)) }},
+	}
+	for _, st := range steps {
+		err := h.createKey(ctx, "init "+st.label, st.label, st.create)
+		switch {
+		case err == nil:
+			created = append(created, st.label)
+		case errors.Is(err, keyport.ErrConflict):
+		default:
+			return created, err
+		}
+	}
+	return created, nil
+}
+
+func (h *HSM) generateReceiptKey(s *session) error {
+	pub := append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256OID),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, LabelReceipt),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID(LabelReceipt)),
+	}, usage(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKA_VERIFY)...)
+	priv := append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+	}, slices.Concat(longLived(LabelReceipt), usage(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKA_SIGN))...)
+	_, _, err := h.p.GenerateKeyPair(s.h,
+		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)
+	if err != nil {
+		return fmt.Errorf("C_GenerateKeyPair: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,136 @@
+package hsm_test
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"testing"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/hsm"
+	"github.com/keyport/keyport/hsm/hsmtest"
+)
+
+// clearFirstKeys returns a derived domain's first keys in clear, as the
+// provider gets them, to check the perso operations against.
+func clearFirstKeys(t *testing.T, h *hsm.HSM, eid keyport.EID, aid keyport.AID) map[keyport.KeyUsage][]byte {
+	t.Helper()
+	sp, _ := keys(t)
+	out := map[keyport.KeyUsage][]byte{}
+	for _, k := range firstKeys(t, h, eid, aid) {
+		key, err := hsm.UnwrapRSAAES(sp, k.Wrapped, keyport.OAEPSHA1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[k.Usage] = key
+	}
+	return out
+}
+
+// cmac is AES-CMAC (NIST SP 800-38B), written here to check the HSM.
+func cmac(t *testing.T, key, msg []byte) []byte {
+	t.Helper()
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbl := func(in []byte) []byte {
+		out := make([]byte, 16)
+		carry := byte(0)
+		for i := 15; i >= 0; i-- {
+			out[i] = in[i]<<1 | carry
+			carry = in[i] >> 7
+		}
+		if carry == 1 {
+			out[15] ^= 0x87
+		}
+		return out
+	}
+	l := make([]byte, 16)
+	b.Encrypt(l, l)
+	k1 := dbl(l)
+	k2 := dbl(k1)
+	n := (len(msg) + 15) / 16
+	last := make([]byte, 16)
+	if n > 0 && len(msg)%16 == 0 {
+		copy(last, msg[16*(n-1):])
+		for i := range last {
+			last[i] ^= k1[i]
+		}
+	} else {
+		if n == 0 {
+			n = 1
+		}
+		rest := msg[16*(n-1):]
+		copy(last, rest)
+		last[len(rest)] = 0x80
+		for i := range last {
+			last[i] ^= k2[i]
+		}
+	}
+	x := make([]byte, 16)
+	for i := 0; i < n-1; i++ {
+		for j := range x {
+			x[j] ^= msg[16*i+j]
+		}
+		b.Encrypt(x, x)
+	}
+	for j := range x {
+		x[j] ^= last[j]
+	}
+	b.Encrypt(x, x)
+	return x
+}
+
+func TestSCP03CMACUsesTheDerivedFirstKey(t *testing.T) {
+	h := derivedBatch(t)
+	clear := clearFirstKeys(t, h, testEID, testAID)
+	for _, msg := range [][]byte{nil, []byte("0123456789abcdef"), bytes.Repeat([]byte{7}, 40)} {
+		got, err := h.SCP03CMAC(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := cmac(t, clear[keyport.UsageMAC], msg); !bytes.Equal(got, want) {
+			t.Fatalf("len %d: HSM %x, Go %x", len(msg), got, want)
+		}
+	}
+}
+
+func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
+	h := derivedBatch(t)
+	dekDomain := clearFirstKeys(t, h, testEID, testAID)
+	target := clearFirstKeys(t, h, testEID, testAID2)
+	ct, kcv, err := h.EncryptUnderKey(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageDEK),
+		hsm.FirstKey("b1", testEID, testAID2, keyport.UsageENC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := aes.NewCipher(dekDomain[keyport.UsageDEK])
+	plain := make([]byte, len(ct))
+	cipher.NewCBCDecrypter(b, make([]byte, 16)).CryptBlocks(plain, ct)
+	if !bytes.Equal(plain, target[keyport.UsageENC]) {
+		t.Fatalf("decrypts to %x, want the target key", plain)
+	}
+	if kcv != goKCV(t, target[keyport.UsageENC]) {
+		t.Fatalf("KCV %s", kcv)
+	}
+}
+
+func TestISDKeysComeFromTheISDMasterAndDifferFromFirstKeys(t *testing.T) {
+	h := derivedBatch(t)
+	msg := []byte("host challenge")
+	isd1, err := h.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isd2, _ := h.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	ssd, _ := h.SCP03CMAC(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+	if !bytes.Equal(isd1, isd2) || bytes.Equal(isd1, ssd) {
+		t.Fatalf("ISD %x %x, SSD %x", isd1, isd2, ssd)
+	}
+	other := hsmtest.Open(t)
+	isdOther, _ := other.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	if bytes.Equal(isd1, isdOther) {
+		t.Fatal("two tokens' ISD masters give the same key")
+	}
+}

@@ -1,0 +1,176 @@
+// Package web is keyport's HTTP edge: the REST API (and, later, the portal
+// pages). Handlers parse and check input, call keyport.Service, and render
+// JSON; every error becomes problem+json in errorHandler.
+package web
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/keyport/keyport"
+)
+
+// Limits on request bodies.
+const (
+	maxJSONBody   = 64 << 10
+	maxImportBody = 8 << 30
+)
+
+// Options configures the HTTP server.
+type Options struct {
+	Log *slog.Logger
+	// SpoolDir is where import bodies are spooled (two passes need a
+	// rereadable file); empty means the system temp dir.
+	SpoolDir string
+}
+
+// Server is the HTTP edge over a Service.
+type Server struct {
+	svc  *keyport.Service
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns the echo instance serving keyport's REST API.
+func New(svc *keyport.Service, opts Options) *echo.Echo {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{svc: svc, opts: opts, log: opts.Log}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(opts.Log)
+	e.Use(middleware.RequestID())
+	e.Use(middleware.Recover())
+	e.Use(s.accessLog)
+	e.Use(securityHeaders)
+
+	e.GET("/healthz", s.health)
+	e.GET("/.well-known/jwks.json", s.jwks)
+
+	api := e.Group("/api/v1", s.requireToken)
+	api.GET("/modules/:eid", s.getModule)
+	api.POST("/wrapping-keys", s.postWrappingKey)
+	api.POST("/claims", s.postClaim)
+	api.GET("/domains", s.listDomains)
+	api.GET("/domains/:eid/:aid", s.getDomain)
+	api.GET("/domains/:eid/:aid/key-package", s.getKeyPackage)
+
+	admin := api.Group("/admin", requireAdmin)
+	admin.POST("/batches", s.postBatch)
+	admin.POST("/batches/:name/modules", s.postModules)
+	admin.GET("/audit", s.listAudit)
+	admin.POST("/audit/verify", s.verifyAudit)
+	return e
+}
+
+func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		status := c.Response().Status
+		if err != nil {
+			status = problemFor(err).Status
+		}
+		// Paths and statuses only: never bodies, headers or tokens.
+		s.log.Info("http", "method", c.Request().Method, "route", c.Path(), "status", status,
+			"ms", float64(time.Since(start).Microseconds())/1000, "request_id", c.Response().Header().Get(echo.HeaderXRequestID))
+		return err
+	}
+}
+
+func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-store")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		return next(c)
+	}
+}
+
+type principalKey struct{}
+
+func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		auth := c.Request().Header.Get("Authorization")
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok {
+			return keyport.ErrUnauthenticated
+		}
+		p, err := s.svc.Authenticate(c.Request().Context(), strings.TrimSpace(token))
+		if err != nil {
+			return err
+		}
+		c.Set("principal", p)
+		return next(c)
+	}
+}
+
+func requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if !principal(c).Admin {
+			return keyport.ErrForbidden
+		}
+		return next(c)
+	}
+}
+
+func principal(c echo.Context) keyport.Principal {
+	p, _ := c.Get("principal").(keyport.Principal)
+	return p
+}
+
+func jsonEncode(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// readJSON decodes a JSON request body strictly: the right content type, a
+// size limit, no unknown fields, one value.
+func readJSON(c echo.Context, v any) error {
+	mt, _, _ := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
+	if mt != echo.MIMEApplicationJSON {
+		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send the body as application/json")
+	}
+	body := http.MaxBytesReader(c.Response(), c.Request().Body, maxJSONBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errorsAs(err, &mbe) {
+			return err
+		}
+		return keyport.Invalid("", "the body is not the expected JSON object: %s", jsonError(err))
+	}
+	if dec.More() {
+		return keyport.Invalid("", "the body holds more than one JSON value")
+	}
+	return nil
+}
+
+func (s *Server) health(c echo.Context) error {
+	if err := s.svc.Custody.Health(c.Request().Context()); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) jwks(c echo.Context) error {
+	set, err := s.svc.JWKS(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "public, max-age=300")
+	return c.JSON(http.StatusOK, set)
+}
