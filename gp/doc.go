@@ -1,0 +1,34 @@
+// Package gp holds keyport's GlobalPlatform and ETSI card codecs: pure
+// functions and small state machines over bytes, with no I/O and only the
+// standard library. Everything here can be checked against the published
+// vectors in testdata/ (copied from /work/shared/vectors).
+//
+// Main types, by file:
+//
+//   - apdu.go: Command (C-APDU, ISO 7816-4 5.1, short and extended) and
+//     Response (R-APDU), with ParseCommand, ParseResponse and Bytes.
+//   - sw.go: SW, a status word with its name, and *SWError, the error a
+//     card status becomes.
+//   - tlv.go: BER-TLV (ISO 7816-4 5.2, ITU-T X.690): Tag, TLV, ParseTLV,
+//     ParseAllTLV, Encode, EncodeLength.
+//   - scp03.go: SCP03 (GP Amendment D): StaticKey (the static key behind a
+//     small interface so that it may live in an HSM), AESKey, KeySet, KDF,
+//     HostSession (off-card entity) and CardSession (security domain).
+//   - commands.go: builders for SELECT, INITIALIZE UPDATE, INSTALL, STORE
+//     DATA, GET STATUS, GET DATA, DELETE, SET STATUS (GPCS chapter 11).
+//   - putkey.go: PUT KEY (GPCS 11.8, AmdD Table 7-10), key encryption
+//     under the static Key-DEK, the GP KCV, STORE DATA key loading DGIs.
+//   - registry.go: Privileges, LifeCycle and GET STATUS parsing.
+//   - carddata.go: GET DATA objects: CPLC, key information, card
+//     recognition data, sequence counter, extended card resources.
+//   - script.go: ETSI TS 102 226 expanded remote APDU scripts (AE/AA
+//     command scripts, AF/AB response scripts).
+//   - aram.go: GP SE Access Control (ARA-M) REF-AR-DO rules.
+//   - eid.go: byte-level EID (GET EID response) and AID helpers.
+//   - diversify.go: GPPro-style key diversification (emv, visa2, kdf3).
+//
+// Errors start with "gp: ". Decoders never panic; malformed input yields an
+// error that wraps ErrMalformed (or ErrTruncated when bytes are missing).
+// Card-side SCP03 failures are *SWError values carrying the status word the
+// card should answer with.
+package gp
