@@ -1,0 +1,159 @@
+package tlspsk
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Protocol versions, with the wire values of RFC 5246 §6.2.1 (the same
+// numbers as crypto/tls's VersionTLS1x constants).
+const (
+	VersionTLS10 uint16 = 0x0301
+	VersionTLS11 uint16 = 0x0302
+	VersionTLS12 uint16 = 0x0303
+)
+
+// DefaultCiphers is the cipher list used when a config leaves Ciphers
+// empty, in the server's order of preference: TLS_PSK_WITH_AES_128_CBC_SHA256
+// ('00AE'), TLS_PSK_WITH_AES_128_CBC_SHA ('008C', what otaman's card
+// negotiated over TLS 1.0) and TLS_PSK_WITH_AES_256_CBC_SHA ('008D')
+// (RFC 4279 §2, RFC 5487 §3.2). @SECLEVEL=0 is needed because OpenSSL 3
+// refuses TLS 1.0 and 1.1 at any higher security level.
+const DefaultCiphers = "PSK-AES128-CBC-SHA256:PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA:@SECLEVEL=0"
+
+// DefaultHandshakeTimeout bounds a handshake when a config leaves
+// HandshakeTimeout zero. A card on a slow bearer needs a few seconds; a
+// peer that stays silent must not hold a session for ever.
+const DefaultHandshakeTimeout = 60 * time.Second
+
+// RFC 4279 §5.3 asks for identities and PSKs of at least 128 and 64 bytes;
+// these are OpenSSL 3.0's limits (PSK_MAX_IDENTITY_LEN, PSK_MAX_PSK_LEN),
+// less the identity's terminating NUL.
+const (
+	maxIdentityLen = 255
+	maxPSKLen      = 512
+)
+
+// ServerConfig configures the admin-server side of a TLS-PSK session. It
+// must not be modified once passed to Listen, NewListener or Server.
+type ServerConfig struct {
+	// PSK returns the pre-shared key for the identity the client sent in
+	// its ClientKeyExchange (RFC 4279 §2). It runs during the handshake,
+	// inside OpenSSL's PSK callback, on the goroutine doing the handshake;
+	// it may block (an HSM or database lookup) but is not interrupted by
+	// HandshakeTimeout. A non-nil error or an empty key refuses the
+	// identity: the handshake fails with ErrUnknownIdentity and the client
+	// receives an unknown_psk_identity alert. The returned slice is copied
+	// and not kept. Required.
+	PSK func(identity string) (psk []byte, err error)
+
+	// IdentityHint, when set, is sent in a ServerKeyExchange (RFC 4279
+	// §2). SCP81 cards know their identity and usually get none.
+	IdentityHint string
+
+	// Ciphers is an OpenSSL cipher list; empty means DefaultCiphers. When
+	// it has no @SECLEVEL and MinVersion is below TLS 1.2, ":@SECLEVEL=0"
+	// is appended so that OpenSSL 3 accepts TLS 1.0 and 1.1.
+	Ciphers string
+
+	// MinVersion and MaxVersion bound the protocol version (VersionTLS10
+	// to VersionTLS12); zero means VersionTLS10 and VersionTLS12. TLS 1.3
+	// (GP Amd B v1.2) is not supported.
+	MinVersion, MaxVersion uint16
+
+	// HandshakeTimeout bounds each handshake, on top of any context
+	// deadline; zero means DefaultHandshakeTimeout, negative means none.
+	HandshakeTimeout time.Duration
+}
+
+// ClientConfig configures the card side of a TLS-PSK session: the handset
+// agent and load tests. It must not be modified once passed to Dial or
+// Client.
+type ClientConfig struct {
+	// Identity is the PSK identity sent in the ClientKeyExchange (GP Amd B
+	// session parameter tag 85). Required, 1 to 255 bytes, no NUL.
+	Identity string
+
+	// PSK is the pre-shared key, 1 to 512 bytes. Required.
+	PSK []byte
+
+	// Ciphers, MinVersion, MaxVersion and HandshakeTimeout mean what they
+	// mean in ServerConfig. The client offers Ciphers in this order.
+	Ciphers                string
+	MinVersion, MaxVersion uint16
+	HandshakeTimeout       time.Duration
+}
+
+// ctxKey names one OpenSSL SSL_CTX: everything the SSL_CTX is built from.
+// The PSK callback and key are per connection, not part of it.
+type ctxKey struct {
+	server     bool
+	ciphers    string
+	minVersion uint16
+	maxVersion uint16
+	hint       string
+}
+
+func (c *ServerConfig) key() (ctxKey, error) {
+	if c == nil {
+		return ctxKey{}, errors.New("tlspsk: nil ServerConfig")
+	}
+	if c.PSK == nil {
+		return ctxKey{}, errors.New("tlspsk: ServerConfig.PSK is nil")
+	}
+	if strings.IndexByte(c.IdentityHint, 0) >= 0 {
+		return ctxKey{}, errors.New("tlspsk: ServerConfig.IdentityHint contains a NUL byte")
+	}
+	return buildKey(true, c.Ciphers, c.MinVersion, c.MaxVersion, c.IdentityHint)
+}
+
+func (c *ClientConfig) key() (ctxKey, error) {
+	if c == nil {
+		return ctxKey{}, errors.New("tlspsk: nil ClientConfig")
+	}
+	if c.Identity == "" || len(c.Identity) > maxIdentityLen || strings.IndexByte(c.Identity, 0) >= 0 {
+		return ctxKey{}, fmt.Errorf("tlspsk: ClientConfig.Identity must be 1 to %d bytes without NUL", maxIdentityLen)
+	}
+	if len(c.PSK) == 0 || len(c.PSK) > maxPSKLen {
+		return ctxKey{}, fmt.Errorf("tlspsk: ClientConfig.PSK must be 1 to %d bytes", maxPSKLen)
+	}
+	return buildKey(false, c.Ciphers, c.MinVersion, c.MaxVersion, "")
+}
+
+func buildKey(server bool, ciphers string, minV, maxV uint16, hint string) (ctxKey, error) {
+	if minV == 0 {
+		minV = VersionTLS10
+	}
+	if maxV == 0 {
+		maxV = VersionTLS12
+	}
+	for _, v := range []uint16{minV, maxV} {
+		if v < VersionTLS10 || v > VersionTLS12 {
+			return ctxKey{}, fmt.Errorf("tlspsk: protocol version %#04x is outside TLS 1.0 to 1.2", v)
+		}
+	}
+	if minV > maxV {
+		return ctxKey{}, fmt.Errorf("tlspsk: MinVersion %#04x is above MaxVersion %#04x", minV, maxV)
+	}
+	if ciphers == "" {
+		ciphers = DefaultCiphers
+	} else if minV < VersionTLS12 && !strings.Contains(ciphers, "@SECLEVEL") {
+		ciphers += ":@SECLEVEL=0"
+	}
+	if strings.IndexByte(ciphers, 0) >= 0 {
+		return ctxKey{}, errors.New("tlspsk: cipher list contains a NUL byte")
+	}
+	return ctxKey{server: server, ciphers: ciphers, minVersion: minV, maxVersion: maxV, hint: hint}, nil
+}
+
+func handshakeTimeout(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultHandshakeTimeout
+	case d < 0:
+		return 0
+	}
+	return d
+}

@@ -1,0 +1,28 @@
+// Package vcard is keyport's virtual secure module: the card side of a
+// GlobalPlatform UICC that talks to the real PC/SC stack through
+// vsmartcard's vpcd driver.
+//
+// A Card holds what a module remembers across power cycles (EID, CPLC, card
+// life cycle, the GP registry of security domains and applications, SCP03
+// key sets with their sequence and failure counters, ARA-M access rules) and
+// the volatile session state (selected application, SCP03 session,
+// INSTALL [for personalization] target, GET STATUS paging). Card.Process
+// answers one C-APDU with one R-APDU and never panics; it is pure apart from
+// writing the state file, so it is tested without PC/SC. Serve connects a
+// Card to vpcd; Run and Main are `keyport vcard`.
+//
+// Supported (GPCS 2.3.1 chapter 11, Amendment D v1.1.1, GPD SEAC, SGP.22):
+// SELECT by AID, INITIALIZE UPDATE and EXTERNAL AUTHENTICATE at levels
+// 00/01/03/11/13/33 with a pseudo-random or random card challenge, secure
+// messaging on every later command, INSTALL [for install], [for make
+// selectable], [for personalization] and [for extradition], STORE DATA (DGI
+// 00B9/8113 key loading and BER-TLV objects), PUT KEY, GET STATUS, GET DATA,
+// SET STATUS, DELETE, the ARA-M application and the ISD-R EID request.
+// Only the basic logical channel is supported; there is no LOAD (no
+// executable load files beyond the built-in SSD and ARA-M packages) and no
+// token or DAP verification, so Delegated Management is refused.
+//
+// The state file holds keys in the clear: it is a test card. It is written
+// atomically after every state-changing command (see writeFileAtomic), so
+// killing the process at any moment leaves the previous or the new state.
+package vcard

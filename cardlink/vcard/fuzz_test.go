@@ -1,0 +1,74 @@
+package vcard_test
+
+import (
+	"testing"
+
+	"github.com/keyport/keyport/cardlink/vcard"
+	"github.com/keyport/keyport/gp"
+)
+
+// FuzzCardProcess feeds arbitrary APDU sequences to a module and checks that
+// it never panics and always answers at least a status word. The first byte
+// picks how far the module is opened first, so the fuzzer reaches the
+// management commands: 0 nothing; 1 ISD session at level 00 (commands go in
+// clear); 2 ISD session at level 33 with every fuzzed command wrapped by the
+// host; 3 ARA-M selected with a level-00 session. The rest is a sequence of
+// APDUs, each preceded by its length byte.
+func FuzzCardProcess(f *testing.F) {
+	seeds := [][]byte{
+		h("00" + "0D00A4040008A000000151000000" + "05" + "00A4040000"),
+		h("01" + "0680E6200000" + "2580E60C002507A000000151535008A00000015153504107F00102030405010380400006C90481020370"),
+		h("02" + "0780F28002024F00" + "0580CA00E000" + "0580CA9F7F00"),
+		h("03" + "3880E2900033F031E22FE11E4F06FFFFFFFFFFFFC114E46872F28B350B7E1F140DE535C2A8D5804F0BE3E30DD00101DB080000000000000001" + "0580CAFF4000"),
+		h("01" + "0A80E2880005" + "00B9020000"),
+		h("00" + "04FFFFFFFF" + "01A4" + "0084"),
+		h("02" + "4A80D8308146318811108AEF4B6F9C4C0AD05BBAA8BBC43C8D7F03EE72CB8811104C08B47ABF0C939F5D6FF7E2A35B16A00349B6D588111058CA28775AC649577DA2BF18186478B503FB9292"),
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(fuzzOne)
+}
+
+func fuzzOne(t *testing.T, in []byte) {
+	{
+		card, err := vcard.New(vcard.DefaultEID, vcard.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hst := processHost(t, card)
+		mode := byte(0)
+		if len(in) > 0 {
+			mode, in = in[0]%4, in[1:]
+		}
+		switch mode {
+		case 1:
+			hst.selectAID(vcard.ISDAID)
+			hst.mustAuthenticate(vcard.DefaultKVN, defaultKeys, 0x00)
+		case 2:
+			hst.selectAID(vcard.ISDAID)
+			hst.mustAuthenticate(vcard.DefaultKVN, defaultKeys, 0x33)
+		case 3:
+			hst.selectAID(vcard.ARAMAID)
+			hst.mustAuthenticate(vcard.DefaultKVN, defaultKeys, 0x00)
+		}
+		for len(in) > 0 {
+			n := int(in[0])
+			in = in[1:]
+			n = min(n, len(in))
+			apdu := in[:n]
+			in = in[n:]
+			if mode == 2 && hst.sess != nil {
+				if c, err := gp.ParseCommand(apdu); err == nil {
+					if w, err := hst.sess.Wrap(c); err == nil {
+						apdu = w.Bytes()
+					}
+				}
+			}
+			rsp := card.Process(apdu)
+			if len(rsp) < 2 {
+				t.Fatalf("answer %X to %X has no status word", rsp, apdu)
+			}
+		}
+	}
+}
