@@ -286,7 +286,7 @@ func (s *Service) checkImportedKCVs(ctx context.Context, batch string, m *Module
 const TokenPrefix = "kp_"
 
 // HashToken is how API tokens are stored: SHA-256 of the whole token. Tokens
-// carry 160 random bits, so a fast hash is enough (no dictionary to attack).
+// carry 120 random bits, so a fast hash is enough (no dictionary to attack).
 func HashToken(token string) []byte {
 	h := sha256.Sum256([]byte(token))
 	return h[:]

@@ -52,6 +52,16 @@ var sessionFatal = map[uint]bool{
 	pkcs11.CKR_SLOT_ID_INVALID:          true,
 }
 
+// slotGone lists C_OpenSession results after which the token may sit in
+// another slot now (PKCS#11 v2.40 base §5.3: slot IDs are not stable across
+// C_Initialize).
+var slotGone = map[uint]bool{
+	pkcs11.CKR_SLOT_ID_INVALID:      true,
+	pkcs11.CKR_TOKEN_NOT_PRESENT:    true,
+	pkcs11.CKR_DEVICE_REMOVED:       true,
+	pkcs11.CKR_TOKEN_NOT_RECOGNIZED: true,
+}
+
 // staleHandle lists return values meaning a cached object handle no longer
 // names an object in this session: look the object up again.
 var staleHandle = map[uint]bool{

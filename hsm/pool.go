@@ -36,9 +36,12 @@ type Config struct {
 type HSM struct {
 	p    p11
 	slot uint
-	pin  string // for re-login after the token logged out; never printed
-	uri  string // redacted, for messages
-	oaep keyport.OAEPHash
+	// token identifies the token for finding its slot again: slot IDs change
+	// when the module is initialized again (SoftHSM renumbers them).
+	token *URI
+	pin   string // for re-login after the token logged out; never printed
+	uri   string // redacted, for messages
+	oaep  keyport.OAEPHash
 
 	inUse chan struct{} // semaphore: one slot per borrowed session
 
@@ -115,6 +118,7 @@ func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 	h := &HSM{
 		p:     p,
 		slot:  slot,
+		token: u,
 		pin:   pin,
 		uri:   u.String(),
 		oaep:  cfg.OAEPHash,
@@ -228,6 +232,16 @@ func (h *HSM) take(fresh bool) (*session, bool, error) {
 		return s, loggedInState(info.State), nil
 	}
 	sh, err := h.p.OpenSession(h.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if rv, ok := ckr(err); ok && slotGone[rv] {
+		// The slot was renumbered or the token moved: find it again by its
+		// label or serial, then try once more.
+		slot, ferr := findSlot(h.p, h.token)
+		if ferr != nil {
+			return nil, false, fmt.Errorf("C_OpenSession: %w (finding the token again: %w)", err, ferr)
+		}
+		h.slot = slot
+		sh, err = h.p.OpenSession(h.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("C_OpenSession: %w", err)
 	}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/hsm"
+	"github.com/keyport/keyport/store"
+)
+
+// app is a wired keyport: configuration, store, HSM and the service.
+type app struct {
+	cfg   config
+	log   *slog.Logger
+	store *store.Store
+	hsm   *hsm.HSM
+	svc   *keyport.Service
+	// tokenCreated is true when this run created the default SoftHSM token.
+	tokenCreated bool
+}
+
+// newFlags returns a flag set with the common flags bound to cfg.
+func newFlags(name string, cfg *config) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet("keyport "+name, flag.ContinueOnError)
+	return fs, cfg.bind(fs)
+}
+
+func parse(fs *flag.FlagSet, cfg *config, args []string) error {
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	return cfg.finish()
+}
+
+// parseArgs parses flags wherever they stand among the positional arguments
+// ("keyport import FILE --batch b1" as well as "keyport import --batch b1
+// FILE"); after it, fs.Args() holds the positional arguments in order. A
+// "--" ends the flags.
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return exitError{2, err}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// open connects the store and the HSM. With migrate, pending migrations
+// are applied; otherwise an out-of-date schema is refused.
+func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
+	a := &app{cfg: cfg, log: newLogger(cfg, stderr)}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	uri := cfg.HSM
+	if uri == "" {
+		var err error
+		if uri, a.tokenCreated, err = defaultToken(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	st, err := store.OpenOptions{Migrate: migrate}.Open(ctx, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash)})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	a.store, a.hsm = st, h
+	a.svc = &keyport.Service{Store: st, Custody: h, Log: a.log}
+	return a, nil
+}
+
+func (a *app) Close() {
+	if a.hsm != nil {
+		a.hsm.Close()
+	}
+	if a.store != nil {
+		a.store.Close()
+	}
+}
+
+// cli is the principal of a command run by the issuer's operator on the
+// server itself.
+var cli = keyport.Principal{Admin: true, Name: "cli"}
+
+func cmdMigrate(ctx context.Context, args []string) error {
+	var cfg config
+	fs, err := newFlags("migrate", &cfg)
+	if err != nil {
+		return err
+	}
+	if err := parse(fs, &cfg, args); err != nil {
+		return err
+	}
+	st, err := store.OpenOptions{Migrate: true}.Open(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	fmt.Fprintln(stdout, "database is up to date")
+	return nil
+}
+
+func cmdHSMInit(ctx context.Context, args []string) error {
+	var cfg config
+	fs, err := newFlags("hsm init", &cfg)
+	if err != nil {
+		return err
+	}
+	if err := parse(fs, &cfg, args); err != nil {
+		return err
+	}
+	a, err := open(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	created, err := a.hsm.Init(ctx)
+	if err != nil {
+		return err
+	}
+	if len(created) == 0 {
+		fmt.Fprintln(stdout, "hsm: every key exists already; nothing created")
+	}
+	for _, l := range created {
+		fmt.Fprintln(stdout, "hsm: created", l)
+	}
+	return nil
+}

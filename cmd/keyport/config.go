@@ -1,0 +1,79 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// config is keyport's one configuration: flags over KEYPORT_* environment
+// variables over defaults. Secrets may come from files (KEYPORT_*_FILE).
+type config struct {
+	DataDir   string // KEYPORT_DATA_DIR, default ./var
+	DB        string // KEYPORT_DB: SQLite path or postgres:// URL; default <data>/keyport.db
+	HSM       string // KEYPORT_HSM: RFC 7512 URI; default the SoftHSM token under <data>/softhsm
+	Addr      string // KEYPORT_ADDR, default 127.0.0.1:8080
+	AdminAddr string // KEYPORT_ADMIN_ADDR: card-link admin server (TLS-PSK); empty: off
+	OAEPHash  string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
+	LogFormat string // KEYPORT_LOG_FORMAT: text or json
+}
+
+// env returns KEYPORT_<name>, or the trimmed content of the file named by
+// KEYPORT_<name>_FILE, or def. Setting both is an error, not a guess.
+func env(name, def string) (string, error) {
+	v, hasV := os.LookupEnv("KEYPORT_" + name)
+	f, hasF := os.LookupEnv("KEYPORT_" + name + "_FILE")
+	switch {
+	case hasV && hasF:
+		return "", fmt.Errorf("config: set KEYPORT_%s or KEYPORT_%s_FILE, not both", name, name)
+	case hasF:
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("config: KEYPORT_%s_FILE: %w", name, err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	case hasV:
+		return v, nil
+	}
+	return def, nil
+}
+
+// bind registers the common flags on fs with environment defaults.
+func (c *config) bind(fs *flag.FlagSet) error {
+	var err error
+	get := func(name, def string) string {
+		v, e := env(name, def)
+		if e != nil && err == nil {
+			err = e
+		}
+		return v
+	}
+	fs.StringVar(&c.DataDir, "data-dir", get("DATA_DIR", "./var"), "data directory (KEYPORT_DATA_DIR)")
+	fs.StringVar(&c.DB, "db", get("DB", ""), "SQLite file or postgres:// URL (KEYPORT_DB, KEYPORT_DB_FILE); default <data-dir>/keyport.db")
+	fs.StringVar(&c.HSM, "hsm", get("HSM", ""), "PKCS#11 URI, RFC 7512 (KEYPORT_HSM, KEYPORT_HSM_FILE); default a SoftHSM token in <data-dir>/softhsm")
+	fs.StringVar(&c.Addr, "addr", get("ADDR", "127.0.0.1:8080"), "HTTP listen address (KEYPORT_ADDR)")
+	fs.StringVar(&c.AdminAddr, "admin-addr", get("ADMIN_ADDR", ""), "card-link admin server address, TLS-PSK (KEYPORT_ADMIN_ADDR)")
+	fs.StringVar(&c.OAEPHash, "oaep-hash", get("OAEP_HASH", "sha1"), "RSA-OAEP hash of the key wrap: sha1 or sha256 (KEYPORT_OAEP_HASH)")
+	fs.StringVar(&c.LogFormat, "log-format", get("LOG_FORMAT", "text"), "log format: text or json (KEYPORT_LOG_FORMAT)")
+	return err
+}
+
+func (c *config) finish() error {
+	if c.OAEPHash != "sha1" && c.OAEPHash != "sha256" {
+		return fmt.Errorf("config: --oaep-hash must be sha1 or sha256, got %q", c.OAEPHash)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("config: --log-format must be text or json, got %q", c.LogFormat)
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return err
+	}
+	c.DataDir = abs
+	if c.DB == "" {
+		c.DB = filepath.Join(c.DataDir, "keyport.db")
+	}
+	return nil
+}

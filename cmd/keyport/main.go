@@ -1,0 +1,138 @@
+// Command keyport is the one binary of keyport: the portal server and every
+// tool around it (DESIGN.md, "Commands").
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `keyport — security domains on secure modules, without a TSM
+
+usage: keyport <command> [flags]
+
+  serve                      portal, REST API (and card-link) on --addr
+  migrate                    apply database migrations
+  hsm init                   create the token's long-lived keys (idempotent)
+  batch create NAME          create a batch; --export-to manufacturer.pem for an imported batch
+  import --batch NAME FILE   import a manufacturer's JSON Lines file
+  provider add NAME --email  create an approved provider and print its API token
+  admin token                create an issuer-admin API token
+  audit verify               verify the audit chain and its HSM checkpoints
+  sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
+  sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
+  vcard --state FILE         run a virtual secure module attached to vpcd
+
+Common flags (and environment): --data-dir (KEYPORT_DATA_DIR), --db (KEYPORT_DB),
+--hsm (KEYPORT_HSM), --addr (KEYPORT_ADDR), --oaep-hash (KEYPORT_OAEP_HASH).
+Run "keyport <command> -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			fmt.Fprintln(os.Stderr, "keyport:", ee.err)
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "keyport:", err)
+		os.Exit(1)
+	}
+}
+
+// exitError carries a specific exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return exitError{2, errors.New("no command")}
+	}
+	sub := func(name string) []string {
+		if len(args) < 2 {
+			return nil
+		}
+		if args[1] == name {
+			return args[2:]
+		}
+		return nil
+	}
+	switch args[0] {
+	case "serve":
+		return cmdServe(ctx, args[1:])
+	case "migrate":
+		return cmdMigrate(ctx, args[1:])
+	case "hsm":
+		if a := sub("init"); a != nil || (len(args) == 2 && args[1] == "init") {
+			return cmdHSMInit(ctx, a)
+		}
+	case "batch":
+		if len(args) >= 2 && args[1] == "create" {
+			return cmdBatchCreate(ctx, args[2:])
+		}
+	case "import":
+		return cmdImport(ctx, args[1:])
+	case "provider":
+		if len(args) >= 2 && args[1] == "add" {
+			return cmdProviderAdd(ctx, args[2:])
+		}
+	case "admin":
+		if len(args) >= 2 && args[1] == "token" {
+			return cmdAdminToken(ctx, args[2:])
+		}
+	case "audit":
+		if len(args) >= 2 && args[1] == "verify" {
+			return cmdAuditVerify(ctx, args[2:])
+		}
+	case "sp":
+		if len(args) >= 2 {
+			switch args[1] {
+			case "keygen":
+				return cmdSPKeygen(args[2:])
+			case "unwrap":
+				return cmdSPUnwrap(ctx, args[2:])
+			}
+		}
+	case "vcard":
+		return cmdVCard(ctx, args[1:])
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return exitError{2, fmt.Errorf("unknown command %q", joinArgs(args))}
+}
+
+func joinArgs(a []string) string {
+	if len(a) > 2 {
+		a = a[:2]
+	}
+	s := ""
+	for i, x := range a {
+		if i > 0 {
+			s += " "
+		}
+		s += x
+	}
+	return s
+}
+
+// Where commands write; tests replace them to read what a user would see.
+var (
+	stdout io.Writer = os.Stdout
+	stderr io.Writer = os.Stderr
+)

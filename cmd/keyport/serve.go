@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keyport/keyport/web"
+)
+
+func cmdServe(ctx context.Context, args []string) error {
+	var cfg config
+	fs, err := newFlags("serve", &cfg)
+	if err != nil {
+		return err
+	}
+	migrate := fs.Bool("migrate", true, "apply pending database migrations at start")
+	if err := parse(fs, &cfg, args); err != nil {
+		return err
+	}
+	a, err := open(ctx, cfg, *migrate)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	created, err := a.hsm.Init(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range created {
+		a.log.Info("hsm key created", "label", l)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
+	if err := firstRunAdminToken(ctx, a); err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: web.New(a.svc, web.Options{Log: a.log, SpoolDir: cfg.DataDir}),
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	a.log.Info("keyport serving", "addr", "http://"+ln.Addr().String(), "db", redactDSN(cfg.DB))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shut); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	a.log.Info("keyport stopped")
+	return nil
+}
+
+// firstRunAdminToken prints an issuer-admin token the first time keyport
+// serves a data directory, so that a new installation can be used at once.
+func firstRunAdminToken(ctx context.Context, a *app) error {
+	marker := filepath.Join(a.cfg.DataDir, "admin-token-issued")
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	token, err := a.svc.CreateAdminToken(ctx, "first-run")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, `
+keyport is set up. Issuer-admin API token (shown once; make another with "keyport admin token"):
+
+    %s
+
+Try:  curl -s -H "Authorization: Bearer %s" http://%s/api/v1/admin/audit
+Add a provider:  keyport provider add "Example Bank" --email ops@example.com --kind bank
+
+`, token, token, a.cfg.Addr)
+	return nil
+}
+
+// redactDSN hides a password in a postgres URL for the log.
+func redactDSN(dsn string) string {
+	for i := 0; i+3 < len(dsn); i++ {
+		if dsn[i:i+3] == "://" {
+			rest := dsn[i+3:]
+			for j := 0; j < len(rest); j++ {
+				if rest[j] == '@' {
+					for k := 0; k < j; k++ {
+						if rest[k] == ':' {
+							return dsn[:i+3] + rest[:k] + ":***" + rest[j:]
+						}
+					}
+				}
+				if rest[j] == '/' {
+					break
+				}
+			}
+		}
+	}
+	return dsn
+}

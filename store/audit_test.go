@@ -1,0 +1,146 @@
+package store_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/store"
+	"github.com/keyport/keyport/store/storetest"
+)
+
+// verifyChain reads the whole log back and recomputes every hash.
+func verifyChain(t *testing.T, s *store.Store) []keyport.AuditEvent {
+	t.Helper()
+	var all []keyport.AuditEvent
+	var prev []byte
+	for after := int64(0); ; {
+		page, err := s.AuditEvents(ctx, after, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, e := range page {
+			if e.Seq != int64(len(all)+1) {
+				t.Fatalf("seq %d at position %d", e.Seq, len(all)+1)
+			}
+			if !bytes.Equal(e.PrevHash, prev) {
+				t.Fatalf("event %d: prev_hash %x, want %x", e.Seq, e.PrevHash, prev)
+			}
+			if h := keyport.ChainHash(prev, e); !bytes.Equal(h, e.Hash) {
+				t.Fatalf("event %d: stored hash %x, recomputed %x", e.Seq, e.Hash, h)
+			}
+			prev = e.Hash
+			all = append(all, e)
+		}
+		after = page[len(page)-1].Seq
+	}
+	return all
+}
+
+func TestAuditAppendsFromTwentyGoroutinesFormOneValidChain(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		const goroutines, each = 20, 5
+		var wg sync.WaitGroup
+		for g := 0; g < goroutines; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					e := &keyport.AuditEvent{Actor: fmt.Sprintf("provider:%d", g), Action: "claim",
+						Object: fmt.Sprintf("domain:%d/%d", g, i), Detail: `{"n":1}`}
+					var err error
+					if i%2 == 0 {
+						err = s.AppendAudit(ctx, e)
+					} else { // inside a caller's transaction, as a claim does
+						err = s.Tx(ctx, func(tx keyport.Repo) error { return tx.AppendAudit(ctx, e) })
+					}
+					if err != nil {
+						t.Errorf("AppendAudit: %v", err)
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		if all := verifyChain(t, s); len(all) != goroutines*each {
+			t.Fatalf("%d events, want %d", len(all), goroutines*each)
+		}
+	})
+}
+
+func TestAuditTimestampRoundTripsSoTheHashVerifies(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		// Nanoseconds and a non-UTC zone: the store keeps microseconds in UTC
+		// and hashes exactly what it keeps.
+		at := time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.FixedZone("CET", 3600))
+		e := &keyport.AuditEvent{At: at, Actor: "system", Action: "import", Object: "batch:b", Detail: "{}"}
+		if err := s.AppendAudit(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		if want := keyport.AuditTime(at); !e.At.Equal(want) || e.At.Location() != time.UTC {
+			t.Fatalf("e.At = %v, want %v", e.At, want)
+		}
+		e0 := &keyport.AuditEvent{Actor: "system", Action: "now", Object: "x", Detail: "{}"}
+		if err := s.AppendAudit(ctx, e0); err != nil {
+			t.Fatal(err)
+		}
+		all := verifyChain(t, s)
+		if len(all) != 2 || all[0].At != e.At || all[1].At != e0.At || e0.Seq != 2 || !bytes.Equal(e0.PrevHash, e.Hash) {
+			t.Fatalf("read back %+v", all)
+		}
+	})
+}
+
+func TestAuditEventsNeedAPositiveLimit(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		if _, err := s.AuditEvents(ctx, 0, 0); !errors.Is(err, keyport.ErrInvalid) {
+			t.Fatalf("limit 0: %v, want ErrInvalid", err)
+		}
+	})
+}
+
+func TestCheckpointsRoundTripAndAreUniquePerSeq(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		for _, seq := range []int64{10, 5} {
+			c := &keyport.AuditCheckpoint{Seq: seq, Hash: bytes.Repeat([]byte{byte(seq)}, 32), MAC: []byte("mac")}
+			if err := s.AddCheckpoint(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dup := &keyport.AuditCheckpoint{Seq: 10, Hash: []byte{1}, MAC: []byte{2}}
+		if err := s.AddCheckpoint(ctx, dup); !errors.Is(err, keyport.ErrConflict) {
+			t.Errorf("second checkpoint at 10: %v, want ErrConflict", err)
+		}
+		cs, err := s.Checkpoints(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cs) != 2 || cs[0].Seq != 5 || cs[1].Seq != 10 || !bytes.Equal(cs[1].Hash, bytes.Repeat([]byte{10}, 32)) ||
+			string(cs[0].MAC) != "mac" || cs[0].At.IsZero() {
+			t.Fatalf("Checkpoints = %+v", cs)
+		}
+	})
+}
+
+func TestOutboxMessagesGetIncreasingIDs(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		var last int64
+		for i := 0; i < 3; i++ {
+			m := &keyport.OutboxMessage{Topic: "webhook", Payload: fmt.Sprintf(`{"i":%d}`, i)}
+			if err := s.AddOutbox(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			if m.ID <= last || m.CreatedAt.IsZero() {
+				t.Fatalf("message %d: %+v", i, m)
+			}
+			last = m.ID
+		}
+	})
+}

@@ -1,0 +1,260 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/keyport/keyport"
+)
+
+type batchRow struct {
+	ID        int64     `gorm:"column:id;primaryKey"`
+	Name      string    `gorm:"column:name"`
+	KeySource string    `gorm:"column:key_source"`
+	AIDPrefix string    `gorm:"column:aid_prefix"`
+	CreatedAt time.Time `gorm:"column:created_at"`
+}
+
+func (batchRow) TableName() string { return "batches" }
+
+func (b batchRow) model() *keyport.Batch {
+	return &keyport.Batch{ID: b.ID, Name: b.Name, KeySource: keyport.KeySource(b.KeySource),
+		AIDPrefix: keyport.AID(b.AIDPrefix), CreatedAt: b.CreatedAt.UTC()}
+}
+
+// CreateBatch inserts b and sets its ID and CreatedAt; ErrConflict on a taken name.
+func (r *repo) CreateBatch(ctx context.Context, b *keyport.Batch) error {
+	row := batchRow{Name: b.Name, KeySource: string(b.KeySource), AIDPrefix: string(b.AIDPrefix),
+		CreatedAt: dbTime(b.CreatedAt)}
+	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
+		return wrap("create batch", err)
+	}
+	b.ID, b.CreatedAt = row.ID, row.CreatedAt
+	return nil
+}
+
+// GetBatch returns the batch named name; ErrNotFound if there is none.
+func (r *repo) GetBatch(ctx context.Context, name string) (*keyport.Batch, error) {
+	var row batchRow
+	if err := r.r.WithContext(ctx).Where("name = ?", name).Take(&row).Error; err != nil {
+		return nil, wrap("get batch", err)
+	}
+	return row.model(), nil
+}
+
+// GetBatchByID returns the batch with id; ErrNotFound if there is none.
+func (r *repo) GetBatchByID(ctx context.Context, id int64) (*keyport.Batch, error) {
+	var row batchRow
+	if err := r.r.WithContext(ctx).Where("id = ?", id).Take(&row).Error; err != nil {
+		return nil, wrap("get batch", err)
+	}
+	return row.model(), nil
+}
+
+type moduleRow struct {
+	ID        int64      `gorm:"column:id;primaryKey"`
+	EID       string     `gorm:"column:eid"`
+	BatchID   int64      `gorm:"column:batch_id"`
+	ISDAID    string     `gorm:"column:isd_aid"`
+	LastSeen  *time.Time `gorm:"column:last_seen"`
+	CreatedAt time.Time  `gorm:"column:created_at"`
+}
+
+func (moduleRow) TableName() string { return "modules" }
+
+type domainRow struct {
+	ID         int64          `gorm:"column:id;primaryKey"`
+	ModuleID   int64          `gorm:"column:module_id"`
+	EID        string         `gorm:"column:eid"`
+	AID        string         `gorm:"column:aid"`
+	KVN        int            `gorm:"column:kvn"`
+	State      string         `gorm:"column:state"`
+	PriorState string         `gorm:"column:prior_state"`
+	OwnerID    sql.NullString `gorm:"column:owner_id"`
+	KeySource  string         `gorm:"column:key_source"`
+	Imported   sql.NullString `gorm:"column:imported"`
+	KCV        sql.NullString `gorm:"column:kcv"`
+	SeqCounter int            `gorm:"column:seq_counter"`
+	UpdatedAt  time.Time      `gorm:"column:updated_at"`
+}
+
+func (domainRow) TableName() string { return "domains" }
+
+func (d domainRow) model() (keyport.Domain, error) {
+	m := keyport.Domain{ID: d.ID, ModuleID: d.ModuleID, EID: keyport.EID(d.EID), AID: keyport.AID(d.AID),
+		KVN: d.KVN, State: keyport.DomainState(d.State), PriorState: keyport.DomainState(d.PriorState),
+		OwnerID: d.OwnerID.String, KeySource: keyport.KeySource(d.KeySource), SeqCounter: d.SeqCounter,
+		UpdatedAt: d.UpdatedAt.UTC()}
+	if d.Imported.Valid && d.Imported.String != "" {
+		if err := json.Unmarshal([]byte(d.Imported.String), &m.Imported); err != nil {
+			// The text may be wrapped key material: name the domain, not the value.
+			return m, fmt.Errorf("domain %d: imported keys are not valid JSON", d.ID)
+		}
+	}
+	if d.KCV.Valid && d.KCV.String != "" {
+		if err := json.Unmarshal([]byte(d.KCV.String), &m.KCV); err != nil {
+			return m, fmt.Errorf("domain %d: KCVs are not valid JSON", d.ID)
+		}
+	}
+	return m, nil
+}
+
+const domainColumns = `id, module_id, eid, aid, kvn, state, prior_state, owner_id, key_source, imported, kcv, seq_counter, updated_at`
+
+// scanDomains reads rows of domainColumns, prefixed by the values in pre for
+// the first row only (GetModule's module columns), without gorm's reflection:
+// lookups are the hot read path.
+func scanDomains(rows *sql.Rows, pre ...any) ([]keyport.Domain, error) {
+	defer rows.Close()
+	var out []keyport.Domain
+	for rows.Next() {
+		var d domainRow
+		var id, moduleID sql.NullInt64
+		var eid, aid, state, prior, keySource sql.NullString
+		var kvn, seq sql.NullInt64
+		var updated sql.NullTime
+		dest := append(pre[:len(pre):len(pre)], &id, &moduleID, &eid, &aid, &kvn, &state, &prior, &d.OwnerID,
+			&keySource, &d.Imported, &d.KCV, &seq, &updated)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		if !id.Valid { // GetModule's LEFT JOIN: a module without domains
+			continue
+		}
+		d.ID, d.ModuleID, d.EID, d.AID, d.KVN = id.Int64, moduleID.Int64, eid.String, aid.String, int(kvn.Int64)
+		d.State, d.PriorState, d.KeySource, d.SeqCounter = state.String, prior.String, keySource.String, int(seq.Int64)
+		d.UpdatedAt = updated.Time
+		m, err := d.model()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// GetModule returns the module with its domains in AID order, in one query.
+func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module, error) {
+	rows, err := r.r.WithContext(ctx).Raw(`SELECT m.id, m.batch_id, m.isd_aid, m.last_seen, m.created_at, `+
+		prefixed("d.", domainColumns)+` FROM modules m LEFT JOIN domains d ON d.eid = m.eid
+		WHERE m.eid = ? ORDER BY d.aid`, string(eid)).Rows()
+	if err != nil {
+		return nil, wrap("get module", err)
+	}
+	var mod moduleRow
+	var lastSeen sql.NullTime
+	mod.ID = -1
+	domains, err := scanDomains(rows, &mod.ID, &mod.BatchID, &mod.ISDAID, &lastSeen, &mod.CreatedAt)
+	if err != nil {
+		return nil, wrap("get module", err)
+	}
+	if mod.ID == -1 {
+		return nil, wrap("get module", keyport.ErrNotFound)
+	}
+	m := &keyport.Module{ID: mod.ID, EID: eid, BatchID: mod.BatchID, ISDAID: keyport.AID(mod.ISDAID),
+		CreatedAt: mod.CreatedAt.UTC(), Domains: domains}
+	if lastSeen.Valid {
+		t := lastSeen.Time.UTC()
+		m.LastSeen = &t
+	}
+	return m, nil
+}
+
+func prefixed(prefix, columns string) string {
+	parts := strings.Split(columns, ", ")
+	for i := range parts {
+		parts[i] = prefix + parts[i]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// GetDomain returns one domain; ErrNotFound if unknown.
+func (r *repo) GetDomain(ctx context.Context, eid keyport.EID, aid keyport.AID) (*keyport.Domain, error) {
+	return r.oneDomain(ctx, "get domain",
+		`SELECT `+domainColumns+` FROM domains WHERE eid = ? AND aid = ?`, string(eid), string(aid))
+}
+
+// FirstUnassigned returns the module's UNASSIGNED domain with the lowest AID;
+// ErrNotFound if the module is unknown or has none left.
+func (r *repo) FirstUnassigned(ctx context.Context, eid keyport.EID) (*keyport.Domain, error) {
+	return r.oneDomain(ctx, "first unassigned domain",
+		`SELECT `+domainColumns+` FROM domains WHERE eid = ? AND state = ? ORDER BY aid LIMIT 1`,
+		string(eid), string(keyport.Unassigned))
+}
+
+func (r *repo) oneDomain(ctx context.Context, op, query string, args ...any) (*keyport.Domain, error) {
+	rows, err := r.r.WithContext(ctx).Raw(query, args...).Rows()
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	domains, err := scanDomains(rows)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	if len(domains) == 0 {
+		return nil, wrap(op, keyport.ErrNotFound)
+	}
+	return &domains[0], nil
+}
+
+// ListDomains returns the provider's domains, most recently changed first.
+func (r *repo) ListDomains(ctx context.Context, providerID string) ([]keyport.Domain, error) {
+	rows, err := r.r.WithContext(ctx).Raw(`SELECT `+domainColumns+` FROM domains WHERE owner_id = ?
+		ORDER BY updated_at DESC, id DESC`, providerID).Rows()
+	if err != nil {
+		return nil, wrap("list domains", err)
+	}
+	out, err := scanDomains(rows)
+	if err != nil {
+		return nil, wrap("list domains", err)
+	}
+	return out, nil
+}
+
+// TransitionDomain moves the domain from one of `from` to `to` in one
+// conditional UPDATE. Under concurrency the database decides: on PostgreSQL
+// (READ COMMITTED) a second UPDATE waits for the first's row lock and then
+// re-checks the WHERE clause against the committed row; on SQLite the writer
+// runs one transaction at a time. Either way exactly one caller wins and the
+// others get ErrConflict. Moving to LOCKED records the state left in
+// prior_state, for unlock. An empty *owner clears the owner.
+func (r *repo) TransitionDomain(ctx context.Context, domainID int64, from []keyport.DomainState,
+	to keyport.DomainState, owner *string) error {
+	if len(from) == 0 {
+		return fmt.Errorf("store: transition domain: no source state: %w", keyport.ErrConflict)
+	}
+	states := make([]string, len(from))
+	for i, s := range from {
+		states[i] = string(s)
+	}
+	set := `state = ?, updated_at = ?`
+	args := []any{string(to), now()}
+	if to == keyport.Locked {
+		set += `, prior_state = state`
+	}
+	if owner != nil {
+		set += `, owner_id = ?`
+		args = append(args, sql.NullString{String: *owner, Valid: *owner != ""})
+	}
+	args = append(args, domainID, states)
+	db := r.w.WithContext(ctx)
+	res := db.Exec(`UPDATE domains SET `+set+` WHERE id = ? AND state IN ?`, args...)
+	if res.Error != nil {
+		return wrap("transition domain", res.Error)
+	}
+	if res.RowsAffected == 1 {
+		return nil
+	}
+	var n int64
+	if err := db.Raw(`SELECT COUNT(*) FROM domains WHERE id = ?`, domainID).Scan(&n).Error; err != nil {
+		return wrap("transition domain", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("store: transition domain %d: %w", domainID, keyport.ErrNotFound)
+	}
+	return fmt.Errorf("store: transition domain %d to %s: not in %v: %w", domainID, to, states, keyport.ErrConflict)
+}

@@ -1,0 +1,160 @@
+package store_test
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/store"
+	"github.com/keyport/keyport/store/storetest"
+)
+
+func countRows(t *testing.T, s *store.Store, table string) string {
+	t.Helper()
+	n, err := store.QueryStringsForTest(s, `SELECT COUNT(*) FROM `+table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n[0]
+}
+
+// TestImportWithADuplicateEIDInTheMiddleNamesTheLineAndImportsNothing puts
+// the duplicate in the third chunk, after two chunks were written.
+func TestImportWithADuplicateEIDInTheMiddleNamesTheLineAndImportsNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		var ms []*keyport.ModuleImport
+		for i := 1; i <= 1300; i++ {
+			ms = append(ms, testModule(i, i, 2))
+		}
+		ms[1100].EID = ms[299].EID // line 1101 repeats line 300, two chunks back
+		n, err := s.ImportModules(ctx, b.ID, fromSlice(ms))
+		var lineErr *keyport.LineError
+		if !errors.As(err, &lineErr) || lineErr.Line != 1101 || !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("ImportModules = %d, %v; want a LineError at line 1101 wrapping ErrConflict", n, err)
+		}
+		if !strings.Contains(err.Error(), string(ms[299].EID)) {
+			t.Errorf("error %q does not name the EID", err)
+		}
+		if c := countRows(t, s, "modules"); c != "0" {
+			t.Errorf("%s modules stored after a failed import", c)
+		}
+		if c := countRows(t, s, "domains"); c != "0" {
+			t.Errorf("%s domains stored after a failed import", c)
+		}
+
+		// Within one chunk.
+		ms = ms[:10]
+		ms[7].EID = ms[2].EID
+		_, err = s.ImportModules(ctx, b.ID, fromSlice(ms))
+		if !errors.As(err, &lineErr) || lineErr.Line != 8 || !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("duplicate within a chunk: %v; want line 8", err)
+		}
+	})
+}
+
+func TestImportOfAnEIDAlreadyStoredNamesItsLine(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		importModules(t, s, b.ID, 1, 5, 2)
+		// Lines 1..4 are modules 100..103, line 5 is module 3 (stored).
+		ms := []*keyport.ModuleImport{testModule(1, 100, 2), testModule(2, 101, 2), testModule(3, 102, 2),
+			testModule(4, 103, 2), testModule(5, 3, 2), testModule(6, 104, 2)}
+		_, err := s.ImportModules(ctx, b.ID, fromSlice(ms))
+		var lineErr *keyport.LineError
+		if !errors.As(err, &lineErr) || lineErr.Line != 5 || !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("ImportModules: %v; want a LineError at line 5 wrapping ErrConflict", err)
+		}
+		if c := countRows(t, s, "modules"); c != "5" {
+			t.Errorf("%s modules stored, want the 5 of the first import", c)
+		}
+	})
+}
+
+func TestImportRejectsAModuleListingAnAIDTwice(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		m := testModule(7, 1, 3)
+		m.Domains[2].AID = m.Domains[0].AID
+		_, err := s.ImportModules(ctx, b.ID, fromSlice([]*keyport.ModuleImport{testModule(6, 2, 1), m}))
+		var lineErr *keyport.LineError
+		if !errors.As(err, &lineErr) || lineErr.Line != 7 || !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("ImportModules: %v; want line 7, ErrConflict", err)
+		}
+	})
+}
+
+func TestImportIntoAnUnknownBatchIsNotFound(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		if _, err := s.ImportModules(ctx, 777, modules(1, 1, 1)); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("ImportModules: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func TestImportStopsOnTheReadersErrorAndKeepsNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		bad := &keyport.LineError{Line: 812, Err: keyport.Invalid("eid", "EID check digits are wrong")}
+		i := 0
+		_, err := s.ImportModules(ctx, b.ID, func() (*keyport.ModuleImport, error) {
+			i++
+			if i == 812 {
+				return nil, bad
+			}
+			return testModule(i, i, 1), nil
+		})
+		if !errors.Is(err, bad) || !errors.Is(err, keyport.ErrInvalid) {
+			t.Fatalf("ImportModules: %v, want the reader's error", err)
+		}
+		if c := countRows(t, s, "modules"); c != "0" {
+			t.Errorf("%s modules kept", c)
+		}
+	})
+}
+
+// TestImportedWrappedKeysAreStoredExactlyAsGiven checks that what the
+// manufacturer delivered (KWP-wrapped keys) is what the database holds, as
+// base64 of the same bytes, and what GetDomain returns.
+func TestImportedWrappedKeysAreStoredExactlyAsGiven(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := &keyport.Batch{Name: "imp", KeySource: keyport.KeyImported}
+		if err := s.CreateBatch(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		wrapped := map[keyport.KeyUsage][]byte{
+			keyport.UsageENC: append(bytes.Repeat([]byte{0xE1}, 23), 0x00),
+			keyport.UsageMAC: append([]byte("WRAPPED-MAC-KWP:"), 0xff, 0x00, 0x80, 0x7f, 0x01, 0x02, 0x03, 0x04),
+			keyport.UsageDEK: bytes.Repeat([]byte{0xDE, 0xC0}, 12),
+		}
+		kcv := map[keyport.KeyUsage]string{keyport.UsageENC: "111111", keyport.UsageMAC: "222222", keyport.UsageDEK: "333333"}
+		m := &keyport.ModuleImport{Line: 1, EID: testEID(1), ISDAID: "A000000151000000", Domains: []keyport.Domain{{
+			AID: testAID(1), KVN: 0x30, State: keyport.Unassigned, KeySource: keyport.KeyImported,
+			Imported: wrapped, KCV: kcv}}}
+		if _, err := s.ImportModules(ctx, b.ID, fromSlice([]*keyport.ModuleImport{m})); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.GetDomain(ctx, testEID(1), testAID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for u, w := range wrapped {
+			if !bytes.Equal(d.Imported[u], w) {
+				t.Errorf("%s: got %x, want %x", u, d.Imported[u], w)
+			}
+			if d.KCV[u] != kcv[u] {
+				t.Errorf("%s KCV %s, want %s", u, d.KCV[u], kcv[u])
+			}
+		}
+		stored, err := store.QueryStringsForTest(s, `SELECT imported FROM domains`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := `{"dek":"3sDewN7A3sDewN7A3sDewN7A3sDewN7A","enc":"4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eEA","mac":"V1JBUFBFRC1NQUMtS1dQOv8AgH8BAgME"}`
+		if len(stored) != 1 || stored[0] != want {
+			t.Errorf("stored column %q, want %q", stored, want)
+		}
+	})
+}

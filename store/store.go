@@ -1,0 +1,408 @@
+// Package store is keyport's storage: the keyport.Store port over gorm, on an
+// embedded SQLite file (one process, a small issuer) or on PostgreSQL (several
+// replicas). The schema is built by versioned migrations (migrate.go) that give
+// the same tables, columns, keys and indexes on both databases.
+//
+// Key material never reaches this package in clear: imported first keys arrive
+// KWP-wrapped and are stored exactly as given. Errors name the operation and the
+// cause, never a row's values, and gorm's logger is silenced so that no SQL
+// argument is ever written to a log.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"github.com/jackc/pgx/v5/pgconn"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/keyport/keyport"
+)
+
+// dialect is the database flavour behind a Store.
+type dialect int
+
+const (
+	dialectSQLite dialect = iota
+	dialectPostgres
+)
+
+func (d dialect) String() string {
+	if d == dialectPostgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// Store is keyport.Store over SQLite or PostgreSQL. It is safe for concurrent
+// use. On SQLite all writes go through one connection, so concurrent write
+// transactions queue in Go instead of failing with "database is locked";
+// reads outside a transaction use a separate pool of read-only connections,
+// which WAL lets run beside the writer.
+type Store struct {
+	*repo
+	dialect dialect
+	pools   []*sql.DB
+}
+
+var _ keyport.Store = (*Store)(nil)
+
+// repo implements keyport.Repo on the store (w, r are the write and read
+// pools) or inside a transaction (w == r == the transaction).
+type repo struct {
+	dialect dialect
+	w, r    *gorm.DB
+	inTx    bool
+}
+
+// OpenOptions tune Open.
+type OpenOptions struct {
+	// Migrate applies pending migrations before the store serves. Without it
+	// Open refuses a database whose schema is older than the code.
+	Migrate bool
+}
+
+// Open opens the database dsn names and checks its schema version; it refuses
+// a database older or newer than this code (ErrSchemaTooOld, ErrSchemaTooNew).
+// dsn is a PostgreSQL URL (postgres://, postgresql://) or an SQLite file: a
+// path, "sqlite:path" or a "file:" URI.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	return OpenOptions{}.Open(ctx, dsn)
+}
+
+// Open opens dsn as the package-level Open does, migrating first if o.Migrate.
+func (o OpenOptions) Open(ctx context.Context, dsn string) (*Store, error) {
+	s, err := open(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if o.Migrate {
+		if err := s.Migrate(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if err := s.checkVersion(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func gormConfig() *gorm.Config {
+	return &gorm.Config{
+		// Silent and discarded: SQL arguments may hold wrapped key material,
+		// password hashes or token hashes, none of which belongs in a log.
+		Logger:                 logger.Discard.LogMode(logger.Silent),
+		NowFunc:                now,
+		SkipDefaultTransaction: true,
+		TranslateError:         true,
+	}
+}
+
+func open(ctx context.Context, dsn string) (*Store, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return openPostgres(ctx, dsn)
+	}
+	return openSQLite(ctx, dsn)
+}
+
+func openPostgres(ctx context.Context, dsn string) (*Store, error) {
+	db, err := gorm.Open(postgres.Open(dsn), gormConfig())
+	if err != nil {
+		return nil, fmt.Errorf("store: open postgres: %w", redactURL(mapUnavailable(err), dsn))
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, fmt.Errorf("store: open postgres: %w", err)
+	}
+	// Enough for a replica's request and worker goroutines; PostgreSQL's
+	// default max_connections is 100 and several replicas share it.
+	sqlDB.SetMaxOpenConns(20)
+	sqlDB.SetMaxIdleConns(10)
+	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
+	if err := sqlDB.PingContext(ctx); err != nil {
+		sqlDB.Close()
+		return nil, fmt.Errorf("store: open postgres: %w", redactURL(mapUnavailable(err), dsn))
+	}
+	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}}
+	s.repo = &repo{dialect: dialectPostgres, w: db, r: db}
+	return s, nil
+}
+
+// sqlitePath turns the accepted SQLite DSN forms into the path (or file: URI)
+// the driver opens, without query parameters, and the caller's own query.
+func sqlitePath(dsn string) (path, query string, err error) {
+	dsn = strings.TrimPrefix(dsn, "sqlite://")
+	dsn = strings.TrimPrefix(dsn, "sqlite:")
+	if dsn == "" {
+		return "", "", errors.New("empty SQLite path")
+	}
+	if strings.HasPrefix(dsn, "file:") {
+		path, query, _ = strings.Cut(dsn, "?")
+		return path, query, nil
+	}
+	if strings.ContainsAny(dsn, "?#") {
+		return "", "", errors.New("SQLite path may not contain '?' or '#'; use a file: URI")
+	}
+	if dsn == ":memory:" {
+		// Two pools (writer, readers) would see two different databases.
+		return "", "", errors.New("an in-memory SQLite database is not supported; use a file")
+	}
+	return dsn, "", nil
+}
+
+func openSQLite(ctx context.Context, dsn string) (*Store, error) {
+	path, userQuery, err := sqlitePath(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	common := url.Values{}
+	common.Add("_pragma", "busy_timeout(10000)")
+	common.Add("_pragma", "foreign_keys(1)")
+	common.Add("_pragma", "synchronous(NORMAL)")
+	withQuery := func(v url.Values) string {
+		q := v.Encode()
+		if userQuery != "" {
+			q = userQuery + "&" + q
+		}
+		return path + "?" + q
+	}
+
+	// The writer: one connection, so that write transactions queue in
+	// database/sql's pool rather than race for SQLite's lock; BEGIN IMMEDIATE
+	// so that a transaction that reads then writes takes the write lock up
+	// front and cannot fail to upgrade it (another process, e.g. a CLI
+	// import, may hold it: busy_timeout then waits up to 10 s).
+	wq := url.Values{}
+	for k, v := range common {
+		wq[k] = append([]string(nil), v...)
+	}
+	wq.Add("_pragma", "journal_mode(WAL)")
+	wq.Add("_pragma", "cache_size(-65536)")
+	wq.Set("_txlock", "immediate")
+	w, err := gorm.Open(sqlite.Open(withQuery(wq)), gormConfig())
+	if err != nil {
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	wDB, err := w.DB()
+	if err != nil {
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	wDB.SetMaxOpenConns(1)
+	wDB.SetMaxIdleConns(1)
+	wDB.SetConnMaxLifetime(0)
+	wDB.SetConnMaxIdleTime(0)
+	if err := wDB.PingContext(ctx); err != nil {
+		wDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+
+	// Readers: query_only so that a write sent to this pool by mistake
+	// fails loudly instead of bypassing the writer queue.
+	rq := url.Values{}
+	for k, v := range common {
+		rq[k] = append([]string(nil), v...)
+	}
+	rq.Add("_pragma", "query_only(1)")
+	r, err := gorm.Open(sqlite.Open(withQuery(rq)), gormConfig())
+	if err != nil {
+		wDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	rDB, err := r.DB()
+	if err != nil {
+		wDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	rDB.SetMaxOpenConns(4)
+	rDB.SetMaxIdleConns(4)
+
+	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}}
+	s.repo = &repo{dialect: dialectSQLite, w: w, r: r}
+	return s, nil
+}
+
+// Close closes the database connections.
+func (s *Store) Close() error {
+	var errs []error
+	for _, p := range s.pools {
+		errs = append(errs, p.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// Dialect returns "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.dialect.String() }
+
+// Tx runs fn in one transaction: fn's error (or a panic) rolls back everything
+// fn did through tx, and is returned as it is. On SQLite the transaction holds
+// the write lock from its start, so concurrent transactions run one after
+// another; fn must therefore use tx, never s, or it waits for itself.
+func (s *Store) Tx(ctx context.Context, fn func(tx keyport.Repo) error) error {
+	var fnErr error
+	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
+		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
+		return fnErr
+	})
+	if err != nil && fnErr == nil {
+		// Begin or commit failed: the database, not fn, is the cause.
+		return wrap("tx", err)
+	}
+	return err
+}
+
+// writeTx runs fn in the current transaction, or in a new one on the writer.
+// fn returns errors already prefixed; a failed begin or commit is prefixed
+// with op here.
+func (r *repo) writeTx(ctx context.Context, op string, fn func(db *gorm.DB) error) error {
+	if r.inTx {
+		return fn(r.w.WithContext(ctx))
+	}
+	var fnErr error
+	err := r.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
+		fnErr = fn(db)
+		return fnErr
+	})
+	if err != nil && fnErr == nil {
+		return wrap(op, err)
+	}
+	return err
+}
+
+// now is the store's clock: UTC with the microseconds both databases keep, so
+// that what is written is what is read back.
+func now() time.Time { return keyport.AuditTime(time.Now()) }
+
+// dbTime normalises a caller's time the same way, defaulting to now.
+func dbTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return now()
+	}
+	return keyport.AuditTime(t)
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// newID returns a random 128-bit identifier in hex for objects whose caller
+// did not choose one.
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("store: crypto/rand: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Driver error codes the store maps onto keyport's sentinels.
+const (
+	sqliteBusy             = 5
+	sqliteLocked           = 6
+	sqliteConstraintUnique = 2067
+	sqliteConstraintPK     = 1555
+	sqliteConstraintFK     = 787
+)
+
+// mapErr maps a driver error onto keyport's sentinel errors: a missing row is
+// ErrNotFound, a unique violation ErrConflict, a missing referenced row
+// ErrNotFound, a busy database ErrUnavailable. The driver's message is kept
+// only for other errors: constraint messages name columns, not values, but
+// nothing is lost by leaving them out.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var code interface{ Code() int }
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, keyport.ErrNotFound), errors.Is(err, keyport.ErrConflict),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case errors.Is(err, gorm.ErrRecordNotFound), errors.Is(err, sql.ErrNoRows):
+		return keyport.ErrNotFound
+	case errors.Is(err, gorm.ErrDuplicatedKey):
+		return keyport.ErrConflict
+	case errors.Is(err, gorm.ErrForeignKeyViolated):
+		return fmt.Errorf("referenced object: %w", keyport.ErrNotFound)
+	case errors.As(err, &pgErr):
+		switch pgErr.Code {
+		case "23505":
+			return keyport.ErrConflict
+		case "23503":
+			return fmt.Errorf("referenced object: %w", keyport.ErrNotFound)
+		case "40001", "40P01", "55P03", "57P01", "57P03", "53300":
+			// serialization failure, deadlock, lock timeout, shutdown,
+			// cannot connect now, too many connections: retry may work.
+			return fmt.Errorf("%w: %s", keyport.ErrUnavailable, pgErr.Code)
+		}
+		return err
+	case errors.As(err, &code):
+		switch code.Code() {
+		case sqliteConstraintUnique, sqliteConstraintPK:
+			return keyport.ErrConflict
+		case sqliteConstraintFK:
+			return fmt.Errorf("referenced object: %w", keyport.ErrNotFound)
+		}
+		switch code.Code() & 0xff {
+		case sqliteBusy, sqliteLocked:
+			return fmt.Errorf("%w: %v", keyport.ErrUnavailable, err)
+		}
+		return err
+	}
+	return mapUnavailable(err)
+}
+
+// mapUnavailable marks connection failures (PostgreSQL down, refused) as
+// ErrUnavailable so that callers may retry.
+func mapUnavailable(err error) error {
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) || pgconn.Timeout(err) {
+		return fmt.Errorf("%w: %v", keyport.ErrUnavailable, err)
+	}
+	return err
+}
+
+// wrap prefixes a mapped driver error with the operation.
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("store: %s: %w", op, mapErr(err))
+}
+
+// redactURL removes a password in dsn from err's text (pgx repeats the
+// connection string in some errors), keeping ErrUnavailable matchable.
+func redactURL(err error, dsn string) error {
+	u, perr := url.Parse(dsn)
+	if perr != nil || u.User == nil {
+		return err
+	}
+	pw, ok := u.User.Password()
+	if !ok || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	msg := strings.ReplaceAll(err.Error(), pw, "xxxxx")
+	if errors.Is(err, keyport.ErrUnavailable) {
+		return fmt.Errorf("%w: %s", keyport.ErrUnavailable, msg)
+	}
+	return errors.New(msg)
+}
