@@ -106,53 +106,59 @@ func (s *Service) replay(ctx context.Context, p Principal, req ClaimRequest) (*C
 	return c, nil
 }
 
+// claimOnce does the HSM work first, outside any transaction, so that
+// concurrent claims of different domains use the HSM in parallel instead of
+// queuing behind a database write lock; then one transaction makes the
+// conditional UNASSIGNED → ASSIGNED update and stores claim, package, audit
+// event and outbox row. A claim that loses the race, or fails before the
+// commit, leaves nothing behind: the wrapped keys and the package exist only
+// in memory until the commit.
 func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, b *Batch, wk *WrappingKey, pub *rsa.PublicKey) (*Claim, error) {
-	var c *Claim
-	err := s.Store.Tx(ctx, func(tx Repo) error {
-		var d *Domain
-		var err error
-		if req.AID != "" {
-			d, err = tx.GetDomain(ctx, req.EID, req.AID)
-		} else {
-			d, err = tx.FirstUnassigned(ctx, req.EID)
-			if errors.Is(err, ErrNotFound) {
-				return fmt.Errorf("%w: module %s has no unassigned domain", ErrConflict, req.EID)
-			}
+	var d *Domain
+	var err error
+	if req.AID != "" {
+		d, err = s.Store.GetDomain(ctx, req.EID, req.AID)
+	} else {
+		d, err = s.Store.FirstUnassigned(ctx, req.EID)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: module %s has no unassigned domain", ErrConflict, req.EID)
 		}
-		if err != nil {
-			return err
+	}
+	if err != nil {
+		return nil, err
+	}
+	if d.State != Unassigned {
+		return nil, fmt.Errorf("%w: domain %s is %s, not UNASSIGNED", ErrConflict, d.AID, d.State)
+	}
+	keys, err := s.Custody.WrapFirstKeys(ctx, FirstKeysRequest{Batch: b.Name, Source: d.KeySource, EID: d.EID, AID: d.AID,
+		Imported: d.Imported, Recipient: pub})
+	if err != nil {
+		return nil, fmt.Errorf("keyport: wrap first keys of %s/%s: %w", d.EID, d.AID, err)
+	}
+	for _, k := range keys {
+		if want, ok := d.KCV[k.Usage]; ok && want != k.KCV {
+			// The HSM unwrapped a key that is not the one the manufacturer
+			// declared: never hand it out.
+			return nil, fmt.Errorf("keyport: %s key of %s/%s has KCV %s, import declared %s", k.Usage, d.EID, d.AID, k.KCV, want)
 		}
-		if d.State != Unassigned {
-			return fmt.Errorf("%w: domain %s is %s, not UNASSIGNED", ErrConflict, d.AID, d.State)
-		}
+	}
+	c := &Claim{ID: NewID("clm"), ProviderID: p.ProviderID, DomainID: d.ID, EID: d.EID, AID: d.AID, WrappingKeyID: wk.ID,
+		IdempotencyKey: req.IdempotencyKey, RequestHash: req.hash(), CreatedAt: s.now().UTC()}
+	pkg := &KeyPackage{Version: 1, EID: d.EID, AID: d.AID, KVN: d.KVN, SCP: "03", I: "70", SequenceCounter: d.SeqCounter,
+		Wrapping: PackageWrapping{Alg: "RSA-OAEP+AES-KWP", OAEPHash: s.Custody.OAEPHash(), PublicKeySHA256: wk.SHA256},
+		IssuedAt: c.CreatedAt, ClaimID: c.ID}
+	for i, k := range keys {
+		pkg.Keys = append(pkg.Keys, PackageKey{ID: i + 1, Usage: k.Usage, Bits: k.Bits, KCV: k.KCV, Wrapped: k.Wrapped})
+	}
+	if c.Package, err = s.signPackage(ctx, pkg); err != nil {
+		return nil, err
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
 		owner := p.ProviderID
 		if err := tx.TransitionDomain(ctx, d.ID, From(EventClaim), Assigned, &owner); err != nil {
 			if errors.Is(err, ErrConflict) && req.AID == "" {
 				return errLostRace
 			}
-			return err
-		}
-		keys, err := s.Custody.WrapFirstKeys(ctx, FirstKeysRequest{Batch: b.Name, Source: d.KeySource, EID: d.EID, AID: d.AID,
-			Imported: d.Imported, Recipient: pub})
-		if err != nil {
-			return fmt.Errorf("keyport: wrap first keys of %s/%s: %w", d.EID, d.AID, err)
-		}
-		for _, k := range keys {
-			if want, ok := d.KCV[k.Usage]; ok && want != k.KCV {
-				// The HSM unwrapped a key that is not the one the manufacturer
-				// declared: never hand it out.
-				return fmt.Errorf("keyport: %s key of %s/%s has KCV %s, import declared %s", k.Usage, d.EID, d.AID, k.KCV, want)
-			}
-		}
-		c = &Claim{ID: NewID("clm"), ProviderID: p.ProviderID, DomainID: d.ID, EID: d.EID, AID: d.AID, WrappingKeyID: wk.ID,
-			IdempotencyKey: req.IdempotencyKey, RequestHash: req.hash(), CreatedAt: s.now().UTC()}
-		pkg := &KeyPackage{Version: 1, EID: d.EID, AID: d.AID, KVN: d.KVN, SCP: "03", I: "70", SequenceCounter: d.SeqCounter,
-			Wrapping: PackageWrapping{Alg: "RSA-OAEP+AES-KWP", OAEPHash: s.Custody.OAEPHash(), PublicKeySHA256: wk.SHA256},
-			IssuedAt: c.CreatedAt, ClaimID: c.ID}
-		for i, k := range keys {
-			pkg.Keys = append(pkg.Keys, PackageKey{ID: i + 1, Usage: k.Usage, Bits: k.Bits, KCV: k.KCV, Wrapped: k.Wrapped})
-		}
-		if c.Package, err = s.signPackage(ctx, pkg); err != nil {
 			return err
 		}
 		if err := tx.CreateClaim(ctx, c); err != nil {
@@ -165,7 +171,10 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 		msg, _ := json.Marshal(map[string]any{"event": "domain.assigned", "provider": p.ProviderID, "eid": d.EID, "aid": d.AID, "claim": c.ID})
 		return tx.AddOutbox(ctx, &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt})
 	})
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func (p *KeyPackage) kcvs() map[KeyUsage]string {

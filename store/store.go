@@ -107,6 +107,10 @@ func gormConfig() *gorm.Config {
 		NowFunc:                now,
 		SkipDefaultTransaction: true,
 		TranslateError:         true,
+		// Prepared statements are cached per connection: the pure-Go SQLite
+		// driver otherwise parses every statement anew, which costs more
+		// than running it on the hot read paths (claims, EID lookups).
+		PrepareStmt: true,
 	}
 }
 

@@ -27,6 +27,7 @@ usage: keyport <command> [flags]
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   vcard --state FILE         run a virtual secure module attached to vpcd
+  bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
 Common flags (and environment): --data-dir (KEYPORT_DATA_DIR), --db (KEYPORT_DB),
 --hsm (KEYPORT_HSM), --addr (KEYPORT_ADDR), --oaep-hash (KEYPORT_OAEP_HASH).
@@ -109,6 +110,8 @@ func run(ctx context.Context, args []string) error {
 		}
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
+	case "bench":
+		return cmdBench(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -204,3 +204,8 @@ func loadJWKS(ctx context.Context, src string) (keyport.JWKS, error) {
 	}
 	return set, nil
 }
+
+func pemPublic(pub *rsa.PublicKey) []byte {
+	der, _ := x509.MarshalPKIXPublicKey(pub)
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
