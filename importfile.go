@@ -3,6 +3,7 @@ package keyport
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -27,10 +28,29 @@ type importLine struct {
 }
 
 type importDomain struct {
-	AID  string            `json:"aid"`
-	KVN  *int              `json:"kvn"`
-	Keys map[string]string `json:"keys"`
-	KCV  map[string]string `json:"kcv"`
+	AID  string      `json:"aid"`
+	KVN  *int        `json:"kvn"`
+	Keys *importKeys `json:"keys"`
+	KCV  *importKeys `json:"kcv"`
+}
+
+// importKeys holds one value per key usage. Fixed fields, not a map: the
+// decoder is several times faster, and an unknown usage is refused as an
+// unknown field.
+type importKeys struct {
+	ENC *string `json:"enc"`
+	MAC *string `json:"mac"`
+	DEK *string `json:"dek"`
+}
+
+func (k *importKeys) get(u KeyUsage) *string {
+	switch u {
+	case UsageENC:
+		return k.ENC
+	case UsageMAC:
+		return k.MAC
+	}
+	return k.DEK
 }
 
 // ParseImportLine validates one line of an import file and returns the module
@@ -89,7 +109,7 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 			return nil, err
 		}
 		for _, u := range Usages {
-			wrapped, err := base64.StdEncoding.DecodeString(d.Keys[string(u)])
+			wrapped, err := base64.StdEncoding.DecodeString(*d.Keys.get(u))
 			if err != nil {
 				return nil, Invalid(field+".keys."+string(u), "not standard base64")
 			}
@@ -97,7 +117,7 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 			if n := len(wrapped); n != 24 && n != 32 && n != 40 {
 				return nil, Invalid(field+".keys."+string(u), "a KWP-wrapped AES key is 24, 32 or 40 bytes, got %d", n)
 			}
-			kcv, err := ParseKCV(d.KCV[string(u)])
+			kcv, err := ParseKCV(*d.KCV.get(u))
 			if err != nil {
 				return nil, Invalid(field+".kcv."+string(u), "%s", err.(*InvalidError).Reason)
 			}
@@ -109,17 +129,12 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 	return m, nil
 }
 
-func checkUsages(field string, m map[string]string) error {
-	if m == nil {
+func checkUsages(field string, k *importKeys) error {
+	if k == nil {
 		return invalid(field, "missing")
 	}
-	for k := range m {
-		if k != string(UsageENC) && k != string(UsageMAC) && k != string(UsageDEK) {
-			return Invalid(field, "unknown key usage %q (want enc, mac, dek)", k)
-		}
-	}
 	for _, u := range Usages {
-		if _, ok := m[string(u)]; !ok {
+		if k.get(u) == nil {
 			return Invalid(field, "missing %q", u)
 		}
 	}
@@ -146,7 +161,8 @@ func jsonReason(err error) string {
 	case errors.Is(err, io.EOF):
 		return "empty"
 	}
-	return err.Error()
+	// "json: unknown field "x"" and the like: the message without its prefix.
+	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // ImportErrors lists the bad lines of an import file. The whole file is
@@ -202,4 +218,125 @@ func (s *importScanner) next() ([]byte, error) {
 		return nil, err
 	}
 	return nil, io.EOF
+}
+
+// maxListedImportErrors bounds how many bad lines an ImportErrors names.
+const maxListedImportErrors = 100
+
+// ImportModules imports a manufacturer's output file (JSON Lines) into an
+// imported batch, in one transaction: any bad line rejects the whole file,
+// and the error names every bad line (up to 100). It reads the file once,
+// streaming, in bounded memory whatever its size; lines are parsed on a
+// second goroutine so that parsing overlaps the database's inserts.
+func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, file io.Reader, verify VerifyMode) (int, error) {
+	if !p.Admin {
+		return 0, ErrForbidden
+	}
+	b, err := s.Store.GetBatch(ctx, batch)
+	if err != nil {
+		return 0, fmt.Errorf("keyport: batch %q: %w", batch, err)
+	}
+	if b.KeySource != KeyImported {
+		return 0, Invalid("batch", "batch %q is a derived batch: its modules come from perso, not from a file", batch)
+	}
+	switch verify {
+	case VerifyAll, VerifySample, VerifyNone:
+	case "":
+		verify = VerifySample
+	default:
+		return 0, Invalid("verify", "must be all, sample or none")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lines := parseAhead(ctx, file)
+	var bad ImportErrors
+	var count, seen int
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		var err error
+		count, err = tx.ImportModules(ctx, b.ID, func() (*ModuleImport, error) {
+			for pl := range lines {
+				if pl.err == nil && (verify == VerifyAll || verify == VerifySample && seen%997 == 0) {
+					pl.err = s.checkImportedKCVs(ctx, batch, pl.m)
+				}
+				seen++
+				var le *LineError
+				switch {
+				case errors.As(pl.err, &le):
+					// The file itself is unreadable past this line.
+					bad.Lines = append(bad.Lines, le)
+					return nil, &bad
+				case pl.err != nil && !errors.Is(pl.err, ErrInvalid):
+					return nil, pl.err
+				case pl.err != nil && len(bad.Lines) < maxListedImportErrors:
+					bad.Lines = append(bad.Lines, &LineError{Line: pl.m.Line, Err: pl.err})
+				case pl.err != nil:
+					bad.More++
+				case len(bad.Lines) == 0:
+					return pl.m, nil
+				}
+				// After a bad line nothing more is stored, but the rest of
+				// the file is still checked so that every bad line is named.
+			}
+			if len(bad.Lines) > 0 {
+				return nil, &bad
+			}
+			return nil, ctx.Err()
+		})
+		if err != nil {
+			return err
+		}
+		if count == 0 {
+			return invalid("file", "the import file holds no module")
+		}
+		return s.audit(ctx, tx, p.Actor(), "import", "batch:"+batch, map[string]any{"modules": count, "verify": verify})
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.log().Info("modules imported", "batch", batch, "modules", count)
+	return count, nil
+}
+
+// parsedLine is one line of an import file, parsed, or why it is not.
+type parsedLine struct {
+	m   *ModuleImport // Line is set even when err is
+	err error
+}
+
+// parseAhead parses the file's lines on its own goroutine, a bounded number
+// ahead of the reader, until the file ends or ctx is done.
+func parseAhead(ctx context.Context, file io.Reader) <-chan parsedLine {
+	out := make(chan parsedLine, 256)
+	go func() {
+		defer close(out)
+		sc := newImportScanner(file)
+		for {
+			line, err := sc.next()
+			if err == io.EOF {
+				return
+			}
+			var pl parsedLine
+			if err != nil {
+				var le *LineError
+				if !errors.As(err, &le) {
+					err = &LineError{Line: sc.line + 1, Err: fmt.Errorf("read: %w", err)}
+				}
+				pl.err = err
+			} else if pl.m, pl.err = ParseImportLine(line); pl.err != nil {
+				pl.m = &ModuleImport{}
+			}
+			if pl.m != nil {
+				pl.m.Line = sc.line
+			}
+			select {
+			case out <- pl:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
 }

@@ -43,7 +43,7 @@ func TestParseImportLineNamesTheBadField(t *testing.T) {
 		strings.Replace(goodImport, `"mac":"`+wrapped24, `"mac":"!!`, 1):                           "keys.mac: not standard base64",
 		strings.Replace(goodImport, `"dek":"`+wrapped24, `"dek":"AAAA`, 1):                         "24, 32 or 40 bytes",
 		strings.Replace(goodImport, `"ee72cb"`, `"ee72"`, 1):                                       "6 hex digits",
-		strings.Replace(goodImport, `"kcv":{"enc"`, `"kcv":{"foo":"000000","enc"`, 1):              "unknown key usage",
+		strings.Replace(goodImport, `"kcv":{"enc"`, `"kcv":{"foo":"000000","enc"`, 1):              `unknown field "foo"`,
 		strings.Replace(goodImport, `,"dek":"010203"`, ``, 1):                                      `missing "dek"`,
 		strings.Replace(goodImport, `"aid":"A0000001515350410101"`, `"aid":"A000000151000000"`, 1): "appears twice",
 		goodImport + ` {}`: "more than one JSON value",

@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -163,104 +162,6 @@ const (
 	VerifySample VerifyMode = "sample" // the first module and every 997th
 	VerifyNone   VerifyMode = "none"
 )
-
-// maxListedImportErrors bounds how many bad lines an ImportErrors names.
-const maxListedImportErrors = 100
-
-// ImportModules imports a manufacturer's output file (JSON Lines) into an
-// imported batch. The file is validated whole first; any bad line rejects it
-// all, naming the lines. Then it is stored in one transaction: nothing is
-// half-imported. spool must be a reader of the same content for the second
-// pass (a temp file the caller wrote, or a bytes.Reader); memory stays
-// bounded whatever the file's size.
-func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, file io.ReadSeeker, verify VerifyMode) (int, error) {
-	if !p.Admin {
-		return 0, ErrForbidden
-	}
-	b, err := s.Store.GetBatch(ctx, batch)
-	if err != nil {
-		return 0, fmt.Errorf("keyport: batch %q: %w", batch, err)
-	}
-	if b.KeySource != KeyImported {
-		return 0, Invalid("batch", "batch %q is a derived batch: its modules come from perso, not from a file", batch)
-	}
-	switch verify {
-	case VerifyAll, VerifySample, VerifyNone:
-	case "":
-		verify = VerifySample
-	default:
-		return 0, Invalid("verify", "must be all, sample or none")
-	}
-	// Pass 1: validate every line, check KCVs, remember nothing but errors.
-	var bad ImportErrors
-	sc := newImportScanner(file)
-	n := 0
-	for {
-		line, err := sc.next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			var le *LineError
-			if errors.As(err, &le) {
-				bad.Lines = append(bad.Lines, le)
-				break
-			}
-			return 0, fmt.Errorf("keyport: read import file: %w", err)
-		}
-		m, err := ParseImportLine(line)
-		if err == nil && (verify == VerifyAll || verify == VerifySample && n%997 == 0) {
-			err = s.checkImportedKCVs(ctx, batch, m)
-		}
-		n++
-		if err != nil {
-			if len(bad.Lines) < maxListedImportErrors {
-				bad.Lines = append(bad.Lines, &LineError{Line: sc.line, Err: err})
-			} else {
-				bad.More++
-			}
-		}
-	}
-	if len(bad.Lines) > 0 {
-		return 0, &bad
-	}
-	if n == 0 {
-		return 0, invalid("file", "the import file holds no module")
-	}
-	// Pass 2: store.
-	if _, err := file.Seek(0, io.SeekStart); err != nil {
-		return 0, fmt.Errorf("keyport: rewind import file: %w", err)
-	}
-	sc = newImportScanner(file)
-	var count int
-	err = s.Store.Tx(ctx, func(tx Repo) error {
-		var err error
-		count, err = tx.ImportModules(ctx, b.ID, func() (*ModuleImport, error) {
-			line, err := sc.next()
-			if err == io.EOF {
-				return nil, nil
-			}
-			if err != nil {
-				return nil, err
-			}
-			m, err := ParseImportLine(line)
-			if err != nil {
-				return nil, &LineError{Line: sc.line, Err: err}
-			}
-			m.Line = sc.line
-			return m, nil
-		})
-		if err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, p.Actor(), "import", "batch:"+batch, map[string]any{"modules": count, "verify": verify})
-	})
-	if err != nil {
-		return 0, err
-	}
-	s.log().Info("modules imported", "batch", batch, "modules", count)
-	return count, nil
-}
 
 func (s *Service) checkImportedKCVs(ctx context.Context, batch string, m *ModuleImport) error {
 	for _, d := range m.Domains {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -149,15 +150,18 @@ func (s *synthModules) line(i int) {
 		}
 		fmt.Fprintf(&s.buf, `{"aid":"A00000015153504101%02X","kvn":48,"keys":{`, d)
 		kcv := map[string]string{}
+		// Deterministic per module, so that both passes of the import read
+		// the same file; cheap, so that the generator does not dominate.
+		rng := mrand.New(mrand.NewPCG(uint64(i), uint64(d)))
 		for j, u := range []string{"enc", "mac", "dek"} {
 			w := make([]byte, 24)
 			k := make([]byte, 16)
-			rand.Read(k)
+			fill(rng, k)
 			if s.real {
 				w, _ = hsm.WrapKWP(s.transport, k)
 				kcv[u], _ = hsm.KCV(k)
 			} else {
-				rand.Read(w)
+				fill(rng, w)
 				kcv[u] = "000000"
 			}
 			if j > 0 {
@@ -168,6 +172,12 @@ func (s *synthModules) line(i int) {
 		fmt.Fprintf(&s.buf, `},"kcv":{"enc":"%s","mac":"%s","dek":"%s"}}`, kcv["enc"], kcv["mac"], kcv["dek"])
 	}
 	s.buf.WriteString("]}\n")
+}
+
+func fill(r *mrand.Rand, b []byte) {
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
 }
 
 // parallel runs fn(i) for i in [0,n) on conc goroutines and returns the rate.
