@@ -1,0 +1,79 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseArgsAcceptsFlagsBeforeAndAfterPositionalArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"--batch", "b1", "file.jsonl"},
+		{"file.jsonl", "--batch", "b1"},
+		{"--batch=b1", "file.jsonl"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		batch := fs.String("batch", "", "")
+		if err := parseArgs(fs, args); err != nil || *batch != "b1" || fs.NArg() != 1 || fs.Arg(0) != "file.jsonl" {
+			t.Errorf("%v: batch %q args %v err %v", args, *batch, fs.Args(), err)
+		}
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.String("batch", "", "")
+	if err := parseArgs(fs, []string{"--batch", "b", "--", "--not-a-flag"}); err != nil || fs.Arg(0) != "--not-a-flag" {
+		t.Errorf("-- did not end the flags: %v %v", fs.Args(), err)
+	}
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(new(strings.Builder))
+	if err := parseArgs(fs, []string{"--unknown"}); err == nil {
+		t.Error("unknown flag accepted")
+	}
+}
+
+func TestConfigReadsSecretsFromFilesAndRefusesBothForms(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "db")
+	os.WriteFile(secret, []byte("postgres://u:p@127.0.0.1/k\n"), 0o600)
+	t.Setenv("KEYPORT_DB_FILE", secret)
+	var c config
+	if err := c.bind(flag.NewFlagSet("t", flag.ContinueOnError)); err != nil || c.DB != "postgres://u:p@127.0.0.1/k" {
+		t.Errorf("KEYPORT_DB_FILE: %q %v", c.DB, err)
+	}
+	t.Setenv("KEYPORT_DB", "x.db")
+	if err := (&config{}).bind(flag.NewFlagSet("t", flag.ContinueOnError)); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both forms: %v", err)
+	}
+}
+
+func TestConfigDefaultsPutEverythingUnderTheDataDirectory(t *testing.T) {
+	t.Setenv("KEYPORT_DATA_DIR", t.TempDir())
+	var c config
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	if err := c.bind(fs); err != nil {
+		t.Fatal(err)
+	}
+	if err := parse(fs, &c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.DB != filepath.Join(c.DataDir, "keyport.db") || c.Addr != "127.0.0.1:8080" || c.OAEPHash != "sha1" {
+		t.Errorf("defaults: %+v", c)
+	}
+	c.OAEPHash = "md5"
+	if err := c.finish(); err == nil {
+		t.Error("oaep-hash md5 accepted")
+	}
+}
+
+func TestRedactDSNHidesThePostgresPassword(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://keyport:s3cret@db:5432/k": "postgres://keyport:***@db:5432/k",
+		"postgres://db/k":                     "postgres://db/k",
+		"/var/lib/keyport/keyport.db":         "/var/lib/keyport/keyport.db",
+	} {
+		if got := redactDSN(in); got != want {
+			t.Errorf("redactDSN(%q) = %q", in, got)
+		}
+	}
+}
