@@ -9,36 +9,11 @@ import (
 	"github.com/keyport/keyport"
 )
 
-// KeyRef names a derived static key for the issuer station (keyport perso):
-// either a module's ISD key (Batch empty: derived from LabelISDMaster with the
-// ISD's AID) or an SSD first key of a derived batch (derived from
-// BatchMasterLabel(Batch) with the SSD's AID). Derivation: DerivationData.
-type KeyRef struct {
-	Batch string // empty for an ISD key
-	EID   keyport.EID
-	AID   keyport.AID
-	Usage keyport.KeyUsage
-}
+var _ keyport.PersoCustody = (*HSM)(nil)
 
-// ISDKey names the ISD key of usage of the module eid whose ISD is isdAID.
-func ISDKey(eid keyport.EID, isdAID keyport.AID, usage keyport.KeyUsage) KeyRef {
-	return KeyRef{EID: eid, AID: isdAID, Usage: usage}
-}
-
-// FirstKey names a first key of the SSD aid on module eid in a derived batch.
-func FirstKey(batch string, eid keyport.EID, aid keyport.AID, usage keyport.KeyUsage) KeyRef {
-	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage}
-}
-
-// String names the key without revealing anything secret.
-func (r KeyRef) String() string {
-	if r.Batch == "" {
-		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
-	}
-	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
-}
-
-func (r KeyRef) master() (string, error) {
+// masterLabel returns the label of the master key that derives r: the ISD
+// master for an ISD key (r.Batch empty), the batch master otherwise.
+func masterLabel(r keyport.KeyRef) (string, error) {
 	if r.EID == "" || r.AID == "" || r.Usage == "" {
 		return "", keyport.Invalid("key", "a key reference needs EID, AID and usage")
 	}
@@ -53,8 +28,8 @@ func (r KeyRef) master() (string, error) {
 
 // derive derives r as a session key that can CMAC (CKA_SIGN), wrap other
 // keys (CKA_WRAP) and give its KCV (CKA_ENCRYPT). The caller destroys it.
-func (h *HSM) derive(s *session, r KeyRef) (pkcs11.ObjectHandle, error) {
-	label, err := r.master()
+func (h *HSM) derive(s *session, r keyport.KeyRef) (pkcs11.ObjectHandle, error) {
+	label, err := masterLabel(r)
 	if err != nil {
 		return 0, err
 	}
@@ -69,7 +44,7 @@ func (h *HSM) derive(s *session, r KeyRef) (pkcs11.ObjectHandle, error) {
 // the derived static key ref, so that SCP03 session keys (GP Amendment D, the
 // KDF in counter mode with CMAC as PRF of NIST SP 800-108) are derived without the
 // static key leaving the HSM.
-func (h *HSM) SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error) {
+func (h *HSM) SCP03CMAC(ctx context.Context, ref keyport.KeyRef, data []byte) ([]byte, error) {
 	var mac []byte
 	err := h.do(ctx, "CMAC under "+ref.String(), func(s *session) error {
 		k, err := h.derive(s, ref)
@@ -96,7 +71,7 @@ func (h *HSM) SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, e
 // AES-CBC and a zero IV (C_WrapKey with CKM_AES_CBC), as PUT KEY and STORE
 // DATA carry keys for SCP03 (GPCS v2.3 §11.8.2.3; Amendment D for AES keys), and
 // target's KCV.
-func (h *HSM) EncryptUnderKey(ctx context.Context, dekRef, target KeyRef) (cipher []byte, kcv string, err error) {
+func (h *HSM) EncryptUnderKey(ctx context.Context, dekRef, target keyport.KeyRef) (cipher []byte, kcv string, err error) {
 	err = h.do(ctx, "encrypt "+target.String()+" under "+dekRef.String(), func(s *session) error {
 		dek, err := h.derive(s, dekRef)
 		if err != nil {
@@ -119,4 +94,64 @@ func (h *HSM) EncryptUnderKey(ctx context.Context, dekRef, target KeyRef) (ciphe
 		return nil, "", err
 	}
 	return cipher, kcv, nil
+}
+
+// EncryptUnderClearKey returns the derived key target encrypted under a DEK
+// given in clear, with AES-CBC and a zero IV as EncryptUnderKey, and
+// target's KCV. It is for the public GP test DEK of a blank module's ISD
+// (keyport.GPTestKey): the DEK is imported as a session object that can only
+// wrap, used for one C_WrapKey and destroyed; target never leaves the HSM in
+// clear.
+func (h *HSM) EncryptUnderClearKey(ctx context.Context, dek []byte, target keyport.KeyRef) (cipher []byte, kcv string, err error) {
+	op := "encrypt " + target.String() + " under a clear DEK"
+	switch len(dek) {
+	case 16, 24, 32:
+	default:
+		return nil, "", fmt.Errorf("hsm: %s: %w", op, keyport.Invalid("dek", "an AES DEK has 16, 24 or 32 bytes, not %d", len(dek)))
+	}
+	err = h.do(ctx, op, func(s *session) error {
+		tmpl := []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, dek),
+		}
+		d, err := h.p.CreateObject(s.h, append(tmpl, usage(pkcs11.CKO_SECRET_KEY, pkcs11.CKA_WRAP)...))
+		if err != nil {
+			return fmt.Errorf("import the clear DEK: C_CreateObject: %w", err)
+		}
+		defer h.destroy(s, d)
+		t, err := h.derive(s, target)
+		if err != nil {
+			return err
+		}
+		defer h.destroy(s, t)
+		cbc := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}
+		if cipher, err = h.p.WrapKey(s.h, cbc, d, t); err != nil {
+			return fmt.Errorf("C_WrapKey AES-CBC: %w", err)
+		}
+		kcv, err = h.kcv(s, t)
+		return err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return cipher, kcv, nil
+}
+
+// DerivedKCV returns the GP KCV (first 3 bytes of AES-ECB(key, 01×16),
+// GPCS B.6) of the derived key ref.
+func (h *HSM) DerivedKCV(ctx context.Context, ref keyport.KeyRef) (string, error) {
+	var kcv string
+	err := h.do(ctx, "KCV of "+ref.String(), func(s *session) error {
+		k, err := h.derive(s, ref)
+		if err != nil {
+			return err
+		}
+		defer h.destroy(s, k)
+		kcv, err = h.kcv(s, k)
+		return err
+	})
+	return kcv, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"errors"
 	"testing"
 
 	"github.com/keyport/keyport"
@@ -86,7 +87,7 @@ func TestSCP03CMACUsesTheDerivedFirstKey(t *testing.T) {
 	h := derivedBatch(t)
 	clear := clearFirstKeys(t, h, testEID, testAID)
 	for _, msg := range [][]byte{nil, []byte("0123456789abcdef"), bytes.Repeat([]byte{7}, 40)} {
-		got, err := h.SCP03CMAC(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+		got, err := h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,8 +101,8 @@ func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
 	h := derivedBatch(t)
 	dekDomain := clearFirstKeys(t, h, testEID, testAID)
 	target := clearFirstKeys(t, h, testEID, testAID2)
-	ct, kcv, err := h.EncryptUnderKey(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageDEK),
-		hsm.FirstKey("b1", testEID, testAID2, keyport.UsageENC))
+	ct, kcv, err := h.EncryptUnderKey(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageDEK),
+		keyport.FirstKey("b1", testEID, testAID2, keyport.UsageENC))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,18 +120,55 @@ func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
 func TestISDKeysComeFromTheISDMasterAndDifferFromFirstKeys(t *testing.T) {
 	h := derivedBatch(t)
 	msg := []byte("host challenge")
-	isd1, err := h.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	isd1, err := h.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	isd2, _ := h.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
-	ssd, _ := h.SCP03CMAC(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+	isd2, _ := h.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	ssd, _ := h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
 	if !bytes.Equal(isd1, isd2) || bytes.Equal(isd1, ssd) {
 		t.Fatalf("ISD %x %x, SSD %x", isd1, isd2, ssd)
 	}
 	other := hsmtest.Open(t)
-	isdOther, _ := other.SCP03CMAC(ctx, hsm.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	isdOther, _ := other.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
 	if bytes.Equal(isd1, isdOther) {
 		t.Fatal("two tokens' ISD masters give the same key")
+	}
+}
+
+func TestEncryptUnderClearKeyIsAESCBCUnderTheGivenDEK(t *testing.T) {
+	h := derivedBatch(t)
+	target := clearFirstKeys(t, h, testEID, testAID)
+	ct, kcv, err := h.EncryptUnderClearKey(ctx, keyport.GPTestKey, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := aes.NewCipher(keyport.GPTestKey)
+	plain := make([]byte, len(ct))
+	cipher.NewCBCDecrypter(b, make([]byte, 16)).CryptBlocks(plain, ct)
+	if !bytes.Equal(plain, target[keyport.UsageMAC]) {
+		t.Fatalf("decrypts to %x, want the target key", plain)
+	}
+	if kcv != goKCV(t, target[keyport.UsageMAC]) {
+		t.Fatalf("KCV %s", kcv)
+	}
+	if _, _, err := h.EncryptUnderClearKey(ctx, []byte("short"), keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC)); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("5-byte DEK: %v, want ErrInvalid", err)
+	}
+}
+
+func TestDerivedKCVIsTheKCVTheClaimHandsOut(t *testing.T) {
+	h := derivedBatch(t)
+	for _, k := range firstKeys(t, h, testEID, testAID) {
+		got, err := h.DerivedKCV(ctx, keyport.FirstKey("b1", testEID, testAID, k.Usage))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != k.KCV {
+			t.Errorf("%s: DerivedKCV %s, WrapFirstKeys %s", k.Usage, got, k.KCV)
+		}
+	}
+	if _, err := h.DerivedKCV(ctx, keyport.FirstKey("nobatch", testEID, testAID, keyport.UsageENC)); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("unknown batch: %v, want ErrNotFound", err)
 	}
 }

@@ -220,7 +220,7 @@ func TestConcurrentOperationsShareThePoolWithoutCrashing(t *testing.T) {
 				case 1:
 					_, err = h.AuditMAC(ctx, []byte("x"))
 				case 2:
-					_, err = h.SCP03CMAC(ctx, hsm.FirstKey("b1", testEID, testAID, keyport.UsageMAC), []byte("x"))
+					_, err = h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), []byte("x"))
 				case 3:
 					err = h.Health(ctx)
 				case 4:

@@ -24,12 +24,18 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/hsm/hsmtest"
 	"github.com/keyport/keyport/store/storetest"
 	"github.com/keyport/keyport/web"
 )
 
-func TestMain(m *testing.M) { storetest.Main(m) }
+// TestMain also lets the test binary run as a virtual module's process
+// (pcsctest.StartCardProcess re-executes it).
+func TestMain(m *testing.M) {
+	pcsctest.MaybeRunCard()
+	storetest.Main(m)
+}
 
 // capture makes the commands write to buffers for the rest of the test.
 var captureMu sync.Mutex

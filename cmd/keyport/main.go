@@ -26,6 +26,7 @@ usage: keyport <command> [flags]
   audit verify               verify the audit chain and its HSM checkpoints
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
+  perso --reader R --batch B personalize the module in PC/SC reader R: --domains N SSDs, derived keys
   vcard --state FILE         run a virtual secure module attached to vpcd
   bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
@@ -108,6 +109,8 @@ func run(ctx context.Context, args []string) error {
 				return cmdSPUnwrap(ctx, args[2:])
 			}
 		}
+	case "perso":
+		return cmdPerso(ctx, args[1:])
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
 	case "bench":

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/pcsc"
+)
+
+// cmdPerso is `keyport perso`: the issuer personalization station for one
+// module in a PC/SC reader (DESIGN.md flow 1; keyport.Service.Personalize).
+// Running it again on the same module finishes an interrupted run and does
+// nothing on a finished one.
+func cmdPerso(ctx context.Context, args []string) error {
+	var cfg config
+	fs, err := newFlags("perso", &cfg)
+	if err != nil {
+		return err
+	}
+	reader := fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
+	batch := fs.String("batch", "", "derived batch the module joins (keyport batch create NAME)")
+	domains := fs.Int("domains", 8, "number of SSDs to create")
+	isdKeys := fs.String("isd-keys", string(keyport.ISDKeysDefault),
+		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
+	if err := parse(fs, &cfg, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return exitError{2, fmt.Errorf("perso: unexpected argument %q", fs.Arg(0))}
+	}
+	if *batch == "" {
+		return exitError{2, errors.New("usage: keyport perso --reader NAME --batch B [--domains N] [--isd-keys default|derived]")}
+	}
+	if *reader == "" {
+		names, err := pcsc.Readers()
+		if err != nil {
+			return err
+		}
+		return exitError{2, fmt.Errorf("perso: --reader is required; attached readers: %q", names)}
+	}
+	a, err := open(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	card, err := pcsc.Open(ctx, *reader)
+	if err != nil {
+		return err
+	}
+	defer card.Close()
+	rep, err := a.svc.Personalize(ctx, cli, card, a.hsm, keyport.PersoRequest{
+		Batch: *batch, Domains: *domains, ISDKeys: keyport.ISDKeys(*isdKeys)})
+	if err != nil {
+		if rep != nil && rep.APDUs > 0 {
+			fmt.Fprintf(stderr, "perso stopped after %d commands; run it again to finish the module\n", rep.APDUs)
+		}
+		return err
+	}
+	printPersoReport(rep)
+	return nil
+}
+
+func printPersoReport(rep *keyport.PersoReport) {
+	switch {
+	case rep.AlreadyRegistered:
+		fmt.Fprintf(stdout, "module %s was personalized already; card and store agree\n", rep.EID)
+	default:
+		fmt.Fprintf(stdout, "module %s personalized: ISD %s", rep.EID, rep.ISDAID)
+		if rep.ISDKeysReplaced {
+			fmt.Fprintf(stdout, ", test keys replaced by derived key set %02X", keyport.PersoISDKVN)
+		}
+		fmt.Fprintln(stdout)
+	}
+	for _, d := range rep.Domains {
+		var did []string
+		if d.Created {
+			did = append(did, "created")
+		}
+		if d.KeysLoaded {
+			did = append(did, "keys loaded")
+		}
+		if len(did) == 0 {
+			did = append(did, "present")
+		}
+		fmt.Fprintf(stdout, "  SSD %s  KVN %02X  KCV enc %s mac %s dek %s  counter %d  (%s)\n", d.AID, keyport.FirstKVN,
+			d.KCV[keyport.UsageENC], d.KCV[keyport.UsageMAC], d.KCV[keyport.UsageDEK], d.SeqCounter, strings.Join(did, ", "))
+	}
+	fmt.Fprintf(stdout, "%d commands in %v\n", rep.APDUs, rep.Duration.Round(1e6))
+}

@@ -1,0 +1,220 @@
+// Package scptest is the off-card side of SCP03 for tests that check a
+// module: select a security domain, authenticate with a key set (clear or
+// held in the HSM), send wrapped commands, list the registry, and play a
+// host with the wrong keys. It uses gp directly, not the code under test.
+package scptest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/hsm"
+)
+
+// Level is the security level tests authenticate at: C-MAC, C-DEC, R-MAC,
+// R-ENC (AmdD Table 7-3), which i=70 allows.
+const Level gp.SecurityLevel = 0x33
+
+// HSMKey is a static SCP03 key that stays in the HSM: CMACs come from
+// hsm.SCP03CMAC.
+type HSMKey struct {
+	H   *hsm.HSM
+	Ref keyport.KeyRef
+}
+
+// CMAC implements gp.StaticKey.
+func (k HSMKey) CMAC(data []byte) ([]byte, error) {
+	return k.H.SCP03CMAC(context.Background(), k.Ref, data)
+}
+
+// Size implements gp.StaticKey: derived keys are AES-128.
+func (k HSMKey) Size() int { return 16 }
+
+// FirstKeys is SSD aid's first key set (KVN 30) derived in h from batch.
+func FirstKeys(h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) gp.KeySet {
+	return gp.KeySet{KVN: keyport.FirstKVN, ENC: HSMKey{h, keyport.FirstKey(batch, eid, aid, keyport.UsageENC)},
+		MAC: HSMKey{h, keyport.FirstKey(batch, eid, aid, keyport.UsageMAC)}}
+}
+
+// ISDKeys is the ISD key set perso installs (KVN keyport.PersoISDKVN),
+// derived in h.
+func ISDKeys(h *hsm.HSM, eid keyport.EID, isd keyport.AID) gp.KeySet {
+	return gp.KeySet{KVN: keyport.PersoISDKVN, ENC: HSMKey{h, keyport.ISDKey(eid, isd, keyport.UsageENC)},
+		MAC: HSMKey{h, keyport.ISDKey(eid, isd, keyport.UsageMAC)}}
+}
+
+// TestKeys is a key set of the public GP test key at kvn.
+func TestKeys(kvn byte) gp.KeySet {
+	k := gp.AESKey(keyport.GPTestKey)
+	return gp.KeySet{KVN: kvn, ENC: k, MAC: k}
+}
+
+// Send transmits cmd and parses the answer; a transport error fails t.
+func Send(t testing.TB, card keyport.CardChannel, cmd gp.Command) gp.Response {
+	t.Helper()
+	raw, err := card.Transmit(context.Background(), cmd.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := gp.ParseResponse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Session is an open secure channel.
+type Session struct {
+	t    testing.TB
+	card keyport.CardChannel
+	hs   *gp.HostSession
+}
+
+// Authenticate selects aid and runs INITIALIZE UPDATE and EXTERNAL
+// AUTHENTICATE at Level with ks. It returns the card's INITIALIZE UPDATE
+// data, the status word that ended the handshake, and the session when that
+// status is 9000. When the card cryptogram does not verify, it sends an
+// EXTERNAL AUTHENTICATE computed from ks all the same, as a host with the
+// wrong keys that ignores the check would, so that the card counts it.
+func Authenticate(t testing.TB, card keyport.CardChannel, aid []byte, ks gp.KeySet) (gp.InitUpdateResponse, gp.SW, *Session) {
+	t.Helper()
+	if r := Send(t, card, gp.Select(aid)); r.SW != gp.SWOK {
+		t.Fatalf("scptest: SELECT %X: %s", aid, r.SW)
+	}
+	hs, err := gp.NewHostSession(ks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Send(t, card, hs.InitializeUpdate())
+	if r.SW != gp.SWOK {
+		return gp.InitUpdateResponse{}, r.SW, nil
+	}
+	iu, err := gp.ParseInitUpdateResponse(r.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ea gp.Command
+	if err := hs.OnInitUpdateResponse(r); err != nil {
+		ea = ForgedExternalAuthenticate(t, ks, hs.HostChallenge(), iu.CardChallenge)
+	} else if ea, err = hs.ExternalAuthenticate(Level); err != nil {
+		t.Fatal(err)
+	}
+	r = Send(t, card, ea)
+	if r.SW != gp.SWOK {
+		return iu, r.SW, nil
+	}
+	return iu, r.SW, &Session{t: t, card: card, hs: hs}
+}
+
+// ForgedExternalAuthenticate builds EXTERNAL AUTHENTICATE at Level from
+// keys the card may not have (AmdD 6.2.1, 6.2.2.3, 6.2.4): host cryptogram
+// and C-MAC under the session keys ks gives with these challenges.
+func ForgedExternalAuthenticate(t testing.TB, ks gp.KeySet, hostChallenge, cardChallenge []byte) gp.Command {
+	t.Helper()
+	sk, err := gp.DeriveSessionKeys(ks, hostChallenge, cardChallenge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := append(append([]byte{}, hostChallenge...), cardChallenge...)
+	crypt, err := gp.KDF(gp.AESKey(sk.MAC), 0x01, ctx, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, err := gp.CMAC(sk.MAC, append(append(make([]byte, 16), 0x84, 0x82, byte(Level), 0x00, 0x10), crypt...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gp.Command{CLA: 0x84, INS: 0x82, P1: byte(Level), Data: append(crypt, mac[:8]...)}
+}
+
+// Do sends cmd through the secure channel and returns the unwrapped answer.
+func (s *Session) Do(cmd gp.Command) gp.Response {
+	s.t.Helper()
+	w, err := s.hs.Wrap(cmd)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	r, err := s.hs.Unwrap(Send(s.t, s.card, w))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+// SecurityDomains lists the SSDs GET STATUS shows through the ISD session s.
+func (s *Session) SecurityDomains() []gp.RegistryEntry {
+	s.t.Helper()
+	var out []gp.RegistryEntry
+	for next := false; ; next = true {
+		r := s.Do(gp.GetStatus(gp.StatusApplications, next, nil))
+		if r.SW != gp.SWOK && r.SW != gp.SWMoreData {
+			s.t.Fatalf("scptest: GET STATUS: %s", r.SW)
+		}
+		es, err := gp.ParseGetStatus(r.Data)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Privileges.Has(gp.PrivSecurityDomain) {
+				out = append(out, e)
+			}
+		}
+		if r.SW != gp.SWMoreData {
+			return out
+		}
+	}
+}
+
+// CheckPersonalized checks a module after keyport perso against the store
+// and the HSM: the store holds the module with n domains (key source
+// derived, KVN 30, UNASSIGNED, the HSM's KCVs); the ISD holds the derived
+// key set and no longer the test keys at KVN 30; GET STATUS lists exactly
+// those domains as SSDs with privileges 804000, SELECTABLE; the HSM-derived
+// first keys authenticate to each, and each card counter is the store's
+// plus the one authentication done here.
+func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card keyport.CardChannel, batch string, eid keyport.EID, n int) {
+	t.Helper()
+	ctx := context.Background()
+	m, err := repo.GetModule(ctx, eid)
+	if err != nil {
+		t.Fatalf("scptest: store: %v", err)
+	}
+	if len(m.Domains) != n {
+		t.Fatalf("scptest: store has %d domains, want %d", len(m.Domains), n)
+	}
+	if _, sw, _ := Authenticate(t, card, m.ISDAID.Bytes(), TestKeys(0x30)); sw != gp.SWReferencedDataNotFound {
+		t.Errorf("scptest: ISD test key set 30: %s, want 6A88 (replaced)", sw)
+	}
+	_, sw, isd := Authenticate(t, card, m.ISDAID.Bytes(), ISDKeys(h, eid, m.ISDAID))
+	if sw != gp.SWOK {
+		t.Fatalf("scptest: ISD with the derived keys: %s", sw)
+	}
+	onCard := isd.SecurityDomains()
+	if len(onCard) != n {
+		t.Fatalf("scptest: the card has %d SSDs, want %d: %+v", len(onCard), n, onCard)
+	}
+	for i, d := range m.Domains {
+		if d.KeySource != keyport.KeyDerived || d.KVN != 0x30 || d.State != keyport.Unassigned {
+			t.Errorf("scptest: domain %s: %+v", d.AID, d)
+		}
+		e := onCard[i]
+		if string(e.AID) != string(d.AID.Bytes()) || e.Privileges != 0x804000 || e.LifeCycle != gp.LifeCycleSelectable {
+			t.Errorf("scptest: card entry %d: AID %X privileges %s LCS %s; store domain %s", i, e.AID, e.Privileges, e.LifeCycle, d.AID)
+		}
+		for _, u := range keyport.Usages {
+			kcv, err := h.DerivedKCV(ctx, keyport.FirstKey(batch, eid, d.AID, u))
+			if err != nil || kcv != d.KCV[u] {
+				t.Errorf("scptest: domain %s %s: store KCV %s, HSM %s (%v)", d.AID, u, d.KCV[u], kcv, err)
+			}
+		}
+		iu, sw, _ := Authenticate(t, card, d.AID.Bytes(), FirstKeys(h, batch, eid, d.AID))
+		if sw != gp.SWOK {
+			t.Errorf("scptest: domain %s: the derived first keys: %s", d.AID, sw)
+		}
+		if want := uint32(d.SeqCounter) + 1; iu.SequenceCounter != want {
+			t.Errorf("scptest: domain %s: card counter %d, store says %d (so %d expected)", d.AID, iu.SequenceCounter, d.SeqCounter, want)
+		}
+	}
+}

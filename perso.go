@@ -1,0 +1,968 @@
+package keyport
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keyport/keyport/gp"
+)
+
+// ---- Personalization station (flow 1, issuer route: keyport perso) ----
+
+// CardChannel carries command APDUs to one card and brings back its answers:
+// a PC/SC reader (cardlink/pcsc) or, in tests, a virtual module. Transmit
+// returns the whole response APDU, data ‖ SW1 SW2. The ISO 7816-4 transport
+// statuses 61xx (GET RESPONSE) and 6Cxx (wrong Le) are the channel's
+// business and never reach the caller.
+type CardChannel interface {
+	Transmit(ctx context.Context, apdu []byte) ([]byte, error)
+}
+
+// KeyRef names one HSM-derived static key of the personalization station:
+// either a module's ISD key (Batch empty: derived from the ISD master with
+// the ISD's AID) or an SSD first key of a derived batch (derived from the
+// batch master with the SSD's AID). The derivation is the one WrapFirstKeys
+// uses at claim time (DESIGN.md, "Key hierarchy"), so a provider who claims a
+// personalized domain receives exactly the keys that are on the card.
+type KeyRef struct {
+	Batch string // empty for an ISD key
+	EID   EID
+	AID   AID
+	Usage KeyUsage
+}
+
+// ISDKey names the usage key of the ISD isdAID of module eid.
+func ISDKey(eid EID, isdAID AID, usage KeyUsage) KeyRef {
+	return KeyRef{EID: eid, AID: isdAID, Usage: usage}
+}
+
+// FirstKey names the usage first key of SSD aid on module eid in a derived batch.
+func FirstKey(batch string, eid EID, aid AID, usage KeyUsage) KeyRef {
+	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage}
+}
+
+// String names the key without revealing anything secret.
+func (r KeyRef) String() string {
+	if r.Batch == "" {
+		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
+	}
+	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
+}
+
+// PersoCustody is what the personalization station asks of the HSM. Derived
+// static keys (KeyRef) never leave it: out come CMACs, keys encrypted under
+// another key as PUT KEY and STORE DATA carry them, and KCVs.
+type PersoCustody interface {
+	// SCP03CMAC returns AES-CMAC of data under the derived key ref: all an
+	// SCP03 host needs of a static key (AmdD 6.2.1, 6.2.2).
+	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
+	// EncryptUnderKey returns target encrypted under the derived DEK dek
+	// (AES-CBC, zero IV: AmdD 7.2.1, 7.3) and target's KCV.
+	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)
+	// EncryptUnderClearKey is EncryptUnderKey under a DEK given in clear. It
+	// exists for blank modules whose ISD DEK is the public GP test key
+	// (GPTestKey); the target still never leaves the HSM in clear.
+	EncryptUnderClearKey(ctx context.Context, dek []byte, target KeyRef) (cipher []byte, kcv string, err error)
+	// DerivedKCV returns the GP KCV of the derived key ref.
+	DerivedKCV(ctx context.Context, ref KeyRef) (string, error)
+}
+
+// ISDKeys says which keys the module's ISD holds before personalization.
+type ISDKeys string
+
+// ISD key modes.
+const (
+	// ISDKeysDefault: a blank module; the ISD holds the public GlobalPlatform
+	// test keys (GPTestKey for ENC, MAC and DEK), which perso replaces by
+	// HSM-derived keys. A module whose ISD already holds the derived key set
+	// (PersoISDKVN) is recognised and used as it is.
+	ISDKeysDefault ISDKeys = "default"
+	// ISDKeysDerived: the ISD must already hold the HSM-derived key set; the
+	// test keys are never sent.
+	ISDKeysDerived ISDKeys = "derived"
+)
+
+// Personalization constants (PROTOCOLS.md §1.2, §1.4 "KVN conventions").
+const (
+	// PersoISDKVN is the KVN of the ISD key set perso installs. It replaces
+	// the blank module's key set (KVN 30 on keyport's virtual module, FF on
+	// some cards) with PUT KEY P1 = old KVN. Keeping a KVN of its own, in the
+	// SCP03 range 30-3F, lets perso tell from GET DATA 00E0 alone, without a
+	// failed authentication counting toward the lock, whether the ISD still
+	// holds the test keys or already holds keyport's.
+	PersoISDKVN byte = 0x31
+	// FirstKVN is the KVN of an SSD's first key set: the key package and
+	// `keyport sp script` expect 30, which the provider replaces by 31.
+	FirstKVN byte = 0x30
+	// MaxPersoDomains bounds --domains: the SSD number is one AID byte.
+	MaxPersoDomains = 255
+)
+
+// GPTestKey is the well-known GlobalPlatform test key 40 41 … 4F that blank
+// modules carry as ENC, MAC and DEK of their ISD. It is public, so it may be
+// handled in clear.
+var GPTestKey = []byte{0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F}
+
+// DefaultAIDPrefix is the SSD AID prefix of a derived batch that has none:
+// the GP SSD module AID A0000001515350 41 (GPPro GPTool --domain,
+// PROTOCOLS.md §1.4); SSD n is A000000151535041 ‖ n.
+const DefaultAIDPrefix AID = "A000000151535041"
+
+// SSDPrivileges are the privileges of a keyport SSD: Security Domain and
+// Authorized Management (GPCS Table 11-7, PROTOCOLS.md §1.2), so that the
+// provider manages its domain without tokens once it holds the keys.
+const SSDPrivileges = gp.PrivSecurityDomain | gp.PrivAuthorizedManagement
+
+// AIDs perso uses on the card.
+var (
+	// ssdLoadFile / ssdModule: the SD package SSDs are instantiated from
+	// (GPPro GPTool --domain, PROTOCOLS.md §1.4).
+	ssdLoadFile = []byte{0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50}
+	ssdModule   = []byte{0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41}
+	// isdrAID answers the EID request (SGP.22; PROTOCOLS.md §5).
+	isdrAID = []byte{0xA0, 0x00, 0x00, 0x05, 0x59, 0x10, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x89, 0x00, 0x00, 0x01, 0x00}
+	// defaultISDAID is GPCS H.1.3's ISD AID, for a card whose SELECT answer
+	// does not name its ISD.
+	defaultISDAID = AID("A000000151000000")
+)
+
+// PersoRequest is one run of the personalization station.
+type PersoRequest struct {
+	// Batch is a derived batch: its master key derives the SSD first keys
+	// and its AID prefix names the SSDs.
+	Batch string
+	// Domains is how many SSDs the module gets (1..MaxPersoDomains).
+	Domains int
+	// ISDKeys is the ISD's key set before perso; "" means ISDKeysDefault.
+	ISDKeys ISDKeys
+}
+
+// PersoDomain is what perso did to one SSD.
+type PersoDomain struct {
+	AID AID
+	// Created: this run installed the SSD; KeysLoaded: this run loaded its
+	// first key set. Both false for an SSD an interrupted run had finished.
+	Created, KeysLoaded bool
+	KCV                 map[KeyUsage]string
+	// SeqCounter is the card's SCP03 sequence counter of the first key set
+	// after perso's own authentication with it.
+	SeqCounter int
+}
+
+// PersoReport says what a personalization run found and did.
+type PersoReport struct {
+	EID    EID
+	ISDAID AID
+	// CPLC is the card's production life cycle data (GET DATA 9F7F), if any.
+	CPLC []byte
+	// ISDKeysReplaced: this run replaced the ISD test keys by the derived key
+	// set PersoISDKVN.
+	ISDKeysReplaced bool
+	Domains         []PersoDomain
+	// Registered: this run stored the module. AlreadyRegistered: the store
+	// had it already (a finished perso run again); card and store were
+	// compared and nothing was changed.
+	Registered, AlreadyRegistered bool
+	// APDUs is the number of command APDUs sent.
+	APDUs    int
+	Duration time.Duration
+}
+
+// errPerso wraps the errors of one perso run with the module.
+func errPerso(eid EID, op string, err error) error {
+	if eid == "" {
+		return fmt.Errorf("keyport: perso: %s: %w", op, err)
+	}
+	return fmt.Errorf("keyport: perso %s: %s: %w", eid, op, err)
+}
+
+// Personalize is the issuer personalization station (DESIGN.md flow 1): over
+// card it reads the module's EID and CPLC, opens SCP03 to the ISD, replaces
+// the ISD test keys by keys derived in the HSM (PUT KEY, GPCS 11.8), creates
+// req.Domains SSDs (INSTALL [for install and make selectable], privileges
+// 804000, C9 {81 02 03 70}; GPCS 11.5), loads each SSD's first key set
+// derived in the HSM and encrypted there under the ISD DEK (INSTALL [for
+// personalization] + STORE DATA DGI 00B9/8113, GPCS 11.11.4), checks the
+// registry with GET STATUS and a fresh SCP03 authentication to every SSD,
+// and registers the module and its domains in the store (key source
+// "derived") with a chained "perso" audit event.
+//
+// It reads the card before it writes and only does what is missing, so a run
+// interrupted at any point (the module pulled, the station killed) is
+// finished by the next run without doing anything twice: a card that
+// executed a command whose answer was lost shows its effect on the next read.
+// The store is written last, in one transaction; a module the store has
+// already is compared with the card and left alone.
+//
+// Wrong keys are found by the card cryptogram before EXTERNAL AUTHENTICATE is
+// sent, so perso never adds to a key set's failure count.
+func (s *Service) Personalize(ctx context.Context, p Principal, card CardChannel, keys PersoCustody, req PersoRequest) (*PersoReport, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	if req.Domains < 1 || req.Domains > MaxPersoDomains {
+		return nil, Invalid("domains", "a module gets 1 to %d domains, not %d", MaxPersoDomains, req.Domains)
+	}
+	switch req.ISDKeys {
+	case "":
+		req.ISDKeys = ISDKeysDefault
+	case ISDKeysDefault, ISDKeysDerived:
+	default:
+		return nil, Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
+	}
+	b, err := s.Store.GetBatch(ctx, req.Batch)
+	if err != nil {
+		return nil, errPerso("", "batch "+req.Batch, err)
+	}
+	if b.KeySource != KeyDerived {
+		return nil, Invalid("batch", "batch %q is an imported batch: its keys come from the manufacturer, not from perso", req.Batch)
+	}
+	aids, err := ssdAIDs(b.AIDPrefix, req.Domains)
+	if err != nil {
+		return nil, err
+	}
+	r := &persoRun{s: s, p: p, card: card, keys: keys, req: req, batch: b, aids: aids, rep: &PersoReport{}}
+	start := time.Now()
+	err = r.run(ctx)
+	r.rep.Duration = time.Since(start)
+	if err != nil {
+		return r.rep, errPerso(r.rep.EID, r.step, err)
+	}
+	s.log().Info("module personalized", "eid", r.rep.EID, "batch", b.Name, "domains", len(aids),
+		"registered", r.rep.Registered, "apdus", r.rep.APDUs, "duration", r.rep.Duration)
+	return r.rep, nil
+}
+
+// ssdAIDs returns prefix ‖ n for n = 1..count (DefaultAIDPrefix when the
+// batch has no prefix).
+func ssdAIDs(prefix AID, count int) ([]AID, error) {
+	if prefix == "" {
+		prefix = DefaultAIDPrefix
+	}
+	pb, err := hex.DecodeString(string(prefix))
+	if err != nil || len(pb) < 5 || len(pb) > 15 {
+		return nil, Invalid("batch", "AID prefix %q must be 5 to 15 bytes so that prefix ‖ n is an AID", prefix)
+	}
+	out := make([]AID, count)
+	for n := 1; n <= count; n++ {
+		out[n-1] = AID(strings.ToUpper(hex.EncodeToString(append(slices.Clone(pb), byte(n)))))
+	}
+	return out, nil
+}
+
+// persoRun is the state of one Personalize call. Not safe for concurrent use.
+type persoRun struct {
+	s     *Service
+	p     Principal
+	card  CardChannel
+	keys  PersoCustody
+	req   PersoRequest
+	batch *Batch
+	aids  []AID
+	rep   *PersoReport
+	step  string // what is being done, for errors
+
+	sess *gp.HostSession // the open secure channel, nil if none
+	eid  EID
+	isd  AID
+}
+
+// ssdState is what the card shows of one SSD before perso writes.
+type ssdState struct {
+	present, hasKeys bool
+	created, loaded  bool
+	kcv              map[KeyUsage]string
+}
+
+func (r *persoRun) run(ctx context.Context) error {
+	// 1. Who is this module, and what does its ISD hold?
+	if err := r.identify(ctx); err != nil {
+		return err
+	}
+	isdKVNs, err := r.isdKeyVersions(ctx)
+	if err != nil {
+		return err
+	}
+	r.step = "look the module up in the store"
+	stored, err := r.s.Store.GetModule(ctx, r.eid)
+	switch {
+	case err == nil:
+		return r.checkRegistered(ctx, stored, isdKVNs)
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
+
+	// 2. Which SSDs exist, and which have their first key set? Read only.
+	states := make([]ssdState, len(r.aids))
+	for i, aid := range r.aids {
+		r.step = "probe SSD " + string(aid)
+		found, err := r.selectApp(ctx, aid.Bytes())
+		if err != nil {
+			return err
+		}
+		if !found {
+			continue
+		}
+		states[i].present = true
+		kvns, err := r.keyVersions(ctx)
+		if err != nil {
+			return err
+		}
+		states[i].hasKeys = slices.Contains(kvns, FirstKVN)
+	}
+
+	// 3. The ISD: replace the test keys if they are still there, then work
+	// under the derived keys.
+	if err := r.openISD(ctx, isdKVNs); err != nil {
+		return err
+	}
+
+	// 4. Registry: the SSDs that exist must be keyport's.
+	r.step = "GET STATUS"
+	reg, err := r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for i, aid := range r.aids {
+		e, listed := reg[aid]
+		if listed != states[i].present {
+			return fmt.Errorf("%w: SSD %s: SELECT and GET STATUS disagree (selectable %v, listed %v)", ErrConflict, aid, states[i].present, listed)
+		}
+		if listed {
+			if err := checkSSDEntry(e); err != nil {
+				return err
+			}
+		}
+	}
+
+	// 5. Create what is missing and load the missing first key sets, under
+	// the derived ISD keys.
+	for i, aid := range r.aids {
+		if states[i].present {
+			continue
+		}
+		r.step = "INSTALL SSD " + string(aid)
+		params := gp.InstallParams{AppSpecific: gp.SCPParam(0x03, 0x70)}.Bytes()
+		cmd := gp.InstallForInstallCmd(ssdLoadFile, ssdModule, aid.Bytes(), SSDPrivileges, params, true)
+		if _, err := r.expectOK(ctx, cmd); err != nil {
+			return err
+		}
+		states[i].present, states[i].created = true, true
+	}
+	for i, aid := range r.aids {
+		if states[i].hasKeys {
+			continue
+		}
+		r.step = "load the first keys of SSD " + string(aid)
+		kcv, err := r.loadFirstKeys(ctx, aid)
+		if err != nil {
+			return err
+		}
+		states[i].hasKeys, states[i].loaded, states[i].kcv = true, true, kcv
+	}
+
+	// 6. Check: the registry lists every SSD, SELECTABLE, with 804000.
+	r.step = "GET STATUS after perso"
+	reg, err = r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for _, aid := range r.aids {
+		e, listed := reg[aid]
+		if !listed {
+			return fmt.Errorf("SSD %s is missing from GET STATUS after INSTALL", aid)
+		}
+		if err := checkSSDEntry(e); err != nil {
+			return err
+		}
+	}
+
+	// 7. Check: the HSM-derived first keys authenticate to every SSD.
+	domains := make([]Domain, len(r.aids))
+	for i, aid := range r.aids {
+		r.step = "authenticate to SSD " + string(aid)
+		if _, err := r.selectApp(ctx, aid.Bytes()); err != nil {
+			return err
+		}
+		ks := r.firstKeySet(ctx, aid)
+		card, err := r.openSession(ctx, ks, aid.Bytes())
+		if err != nil {
+			return err
+		}
+		if states[i].kcv == nil {
+			if states[i].kcv, err = r.firstKCVs(ctx, aid); err != nil {
+				return err
+			}
+		}
+		d := PersoDomain{AID: aid, Created: states[i].created, KeysLoaded: states[i].loaded, KCV: states[i].kcv,
+			SeqCounter: int(card.SequenceCounter)}
+		r.rep.Domains = append(r.rep.Domains, d)
+		domains[i] = Domain{EID: r.eid, AID: aid, KVN: int(FirstKVN), State: Unassigned, KeySource: KeyDerived,
+			KCV: d.KCV, SeqCounter: d.SeqCounter}
+	}
+	r.sess = nil
+
+	// 8. Register, last and in one transaction.
+	r.step = "register the module"
+	return r.register(ctx, &ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains})
+}
+
+// identify reads the EID from the ISD-R (SGP.22 GET EID), selects the ISD
+// and reads its CPLC (GET DATA 9F7F).
+func (r *persoRun) identify(ctx context.Context) error {
+	r.step = "read the EID"
+	found, err := r.selectApp(ctx, isdrAID)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("the module has no ISD-R (%X) to read its EID from", isdrAID)
+	}
+	data, err := r.expectOK(ctx, gp.GetEID())
+	if err != nil {
+		return err
+	}
+	digits, err := gp.ParseEIDResponse(data)
+	if err != nil {
+		return err
+	}
+	if r.eid, err = ParseEID(digits); err != nil {
+		return fmt.Errorf("the module's EID %s: %w", digits, err)
+	}
+	r.rep.EID = r.eid
+
+	r.step = "select the ISD"
+	resp, err := r.transmit(ctx, gp.Select(nil))
+	if err != nil {
+		return err
+	}
+	if resp.SW != gp.SWOK {
+		return &gp.SWError{SW: resp.SW, Op: "SELECT ISD"}
+	}
+	r.isd = defaultISDAID
+	if aid := fciAID(resp.Data); aid != nil {
+		if r.isd, err = ParseAID(hex.EncodeToString(aid)); err != nil {
+			return fmt.Errorf("the ISD's AID %X: %w", aid, err)
+		}
+	}
+	r.rep.ISDAID = r.isd
+
+	r.step = "read the CPLC"
+	resp, err = r.transmit(ctx, gp.GetData(gp.DataCPLC))
+	if err != nil {
+		return err
+	}
+	if resp.SW == gp.SWOK {
+		if _, err := gp.ParseCPLC(resp.Data); err != nil {
+			return err
+		}
+		r.rep.CPLC = resp.Data
+	}
+	return nil
+}
+
+// isdKeyVersions reads the ISD's key versions (the ISD must be selected).
+func (r *persoRun) isdKeyVersions(ctx context.Context) ([]byte, error) {
+	r.step = "read the ISD key information"
+	return r.keyVersions(ctx)
+}
+
+// keyVersions returns the KVNs of the selected SD's key sets (GET DATA
+// 00E0, which needs no secure channel; GPCS 11.3.3.1).
+func (r *persoRun) keyVersions(ctx context.Context) ([]byte, error) {
+	data, err := r.expectOK(ctx, gp.GetData(gp.DataKeyInformation))
+	if err != nil {
+		return nil, err
+	}
+	info, err := gp.ParseKeyInformation(data)
+	if err != nil {
+		return nil, err
+	}
+	var kvns []byte
+	for _, k := range info {
+		if !slices.Contains(kvns, k.KVN) {
+			kvns = append(kvns, k.KVN)
+		}
+	}
+	return kvns, nil
+}
+
+// openISD selects the ISD and opens a secure channel to it under the derived
+// ISD keys, first replacing the test keys by them when the ISD does not
+// hold the derived key set yet.
+func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
+	r.step = "select the ISD"
+	if found, err := r.selectApp(ctx, r.isd.Bytes()); err != nil {
+		return err
+	} else if !found {
+		return fmt.Errorf("the ISD %s no longer answers SELECT", r.isd)
+	}
+	derived := gp.KeySet{KVN: PersoISDKVN}
+	derived.ENC = r.custodyKey(ctx, ISDKey(r.eid, r.isd, UsageENC))
+	derived.MAC = r.custodyKey(ctx, ISDKey(r.eid, r.isd, UsageMAC))
+	if !slices.Contains(kvns, PersoISDKVN) {
+		if r.req.ISDKeys == ISDKeysDerived {
+			return fmt.Errorf("%w: the ISD has no key set %02X (it has %X): it does not hold keyport's derived keys; use --isd-keys default for a blank module",
+				ErrConflict, PersoISDKVN, kvns)
+		}
+		if len(kvns) == 0 {
+			return errors.New("the ISD reports no key set")
+		}
+		old := kvns[0]
+		r.step = fmt.Sprintf("authenticate to the ISD with the GP test keys (KVN %02X)", old)
+		test := gp.AESKey(GPTestKey)
+		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}, r.isd.Bytes()); err != nil {
+			return err
+		}
+		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, PersoISDKVN)
+		pk := gp.PutKey{OldKVN: old, NewKVN: PersoISDKVN, FirstKID: 1}
+		for _, u := range Usages {
+			ct, kcv, err := r.keys.EncryptUnderClearKey(ctx, GPTestKey, ISDKey(r.eid, r.isd, u))
+			if err != nil {
+				return err
+			}
+			kc, err := keyComponent(ct, kcv)
+			if err != nil {
+				return err
+			}
+			pk.Keys = append(pk.Keys, kc)
+		}
+		cmd, err := pk.Command()
+		if err != nil {
+			return err
+		}
+		data, err := r.expectOK(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		pr, err := gp.ParsePutKeyResponse(data)
+		if err != nil {
+			return err
+		}
+		if err := pr.Confirms(pk); err != nil {
+			return err
+		}
+		r.rep.ISDKeysReplaced = true
+	}
+	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", PersoISDKVN)
+	_, err := r.openSession(ctx, derived, r.isd.Bytes())
+	return err
+}
+
+// keyComponent is a PUT KEY AES key component (AmdD Table 7-10) from an
+// HSM-encrypted AES-128 key and its KCV in hex.
+func keyComponent(ct []byte, kcvHex string) (gp.KeyComponent, error) {
+	kcv, err := hex.DecodeString(kcvHex)
+	if err != nil || len(kcv) != 3 || len(ct) != 16 {
+		return gp.KeyComponent{}, fmt.Errorf("HSM returned a %d-byte encrypted key with KCV %q", len(ct), kcvHex)
+	}
+	return gp.KeyComponent{Type: gp.KeyTypeAES, Length: 16, Encrypted: ct, KCV: kcv}, nil
+}
+
+// loadFirstKeys loads SSD aid's first key set through the ISD session:
+// INSTALL [for personalization] then one STORE DATA with DGI 00B9/8113 per
+// key, each key encrypted in the HSM under the derived ISD DEK (GPCS
+// 11.11.4; SCP03 uses the static DEK, AmdD 7.3). It returns the KCVs.
+func (r *persoRun) loadFirstKeys(ctx context.Context, aid AID) (map[KeyUsage]string, error) {
+	kcvs := map[KeyUsage]string{}
+	var loads []gp.KeyLoad
+	usageQualifier := map[KeyUsage]byte{UsageENC: gp.KeyUsageENC, UsageMAC: gp.KeyUsageMAC, UsageDEK: gp.KeyUsageDEK}
+	for i, u := range Usages {
+		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, ISDKey(r.eid, r.isd, UsageDEK), FirstKey(r.batch.Name, r.eid, aid, u))
+		if err != nil {
+			return nil, err
+		}
+		kc, err := keyComponent(ct, kcvHex)
+		if err != nil {
+			return nil, err
+		}
+		kcvs[u] = kcvHex
+		loads = append(loads, gp.KeyLoad{Usage: usageQualifier[u], Type: gp.KeyTypeAES, Length: 16,
+			KID: byte(i + 1), KVN: FirstKVN, KCV: kc.KCV, Encrypted: ct})
+	}
+	if _, err := r.expectOK(ctx, gp.InstallForPersonalizationCmd(aid.Bytes())); err != nil {
+		return nil, err
+	}
+	if _, err := r.expectOK(ctx, gp.StoreData(gp.StoreDataLast|gp.StoreDataDGI, 0, gp.KeyLoadDGIs(loads))); err != nil {
+		return nil, err
+	}
+	return kcvs, nil
+}
+
+// firstKeySet is SSD aid's first key set as HSM-backed SCP03 static keys.
+func (r *persoRun) firstKeySet(ctx context.Context, aid AID) gp.KeySet {
+	return gp.KeySet{KVN: FirstKVN,
+		ENC: r.custodyKey(ctx, FirstKey(r.batch.Name, r.eid, aid, UsageENC)),
+		MAC: r.custodyKey(ctx, FirstKey(r.batch.Name, r.eid, aid, UsageMAC))}
+}
+
+func (r *persoRun) firstKCVs(ctx context.Context, aid AID) (map[KeyUsage]string, error) {
+	kcvs := map[KeyUsage]string{}
+	for _, u := range Usages {
+		k, err := r.keys.DerivedKCV(ctx, FirstKey(r.batch.Name, r.eid, aid, u))
+		if err != nil {
+			return nil, err
+		}
+		kcvs[u] = k
+	}
+	return kcvs, nil
+}
+
+// checkSSDEntry refuses a registry entry that keyport perso did not make.
+func checkSSDEntry(e gp.RegistryEntry) error {
+	switch {
+	case e.Privileges != SSDPrivileges:
+		return fmt.Errorf("%w: SSD %X has privileges %s, not %06X: it was not made by keyport perso; resolve it by hand",
+			ErrConflict, e.AID, e.Privileges, uint32(SSDPrivileges))
+	case e.LifeCycle.Locked():
+		return fmt.Errorf("%w: SSD %X is %s", ErrConflict, e.AID, e.LifeCycle)
+	case e.LifeCycle != gp.LifeCycleSelectable && e.LifeCycle != gp.LifeCyclePersonalized:
+		return fmt.Errorf("%w: SSD %X is %s, not SELECTABLE", ErrConflict, e.AID, e.LifeCycle)
+	}
+	return nil
+}
+
+// register stores the module, or, when a concurrent run stored it first,
+// accepts the stored module if it is the same.
+func (r *persoRun) register(ctx context.Context, m *ModuleImport) error {
+	err := r.s.Store.Tx(ctx, func(tx Repo) error {
+		n, err := tx.ImportModules(ctx, r.batch.ID, oneModule(m))
+		if err != nil {
+			return err
+		}
+		if n != 1 {
+			return fmt.Errorf("store imported %d modules, want 1", n)
+		}
+		detail := map[string]any{"batch": r.batch.Name, "isd_aid": r.isd, "isd_kvn": fmt.Sprintf("%02X", PersoISDKVN),
+			"isd_keys_replaced": r.rep.ISDKeysReplaced, "domains": r.aids}
+		if len(r.rep.CPLC) > 0 {
+			detail["cplc"] = strings.ToUpper(hex.EncodeToString(r.rep.CPLC))
+		}
+		return r.s.audit(ctx, tx, r.p.Actor(), "perso", "module:"+string(r.eid), detail)
+	})
+	if errors.Is(err, ErrConflict) {
+		stored, gerr := r.s.Store.GetModule(ctx, r.eid)
+		if gerr != nil {
+			return err
+		}
+		if derr := sameModule(stored, r.batch, m); derr != nil {
+			return derr
+		}
+		r.rep.AlreadyRegistered = true
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	r.rep.Registered = true
+	return nil
+}
+
+func oneModule(m *ModuleImport) func() (*ModuleImport, error) {
+	done := false
+	return func() (*ModuleImport, error) {
+		if done {
+			return nil, nil
+		}
+		done = true
+		return m, nil
+	}
+}
+
+// sameModule reports how the stored module differs from what perso would
+// register (sequence counters aside: they move with every authentication).
+func sameModule(stored *Module, b *Batch, m *ModuleImport) error {
+	if stored.BatchID != b.ID {
+		return fmt.Errorf("%w: module %s is registered in another batch (id %d), not %s", ErrConflict, m.EID, stored.BatchID, b.Name)
+	}
+	if stored.ISDAID != m.ISDAID {
+		return fmt.Errorf("%w: module %s is registered with ISD %s, the card has %s", ErrConflict, m.EID, stored.ISDAID, m.ISDAID)
+	}
+	var have, want []string
+	for _, d := range stored.Domains {
+		have = append(have, string(d.AID))
+	}
+	for _, d := range m.Domains {
+		want = append(want, string(d.AID))
+	}
+	slices.Sort(have)
+	slices.Sort(want)
+	if !slices.Equal(have, want) {
+		return fmt.Errorf("%w: module %s is registered with domains %v, perso would register %v", ErrConflict, m.EID, have, want)
+	}
+	for _, d := range stored.Domains {
+		if d.KeySource != KeyDerived {
+			return fmt.Errorf("%w: domain %s/%s is registered with key source %s", ErrConflict, m.EID, d.AID, d.KeySource)
+		}
+		for _, n := range m.Domains {
+			if n.AID == d.AID && len(n.KCV) > 0 && len(d.KCV) > 0 && !mapsEqual(n.KCV, d.KCV) {
+				return fmt.Errorf("%w: domain %s/%s is registered with KCVs %v, the HSM derives %v", ErrConflict, m.EID, d.AID, d.KCV, n.KCV)
+			}
+		}
+	}
+	return nil
+}
+
+func mapsEqual(a, b map[KeyUsage]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// checkRegistered compares a module the store has with the card: the ISD
+// holds the derived key set and GET STATUS lists every stored domain as an
+// SSD. Nothing is written; the SSDs' sequence counters are left alone (no
+// SSD authentication), since the store tracks them for precomputed scripts.
+func (r *persoRun) checkRegistered(ctx context.Context, stored *Module, isdKVNs []byte) error {
+	r.step = "compare the registered module with the card"
+	want := make([]Domain, len(r.aids))
+	for i, aid := range r.aids {
+		want[i] = Domain{AID: aid, KeySource: KeyDerived}
+	}
+	if err := sameModule(stored, r.batch, &ModuleImport{EID: r.eid, ISDAID: r.isd, Domains: want}); err != nil {
+		return err
+	}
+	if !slices.Contains(isdKVNs, PersoISDKVN) {
+		return fmt.Errorf("%w: module %s is registered but its ISD has no key set %02X (it has %X)", ErrConflict, r.eid, PersoISDKVN, isdKVNs)
+	}
+	if err := r.openISD(ctx, isdKVNs); err != nil {
+		return err
+	}
+	reg, err := r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range stored.Domains {
+		e, ok := reg[d.AID]
+		if !ok {
+			return fmt.Errorf("%w: domain %s is registered but the card has no such SSD", ErrConflict, d.AID)
+		}
+		if !e.Privileges.Has(gp.PrivSecurityDomain) {
+			return fmt.Errorf("%w: %s is registered as a domain but on the card it is not a security domain (%s)", ErrConflict, d.AID, e.Privileges)
+		}
+		r.rep.Domains = append(r.rep.Domains, PersoDomain{AID: d.AID, KCV: d.KCV, SeqCounter: d.SeqCounter})
+	}
+	r.sess = nil
+	r.rep.AlreadyRegistered = true
+	return nil
+}
+
+// ---- APDU plumbing ----
+
+// custodyKey is an SCP03 static key held in the HSM: gp.HostSession asks it
+// for CMACs only. gp.StaticKey has no context, so the run's is kept here.
+type custodyKey struct {
+	ctx context.Context
+	c   PersoCustody
+	ref KeyRef
+}
+
+// CMAC implements gp.StaticKey.
+func (k custodyKey) CMAC(data []byte) ([]byte, error) { return k.c.SCP03CMAC(k.ctx, k.ref, data) }
+
+// Size implements gp.StaticKey: derived keys are AES-128.
+func (k custodyKey) Size() int { return 16 }
+
+func (r *persoRun) custodyKey(ctx context.Context, ref KeyRef) gp.StaticKey {
+	return custodyKey{ctx: ctx, c: r.keys, ref: ref}
+}
+
+// transmit sends cmd, wrapped by the open secure channel if any, and
+// returns the card's answer unwrapped.
+func (r *persoRun) transmit(ctx context.Context, cmd gp.Command) (gp.Response, error) {
+	if err := ctx.Err(); err != nil {
+		return gp.Response{}, err
+	}
+	if r.sess != nil {
+		w, err := r.sess.Wrap(cmd)
+		if err != nil {
+			return gp.Response{}, err
+		}
+		cmd = w
+	}
+	raw, err := r.card.Transmit(ctx, cmd.Bytes())
+	r.rep.APDUs++
+	if err != nil {
+		return gp.Response{}, err
+	}
+	resp, err := gp.ParseResponse(raw)
+	if err != nil {
+		return gp.Response{}, err
+	}
+	if r.sess != nil {
+		if resp, err = r.sess.Unwrap(resp); err != nil {
+			return gp.Response{}, err
+		}
+	}
+	return resp, nil
+}
+
+// expectOK transmits cmd and fails on any status but 9000.
+func (r *persoRun) expectOK(ctx context.Context, cmd gp.Command) ([]byte, error) {
+	resp, err := r.transmit(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if resp.SW != gp.SWOK {
+		return nil, &gp.SWError{SW: resp.SW, Op: insName(cmd.INS)}
+	}
+	return resp.Data, nil
+}
+
+func insName(ins byte) string {
+	switch ins {
+	case gp.INSSelect:
+		return "SELECT"
+	case gp.INSGetData:
+		return "GET DATA"
+	case gp.INSGetStatus:
+		return "GET STATUS"
+	case gp.INSInstall:
+		return "INSTALL"
+	case gp.INSStoreData:
+		return "STORE DATA"
+	case gp.INSPutKey:
+		return "PUT KEY"
+	case gp.INSInitializeUpdate:
+		return "INITIALIZE UPDATE"
+	case gp.INSExternalAuthenticate:
+		return "EXTERNAL AUTHENTICATE"
+	}
+	return fmt.Sprintf("INS %02X", ins)
+}
+
+// selectApp selects aid and reports whether the card has it (6A82: not).
+// A card that matches a partial AID (ISO 7816-4 7.1.1) with a longer one
+// counts as not having it. Selection ends any secure channel (AmdD 5.6).
+func (r *persoRun) selectApp(ctx context.Context, aid []byte) (bool, error) {
+	r.sess = nil
+	resp, err := r.transmit(ctx, gp.Select(aid))
+	if err != nil {
+		return false, err
+	}
+	switch resp.SW {
+	case gp.SWOK:
+		if got := fciAID(resp.Data); got != nil && !bytes.Equal(got, aid) {
+			return false, nil
+		}
+		return true, nil
+	case gp.SWNotFound:
+		return false, nil
+	}
+	return false, &gp.SWError{SW: resp.SW, Op: fmt.Sprintf("SELECT %X", aid)}
+}
+
+// fciAID returns the DF name (84) of a SELECT answer's FCI template (6F),
+// nil if there is none (GPCS 11.9.3.1).
+func fciAID(data []byte) []byte {
+	t, _, err := gp.ParseTLV(data)
+	if err != nil || t.Tag != 0x6F {
+		return nil
+	}
+	kids, err := t.Children()
+	if err != nil {
+		return nil
+	}
+	if n, ok := gp.Find(kids, 0x84); ok {
+		return n.Value
+	}
+	return nil
+}
+
+// errNoKeySet: INITIALIZE UPDATE named a KVN the SD does not have.
+var errNoKeySet = errors.New("the security domain has no such key set")
+
+// openSession runs the SCP03 handshake (AmdD 7.1) with the selected SD. The
+// card cryptogram is checked before EXTERNAL AUTHENTICATE is sent: keys
+// that do not match fail here, without counting toward the key set's lock.
+// It returns the card's INITIALIZE UPDATE data (with the sequence counter).
+func (r *persoRun) openSession(ctx context.Context, ks gp.KeySet, sdAID []byte) (gp.InitUpdateResponse, error) {
+	r.sess = nil
+	hs, err := gp.NewHostSession(ks, nil)
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	resp, err := r.transmit(ctx, hs.InitializeUpdate())
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	if resp.SW == gp.SWReferencedDataNotFound {
+		return gp.InitUpdateResponse{}, fmt.Errorf("key set %02X: %w", ks.KVN, errNoKeySet)
+	}
+	if err := hs.OnInitUpdateResponse(resp); err != nil {
+		if errors.Is(err, gp.ErrCryptogram) {
+			return gp.InitUpdateResponse{}, fmt.Errorf("%w: %X key set %02X is not the expected one (card cryptogram mismatch; nothing sent that counts toward its lock): %w",
+				ErrConflict, sdAID, ks.KVN, err)
+		}
+		return gp.InitUpdateResponse{}, err
+	}
+	ea, err := hs.ExternalAuthenticate(sessionLevel(hs.Card().I))
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	resp, err = r.transmit(ctx, ea)
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	if resp.SW != gp.SWOK {
+		return gp.InitUpdateResponse{}, &gp.SWError{SW: resp.SW, Op: "EXTERNAL AUTHENTICATE"}
+	}
+	r.sess = hs
+	return hs.Card(), nil
+}
+
+// sessionLevel is the strongest security level the SD's i allows (AmdD
+// Table 7-3): keys travel in STORE DATA and PUT KEY, and GET STATUS answers
+// need not be read by others.
+func sessionLevel(i byte) gp.SecurityLevel {
+	switch {
+	case i&gp.IRMACRENC == gp.IRMACRENC:
+		return gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC | gp.LevelRENC
+	case i&gp.IRMAC != 0:
+		return gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC
+	}
+	return gp.LevelCMAC | gp.LevelCDEC
+}
+
+// getStatus lists the applications and SSDs (GET STATUS P1 40, GPCS 11.4)
+// through the open ISD session, following 6310 pages.
+func (r *persoRun) getStatus(ctx context.Context) (map[AID]gp.RegistryEntry, error) {
+	out := map[AID]gp.RegistryEntry{}
+	for page := 0; ; page++ {
+		if page > 64 {
+			return nil, errors.New("GET STATUS: the card keeps answering 6310")
+		}
+		resp, err := r.transmit(ctx, gp.GetStatus(gp.StatusApplications, page > 0, nil))
+		if err != nil {
+			return nil, err
+		}
+		if resp.SW == gp.SWReferencedDataNotFound && page == 0 {
+			return out, nil // no application at all
+		}
+		if resp.SW != gp.SWOK && resp.SW != gp.SWMoreData {
+			return nil, &gp.SWError{SW: resp.SW, Op: "GET STATUS"}
+		}
+		entries, err := gp.ParseGetStatus(resp.Data)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			out[AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
+		}
+		if resp.SW == gp.SWOK {
+			return out, nil
+		}
+	}
+}
