@@ -58,18 +58,10 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 	if err != nil {
 		return nil, false, fmt.Errorf("keyport: stored wrapping key %s: %w", wk.ID, err)
 	}
-	m, err := s.Store.GetModule(ctx, req.EID)
-	if err != nil {
-		return nil, false, err
-	}
-	b, err := s.Store.GetBatchByID(ctx, m.BatchID)
-	if err != nil {
-		return nil, false, err
-	}
 	// Without an AID, race for the lowest free domain; a lost race moves on
 	// to the next one a few times before giving up.
 	for attempt := 0; ; attempt++ {
-		c, err = s.claimOnce(ctx, p, req, b, wk, pub.(*rsa.PublicKey))
+		c, err = s.claimOnce(ctx, p, req, wk, pub.(*rsa.PublicKey))
 		if req.AID != "" || !errors.Is(err, errLostRace) || attempt == 4 {
 			break
 		}
@@ -92,6 +84,20 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 
 var errLostRace = errors.New("lost race")
 
+// batch returns a batch by ID. Batches never change once created, so they
+// are cached for the life of the process.
+func (s *Service) batch(ctx context.Context, id int64) (*Batch, error) {
+	if b, ok := s.batches.Load(id); ok {
+		return b.(*Batch), nil
+	}
+	b, err := s.Store.GetBatchByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.batches.Store(id, b)
+	return b, nil
+}
+
 func (s *Service) replay(ctx context.Context, p Principal, req ClaimRequest) (*Claim, error) {
 	c, err := s.Store.GetClaimByIdempotencyKey(ctx, p.ProviderID, req.IdempotencyKey)
 	if errors.Is(err, ErrNotFound) {
@@ -113,7 +119,7 @@ func (s *Service) replay(ctx context.Context, p Principal, req ClaimRequest) (*C
 // event and outbox row. A claim that loses the race, or fails before the
 // commit, leaves nothing behind: the wrapped keys and the package exist only
 // in memory until the commit.
-func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, b *Batch, wk *WrappingKey, pub *rsa.PublicKey) (*Claim, error) {
+func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, wk *WrappingKey, pub *rsa.PublicKey) (*Claim, error) {
 	var d *Domain
 	var err error
 	if req.AID != "" {
@@ -121,9 +127,17 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 	} else {
 		d, err = s.Store.FirstUnassigned(ctx, req.EID)
 		if errors.Is(err, ErrNotFound) {
+			// An unknown module, or one with every domain taken?
+			if _, merr := s.Store.GetModule(ctx, req.EID); merr != nil {
+				return nil, merr
+			}
 			return nil, fmt.Errorf("%w: module %s has no unassigned domain", ErrConflict, req.EID)
 		}
 	}
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.batch(ctx, d.BatchID)
 	if err != nil {
 		return nil, err
 	}

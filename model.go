@@ -54,10 +54,12 @@ type Module struct {
 type Domain struct {
 	ID       int64
 	ModuleID int64
-	EID      EID
-	AID      AID
-	KVN      int // key version number of the current key set
-	State    DomainState
+	// BatchID is the batch of the domain's module.
+	BatchID int64
+	EID     EID
+	AID     AID
+	KVN     int // key version number of the current key set
+	State   DomainState
 	// PriorState is the state before a lock, for unlock.
 	PriorState DomainState
 	OwnerID    string // provider ID; empty while UNASSIGNED
@@ -115,6 +117,9 @@ type APIToken struct {
 	Hash       []byte
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
+	// ProviderStatus is the status of the token's provider, read with the
+	// token so that authentication takes one query.
+	ProviderStatus ProviderStatus
 }
 
 // WrappingKey is a provider's RSA public key that first keys are wrapped to.

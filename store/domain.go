@@ -155,6 +155,9 @@ func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module,
 	if mod.ID == -1 {
 		return nil, wrap("get module", keyport.ErrNotFound)
 	}
+	for i := range domains {
+		domains[i].BatchID = mod.BatchID
+	}
 	m := &keyport.Module{ID: mod.ID, EID: eid, BatchID: mod.BatchID, ISDAID: keyport.AID(mod.ISDAID),
 		CreatedAt: mod.CreatedAt.UTC(), Domains: domains}
 	if lastSeen.Valid {
@@ -175,29 +178,36 @@ func prefixed(prefix, columns string) string {
 // GetDomain returns one domain; ErrNotFound if unknown.
 func (r *repo) GetDomain(ctx context.Context, eid keyport.EID, aid keyport.AID) (*keyport.Domain, error) {
 	return r.oneDomain(ctx, "get domain",
-		`SELECT `+domainColumns+` FROM domains WHERE eid = ? AND aid = ?`, string(eid), string(aid))
+		`SELECT `+domainBatch+domainColumns+` FROM domains WHERE eid = ? AND aid = ?`, string(eid), string(aid))
 }
 
 // FirstUnassigned returns the module's UNASSIGNED domain with the lowest AID;
 // ErrNotFound if the module is unknown or has none left.
 func (r *repo) FirstUnassigned(ctx context.Context, eid keyport.EID) (*keyport.Domain, error) {
 	return r.oneDomain(ctx, "first unassigned domain",
-		`SELECT `+domainColumns+` FROM domains WHERE eid = ? AND state = ? ORDER BY aid LIMIT 1`,
+		`SELECT `+domainBatch+domainColumns+` FROM domains WHERE eid = ? AND state = ? ORDER BY aid LIMIT 1`,
 		string(eid), string(keyport.Unassigned))
 }
 
+// domainBatch selects a domain's batch ID ahead of domainColumns, so that a
+// claim needs no second query for its module.
+const domainBatch = `(SELECT m.batch_id FROM modules m WHERE m.id = domains.module_id), `
+
+// oneDomain runs a query of domainBatch + domainColumns for one domain.
 func (r *repo) oneDomain(ctx context.Context, op, query string, args ...any) (*keyport.Domain, error) {
 	rows, err := r.r.WithContext(ctx).Raw(query, args...).Rows()
 	if err != nil {
 		return nil, wrap(op, err)
 	}
-	domains, err := scanDomains(rows)
+	var batchID int64
+	domains, err := scanDomains(rows, &batchID)
 	if err != nil {
 		return nil, wrap(op, err)
 	}
 	if len(domains) == 0 {
 		return nil, wrap(op, keyport.ErrNotFound)
 	}
+	domains[0].BatchID = batchID
 	return &domains[0], nil
 }
 

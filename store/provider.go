@@ -79,12 +79,27 @@ func (r *repo) CreateAPIToken(ctx context.Context, t *keyport.APIToken) error {
 // GetAPITokenByHash returns the unrevoked token with this SHA-256 hash;
 // ErrNotFound for an unknown or revoked one.
 func (r *repo) GetAPITokenByHash(ctx context.Context, hash []byte) (*keyport.APIToken, error) {
+	// One query with the provider's status: authentication is on every request.
+	rows, err := r.r.WithContext(ctx).Raw(`SELECT t.id, t.provider_id, t.admin, t.name, t.hash, t.created_at,
+		p.status FROM api_tokens t LEFT JOIN providers p ON p.id = t.provider_id
+		WHERE t.hash = ? AND t.revoked_at IS NULL`, hash).Rows()
+	if err != nil {
+		return nil, wrap("get API token", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, wrap("get API token", err)
+		}
+		return nil, wrap("get API token", keyport.ErrNotFound)
+	}
 	var row apiTokenRow
-	if err := r.r.WithContext(ctx).Where("hash = ? AND revoked_at IS NULL", hash).Take(&row).Error; err != nil {
+	var status sql.NullString
+	if err := rows.Scan(&row.ID, &row.ProviderID, &row.Admin, &row.Name, &row.Hash, &row.CreatedAt, &status); err != nil {
 		return nil, wrap("get API token", err)
 	}
 	return &keyport.APIToken{ID: row.ID, ProviderID: row.ProviderID.String, Admin: row.Admin, Name: row.Name,
-		Hash: row.Hash, CreatedAt: row.CreatedAt.UTC(), RevokedAt: utcPtr(row.RevokedAt)}, nil
+		Hash: row.Hash, CreatedAt: row.CreatedAt.UTC(), ProviderStatus: keyport.ProviderStatus(status.String)}, nil
 }
 
 type wrappingKeyRow struct {
