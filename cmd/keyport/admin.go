@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 
@@ -11,15 +12,13 @@ import (
 )
 
 func cmdBatchCreate(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("batch create", &cfg)
+	var exportTo, out, prefix *string
+	cfg, fs, err := parseCommand("batch create", args, func(fs *flag.FlagSet) {
+		exportTo = fs.String("export-to", "", "manufacturer's RSA public key (PEM): makes an imported batch and exports its transport key")
+		out = fs.String("out", "", "where to write the wrapped transport key JSON (default NAME-transport.json)")
+		prefix = fs.String("aid-prefix", "", "SSD AID prefix for a derived batch (hex)")
+	})
 	if err != nil {
-		return err
-	}
-	exportTo := fs.String("export-to", "", "manufacturer's RSA public key (PEM): makes an imported batch and exports its transport key")
-	out := fs.String("out", "", "where to write the wrapped transport key JSON (default NAME-transport.json)")
-	prefix := fs.String("aid-prefix", "", "SSD AID prefix for a derived batch (hex)")
-	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	name := fs.Arg(0)
@@ -73,14 +72,12 @@ func cmdBatchCreate(ctx context.Context, args []string) error {
 }
 
 func cmdImport(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("import", &cfg)
+	var batch, verify *string
+	cfg, fs, err := parseCommand("import", args, func(fs *flag.FlagSet) {
+		batch = fs.String("batch", "", "batch name (required)")
+		verify = fs.String("verify", "sample", "check KCVs in the HSM: all, sample or none")
+	})
 	if err != nil {
-		return err
-	}
-	batch := fs.String("batch", "", "batch name (required)")
-	verify := fs.String("verify", "sample", "check KCVs in the HSM: all, sample or none")
-	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if *batch == "" || fs.NArg() != 1 {
@@ -112,14 +109,12 @@ func cmdImport(ctx context.Context, args []string) error {
 }
 
 func cmdProviderAdd(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("provider add", &cfg)
+	var email, kind *string
+	cfg, fs, err := parseCommand("provider add", args, func(fs *flag.FlagSet) {
+		email = fs.String("email", "", "contact e-mail (required)")
+		kind = fs.String("kind", "other", "bank, retailer, transit or other")
+	})
 	if err != nil {
-		return err
-	}
-	email := fs.String("email", "", "contact e-mail (required)")
-	kind := fs.String("kind", "other", "bank, retailer, transit or other")
-	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	name := fs.Arg(0)
@@ -140,16 +135,10 @@ func cmdProviderAdd(ctx context.Context, args []string) error {
 }
 
 func cmdAdminToken(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("admin token", &cfg)
-	if err != nil {
-		return err
-	}
-	name := fs.String("name", "cli", "a name for the token, for the audit log")
-	if err := parse(fs, &cfg, args); err != nil {
-		return err
-	}
-	a, err := open(ctx, cfg, true)
+	var name *string
+	a, _, err := command(ctx, "admin token", args, true, func(fs *flag.FlagSet) {
+		name = fs.String("name", "cli", "a name for the token, for the audit log")
+	})
 	if err != nil {
 		return err
 	}
@@ -163,15 +152,7 @@ func cmdAdminToken(ctx context.Context, args []string) error {
 }
 
 func cmdAuditVerify(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("audit verify", &cfg)
-	if err != nil {
-		return err
-	}
-	if err := parse(fs, &cfg, args); err != nil {
-		return err
-	}
-	a, err := open(ctx, cfg, false)
+	a, _, err := command(ctx, "audit verify", args, false, nil)
 	if err != nil {
 		return err
 	}

@@ -105,6 +105,30 @@ func (a *app) Close() {
 	}
 }
 
+// parseCommand parses a command's arguments: the common flags plus those
+// flags adds.
+func parseCommand(name string, args []string, flags func(*flag.FlagSet)) (config, *flag.FlagSet, error) {
+	var cfg config
+	fs, err := newFlags(name, &cfg)
+	if err != nil {
+		return cfg, nil, err
+	}
+	if flags != nil {
+		flags(fs)
+	}
+	return cfg, fs, parse(fs, &cfg, args)
+}
+
+// command is parseCommand, then open. The caller closes the app.
+func command(ctx context.Context, name string, args []string, migrate bool, flags func(*flag.FlagSet)) (*app, *flag.FlagSet, error) {
+	cfg, fs, err := parseCommand(name, args, flags)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := open(ctx, cfg, migrate)
+	return a, fs, err
+}
+
 // cli is the principal of a command run by the issuer's operator on the
 // server itself.
 var cli = keyport.Principal{Admin: true, Name: "cli"}
@@ -128,15 +152,7 @@ func cmdMigrate(ctx context.Context, args []string) error {
 }
 
 func cmdHSMInit(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("hsm init", &cfg)
-	if err != nil {
-		return err
-	}
-	if err := parse(fs, &cfg, args); err != nil {
-		return err
-	}
-	a, err := open(ctx, cfg, true)
+	a, _, err := command(ctx, "hsm init", args, true, nil)
 	if err != nil {
 		return err
 	}
