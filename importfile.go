@@ -61,7 +61,7 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
-		return nil, invalid("", "not a JSON object of the import format: "+jsonReason(err))
+		return nil, invalid("", "not a JSON object of the import format: "+DescribeJSONError(err))
 	}
 	if dec.More() {
 		return nil, invalid("", "more than one JSON value on the line")
@@ -150,7 +150,10 @@ func ParseKCV(s string) (string, error) {
 	return strings.ToUpper(s), nil
 }
 
-func jsonReason(err error) string {
+// DescribeJSONError says in words what is wrong with a JSON document, for
+// the person who sent it (the one wording for the import file, key packages
+// and API bodies).
+func DescribeJSONError(err error) string {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
@@ -160,9 +163,14 @@ func jsonReason(err error) string {
 		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
 	case errors.Is(err, io.EOF):
 		return "empty"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "ends in the middle of a value"
 	}
-	// "json: unknown field "x"" and the like: the message without its prefix.
-	return strings.TrimPrefix(err.Error(), "json: ")
+	// `json: unknown field "x"` and the like: the message without its prefix.
+	if msg, ok := strings.CutPrefix(err.Error(), "json: "); ok {
+		return msg
+	}
+	return "malformed JSON"
 }
 
 // ImportErrors lists the bad lines of an import file. The whole file is

@@ -115,7 +115,7 @@ func VerifyKeyPackage(pkg []byte, keys JWKS) (*KeyPackage, error) {
 	dec := json.NewDecoder(bytes.NewReader(pkg))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&j); err != nil {
-		return nil, fmt.Errorf("%w: not a flattened JWS: %s", ErrBadPackage, jsonReason(err))
+		return nil, fmt.Errorf("%w: not a flattened JWS: %s", ErrBadPackage, DescribeJSONError(err))
 	}
 	hdrJSON, err := b64.DecodeString(j.Protected)
 	if err != nil {

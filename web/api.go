@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -18,26 +17,6 @@ import (
 )
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
-
-func jsonError(err error) string {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
-		return fmt.Sprintf("syntax error at byte %d", se.Offset)
-	case errors.As(err, &te):
-		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
-	case errors.Is(err, io.EOF):
-		return "empty body"
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "body ends in the middle of a value"
-	}
-	msg := err.Error()
-	if strings.HasPrefix(msg, "json: unknown field") {
-		return strings.TrimPrefix(msg, "json: ")
-	}
-	return "malformed JSON"
-}
 
 func pathEID(c echo.Context) (keyport.EID, error) { return keyport.ParseEID(c.Param("eid")) }
 

@@ -151,7 +151,7 @@ func readJSON(c echo.Context, v any) error {
 		if errorsAs(err, &mbe) {
 			return err
 		}
-		return keyport.Invalid("", "the body is not the expected JSON object: %s", jsonError(err))
+		return keyport.Invalid("", "the body is not the expected JSON object: %s", keyport.DescribeJSONError(err))
 	}
 	if dec.More() {
 		return keyport.Invalid("", "the body holds more than one JSON value")
