@@ -403,6 +403,11 @@ func (s *Service) ListDomains(ctx context.Context, p Principal) ([]Domain, error
 
 // GetDomain returns one of the caller's domains (admins see all).
 func (s *Service) GetDomain(ctx context.Context, p Principal, eid EID, aid AID) (*Domain, error) {
+	if !p.Admin && p.ProviderID == "" {
+		// An unassigned domain has no owner: a caller with no provider must
+		// not match it.
+		return nil, ErrForbidden
+	}
 	d, err := s.Store.GetDomain(ctx, eid, aid)
 	if err != nil {
 		return nil, err

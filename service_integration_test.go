@@ -262,3 +262,18 @@ func TestLookupShowsAProviderOnlyFreeDomainsAndItsOwn(t *testing.T) {
 		}
 	})
 }
+
+func TestAPrincipalWithoutAProviderSeesNoDomain(t *testing.T) {
+	s := storetest.Open(t, storetest.SQLitePath(t))
+	w := fixture.New(t, s, 1, 1)
+	ctx := context.Background()
+	if _, err := w.Svc.GetDomain(ctx, keyport.Principal{}, fixture.EID(t, 0), fixture.AID(1)); !errors.Is(err, keyport.ErrForbidden) {
+		t.Errorf("GetDomain with an empty principal: %v, want ErrForbidden", err)
+	}
+	if _, err := w.Svc.ListDomains(ctx, keyport.Principal{}); !errors.Is(err, keyport.ErrForbidden) {
+		t.Errorf("ListDomains with an empty principal: %v", err)
+	}
+	if _, err := w.Svc.KeyPackage(ctx, keyport.Principal{}, fixture.EID(t, 0), fixture.AID(1)); !errors.Is(err, keyport.ErrForbidden) {
+		t.Errorf("KeyPackage with an empty principal: %v", err)
+	}
+}
