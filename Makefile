@@ -5,7 +5,7 @@ GO        ?= go
 BIN       := bin/keyport
 DATA_DIR  ?= ./var
 
-.PHONY: all deps runtime-deps build run test test-short fuzz bench vet clean
+.PHONY: all deps runtime-deps build run test test-short fuzz bench vet clean generate
 
 all: build
 
@@ -18,10 +18,17 @@ runtime-deps:
 build:
 	$(GO) build -o $(BIN) ./cmd/keyport
 
+# The portal at http://127.0.0.1:8080 over plain HTTP: its cookies drop the
+# Secure flag (KEYPORT_DEV_INSECURE_COOKIES, refused on non-loopback addresses).
 run: runtime-deps build
-	KEYPORT_DATA_DIR=$(DATA_DIR) ./$(BIN) serve
+	KEYPORT_DATA_DIR=$(DATA_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 ./$(BIN) serve
 
-test: deps
+# Regenerate the templ views (web/views/*_templ.go are committed; output is
+# deterministic, so a clean tree stays clean).
+generate:
+	$(GO) tool templ generate -path web/views
+
+test: deps generate
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 60m ./...
 

@@ -81,6 +81,8 @@ type ModuleImport struct {
 // Repo is the storage keyport's use cases need. Every method works both on
 // the store and inside a transaction (Store.Tx).
 type Repo interface {
+	AccountRepo // portal users, sessions and admin views (account.go)
+
 	CreateBatch(ctx context.Context, b *Batch) error // ErrConflict on a taken name
 	GetBatch(ctx context.Context, name string) (*Batch, error)
 	GetBatchByID(ctx context.Context, id int64) (*Batch, error)
@@ -126,6 +128,8 @@ type Repo interface {
 	Checkpoints(ctx context.Context) ([]AuditCheckpoint, error)
 
 	AddOutbox(ctx context.Context, m *OutboxMessage) error
+
+	JobRepo // card-link jobs and admin-session leases (job.go)
 }
 
 // Store is a Repo that can run a function in one transaction. If fn returns

@@ -30,6 +30,16 @@ type Service struct {
 	// CheckpointEvery is how many audit events lie between two HSM-MACed
 	// checkpoints; 0 means 16.
 	CheckpointEvery int64
+	// Mailer sends account e-mail; nil leaves it in the outbox (account.go).
+	Mailer Mailer
+	// Sealer seals TOTP secrets in the HSM; nil disables TOTP (totp.go).
+	Sealer SecretSealer
+	// Link derives module TLS-PSKs for card-link admin sessions (delivery.go).
+	Link LinkCustody
+	// Trigger wakes a module so that it opens an admin session (delivery.go).
+	Trigger Trigger
+	// Delivery tunes card-link delivery: leases, expiry, retries (job.go).
+	Delivery DeliveryPolicy
 
 	batches sync.Map // batch ID -> *Batch; batches never change
 }

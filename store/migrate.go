@@ -211,6 +211,24 @@ var migrations = []migration{
 		`CREATE INDEX user_tokens_user_id ON user_tokens (user_id)`,
 		`CREATE INDEX claims_created_at ON claims (created_at)`,
 	}},
+	// Card-link delivery (cardlink/, job.go): the jobs table of step 1 gets
+	// a public reference (GET /api/v1/jobs/{id} must not be guessable), the
+	// module (per-module order without a join), an expiry and the last
+	// error; admin_leases holds the one admin session a module may have at
+	// a time, with an expiry, so that the rule holds across replicas.
+	{3, "card-link jobs and admin-session leases", []string{
+		`ALTER TABLE jobs ADD COLUMN ref TEXT`,
+		`ALTER TABLE jobs ADD COLUMN module_id BIGINT REFERENCES modules (id)`,
+		`ALTER TABLE jobs ADD COLUMN expires_at {{time}}`,
+		`ALTER TABLE jobs ADD COLUMN last_error TEXT NOT NULL DEFAULT ''`,
+		`CREATE UNIQUE INDEX jobs_ref ON jobs (ref)`,
+		`CREATE INDEX jobs_module ON jobs (module_id, state, id) WHERE module_id IS NOT NULL`,
+		`CREATE TABLE admin_leases (
+			module_id BIGINT PRIMARY KEY REFERENCES modules (id),
+			holder TEXT NOT NULL,
+			expires_at {{time}} NOT NULL
+		)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -103,6 +103,9 @@ func (s *Server) postWrappingKey(c echo.Context) error {
 }
 
 func (s *Server) postClaim(c echo.Context) error {
+	if principal(c).ProviderID == "" {
+		return keyport.ErrForbidden // before the body: an admin token cannot claim
+	}
 	var in struct {
 		EID           string `json:"eid"`
 		AID           string `json:"aid"`

@@ -1,6 +1,7 @@
-// Package web is keyport's HTTP edge: the REST API (and, later, the portal
-// pages). Handlers parse and check input, call keyport.Service, and render
-// JSON; every error becomes problem+json in errorHandler.
+// Package web is keyport's HTTP edge: the REST API and the portal pages
+// (templ views in web/views, static files from assets/). Handlers parse and
+// check input, call keyport.Service, and render JSON or HTML; every error
+// becomes problem+json (API) or an error page (browser) in errorHandler.
 package web
 
 import (
@@ -30,13 +31,23 @@ type Options struct {
 	// SpoolDir is where import bodies are spooled (two passes need a
 	// rereadable file); empty means the system temp dir.
 	SpoolDir string
+	// PublicURL is the portal's address as users reach it, for links in
+	// e-mail (e.g. https://keyport.example.com); empty: taken from the request.
+	PublicURL string
+	// InsecureCookies drops the Secure flag (and __Host- prefix) of the
+	// portal's cookies, for plain-HTTP development on 127.0.0.1 only; the
+	// command refuses it for any other address.
+	InsecureCookies bool
+	// HSMStatus, if set, lists the token's keys on the admin HSM page.
+	HSMStatus HSMStatusFunc
 }
 
 // Server is the HTTP edge over a Service.
 type Server struct {
-	svc  *keyport.Service
-	opts Options
-	log  *slog.Logger
+	svc    *keyport.Service
+	opts   Options
+	log    *slog.Logger
+	logins loginLimiter
 }
 
 // New returns the echo instance serving keyport's REST API.
@@ -47,7 +58,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	s := &Server{svc: svc, opts: opts, log: opts.Log}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = errorHandler(opts.Log)
+	e.HTTPErrorHandler = s.pageErrorHandler(errorHandler(opts.Log))
 	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
 	e.Use(s.accessLog)
@@ -69,6 +80,11 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	admin.POST("/batches/:name/modules", s.postModules)
 	admin.GET("/audit", s.listAudit)
 	admin.POST("/audit/verify", s.verifyAudit)
+	s.jobRoutes(api, admin)
+
+	e.GET("/api/v1/openapi.json", serveOpenAPI)
+	s.portalAPIRoutes(api)
+	s.pageRoutes(e)
 	return e
 }
 
@@ -93,7 +109,14 @@ func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
 		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		if isPagePath(c.Request().URL.Path) {
+			// Pages: own scripts, styles and images only, no inline script,
+			// forms post only here, never framed.
+			h.Set("Content-Security-Policy", pageCSP)
+			h.Set("X-Frame-Options", "DENY")
+		} else {
+			h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		}
 		return next(c)
 	}
 }

@@ -21,12 +21,17 @@ usage: keyport <command> [flags]
   hsm init                   create the token's long-lived keys (idempotent)
   batch create NAME          create a batch; --export-to manufacturer.pem for an imported batch
   import --batch NAME FILE   import a manufacturer's JSON Lines file
+  perso --reader R --batch B personalize the module in PC/SC reader R: --domains N SSDs, derived keys
   provider add NAME --email  create an approved provider and print its API token
   admin token                create an issuer-admin API token
+  admin user add EMAIL       create an issuer-admin portal user; prints its password once
   audit verify               verify the audit chain and its HSM checkpoints
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
-  perso --reader R --batch B personalize the module in PC/SC reader R: --domains N SSDs, derived keys
+  sp script --package P --key K --counter N (--new-keys F | --generate)
+                             (provider tool) build the second-key SCP03 script
+  agent --reader R --server HOST:PORT --psk-identity ID --psk-file F
+                             handset agent: admin sessions for the module in reader R
   vcard --state FILE         run a virtual secure module attached to vpcd
   bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
@@ -88,6 +93,8 @@ func run(ctx context.Context, args []string) error {
 		}
 	case "import":
 		return cmdImport(ctx, args[1:])
+	case "perso":
+		return cmdPerso(ctx, args[1:])
 	case "provider":
 		if len(args) >= 2 && args[1] == "add" {
 			return cmdProviderAdd(ctx, args[2:])
@@ -95,6 +102,9 @@ func run(ctx context.Context, args []string) error {
 	case "admin":
 		if len(args) >= 2 && args[1] == "token" {
 			return cmdAdminToken(ctx, args[2:])
+		}
+		if len(args) >= 3 && args[1] == "user" && args[2] == "add" {
+			return cmdAdminUserAdd(ctx, args[3:])
 		}
 	case "audit":
 		if len(args) >= 2 && args[1] == "verify" {
@@ -107,12 +117,14 @@ func run(ctx context.Context, args []string) error {
 				return cmdSPKeygen(args[2:])
 			case "unwrap":
 				return cmdSPUnwrap(ctx, args[2:])
+			case "script":
+				return cmdSPScript(ctx, args[2:])
 			}
 		}
-	case "perso":
-		return cmdPerso(ctx, args[1:])
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
+	case "agent":
+		return cmdAgent(ctx, args[1:])
 	case "bench":
 		return cmdBench(ctx, args[1:])
 	case "help", "-h", "--help":

@@ -20,6 +20,10 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	migrate := fs.Bool("migrate", true, "apply pending database migrations at start")
+	portal, err := bindPortalFlags(fs)
+	if err != nil {
+		return err
+	}
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
@@ -42,7 +46,16 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: web.New(a.svc, web.Options{Log: a.log, SpoolDir: cfg.DataDir}),
+	stopCardLink, err := startCardLink(ctx, a)
+	if err != nil {
+		return err
+	}
+	defer stopCardLink()
+	webOpts, err := portal.webOptions(a)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: web.New(a.svc, webOpts),
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	a.log.Info("keyport serving", "addr", "http://"+ln.Addr().String(), "db", redactDSN(cfg.DB))
 	errc := make(chan error, 1)
@@ -81,9 +94,10 @@ keyport is set up. Issuer-admin API token (shown once; make another with "keypor
     %s
 
 Try:  curl -s -H "Authorization: Bearer %s" http://%s/api/v1/admin/audit
-Add a provider:  keyport provider add "Example Bank" --email ops@example.com --kind bank
+Add a provider:  KEYPORT_DATA_DIR=%s %s provider add "Example Bank" --email ops@example.com --kind bank
+Portal admin:    KEYPORT_DATA_DIR=%s %s admin user add you@example.com   (then sign in at http://%s/login)
 
-`, token, token, a.cfg.Addr)
+`, token, token, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], a.cfg.Addr)
 	return nil
 }
 

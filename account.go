@@ -1,0 +1,633 @@
+package keyport
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/crypto/argon2"
+)
+
+// User is a person who signs in to the portal: a provider's staff member
+// (ProviderID set) or an issuer admin (Admin). Only an argon2id hash of the
+// password is kept; a TOTP secret is kept sealed by the HSM.
+type User struct {
+	ID           string
+	ProviderID   string
+	Email        string
+	Contact      string // the person's name, as given at sign-up
+	PasswordHash string // PHC string: $argon2id$v=19$m=…,t=…,p=…$salt$hash
+	TOTPSealed   []byte // nil: no second factor
+	FailedLogins int
+	LockedUntil  *time.Time
+	Admin        bool
+	VerifiedAt   *time.Time
+	CreatedAt    time.Time
+}
+
+// UserToken is a one-time token sent by e-mail (verify an address, reset a
+// password). Only its SHA-256 is stored.
+type UserToken struct {
+	Hash      []byte
+	UserID    string
+	Purpose   TokenPurpose
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// TokenPurpose says what a UserToken may be used for.
+type TokenPurpose string
+
+// Token purposes.
+const (
+	PurposeVerify TokenPurpose = "verify"
+	PurposeReset  TokenPurpose = "reset"
+)
+
+// Session is a signed-in browser. Only the SHA-256 of the cookie value is
+// stored, so a copy of the database signs nobody in.
+type Session struct {
+	Hash      []byte
+	UserID    string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// PortalStats is what the admin dashboard shows.
+type PortalStats struct {
+	Modules        int64
+	DomainsByState map[DomainState]int64
+	// ClaimsPerDay counts claims per UTC day, oldest first, one entry per
+	// day of the window (zero days included).
+	ClaimsPerDay []DayCount
+	// JobsByState counts card-link jobs; empty when there are none.
+	JobsByState map[string]int64
+}
+
+// DayCount is one bar of a per-day chart.
+type DayCount struct {
+	Day   time.Time
+	Count int64
+}
+
+// AccountRepo is the storage the portal's account use cases need. It is part
+// of Repo, so every method also works inside Store.Tx.
+type AccountRepo interface {
+	CreateUser(ctx context.Context, u *User) error // ErrConflict on a taken e-mail
+	GetUser(ctx context.Context, id string) (*User, error)
+	GetUserByEmail(ctx context.Context, email string) (*User, error)
+	// RecordFailedLogin counts one wrong password and, when the count
+	// reaches max, locks the user until lockUntil. It returns the user as
+	// updated, in one statement so that parallel guesses all count.
+	RecordFailedLogin(ctx context.Context, id string, max int, lockUntil time.Time) (*User, error)
+	// ResetFailedLogins clears the count and any lock.
+	ResetFailedLogins(ctx context.Context, id string) error
+	SetUserVerified(ctx context.Context, id string, at time.Time) error
+	SetUserPassword(ctx context.Context, id, hash string) error
+	SetUserTOTP(ctx context.Context, id string, sealed []byte) error
+
+	CreateUserToken(ctx context.Context, t *UserToken) error
+	// TakeUserToken deletes and returns an unexpired token of the purpose;
+	// ErrNotFound if there is none (unknown, used or expired).
+	TakeUserToken(ctx context.Context, purpose TokenPurpose, hash []byte, now time.Time) (*UserToken, error)
+
+	CreateSession(ctx context.Context, s *Session) error
+	// GetSession returns an unexpired session; ErrNotFound otherwise.
+	GetSession(ctx context.Context, hash []byte, now time.Time) (*Session, error)
+	DeleteSession(ctx context.Context, hash []byte) error
+	DeleteUserSessions(ctx context.Context, userID string) error
+
+	ListProviders(ctx context.Context) ([]Provider, error)
+	// SetProviderStatus changes a provider's status; ErrNotFound if unknown.
+	SetProviderStatus(ctx context.Context, id string, status ProviderStatus) error
+	SetWebhookURL(ctx context.Context, providerID, webhookURL string) error
+	// ListAPITokens returns a provider's tokens (revoked ones too), newest first.
+	ListAPITokens(ctx context.Context, providerID string) ([]APIToken, error)
+	// RevokeAPIToken revokes one of the provider's tokens (a revoked one
+	// stays as it is); ErrNotFound for another provider's.
+	RevokeAPIToken(ctx context.Context, providerID, id string, at time.Time) error
+	ListWrappingKeys(ctx context.Context, providerID string) ([]WrappingKey, error)
+	// ProviderAudit returns, newest first, up to limit audit events done by
+	// the provider or about it.
+	ProviderAudit(ctx context.Context, providerID string, limit int) ([]AuditEvent, error)
+	// RecentAudit returns the newest limit audit events, newest first.
+	RecentAudit(ctx context.Context, limit int) ([]AuditEvent, error)
+	// ListOutbox returns the newest limit messages of a topic ("" = all).
+	ListOutbox(ctx context.Context, topic string, limit int) ([]OutboxMessage, error)
+	MarkOutboxSent(ctx context.Context, id int64, at time.Time) error
+	ListBatches(ctx context.Context) ([]Batch, error)
+	PortalStats(ctx context.Context, since time.Time) (*PortalStats, error)
+}
+
+// Mailer sends e-mail (SMTP in production). Without one, messages stay in
+// the outbox, which the admin console shows.
+type Mailer interface {
+	Send(ctx context.Context, to, subject, body string) error
+}
+
+// Account rules.
+const (
+	// MaxFailedLogins wrong passwords in a row lock an account for LockFor.
+	MaxFailedLogins = 5
+	LockFor         = 15 * time.Minute
+	// SessionLifetime is how long a browser stays signed in.
+	SessionLifetime = 12 * time.Hour
+	// MinPasswordLength follows NIST SP 800-63B for user-chosen passwords.
+	MinPasswordLength = 10
+	verifyLifetime    = 48 * time.Hour
+	resetLifetime     = time.Hour
+	// SessionPrefix starts every session cookie value.
+	SessionPrefix = "kps_"
+)
+
+// argon2id parameters: RFC 9106's second recommended option scaled to the
+// OWASP minimum (19 MiB, 2 passes), so a login costs a few tens of ms.
+const (
+	argonTime    = 2
+	argonMemory  = 19 * 1024
+	argonThreads = 1
+	argonKeyLen  = 32
+)
+
+// HashPassword returns the argon2id PHC string of password with a fresh salt.
+func HashPassword(password string) string {
+	salt := randomBytes(16)
+	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
+		b64.EncodeToString(salt), b64.EncodeToString(key))
+}
+
+// CheckPassword reports whether password matches a PHC string made by
+// HashPassword (with whatever parameters it records).
+func CheckPassword(phc, password string) bool {
+	parts := strings.Split(phc, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return false
+	}
+	var m, t uint32
+	var p uint8
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m == 0 || t == 0 || p == 0 {
+		return false
+	}
+	salt, err1 := b64.DecodeString(parts[4])
+	want, err2 := b64.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(want) == 0 {
+		return false
+	}
+	got := argon2.IDKey([]byte(password), salt, t, m, p, uint32(len(want)))
+	return subtle.ConstantTimeCompare(got, want) == 1
+}
+
+// dummyHash is checked against when the e-mail is unknown, so that a login
+// takes as long whether or not the account exists.
+var dummyHash = HashPassword("keyport-no-such-user")
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("keyport: no randomness: " + err.Error())
+	}
+	return b
+}
+
+func randomToken(prefix string) string {
+	return prefix + base64.RawURLEncoding.EncodeToString(randomBytes(32))
+}
+
+// HashSecret is how session and e-mail tokens are stored: SHA-256 of the
+// whole value (they hold 256 random bits; no dictionary to attack).
+func HashSecret(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// LockedError says an account is locked after too many wrong passwords.
+type LockedError struct{ Until time.Time }
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("this account is locked after %d wrong passwords; try again after %s UTC, or reset the password",
+		MaxFailedLogins, e.Until.UTC().Format("15:04"))
+}
+
+// Is makes a LockedError match ErrForbidden.
+func (e *LockedError) Is(target error) bool { return target == ErrForbidden }
+
+// ErrNotVerified: the user has not confirmed the e-mail address yet.
+var ErrNotVerified = fmt.Errorf("%w: confirm your e-mail address first: follow the link in the message we sent", ErrForbidden)
+
+// ErrTOTPRequired: the password was right and the account needs a TOTP code.
+var ErrTOTPRequired = fmt.Errorf("%w: enter the 6-digit code from your authenticator app", ErrUnauthenticated)
+
+// ---- Sign-up and e-mail verification (flow 2) ----
+
+// SignUp is what a provider's sign-up form holds.
+type SignUp struct {
+	Organisation string
+	Kind         ProviderKind
+	Contact      string
+	Email        string
+	Password     string
+}
+
+// normaliseEmail lower-cases and checks an e-mail address.
+func normaliseEmail(email string) (string, error) {
+	email = strings.ToLower(strings.TrimSpace(email))
+	if at := strings.IndexByte(email, '@'); at < 1 || at == len(email)-1 || len(email) > 254 ||
+		strings.ContainsAny(email, " <>,;\"\r\n") || !strings.Contains(email[at:], ".") {
+		return "", invalid("email", "enter an e-mail address such as name@example.com")
+	}
+	return email, nil
+}
+
+func checkPasswordRules(field, password, email string) error {
+	switch n := utf8.RuneCountInString(password); {
+	case n < MinPasswordLength:
+		return Invalid(field, "use at least %d characters", MinPasswordLength)
+	case len(password) > 256:
+		return invalid(field, "use at most 256 characters")
+	case strings.EqualFold(password, email):
+		return invalid(field, "the password may not be your e-mail address")
+	}
+	return nil
+}
+
+// Validate checks the form field by field and returns every fault.
+func (f SignUp) Validate() []*InvalidError {
+	var errs []*InvalidError
+	add := func(err error) {
+		var ie *InvalidError
+		if errors.As(err, &ie) {
+			errs = append(errs, ie)
+		}
+	}
+	if n := utf8.RuneCountInString(strings.TrimSpace(f.Organisation)); n == 0 || n > 200 {
+		add(invalid("organisation", "enter your organisation's name (at most 200 characters)"))
+	}
+	switch f.Kind {
+	case KindBank, KindRetailer, KindTransit, KindOther:
+	default:
+		add(invalid("kind", "choose bank, retailer, transit or other"))
+	}
+	if n := utf8.RuneCountInString(strings.TrimSpace(f.Contact)); n == 0 || n > 200 {
+		add(invalid("contact", "enter the name of a contact person (at most 200 characters)"))
+	}
+	email, err := normaliseEmail(f.Email)
+	add(err)
+	add(checkPasswordRules("password", f.Password, email))
+	return errs
+}
+
+// SignUpProvider creates a pending provider and its first user, and sends
+// the address-verification message (flow 2). linkBase is the portal's public
+// URL, which the message links to.
+func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string) (*Provider, error) {
+	if errs := f.Validate(); len(errs) > 0 {
+		return nil, errs[0]
+	}
+	email, _ := normaliseEmail(f.Email)
+	now := s.now().UTC()
+	prov := &Provider{ID: NewID("prv"), Name: strings.TrimSpace(f.Organisation), Kind: f.Kind, Email: email,
+		Status: ProviderPending, CreatedAt: now}
+	u := &User{ID: NewID("usr"), ProviderID: prov.ID, Email: email, Contact: strings.TrimSpace(f.Contact),
+		PasswordHash: HashPassword(f.Password), CreatedAt: now}
+	var mail *OutboxMessage
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.CreateProvider(ctx, prov); err != nil {
+			if errors.Is(err, ErrConflict) {
+				return invalid("email", "an account with this e-mail address exists: sign in or reset the password")
+			}
+			return err
+		}
+		if err := tx.CreateUser(ctx, u); err != nil {
+			if errors.Is(err, ErrConflict) {
+				return invalid("email", "an account with this e-mail address exists: sign in or reset the password")
+			}
+			return err
+		}
+		var err error
+		mail, err = s.mailToken(ctx, tx, u, PurposeVerify, verifyLifetime, linkBase+"/verify",
+			"Confirm your e-mail address for keyport",
+			"Hello %s,\n\nplease confirm your e-mail address for %s by opening this link (valid 48 hours):\n\n%s\n\n"+
+				"After that, the issuer reviews your sign-up; you can sign in meanwhile.\n", u.Contact, prov.Name)
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "provider:"+prov.ID, "provider.signup", "provider:"+prov.ID,
+			map[string]any{"name": prov.Name, "kind": prov.Kind, "email": email})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyport: sign up: %w", err)
+	}
+	s.deliver(ctx, mail)
+	return prov, nil
+}
+
+// EmailMessage is the payload of an outbox row of topic "email".
+type EmailMessage struct {
+	To      string `json:"to"`
+	Subject string `json:"subject"`
+	Body    string `json:"body"`
+}
+
+// mailToken creates a one-time token and queues, in tx, a message with a
+// link to page?token=…. The token reaches only the outbox (and the mail
+// server); the database keeps its hash.
+func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose TokenPurpose, life time.Duration, page,
+	subject, format string, args ...any) (*OutboxMessage, error) {
+	token := randomToken("")
+	now := s.now().UTC()
+	if err := tx.CreateUserToken(ctx, &UserToken{Hash: HashSecret(token), UserID: u.ID, Purpose: purpose,
+		CreatedAt: now, ExpiresAt: now.Add(life)}); err != nil {
+		return nil, err
+	}
+	link := page + "?token=" + url.QueryEscape(token)
+	body, _ := json.Marshal(EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)})
+	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: now}
+	if err := tx.AddOutbox(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// deliver sends a queued e-mail through the Mailer, if there is one, and
+// marks it sent. The log names the recipient and outbox row only: the body
+// holds a one-time link.
+func (s *Service) deliver(ctx context.Context, m *OutboxMessage) {
+	var em EmailMessage
+	_ = json.Unmarshal([]byte(m.Payload), &em)
+	if s.Mailer == nil {
+		s.log().Info("e-mail queued in the outbox (no SMTP configured; the admin console shows it)",
+			"to", em.To, "subject", em.Subject, "outbox", m.ID)
+		return
+	}
+	if err := s.Mailer.Send(ctx, em.To, em.Subject, em.Body); err != nil {
+		s.log().Warn("e-mail not sent; it stays in the outbox", "to", em.To, "outbox", m.ID, "err", err)
+		return
+	}
+	if err := s.Store.MarkOutboxSent(ctx, m.ID, s.now().UTC()); err != nil {
+		s.log().Warn("outbox not marked sent", "outbox", m.ID, "err", err)
+	}
+	s.log().Info("e-mail sent", "to", em.To, "subject", em.Subject, "outbox", m.ID)
+}
+
+// VerifyEmail confirms the address a verification token was sent to.
+func (s *Service) VerifyEmail(ctx context.Context, token string) (*User, error) {
+	var u *User
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		t, err := tx.TakeUserToken(ctx, PurposeVerify, HashSecret(token), s.now().UTC())
+		if errors.Is(err, ErrNotFound) {
+			return invalid("token", "this link is unknown, used or expired: sign in to have a new one sent")
+		}
+		if err != nil {
+			return err
+		}
+		if u, err = tx.GetUser(ctx, t.UserID); err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		if err := tx.SetUserVerified(ctx, u.ID, now); err != nil {
+			return err
+		}
+		u.VerifiedAt = &now
+		return s.audit(ctx, tx, userActor(u), "user.verify", "user:"+u.ID, map[string]any{"email": u.Email})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyport: verify e-mail: %w", err)
+	}
+	return u, nil
+}
+
+func userActor(u *User) string {
+	if u.Admin {
+		return "admin:" + u.Email
+	}
+	return "provider:" + u.ProviderID
+}
+
+// ---- Sign-in ----
+
+// LoginResult is a new session.
+type LoginResult struct {
+	// Token is the session cookie value; shown to the browser once.
+	Token string
+	User  *User
+}
+
+// Login checks a password (and a TOTP code when the account has one) and
+// opens a session. Wrong passwords count; MaxFailedLogins in a row lock the
+// account for LockFor (*LockedError). Unknown e-mail and wrong password give
+// the same ErrUnauthenticated.
+func (s *Service) Login(ctx context.Context, email, password, totpCode string) (*LoginResult, error) {
+	email = strings.ToLower(strings.TrimSpace(email))
+	u, err := s.Store.GetUserByEmail(ctx, email)
+	if errors.Is(err, ErrNotFound) {
+		CheckPassword(dummyHash, password)
+		return nil, fmt.Errorf("%w: wrong e-mail address or password", ErrUnauthenticated)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keyport: login: %w", err)
+	}
+	now := s.now().UTC()
+	if u.LockedUntil != nil && now.Before(*u.LockedUntil) {
+		return nil, &LockedError{Until: *u.LockedUntil}
+	}
+	if !CheckPassword(u.PasswordHash, password) {
+		u2, err := s.Store.RecordFailedLogin(ctx, u.ID, MaxFailedLogins, now.Add(LockFor))
+		if err != nil {
+			return nil, fmt.Errorf("keyport: login: %w", err)
+		}
+		s.log().Info("wrong password", "user", u.ID, "failed", u2.FailedLogins)
+		if u2.LockedUntil != nil && now.Before(*u2.LockedUntil) {
+			_ = s.Store.Tx(ctx, func(tx Repo) error {
+				return s.audit(ctx, tx, "system", "user.lock", "user:"+u.ID, map[string]any{"failed": u2.FailedLogins})
+			})
+			return nil, &LockedError{Until: *u2.LockedUntil}
+		}
+		left := MaxFailedLogins - u2.FailedLogins
+		return nil, fmt.Errorf("%w: wrong e-mail address or password (%d attempts left before the account is locked)",
+			ErrUnauthenticated, left)
+	}
+	if u.TOTPSealed != nil {
+		if totpCode == "" {
+			return nil, ErrTOTPRequired
+		}
+		ok, err := s.checkTOTP(ctx, u, totpCode)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			if _, err := s.Store.RecordFailedLogin(ctx, u.ID, MaxFailedLogins, now.Add(LockFor)); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: the authenticator code is wrong or expired", ErrUnauthenticated)
+		}
+	}
+	if u.VerifiedAt == nil {
+		return nil, ErrNotVerified
+	}
+	token := randomToken(SessionPrefix)
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if u.FailedLogins != 0 || u.LockedUntil != nil {
+			if err := tx.ResetFailedLogins(ctx, u.ID); err != nil {
+				return err
+			}
+		}
+		return tx.CreateSession(ctx, &Session{Hash: HashSecret(token), UserID: u.ID, CreatedAt: now,
+			ExpiresAt: now.Add(SessionLifetime)})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyport: login: %w", err)
+	}
+	return &LoginResult{Token: token, User: u}, nil
+}
+
+// SessionUser is who a session belongs to.
+type SessionUser struct {
+	User     *User
+	Provider *Provider // nil for an admin
+	// Principal is what the user may act as: a provider principal only
+	// when the provider is approved, an admin principal for admins.
+	Principal Principal
+}
+
+// ResolveSession returns the user of a live session; ErrUnauthenticated for
+// an unknown or expired one.
+func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUser, error) {
+	if !strings.HasPrefix(token, SessionPrefix) {
+		return nil, ErrUnauthenticated
+	}
+	sess, err := s.Store.GetSession(ctx, HashSecret(token), s.now().UTC())
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.Store.GetUser(ctx, sess.UserID)
+	if err != nil {
+		return nil, err
+	}
+	su := &SessionUser{User: u}
+	if u.Admin {
+		su.Principal = Principal{Admin: true, Name: u.Email}
+		return su, nil
+	}
+	if su.Provider, err = s.Store.GetProvider(ctx, u.ProviderID); err != nil {
+		return nil, err
+	}
+	if su.Provider.Status == ProviderApproved {
+		su.Principal = Principal{ProviderID: u.ProviderID, Name: u.Email}
+	}
+	return su, nil
+}
+
+// Logout ends a session.
+func (s *Service) Logout(ctx context.Context, token string) error {
+	return s.Store.DeleteSession(ctx, HashSecret(token))
+}
+
+// RequestPasswordReset mails a reset link if the address has an account.
+// It says nothing either way, so that it cannot be used to find accounts.
+func (s *Service) RequestPasswordReset(ctx context.Context, email, linkBase string) error {
+	email, err := normaliseEmail(email)
+	if err != nil {
+		return err
+	}
+	u, err := s.Store.GetUserByEmail(ctx, email)
+	if errors.Is(err, ErrNotFound) {
+		s.log().Info("password reset for an unknown address")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var mail *OutboxMessage
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		var err error
+		mail, err = s.mailToken(ctx, tx, u, PurposeReset, resetLifetime, linkBase+"/reset/confirm",
+			"Reset your keyport password",
+			"Hello,\n\nsomeone asked to reset the keyport password of this address. If it was you, open this link "+
+				"within an hour:\n\n%s\n\nIf not, ignore this message: nothing changes.\n")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: password reset: %w", err)
+	}
+	s.deliver(ctx, mail)
+	return nil
+}
+
+// ResetPassword sets a new password with a reset token, unlocks the account
+// and ends every session of the user.
+func (s *Service) ResetPassword(ctx context.Context, token, password string) error {
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		t, err := tx.TakeUserToken(ctx, PurposeReset, HashSecret(token), s.now().UTC())
+		if errors.Is(err, ErrNotFound) {
+			return invalid("token", "this reset link is unknown, used or expired: ask for a new one")
+		}
+		if err != nil {
+			return err
+		}
+		u, err := tx.GetUser(ctx, t.UserID)
+		if err != nil {
+			return err
+		}
+		if err := checkPasswordRules("password", password, u.Email); err != nil {
+			return err
+		}
+		if err := tx.SetUserPassword(ctx, u.ID, HashPassword(password)); err != nil {
+			return err
+		}
+		if err := tx.ResetFailedLogins(ctx, u.ID); err != nil {
+			return err
+		}
+		if u.VerifiedAt == nil {
+			// The link reached the mailbox: that verifies it too.
+			if err := tx.SetUserVerified(ctx, u.ID, s.now().UTC()); err != nil {
+				return err
+			}
+		}
+		if err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.password-reset", "user:"+u.ID, map[string]any{})
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: reset password: %w", err)
+	}
+	return nil
+}
+
+// AddAdminUser creates a verified issuer-admin user with a random password,
+// returned once for the operator to pass on (the command line route).
+func (s *Service) AddAdminUser(ctx context.Context, email string) (password string, err error) {
+	email, err = normaliseEmail(email)
+	if err != nil {
+		return "", err
+	}
+	password = base64.RawURLEncoding.EncodeToString(randomBytes(15))
+	now := s.now().UTC()
+	u := &User{ID: NewID("usr"), Email: email, Admin: true, PasswordHash: HashPassword(password), VerifiedAt: &now, CreatedAt: now}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.CreateUser(ctx, u); err != nil {
+			if errors.Is(err, ErrConflict) {
+				return Invalid("email", "a user with e-mail %s exists", email)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, "system", "admin-user.add", "user:"+u.ID, map[string]any{"email": email})
+	})
+	if err != nil {
+		return "", fmt.Errorf("keyport: add admin user: %w", err)
+	}
+	return password, nil
+}

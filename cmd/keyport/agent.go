@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/pcsc"
+)
+
+// cmdAgent is `keyport agent`: the handset agent for the module in a PC/SC
+// reader (DESIGN.md flow 8). It waits on the admin server's wake-up channel
+// (or polls with --poll) and runs GP Amendment B admin sessions, relaying
+// the scripts' APDUs to the module.
+func cmdAgent(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("keyport agent", flag.ContinueOnError)
+	reader := fs.String("reader", "", "PC/SC reader of the module (full name or a unique prefix)")
+	server := fs.String("server", "", "admin server host:port (KEYPORT_ADMIN_ADDR of keyport serve)")
+	identity := fs.String("psk-identity", "", "the module's TLS-PSK identity (its EID)")
+	pskFile := fs.String("psk-file", "", "file holding the module's TLS-PSK in hex")
+	poll := fs.Duration("poll", 0, "open a session every DURATION instead of waiting for wake-ups")
+	once := fs.Bool("once", false, "run one admin session now and exit")
+	uri := fs.String("uri", agent.DefaultAdminURI, "admin URI of the first POST (session parameter 8C)")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	if *reader == "" || *server == "" || *identity == "" || *pskFile == "" {
+		return exitError{2, errors.New("usage: keyport agent --reader NAME --server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]")}
+	}
+	raw, err := os.ReadFile(*pskFile)
+	if err != nil {
+		return err
+	}
+	psk, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(psk) == 0 {
+		return fmt.Errorf("%s: the PSK file must hold the key in hex", *pskFile)
+	}
+	card, err := pcsc.Open(ctx, *reader)
+	if err != nil {
+		return err
+	}
+	defer card.Close()
+	a := agent.New(agent.Config{Server: *server, Identity: *identity, PSK: psk, AdminURI: *uri, Poll: *poll,
+		Log: newLogger(config{LogFormat: "text"}, stderr)}, card)
+	if *once {
+		rep, err := a.Session(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "admin session done: %d script(s) %v, %d resume(s)\n", rep.Scripts, rep.Statuses, rep.Resumed)
+		return nil
+	}
+	fmt.Fprintf(stderr, "keyport agent: module %s in %q, admin server %s (%s)\n", *identity, card.Name(), *server,
+		map[bool]string{true: "polling every " + poll.String(), false: "waiting for wake-ups"}[*poll > 0])
+	return a.Run(ctx)
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/smtp"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/keyport/keyport/web"
+	"github.com/keyport/keyport/web/views"
+)
+
+// portalFlags are serve's settings for the browser portal.
+type portalFlags struct {
+	publicURL       string
+	insecureCookies bool
+	smtpURL         string
+}
+
+// bindPortalFlags registers the portal's flags on serve's flag set.
+func bindPortalFlags(fs *flag.FlagSet) (*portalFlags, error) {
+	pf := &portalFlags{}
+	pub, err := env("PUBLIC_URL", "")
+	if err != nil {
+		return nil, err
+	}
+	insecure, err := env("DEV_INSECURE_COOKIES", "")
+	if err != nil {
+		return nil, err
+	}
+	smtpURL, err := env("SMTP_URL", "")
+	if err != nil {
+		return nil, err
+	}
+	fs.StringVar(&pf.publicURL, "public-url", pub, "the portal's address as users reach it, for e-mail links (KEYPORT_PUBLIC_URL); default http://<addr>")
+	fs.BoolVar(&pf.insecureCookies, "dev-insecure-cookies", insecure == "1" || insecure == "true",
+		"development only: session cookies without Secure, so plain http://127.0.0.1 works (KEYPORT_DEV_INSECURE_COOKIES=1); refused on any non-loopback --addr")
+	fs.StringVar(&pf.smtpURL, "smtp-url", smtpURL,
+		"send account e-mail via SMTP: smtp://user:pass@host:587?from=keyport@example.com (KEYPORT_SMTP_URL, KEYPORT_SMTP_URL_FILE); default: the outbox only")
+	return pf, nil
+}
+
+// webOptions builds the portal's options, refusing insecure cookies unless
+// the server listens on a loopback address only.
+func (pf *portalFlags) webOptions(a *app) (web.Options, error) {
+	o := web.Options{Log: a.log, SpoolDir: a.cfg.DataDir, PublicURL: pf.publicURL, InsecureCookies: pf.insecureCookies}
+	if o.PublicURL == "" {
+		o.PublicURL = "http://" + a.cfg.Addr
+	}
+	if pf.insecureCookies {
+		host, _, err := net.SplitHostPort(a.cfg.Addr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return o, fmt.Errorf("serve: --dev-insecure-cookies is for http://127.0.0.1 only; --addr is %s", a.cfg.Addr)
+		}
+		a.log.Warn("portal cookies are not Secure (development mode, loopback only)")
+	}
+	if pf.smtpURL != "" {
+		m, err := newSMTPMailer(pf.smtpURL)
+		if err != nil {
+			return o, err
+		}
+		a.svc.Mailer = m
+	}
+	h := a.hsm
+	a.svc.Sealer = h // TOTP secrets are sealed by the HSM
+	o.HSMStatus = func(ctx context.Context) (views.HSMStatus, error) {
+		st, err := h.Status(ctx)
+		if err != nil {
+			return views.HSMStatus{}, err
+		}
+		out := views.HSMStatus{Token: st.Token, OAEPHash: st.OAEPHash}
+		for _, k := range st.Keys {
+			out.Keys = append(out.Keys, views.HSMKey{Label: k.Label, Class: k.Class, Type: k.Type})
+		}
+		return out, nil
+	}
+	return o, nil
+}
+
+// smtpMailer sends account e-mail through an SMTP submission server with
+// STARTTLS (smtp://, port 587) or implicit TLS (smtps://, port 465).
+type smtpMailer struct {
+	addr, host, from string
+	auth             smtp.Auth
+	implicitTLS      bool
+}
+
+func newSMTPMailer(raw string) (*smtpMailer, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "smtp" && u.Scheme != "smtps") || u.Hostname() == "" {
+		return nil, errors.New("config: --smtp-url must look like smtp://user:pass@host:587?from=keyport@example.com")
+	}
+	m := &smtpMailer{host: u.Hostname(), from: u.Query().Get("from"), implicitTLS: u.Scheme == "smtps"}
+	port := u.Port()
+	if port == "" {
+		port = map[bool]string{true: "465", false: "587"}[m.implicitTLS]
+	}
+	m.addr = net.JoinHostPort(m.host, port)
+	if m.from == "" {
+		return nil, errors.New("config: --smtp-url needs ?from=<sender address>")
+	}
+	if u.User != nil {
+		pw, _ := u.User.Password()
+		m.auth = smtp.PlainAuth("", u.User.Username(), pw, m.host)
+	}
+	return m, nil
+}
+
+// Send delivers one plain-text message.
+func (m *smtpMailer) Send(ctx context.Context, to, subject, body string) error {
+	if strings.ContainsAny(to+subject, "\r\n") {
+		return errors.New("smtp: header injection refused")
+	}
+	msg := "From: " + m.from + "\r\nTo: " + to + "\r\nSubject: " + subject + "\r\nDate: " + time.Now().UTC().Format(time.RFC1123Z) +
+		"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + strings.ReplaceAll(body, "\n", "\r\n")
+	d := net.Dialer{Timeout: 10 * time.Second}
+	var conn net.Conn
+	var err error
+	if m.implicitTLS {
+		conn, err = (&tls.Dialer{NetDialer: &d, Config: &tls.Config{ServerName: m.host}}).DialContext(ctx, "tcp", m.addr)
+	} else {
+		conn, err = d.DialContext(ctx, "tcp", m.addr)
+	}
+	if err != nil {
+		return fmt.Errorf("smtp: dial %s: %w", m.addr, err)
+	}
+	c, err := smtp.NewClient(conn, m.host)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("smtp: %w", err)
+	}
+	defer c.Close()
+	if !m.implicitTLS {
+		if err := c.StartTLS(&tls.Config{ServerName: m.host}); err != nil {
+			return fmt.Errorf("smtp: STARTTLS: %w", err)
+		}
+	}
+	if m.auth != nil {
+		if err := c.Auth(m.auth); err != nil {
+			return fmt.Errorf("smtp: auth: %w", err)
+		}
+	}
+	if err := c.Mail(m.from); err != nil {
+		return fmt.Errorf("smtp: MAIL FROM: %w", err)
+	}
+	if err := c.Rcpt(to); err != nil {
+		return fmt.Errorf("smtp: RCPT TO: %w", err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		return fmt.Errorf("smtp: DATA: %w", err)
+	}
+	if _, err := w.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("smtp: write: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("smtp: end of data: %w", err)
+	}
+	return c.Quit()
+}
+
+// cmdAdminUserAdd creates an issuer-admin user for the portal's console and
+// prints its generated password once. The admin can change it with
+// "Forgot your password?" (which needs the outbox or SMTP).
+func cmdAdminUserAdd(ctx context.Context, args []string) error {
+	var cfg config
+	fs, err := newFlags("admin user add", &cfg)
+	if err != nil {
+		return err
+	}
+	if err := parse(fs, &cfg, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return exitError{2, errors.New("usage: keyport admin user add EMAIL")}
+	}
+	a, err := open(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	pw, err := a.svc.AddAdminUser(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "admin user %s created; password (shown once): %s\n", fs.Arg(0), pw)
+	return nil
+}

@@ -1,0 +1,308 @@
+package keyport
+
+import (
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/keyport/keyport/gp"
+)
+
+// Bounds on a submitted script.
+const (
+	MaxScriptAPDUs = 64
+	// MaxScriptBytes keeps a whole script response within one TLS record
+	// (2^14 bytes, RFC 5246 §6.2.1), as cards need (PROTOCOLS.md §3.5).
+	MaxScriptBytes = 12 << 10
+)
+
+// Expectation is what the provider declares its PUT KEY will make the card
+// answer (GPCS 11.8.3): the new KVN and the KCV of each new key. keyport
+// never sees the new keys; the card's answer is compared with this.
+type Expectation struct {
+	KVN int                 `json:"kvn"`
+	KCV map[KeyUsage]string `json:"kcv"`
+}
+
+// ScriptRequest is a provider's second-key script: C-APDUs in hex, already
+// protected by the provider's SCP03 session (PROTOCOLS.md §3.4, "SP keys
+// rotated through the ISD's HTTPS session"), and the expected PUT KEY answer.
+type ScriptRequest struct {
+	APDUs  []string    `json:"apdus"`
+	Expect Expectation `json:"expect"`
+}
+
+// SecondKeyPayload is the payload of a JobSecondKey job.
+type SecondKeyPayload struct {
+	EID    EID         `json:"eid"`
+	AID    AID         `json:"aid"`
+	APDUs  []string    `json:"apdus"` // upper-case hex
+	Expect Expectation `json:"expect"`
+	// PutKey is the index of the PUT KEY command in APDUs.
+	PutKey int `json:"put_key"`
+	// InitUpdate is the index of INITIALIZE UPDATE, -1 if none.
+	InitUpdate int `json:"init_update"`
+}
+
+// ScriptResult is what the module answered to a second-key script.
+type ScriptResult struct {
+	// ScriptStatus is the card's X-Admin-Script-Status (GP Amd B), or
+	// "answer-lost" when the dialog broke before the answer came.
+	ScriptStatus string `json:"script_status"`
+	// Responses are the R-APDUs (data ‖ SW) in hex, in script order.
+	Responses []string `json:"responses,omitempty"`
+	// SW is the status word that failed the job, if any.
+	SW string `json:"sw,omitempty"`
+	// Cause says in words why the job failed.
+	Cause string `json:"cause,omitempty"`
+	// SequenceCounter is the SCP03 counter the card reported in its
+	// INITIALIZE UPDATE answer (AmdD 6.2.2.1), when it did.
+	SequenceCounter *int `json:"sequence_counter,omitempty"`
+	// Confirmed is true when the answer proves the key replacement.
+	Confirmed bool `json:"confirmed"`
+	// Session is the admin session the script went out in (while SENT).
+	Session string `json:"session,omitempty"`
+}
+
+// CheckScript validates a second-key script for a domain whose current key
+// set is currentKVN and returns the job payload. The script must open an
+// SCP03 session (INITIALIZE UPDATE on the current KVN, then EXTERNAL
+// AUTHENTICATE) and carry exactly one PUT KEY that replaces the current KVN
+// (GPCS 11.8.2.1: P1 = KVN replaced). SELECT is refused: the admin server
+// targets the SSD with X-Admin-Targeted-Application (GP Amd B).
+func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKeyPayload, error) {
+	if len(req.APDUs) == 0 {
+		return nil, invalid("apdus", "the script holds no APDU")
+	}
+	if len(req.APDUs) > MaxScriptAPDUs {
+		return nil, Invalid("apdus", "at most %d APDUs", MaxScriptAPDUs)
+	}
+	p := &SecondKeyPayload{EID: eid, AID: aid, PutKey: -1, InitUpdate: -1}
+	total := 0
+	for i, s := range req.APDUs {
+		field := fmt.Sprintf("apdus[%d]", i)
+		b, err := hex.DecodeString(strings.TrimSpace(s))
+		if err != nil {
+			return nil, Invalid(field, "not hex")
+		}
+		total += len(b)
+		if total > MaxScriptBytes {
+			return nil, Invalid("apdus", "the script is larger than %d bytes", MaxScriptBytes)
+		}
+		c, err := gp.ParseCommand(b)
+		if err != nil {
+			return nil, Invalid(field, "not a command APDU: %v", err)
+		}
+		switch c.INS {
+		case gp.INSSelect:
+			return nil, Invalid(field, "SELECT is not allowed: keyport targets the domain itself (X-Admin-Targeted-Application)")
+		case gp.INSInitializeUpdate:
+			if i != 0 {
+				return nil, Invalid(field, "INITIALIZE UPDATE must be the first command")
+			}
+			if c.P1 != 0 && int(c.P1) != currentKVN {
+				return nil, Invalid(field, "INITIALIZE UPDATE asks for KVN %02X; the domain's keys are KVN %02X", c.P1, currentKVN)
+			}
+			p.InitUpdate = i
+		case gp.INSExternalAuthenticate:
+			if i != 1 || p.InitUpdate != 0 {
+				return nil, Invalid(field, "EXTERNAL AUTHENTICATE must follow INITIALIZE UPDATE")
+			}
+		case gp.INSPutKey:
+			if p.PutKey >= 0 {
+				return nil, Invalid(field, "only one PUT KEY per script")
+			}
+			if c.CLA&0x04 == 0 {
+				return nil, Invalid(field, "PUT KEY without secure messaging")
+			}
+			if int(c.P1&0x7F) != currentKVN {
+				return nil, Invalid(field, "PUT KEY replaces KVN %02X; the domain's keys are KVN %02X", c.P1&0x7F, currentKVN)
+			}
+			p.PutKey = i
+		}
+		p.APDUs = append(p.APDUs, strings.ToUpper(hex.EncodeToString(b)))
+	}
+	if p.InitUpdate != 0 {
+		return nil, invalid("apdus", "the script must start with INITIALIZE UPDATE (an SCP03 session with the first keys)")
+	}
+	if p.PutKey < 0 {
+		return nil, invalid("apdus", "the script has no PUT KEY")
+	}
+	e := req.Expect
+	if e.KVN < 1 || e.KVN > 0x7F || e.KVN == currentKVN {
+		return nil, Invalid("expect.kvn", "must be a new key version number 1..127, not %d", e.KVN)
+	}
+	if len(e.KCV) != len(Usages) {
+		return nil, invalid("expect.kcv", "give the KCV of enc, mac and dek")
+	}
+	p.Expect = Expectation{KVN: e.KVN, KCV: map[KeyUsage]string{}}
+	for _, u := range Usages {
+		k, ok := e.KCV[u]
+		b, err := hex.DecodeString(k)
+		if !ok || err != nil || len(b) != 3 {
+			return nil, Invalid("expect.kcv."+string(u), "a KCV is 3 bytes in hex (6 digits)")
+		}
+		p.Expect.KCV[u] = strings.ToUpper(k)
+	}
+	return p, nil
+}
+
+// Commands decodes the payload's APDUs (validated by CheckScript).
+func (p *SecondKeyPayload) Commands() ([]gp.Command, error) {
+	out := make([]gp.Command, 0, len(p.APDUs))
+	for i, s := range p.APDUs {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
+		}
+		c, err := gp.ParseCommand(b)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Judge compares a module's answer with the script: the job is confirmed
+// only if every command ran, every status word is 9000, and the PUT KEY
+// answer carries the expected KVN and KCVs in key-identifier order (GPCS
+// 11.8.3, PROTOCOLS.md §7.1). status is the X-Admin-Script-Status; body the
+// TS 102 226 response script (AF/AB), parsed tolerantly. A body that does
+// not parse is an *InvalidError and judges nothing.
+func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, error) {
+	r := ScriptResult{ScriptStatus: status}
+	if status != "ok" {
+		r.Cause = fmt.Sprintf("the module reported script status %q", status)
+		return r, nil
+	}
+	rs, err := gp.ParseResponseScript(body)
+	if err != nil {
+		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
+	}
+	for _, x := range rs.Responses {
+		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
+	}
+	if len(rs.Responses) > len(p.APDUs) {
+		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
+	}
+	if p.InitUpdate >= 0 && p.InitUpdate < len(rs.Responses) {
+		if iu := rs.Responses[p.InitUpdate]; iu.SW == gp.SWOK {
+			if d, err := gp.ParseInitUpdateResponse(iu.Data); err == nil && d.HasSequenceCounter {
+				n := int(d.SequenceCounter)
+				r.SequenceCounter = &n
+			}
+		}
+	}
+	cmds, err := p.Commands()
+	if err != nil {
+		return r, err
+	}
+	for i, x := range rs.Responses {
+		if x.SW != gp.SWOK {
+			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
+			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, scriptINSName(cmds[i].INS), x.SW)
+			return r, nil
+		}
+	}
+	if len(rs.Responses) < len(p.APDUs) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(rs.Responses), len(p.APDUs))
+		return r, nil
+	}
+	pk, err := gp.ParsePutKeyResponse(rs.Responses[p.PutKey].Data)
+	if err != nil {
+		r.Cause = fmt.Sprintf("PUT KEY answer is not KVN ‖ KCVs: %v", err)
+		return r, nil
+	}
+	want := gp.PutKey{NewKVN: byte(p.Expect.KVN)}
+	for _, u := range Usages {
+		kcv, _ := hex.DecodeString(p.Expect.KCV[u])
+		want.Keys = append(want.Keys, gp.KeyComponent{KCV: kcv})
+	}
+	if err := pk.Confirms(want); err != nil {
+		r.Cause = fmt.Sprintf("PUT KEY answer %X does not carry the declared KVN and KCVs: %v", pk.Bytes(), err)
+		return r, nil
+	}
+	r.Confirmed = true
+	return r, nil
+}
+
+func scriptINSName(ins byte) string {
+	switch ins {
+	case gp.INSInitializeUpdate:
+		return "INITIALIZE UPDATE"
+	case gp.INSExternalAuthenticate:
+		return "EXTERNAL AUTHENTICATE"
+	case gp.INSPutKey:
+		return "PUT KEY"
+	case gp.INSSetStatus:
+		return "SET STATUS"
+	case gp.INSStoreData:
+		return "STORE DATA"
+	}
+	return fmt.Sprintf("INS %02X", ins)
+}
+
+// SecondKeyScript builds a provider's second-key script offline (flow 7;
+// PROTOCOLS.md §2.2): the card's SCP03 challenge is pseudo-random (i=70),
+// so from the first keys, the SSD's AID and the sequence counter keyport
+// reports (the card will use counter+1, AmdD 6.2.2.1) the whole session is
+// precomputed: INITIALIZE UPDATE on oldKVN, EXTERNAL AUTHENTICATE at level
+// 03 (C-MAC + C-DEC), PUT KEY replacing oldKVN by newKVN with the second keys
+// encrypted under the first Key-DEK (GPCS 11.8.2.3, AmdD Table 7-10), and
+// SET STATUS PERSONALIZED of the SSD by itself (GPCS 11.10). It returns the
+// request body of POST /api/v1/domains/{eid}/{aid}/scripts.
+func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[KeyUsage][]byte) (ScriptRequest, error) {
+	for _, u := range Usages {
+		if len(first[u]) != 16 && len(first[u]) != 24 && len(first[u]) != 32 {
+			return ScriptRequest{}, Invalid("first."+string(u), "an AES key of 16, 24 or 32 bytes")
+		}
+		if len(second[u]) != 16 && len(second[u]) != 24 && len(second[u]) != 32 {
+			return ScriptRequest{}, Invalid("second."+string(u), "an AES key of 16, 24 or 32 bytes")
+		}
+	}
+	if oldKVN < 1 || oldKVN > 0x7F || newKVN < 1 || newKVN > 0x7F || newKVN == oldKVN {
+		return ScriptRequest{}, Invalid("kvn", "old KVN %d and new KVN %d must differ and lie in 1..127", oldKVN, newKVN)
+	}
+	if counter < 0 || counter >= 0xFFFFFF {
+		return ScriptRequest{}, Invalid("counter", "the sequence counter is 0..FFFFFE")
+	}
+	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(oldKVN), ENC: gp.AESKey(first[UsageENC]), MAC: gp.AESKey(first[UsageMAC])}, nil)
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	iu := hs.InitializeUpdate()
+	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
+		return ScriptRequest{}, err
+	}
+	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC)
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	pk := gp.PutKey{OldKVN: byte(oldKVN), NewKVN: byte(newKVN), FirstKID: 1}
+	req := ScriptRequest{Expect: Expectation{KVN: newKVN, KCV: map[KeyUsage]string{}}}
+	for _, u := range Usages {
+		kc, err := gp.AESKeyComponent(first[UsageDEK], second[u])
+		if err != nil {
+			return ScriptRequest{}, err
+		}
+		pk.Keys = append(pk.Keys, kc)
+		req.Expect.KCV[u] = strings.ToUpper(hex.EncodeToString(kc.KCV))
+	}
+	put, err := pk.Command()
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	wput, err := hs.Wrap(put)
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	wset, err := hs.Wrap(gp.SetStatus(gp.SetStatusApplication, gp.SetStatusPersonalized, aid.Bytes()))
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	for _, c := range []gp.Command{iu, ea, wput, wset} {
+		req.APDUs = append(req.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
+	}
+	return req, nil
+}

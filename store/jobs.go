@@ -1,0 +1,190 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/keyport/keyport"
+)
+
+// jobRow is a row of jobs (migrations 1 and 3).
+type jobRow struct {
+	ID         int64          `gorm:"column:id;primaryKey"`
+	Ref        sql.NullString `gorm:"column:ref"`
+	Kind       string         `gorm:"column:kind"`
+	DomainID   sql.NullInt64  `gorm:"column:domain_id"`
+	ModuleID   sql.NullInt64  `gorm:"column:module_id"`
+	ProviderID sql.NullString `gorm:"column:provider_id"`
+	State      string         `gorm:"column:state"`
+	Attempts   int            `gorm:"column:attempts"`
+	NextRunAt  time.Time      `gorm:"column:next_run_at"`
+	ExpiresAt  *time.Time     `gorm:"column:expires_at"`
+	Payload    string         `gorm:"column:payload"`
+	Result     string         `gorm:"column:result"`
+	LastError  string         `gorm:"column:last_error"`
+	CreatedAt  time.Time      `gorm:"column:created_at"`
+	UpdatedAt  time.Time      `gorm:"column:updated_at"`
+}
+
+func (jobRow) TableName() string { return "jobs" }
+
+func (r jobRow) model() keyport.Job {
+	return keyport.Job{ID: r.ID, Ref: r.Ref.String, Kind: keyport.JobKind(r.Kind), DomainID: r.DomainID.Int64,
+		ModuleID: r.ModuleID.Int64, ProviderID: r.ProviderID.String, State: keyport.JobState(r.State),
+		Attempts: r.Attempts, NextRunAt: r.NextRunAt.UTC(), ExpiresAt: utcPtr(r.ExpiresAt), Payload: r.Payload,
+		Result: r.Result, LastError: r.LastError, CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC()}
+}
+
+func nullInt(v int64) sql.NullInt64 { return sql.NullInt64{Int64: v, Valid: v != 0} }
+
+// CreateJob inserts j and sets its ID, CreatedAt and UpdatedAt.
+func (r *repo) CreateJob(ctx context.Context, j *keyport.Job) error {
+	if j.Ref == "" {
+		return fmt.Errorf("store: create job: no reference: %w", keyport.ErrInvalid)
+	}
+	t := now()
+	row := jobRow{Ref: sql.NullString{String: j.Ref, Valid: true}, Kind: string(j.Kind), DomainID: nullInt(j.DomainID),
+		ModuleID: nullInt(j.ModuleID), ProviderID: sql.NullString{String: j.ProviderID, Valid: j.ProviderID != ""},
+		State: string(j.State), Attempts: j.Attempts, NextRunAt: dbTime(j.NextRunAt), ExpiresAt: dbTimePtr(j.ExpiresAt),
+		Payload: j.Payload, Result: j.Result, LastError: j.LastError, CreatedAt: t, UpdatedAt: t}
+	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
+		return wrap("create job", err)
+	}
+	j.ID, j.CreatedAt, j.UpdatedAt = row.ID, t, t
+	j.NextRunAt, j.ExpiresAt = row.NextRunAt, row.ExpiresAt
+	return nil
+}
+
+// GetJob returns the job with the public reference ref.
+func (r *repo) GetJob(ctx context.Context, ref string) (*keyport.Job, error) {
+	var row jobRow
+	if err := r.r.WithContext(ctx).Where("ref = ?", ref).Take(&row).Error; err != nil {
+		return nil, wrap("get job", err)
+	}
+	j := row.model()
+	return &j, nil
+}
+
+// ListJobs returns the jobs f selects, in ID order (a module's jobs in the
+// order they were submitted).
+func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job, error) {
+	q := r.r.WithContext(ctx).Model(&jobRow{})
+	if f.Kind != "" {
+		q = q.Where("kind = ?", string(f.Kind))
+	}
+	if len(f.States) > 0 {
+		states := make([]string, len(f.States))
+		for i, s := range f.States {
+			states[i] = string(s)
+		}
+		q = q.Where("state IN ?", states)
+	}
+	if f.ModuleID != 0 {
+		q = q.Where("module_id = ?", f.ModuleID)
+	}
+	if f.DomainID != 0 {
+		q = q.Where("domain_id = ?", f.DomainID)
+	}
+	if f.ProviderID != "" {
+		q = q.Where("provider_id = ?", f.ProviderID)
+	}
+	if !f.DueBefore.IsZero() {
+		q = q.Where("next_run_at <= ?", dbTime(f.DueBefore))
+	}
+	if !f.ExpiresBefore.IsZero() {
+		q = q.Where("expires_at < ?", dbTime(f.ExpiresBefore))
+	}
+	if f.AfterID > 0 {
+		q = q.Where("id > ?", f.AfterID)
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	var rows []jobRow
+	if err := q.Order("id").Limit(limit).Find(&rows).Error; err != nil {
+		return nil, wrap("list jobs", err)
+	}
+	out := make([]keyport.Job, len(rows))
+	for i, row := range rows {
+		out[i] = row.model()
+	}
+	return out, nil
+}
+
+// UpdateJob writes j's mutable fields if the row is still in state from
+// with fromAttempts attempts: one conditional UPDATE, so that of two
+// sessions or replicas moving the same job exactly one wins.
+func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobState, fromAttempts int) error {
+	t := now()
+	res := r.w.WithContext(ctx).Exec(`UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result = ?, last_error = ?,
+		updated_at = ? WHERE id = ? AND state = ? AND attempts = ?`,
+		string(j.State), j.Attempts, dbTime(j.NextRunAt), j.Result, j.LastError, t, j.ID, string(from), fromAttempts)
+	if res.Error != nil {
+		return wrap("update job", res.Error)
+	}
+	if res.RowsAffected != 1 {
+		return fmt.Errorf("store: update job %s: not %s with %d attempts any more: %w", j.Ref, from, fromAttempts, keyport.ErrConflict)
+	}
+	j.UpdatedAt = t
+	j.NextRunAt = dbTime(j.NextRunAt)
+	return nil
+}
+
+// AcquireLease takes or renews the module's admin-session lease in one
+// upsert: the row is written only when it is new, already holder's, or
+// expired, so exactly one of two racing sessions gets it.
+func (r *repo) AcquireLease(ctx context.Context, moduleID int64, holder string, at, until time.Time) error {
+	res := r.w.WithContext(ctx).Exec(`INSERT INTO admin_leases (module_id, holder, expires_at) VALUES (?, ?, ?)
+		ON CONFLICT (module_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+		WHERE admin_leases.holder = excluded.holder OR admin_leases.expires_at < ?`,
+		moduleID, holder, dbTime(until), dbTime(at))
+	if res.Error != nil {
+		return wrap("acquire lease", res.Error)
+	}
+	if res.RowsAffected == 0 {
+		return fmt.Errorf("store: acquire lease of module %d: another admin session holds it: %w", moduleID, keyport.ErrConflict)
+	}
+	return nil
+}
+
+// ReleaseLease deletes holder's lease of the module, if it still holds it;
+// holder "" breaks the lease whoever holds it.
+func (r *repo) ReleaseLease(ctx context.Context, moduleID int64, holder string) error {
+	err := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND (holder = ? OR ? = '')`,
+		moduleID, holder, holder).Error
+	return wrap("release lease", err)
+}
+
+// SetDomainKeys records the key set the card confirmed.
+func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
+	return r.writeTx(ctx, "set domain keys", func(db *gorm.DB) error {
+		set := map[string]any{"kvn": kvn, "seq_counter": seq, "updated_at": now()}
+		if kcv != nil {
+			b, err := json.Marshal(kcv)
+			if err != nil {
+				return err
+			}
+			set["kcv"] = string(b)
+		}
+		res := db.Table("domains").Where("id = ?", domainID).Updates(set)
+		if res.Error != nil {
+			return wrap("set domain keys", res.Error)
+		}
+		if res.RowsAffected != 1 {
+			return fmt.Errorf("store: set domain keys %d: %w", domainID, keyport.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+// TouchModule records the module's last admin session.
+func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
+	err := r.w.WithContext(ctx).Exec(`UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID).Error
+	return wrap("touch module", err)
+}

@@ -1,0 +1,150 @@
+package store_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/store"
+	"github.com/keyport/keyport/store/storetest"
+)
+
+// jobModule imports one module with two domains and returns it.
+func jobModule(t *testing.T, s *store.Store, n int) *keyport.Module {
+	t.Helper()
+	b := createBatch(t, s, "jobs")
+	if _, err := s.ImportModules(ctx, b.ID, modules(n, 1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetModule(ctx, testEID(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func newJob(m *keyport.Module, d int, ref string) *keyport.Job {
+	exp := time.Now().Add(time.Hour)
+	return &keyport.Job{Ref: ref, Kind: keyport.JobSecondKey, DomainID: m.Domains[d].ID, ModuleID: m.ID,
+		State: keyport.JobQueued, NextRunAt: time.Now().Add(-time.Second), ExpiresAt: &exp, Payload: `{"x":1}`}
+}
+
+func TestJobsOfAModuleListInSubmissionOrderAndFilterByStateAndDueTime(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 1)
+		a, b := newJob(m, 0, "job_a"), newJob(m, 1, "job_b")
+		b.NextRunAt = time.Now().Add(time.Hour)
+		for _, j := range []*keyport.Job{a, b} {
+			if err := s.CreateJob(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all, err := s.ListJobs(ctx, keyport.JobFilter{ModuleID: m.ID, States: []keyport.JobState{keyport.JobQueued}})
+		if err != nil || len(all) != 2 || all[0].Ref != "job_a" || all[1].Ref != "job_b" {
+			t.Fatalf("module jobs %+v %v", all, err)
+		}
+		due, err := s.ListJobs(ctx, keyport.JobFilter{Kind: keyport.JobSecondKey, States: []keyport.JobState{keyport.JobQueued}, DueBefore: time.Now()})
+		if err != nil || len(due) != 1 || due[0].Ref != "job_a" {
+			t.Fatalf("due jobs %+v %v", due, err)
+		}
+		got, err := s.GetJob(ctx, "job_b")
+		if err != nil || got.DomainID != m.Domains[1].ID || got.ExpiresAt == nil || got.Payload != `{"x":1}` {
+			t.Fatalf("GetJob %+v %v", got, err)
+		}
+		if _, err := s.GetJob(ctx, "job_nope"); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("unknown job: %v", err)
+		}
+	})
+}
+
+func TestUpdateJobIsConditionalOnStateAndAttemptsSoOnlyOneOfTwoWriterWins(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 2)
+		j := newJob(m, 0, "job_c")
+		if err := s.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				x := *j
+				x.State = keyport.JobSent
+				errs[i] = s.UpdateJob(ctx, &x, keyport.JobQueued, 0)
+			}()
+		}
+		wg.Wait()
+		wins := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				wins++
+			case !errors.Is(err, keyport.ErrConflict):
+				t.Fatalf("update: %v", err)
+			}
+		}
+		if wins != 1 {
+			t.Fatalf("%d updates won, want exactly 1", wins)
+		}
+	})
+}
+
+func TestAdminSessionLeaseIsHeldByOneSessionUntilReleasedOrExpired(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 3)
+		now := time.Now()
+		if err := s.AcquireLease(ctx, m.ID, "ses_a", now, now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_b", now, now.Add(time.Minute)); !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("second session got the lease: %v", err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_a", now, now.Add(2*time.Minute)); err != nil {
+			t.Fatalf("holder cannot renew: %v", err)
+		}
+		later := now.Add(3 * time.Minute)
+		if err := s.AcquireLease(ctx, m.ID, "ses_b", later, later.Add(time.Minute)); err != nil {
+			t.Fatalf("expired lease not taken over: %v", err)
+		}
+		if err := s.ReleaseLease(ctx, m.ID, "ses_a"); err != nil { // not the holder: no effect
+			t.Fatal(err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_c", later, later.Add(time.Minute)); !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("a stale holder released another's lease: %v", err)
+		}
+		if err := s.ReleaseLease(ctx, m.ID, "ses_b"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_c", later, later.Add(time.Minute)); err != nil {
+			t.Fatalf("released lease not free: %v", err)
+		}
+		if err := s.ReleaseLease(ctx, m.ID, ""); err != nil { // a resuming module takes over
+			t.Fatal(err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_d", later, later.Add(time.Minute)); err != nil {
+			t.Fatalf("broken lease not free: %v", err)
+		}
+	})
+}
+
+func TestSetDomainKeysRecordsTheConfirmedKeySetAndCounter(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 4)
+		kcv := map[keyport.KeyUsage]string{keyport.UsageENC: "111111", keyport.UsageMAC: "222222", keyport.UsageDEK: "333333"}
+		if err := s.SetDomainKeys(ctx, m.Domains[0].ID, 0x31, kcv, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetDomainKeys(ctx, m.Domains[1].ID, 0x30, nil, 7); err != nil {
+			t.Fatal(err)
+		}
+		d0, _ := s.GetDomain(ctx, m.EID, m.Domains[0].AID)
+		d1, _ := s.GetDomain(ctx, m.EID, m.Domains[1].AID)
+		if d0.KVN != 0x31 || d0.KCV[keyport.UsageMAC] != "222222" || d1.SeqCounter != 7 || d1.KCV[keyport.UsageENC] != "EE72CB" {
+			t.Fatalf("domains after SetDomainKeys: %+v %+v", d0, d1)
+		}
+	})
+}

@@ -1,0 +1,239 @@
+package web
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/a-h/templ"
+	"github.com/labstack/echo/v4"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/web/views"
+)
+
+// render writes a templ component as the response: the one way pages are
+// rendered (STYLE.md, templ with echo).
+func render(c echo.Context, status int, cmp templ.Component) error {
+	c.Response().Header().Set(echo.HeaderContentType, echo.MIMETextHTMLCharsetUTF8)
+	c.Response().WriteHeader(status)
+	return cmp.Render(c.Request().Context(), c.Response())
+}
+
+// formErrors turns a use case's error into messages next to form fields.
+// Errors that are not the user's input return ok == false and go to the
+// error page instead.
+func formErrors(err error, fieldAlias map[string]string) (views.Errors, bool) {
+	var ie *keyport.InvalidError
+	if errors.As(err, &ie) {
+		f := ie.Field
+		if a, ok := fieldAlias[f]; ok {
+			f = a
+		}
+		return views.Errors{f: ie.Reason}, true
+	}
+	if errors.Is(err, keyport.ErrConflict) {
+		return views.Errors{"": conflictMessage(err)}, true
+	}
+	return nil, false
+}
+
+func conflictMessage(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "conflict: "); i >= 0 {
+		msg = msg[i+len("conflict: "):]
+	}
+	return "Nothing was changed: " + msg + "."
+}
+
+func (s *Server) linkBase(c echo.Context) string {
+	if s.opts.PublicURL != "" {
+		return strings.TrimRight(s.opts.PublicURL, "/")
+	}
+	return c.Scheme() + "://" + c.Request().Host
+}
+
+func (s *Server) home(c echo.Context) error {
+	su := pageUser(c)
+	switch {
+	case su == nil:
+		return c.Redirect(http.StatusSeeOther, "/login")
+	case su.User.Admin:
+		return c.Redirect(http.StatusSeeOther, "/admin")
+	}
+	return c.Redirect(http.StatusSeeOther, "/portal")
+}
+
+func (s *Server) signUpForm(c echo.Context) error {
+	return render(c, http.StatusOK, views.SignUpPage(s.meta(c, "Sign up", "/signup"), views.SignUpForm{Kind: "bank"}, nil))
+}
+
+func (s *Server) signUp(c echo.Context) error {
+	f := keyport.SignUp{Organisation: c.FormValue("organisation"), Kind: keyport.ProviderKind(c.FormValue("kind")),
+		Contact: c.FormValue("contact"), Email: c.FormValue("email"), Password: c.FormValue("password")}
+	form := views.SignUpForm{Organisation: f.Organisation, Kind: string(f.Kind), Contact: f.Contact, Email: f.Email}
+	if errs := f.Validate(); len(errs) > 0 {
+		e := views.Errors{}
+		for _, ie := range errs {
+			e[ie.Field] = ie.Reason
+		}
+		return render(c, http.StatusUnprocessableEntity, views.SignUpPage(s.meta(c, "Sign up", "/signup"), form, e))
+	}
+	if _, err := s.svc.SignUpProvider(c.Request().Context(), f, s.linkBase(c)); err != nil {
+		if e, ok := formErrors(err, nil); ok {
+			return render(c, http.StatusUnprocessableEntity, views.SignUpPage(s.meta(c, "Sign up", "/signup"), form, e))
+		}
+		return err
+	}
+	s.flash(c, "good", "Signed up. We sent a confirmation link to "+strings.ToLower(strings.TrimSpace(f.Email))+".")
+	return c.Redirect(http.StatusSeeOther, "/signup/done")
+}
+
+func (s *Server) signUpDone(c echo.Context) error {
+	return render(c, http.StatusOK, views.SignUpDone(s.meta(c, "Check your e-mail", ""), ""))
+}
+
+func (s *Server) verifyForm(c echo.Context) error {
+	return render(c, http.StatusOK, views.VerifyPage(s.meta(c, "Confirm your e-mail address", ""), c.QueryParam("token"), nil))
+}
+
+func (s *Server) verify(c echo.Context) error {
+	token := c.FormValue("token")
+	if _, err := s.svc.VerifyEmail(c.Request().Context(), token); err != nil {
+		if e, ok := formErrors(err, map[string]string{"token": ""}); ok {
+			return render(c, http.StatusUnprocessableEntity, views.VerifyPage(s.meta(c, "Confirm your e-mail address", ""), token, e))
+		}
+		return err
+	}
+	s.flash(c, "good", "Your e-mail address is confirmed. Sign in to continue.")
+	return c.Redirect(http.StatusSeeOther, "/login")
+}
+
+func (s *Server) loginForm(c echo.Context) error {
+	if pageUser(c) != nil {
+		return c.Redirect(http.StatusSeeOther, "/")
+	}
+	return render(c, http.StatusOK, views.LoginPage(s.meta(c, "Sign in", "/login"), views.LoginForm{Next: safeNext(c.QueryParam("next"))}, nil))
+}
+
+func (s *Server) login(c echo.Context) error {
+	f := views.LoginForm{Email: c.FormValue("email"), Next: safeNext(c.FormValue("next")), NeedTOTP: c.FormValue("totp") != ""}
+	page := func(status int, e views.Errors) error {
+		return render(c, status, views.LoginPage(s.meta(c, "Sign in", "/login"), f, e))
+	}
+	if !s.logins.allow(clientIP(c), time.Now()) {
+		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
+	}
+	res, err := s.svc.Login(c.Request().Context(), f.Email, c.FormValue("password"), c.FormValue("totp"))
+	var locked *keyport.LockedError
+	switch {
+	case errors.As(err, &locked):
+		return page(http.StatusForbidden, views.Errors{"": upperFirst(locked.Error()) + "."})
+	case errors.Is(err, keyport.ErrTOTPRequired):
+		f.NeedTOTP = true
+		return page(http.StatusUnauthorized, views.Errors{"totp": "Enter the 6-digit code from your authenticator app, with your password again."})
+	case errors.Is(err, keyport.ErrNotVerified):
+		return page(http.StatusForbidden, views.Errors{"": "Confirm your e-mail address first: open the link in the message we sent you."})
+	case errors.Is(err, keyport.ErrUnauthenticated):
+		msg := strings.TrimPrefix(err.Error(), keyport.ErrUnauthenticated.Error()+": ")
+		return page(http.StatusUnauthorized, views.Errors{"password": upperFirst(msg) + "."})
+	case err != nil:
+		return err
+	}
+	s.setCookie(c, s.sessionCookie(), res.Token, keyport.SessionLifetime, http.SameSiteLaxMode)
+	next := f.Next
+	if next == "" {
+		next = "/"
+	}
+	return c.Redirect(http.StatusSeeOther, next)
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func (s *Server) logout(c echo.Context) error {
+	if token, ok := c.Get("session_token").(string); ok {
+		if err := s.svc.Logout(c.Request().Context(), token); err != nil {
+			return err
+		}
+	}
+	s.setCookie(c, s.sessionCookie(), "", -1, http.SameSiteLaxMode)
+	s.flash(c, "info", "You are signed out.")
+	return c.Redirect(http.StatusSeeOther, "/login")
+}
+
+func (s *Server) resetForm(c echo.Context) error {
+	return render(c, http.StatusOK, views.ResetRequestPage(s.meta(c, "Reset your password", ""), "", false, nil))
+}
+
+func (s *Server) resetRequest(c echo.Context) error {
+	email := c.FormValue("email")
+	if err := s.svc.RequestPasswordReset(c.Request().Context(), email, s.linkBase(c)); err != nil {
+		if e, ok := formErrors(err, nil); ok {
+			return render(c, http.StatusUnprocessableEntity, views.ResetRequestPage(s.meta(c, "Reset your password", ""), email, false, e))
+		}
+		return err
+	}
+	return render(c, http.StatusOK, views.ResetRequestPage(s.meta(c, "Reset your password", ""), email, true, nil))
+}
+
+func (s *Server) resetConfirmForm(c echo.Context) error {
+	return render(c, http.StatusOK, views.ResetConfirmPage(s.meta(c, "Choose a new password", ""), c.QueryParam("token"), nil))
+}
+
+func (s *Server) resetConfirm(c echo.Context) error {
+	token := c.FormValue("token")
+	if err := s.svc.ResetPassword(c.Request().Context(), token, c.FormValue("password")); err != nil {
+		if e, ok := formErrors(err, map[string]string{"token": ""}); ok {
+			return render(c, http.StatusUnprocessableEntity, views.ResetConfirmPage(s.meta(c, "Choose a new password", ""), token, e))
+		}
+		return err
+	}
+	s.flash(c, "good", "Your password is changed and the account unlocked. Sign in with the new password.")
+	return c.Redirect(http.StatusSeeOther, "/login")
+}
+
+// ---- TOTP ----
+
+func (s *Server) securityPage(c echo.Context) error {
+	su := pageUser(c)
+	return render(c, http.StatusOK, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), su.User.TOTPSealed != nil, nil, "", nil))
+}
+
+func (s *Server) totpBegin(c echo.Context) error {
+	su := pageUser(c)
+	m := s.meta(c, "Sign-in security", "/portal/security")
+	en, err := s.svc.BeginTOTP(c.Request().Context(), su.User)
+	if errors.Is(err, keyport.ErrUnavailable) {
+		return render(c, http.StatusServiceUnavailable, views.TOTPPage(m, false, nil, "",
+			views.Errors{"": "Authenticator apps are not available on this installation (no HSM sealing key)."}))
+	}
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.TOTPPage(m, false, en, base64.StdEncoding.EncodeToString(en.Sealed), nil))
+}
+
+func (s *Server) totpConfirm(c echo.Context) error {
+	su := pageUser(c)
+	sealed, err := base64.StdEncoding.DecodeString(c.FormValue("sealed"))
+	if err == nil {
+		err = s.svc.ConfirmTOTP(c.Request().Context(), su.User, sealed, c.FormValue("code"))
+	} else {
+		err = keyport.Invalid("code", "the enrolment form was altered: start again")
+	}
+	if e, ok := formErrors(err, nil); ok {
+		return render(c, http.StatusUnprocessableEntity, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), false, nil, "", e))
+	}
+	if err != nil {
+		return err
+	}
+	s.flash(c, "good", "Authenticator app turned on: sign-in now asks for its code.")
+	return c.Redirect(http.StatusSeeOther, "/portal/security")
+}

@@ -1,0 +1,233 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/web/views"
+)
+
+// Issuer admin console (/admin).
+
+// HSMStatusFunc reports the HSM's token and keys for the admin console; the
+// command wires it to the hsm package (web imports no other adapter).
+type HSMStatusFunc func(ctx context.Context) (views.HSMStatus, error)
+
+func (s *Server) adminDashboard(c echo.Context) error {
+	ctx := c.Request().Context()
+	p := principal(c)
+	st, err := s.svc.Stats(ctx, p)
+	if err != nil {
+		return err
+	}
+	provs, err := s.svc.ListProviders(ctx, p)
+	if err != nil {
+		return err
+	}
+	a := views.AdminStats{Stats: st}
+	for _, pr := range provs {
+		if pr.Status == keyport.ProviderPending {
+			a.Pending++
+		}
+	}
+	if err := s.svc.Custody.Health(ctx); err != nil {
+		a.HSMError = "the token does not answer"
+	}
+	return render(c, http.StatusOK, views.AdminDashboard(s.meta(c, "Dashboard", "/admin"), a))
+}
+
+func (s *Server) batchesPage(c echo.Context) error {
+	bs, err := s.svc.ListBatches(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.BatchesPage(s.meta(c, "Batches", "/admin/batches"), bs, views.BatchForm{}, "", nil))
+}
+
+func (s *Server) createBatch(c echo.Context) error {
+	ctx := c.Request().Context()
+	p := principal(c)
+	f := views.BatchForm{Name: c.FormValue("name"), AIDPrefix: c.FormValue("aid_prefix")}
+	var prefix keyport.AID
+	var err error
+	if f.AIDPrefix != "" {
+		prefix, err = keyport.ParseAID(f.AIDPrefix)
+	}
+	var export *keyport.TransportKeyExport
+	if err == nil {
+		if pemText := c.FormValue("manufacturer"); pemText != "" {
+			pub, perr := keyport.ParsePublicKeyPEM([]byte(pemText))
+			if err = perr; err == nil {
+				_, export, err = s.svc.CreateBatch(ctx, p, f.Name, prefix, pub)
+			}
+		} else {
+			_, export, err = s.svc.CreateBatch(ctx, p, f.Name, prefix, nil)
+		}
+	}
+	status, exportText := http.StatusCreated, ""
+	var e views.Errors
+	if err != nil {
+		var ok bool
+		if e, ok = formErrors(err, nil); !ok {
+			return err
+		}
+		status = http.StatusUnprocessableEntity
+	} else if export != nil {
+		// Shown in the POST's response: the manufacturer needs it once.
+		b, _ := json.MarshalIndent(export, "", "  ")
+		exportText = string(b)
+		f = views.BatchForm{}
+	} else {
+		s.flash(c, "good", "Batch "+f.Name+" created; its master key is in the HSM.")
+		return c.Redirect(http.StatusSeeOther, "/admin/batches")
+	}
+	bs, err := s.svc.ListBatches(ctx, p)
+	if err != nil {
+		return err
+	}
+	return render(c, status, views.BatchesPage(s.meta(c, "Batches", "/admin/batches"), bs, f, exportText, e))
+}
+
+// importBatch imports an uploaded manufacturer file. The page's script
+// shows the upload's progress; the import itself validates the whole file
+// before storing anything.
+func (s *Server) importBatch(c echo.Context) error {
+	ctx := c.Request().Context()
+	name := c.Param("name")
+	fh, err := c.FormFile("file")
+	if err != nil {
+		s.flash(c, "bad", "Choose the manufacturer's JSON Lines file to import.")
+		return c.Redirect(http.StatusSeeOther, "/admin/batches")
+	}
+	src, err := fh.Open()
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	f, err := os.CreateTemp(s.opts.SpoolDir, "keyport-import-*.jsonl")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := io.Copy(f, src); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	n, err := s.svc.ImportModules(ctx, principal(c), name, f, keyport.VerifyMode(c.FormValue("verify")))
+	var imp *keyport.ImportErrors
+	var ie *keyport.InvalidError
+	switch {
+	case errors.As(err, &imp):
+		s.flash(c, "bad", "Import rejected, nothing stored: "+imp.Error())
+	case errors.As(err, &ie):
+		s.flash(c, "bad", "Import rejected, nothing stored: "+ie.Error())
+	case errors.Is(err, keyport.ErrConflict):
+		s.flash(c, "bad", "Import rejected, nothing stored: "+err.Error())
+	case err != nil:
+		return err
+	default:
+		s.flash(c, "good", fmt.Sprintf("Imported %d modules into batch %s.", n, name))
+	}
+	return c.Redirect(http.StatusSeeOther, "/admin/batches")
+}
+
+func (s *Server) adminModulesPage(c echo.Context) error {
+	m := s.meta(c, "Modules", "/admin/modules")
+	raw := c.QueryParam("eid")
+	if raw == "" {
+		return render(c, http.StatusOK, views.AdminModulesPage(m, "", nil, nil))
+	}
+	v, status, e, err := s.lookup(c, raw)
+	if err != nil {
+		return err
+	}
+	return render(c, status, views.AdminModulesPage(m, raw, v, e))
+}
+
+func (s *Server) providersPage(c echo.Context) error {
+	ps, err := s.svc.ListProviders(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.ProvidersPage(s.meta(c, "Providers", "/admin/providers"), ps))
+}
+
+func (s *Server) setProviderStatus(status keyport.ProviderStatus) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id := c.Param("id")
+		if err := s.svc.SetProviderStatus(c.Request().Context(), principal(c), id, status); err != nil {
+			return err
+		}
+		s.flash(c, "good", "Provider "+id+" is now "+string(status)+".")
+		return c.Redirect(http.StatusSeeOther, "/admin/providers")
+	}
+}
+
+func (s *Server) adminAuditPage(c echo.Context) error {
+	return s.renderAdminAudit(c, nil)
+}
+
+func (s *Server) renderAdminAudit(c echo.Context, r *views.VerifyResult) error {
+	evs, err := s.svc.RecentAudit(c.Request().Context(), principal(c), 200)
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.AdminAuditPage(s.meta(c, "Audit log", "/admin/audit"), evs, r))
+}
+
+// adminVerifyAudit shows the verification's outcome in the POST's response:
+// it is a report, not a change to redirect away from.
+func (s *Server) adminVerifyAudit(c echo.Context) error {
+	rep, err := s.svc.VerifyAudit(c.Request().Context())
+	var broken *keyport.AuditBroken
+	switch {
+	case errors.As(err, &broken):
+		return s.renderAdminAudit(c, &views.VerifyResult{Row: broken.Seq, Reason: broken.Reason})
+	case err != nil:
+		return err
+	}
+	return s.renderAdminAudit(c, &views.VerifyResult{OK: true, Events: rep.Events, Checkpoints: rep.Checkpoints})
+}
+
+func (s *Server) outboxPage(c echo.Context) error {
+	msgs, err := s.svc.Outbox(c.Request().Context(), principal(c), c.QueryParam("topic"), 100)
+	if err != nil {
+		return err
+	}
+	emails := map[int64]keyport.EmailMessage{}
+	for _, m := range msgs {
+		var em keyport.EmailMessage
+		if m.Topic == "email" && json.Unmarshal([]byte(m.Payload), &em) == nil {
+			emails[m.ID] = em
+		}
+	}
+	return render(c, http.StatusOK, views.OutboxPage(s.meta(c, "Outbox", "/admin/outbox"), msgs, emails))
+}
+
+func (s *Server) hsmPage(c echo.Context) error {
+	ctx := c.Request().Context()
+	st := views.HSMStatus{OAEPHash: string(s.svc.Custody.OAEPHash())}
+	if s.opts.HSMStatus != nil {
+		var err error
+		if st, err = s.opts.HSMStatus(ctx); err != nil {
+			st.HealthErr = err.Error()
+		}
+	}
+	if err := s.svc.Custody.Health(ctx); err != nil {
+		st.HealthErr = err.Error()
+	} else if st.HealthErr == "" {
+		st.Healthy = true
+	}
+	return render(c, http.StatusOK, views.HSMPage(s.meta(c, "HSM", "/admin/hsm"), st))
+}
