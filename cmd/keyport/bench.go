@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -291,14 +290,33 @@ func benchLookup(ctx context.Context, a *app, modules, domains, requests int) er
 	if _, err := benchBatch(ctx, a, "bench"); err != nil {
 		return err
 	}
+	// The import file is written first, untimed: what is measured is the
+	// import of a file, as an operator runs it.
+	path := filepath.Join(a.cfg.DataDir, "modules.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	size, err := io.Copy(f, &synthModules{n: modules, domains: domains})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if f, err = os.Open(path); err != nil {
+		return err
+	}
+	defer f.Close()
 	start := time.Now()
-	imported, err := a.svc.ImportModules(ctx, cli, "bench", bufioSeeker(&synthModules{n: modules, domains: domains}), keyport.VerifyNone)
+	imported, err := a.svc.ImportModules(ctx, cli, "bench", f, keyport.VerifyNone)
 	if err != nil {
 		return err
 	}
 	took := time.Since(start)
-	fmt.Fprintf(stdout, "import            %d modules x %d domains in %.1f s = %.0f modules/s; peak RSS of this process %s\n",
-		imported, domains, took.Seconds(), float64(imported)/took.Seconds(), peakRSS())
+	os.Remove(path)
+	fmt.Fprintf(stdout, "import            %d modules x %d domains (%.0f MB file) in %.1f s = %.0f modules/s; peak RSS of this process %s\n",
+		imported, domains, float64(size)/1e6, took.Seconds(), float64(imported)/took.Seconds(), peakRSS())
 	_, token, err := a.svc.AddProvider(ctx, cli, "Bench Bank", "bench@example.com", keyport.KindBank)
 	if err != nil {
 		return err
@@ -355,23 +373,6 @@ func benchLookup(ctx context.Context, a *app, modules, domains, requests int) er
 	fmt.Fprintf(stdout, "EID lookup, HTTP API    p50 %s  p99 %s\n", q(httpLat, .5), q(httpLat, .99))
 	fmt.Fprintf(stdout, "baseline: JWKS, HTTP    p50 %s  p99 %s  (same server, no database)\n", q(jwks, .5), q(jwks, .99))
 	return nil
-}
-
-// bufioSeeker buffers a synthetic file's many small writes.
-func bufioSeeker(s *synthModules) io.ReadSeeker {
-	return &bufferedSeeker{s: s, r: bufio.NewReaderSize(s, 1<<20)}
-}
-
-type bufferedSeeker struct {
-	s *synthModules
-	r *bufio.Reader
-}
-
-func (b *bufferedSeeker) Read(p []byte) (int, error) { return b.r.Read(p) }
-func (b *bufferedSeeker) Seek(off int64, whence int) (int64, error) {
-	n, err := b.s.Seek(off, whence)
-	b.r.Reset(b.s)
-	return n, err
 }
 
 // peakRSS is this process's peak resident set (VmHWM), from /proc.
