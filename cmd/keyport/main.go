@@ -30,6 +30,7 @@ usage: keyport <command> [flags]
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   sp script --package P --key K --counter N (--new-keys F | --generate)
                              (provider tool) build the second-key SCP03 script
+  module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited)
   agent --reader R --server HOST:PORT --psk-identity ID --psk-file F
                              handset agent: admin sessions for the module in reader R
   vcard --state FILE         run a virtual secure module attached to vpcd
@@ -120,6 +121,10 @@ func run(ctx context.Context, args []string) error {
 			case "script":
 				return cmdSPScript(ctx, args[2:])
 			}
+		}
+	case "module":
+		if len(args) >= 2 && args[1] == "psk" {
+			return cmdModulePSK(ctx, args[2:])
 		}
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
