@@ -78,22 +78,31 @@ func (h *HSM) EncryptUnderKey(ctx context.Context, dekRef, target keyport.KeyRef
 			return err
 		}
 		defer h.destroy(s, dek)
-		t, err := h.derive(s, target)
-		if err != nil {
-			return err
-		}
-		defer h.destroy(s, t)
-		cbc := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}
-		if cipher, err = h.p.WrapKey(s.h, cbc, dek, t); err != nil {
-			return fmt.Errorf("C_WrapKey AES-CBC: %w", err)
-		}
-		kcv, err = h.kcv(s, t)
+		cipher, kcv, err = h.wrapDerivedCBC(s, dek, target)
 		return err
 	})
 	if err != nil {
 		return nil, "", err
 	}
 	return cipher, kcv, nil
+}
+
+// wrapDerivedCBC derives target and returns it encrypted under kek with
+// AES-CBC and a zero IV (the GP key-data encryption, GPCS 11.8.2.3 / Amd D
+// 6.2.3), with its KCV; the derived key is destroyed before returning.
+func (h *HSM) wrapDerivedCBC(s *session, kek pkcs11.ObjectHandle, target keyport.KeyRef) ([]byte, string, error) {
+	t, err := h.derive(s, target)
+	if err != nil {
+		return nil, "", err
+	}
+	defer h.destroy(s, t)
+	cbc := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}
+	cipher, err := h.p.WrapKey(s.h, cbc, kek, t)
+	if err != nil {
+		return nil, "", fmt.Errorf("C_WrapKey AES-CBC: %w", err)
+	}
+	kcv, err := h.kcv(s, t)
+	return cipher, kcv, err
 }
 
 // EncryptUnderClearKey returns the derived key target encrypted under a DEK
@@ -122,16 +131,7 @@ func (h *HSM) EncryptUnderClearKey(ctx context.Context, dek []byte, target keypo
 			return fmt.Errorf("import the clear DEK: C_CreateObject: %w", err)
 		}
 		defer h.destroy(s, d)
-		t, err := h.derive(s, target)
-		if err != nil {
-			return err
-		}
-		defer h.destroy(s, t)
-		cbc := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}
-		if cipher, err = h.p.WrapKey(s.h, cbc, d, t); err != nil {
-			return fmt.Errorf("C_WrapKey AES-CBC: %w", err)
-		}
-		kcv, err = h.kcv(s, t)
+		cipher, kcv, err = h.wrapDerivedCBC(s, d, target)
 		return err
 	})
 	if err != nil {

@@ -26,8 +26,8 @@ func cmdAgent(ctx context.Context, args []string) error {
 	poll := fs.Duration("poll", 0, "open a session every DURATION instead of waiting for wake-ups")
 	once := fs.Bool("once", false, "run one admin session now and exit")
 	uri := fs.String("uri", agent.DefaultAdminURI, "admin URI of the first POST (session parameter 8C)")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if *reader == "" || *server == "" || *identity == "" || *pskFile == "" {
 		return exitError{2, errors.New("usage: keyport agent --reader NAME --server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]")}

@@ -123,6 +123,12 @@ func unwrapPackage(pkgData []byte, set keyport.JWKS, priv *rsa.PrivateKey) (*Unw
 	if err != nil {
 		return nil, err
 	}
+	return unwrapKeys(p, priv)
+}
+
+// unwrapKeys unwraps a package's keys with the provider's private key and
+// checks each against the package's KCV.
+func unwrapKeys(p *keyport.KeyPackage, priv *rsa.PrivateKey) (*UnwrappedKeys, error) {
 	pub, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
 	sum := sha256.Sum256(pub)
 	if hex.EncodeToString(sum[:]) != p.Wrapping.PublicKeySHA256 {

@@ -13,10 +13,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/keyport/keyport"
-	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/hsm"
 )
 
@@ -46,8 +44,8 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	newKVN := fs.Int("new-kvn", 0x31, "key version number of the new keys")
 	out := fs.String("out", "", "write the script (the POST body) here instead of standard output")
 	keysOut := fs.String("new-keys-out", "", "where --generate writes the new keys, wrapped to your public key (default <eid>-<aid>.keys.json)")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if *pkgPath == "" || *keyPath == "" || *counter < 0 || (*newKeysPath == "") == !*generate {
 		return exitError{2, errors.New("usage: keyport sp script --package P --key sp.pem (--new-keys FILE | --generate) --counter N [--jwks URL|FILE] [--out FILE]")}
@@ -122,21 +120,7 @@ func unwrapUnverified(pkgData []byte, priv *rsa.PrivateKey) (*UnwrappedKeys, err
 	if err := json.Unmarshal(payload, &p); err != nil || len(p.Keys) == 0 {
 		return nil, errors.New("the package payload is not a key package")
 	}
-	u := &UnwrappedKeys{EID: p.EID, AID: p.AID, KVN: p.KVN, SequenceCounter: p.SequenceCounter,
-		Keys: map[keyport.KeyUsage]string{}, KCV: map[keyport.KeyUsage]string{}}
-	for _, k := range p.Keys {
-		key, err := hsm.UnwrapRSAAES(priv, k.Wrapped, p.Wrapping.OAEPHash)
-		if err != nil {
-			return nil, fmt.Errorf("unwrap %s key: %w", k.Usage, err)
-		}
-		kcv, err := gp.KCV(key)
-		if err != nil || !strings.EqualFold(hex.EncodeToString(kcv), k.KCV) {
-			return nil, fmt.Errorf("%s key does not match the package's KCV %s", k.Usage, k.KCV)
-		}
-		u.Keys[k.Usage] = strings.ToUpper(hex.EncodeToString(key))
-		u.KCV[k.Usage] = k.KCV
-	}
-	return u, nil
+	return unwrapKeys(&p, priv)
 }
 
 func hexKeys(m map[keyport.KeyUsage]string) (map[keyport.KeyUsage][]byte, error) {
