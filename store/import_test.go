@@ -2,7 +2,12 @@ package store_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -155,6 +160,81 @@ func TestImportedWrappedKeysAreStoredExactlyAsGiven(t *testing.T) {
 		want := `{"dek":"3sDewN7A3sDewN7A3sDewN7A3sDewN7A","enc":"4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eEA","mac":"V1JBUFBFRC1NQUMtS1dQOv8AgH8BAgME"}`
 		if len(stored) != 1 || stored[0] != want {
 			t.Errorf("stored column %q, want %q", stored, want)
+		}
+	})
+}
+
+// TestImportRoundTripsMixedDomains imports modules whose domains differ in
+// everything a statement lays out (AID lengths, wrapped-key sizes, keys or
+// KCVs absent, text that needs JSON escaping) and in the columns bound once
+// per statement (KVN, state, key source, sequence counter), over more than
+// one chunk and more than one statement's worth of domains, and reads every
+// module back unchanged. It sits beside BenchmarkImport because it guards
+// the row layout that the benchmark measures.
+func TestImportRoundTripsMixedDomains(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := &keyport.Batch{Name: "mixed", KeySource: keyport.KeyImported}
+		if err := s.CreateBatch(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(7, 8))
+		bytesOf := func(n int) []byte {
+			w := make([]byte, n)
+			for i := range w {
+				w[i] = byte(rng.Uint32())
+			}
+			return w
+		}
+		var ms []*keyport.ModuleImport
+		for i := 1; i <= 700; i++ {
+			m := &keyport.ModuleImport{Line: i, EID: testEID(i), ISDAID: "A000000151000000"}
+			for d := 1; d <= 1+i%4; d++ {
+				aid := keyport.AID(fmt.Sprintf("%s%0*X", aidPrefix[:10], 2*(d+(i%3)), d))
+				dom := keyport.Domain{AID: aid, EID: m.EID, KVN: 0x30 + i%100/90, State: keyport.Unassigned,
+					KeySource: keyport.KeyImported, SeqCounter: i % 250 / 240}
+				switch (i + d) % 5 {
+				case 0: // derived-style: KCVs only
+					dom.KeySource = keyport.KeyDerived
+					dom.KCV = map[keyport.KeyUsage]string{keyport.UsageENC: "EE72CB"}
+				case 1: // neither
+				case 2: // text that JSON escapes
+					dom.Imported = map[keyport.KeyUsage][]byte{keyport.UsageENC: bytesOf(40)}
+					dom.KCV = map[keyport.KeyUsage]string{"x\"\\<é": "0A1B2C", keyport.UsageENC: "ü\n\"</"}
+				default:
+					dom.Imported, dom.KCV = map[keyport.KeyUsage][]byte{}, map[keyport.KeyUsage]string{}
+					for _, u := range keyport.Usages {
+						dom.Imported[u] = bytesOf([]int{24, 32, 40}[rng.IntN(3)])
+						dom.KCV[u] = strings.ToUpper(hex.EncodeToString(bytesOf(3)))
+					}
+				}
+				m.Domains = append(m.Domains, dom)
+			}
+			ms = append(ms, m)
+		}
+		if n, err := s.ImportModules(ctx, b.ID, fromSlice(ms)); err != nil || n != len(ms) {
+			t.Fatalf("ImportModules = %d, %v", n, err)
+		}
+		for _, want := range ms {
+			got, err := s.GetModule(ctx, want.EID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ISDAID != want.ISDAID || got.BatchID != b.ID || len(got.Domains) != len(want.Domains) {
+				t.Fatalf("module %s: %+v", want.EID, got)
+			}
+			for _, w := range want.Domains {
+				i := slices.IndexFunc(got.Domains, func(d keyport.Domain) bool { return d.AID == w.AID })
+				if i < 0 {
+					t.Fatalf("module %s: domain %s missing", want.EID, w.AID)
+				}
+				g := got.Domains[i]
+				if g.ModuleID != got.ID || g.EID != w.EID || g.KVN != w.KVN || g.State != w.State ||
+					g.KeySource != w.KeySource || g.SeqCounter != w.SeqCounter || g.OwnerID != "" || g.PriorState != "" ||
+					!maps.EqualFunc(g.Imported, w.Imported, bytes.Equal) || !maps.Equal(g.KCV, w.KCV) ||
+					(g.Imported == nil) != (len(w.Imported) == 0) || (g.KCV == nil) != (len(w.KCV) == 0) {
+					t.Fatalf("module %s domain %s:\n got %+v\nwant %+v", want.EID, w.AID, g, w)
+				}
+			}
 		}
 	})
 }

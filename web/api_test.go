@@ -247,4 +247,7 @@ func TestClaimsAnswer503WhileTheHSMIsDownAndSucceedAfterItRecoversWithoutRestart
 // testLog sends the server's log to the test log.
 type testLog struct{ t *testing.T }
 
-func (l testLog) Write(b []byte) (int, error) { l.t.Log(strings.TrimSpace(string(b))); return len(b), nil }
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
