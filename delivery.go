@@ -171,23 +171,32 @@ func (s *Service) CancelJob(ctx context.Context, p Principal, ref string) (*Job,
 // finish moves j (in state j.State) to a final state in one transaction
 // with its audit event and webhook. fn, if set, runs in the transaction.
 func (s *Service) finish(ctx context.Context, j *Job, to JobState, lastErr, actor, action string, fn func(tx Repo) (DomainState, error)) error {
-	from, attempts := j.State, j.Attempts
-	next := *j
-	next.State, next.LastError = to, lastErr
 	hook, err := s.webhookURL(ctx, j.ProviderID)
 	if err != nil {
 		return err
 	}
-	err = s.Store.Tx(ctx, func(tx Repo) error {
+	return s.finishIn(ctx, nil, hook, j, to, lastErr, actor, action, func(_ context.Context, tx Repo) (DomainState, error) {
+		if fn == nil {
+			return "", nil
+		}
+		return fn(tx)
+	})
+}
+
+// finishIn is finish in group g's transactions (nil: a transaction of its
+// own), telling hook (read by the caller before, as webhookURL does); fn
+// gets the context to use in the transaction.
+func (s *Service) finishIn(ctx context.Context, g *TxGroup, hook string, j *Job, to JobState, lastErr, actor, action string, fn func(ctx context.Context, tx Repo) (DomainState, error)) error {
+	from, attempts := j.State, j.Attempts
+	next := *j
+	next.State, next.LastError = to, lastErr
+	err := g.Tx(ctx, s.Store, func(ctx context.Context, tx Repo) error {
 		if err := tx.UpdateJob(ctx, &next, from, attempts); err != nil {
 			return err
 		}
-		var ds DomainState
-		if fn != nil {
-			var err error
-			if ds, err = fn(tx); err != nil {
-				return err
-			}
+		ds, err := fn(ctx, tx)
+		if err != nil {
+			return err
 		}
 		p, _ := next.secondKey()
 		obj := "job:" + next.Ref
@@ -219,14 +228,31 @@ type AdminSession struct {
 	// talking renews it then (OpenAdminSession with its ID), not on every
 	// request.
 	RenewAfter time.Time
+
+	// sent is the job this session last sent, as the session left it, so
+	// that recording its answer needs no read first. It is only a guess:
+	// the answer's conditional update (state SENT, same attempts) fails if
+	// the row moved on, and the row is then read.
+	sent *Job
+	// group commits the session's writes with other sessions' (nil: one
+	// transaction each).
+	group *TxGroup
+}
+
+// AdminModule is what an admin session needs of a module. Imported modules
+// never change, so the admin server may keep it across sessions.
+type AdminModule struct {
+	ID     int64
+	EID    EID
+	ISDAID AID
 }
 
 // ParsePSKIdentity returns the module a TLS-PSK identity names: its EID.
 func ParsePSKIdentity(identity string) (EID, error) { return ParseEID(identity) }
 
-// ModulePSK returns the TLS-PSK of the module the identity names, for the
-// TLS layer's handshake only. Unknown identities are ErrNotFound.
-func (s *Service) ModulePSK(ctx context.Context, identity string) ([]byte, error) {
+// LookupAdminModule returns the module a TLS-PSK identity names; unknown
+// and malformed identities are ErrNotFound.
+func (s *Service) LookupAdminModule(ctx context.Context, identity string) (*AdminModule, error) {
 	eid, err := ParsePSKIdentity(identity)
 	if err != nil {
 		return nil, ErrNotFound
@@ -235,41 +261,136 @@ func (s *Service) ModulePSK(ctx context.Context, identity string) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
+	return &AdminModule{ID: m.ID, EID: m.EID, ISDAID: m.ISDAID}, nil
+}
+
+// AdminModulePSK returns the module's TLS-PSK, derived in the HSM, for the
+// TLS layer's handshake only: callers must not keep it.
+func (s *Service) AdminModulePSK(ctx context.Context, m *AdminModule) ([]byte, error) {
 	if s.Link == nil {
 		return nil, fmt.Errorf("%w: no link custody configured", ErrUnavailable)
 	}
 	return s.Link.ModulePSK(ctx, m.EID, m.ISDAID)
 }
 
-// OpenAdminSession takes or renews the module's lease for session id (""
+// ModulePSK returns the TLS-PSK of the module the identity names, for the
+// TLS layer's handshake only. Unknown identities are ErrNotFound.
+func (s *Service) ModulePSK(ctx context.Context, identity string) ([]byte, error) {
+	m, err := s.LookupAdminModule(ctx, identity)
+	if err != nil {
+		return nil, err
+	}
+	return s.AdminModulePSK(ctx, m)
+}
+
+// OpenAdminSession takes or renews module m's lease for session id (""
 // starts a new session). ErrConflict: another session holds the module.
 // takeover breaks another session's lease first: for a module that resumes
 // (X-Admin-Resume) a dialog whose Next-URI it never received, so that the
 // broken session's lease does not lock it out.
-func (s *Service) OpenAdminSession(ctx context.Context, eid EID, id string, takeover bool) (*AdminSession, error) {
-	m, err := s.Store.GetModule(ctx, eid)
-	if err != nil {
-		return nil, err
-	}
+func (s *Service) OpenAdminSession(ctx context.Context, m *AdminModule, id string, takeover bool) (*AdminSession, error) {
 	if id == "" {
 		id = NewID("ses")
 	}
 	now := s.now().UTC()
-	if takeover {
-		if err := s.Store.ReleaseLease(ctx, m.ID, ""); err != nil {
-			return nil, err
-		}
-	}
-	err = s.Store.Tx(ctx, func(tx Repo) error {
-		if err := tx.AcquireLease(ctx, m.ID, id, now, now.Add(s.Delivery.lease())); err != nil {
-			return err
-		}
-		return tx.TouchModule(ctx, m.ID, now)
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		return s.takeLease(ctx, tx, m.ID, id, now, takeover)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &AdminSession{ID: id, EID: eid, ModuleID: m.ID, ISDAID: m.ISDAID, RenewAfter: now.Add(s.Delivery.lease() / 2)}, nil
+	return s.adminSession(m, id, now), nil
+}
+
+// takeLease is OpenAdminSession's part of a transaction: break the lease
+// (takeover), take it for id, record the module's visit.
+func (s *Service) takeLease(ctx context.Context, tx Repo, moduleID int64, id string, now time.Time, takeover bool) error {
+	if takeover {
+		if err := tx.ReleaseLease(ctx, moduleID, ""); err != nil {
+			return err
+		}
+	}
+	if err := tx.AcquireLease(ctx, moduleID, id, now, now.Add(s.Delivery.lease())); err != nil {
+		return err
+	}
+	return tx.TouchModule(ctx, moduleID, now)
+}
+
+func (s *Service) adminSession(m *AdminModule, id string, now time.Time) *AdminSession {
+	return &AdminSession{ID: id, EID: m.EID, ModuleID: m.ID, ISDAID: m.ISDAID, RenewAfter: now.Add(s.Delivery.lease() / 2)}
+}
+
+// StartAdminSession opens a new session for module m (OpenAdminSession
+// with takeover) and returns its first script (NextScript with resumed);
+// the delivery is nil when the module has nothing to run. When the
+// module's oldest pending job is QUEUED, the lease is taken and the job
+// marked SENT in one transaction: the job was read before it, and the
+// conditional update (still QUEUED, same attempts) makes the transaction
+// fail, and the general path decide, if anything moved it meanwhile. Jobs
+// never become pending again, so a job still QUEUED then is still the
+// module's oldest. ErrConflict: another session holds the module. With
+// another error the session may be open (non-nil): its lease then expires
+// or is released as usual.
+//
+// g, if not nil, commits the session's writes in StartAdminSession and
+// AnswerScript together with other sessions' (TxGroup).
+func (s *Service) StartAdminSession(ctx context.Context, g *TxGroup, m *AdminModule, takeover, resumed bool, opts gp.ScriptOptions) (*AdminSession, *Delivery, error) {
+	id := NewID("ses")
+	a, del, err := s.startQueued(ctx, g, m, id, takeover, opts)
+	if a != nil || err != nil {
+		return a, del, err
+	}
+	if a, err = s.OpenAdminSession(ctx, m, id, takeover); err != nil {
+		return nil, nil, err
+	}
+	a.group = g
+	del, err = s.NextScript(ctx, a, opts, resumed)
+	return a, del, err
+}
+
+// startQueued is StartAdminSession's one-transaction path; all nil when it
+// does not apply.
+func (s *Service) startQueued(ctx context.Context, g *TxGroup, m *AdminModule, id string, takeover bool, opts gp.ScriptOptions) (*AdminSession, *Delivery, error) {
+	// The job, its domain's state and the provider's webhook URL in one
+	// read (NextScript reads them one by one).
+	jobs, err := s.Store.PendingModuleJobs(ctx, m.ID, 1)
+	now := s.now().UTC()
+	if err != nil || len(jobs) == 0 || jobs[0].State != JobQueued || jobs[0].ExpiresAt != nil && now.After(*jobs[0].ExpiresAt) ||
+		jobs[0].DomainState != Assigned {
+		return nil, nil, nil
+	}
+	j, ds, hook := jobs[0].Job, jobs[0].DomainState, jobs[0].WebhookURL
+	p, err := j.secondKey()
+	if err != nil {
+		return nil, nil, nil
+	}
+	next := j
+	next.State = JobSent
+	sent, _ := json.Marshal(ScriptResult{Session: id})
+	next.Result = string(sent)
+	del, err := delivery(&next, p, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	var leaseErr error
+	err = g.Tx(ctx, s.Store, func(ctx context.Context, tx Repo) error {
+		if leaseErr = s.takeLease(ctx, tx, m.ID, id, now, takeover); leaseErr != nil {
+			return leaseErr
+		}
+		if err := tx.UpdateJob(ctx, &next, JobQueued, j.Attempts); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, &next, ds, hook)
+	})
+	switch {
+	case err == nil:
+		a := s.adminSession(m, id, now)
+		a.sent, a.group = &next, g
+		return a, del, nil
+	case leaseErr != nil || !errors.Is(err, ErrConflict):
+		return nil, nil, err
+	}
+	return nil, nil, nil // the job moved: the general path reads it again
 }
 
 // CloseAdminSession releases the session's lease.
@@ -309,6 +430,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			if perr != nil {
 				return nil, perr
 			}
+			a.sent = j
 			return delivery(j, p, opts)
 		case j.State == JobSent:
 			r, _ := json.Marshal(ScriptResult{ScriptStatus: "answer-lost", Cause: "the admin session broke after the script went out and the module never posted its answer"})
@@ -348,6 +470,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 				return s.notify(ctx, tx, j, d.State, hook)
 			})
 			if err == nil {
+				a.sent = j
 				return del, nil
 			}
 		}
@@ -415,56 +538,102 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 // twice), so a job completes exactly once. A body that does not parse is an
 // *InvalidError and changes nothing.
 func (s *Service) ScriptAnswered(ctx context.Context, a *AdminSession, ref, status string, body []byte) (*Job, error) {
-	j, err := s.moduleJob(ctx, a, ref)
-	if err != nil {
-		return nil, err
+	j, _, err := s.answer(ctx, a, ref, status, body, false)
+	return j, err
+}
+
+// AnswerScript is ScriptAnswered for a session that ends when the module has
+// nothing more to run: if no other job of the module is pending, the
+// session's lease is released in the transaction that records the answer,
+// and ended is true (the dialog's 204 follows without NextScript).
+// Otherwise, or when the answer changed nothing, ended is false and the
+// session goes on as after ScriptAnswered.
+func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status string, body []byte) (j *Job, ended bool, err error) {
+	return s.answer(ctx, a, ref, status, body, true)
+}
+
+func (s *Service) answer(ctx context.Context, a *AdminSession, ref, status string, body []byte, mayEnd bool) (*Job, bool, error) {
+	var j *Job
+	if a.sent != nil && a.sent.Ref == ref {
+		// This session sent it: the conditional update below checks that
+		// it is still so.
+		c := *a.sent
+		j = &c
+	} else {
+		var err error
+		if j, err = s.moduleJob(ctx, a, ref); err != nil {
+			return nil, false, err
+		}
 	}
 	if j.State.Final() {
-		return j, nil
+		return j, false, nil
 	}
 	if j.State != JobSent {
-		return nil, fmt.Errorf("%w: job %s was never sent", ErrConflict, ref)
+		return nil, false, fmt.Errorf("%w: job %s was never sent", ErrConflict, ref)
 	}
 	p, err := j.secondKey()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	res, err := p.Judge(status, body)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	rj, _ := json.Marshal(res)
 	j.Result = string(rj)
-	// The domain is read before the transaction; the conditional
-	// transition inside it is what decides.
-	d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
+	hook, err := s.webhookURL(ctx, j.ProviderID)
 	if err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	// The job is final by the time release runs, in the same transaction:
+	// the lease goes only if no other job of the module is pending then.
+	end := false
+	release := func(ctx context.Context, tx Repo) error {
+		if !mayEnd {
+			return nil
+		}
+		var err error
+		end, err = tx.ReleaseIdleLease(ctx, a.ModuleID, a.ID)
+		return err
 	}
 	if res.Confirmed {
-		err = s.finish(ctx, j, JobDone, "", "module:"+string(a.EID), "second-key.confirmed", func(tx Repo) (DomainState, error) {
-			if err := tx.TransitionDomain(ctx, d.ID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
+		// The transition is conditional (ASSIGNED → PERSONALIZED): the
+		// domain needs no read first.
+		err = s.finishIn(ctx, a.group, hook, j, JobDone, "", "module:"+string(a.EID), "second-key.confirmed", func(ctx context.Context, tx Repo) (DomainState, error) {
+			if err := tx.TransitionDomain(ctx, j.DomainID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
 				return "", err
 			}
-			return Personalized, tx.SetDomainKeys(ctx, d.ID, p.Expect.KVN, p.Expect.KCV, 0)
+			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, 0); err != nil {
+				return "", err
+			}
+			return Personalized, release(ctx, tx)
 		})
 	} else {
-		err = s.finish(ctx, j, JobFailed, res.Cause, "module:"+string(a.EID), "second-key.failed", func(tx Repo) (DomainState, error) {
+		// The domain keeps its KVN: read it before the transaction.
+		d, derr := s.Store.GetDomain(ctx, p.EID, p.AID)
+		if derr != nil {
+			return nil, false, derr
+		}
+		err = s.finishIn(ctx, a.group, hook, j, JobFailed, res.Cause, "module:"+string(a.EID), "second-key.failed", func(ctx context.Context, tx Repo) (DomainState, error) {
 			if res.SequenceCounter != nil {
-				return d.State, tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter)
+				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
+					return "", err
+				}
 			}
-			return d.State, nil
+			return d.State, release(ctx, tx)
 		})
 	}
 	if errors.Is(err, ErrConflict) {
 		// Another request recorded the answer first: report what it did.
-		return s.moduleJob(ctx, a, ref)
+		j, err := s.moduleJob(ctx, a, ref)
+		return j, false, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	a.sent = nil
 	s.log().Info("second-key answer", "job", j.Ref, "state", j.State, "cause", res.Cause)
-	return j, nil
+	return j, end, nil
 }
 
 // ---- The delivery worker's steps, called by cardlink's dispatcher ----

@@ -3,6 +3,8 @@ package keyport
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 )
 
@@ -94,6 +96,12 @@ type JobRepo interface {
 	// ErrConflict (another replica or session moved the job first).
 	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
 
+	// PendingModuleJobs returns up to limit of the module's second-key jobs
+	// that are QUEUED or SENT, oldest first, each with its domain's state
+	// and its provider's webhook URL: what an admin session reads before
+	// it writes, in one query.
+	PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]PendingJob, error)
+
 	// AcquireLease gives holder the module's admin-session lease until
 	// `until`, if nobody else holds an unexpired one at `now`; ErrConflict
 	// otherwise. The holder renews with the same call.
@@ -101,12 +109,25 @@ type JobRepo interface {
 	// ReleaseLease ends holder's lease, if it holds it; holder "" breaks
 	// the lease whoever holds it.
 	ReleaseLease(ctx context.Context, moduleID int64, holder string) error
+	// ReleaseIdleLease ends holder's lease only if the module has no
+	// second-key job QUEUED or SENT, and reports whether it did: in the
+	// transaction that records a session's last answer, the session ends
+	// exactly when there is nothing more to send.
+	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)
 
 	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
 	// unchanged) and the SCP03 sequence counter.
 	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
 	// TouchModule sets the module's last admin-session time.
 	TouchModule(ctx context.Context, moduleID int64, at time.Time) error
+}
+
+// PendingJob is a pending second-key job with what its session needs to
+// know besides: its domain's state and where its provider's events go.
+type PendingJob struct {
+	Job
+	DomainState DomainState
+	WebhookURL  string
 }
 
 // LinkCustody is the HSM part of card-link: each module's TLS-PSK (KVN 0x40,
@@ -168,4 +189,172 @@ func orDefault(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// TxGroup commits the write transactions of concurrent admin sessions
+// together (group commit). On SQLite all writes queue for one connection,
+// and each transaction of its own pays BEGIN, COMMIT and the hand-over of
+// the connection to the next goroutine; under a thousand sessions that
+// hand-over, not the writing, bounds the rate. A TxGroup runs the
+// transactions that arrive while one is being committed as one database
+// transaction, each under a savepoint of its own: a function's error rolls
+// back what that function did and nothing else, exactly as its own
+// transaction would have, and every caller returns only once the commit
+// that holds its writes is done, so nothing is reported that is not
+// durably stored. If the commit fails, every caller of the group gets the
+// error and none of their writes happened.
+//
+// The functions run one after another on the group's transaction, with a
+// context that is not cancelled when a caller's is (interrupting one
+// statement could abort the transaction of all of them); they must use the
+// context and Repo they are given. A function may run twice: the group
+// first runs them all without savepoints (two statements fewer each), and
+// if one fails, rolls that attempt back whole and runs them again, each
+// under its own savepoint. Only what a committed run wrote counts, so the
+// functions must keep nothing from a run but what they return.
+type TxGroup struct {
+	store Store
+	// Max bounds the functions committed together (default 64), so that
+	// one commit does not hold the database, or keep its first caller
+	// waiting, for long.
+	Max int
+
+	mu    sync.Mutex
+	queue []*groupOp
+	busy  bool // a leader is running a group
+}
+
+type groupOp struct {
+	ctx context.Context
+	fn  func(ctx context.Context, tx Repo) error
+	err error
+	// wake says true: lead the next group (this op is its first), or
+	// false: this op's group is committed (or failed), err is its result.
+	wake chan bool
+}
+
+// NewTxGroup returns a group committing into st.
+func NewTxGroup(st Store) *TxGroup { return &TxGroup{store: st} }
+
+// savepointer is the store side of a TxGroup (store.repo in a transaction).
+type savepointer interface {
+	Savepoint(ctx context.Context, fn func(tx Repo) error) (fnErr, err error)
+}
+
+// Tx runs fn as Store.Tx would, possibly in one database transaction with
+// other callers' functions. A nil group is Store.Tx itself.
+func (g *TxGroup) Tx(ctx context.Context, st Store, fn func(ctx context.Context, tx Repo) error) error {
+	if g == nil {
+		return st.Tx(ctx, func(tx Repo) error { return fn(ctx, tx) })
+	}
+	op := &groupOp{ctx: context.WithoutCancel(ctx), fn: recoverTo(fn), wake: make(chan bool, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, op)
+	lead := !g.busy
+	g.busy = true
+	g.mu.Unlock()
+	if !lead && !<-op.wake {
+		return op.err
+	}
+	// Leader: op is first in the queue (it arrived when no group ran, or
+	// the previous leader handed over to it). Commit a group, then hand
+	// over to the first caller left waiting, if any.
+	limit := g.Max
+	if limit <= 0 {
+		limit = 64
+	}
+	g.mu.Lock()
+	n := min(len(g.queue), limit)
+	batch := g.queue[:n:n]
+	g.queue = append([]*groupOp(nil), g.queue[n:]...)
+	g.mu.Unlock()
+	g.commit(batch)
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].wake <- true
+	} else {
+		g.busy = false
+	}
+	g.mu.Unlock()
+	for _, o := range batch[1:] {
+		o.wake <- false
+	}
+	return op.err
+}
+
+// recoverTo makes a panic in fn that function's error: one caller's bug must
+// not leave the other callers of its group waiting for a hand-over that
+// never comes.
+func recoverTo(fn func(ctx context.Context, tx Repo) error) func(ctx context.Context, tx Repo) error {
+	return func(ctx context.Context, tx Repo) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("keyport: panic in a grouped transaction: %v", r)
+			}
+		}()
+		return fn(ctx, tx)
+	}
+}
+
+// errGroupRetry rolls back a group's first run when one function failed.
+var errGroupRetry = errors.New("keyport: a function of the group failed; run again with savepoints")
+
+// commit runs the group's functions in one transaction.
+func (g *TxGroup) commit(batch []*groupOp) {
+	run := func(o *groupOp) error {
+		return g.store.Tx(o.ctx, func(tx Repo) error { return o.fn(o.ctx, tx) })
+	}
+	if len(batch) == 1 {
+		batch[0].err = run(batch[0])
+		return
+	}
+	// The usual case: no function fails, and none needs a savepoint.
+	err := g.store.Tx(batch[0].ctx, func(tx Repo) error {
+		for _, o := range batch {
+			if o.err = o.fn(o.ctx, tx); o.err != nil {
+				return errGroupRetry
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	for _, o := range batch {
+		o.err = nil
+	}
+	if err != errGroupRetry { // begin or commit failed: nothing happened
+		for _, o := range batch {
+			o.err = err
+		}
+		return
+	}
+	var alone []*groupOp // a store without savepoints: one transaction each
+	in := batch
+	err = g.store.Tx(batch[0].ctx, func(tx Repo) error {
+		sp, ok := tx.(savepointer)
+		if !ok {
+			in, alone = batch[:1], batch[1:]
+			batch[0].err = batch[0].fn(batch[0].ctx, tx)
+			return batch[0].err
+		}
+		for _, o := range batch {
+			fnErr, err := sp.Savepoint(o.ctx, func(tx Repo) error { return o.fn(o.ctx, tx) })
+			if err != nil {
+				return err
+			}
+			o.err = fnErr
+		}
+		return nil
+	})
+	if err != nil {
+		for _, o := range in {
+			if o.err == nil {
+				o.err = err
+			}
+		}
+	}
+	for _, o := range alone {
+		o.err = run(o)
+	}
 }

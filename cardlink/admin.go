@@ -69,6 +69,13 @@ type AdminServer struct {
 	base   context.Context
 	cancel context.CancelFunc
 
+	// modules caches identity lookups: a module's ID and ISD AID never
+	// change once imported, and every handshake and new dialog needs
+	// them. The PSK itself is never cached.
+	modules moduleCache
+	// writes commits concurrent sessions' transactions together.
+	writes *keyport.TxGroup
+
 	mu     sync.Mutex
 	lns    []net.Listener
 	conns  map[net.Conn]struct{}
@@ -91,6 +98,9 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 		cfg.WakeCheck = 5 * time.Second
 	}
 	s := &AdminServer{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
+	if cfg.Service != nil {
+		s.writes = keyport.NewTxGroup(cfg.Service.Store)
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	t := cfg.TLS
 	t.PSK = s.psk
@@ -104,12 +114,69 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 func (s *AdminServer) psk(identity string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	psk, err := s.cfg.Service.ModulePSK(ctx, identity)
+	m, err := s.module(ctx, identity)
+	if err != nil {
+		s.log.Warn("admin session refused", "identity", identity, "err", err)
+		return nil, err
+	}
+	psk, err := s.cfg.Service.AdminModulePSK(ctx, m)
 	if err != nil {
 		s.log.Warn("admin session refused", "identity", identity, "err", err)
 		return nil, err
 	}
 	return psk, nil
+}
+
+// module returns the module a PSK identity names, from the cache when it
+// was looked up lately. Unknown identities are not cached: a module
+// imported later is found at once.
+func (s *AdminServer) module(ctx context.Context, identity string) (*keyport.AdminModule, error) {
+	if m := s.modules.get(identity); m != nil {
+		return m, nil
+	}
+	m, err := s.cfg.Service.LookupAdminModule(ctx, identity)
+	if err != nil {
+		return nil, err
+	}
+	s.modules.put(identity, m)
+	return m, nil
+}
+
+// moduleCache maps PSK identities to modules for moduleTTL, holding at
+// most moduleCacheMax of them (it starts over when full: a miss costs
+// only one read).
+type moduleCache struct {
+	mu sync.Mutex
+	m  map[string]cachedModule
+}
+
+type cachedModule struct {
+	mod *keyport.AdminModule
+	at  time.Time
+}
+
+const (
+	moduleTTL      = 10 * time.Minute
+	moduleCacheMax = 1 << 16
+)
+
+func (c *moduleCache) get(identity string) *keyport.AdminModule {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[identity]
+	if !ok || time.Since(e.at) > moduleTTL {
+		return nil
+	}
+	return e.mod
+}
+
+func (c *moduleCache) put(identity string, m *keyport.AdminModule) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= moduleCacheMax {
+		c.m = make(map[string]cachedModule)
+	}
+	c.m[identity] = cachedModule{mod: m, at: time.Now()}
 }
 
 // TLSConfig returns the TLS-PSK configuration the server listens with.
@@ -212,6 +279,7 @@ type conn struct {
 	s    *AdminServer
 	c    *tlspsk.Conn
 	eid  keyport.EID
+	mod  *keyport.AdminModule
 	sess *keyport.AdminSession
 }
 
@@ -226,11 +294,14 @@ func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 		s.log.Info("admin handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	eid, err := keyport.ParsePSKIdentity(c.Identity())
-	if err != nil { // the PSK callback let it through: cannot happen
+	// The PSK callback looked the module up: this is the cache's answer.
+	mod, err := s.module(ctx, c.Identity())
+	if err != nil {
+		s.log.Warn("admin session: module lookup", "identity", c.Identity(), "err", err)
 		return
 	}
-	cn := &conn{s: s, c: c, eid: eid}
+	eid := mod.EID
+	cn := &conn{s: s, c: c, eid: eid, mod: mod}
 	br := bufio.NewReader(c)
 	for {
 		c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
@@ -301,7 +372,7 @@ func (cn *conn) open(ctx context.Context, sid string, takeover bool) (ok bool, r
 	if cn.sess != nil && sid != "" && cn.sess.ID == sid && time.Now().Before(cn.sess.RenewAfter) {
 		return true, AdminResponse{} // this connection holds a fresh lease
 	}
-	sess, err := cn.s.cfg.Service.OpenAdminSession(ctx, cn.eid, sid, takeover)
+	sess, err := cn.s.cfg.Service.OpenAdminSession(ctx, cn.mod, sid, takeover)
 	switch {
 	case errors.Is(err, keyport.ErrConflict):
 		cn.s.log.Info("admin session refused: module busy", "eid", cn.eid)
@@ -335,10 +406,23 @@ func (cn *conn) newDialog(ctx context.Context, resume bool) AdminResponse {
 	if cn.sess != nil { // a restart on the same connection
 		cn.endSession(ctx)
 	}
-	if ok, resp := cn.open(ctx, "", resume); !ok {
-		return resp
+	// The lease and the first script in one go (OpenAdminSession, then
+	// NextScript, when that cannot be).
+	sess, del, err := cn.s.cfg.Service.StartAdminSession(ctx, cn.s.writes, cn.mod, resume, resume, cn.s.cfg.Script)
+	if sess != nil {
+		cn.sess = sess
 	}
-	return cn.next(ctx, 1, resume)
+	switch {
+	case errors.Is(err, keyport.ErrConflict) && sess == nil:
+		cn.s.log.Info("admin session refused: module busy", "eid", cn.eid)
+		return AdminResponse{Status: http.StatusNoContent}
+	case err != nil:
+		return cn.failure(err)
+	case del == nil:
+		return cn.endSession(ctx)
+	}
+	cn.s.log.Info("script sent", "eid", cn.eid, "job", del.Job.Ref, "session", cn.sess.ID)
+	return cn.script(del, 1)
 }
 
 func (cn *conn) continueDialog(ctx context.Context, req *AdminRequest, sid, ref string, n int) AdminResponse {
@@ -348,11 +432,15 @@ func (cn *conn) continueDialog(ctx context.Context, req *AdminRequest, sid, ref 
 	svc := cn.s.cfg.Service
 	switch {
 	case req.ScriptStatus != "":
-		j, err := svc.ScriptAnswered(ctx, cn.sess, ref, req.ScriptStatus, req.Body)
+		j, ended, err := svc.AnswerScript(ctx, cn.sess, ref, req.ScriptStatus, req.Body)
 		if err != nil {
 			return cn.failure(err)
 		}
 		cn.s.log.Info("script answered", "eid", cn.eid, "job", j.Ref, "state", j.State, "resume", req.Resume)
+		if ended { // the lease went with the answer: nothing more to run
+			cn.sess = nil
+			return AdminResponse{Status: http.StatusNoContent}
+		}
 	case req.Resume:
 		del, err := svc.PendingScript(ctx, cn.sess, ref, cn.s.cfg.Script)
 		if err != nil {

@@ -117,6 +117,33 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	return out, nil
 }
 
+// PendingModuleJobs returns the module's QUEUED and SENT second-key jobs,
+// oldest first, joined with their domain's state and their provider's
+// webhook URL (jobs_module index): one read where an admin session would
+// otherwise queue three times for a connection.
+func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]keyport.PendingJob, error) {
+	var rows []struct {
+		Job         jobRow         `gorm:"embedded"`
+		DomainState sql.NullString `gorm:"column:domain_state"`
+		WebhookURL  sql.NullString `gorm:"column:webhook_url"`
+	}
+	err := r.r.WithContext(ctx).Raw(`SELECT j.id, j.ref, j.kind, j.domain_id, j.module_id, j.provider_id, j.state,
+		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at,
+		d.state AS domain_state, p.webhook_url AS webhook_url
+		FROM jobs j LEFT JOIN domains d ON d.id = j.domain_id LEFT JOIN providers p ON p.id = j.provider_id
+		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind = ? ORDER BY j.id LIMIT ?`,
+		moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), limit).Scan(&rows).Error
+	if err != nil {
+		return nil, wrap("pending module jobs", err)
+	}
+	out := make([]keyport.PendingJob, len(rows))
+	for i, row := range rows {
+		out[i] = keyport.PendingJob{Job: row.Job.model(), DomainState: keyport.DomainState(row.DomainState.String),
+			WebhookURL: row.WebhookURL.String}
+	}
+	return out, nil
+}
+
 // UpdateJob writes j's mutable fields if the row is still in state from
 // with fromAttempts attempts: one conditional UPDATE, so that of two
 // sessions or replicas moving the same job exactly one wins.
@@ -161,6 +188,18 @@ func (r *repo) ReleaseLease(ctx context.Context, moduleID int64, holder string) 
 	return wrap("release lease", err)
 }
 
+// ReleaseIdleLease deletes holder's lease of the module if the module has
+// no pending second-key job, in one statement (jobs_module index).
+func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error) {
+	res := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND holder = ? AND NOT EXISTS
+		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind = ?)`,
+		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey))
+	if res.Error != nil {
+		return false, wrap("release idle lease", res.Error)
+	}
+	return res.RowsAffected == 1, nil
+}
+
 // SetDomainKeys records the key set the card confirmed.
 func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
 	return r.writeTx(ctx, "set domain keys", func(db *gorm.DB) error {
@@ -187,4 +226,31 @@ func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv m
 func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
 	err := r.w.WithContext(ctx).Exec(`UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID).Error
 	return wrap("touch module", err)
+}
+
+// Savepoint runs fn inside the current transaction under a savepoint: fn's
+// error rolls back what fn did and nothing else, and is returned as fnErr.
+// err reports a savepoint that could not be set, released or rolled back
+// to: the transaction is then in no known state and must be rolled back.
+// keyport.TxGroup uses it to commit several admin sessions' writes at once,
+// each as if in its own transaction.
+func (r *repo) Savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (fnErr, err error) {
+	if !r.inTx {
+		return nil, fmt.Errorf("store: savepoint outside a transaction: %w", keyport.ErrInvalid)
+	}
+	// One fixed name: savepoints are set one after another, never nested,
+	// and a fixed text keeps the prepared-statement cache small.
+	db := r.w.WithContext(ctx)
+	if err := db.Exec(`SAVEPOINT keyport_op`).Error; err != nil {
+		return nil, wrap("savepoint", err)
+	}
+	if fnErr = fn(r); fnErr != nil {
+		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
+			return fnErr, wrap("rollback to savepoint", err)
+		}
+	}
+	if err := db.Exec(`RELEASE SAVEPOINT keyport_op`).Error; err != nil {
+		return fnErr, wrap("release savepoint", err)
+	}
+	return fnErr, nil
 }

@@ -148,3 +148,68 @@ func TestSetDomainKeysRecordsTheConfirmedKeySetAndCounter(t *testing.T) {
 		}
 	})
 }
+
+func TestPendingModuleJobsJoinDomainStateAndWebhookURLOldestFirst(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 1)
+		p := &keyport.Provider{Name: "P", Kind: keyport.ProviderKind("bank"), Email: "p@example.com", Status: keyport.ProviderStatus("active"), WebhookURL: "https://p.example/hook"}
+		if err := s.CreateProvider(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		a, b, c := newJob(m, 0, "job_a"), newJob(m, 1, "job_b"), newJob(m, 1, "job_c")
+		a.ProviderID = p.ID
+		for _, j := range []*keyport.Job{a, b, c} {
+			if err := s.CreateJob(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.State = keyport.JobDone
+		if err := s.UpdateJob(ctx, c, keyport.JobQueued, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.PendingModuleJobs(ctx, m.ID, 5)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("pending %+v %v", got, err)
+		}
+		if got[0].Ref != "job_a" || got[0].State != keyport.JobQueued || got[0].ID != a.ID || got[0].DomainID != m.Domains[0].ID ||
+			got[0].DomainState != m.Domains[0].State || got[0].WebhookURL != p.WebhookURL || got[0].Payload != `{"x":1}` || got[0].ExpiresAt == nil {
+			t.Fatalf("first pending job %+v", got[0])
+		}
+		if got[1].Ref != "job_b" || got[1].WebhookURL != "" || got[1].DomainState != m.Domains[1].State {
+			t.Fatalf("second pending job %+v", got[1])
+		}
+		if one, err := s.PendingModuleJobs(ctx, m.ID, 1); err != nil || len(one) != 1 || one[0].Ref != "job_a" {
+			t.Fatalf("limit 1: %+v %v", one, err)
+		}
+	})
+}
+
+func TestReleaseIdleLeaseOnlyWhenNoJobOfTheModuleIsPending(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 1)
+		now := time.Now()
+		if err := s.AcquireLease(ctx, m.ID, "ses_a", now, now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		j := newJob(m, 0, "job_a")
+		if err := s.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := s.ReleaseIdleLease(ctx, m.ID, "ses_a"); ok || err != nil {
+			t.Fatalf("released with a QUEUED job: %v %v", ok, err)
+		}
+		j.State = keyport.JobDone
+		if err := s.UpdateJob(ctx, j, keyport.JobQueued, 0); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := s.ReleaseIdleLease(ctx, m.ID, "ses_b"); ok || err != nil {
+			t.Fatalf("released another holder's lease: %v %v", ok, err)
+		}
+		if ok, err := s.ReleaseIdleLease(ctx, m.ID, "ses_a"); !ok || err != nil {
+			t.Fatalf("idle lease not released: %v %v", ok, err)
+		}
+		if err := s.AcquireLease(ctx, m.ID, "ses_c", now, now.Add(time.Minute)); err != nil {
+			t.Fatalf("lease still held after release: %v", err)
+		}
+	})
+}
