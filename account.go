@@ -62,78 +62,6 @@ type Session struct {
 	ExpiresAt time.Time
 }
 
-// PortalStats is what the admin dashboard shows.
-type PortalStats struct {
-	Modules        int64
-	DomainsByState map[DomainState]int64
-	// ClaimsPerDay counts claims per UTC day, oldest first, one entry per
-	// day of the window (zero days included).
-	ClaimsPerDay []DayCount
-	// JobsByState counts card-link jobs; empty when there are none.
-	JobsByState map[string]int64
-}
-
-// DayCount is one bar of a per-day chart.
-type DayCount struct {
-	Day   time.Time
-	Count int64
-}
-
-// AccountRepo is the storage the portal's account use cases need. It is part
-// of Repo, so every method also works inside Store.Tx.
-type AccountRepo interface {
-	CreateUser(ctx context.Context, u *User) error // ErrConflict on a taken e-mail
-	GetUser(ctx context.Context, id string) (*User, error)
-	GetUserByEmail(ctx context.Context, email string) (*User, error)
-	// RecordFailedLogin counts one wrong password and, when the count
-	// reaches max, locks the user until lockUntil. It returns the user as
-	// updated, in one statement so that parallel guesses all count.
-	RecordFailedLogin(ctx context.Context, id string, max int, lockUntil time.Time) (*User, error)
-	// ResetFailedLogins clears the count and any lock.
-	ResetFailedLogins(ctx context.Context, id string) error
-	SetUserVerified(ctx context.Context, id string, at time.Time) error
-	SetUserPassword(ctx context.Context, id, hash string) error
-	SetUserTOTP(ctx context.Context, id string, sealed []byte) error
-
-	CreateUserToken(ctx context.Context, t *UserToken) error
-	// TakeUserToken deletes and returns an unexpired token of the purpose;
-	// ErrNotFound if there is none (unknown, used or expired).
-	TakeUserToken(ctx context.Context, purpose TokenPurpose, hash []byte, now time.Time) (*UserToken, error)
-
-	CreateSession(ctx context.Context, s *Session) error
-	// GetSession returns an unexpired session; ErrNotFound otherwise.
-	GetSession(ctx context.Context, hash []byte, now time.Time) (*Session, error)
-	DeleteSession(ctx context.Context, hash []byte) error
-	DeleteUserSessions(ctx context.Context, userID string) error
-
-	ListProviders(ctx context.Context) ([]Provider, error)
-	// SetProviderStatus changes a provider's status; ErrNotFound if unknown.
-	SetProviderStatus(ctx context.Context, id string, status ProviderStatus) error
-	SetWebhookURL(ctx context.Context, providerID, webhookURL string) error
-	// ListAPITokens returns a provider's tokens (revoked ones too), newest first.
-	ListAPITokens(ctx context.Context, providerID string) ([]APIToken, error)
-	// RevokeAPIToken revokes one of the provider's tokens (a revoked one
-	// stays as it is); ErrNotFound for another provider's.
-	RevokeAPIToken(ctx context.Context, providerID, id string, at time.Time) error
-	ListWrappingKeys(ctx context.Context, providerID string) ([]WrappingKey, error)
-	// ProviderAudit returns, newest first, up to limit audit events done by
-	// the provider or about it.
-	ProviderAudit(ctx context.Context, providerID string, limit int) ([]AuditEvent, error)
-	// RecentAudit returns the newest limit audit events, newest first.
-	RecentAudit(ctx context.Context, limit int) ([]AuditEvent, error)
-	// ListOutbox returns the newest limit messages of a topic ("" = all).
-	ListOutbox(ctx context.Context, topic string, limit int) ([]OutboxMessage, error)
-	MarkOutboxSent(ctx context.Context, id int64, at time.Time) error
-	ListBatches(ctx context.Context) ([]Batch, error)
-	PortalStats(ctx context.Context, since time.Time) (*PortalStats, error)
-}
-
-// Mailer sends e-mail (SMTP in production). Without one, messages stay in
-// the outbox, which the admin console shows.
-type Mailer interface {
-	Send(ctx context.Context, to, subject, body string) error
-}
-
 // Account rules.
 const (
 	// MaxFailedLogins wrong passwords in a row lock an account for LockFor.
@@ -331,13 +259,6 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 	return prov, nil
 }
 
-// EmailMessage is the payload of an outbox row of topic "email".
-type EmailMessage struct {
-	To      string `json:"to"`
-	Subject string `json:"subject"`
-	Body    string `json:"body"`
-}
-
 // mailToken creates a one-time token and queues, in tx, a message with a
 // link to page?token=…. The token reaches only the outbox (and the mail
 // server); the database keeps its hash.
@@ -356,27 +277,6 @@ func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose Token
 		return nil, err
 	}
 	return m, nil
-}
-
-// deliver sends a queued e-mail through the Mailer, if there is one, and
-// marks it sent. The log names the recipient and outbox row only: the body
-// holds a one-time link.
-func (s *Service) deliver(ctx context.Context, m *OutboxMessage) {
-	var em EmailMessage
-	_ = json.Unmarshal([]byte(m.Payload), &em)
-	if s.Mailer == nil {
-		s.log().Info("e-mail queued in the outbox (no SMTP configured; the admin console shows it)",
-			"to", em.To, "subject", em.Subject, "outbox", m.ID)
-		return
-	}
-	if err := s.Mailer.Send(ctx, em.To, em.Subject, em.Body); err != nil {
-		s.log().Warn("e-mail not sent; it stays in the outbox", "to", em.To, "outbox", m.ID, "err", err)
-		return
-	}
-	if err := s.Store.MarkOutboxSent(ctx, m.ID, s.now().UTC()); err != nil {
-		s.log().Warn("outbox not marked sent", "outbox", m.ID, "err", err)
-	}
-	s.log().Info("e-mail sent", "to", em.To, "subject", em.Subject, "outbox", m.ID)
 }
 
 // VerifyEmail confirms the address a verification token was sent to.

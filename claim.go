@@ -1,7 +1,6 @@
 package keyport
 
 import (
-	"bytes"
 	"context"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -10,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ClaimRequest asks for one domain of a module. Without AID, the module's
@@ -83,20 +83,6 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 }
 
 var errLostRace = errors.New("lost race")
-
-// batch returns a batch by ID. Batches never change once created, so they
-// are cached for the life of the process.
-func (s *Service) batch(ctx context.Context, id int64) (*Batch, error) {
-	if b, ok := s.batches.Load(id); ok {
-		return b.(*Batch), nil
-	}
-	b, err := s.Store.GetBatchByID(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	s.batches.Store(id, b)
-	return b, nil
-}
 
 func (s *Service) replay(ctx context.Context, p Principal, req ClaimRequest) (*Claim, error) {
 	c, err := s.Store.GetClaimByIdempotencyKey(ctx, p.ProviderID, req.IdempotencyKey)
@@ -191,136 +177,19 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 	return c, nil
 }
 
-func (p *KeyPackage) kcvs() map[KeyUsage]string {
-	m := map[KeyUsage]string{}
-	for _, k := range p.Keys {
-		m[k.Usage] = k.KCV
-	}
-	return m
-}
-
-// signPackage serializes p as a flattened JWS signed in the HSM (ES256).
-func (s *Service) signPackage(ctx context.Context, p *KeyPackage) ([]byte, error) {
-	kid, _, err := s.Custody.ReceiptKey(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("keyport: receipt key: %w", err)
-	}
-	payload, err := json.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	hdr, _ := json.Marshal(jwsHeader{Alg: "ES256", Kid: kid, Typ: KeyPackageType})
-	j := JWS{Protected: b64.EncodeToString(hdr), Payload: b64.EncodeToString(payload)}
-	sig, err := s.Custody.SignES256(ctx, []byte(j.Protected+"."+j.Payload))
-	if err != nil {
-		return nil, fmt.Errorf("keyport: sign key package: %w", err)
-	}
-	j.Signature = b64.EncodeToString(sig)
-	return json.Marshal(j)
-}
-
-// KeyPackage returns the signed key package of one of the caller's domains.
-// It can be downloaded again as often as needed; each download is audited.
-func (s *Service) KeyPackage(ctx context.Context, p Principal, eid EID, aid AID) ([]byte, error) {
-	if p.ProviderID == "" {
-		return nil, ErrForbidden
-	}
-	d, err := s.Store.GetDomain(ctx, eid, aid)
-	if err != nil {
-		return nil, err
-	}
-	if d.OwnerID != p.ProviderID {
-		return nil, ErrNotFound
-	}
-	c, err := s.Store.GetClaimForDomain(ctx, p.ProviderID, d.ID)
-	if err != nil {
-		return nil, err
-	}
-	err = s.Store.Tx(ctx, func(tx Repo) error {
-		return s.audit(ctx, tx, p.Actor(), "key-package.download", "domain:"+string(eid)+"/"+string(aid), map[string]any{"claim": c.ID})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return c.Package, nil
-}
-
-// JWKS returns the receipt key set that verifies key packages.
-func (s *Service) JWKS(ctx context.Context) (JWKS, error) {
-	kid, pub, err := s.Custody.ReceiptKey(ctx)
-	if err != nil {
-		return JWKS{}, err
-	}
-	return JWKS{Keys: []JWK{NewJWK(kid, pub)}}, nil
-}
-
-// ---- Audit verification ----
-
-// AuditBroken names the first audit row that fails verification.
-type AuditBroken struct {
-	Seq    int64
-	Reason string
-}
-
-func (e *AuditBroken) Error() string {
-	return fmt.Sprintf("audit chain broken at row %d: %s", e.Seq, e.Reason)
-}
-
-// AuditReport summarises a verified audit log.
-type AuditReport struct {
-	Events      int64
-	Checkpoints int
-	Head        []byte
-}
-
-// VerifyAudit walks the whole audit chain, recomputing every hash, and checks
-// every HSM checkpoint. It returns *AuditBroken naming the first row that was
-// edited, deleted or moved.
-func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
-	cps, err := s.Store.Checkpoints(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cpAt := map[int64]AuditCheckpoint{}
-	for _, cp := range cps {
-		mac, err := s.Custody.AuditMAC(ctx, checkpointInput(cp.Seq, cp.Hash))
-		if err != nil {
-			return nil, fmt.Errorf("keyport: audit checkpoint MAC: %w", err)
-		}
-		if !bytes.Equal(mac, cp.MAC) {
-			return nil, &AuditBroken{Seq: cp.Seq, Reason: "the checkpoint's HSM MAC does not verify (checkpoint edited)"}
-		}
-		cpAt[cp.Seq] = cp
-	}
-	var prev []byte
-	var seq int64
-	for {
-		evs, err := s.Store.AuditEvents(ctx, seq, 1000)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range evs {
-			switch {
-			case e.Seq != seq+1:
-				return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("row missing (next row is %d): deleted", e.Seq)}
-			case !bytes.Equal(e.PrevHash, prev):
-				return nil, &AuditBroken{Seq: e.Seq, Reason: "does not chain to the row before it: rows deleted or reordered"}
-			case !bytes.Equal(ChainHash(prev, e), e.Hash):
-				return nil, &AuditBroken{Seq: e.Seq, Reason: "content does not match its hash: edited"}
-			}
-			if cp, ok := cpAt[e.Seq]; ok && !bytes.Equal(cp.Hash, e.Hash) {
-				return nil, &AuditBroken{Seq: e.Seq, Reason: "differs from the HSM checkpoint: rewritten"}
-			}
-			prev, seq = e.Hash, e.Seq
-		}
-		if len(evs) < 1000 {
-			break
-		}
-	}
-	for _, cp := range cps {
-		if cp.Seq > seq {
-			return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("the log ends at row %d but an HSM checkpoint covers row %d: rows deleted", seq, cp.Seq)}
-		}
-	}
-	return &AuditReport{Events: seq, Checkpoints: len(cps), Head: prev}, nil
+// Claim records that a provider took a domain, and holds the signed key
+// package it received (a JWS with the first keys wrapped to its key; no
+// secret in the clear).
+type Claim struct {
+	ID             string
+	ProviderID     string
+	DomainID       int64
+	EID            EID
+	AID            AID
+	WrappingKeyID  string
+	IdempotencyKey string
+	// RequestHash binds an idempotency key to one request body.
+	RequestHash string
+	Package     []byte
+	CreatedAt   time.Time
 }

@@ -3,7 +3,20 @@
 // on them, the service providers who claim those domains, and the use cases that
 // move a domain through its life (DESIGN.md, "Domain state machine").
 //
-// The package depends only on the standard library and gp/. Adapters implement
-// the small interfaces in ports.go: hsm/ is Custody, store/ is Store; web/ and
-// cardlink/ drive the Service. cmd/keyport wires them together.
+// One concept per file: the domain's vocabulary (eid.go, aid.go, keys.go,
+// state.go, errors.go, principal.go), then one file per thing a use case acts
+// on — batch.go and importfile.go, provider.go, wrappingkey.go, module.go,
+// claim.go, keypackage.go, account.go and totp.go, outbox.go, audit.go,
+// stats.go — and card-link delivery: job.go (jobs and how one ends), script.go
+// (second-key scripts), adminsession.go (GP Amendment B admin sessions),
+// webhook.go (signed events) and worker.go (the delivery worker's steps).
+// service.go holds the Service, whose fields are the ports it needs.
+//
+// Every port is in ports.go, and adapters implement them: hsm/ is Custody,
+// LinkCustody, SecretSealer and PersoCustody; store/ is Store and its
+// Committer (group commit); cardlink/ is a Trigger. web/ and cardlink/ drive
+// the Service; the personalization station (perso/) drives it as a client
+// through the gp/ card dialog. cmd/keyport wires them together. The package
+// imports the standard library, gp/ and the password hash (x/crypto/argon2)
+// only.
 package keyport

@@ -57,3 +57,6 @@ type LineError struct {
 
 func (e *LineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
 func (e *LineError) Unwrap() error { return e.Err }
+
+// ErrUnreachable: a push trigger could not reach the module.
+var ErrUnreachable = errors.New("module not reachable")

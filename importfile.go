@@ -354,3 +354,39 @@ func parseAhead(ctx context.Context, file io.Reader) <-chan parsedLine {
 	}()
 	return out
 }
+
+// VerifyMode says how many imported KCVs are checked inside the HSM.
+type VerifyMode string
+
+// Verify modes for ImportModules.
+const (
+	VerifyAll    VerifyMode = "all"
+	VerifySample VerifyMode = "sample" // the first module and every 997th
+	VerifyNone   VerifyMode = "none"
+)
+
+func (s *Service) checkImportedKCVs(ctx context.Context, batch string, m *ModuleImport) error {
+	for _, d := range m.Domains {
+		for _, u := range Usages {
+			kcv, err := s.Custody.ImportedKCV(ctx, batch, d.Imported[u])
+			if err != nil {
+				if errors.Is(err, ErrUnavailable) {
+					return err
+				}
+				return Invalid("domains.keys."+string(u), "domain %s: the key does not unwrap under the batch transport key", d.AID)
+			}
+			if kcv != d.KCV[u] {
+				return Invalid("domains.kcv."+string(u), "domain %s: KCV %s does not match the key (HSM computes %s)", d.AID, d.KCV[u], kcv)
+			}
+		}
+	}
+	return nil
+}
+
+// ModuleImport is one module of an import file, validated.
+type ModuleImport struct {
+	Line    int
+	EID     EID
+	ISDAID  AID
+	Domains []Domain // State, KeySource, Imported, KCV, KVN, AID set
+}

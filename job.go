@@ -2,9 +2,8 @@ package keyport
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync"
+	"strings"
 	"time"
 )
 
@@ -59,10 +58,14 @@ type Job struct {
 	Attempts  int
 	NextRunAt time.Time
 	ExpiresAt *time.Time
-	// Payload is JSON: a SecondKeyPayload or a WebhookPayload.
-	Payload string
-	// Result is JSON: a ScriptResult for second-key jobs.
-	Result    string
+	// SecondKey is what a JobSecondKey job delivers.
+	SecondKey *SecondKeyPayload
+	// Event is the body a JobWebhook job posts, a WebhookEvent in JSON,
+	// kept byte for byte: its signature covers these bytes.
+	Event []byte
+	// Result is what the module answered to a second-key job; while the
+	// job is SENT, only the session it went out in.
+	Result    *ScriptResult
 	LastError string
 	CreatedAt time.Time
 	UpdatedAt time.Time
@@ -82,46 +85,6 @@ type JobFilter struct {
 	Limit         int // 0 means 100
 }
 
-// JobRepo is the storage card-link delivery needs; Repo embeds it.
-type JobRepo interface {
-	// CreateJob inserts j and sets its ID, CreatedAt and UpdatedAt.
-	CreateJob(ctx context.Context, j *Job) error
-	// GetJob returns the job with the public reference; ErrNotFound if none.
-	GetJob(ctx context.Context, ref string) (*Job, error)
-	// ListJobs returns the jobs f selects, oldest first.
-	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
-	// UpdateJob writes j's state, attempts, next run, result and last
-	// error, conditionally: only if the row is still in state `from` with
-	// `fromAttempts` attempts. Otherwise it changes nothing and fails with
-	// ErrConflict (another replica or session moved the job first).
-	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
-
-	// PendingModuleJobs returns up to limit of the module's second-key jobs
-	// that are QUEUED or SENT, oldest first, each with its domain's state
-	// and its provider's webhook URL: what an admin session reads before
-	// it writes, in one query.
-	PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]PendingJob, error)
-
-	// AcquireLease gives holder the module's admin-session lease until
-	// `until`, if nobody else holds an unexpired one at `now`; ErrConflict
-	// otherwise. The holder renews with the same call.
-	AcquireLease(ctx context.Context, moduleID int64, holder string, now, until time.Time) error
-	// ReleaseLease ends holder's lease, if it holds it; holder "" breaks
-	// the lease whoever holds it.
-	ReleaseLease(ctx context.Context, moduleID int64, holder string) error
-	// ReleaseIdleLease ends holder's lease only if the module has no
-	// second-key job QUEUED or SENT, and reports whether it did: in the
-	// transaction that records a session's last answer, the session ends
-	// exactly when there is nothing more to send.
-	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)
-
-	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
-	// unchanged) and the SCP03 sequence counter.
-	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
-	// TouchModule sets the module's last admin-session time.
-	TouchModule(ctx context.Context, moduleID int64, at time.Time) error
-}
-
 // PendingJob is a pending second-key job with what its session needs to
 // know besides: its domain's state and where its provider's events go.
 type PendingJob struct {
@@ -129,23 +92,6 @@ type PendingJob struct {
 	DomainState DomainState
 	WebhookURL  string
 }
-
-// LinkCustody is the HSM part of card-link: each module's TLS-PSK (KVN 0x40,
-// key type '85'), derived in the HSM and handed only to the TLS layer.
-type LinkCustody interface {
-	ModulePSK(ctx context.Context, eid EID, isdAID AID) ([]byte, error)
-}
-
-// Trigger wakes a module so that it opens an admin session (GP Amendment B:
-// "administration session triggering"; an SMS in the field). Wake returns
-// ErrUnreachable when the module cannot be told now; the job is retried
-// with backoff.
-type Trigger interface {
-	Wake(ctx context.Context, eid EID) error
-}
-
-// ErrUnreachable: a push trigger could not reach the module.
-var ErrUnreachable = errors.New("module not reachable")
 
 // DeliveryPolicy tunes card-link delivery; zero fields take the defaults.
 type DeliveryPolicy struct {
@@ -191,170 +137,148 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// TxGroup commits the write transactions of concurrent admin sessions
-// together (group commit). On SQLite all writes queue for one connection,
-// and each transaction of its own pays BEGIN, COMMIT and the hand-over of
-// the connection to the next goroutine; under a thousand sessions that
-// hand-over, not the writing, bounds the rate. A TxGroup runs the
-// transactions that arrive while one is being committed as one database
-// transaction, each under a savepoint of its own: a function's error rolls
-// back what that function did and nothing else, exactly as its own
-// transaction would have, and every caller returns only once the commit
-// that holds its writes is done, so nothing is reported that is not
-// durably stored. If the commit fails, every caller of the group gets the
-// error and none of their writes happened.
-//
-// The functions run one after another on the group's transaction, with a
-// context that is not cancelled when a caller's is (interrupting one
-// statement could abort the transaction of all of them); they must use the
-// context and Repo they are given. A function may run twice: the group
-// first runs them all without savepoints (two statements fewer each), and
-// if one fails, rolls that attempt back whole and runs them again, each
-// under its own savepoint. Only what a committed run wrote counts, so the
-// functions must keep nothing from a run but what they return.
-type TxGroup struct {
-	store Store
-	// Max bounds the functions committed together (default 64), so that
-	// one commit does not hold the database, or keep its first caller
-	// waiting, for long.
-	Max int
-
-	mu    sync.Mutex
-	queue []*groupOp
-	busy  bool // a leader is running a group
+// JobView is a job as its provider (and the issuer) sees it: GET
+// /api/v1/jobs/{id} and every webhook event.
+type JobView struct {
+	ID            string        `json:"id"`
+	Kind          JobKind       `json:"kind"`
+	State         JobState      `json:"state"`
+	EID           EID           `json:"eid,omitempty"`
+	AID           AID           `json:"aid,omitempty"`
+	Attempts      int           `json:"attempts"`
+	NextAttemptAt *time.Time    `json:"next_attempt_at,omitempty"`
+	ExpiresAt     *time.Time    `json:"expires_at,omitempty"`
+	Expect        *Expectation  `json:"expect,omitempty"`
+	Result        *ScriptResult `json:"result,omitempty"`
+	LastError     string        `json:"last_error,omitempty"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
 }
 
-type groupOp struct {
-	ctx context.Context
-	fn  func(ctx context.Context, tx Repo) error
-	err error
-	// wake says true: lead the next group (this op is its first), or
-	// false: this op's group is committed (or failed), err is its result.
-	wake chan bool
-}
-
-// NewTxGroup returns a group committing into st.
-func NewTxGroup(st Store) *TxGroup { return &TxGroup{store: st} }
-
-// savepointer is the store side of a TxGroup (store.repo in a transaction).
-type savepointer interface {
-	Savepoint(ctx context.Context, fn func(tx Repo) error) (fnErr, err error)
-}
-
-// Tx runs fn as Store.Tx would, possibly in one database transaction with
-// other callers' functions. A nil group is Store.Tx itself.
-func (g *TxGroup) Tx(ctx context.Context, st Store, fn func(ctx context.Context, tx Repo) error) error {
-	if g == nil {
-		return st.Tx(ctx, func(tx Repo) error { return fn(ctx, tx) })
+// View returns the job as providers see it.
+func (j *Job) View() JobView {
+	v := JobView{ID: j.Ref, Kind: j.Kind, State: j.State, Attempts: j.Attempts, ExpiresAt: j.ExpiresAt,
+		LastError: j.LastError, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+	if j.State == JobQueued {
+		t := j.NextRunAt
+		v.NextAttemptAt = &t
 	}
-	op := &groupOp{ctx: context.WithoutCancel(ctx), fn: recoverTo(fn), wake: make(chan bool, 1)}
-	g.mu.Lock()
-	g.queue = append(g.queue, op)
-	lead := !g.busy
-	g.busy = true
-	g.mu.Unlock()
-	if !lead && !<-op.wake {
-		return op.err
-	}
-	// Leader: op is first in the queue (it arrived when no group ran, or
-	// the previous leader handed over to it). Commit a group, then hand
-	// over to the first caller left waiting, if any.
-	limit := g.Max
-	if limit <= 0 {
-		limit = 64
-	}
-	g.mu.Lock()
-	n := min(len(g.queue), limit)
-	batch := g.queue[:n:n]
-	g.queue = append([]*groupOp(nil), g.queue[n:]...)
-	g.mu.Unlock()
-	g.commit(batch)
-	g.mu.Lock()
-	if len(g.queue) > 0 {
-		g.queue[0].wake <- true
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
-	for _, o := range batch[1:] {
-		o.wake <- false
-	}
-	return op.err
-}
-
-// recoverTo makes a panic in fn that function's error: one caller's bug must
-// not leave the other callers of its group waiting for a hand-over that
-// never comes.
-func recoverTo(fn func(ctx context.Context, tx Repo) error) func(ctx context.Context, tx Repo) error {
-	return func(ctx context.Context, tx Repo) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = fmt.Errorf("keyport: panic in a grouped transaction: %v", r)
-			}
-		}()
-		return fn(ctx, tx)
-	}
-}
-
-// errGroupRetry rolls back a group's first run when one function failed.
-var errGroupRetry = errors.New("keyport: a function of the group failed; run again with savepoints")
-
-// commit runs the group's functions in one transaction.
-func (g *TxGroup) commit(batch []*groupOp) {
-	run := func(o *groupOp) error {
-		return g.store.Tx(o.ctx, func(tx Repo) error { return o.fn(o.ctx, tx) })
-	}
-	if len(batch) == 1 {
-		batch[0].err = run(batch[0])
-		return
-	}
-	// The usual case: no function fails, and none needs a savepoint.
-	err := g.store.Tx(batch[0].ctx, func(tx Repo) error {
-		for _, o := range batch {
-			if o.err = o.fn(o.ctx, tx); o.err != nil {
-				return errGroupRetry
-			}
+	if j.Kind == JobSecondKey {
+		if p := j.SecondKey; p != nil {
+			v.EID, v.AID, v.Expect = p.EID, p.AID, &p.Expect
 		}
-		return nil
-	})
-	if err == nil {
-		return
+		v.Result = j.Result
 	}
-	for _, o := range batch {
-		o.err = nil
+	return v
+}
+
+// secondKey is the script of a second-key job; an error for a job of
+// another kind, or one stored without its script.
+func (j *Job) secondKey() (*SecondKeyPayload, error) {
+	if j.Kind != JobSecondKey || j.SecondKey == nil {
+		return nil, fmt.Errorf("keyport: job %s (%s) carries no second-key script", j.Ref, j.Kind)
 	}
-	if err != errGroupRetry { // begin or commit failed: nothing happened
-		for _, o := range batch {
-			o.err = err
+	return j.SecondKey, nil
+}
+
+// sentIn reports whether j went out in admin session id.
+func (j *Job) sentIn(id string) bool { return j.Result != nil && j.Result.Session == id }
+
+// expired reports whether j's expiry has passed at now.
+func (j *Job) expired(now time.Time) bool { return j.ExpiresAt != nil && now.After(*j.ExpiresAt) }
+
+func domainObject(eid EID, aid AID) string { return "domain:" + string(eid) + "/" + string(aid) }
+
+// GetJob returns one of the caller's jobs (admins see all); other
+// providers' jobs are ErrNotFound.
+func (s *Service) GetJob(ctx context.Context, p Principal, ref string) (*Job, error) {
+	if !p.Admin && p.ProviderID == "" {
+		return nil, ErrForbidden
+	}
+	if !strings.HasPrefix(ref, "job_") || len(ref) > 64 {
+		return nil, ErrNotFound
+	}
+	j, err := s.Store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if !p.Admin && j.ProviderID != p.ProviderID || j.Kind != JobSecondKey {
+		return nil, ErrNotFound
+	}
+	return j, nil
+}
+
+// ListJobs lists second-key jobs for the issuer (GET /api/v1/admin/jobs).
+func (s *Service) ListJobs(ctx context.Context, p Principal, f JobFilter) ([]Job, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	f.Kind = JobSecondKey
+	return s.Store.ListJobs(ctx, f)
+}
+
+// CancelJob cancels a QUEUED job. A SENT job cannot be cancelled: its script
+// may be running on the module, and only the module's answer may end it.
+func (s *Service) CancelJob(ctx context.Context, p Principal, ref string) (*Job, error) {
+	j, err := s.GetJob(ctx, p, ref)
+	if err != nil {
+		return nil, err
+	}
+	if j.State != JobQueued {
+		return nil, fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
+	}
+	err = s.finish(ctx, j, jobEnd{to: JobCancelled, actor: p.Actor(), action: "job.cancel"})
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// jobEnd is how finish ends a job.
+type jobEnd struct {
+	to JobState
+	// cause becomes the job's LastError.
+	cause         string
+	actor, action string // of the audit event
+	// in, if set, runs in the transaction and returns the domain's state
+	// for the webhook.
+	in func(ctx context.Context, tx Repo) (DomainState, error)
+}
+
+// finish moves j from its state to e.to in one transaction with e.in, the
+// audit event and the provider's webhook, conditionally (j still in its
+// state with its attempts: ErrConflict otherwise, changing nothing). On
+// success *j is the job as finished.
+func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
+	hook, err := s.webhookURL(ctx, j.ProviderID)
+	if err != nil {
+		return err
+	}
+	next := *j
+	next.State, next.LastError = e.to, e.cause
+	obj := "job:" + next.Ref
+	if p := next.SecondKey; p != nil {
+		obj = domainObject(p.EID, p.AID)
+	}
+	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {
+		if err := tx.UpdateJob(ctx, &next, j.State, j.Attempts); err != nil {
+			return err
 		}
-		return
-	}
-	var alone []*groupOp // a store without savepoints: one transaction each
-	in := batch
-	err = g.store.Tx(batch[0].ctx, func(tx Repo) error {
-		sp, ok := tx.(savepointer)
-		if !ok {
-			in, alone = batch[:1], batch[1:]
-			batch[0].err = batch[0].fn(batch[0].ctx, tx)
-			return batch[0].err
-		}
-		for _, o := range batch {
-			fnErr, err := sp.Savepoint(o.ctx, func(tx Repo) error { return o.fn(o.ctx, tx) })
-			if err != nil {
+		var ds DomainState
+		if e.in != nil {
+			var err error
+			if ds, err = e.in(ctx, tx); err != nil {
 				return err
 			}
-			o.err = fnErr
 		}
-		return nil
+		if err := s.audit(ctx, tx, e.actor, e.action, obj, map[string]any{"job": next.Ref, "state": e.to, "cause": e.cause}); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, &next, ds, hook)
 	})
 	if err != nil {
-		for _, o := range in {
-			if o.err == nil {
-				o.err = err
-			}
-		}
+		return err
 	}
-	for _, o := range alone {
-		o.err = run(o)
-	}
+	*j = next
+	return nil
 }

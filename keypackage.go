@@ -2,6 +2,7 @@ package keyport
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -160,4 +161,67 @@ func VerifyKeyPackage(pkg []byte, keys JWKS) (*KeyPackage, error) {
 		return nil, fmt.Errorf("%w: unsupported version %d or no keys", ErrBadPackage, p.Version)
 	}
 	return &p, nil
+}
+
+func (p *KeyPackage) kcvs() map[KeyUsage]string {
+	m := map[KeyUsage]string{}
+	for _, k := range p.Keys {
+		m[k.Usage] = k.KCV
+	}
+	return m
+}
+
+// signPackage serializes p as a flattened JWS signed in the HSM (ES256).
+func (s *Service) signPackage(ctx context.Context, p *KeyPackage) ([]byte, error) {
+	kid, _, err := s.Custody.ReceiptKey(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("keyport: receipt key: %w", err)
+	}
+	payload, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	hdr, _ := json.Marshal(jwsHeader{Alg: "ES256", Kid: kid, Typ: KeyPackageType})
+	j := JWS{Protected: b64.EncodeToString(hdr), Payload: b64.EncodeToString(payload)}
+	sig, err := s.Custody.SignES256(ctx, []byte(j.Protected+"."+j.Payload))
+	if err != nil {
+		return nil, fmt.Errorf("keyport: sign key package: %w", err)
+	}
+	j.Signature = b64.EncodeToString(sig)
+	return json.Marshal(j)
+}
+
+// KeyPackage returns the signed key package of one of the caller's domains.
+// It can be downloaded again as often as needed; each download is audited.
+func (s *Service) KeyPackage(ctx context.Context, p Principal, eid EID, aid AID) ([]byte, error) {
+	if p.ProviderID == "" {
+		return nil, ErrForbidden
+	}
+	d, err := s.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		return nil, err
+	}
+	if d.OwnerID != p.ProviderID {
+		return nil, ErrNotFound
+	}
+	c, err := s.Store.GetClaimForDomain(ctx, p.ProviderID, d.ID)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		return s.audit(ctx, tx, p.Actor(), "key-package.download", "domain:"+string(eid)+"/"+string(aid), map[string]any{"claim": c.ID})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.Package, nil
+}
+
+// JWKS returns the receipt key set that verifies key packages.
+func (s *Service) JWKS(ctx context.Context) (JWKS, error) {
+	kid, pub, err := s.Custody.ReceiptKey(ctx)
+	if err != nil {
+		return JWKS{}, err
+	}
+	return JWKS{Keys: []JWK{NewJWK(kid, pub)}}, nil
 }

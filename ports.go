@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"time"
 )
 
 // OAEPHash names the hash of RSA-OAEP in the RSA-AES wrap. SoftHSM offers
@@ -70,66 +71,15 @@ type Custody interface {
 	Health(ctx context.Context) error
 }
 
-// ModuleImport is one module of an import file, validated.
-type ModuleImport struct {
-	Line    int
-	EID     EID
-	ISDAID  AID
-	Domains []Domain // State, KeySource, Imported, KCV, KVN, AID set
-}
-
-// Repo is the storage keyport's use cases need. Every method works both on
-// the store and inside a transaction (Store.Tx).
+// Repo is the storage keyport's use cases need, one interface per concept.
+// Every method works both on the store and inside a transaction (Store.Tx,
+// Committer.Commit).
 type Repo interface {
-	AccountRepo // portal users, sessions and admin views (account.go)
-
-	CreateBatch(ctx context.Context, b *Batch) error // ErrConflict on a taken name
-	GetBatch(ctx context.Context, name string) (*Batch, error)
-	GetBatchByID(ctx context.Context, id int64) (*Batch, error)
-
-	// ImportModules inserts every module next yields (nil, nil ends) into
-	// the batch, all or nothing. A module whose EID exists already fails
-	// with a *LineError wrapping ErrConflict.
-	ImportModules(ctx context.Context, batchID int64, next func() (*ModuleImport, error)) (int, error)
-	// GetModule returns the module with its domains; ErrNotFound if unknown.
-	GetModule(ctx context.Context, eid EID) (*Module, error)
-	// GetDomain returns one domain; ErrNotFound if unknown.
-	GetDomain(ctx context.Context, eid EID, aid AID) (*Domain, error)
-	// ListDomains returns a provider's domains, newest first.
-	ListDomains(ctx context.Context, providerID string) ([]Domain, error)
-	// TransitionDomain moves a domain from one of `from` to `to` with a
-	// conditional update, setting OwnerID to owner (nil: leave it). It fails
-	// with ErrConflict, changing nothing, when the domain is not in `from`.
-	TransitionDomain(ctx context.Context, domainID int64, from []DomainState, to DomainState, owner *string) error
-	// FirstUnassigned returns the module's lowest UNASSIGNED domain.
-	FirstUnassigned(ctx context.Context, eid EID) (*Domain, error)
-
-	CreateProvider(ctx context.Context, p *Provider) error // ErrConflict on a taken e-mail
-	GetProvider(ctx context.Context, id string) (*Provider, error)
-	CreateAPIToken(ctx context.Context, t *APIToken) error
-	// GetAPITokenByHash returns a token that is not revoked.
-	GetAPITokenByHash(ctx context.Context, hash []byte) (*APIToken, error)
-
-	CreateWrappingKey(ctx context.Context, k *WrappingKey) error
-	// GetWrappingKey returns the provider's key; ErrNotFound for another's.
-	GetWrappingKey(ctx context.Context, providerID, id string) (*WrappingKey, error)
-
-	CreateClaim(ctx context.Context, c *Claim) error // ErrConflict on a reused (provider, idempotency key)
-	GetClaimByIdempotencyKey(ctx context.Context, providerID, key string) (*Claim, error)
-	// GetClaimForDomain returns the provider's current claim of a domain.
-	GetClaimForDomain(ctx context.Context, providerID string, domainID int64) (*Claim, error)
-
-	// AppendAudit chains e to the log: under a lock it reads the head, sets
-	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
-	AppendAudit(ctx context.Context, e *AuditEvent) error
-	// AuditEvents returns up to limit events with Seq > after, in Seq order.
-	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
-	AddCheckpoint(ctx context.Context, c *AuditCheckpoint) error
-	Checkpoints(ctx context.Context) ([]AuditCheckpoint, error)
-
-	AddOutbox(ctx context.Context, m *OutboxMessage) error
-
-	JobRepo // card-link jobs and admin-session leases (job.go)
+	ModuleRepo
+	ClaimRepo
+	AccountRepo
+	AuditRepo
+	JobRepo
 }
 
 // Store is a Repo that can run a function in one transaction. If fn returns
@@ -137,4 +87,189 @@ type Repo interface {
 type Store interface {
 	Repo
 	Tx(ctx context.Context, fn func(tx Repo) error) error
+}
+
+// Committer commits write transactions, possibly several callers' in one
+// database transaction (group commit; store.Group). Commit runs fn as
+// Store.Tx would: if fn returns an error nothing it did is kept, and Commit
+// returns only once what fn wrote is durably stored. fn must use the context
+// and Repo it is given, and may run more than once (only a committed run
+// counts), so it keeps nothing from a run but what it returns.
+type Committer interface {
+	Commit(ctx context.Context, fn func(ctx context.Context, tx Repo) error) error
+}
+
+// ModuleRepo stores batches, modules and their domains.
+type ModuleRepo interface {
+	CreateBatch(ctx context.Context, b *Batch) error // ErrConflict on a taken name
+	GetBatch(ctx context.Context, name string) (*Batch, error)
+	GetBatchByID(ctx context.Context, id int64) (*Batch, error)
+	ListBatches(ctx context.Context) ([]Batch, error)
+
+	// ImportModules inserts every module next yields (nil, nil ends) into
+	// the batch, all or nothing. A module whose EID exists already fails
+	// with a *LineError wrapping ErrConflict.
+	ImportModules(ctx context.Context, batchID int64, next func() (*ModuleImport, error)) (int, error)
+	// GetModule returns the module with its domains; ErrNotFound if unknown.
+	GetModule(ctx context.Context, eid EID) (*Module, error)
+	// TouchModule sets the module's last admin-session time.
+	TouchModule(ctx context.Context, moduleID int64, at time.Time) error
+
+	// GetDomain returns one domain; ErrNotFound if unknown.
+	GetDomain(ctx context.Context, eid EID, aid AID) (*Domain, error)
+	// ListDomains returns a provider's domains, newest first.
+	ListDomains(ctx context.Context, providerID string) ([]Domain, error)
+	// FirstUnassigned returns the module's lowest UNASSIGNED domain.
+	FirstUnassigned(ctx context.Context, eid EID) (*Domain, error)
+	// TransitionDomain moves a domain from one of `from` to `to` with a
+	// conditional update, setting OwnerID to owner (nil: leave it). It fails
+	// with ErrConflict, changing nothing, when the domain is not in `from`.
+	TransitionDomain(ctx context.Context, domainID int64, from []DomainState, to DomainState, owner *string) error
+	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
+	// unchanged) and the SCP03 sequence counter.
+	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
+
+	// PortalStats counts modules, domains by state, claims per day since
+	// `since` and jobs by state, for the admin dashboard.
+	PortalStats(ctx context.Context, since time.Time) (*PortalStats, error)
+}
+
+// ClaimRepo stores providers' wrapping keys and their claims of domains.
+type ClaimRepo interface {
+	CreateWrappingKey(ctx context.Context, k *WrappingKey) error
+	// GetWrappingKey returns the provider's key; ErrNotFound for another's.
+	GetWrappingKey(ctx context.Context, providerID, id string) (*WrappingKey, error)
+	ListWrappingKeys(ctx context.Context, providerID string) ([]WrappingKey, error)
+
+	CreateClaim(ctx context.Context, c *Claim) error // ErrConflict on a reused (provider, idempotency key)
+	GetClaimByIdempotencyKey(ctx context.Context, providerID, key string) (*Claim, error)
+	// GetClaimForDomain returns the provider's current claim of a domain.
+	GetClaimForDomain(ctx context.Context, providerID string, domainID int64) (*Claim, error)
+}
+
+// AccountRepo stores who may sign in or call the API: providers, their API
+// tokens and webhook URL, portal users with their one-time tokens and
+// sessions, and the outbox of messages to them.
+type AccountRepo interface {
+	CreateProvider(ctx context.Context, p *Provider) error // ErrConflict on a taken e-mail
+	GetProvider(ctx context.Context, id string) (*Provider, error)
+	ListProviders(ctx context.Context) ([]Provider, error)
+	// SetProviderStatus changes a provider's status; ErrNotFound if unknown.
+	SetProviderStatus(ctx context.Context, id string, status ProviderStatus) error
+	SetWebhookURL(ctx context.Context, providerID, webhookURL string) error
+
+	CreateAPIToken(ctx context.Context, t *APIToken) error
+	// GetAPITokenByHash returns a token that is not revoked.
+	GetAPITokenByHash(ctx context.Context, hash []byte) (*APIToken, error)
+	// ListAPITokens returns a provider's tokens (revoked ones too), newest first.
+	ListAPITokens(ctx context.Context, providerID string) ([]APIToken, error)
+	// RevokeAPIToken revokes one of the provider's tokens (a revoked one
+	// stays as it is); ErrNotFound for another provider's.
+	RevokeAPIToken(ctx context.Context, providerID, id string, at time.Time) error
+
+	CreateUser(ctx context.Context, u *User) error // ErrConflict on a taken e-mail
+	GetUser(ctx context.Context, id string) (*User, error)
+	GetUserByEmail(ctx context.Context, email string) (*User, error)
+	// RecordFailedLogin counts one wrong password and, when the count
+	// reaches max, locks the user until lockUntil. It returns the user as
+	// updated, in one statement so that parallel guesses all count.
+	RecordFailedLogin(ctx context.Context, id string, max int, lockUntil time.Time) (*User, error)
+	// ResetFailedLogins clears the count and any lock.
+	ResetFailedLogins(ctx context.Context, id string) error
+	SetUserVerified(ctx context.Context, id string, at time.Time) error
+	SetUserPassword(ctx context.Context, id, hash string) error
+	SetUserTOTP(ctx context.Context, id string, sealed []byte) error
+
+	CreateUserToken(ctx context.Context, t *UserToken) error
+	// TakeUserToken deletes and returns an unexpired token of the purpose;
+	// ErrNotFound if there is none (unknown, used or expired).
+	TakeUserToken(ctx context.Context, purpose TokenPurpose, hash []byte, now time.Time) (*UserToken, error)
+
+	CreateSession(ctx context.Context, s *Session) error
+	// GetSession returns an unexpired session; ErrNotFound otherwise.
+	GetSession(ctx context.Context, hash []byte, now time.Time) (*Session, error)
+	DeleteSession(ctx context.Context, hash []byte) error
+	DeleteUserSessions(ctx context.Context, userID string) error
+
+	AddOutbox(ctx context.Context, m *OutboxMessage) error
+	// ListOutbox returns the newest limit messages of a topic ("" = all).
+	ListOutbox(ctx context.Context, topic string, limit int) ([]OutboxMessage, error)
+	MarkOutboxSent(ctx context.Context, id int64, at time.Time) error
+}
+
+// AuditRepo stores the hash-chained audit log and its HSM checkpoints.
+type AuditRepo interface {
+	// AppendAudit chains e to the log: under a lock it reads the head, sets
+	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
+	AppendAudit(ctx context.Context, e *AuditEvent) error
+	// AuditEvents returns up to limit events with Seq > after, in Seq order.
+	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
+	// RecentAudit returns the newest limit audit events, newest first.
+	RecentAudit(ctx context.Context, limit int) ([]AuditEvent, error)
+	// ProviderAudit returns, newest first, up to limit audit events done by
+	// the provider or about it.
+	ProviderAudit(ctx context.Context, providerID string, limit int) ([]AuditEvent, error)
+	AddCheckpoint(ctx context.Context, c *AuditCheckpoint) error
+	Checkpoints(ctx context.Context) ([]AuditCheckpoint, error)
+}
+
+// JobRepo stores card-link jobs and the admin-session lease of each module.
+type JobRepo interface {
+	// CreateJob inserts j and sets its ID, CreatedAt and UpdatedAt.
+	CreateJob(ctx context.Context, j *Job) error
+	// GetJob returns the job with the public reference; ErrNotFound if none.
+	GetJob(ctx context.Context, ref string) (*Job, error)
+	// ListJobs returns the jobs f selects, oldest first.
+	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
+	// UpdateJob writes j's state, attempts, next run, result and last
+	// error, conditionally: only if the row is still in state `from` with
+	// `fromAttempts` attempts. Otherwise it changes nothing and fails with
+	// ErrConflict (another replica or session moved the job first).
+	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
+
+	// PendingModuleJobs returns up to limit of the module's second-key jobs
+	// that are QUEUED or SENT, oldest first, each with its domain's state
+	// and its provider's webhook URL: what an admin session reads before
+	// it writes, in one query.
+	PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]PendingJob, error)
+
+	// AcquireLease gives holder the module's admin-session lease until
+	// `until`, if nobody else holds an unexpired one at `now`; ErrConflict
+	// otherwise. The holder renews with the same call.
+	AcquireLease(ctx context.Context, moduleID int64, holder string, now, until time.Time) error
+	// ReleaseLease ends holder's lease, if it holds it; holder "" breaks
+	// the lease whoever holds it.
+	ReleaseLease(ctx context.Context, moduleID int64, holder string) error
+	// ReleaseIdleLease ends holder's lease only if the module has no
+	// second-key job QUEUED or SENT, and reports whether it did: in the
+	// transaction that records a session's last answer, the session ends
+	// exactly when there is nothing more to send.
+	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)
+}
+
+// Mailer sends e-mail (SMTP in production). Without one, messages stay in
+// the outbox, which the admin console shows.
+type Mailer interface {
+	Send(ctx context.Context, to, subject, body string) error
+}
+
+// LinkCustody is the HSM part of card-link: each module's TLS-PSK (KVN 0x40,
+// key type '85'), derived in the HSM and handed only to the TLS layer.
+type LinkCustody interface {
+	ModulePSK(ctx context.Context, eid EID, isdAID AID) ([]byte, error)
+}
+
+// Trigger wakes a module so that it opens an admin session (GP Amendment B:
+// "administration session triggering"; an SMS in the field). Wake returns
+// ErrUnreachable when the module cannot be told now; the job is retried
+// with backoff.
+type Trigger interface {
+	Wake(ctx context.Context, eid EID) error
+}
+
+// SecretSealer keeps small secrets (TOTP seeds) sealed by the HSM: the
+// database holds only what Seal returns.
+type SecretSealer interface {
+	Seal(ctx context.Context, plaintext []byte) ([]byte, error)
+	Unseal(ctx context.Context, sealed []byte) ([]byte, error)
 }

@@ -1,6 +1,7 @@
 package keyport
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -305,4 +306,62 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 		req.APDUs = append(req.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
 	}
 	return req, nil
+}
+
+// SubmitScript queues a provider's second-key script for one of its
+// ASSIGNED domains (flow 7): the job, its audit event and the provider's
+// "job.queued" webhook are written in one transaction. One script per
+// domain at a time: ErrConflict while another is not final.
+func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AID, req ScriptRequest) (*Job, error) {
+	if p.ProviderID == "" {
+		return nil, fmt.Errorf("%w: only the domain's provider submits its scripts", ErrForbidden)
+	}
+	d, err := s.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		return nil, err
+	}
+	if d.OwnerID != p.ProviderID {
+		return nil, ErrNotFound
+	}
+	payload, err := CheckScript(eid, aid, d.KVN, req)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	exp := now.Add(s.Delivery.expiry())
+	j := &Job{Ref: NewID("job"), Kind: JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: p.ProviderID,
+		State: JobQueued, NextRunAt: now, ExpiresAt: &exp, SecondKey: payload}
+	hook, err := s.webhookURL(ctx, p.ProviderID)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		d, err := tx.GetDomain(ctx, eid, aid) // re-read inside the transaction
+		if err != nil {
+			return err
+		}
+		if d.State != Assigned || d.OwnerID != p.ProviderID {
+			return fmt.Errorf("%w: domain is %s; a second-key script needs an ASSIGNED domain", ErrConflict, d.State)
+		}
+		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
+		if err != nil {
+			return err
+		}
+		if len(active) > 0 {
+			return fmt.Errorf("%w: job %s for this domain is still %s", ErrConflict, active[0].Ref, active[0].State)
+		}
+		if err := tx.CreateJob(ctx, j); err != nil {
+			return err
+		}
+		if err := s.audit(ctx, tx, p.Actor(), "script.submit", domainObject(eid, aid),
+			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs), "expect": payload.Expect}); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, j, d.State, hook)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log().Info("script queued", "job", j.Ref, "eid", eid, "aid", aid)
+	return j, nil
 }

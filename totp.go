@@ -13,13 +13,6 @@ import (
 	"time"
 )
 
-// SecretSealer keeps small secrets (TOTP seeds) sealed by the HSM: the
-// database holds only what Seal returns.
-type SecretSealer interface {
-	Seal(ctx context.Context, plaintext []byte) ([]byte, error)
-	Unseal(ctx context.Context, sealed []byte) ([]byte, error)
-}
-
 // TOTPCode is the RFC 6238 code (HMAC-SHA1, 30 s steps, 6 digits) of secret
 // at t.
 func TOTPCode(secret []byte, t time.Time) string {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"math/rand/v2"
 	"strings"
 	"time"
 )
@@ -59,87 +58,7 @@ func (s *Service) notify(ctx context.Context, tx Repo, j *Job, ds DomainState, h
 	}
 	exp := now.Add(72 * time.Hour)
 	return tx.CreateJob(ctx, &Job{Ref: NewID("job"), Kind: JobWebhook, ProviderID: j.ProviderID, State: JobQueued,
-		NextRunAt: now, ExpiresAt: &exp, Payload: string(b)})
-}
-
-// WebhookDelivery is one webhook to POST now.
-type WebhookDelivery struct {
-	Job       Job
-	URL       string
-	Body      []byte
-	Signature string // value of WebhookSignatureHeader
-}
-
-// ClaimWebhooks takes up to limit due webhook jobs for this process: each is
-// claimed with a conditional update that also schedules its retry, so two
-// replicas never send the same attempt, and a crash mid-send only delays it.
-// Bodies are signed in the HSM.
-func (s *Service) ClaimWebhooks(ctx context.Context, limit int) ([]WebhookDelivery, error) {
-	now := s.now().UTC()
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kind: JobWebhook, States: []JobState{JobQueued}, DueBefore: now, Limit: limit})
-	if err != nil {
-		return nil, err
-	}
-	var out []WebhookDelivery
-	for i := range jobs {
-		j := jobs[i]
-		from, attempts := j.State, j.Attempts
-		if j.Attempts >= s.Delivery.webhookAttempts() || j.ExpiresAt != nil && now.After(*j.ExpiresAt) {
-			j.State = JobFailed
-			if j.LastError == "" {
-				j.LastError = "gave up"
-			}
-			if err := s.Store.UpdateJob(ctx, &j, from, attempts); err != nil && !errors.Is(err, ErrConflict) {
-				return out, err
-			}
-			continue
-		}
-		j.Attempts++
-		j.NextRunAt = now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64()))
-		if err := s.Store.UpdateJob(ctx, &j, from, attempts); err != nil {
-			if errors.Is(err, ErrConflict) {
-				continue // another replica took it
-			}
-			return out, err
-		}
-		prov, err := s.Store.GetProvider(ctx, j.ProviderID)
-		if err != nil {
-			return out, err
-		}
-		if prov.WebhookURL == "" {
-			j2 := j
-			j2.State, j2.LastError = JobCancelled, "the provider removed its webhook URL"
-			if err := s.Store.UpdateJob(ctx, &j2, j.State, j.Attempts); err != nil && !errors.Is(err, ErrConflict) {
-				return out, err
-			}
-			continue
-		}
-		sig, err := s.SignDetached(ctx, []byte(j.Payload))
-		if err != nil {
-			return out, err // the job was rescheduled; it is retried later
-		}
-		out = append(out, WebhookDelivery{Job: j, URL: prov.WebhookURL, Body: []byte(j.Payload), Signature: sig})
-	}
-	return out, nil
-}
-
-// WebhookSent records a delivery's outcome: DONE on success; on failure
-// the job stays QUEUED for the retry ClaimWebhooks scheduled, with the error.
-func (s *Service) WebhookSent(ctx context.Context, d *WebhookDelivery, sendErr error) error {
-	j := d.Job
-	if sendErr == nil {
-		j.State, j.LastError = JobDone, ""
-	} else {
-		j.LastError = sendErr.Error()
-		if len(j.LastError) > 500 {
-			j.LastError = j.LastError[:500]
-		}
-	}
-	err := s.Store.UpdateJob(ctx, &j, d.Job.State, d.Job.Attempts)
-	if errors.Is(err, ErrConflict) {
-		return nil
-	}
-	return err
+		NextRunAt: now, ExpiresAt: &exp, Event: b})
 }
 
 // SignDetached signs payload with the HSM receipt key and returns the

@@ -59,7 +59,7 @@ type AdminServerConfig struct {
 // TLS-PSK (RFC 4279) where the PSK identity names a module (its EID) and the
 // PSK is the module's key, derived in the HSM for the handshake only. It
 // hands each module its queued scripts, one session per module at a time,
-// and records the answers (keyport.Service.ScriptAnswered).
+// and records the answers (keyport.Service.AnswerScript).
 type AdminServer struct {
 	cfg AdminServerConfig
 	log *slog.Logger
@@ -73,8 +73,6 @@ type AdminServer struct {
 	// change once imported, and every handshake and new dialog needs
 	// them. The PSK itself is never cached.
 	modules moduleCache
-	// writes commits concurrent sessions' transactions together.
-	writes *keyport.TxGroup
 
 	mu     sync.Mutex
 	lns    []net.Listener
@@ -98,9 +96,6 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 		cfg.WakeCheck = 5 * time.Second
 	}
 	s := &AdminServer{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
-	if cfg.Service != nil {
-		s.writes = keyport.NewTxGroup(cfg.Service.Store)
-	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	t := cfg.TLS
 	t.PSK = s.psk
@@ -408,7 +403,7 @@ func (cn *conn) newDialog(ctx context.Context, resume bool) AdminResponse {
 	}
 	// The lease and the first script in one go (OpenAdminSession, then
 	// NextScript, when that cannot be).
-	sess, del, err := cn.s.cfg.Service.StartAdminSession(ctx, cn.s.writes, cn.mod, resume, resume, cn.s.cfg.Script)
+	sess, del, err := cn.s.cfg.Service.StartAdminSession(ctx, cn.mod, resume, cn.s.cfg.Script)
 	if sess != nil {
 		cn.sess = sess
 	}

@@ -33,11 +33,59 @@ type jobRow struct {
 
 func (jobRow) TableName() string { return "jobs" }
 
-func (r jobRow) model() keyport.Job {
-	return keyport.Job{ID: r.ID, Ref: r.Ref.String, Kind: keyport.JobKind(r.Kind), DomainID: r.DomainID.Int64,
+func (r jobRow) model() (keyport.Job, error) {
+	j := keyport.Job{ID: r.ID, Ref: r.Ref.String, Kind: keyport.JobKind(r.Kind), DomainID: r.DomainID.Int64,
 		ModuleID: r.ModuleID.Int64, ProviderID: r.ProviderID.String, State: keyport.JobState(r.State),
-		Attempts: r.Attempts, NextRunAt: r.NextRunAt.UTC(), ExpiresAt: utcPtr(r.ExpiresAt), Payload: r.Payload,
-		Result: r.Result, LastError: r.LastError, CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC()}
+		Attempts: r.Attempts, NextRunAt: r.NextRunAt.UTC(), ExpiresAt: utcPtr(r.ExpiresAt),
+		LastError: r.LastError, CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC()}
+	switch j.Kind {
+	case keyport.JobSecondKey:
+		j.SecondKey = new(keyport.SecondKeyPayload)
+		if err := json.Unmarshal([]byte(r.Payload), j.SecondKey); err != nil {
+			return j, fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
+		}
+	case keyport.JobWebhook:
+		j.Event = []byte(r.Payload)
+	default:
+		return j, fmt.Errorf("store: job %s: unknown kind %q", j.Ref, r.Kind)
+	}
+	if r.Result != "" {
+		j.Result = new(keyport.ScriptResult)
+		if err := json.Unmarshal([]byte(r.Result), j.Result); err != nil {
+			return j, fmt.Errorf("store: job %s: result: %w", j.Ref, err)
+		}
+	}
+	return j, nil
+}
+
+// jobPayload is what the payload column holds for j.
+func jobPayload(j *keyport.Job) (string, error) {
+	switch j.Kind {
+	case keyport.JobSecondKey:
+		if j.SecondKey == nil {
+			return "", fmt.Errorf("store: job %s: a second-key job without its script: %w", j.Ref, keyport.ErrInvalid)
+		}
+		b, err := json.Marshal(j.SecondKey)
+		if err != nil {
+			return "", fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
+		}
+		return string(b), nil
+	case keyport.JobWebhook:
+		return string(j.Event), nil
+	}
+	return "", fmt.Errorf("store: job %s: unknown kind %q: %w", j.Ref, j.Kind, keyport.ErrInvalid)
+}
+
+// jobResult is what the result column holds for j ("" for none).
+func jobResult(j *keyport.Job) (string, error) {
+	if j.Result == nil {
+		return "", nil
+	}
+	b, err := json.Marshal(j.Result)
+	if err != nil {
+		return "", fmt.Errorf("store: job %s: result: %w", j.Ref, err)
+	}
+	return string(b), nil
 }
 
 func nullInt(v int64) sql.NullInt64 { return sql.NullInt64{Int64: v, Valid: v != 0} }
@@ -47,11 +95,19 @@ func (r *repo) CreateJob(ctx context.Context, j *keyport.Job) error {
 	if j.Ref == "" {
 		return fmt.Errorf("store: create job: no reference: %w", keyport.ErrInvalid)
 	}
+	payload, err := jobPayload(j)
+	if err != nil {
+		return err
+	}
+	result, err := jobResult(j)
+	if err != nil {
+		return err
+	}
 	t := now()
 	row := jobRow{Ref: sql.NullString{String: j.Ref, Valid: true}, Kind: string(j.Kind), DomainID: nullInt(j.DomainID),
 		ModuleID: nullInt(j.ModuleID), ProviderID: sql.NullString{String: j.ProviderID, Valid: j.ProviderID != ""},
 		State: string(j.State), Attempts: j.Attempts, NextRunAt: dbTime(j.NextRunAt), ExpiresAt: dbTimePtr(j.ExpiresAt),
-		Payload: j.Payload, Result: j.Result, LastError: j.LastError, CreatedAt: t, UpdatedAt: t}
+		Payload: payload, Result: result, LastError: j.LastError, CreatedAt: t, UpdatedAt: t}
 	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
 		return wrap("create job", err)
 	}
@@ -66,7 +122,10 @@ func (r *repo) GetJob(ctx context.Context, ref string) (*keyport.Job, error) {
 	if err := r.r.WithContext(ctx).Where("ref = ?", ref).Take(&row).Error; err != nil {
 		return nil, wrap("get job", err)
 	}
-	j := row.model()
+	j, err := row.model()
+	if err != nil {
+		return nil, err
+	}
 	return &j, nil
 }
 
@@ -112,7 +171,10 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	}
 	out := make([]keyport.Job, len(rows))
 	for i, row := range rows {
-		out[i] = row.model()
+		var err error
+		if out[i], err = row.model(); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
@@ -138,7 +200,11 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 	}
 	out := make([]keyport.PendingJob, len(rows))
 	for i, row := range rows {
-		out[i] = keyport.PendingJob{Job: row.Job.model(), DomainState: keyport.DomainState(row.DomainState.String),
+		j, err := row.Job.model()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = keyport.PendingJob{Job: j, DomainState: keyport.DomainState(row.DomainState.String),
 			WebhookURL: row.WebhookURL.String}
 	}
 	return out, nil
@@ -148,10 +214,14 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 // with fromAttempts attempts: one conditional UPDATE, so that of two
 // sessions or replicas moving the same job exactly one wins.
 func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobState, fromAttempts int) error {
+	result, err := jobResult(j)
+	if err != nil {
+		return err
+	}
 	t := now()
 	res := r.w.WithContext(ctx).Exec(`UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result = ?, last_error = ?,
 		updated_at = ? WHERE id = ? AND state = ? AND attempts = ?`,
-		string(j.State), j.Attempts, dbTime(j.NextRunAt), j.Result, j.LastError, t, j.ID, string(from), fromAttempts)
+		string(j.State), j.Attempts, dbTime(j.NextRunAt), result, j.LastError, t, j.ID, string(from), fromAttempts)
 	if res.Error != nil {
 		return wrap("update job", res.Error)
 	}
@@ -226,31 +296,4 @@ func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv m
 func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
 	err := r.w.WithContext(ctx).Exec(`UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID).Error
 	return wrap("touch module", err)
-}
-
-// Savepoint runs fn inside the current transaction under a savepoint: fn's
-// error rolls back what fn did and nothing else, and is returned as fnErr.
-// err reports a savepoint that could not be set, released or rolled back
-// to: the transaction is then in no known state and must be rolled back.
-// keyport.TxGroup uses it to commit several admin sessions' writes at once,
-// each as if in its own transaction.
-func (r *repo) Savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (fnErr, err error) {
-	if !r.inTx {
-		return nil, fmt.Errorf("store: savepoint outside a transaction: %w", keyport.ErrInvalid)
-	}
-	// One fixed name: savepoints are set one after another, never nested,
-	// and a fixed text keeps the prepared-statement cache small.
-	db := r.w.WithContext(ctx)
-	if err := db.Exec(`SAVEPOINT keyport_op`).Error; err != nil {
-		return nil, wrap("savepoint", err)
-	}
-	if fnErr = fn(r); fnErr != nil {
-		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
-			return fnErr, wrap("rollback to savepoint", err)
-		}
-	}
-	if err := db.Exec(`RELEASE SAVEPOINT keyport_op`).Error; err != nil {
-		return fnErr, wrap("release savepoint", err)
-	}
-	return fnErr, nil
 }

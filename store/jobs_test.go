@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"errors"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -28,7 +29,13 @@ func jobModule(t *testing.T, s *store.Store, n int) *keyport.Module {
 func newJob(m *keyport.Module, d int, ref string) *keyport.Job {
 	exp := time.Now().Add(time.Hour)
 	return &keyport.Job{Ref: ref, Kind: keyport.JobSecondKey, DomainID: m.Domains[d].ID, ModuleID: m.ID,
-		State: keyport.JobQueued, NextRunAt: time.Now().Add(-time.Second), ExpiresAt: &exp, Payload: `{"x":1}`}
+		State: keyport.JobQueued, NextRunAt: time.Now().Add(-time.Second), ExpiresAt: &exp, SecondKey: testScript(m, d)}
+}
+
+// testScript is a second-key payload for domain d of m, as stored.
+func testScript(m *keyport.Module, d int) *keyport.SecondKeyPayload {
+	return &keyport.SecondKeyPayload{EID: m.EID, AID: m.Domains[d].AID, APDUs: []string{"8050300008", "84820000"},
+		Expect: keyport.Expectation{KVN: 0x31, KCV: map[keyport.KeyUsage]string{keyport.UsageENC: "AAAAAA"}}, PutKey: 1, InitUpdate: 0}
 }
 
 func TestJobsOfAModuleListInSubmissionOrderAndFilterByStateAndDueTime(t *testing.T) {
@@ -50,7 +57,7 @@ func TestJobsOfAModuleListInSubmissionOrderAndFilterByStateAndDueTime(t *testing
 			t.Fatalf("due jobs %+v %v", due, err)
 		}
 		got, err := s.GetJob(ctx, "job_b")
-		if err != nil || got.DomainID != m.Domains[1].ID || got.ExpiresAt == nil || got.Payload != `{"x":1}` {
+		if err != nil || got.DomainID != m.Domains[1].ID || got.ExpiresAt == nil || !reflect.DeepEqual(got.SecondKey, testScript(m, 1)) {
 			t.Fatalf("GetJob %+v %v", got, err)
 		}
 		if _, err := s.GetJob(ctx, "job_nope"); !errors.Is(err, keyport.ErrNotFound) {
@@ -172,7 +179,7 @@ func TestPendingModuleJobsJoinDomainStateAndWebhookURLOldestFirst(t *testing.T) 
 			t.Fatalf("pending %+v %v", got, err)
 		}
 		if got[0].Ref != "job_a" || got[0].State != keyport.JobQueued || got[0].ID != a.ID || got[0].DomainID != m.Domains[0].ID ||
-			got[0].DomainState != m.Domains[0].State || got[0].WebhookURL != p.WebhookURL || got[0].Payload != `{"x":1}` || got[0].ExpiresAt == nil {
+			got[0].DomainState != m.Domains[0].State || got[0].WebhookURL != p.WebhookURL || !reflect.DeepEqual(got[0].SecondKey, testScript(m, 0)) || got[0].ExpiresAt == nil {
 			t.Fatalf("first pending job %+v", got[0])
 		}
 		if got[1].Ref != "job_b" || got[1].WebhookURL != "" || got[1].DomainState != m.Domains[1].State {

@@ -261,6 +261,12 @@ func (s *Store) Dialect() string { return s.dialect.String() }
 // the write lock from its start, so concurrent transactions run one after
 // another; fn must therefore use tx, never s, or it waits for itself.
 func (s *Store) Tx(ctx context.Context, fn func(tx keyport.Repo) error) error {
+	return s.tx(ctx, func(tx *repo) error { return fn(tx) })
+}
+
+// tx is Tx for the store's own callers (Group), which need the repo's
+// savepoints.
+func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
 	var fnErr error
 	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
 		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})

@@ -1,7 +1,6 @@
 package web
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -253,24 +252,14 @@ func (s *Server) listAudit(c echo.Context) error {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	evs, err := s.svc.Store.AuditEvents(c.Request().Context(), after, limit)
+	evs, err := s.svc.AuditEvents(c.Request().Context(), principal(c), after, limit)
 	if err != nil {
 		return err
 	}
-	type ev struct {
-		Seq    int64           `json:"seq"`
-		At     time.Time       `json:"at"`
-		Actor  string          `json:"actor"`
-		Action string          `json:"action"`
-		Object string          `json:"object"`
-		Detail json.RawMessage `json:"detail"`
-		Hash   string          `json:"hash"`
+	if evs == nil {
+		evs = []keyport.AuditEvent{}
 	}
-	out := []ev{}
-	for _, e := range evs {
-		out = append(out, ev{e.Seq, e.At, e.Actor, e.Action, e.Object, json.RawMessage(e.Detail), fmt.Sprintf("%x", e.Hash)})
-	}
-	return c.JSON(http.StatusOK, map[string]any{"events": out})
+	return c.JSON(http.StatusOK, map[string]any{"events": evs})
 }
 
 func (s *Server) verifyAudit(c echo.Context) error {

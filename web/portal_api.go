@@ -127,16 +127,8 @@ func (s *Server) apiMyAudit(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	type ev struct {
-		Seq    int64     `json:"seq"`
-		At     time.Time `json:"at"`
-		Actor  string    `json:"actor"`
-		Action string    `json:"action"`
-		Object string    `json:"object"`
+	if evs == nil {
+		evs = []keyport.AuditEvent{}
 	}
-	out := []ev{}
-	for _, e := range evs {
-		out = append(out, ev{e.Seq, e.At, e.Actor, e.Action, e.Object})
-	}
-	return c.JSON(http.StatusOK, map[string]any{"events": out})
+	return c.JSON(http.StatusOK, map[string]any{"events": evs})
 }

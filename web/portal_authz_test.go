@@ -92,7 +92,7 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 		t.Fatal(err)
 	}
 	job := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID,
-		ProviderID: a.ProviderID, State: keyport.JobQueued, NextRunAt: time.Now(), Payload: "{}"}
+		ProviderID: a.ProviderID, State: keyport.JobQueued, NextRunAt: time.Now(), SecondKey: &keyport.SecondKeyPayload{}}
 	if err := p.w.Store.CreateJob(ctx, job); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package web_test
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -57,7 +56,8 @@ func TestBrowserJobPageFollowsTheJobLiveAndShowsTheCardsTranscript(t *testing.T)
 	d, _ := p.w.Store.GetDomain(ctx, eid, aid)
 	j := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID,
 		ProviderID: pr.ProviderID, State: keyport.JobQueued, NextRunAt: time.Now(),
-		Payload: `{"eid":"` + string(eid) + `","aid":"` + string(aid) + `","apdus":["80500000"],"expect":{"kvn":49,"kcv":{"enc":"AAAAAA","mac":"BBBBBB","dek":"CCCCCC"}},"put_key":0,"init_update":-1}`}
+		SecondKey: &keyport.SecondKeyPayload{EID: eid, AID: aid, APDUs: []string{"80500000"}, PutKey: 0, InitUpdate: -1,
+			Expect: keyport.Expectation{KVN: 49, KCV: map[keyport.KeyUsage]string{keyport.UsageENC: "AAAAAA", keyport.UsageMAC: "BBBBBB", keyport.UsageDEK: "CCCCCC"}}}}
 	if err := p.w.Store.CreateJob(ctx, j); err != nil {
 		t.Fatal(err)
 	}
@@ -69,8 +69,7 @@ func TestBrowserJobPageFollowsTheJobLiveAndShowsTheCardsTranscript(t *testing.T)
 		t.Fatal(err)
 	}
 	waitText(t, tab, "#job-state", "SENT")
-	res, _ := json.Marshal(keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"00112233445566778899AABB9000", "9000"}, Confirmed: true})
-	j.State, j.Result = keyport.JobDone, string(res)
+	j.State, j.Result = keyport.JobDone, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"00112233445566778899AABB9000", "9000"}, Confirmed: true}
 	if err := p.w.Store.UpdateJob(ctx, j, keyport.JobSent, 1); err != nil {
 		t.Fatal(err)
 	}

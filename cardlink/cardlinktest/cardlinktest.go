@@ -224,7 +224,7 @@ func WaitJob(t testing.TB, svc *keyport.Service, p keyport.Principal, ref string
 			return j
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cardlinktest: job %s stuck in %s (%s; result %s)", ref, j.State, j.LastError, j.Result)
+			t.Fatalf("cardlinktest: job %s stuck in %s (%s; result %+v)", ref, j.State, j.LastError, j.Result)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -92,7 +92,7 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 		return nil, err
 	}
 	a.store, a.hsm = st, h
-	a.svc = &keyport.Service{Store: st, Custody: h, Log: a.log}
+	a.svc = &keyport.Service{Store: st, Custody: h, Log: a.log, Writes: st.Group()}
 	return a, nil
 }
 

@@ -24,7 +24,7 @@ func TestModulePSKWritesTheHandshakePSKOnceAndNeverOverwrites(t *testing.T) {
 	kp(t, o, common, "module", "psk", string(eid), "--out", out)
 	b, _ := os.ReadFile(out)
 	psk, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	want, _ := w.Svc.ModulePSK(context.Background(), string(eid))
+	want := w.HandshakePSK(t, eid)
 	if err != nil || !bytes.Equal(psk, want) {
 		t.Fatalf("PSK file holds %q, want the handshake PSK (%v)", b, err)
 	}

@@ -1,4 +1,4 @@
-package cardlink_test
+package store_test
 
 import (
 	"context"
@@ -14,13 +14,13 @@ import (
 	"github.com/keyport/keyport/store/storetest"
 )
 
-// TestTxGroupCommitsEachCallersWritesAsItsOwnTransaction runs many
-// concurrent group transactions, some of which fail after a first write:
+// TestGroupCommitsEachCallersWritesAsItsOwnTransaction runs many
+// concurrent group commits, some of which fail after a first write:
 // every caller that succeeded finds both its rows, every caller that failed
 // finds neither and gets its own error, whatever group it shared.
-func TestTxGroupCommitsEachCallersWritesAsItsOwnTransaction(t *testing.T) {
+func TestGroupCommitsEachCallersWritesAsItsOwnTransaction(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		g := keyport.NewTxGroup(s)
+		g := s.Group()
 		g.Max = 8
 		boom := errors.New("boom")
 		const n = 60
@@ -30,10 +30,10 @@ func TestTxGroupCommitsEachCallersWritesAsItsOwnTransaction(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = g.Tx(context.Background(), s, func(ctx context.Context, tx keyport.Repo) error {
+				errs[i] = g.Commit(context.Background(), func(ctx context.Context, tx keyport.Repo) error {
 					for k := range 2 {
 						if err := tx.CreateJob(ctx, &keyport.Job{Ref: fmt.Sprintf("job_g%d_%d", i, k), Kind: keyport.JobWebhook,
-							State: keyport.JobQueued, NextRunAt: time.Now(), Payload: "{}"}); err != nil {
+							State: keyport.JobQueued, NextRunAt: time.Now(), Event: []byte("{}")}); err != nil {
 							return err
 						}
 						if i%7 == 3 && k == 0 {
@@ -42,7 +42,7 @@ func TestTxGroupCommitsEachCallersWritesAsItsOwnTransaction(t *testing.T) {
 					}
 					if i%11 == 5 { // a constraint violation on the second caller's own row
 						return tx.CreateJob(ctx, &keyport.Job{Ref: fmt.Sprintf("job_g%d_0", i), Kind: keyport.JobWebhook,
-							State: keyport.JobQueued, NextRunAt: time.Now(), Payload: "{}"})
+							State: keyport.JobQueued, NextRunAt: time.Now(), Event: []byte("{}")})
 					}
 					return nil
 				})
@@ -69,11 +69,11 @@ func TestTxGroupCommitsEachCallersWritesAsItsOwnTransaction(t *testing.T) {
 	})
 }
 
-// TestTxGroupTurnsAPanicIntoThatCallersErrorAndLetsTheOthersCommit: one
+// TestGroupTurnsAPanicIntoThatCallersErrorAndLetsTheOthersCommit: one
 // caller's bug must not strand the rest of its group.
-func TestTxGroupTurnsAPanicIntoThatCallersErrorAndLetsTheOthersCommit(t *testing.T) {
+func TestGroupTurnsAPanicIntoThatCallersErrorAndLetsTheOthersCommit(t *testing.T) {
 	s := storetest.Open(t, storetest.SQLitePath(t))
-	g := keyport.NewTxGroup(s)
+	g := s.Group()
 	const n = 20
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -81,12 +81,12 @@ func TestTxGroupTurnsAPanicIntoThatCallersErrorAndLetsTheOthersCommit(t *testing
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = g.Tx(context.Background(), s, func(ctx context.Context, tx keyport.Repo) error {
+			errs[i] = g.Commit(context.Background(), func(ctx context.Context, tx keyport.Repo) error {
 				if i == 7 {
 					panic("caller bug")
 				}
 				return tx.CreateJob(ctx, &keyport.Job{Ref: fmt.Sprintf("job_p%d", i), Kind: keyport.JobWebhook,
-					State: keyport.JobQueued, NextRunAt: time.Now(), Payload: "{}"})
+					State: keyport.JobQueued, NextRunAt: time.Now(), Event: []byte("{}")})
 			})
 		}()
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,8 +15,6 @@ import (
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
-
-func TestMain(m *testing.M) { storetest.Main(m) }
 
 func TestClaimGivesTheProviderTheManufacturersFirstKeysWrappedToItsKey(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
@@ -180,100 +177,4 @@ func TestClaimThatFailsBetweenTheHSMWrapAndTheCommitLeavesTheDomainUnassigned(t 
 			t.Errorf("claim after the failure: %v", err)
 		}
 	})
-}
-
-func TestImportRejectsTheWholeFileNamingEveryBadLine(t *testing.T) {
-	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		ctx := context.Background()
-		w := fixture.New(t, s, 1, 1)
-		lines := []string{
-			w.ImportLine(t, fixture.EID(t, 10), 2, ""),
-			`{"eid":"123"}`,
-			w.ImportLine(t, fixture.EID(t, 11), 1, ""),
-			w.ImportLine(t, fixture.EID(t, 12), 1, "000000"), // KCV does not match the key
-			"",
-			`garbage`,
-		}
-		_, err := w.Svc.ImportModules(ctx, fixture.Admin, "b1", strings.NewReader(strings.Join(lines, "\n")), keyport.VerifyAll)
-		var ie *keyport.ImportErrors
-		if !errors.As(err, &ie) {
-			t.Fatalf("err = %v, want ImportErrors", err)
-		}
-		var got []int
-		for _, l := range ie.Lines {
-			got = append(got, l.Line)
-		}
-		if fmt.Sprint(got) != "[2 4 6]" || !strings.Contains(err.Error(), "KCV 000000 does not match") {
-			t.Errorf("bad lines %v, err %v", got, err)
-		}
-		for _, n := range []int{10, 11} {
-			if _, err := s.GetModule(ctx, fixture.EID(t, n)); !errors.Is(err, keyport.ErrNotFound) {
-				t.Errorf("module %d was imported from a rejected file", n)
-			}
-		}
-		// A module already imported rejects the file too, naming its line.
-		dup := w.ImportLine(t, fixture.EID(t, 0), 1, "")
-		_, err = w.Svc.ImportModules(ctx, fixture.Admin, "b1", strings.NewReader(w.ImportLine(t, fixture.EID(t, 13), 1, "")+"\n"+dup), keyport.VerifyNone)
-		var le *keyport.LineError
-		if !errors.As(err, &le) || le.Line != 2 || !errors.Is(err, keyport.ErrConflict) {
-			t.Errorf("duplicate EID: %v", err)
-		}
-		if _, err := s.GetModule(ctx, fixture.EID(t, 13)); !errors.Is(err, keyport.ErrNotFound) {
-			t.Error("module 13 imported from a file with a duplicate")
-		}
-	})
-}
-
-func TestLookupShowsAProviderOnlyFreeDomainsAndItsOwn(t *testing.T) {
-	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		ctx := context.Background()
-		w := fixture.New(t, s, 1, 3)
-		a, _, wkA := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
-		b, _, wkB := w.Provider(t, "Bank B", fixture.RSAKeys()[0])
-		eid := fixture.EID(t, 0)
-		if _, _, err := w.Svc.Claim(ctx, a, keyport.ClaimRequest{EID: eid, AID: fixture.AID(1), WrappingKeyID: wkA}); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := w.Svc.Claim(ctx, b, keyport.ClaimRequest{EID: eid, AID: fixture.AID(2), WrappingKeyID: wkB}); err != nil {
-			t.Fatal(err)
-		}
-		v, err := w.Svc.LookupModule(ctx, a, eid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var seen []string
-		for _, d := range v.Domains {
-			seen = append(seen, string(d.AID)+":"+string(d.State))
-			if d.Imported != nil {
-				t.Error("lookup returned stored wrapped keys")
-			}
-		}
-		if want := fmt.Sprint([]string{string(fixture.AID(1)) + ":ASSIGNED", string(fixture.AID(3)) + ":UNASSIGNED"}); fmt.Sprint(seen) != want {
-			t.Errorf("provider A sees %v, want %v", seen, want)
-		}
-		if _, err := w.Svc.KeyPackage(ctx, a, eid, fixture.AID(2)); !errors.Is(err, keyport.ErrNotFound) {
-			t.Errorf("A fetched B's package: %v", err)
-		}
-		if _, err := w.Svc.GetDomain(ctx, a, eid, fixture.AID(2)); !errors.Is(err, keyport.ErrNotFound) {
-			t.Errorf("A read B's domain: %v", err)
-		}
-		if _, _, err := w.Svc.Claim(ctx, a, keyport.ClaimRequest{EID: eid, WrappingKeyID: wkB}); err == nil {
-			t.Error("A claimed with B's wrapping key")
-		}
-	})
-}
-
-func TestAPrincipalWithoutAProviderSeesNoDomain(t *testing.T) {
-	s := storetest.Open(t, storetest.SQLitePath(t))
-	w := fixture.New(t, s, 1, 1)
-	ctx := context.Background()
-	if _, err := w.Svc.GetDomain(ctx, keyport.Principal{}, fixture.EID(t, 0), fixture.AID(1)); !errors.Is(err, keyport.ErrForbidden) {
-		t.Errorf("GetDomain with an empty principal: %v, want ErrForbidden", err)
-	}
-	if _, err := w.Svc.ListDomains(ctx, keyport.Principal{}); !errors.Is(err, keyport.ErrForbidden) {
-		t.Errorf("ListDomains with an empty principal: %v", err)
-	}
-	if _, err := w.Svc.KeyPackage(ctx, keyport.Principal{}, fixture.EID(t, 0), fixture.AID(1)); !errors.Is(err, keyport.ErrForbidden) {
-		t.Errorf("KeyPackage with an empty principal: %v", err)
-	}
 }

@@ -2,6 +2,8 @@ package keyport
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -9,16 +11,139 @@ import (
 	"time"
 )
 
-// Portal use cases: what a signed-in provider manages beside claims (API
-// tokens, webhook, its audit trail) and what an issuer admin oversees
-// (providers, the outbox, statistics). Every method checks the principal.
+// ProviderKind is the kind of organisation a provider is.
+type ProviderKind string
 
-// ListWrappingKeys returns the caller's wrapping keys.
-func (s *Service) ListWrappingKeys(ctx context.Context, p Principal) ([]WrappingKey, error) {
-	if p.ProviderID == "" {
-		return nil, ErrForbidden
+// Provider kinds.
+const (
+	KindBank     ProviderKind = "bank"
+	KindRetailer ProviderKind = "retailer"
+	KindTransit  ProviderKind = "transit"
+	KindOther    ProviderKind = "other"
+)
+
+// ProviderStatus is where a provider is in sign-up.
+type ProviderStatus string
+
+// Provider statuses.
+const (
+	ProviderPending   ProviderStatus = "pending"
+	ProviderApproved  ProviderStatus = "approved"
+	ProviderSuspended ProviderStatus = "suspended"
+)
+
+// Provider is a service provider organisation (a bank, a retailer …).
+type Provider struct {
+	ID         string
+	Name       string
+	Kind       ProviderKind
+	Email      string
+	Status     ProviderStatus
+	WebhookURL string
+	CreatedAt  time.Time
+}
+
+// APIToken lets a provider's server call the REST API. Only its SHA-256 hash
+// is stored; the token itself is shown once.
+type APIToken struct {
+	ID         string
+	ProviderID string // empty for an issuer-admin token
+	Admin      bool
+	Name       string
+	Hash       []byte
+	CreatedAt  time.Time
+	RevokedAt  *time.Time
+	// ProviderStatus is the status of the token's provider, read with the
+	// token so that authentication takes one query.
+	ProviderStatus ProviderStatus
+}
+
+// TokenPrefix starts every API token, so that leaked tokens are easy to find.
+const TokenPrefix = "kp_"
+
+// HashToken is how API tokens are stored: SHA-256 of the whole token. Tokens
+// carry 120 random bits, so a fast hash is enough (no dictionary to attack).
+func HashToken(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+// AddProvider creates an approved provider (the command-line route; browser
+// sign-up starts pending) and returns it with a new API token, shown once.
+func (s *Service) AddProvider(ctx context.Context, p Principal, name, email string, kind ProviderKind) (*Provider, string, error) {
+	if !p.Admin {
+		return nil, "", ErrForbidden
 	}
-	return s.Store.ListWrappingKeys(ctx, p.ProviderID)
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 200 {
+		return nil, "", invalid("name", "a provider name is 1 to 200 characters")
+	}
+	email = strings.ToLower(strings.TrimSpace(email))
+	if at := strings.IndexByte(email, '@'); at < 1 || at == len(email)-1 || strings.ContainsAny(email, " <>,;") {
+		return nil, "", invalid("email", "not an e-mail address")
+	}
+	if kind == "" {
+		kind = KindOther
+	}
+	switch kind {
+	case KindBank, KindRetailer, KindTransit, KindOther:
+	default:
+		return nil, "", invalid("kind", "must be bank, retailer, transit or other")
+	}
+	prov := &Provider{ID: NewID("prv"), Name: name, Kind: kind, Email: email, Status: ProviderApproved, CreatedAt: s.now().UTC()}
+	token := TokenPrefix + NewID("tok")[4:]
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.CreateProvider(ctx, prov); err != nil {
+			return err
+		}
+		t := &APIToken{ID: NewID("tok"), ProviderID: prov.ID, Name: "cli", Hash: HashToken(token), CreatedAt: prov.CreatedAt}
+		if err := tx.CreateAPIToken(ctx, t); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, p.Actor(), "provider.add", "provider:"+prov.ID, map[string]any{"name": name, "email": email})
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return prov, token, nil
+}
+
+// CreateAdminToken creates an issuer-admin API token and returns it once.
+func (s *Service) CreateAdminToken(ctx context.Context, name string) (string, error) {
+	token := TokenPrefix + NewID("adm")[4:]
+	t := &APIToken{ID: NewID("tok"), Admin: true, Name: name, Hash: HashToken(token), CreatedAt: s.now().UTC()}
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.CreateAPIToken(ctx, t); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "system", "admin-token.create", "token:"+t.ID, map[string]any{"name": name})
+	})
+	if err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// Authenticate resolves an API token to its principal. Unknown, revoked
+// tokens and tokens of providers that are not approved are refused alike.
+func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
+	if !strings.HasPrefix(token, TokenPrefix) {
+		return Principal{}, ErrUnauthenticated
+	}
+	t, err := s.Store.GetAPITokenByHash(ctx, HashToken(token))
+	if errors.Is(err, ErrNotFound) {
+		return Principal{}, ErrUnauthenticated
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if t.Admin {
+		return Principal{Admin: true, Name: t.Name}, nil
+	}
+	if t.ProviderStatus != ProviderApproved {
+		return Principal{}, fmt.Errorf("%w: provider is %s", ErrForbidden, t.ProviderStatus)
+	}
+	return Principal{ProviderID: t.ProviderID, Name: t.Name}, nil
 }
 
 // CreateAPIToken makes an API token for the caller's provider and returns
@@ -124,17 +249,6 @@ func (s *Service) GetProvider(ctx context.Context, p Principal, id string) (*Pro
 	return s.Store.GetProvider(ctx, id)
 }
 
-// MyAudit returns the newest audit events done by the caller's provider or
-// about it.
-func (s *Service) MyAudit(ctx context.Context, p Principal, limit int) ([]AuditEvent, error) {
-	if p.ProviderID == "" {
-		return nil, ErrForbidden
-	}
-	return s.Store.ProviderAudit(ctx, p.ProviderID, limit)
-}
-
-// ---- Issuer admin ----
-
 // ListProviders returns every provider (admins only).
 func (s *Service) ListProviders(ctx context.Context, p Principal) ([]Provider, error) {
 	if !p.Admin {
@@ -167,55 +281,4 @@ func (s *Service) SetProviderStatus(ctx context.Context, p Principal, id string,
 		return fmt.Errorf("keyport: set provider %s %s: %w", id, status, err)
 	}
 	return nil
-}
-
-// Outbox returns the newest queued messages (admins only); e-mails sent
-// without SMTP wait here.
-func (s *Service) Outbox(ctx context.Context, p Principal, topic string, limit int) ([]OutboxMessage, error) {
-	if !p.Admin {
-		return nil, ErrForbidden
-	}
-	return s.Store.ListOutbox(ctx, topic, limit)
-}
-
-// RecentAudit returns the newest audit events (admins only).
-func (s *Service) RecentAudit(ctx context.Context, p Principal, limit int) ([]AuditEvent, error) {
-	if !p.Admin {
-		return nil, ErrForbidden
-	}
-	return s.Store.RecentAudit(ctx, limit)
-}
-
-// ListBatches returns every batch (admins only).
-func (s *Service) ListBatches(ctx context.Context, p Principal) ([]Batch, error) {
-	if !p.Admin {
-		return nil, ErrForbidden
-	}
-	return s.Store.ListBatches(ctx)
-}
-
-// StatsDays is the window of the claims-per-day chart.
-const StatsDays = 30
-
-// Stats returns the admin dashboard's numbers (admins only).
-func (s *Service) Stats(ctx context.Context, p Principal) (*PortalStats, error) {
-	if !p.Admin {
-		return nil, ErrForbidden
-	}
-	today := s.now().UTC().Truncate(24 * time.Hour)
-	since := today.AddDate(0, 0, -(StatsDays - 1))
-	st, err := s.Store.PortalStats(ctx, since)
-	if err != nil {
-		return nil, fmt.Errorf("keyport: stats: %w", err)
-	}
-	// One bar per day, zero days included.
-	byDay := map[time.Time]int64{}
-	for _, d := range st.ClaimsPerDay {
-		byDay[d.Day.UTC().Truncate(24*time.Hour)] += d.Count
-	}
-	st.ClaimsPerDay = st.ClaimsPerDay[:0]
-	for d := since; !d.After(today); d = d.AddDate(0, 0, 1) {
-		st.ClaimsPerDay = append(st.ClaimsPerDay, DayCount{Day: d, Count: byDay[d]})
-	}
-	return st, nil
 }

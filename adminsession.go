@@ -1,0 +1,388 @@
+package keyport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyport/keyport/gp"
+)
+
+// AdminSession is one module's GP Amendment B admin session. It holds the
+// module's lease: one session per module at a time, across replicas.
+type AdminSession struct {
+	ID       string
+	EID      EID
+	ModuleID int64
+	ISDAID   AID
+	// RenewAfter is when the lease is half spent: a session that is still
+	// talking renews it then (OpenAdminSession with its ID), not on every
+	// request.
+	RenewAfter time.Time
+
+	// sent is the job this session last sent, as the session left it, so
+	// that recording its answer needs no read first. It is only a guess:
+	// the answer's conditional update (state SENT, same attempts) fails if
+	// the row moved on, and the row is then read.
+	sent *Job
+}
+
+// AdminModule is what an admin session needs of a module. Imported modules
+// never change, so the admin server may keep it across sessions.
+type AdminModule struct {
+	ID     int64
+	EID    EID
+	ISDAID AID
+}
+
+// LookupAdminModule returns the module a TLS-PSK identity (its EID) names;
+// unknown and malformed identities are ErrNotFound.
+func (s *Service) LookupAdminModule(ctx context.Context, identity string) (*AdminModule, error) {
+	eid, err := ParseEID(identity)
+	if err != nil {
+		return nil, ErrNotFound
+	}
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return nil, err
+	}
+	return &AdminModule{ID: m.ID, EID: m.EID, ISDAID: m.ISDAID}, nil
+}
+
+// AdminModulePSK returns the module's TLS-PSK, derived in the HSM, for the
+// TLS layer's handshake only: callers must not keep it.
+func (s *Service) AdminModulePSK(ctx context.Context, m *AdminModule) ([]byte, error) {
+	if s.Link == nil {
+		return nil, fmt.Errorf("%w: no link custody configured", ErrUnavailable)
+	}
+	return s.Link.ModulePSK(ctx, m.EID, m.ISDAID)
+}
+
+// OpenAdminSession takes or renews module m's lease for session id (""
+// starts a new session). ErrConflict: another session holds the module.
+// takeover breaks another session's lease first: for a module that resumes
+// (X-Admin-Resume) a dialog whose Next-URI it never received, so that the
+// broken session's lease does not lock it out.
+func (s *Service) OpenAdminSession(ctx context.Context, m *AdminModule, id string, takeover bool) (*AdminSession, error) {
+	if id == "" {
+		id = NewID("ses")
+	}
+	now := s.now().UTC()
+	err := s.commit(ctx, func(ctx context.Context, tx Repo) error {
+		return s.takeLease(ctx, tx, m.ID, id, now, takeover)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.adminSession(m, id, now), nil
+}
+
+// takeLease is OpenAdminSession's part of a transaction: break the lease
+// (takeover), take it for id, record the module's visit.
+func (s *Service) takeLease(ctx context.Context, tx Repo, moduleID int64, id string, now time.Time, takeover bool) error {
+	if takeover {
+		if err := tx.ReleaseLease(ctx, moduleID, ""); err != nil {
+			return err
+		}
+	}
+	if err := tx.AcquireLease(ctx, moduleID, id, now, now.Add(s.Delivery.lease())); err != nil {
+		return err
+	}
+	return tx.TouchModule(ctx, moduleID, now)
+}
+
+func (s *Service) adminSession(m *AdminModule, id string, now time.Time) *AdminSession {
+	return &AdminSession{ID: id, EID: m.EID, ModuleID: m.ID, ISDAID: m.ISDAID, RenewAfter: now.Add(s.Delivery.lease() / 2)}
+}
+
+// StartAdminSession opens a new session for module m and returns its first
+// script; the delivery is nil when the module has nothing to run. resume
+// says the module resumes a dialog (X-Admin-Resume on its first POST): the
+// session then takes the module over from a broken session's lease, and a
+// job that broken session sent goes out again, since the module says it ran
+// nothing (OpenAdminSession with takeover, then NextScript with resumed).
+//
+// When the module's oldest pending job is QUEUED, the lease is taken and
+// the job marked SENT in one transaction: the job was read before it, and
+// the conditional update (still QUEUED, same attempts) makes the
+// transaction fail, and the general path decide, if anything moved it
+// meanwhile. Jobs never become pending again, so a job still QUEUED then is
+// still the module's oldest. ErrConflict: another session holds the module.
+// With another error the session may be open (non-nil): its lease then
+// expires or is released as usual.
+func (s *Service) StartAdminSession(ctx context.Context, m *AdminModule, resume bool, opts gp.ScriptOptions) (*AdminSession, *Delivery, error) {
+	id := NewID("ses")
+	a, del, err := s.startQueued(ctx, m, id, resume, opts)
+	if a != nil || err != nil {
+		return a, del, err
+	}
+	if a, err = s.OpenAdminSession(ctx, m, id, resume); err != nil {
+		return nil, nil, err
+	}
+	del, err = s.NextScript(ctx, a, opts, resume)
+	return a, del, err
+}
+
+// startQueued is StartAdminSession's one-transaction path; all nil when it
+// does not apply.
+func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, takeover bool, opts gp.ScriptOptions) (*AdminSession, *Delivery, error) {
+	// The job, its domain's state and the provider's webhook URL in one
+	// read (NextScript reads them one by one).
+	jobs, err := s.Store.PendingModuleJobs(ctx, m.ID, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := s.now().UTC()
+	if len(jobs) == 0 || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].DomainState != Assigned {
+		return nil, nil, nil
+	}
+	j := &jobs[0].Job
+	del, err := delivery(j, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	var leaseErr error
+	sent, err := s.send(ctx, j, id, jobs[0].DomainState, jobs[0].WebhookURL, func(ctx context.Context, tx Repo) error {
+		leaseErr = s.takeLease(ctx, tx, m.ID, id, now, takeover)
+		return leaseErr
+	})
+	switch {
+	case err == nil:
+		a := s.adminSession(m, id, now)
+		a.sent, del.Job = sent, sent
+		return a, del, nil
+	case leaseErr != nil || !errors.Is(err, ErrConflict):
+		return nil, nil, err
+	}
+	return nil, nil, nil // the job moved: the general path reads it again
+}
+
+// send marks j, which is QUEUED, as SENT in session id and queues its
+// provider's webhook (hook, read before; see webhookURL), in one
+// transaction with first, if not nil. The update is conditional (still
+// QUEUED with the same attempts): ErrConflict when anything moved the job
+// since it was read. It returns the job as sent.
+func (s *Service) send(ctx context.Context, j *Job, session string, ds DomainState, hook string, first func(ctx context.Context, tx Repo) error) (*Job, error) {
+	next := *j
+	next.State = JobSent
+	next.Result = &ScriptResult{Session: session}
+	err := s.commit(ctx, func(ctx context.Context, tx Repo) error {
+		if first != nil {
+			if err := first(ctx, tx); err != nil {
+				return err
+			}
+		}
+		if err := tx.UpdateJob(ctx, &next, j.State, j.Attempts); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, &next, ds, hook)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &next, nil
+}
+
+// CloseAdminSession releases the session's lease.
+func (s *Service) CloseAdminSession(ctx context.Context, a *AdminSession) error {
+	return s.Store.ReleaseLease(ctx, a.ModuleID, a.ID)
+}
+
+// Delivery is a script to send in an admin session.
+type Delivery struct {
+	Job *Job
+	// Script is the TS 102 226 expanded command script (AE 80 … 00 00).
+	Script []byte
+	// Target is the X-Admin-Targeted-Application value: the SSD the
+	// script is for, which is not the SD holding the PSK (GP Amd B).
+	Target string
+}
+
+// NextScript returns the module's next script, oldest job first (per-module
+// order), and marks its job SENT; nil when there is none. A job already
+// SENT is sent again when it went out in this session or the module says
+// it ran nothing (resumed: X-Admin-Resume on its first POST): the module
+// never got it. A job SENT by an earlier session that a new dialog does not
+// resume means the earlier dialog broke and never came back with the
+// answer: it is FAILED ("answer-lost"), since only an answer may prove the
+// key change.
+func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.ScriptOptions, resumed bool) (*Delivery, error) {
+	for range 16 {
+		jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: a.ModuleID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
+		if err != nil || len(jobs) == 0 {
+			return nil, err
+		}
+		j := &jobs[0]
+		now := s.now().UTC()
+		switch {
+		case j.State == JobSent && (resumed || j.sentIn(a.ID)):
+			a.sent = j
+			return delivery(j, opts)
+		case j.State == JobSent:
+			j.Result = &ScriptResult{ScriptStatus: "answer-lost", Cause: "the admin session broke after the script went out and the module never posted its answer"}
+			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: "second-key.failed"})
+		case j.expired(now):
+			err = s.finish(ctx, j, jobEnd{to: JobExpired, cause: "expired before the module opened a session", actor: "system", action: "job.expire"})
+		default:
+			p, perr := j.secondKey()
+			if perr != nil {
+				return nil, perr
+			}
+			d, derr := s.Store.GetDomain(ctx, p.EID, p.AID)
+			if derr != nil {
+				return nil, derr
+			}
+			if d.State != Assigned {
+				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not ASSIGNED", d.State), actor: "system", action: "second-key.failed"})
+				break
+			}
+			del, derr := delivery(j, opts)
+			if derr != nil {
+				return nil, derr
+			}
+			hook, herr := s.webhookURL(ctx, j.ProviderID)
+			if herr != nil {
+				return nil, herr
+			}
+			sent, serr := s.send(ctx, j, a.ID, d.State, hook, nil)
+			if serr == nil {
+				a.sent, del.Job = sent, sent
+				return del, nil
+			}
+			err = serr
+		}
+		if err != nil && !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: module %s: jobs keep changing under the session", ErrUnavailable, a.EID)
+}
+
+// delivery encodes j's script for an admin session.
+func delivery(j *Job, opts gp.ScriptOptions) (*Delivery, error) {
+	p, err := j.secondKey()
+	if err != nil {
+		return nil, err
+	}
+	cmds, err := p.Commands()
+	if err != nil {
+		return nil, err
+	}
+	target, err := gp.TargetedApplication(p.AID.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("keyport: job %s: %w", j.Ref, err)
+	}
+	return &Delivery{Job: j, Script: gp.EncodeCommandScript(cmds, opts), Target: target}, nil
+}
+
+// PendingScript returns the script of job ref again, for a module that
+// resumes (X-Admin-Resume) without having run it; nil if the job is no
+// longer SENT (its answer was recorded, or it ended otherwise).
+func (s *Service) PendingScript(ctx context.Context, a *AdminSession, ref string, opts gp.ScriptOptions) (*Delivery, error) {
+	j, err := s.moduleJob(ctx, a, ref)
+	if err != nil || j.State != JobSent {
+		return nil, err
+	}
+	return delivery(j, opts)
+}
+
+func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*Job, error) {
+	j, err := s.Store.GetJob(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if j.ModuleID != a.ModuleID || j.Kind != JobSecondKey {
+		return nil, ErrNotFound
+	}
+	return j, nil
+}
+
+// AnswerScript records the module's answer to job ref's script and judges
+// it (SecondKeyPayload.Judge). Confirmed: the job is DONE, the domain moves
+// ASSIGNED → PERSONALIZED with its new KVN, KCVs and a reset sequence counter
+// (AmdD 6.2.2.1), an audit event is chained and the provider is told, in one
+// transaction. Otherwise the job is FAILED with the cause and SW, the domain
+// stays ASSIGNED, and the counter the card reported is kept. An answer to a
+// job that is already final changes nothing (a resumed session posting it
+// twice), so a job completes exactly once. A body that does not parse is an
+// *InvalidError and changes nothing.
+//
+// The session ends when the module has nothing more to run: if no other job
+// of the module is pending, the session's lease is released in the
+// transaction that records the answer, and ended is true (the dialog's 204
+// follows without NextScript). Otherwise, or when the answer changed
+// nothing, ended is false and the session goes on.
+func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status string, body []byte) (j *Job, ended bool, err error) {
+	if a.sent != nil && a.sent.Ref == ref {
+		// This session sent it: the conditional update below checks that
+		// it is still so.
+		c := *a.sent
+		j = &c
+	} else if j, err = s.moduleJob(ctx, a, ref); err != nil {
+		return nil, false, err
+	}
+	if j.State.Final() {
+		return j, false, nil
+	}
+	if j.State != JobSent {
+		return nil, false, fmt.Errorf("%w: job %s was never sent", ErrConflict, ref)
+	}
+	p, err := j.secondKey()
+	if err != nil {
+		return nil, false, err
+	}
+	res, err := p.Judge(status, body)
+	if err != nil {
+		return nil, false, err
+	}
+	j.Result = &res
+	// The job is final by the time release runs, in the same transaction:
+	// the lease goes only if no other job of the module is pending then.
+	release := func(ctx context.Context, tx Repo) (err error) {
+		ended, err = tx.ReleaseIdleLease(ctx, a.ModuleID, a.ID)
+		return err
+	}
+	end := jobEnd{actor: "module:" + string(a.EID)}
+	if res.Confirmed {
+		// The transition is conditional (ASSIGNED → PERSONALIZED): the
+		// domain needs no read first.
+		end.to, end.action = JobDone, "second-key.confirmed"
+		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
+			if err := tx.TransitionDomain(ctx, j.DomainID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
+				return "", err
+			}
+			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, 0); err != nil {
+				return "", err
+			}
+			return Personalized, release(ctx, tx)
+		}
+	} else {
+		// The domain keeps its KVN: read it before the transaction.
+		d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
+		if err != nil {
+			return nil, false, err
+		}
+		end.to, end.cause, end.action = JobFailed, res.Cause, "second-key.failed"
+		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
+			if res.SequenceCounter != nil {
+				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
+					return "", err
+				}
+			}
+			return d.State, release(ctx, tx)
+		}
+	}
+	err = s.finish(ctx, j, end)
+	if errors.Is(err, ErrConflict) {
+		// Another request recorded the answer first: report what it did.
+		j, err := s.moduleJob(ctx, a, ref)
+		return j, false, err
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	a.sent = nil
+	s.log().Info("second-key answer", "job", j.Ref, "state", j.State, "cause", res.Cause)
+	return j, ended, nil
+}

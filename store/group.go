@@ -1,0 +1,184 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/keyport/keyport"
+)
+
+// Group commits the write transactions of concurrent callers together
+// (group commit): it is the store's keyport.Committer. On SQLite all writes
+// queue for one connection, and each transaction of its own pays BEGIN,
+// COMMIT and the hand-over of the connection to the next goroutine; under a
+// thousand admin sessions that hand-over, not the writing, bounds the rate.
+// A Group runs the functions that arrive while one group is being committed
+// as one database transaction, each as if in a transaction of its own: a
+// function's error rolls back what that function did and nothing else, and
+// every caller returns only once the commit that holds its writes is done,
+// so nothing is reported that is not durably stored. If the commit fails,
+// every caller of the group gets the error and none of their writes
+// happened.
+//
+// The functions run one after another on the group's transaction, with a
+// context that is not cancelled when a caller's is (interrupting one
+// statement could abort the transaction of all of them). The group first
+// runs them all without savepoints (two statements fewer each); if one
+// fails, it rolls that attempt back whole and runs them again, each under a
+// savepoint of its own. So a function may run twice (keyport.Committer).
+type Group struct {
+	st *Store
+	// Max bounds the functions committed together (default 64), so that
+	// one commit does not hold the database, or keep its first caller
+	// waiting, for long.
+	Max int
+
+	mu    sync.Mutex
+	queue []*groupOp
+	busy  bool // a leader is running a group
+}
+
+var _ keyport.Committer = (*Group)(nil)
+
+type groupOp struct {
+	ctx context.Context
+	fn  func(ctx context.Context, tx keyport.Repo) error
+	err error
+	// wake says true: lead the next group (this op is its first), or
+	// false: this op's group is committed (or failed), err is its result.
+	wake chan bool
+}
+
+// Group returns a new group committing into s.
+func (s *Store) Group() *Group { return &Group{st: s} }
+
+// Commit runs fn as Store.Tx would, possibly in one database transaction
+// with other callers' functions.
+func (g *Group) Commit(ctx context.Context, fn func(ctx context.Context, tx keyport.Repo) error) error {
+	op := &groupOp{ctx: context.WithoutCancel(ctx), fn: recoverTo(fn), wake: make(chan bool, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, op)
+	lead := !g.busy
+	g.busy = true
+	g.mu.Unlock()
+	if !lead && !<-op.wake {
+		return op.err
+	}
+	// Leader: op is first in the queue (it arrived when no group ran, or
+	// the previous leader handed over to it). Commit a group, then hand
+	// over to the first caller left waiting, if any.
+	limit := g.Max
+	if limit <= 0 {
+		limit = 64
+	}
+	g.mu.Lock()
+	n := min(len(g.queue), limit)
+	batch := g.queue[:n:n]
+	g.queue = append([]*groupOp(nil), g.queue[n:]...)
+	g.mu.Unlock()
+	g.commit(batch)
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].wake <- true
+	} else {
+		g.busy = false
+	}
+	g.mu.Unlock()
+	for _, o := range batch[1:] {
+		o.wake <- false
+	}
+	return op.err
+}
+
+// recoverTo makes a panic in fn that function's error: one caller's bug must
+// not leave the other callers of its group waiting for a hand-over that
+// never comes.
+func recoverTo(fn func(ctx context.Context, tx keyport.Repo) error) func(ctx context.Context, tx keyport.Repo) error {
+	return func(ctx context.Context, tx keyport.Repo) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("store: panic in a grouped transaction: %v", r)
+			}
+		}()
+		return fn(ctx, tx)
+	}
+}
+
+// errGroupRetry rolls back a group's first run when one function failed.
+var errGroupRetry = errors.New("store: a function of the group failed; run again with savepoints")
+
+// commit runs the group's functions in one transaction.
+func (g *Group) commit(batch []*groupOp) {
+	if len(batch) == 1 {
+		o := batch[0]
+		o.err = g.st.tx(o.ctx, func(tx *repo) error { return o.fn(o.ctx, tx) })
+		return
+	}
+	// The usual case: no function fails, and none needs a savepoint.
+	err := g.st.tx(batch[0].ctx, func(tx *repo) error {
+		for _, o := range batch {
+			if o.err = o.fn(o.ctx, tx); o.err != nil {
+				return errGroupRetry
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	for _, o := range batch {
+		o.err = nil
+	}
+	if err != errGroupRetry { // begin or commit failed: nothing happened
+		for _, o := range batch {
+			o.err = err
+		}
+		return
+	}
+	err = g.st.tx(batch[0].ctx, func(tx *repo) error {
+		for _, o := range batch {
+			fnErr, err := tx.savepoint(o.ctx, func(tx keyport.Repo) error { return o.fn(o.ctx, tx) })
+			if err != nil {
+				return err
+			}
+			o.err = fnErr
+		}
+		return nil
+	})
+	if err != nil {
+		for _, o := range batch {
+			if o.err == nil {
+				o.err = err
+			}
+		}
+	}
+}
+
+// Savepoint runs fn inside the current transaction under a savepoint: fn's
+// error rolls back what fn did and nothing else, and is returned as fnErr.
+// err reports a savepoint that could not be set, released or rolled back
+// to: the transaction is then in no known state and must be rolled back.
+// Group uses it to commit several callers' writes at once, each as if in its
+// own transaction.
+func (r *repo) savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (fnErr, err error) {
+	if !r.inTx {
+		return nil, fmt.Errorf("store: savepoint outside a transaction: %w", keyport.ErrInvalid)
+	}
+	// One fixed name: savepoints are set one after another, never nested,
+	// and a fixed text keeps the prepared-statement cache small.
+	db := r.w.WithContext(ctx)
+	if err := db.Exec(`SAVEPOINT keyport_op`).Error; err != nil {
+		return nil, wrap("savepoint", err)
+	}
+	if fnErr = fn(r); fnErr != nil {
+		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
+			return fnErr, wrap("rollback to savepoint", err)
+		}
+	}
+	if err := db.Exec(`RELEASE SAVEPOINT keyport_op`).Error; err != nil {
+		return fnErr, wrap("release savepoint", err)
+	}
+	return fnErr, nil
+}
