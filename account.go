@@ -200,9 +200,7 @@ func (f SignUp) Validate() []*InvalidError {
 	if n := utf8.RuneCountInString(strings.TrimSpace(f.Organisation)); n == 0 || n > 200 {
 		add(invalid("organisation", "enter your organisation's name (at most 200 characters)"))
 	}
-	switch f.Kind {
-	case KindBank, KindRetailer, KindTransit, KindOther:
-	default:
+	if !f.Kind.Valid() {
 		add(invalid("kind", "choose bank, retailer, transit or other"))
 	}
 	if n := utf8.RuneCountInString(strings.TrimSpace(f.Contact)); n == 0 || n > 200 {

@@ -22,6 +22,15 @@ const (
 	KindOther    ProviderKind = "other"
 )
 
+// Valid reports whether k is one of the provider kinds.
+func (k ProviderKind) Valid() bool {
+	switch k {
+	case KindBank, KindRetailer, KindTransit, KindOther:
+		return true
+	}
+	return false
+}
+
 // ProviderStatus is where a provider is in sign-up.
 type ProviderStatus string
 
@@ -68,6 +77,14 @@ func HashToken(token string) []byte {
 	return h[:]
 }
 
+// newAPIToken mints an API token for the provider (an issuer-admin token
+// without one): the token, shown once, and the row that keeps its hash.
+func newAPIToken(providerID, name string, at time.Time) (string, *APIToken) {
+	token := TokenPrefix + NewID("tok")[4:]
+	return token, &APIToken{ID: NewID("tok"), ProviderID: providerID, Admin: providerID == "", Name: name,
+		Hash: HashToken(token), CreatedAt: at}
+}
+
 // AddProvider creates an approved provider (the command-line route; browser
 // sign-up starts pending) and returns it with a new API token, shown once.
 func (s *Service) AddProvider(ctx context.Context, p Principal, name, email string, kind ProviderKind) (*Provider, string, error) {
@@ -78,25 +95,22 @@ func (s *Service) AddProvider(ctx context.Context, p Principal, name, email stri
 	if name == "" || len(name) > 200 {
 		return nil, "", invalid("name", "a provider name is 1 to 200 characters")
 	}
-	email = strings.ToLower(strings.TrimSpace(email))
-	if at := strings.IndexByte(email, '@'); at < 1 || at == len(email)-1 || strings.ContainsAny(email, " <>,;") {
-		return nil, "", invalid("email", "not an e-mail address")
+	email, err := normaliseEmail(email)
+	if err != nil {
+		return nil, "", err
 	}
 	if kind == "" {
 		kind = KindOther
 	}
-	switch kind {
-	case KindBank, KindRetailer, KindTransit, KindOther:
-	default:
+	if !kind.Valid() {
 		return nil, "", invalid("kind", "must be bank, retailer, transit or other")
 	}
 	prov := &Provider{ID: NewID("prv"), Name: name, Kind: kind, Email: email, Status: ProviderApproved, CreatedAt: s.now().UTC()}
-	token := TokenPrefix + NewID("tok")[4:]
-	err := s.Store.Tx(ctx, func(tx Repo) error {
+	token, t := newAPIToken(prov.ID, "cli", prov.CreatedAt)
+	err = s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateProvider(ctx, prov); err != nil {
 			return err
 		}
-		t := &APIToken{ID: NewID("tok"), ProviderID: prov.ID, Name: "cli", Hash: HashToken(token), CreatedAt: prov.CreatedAt}
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
 			return err
 		}
@@ -110,8 +124,7 @@ func (s *Service) AddProvider(ctx context.Context, p Principal, name, email stri
 
 // CreateAdminToken creates an issuer-admin API token and returns it once.
 func (s *Service) CreateAdminToken(ctx context.Context, name string) (string, error) {
-	token := TokenPrefix + NewID("adm")[4:]
-	t := &APIToken{ID: NewID("tok"), Admin: true, Name: name, Hash: HashToken(token), CreatedAt: s.now().UTC()}
+	token, t := newAPIToken("", name, s.now().UTC())
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
 			return err
@@ -156,8 +169,7 @@ func (s *Service) CreateAPIToken(ctx context.Context, p Principal, name string) 
 	if n := len(name); n == 0 || n > 100 {
 		return "", nil, invalid("name", "name the token (1 to 100 characters), e.g. the server that will use it")
 	}
-	token := TokenPrefix + NewID("tok")[4:]
-	t := &APIToken{ID: NewID("tok"), ProviderID: p.ProviderID, Name: name, Hash: HashToken(token), CreatedAt: s.now().UTC()}
+	token, t := newAPIToken(p.ProviderID, name, s.now().UTC())
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
 			return err
