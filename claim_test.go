@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/keyport/keyport"
-	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
@@ -43,7 +43,7 @@ func TestClaimGivesTheProviderTheManufacturersFirstKeysWrappedToItsKey(t *testin
 			t.Fatalf("package %+v", pkg)
 		}
 		for _, k := range pkg.Keys {
-			clear, err := hsm.UnwrapRSAAES(sp, k.Wrapped, pkg.Wrapping.OAEPHash)
+			clear, err := keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/keyport/keyport/hsm/hsmtest"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/internal/scptest"
+	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
@@ -322,7 +323,7 @@ func TestAClaimOfAPersonalizedDomainHandsOutTheKeysOnTheCard(t *testing.T) {
 	}
 	clear := map[keyport.KeyUsage][]byte{}
 	for _, k := range pkg.Keys {
-		if clear[k.Usage], err = hsm.UnwrapRSAAES(sp, k.Wrapped, pkg.Wrapping.OAEPHash); err != nil {
+		if clear[k.Usage], err = keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
 			t.Fatal(err)
 		}
 	}

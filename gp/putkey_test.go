@@ -2,6 +2,7 @@ package gp
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 )
 
@@ -162,5 +163,13 @@ func TestParsePutKeyRejectsKCVLengthPastTheEnd(t *testing.T) {
 	}
 	if _, err := ParseInstall(0x04, unhex(t, "FF")); err == nil {
 		t.Fatal("accepted an INSTALL field length of FF with no bytes")
+	}
+}
+
+func TestKCVRefusesAKeyThatIsNotAES128192Or256(t *testing.T) {
+	for _, n := range []int{0, 3, 8, 15, 17, 33} {
+		if kcv, err := KCV(make([]byte, n)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("KCV of a %d-byte key = %X, %v; want ErrMalformed", n, kcv, err)
+		}
 	}
 }

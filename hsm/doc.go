@@ -12,8 +12,8 @@
 // CKA_ID (keys.go). A domain's first keys exist only as session objects for
 // the length of one call: derived from the batch master (derive.go) or
 // unwrapped from the manufacturer's KWP blob under the batch transport key,
-// then wrapped to the provider with RSA-OAEP ‖ AES-KWP (wrap.go). rsaaes.go
-// holds the pure-Go other side of those wraps.
+// then wrapped to the provider with RSA-OAEP ‖ AES-KWP (wrap.go). Package
+// keywrap holds the pure-Go other side of those wraps.
 package hsm
 
 import "github.com/keyport/keyport"

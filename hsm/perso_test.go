@@ -2,6 +2,7 @@ package hsm_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/hsm/hsmtest"
+	"github.com/keyport/keyport/keywrap"
 )
 
 // clearFirstKeys returns a derived domain's first keys in clear, as the
@@ -19,7 +21,7 @@ func clearFirstKeys(t *testing.T, h *hsm.HSM, eid keyport.EID, aid keyport.AID) 
 	sp, _ := keys(t)
 	out := map[keyport.KeyUsage][]byte{}
 	for _, k := range firstKeys(t, h, eid, aid) {
-		key, err := hsm.UnwrapRSAAES(sp, k.Wrapped, keyport.OAEPSHA1)
+		key, err := keywrap.UnwrapRSAAES(sp, k.Wrapped, crypto.SHA1)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,7 +20,9 @@ import (
 var kcvBlock = bytes.Repeat([]byte{0x01}, 16)
 
 // kcv returns the GP key check value of the AES key object: the first 3
-// bytes of AES-ECB(key, 01×16), upper-case hex. The key needs CKA_ENCRYPT.
+// bytes of AES-ECB(key, 01×16), upper-case hex. The key never leaves the
+// token, so the HSM computes it; gp.KCV is the same computation on a clear
+// key, and the tests compare the two. The key needs CKA_ENCRYPT.
 func (h *HSM) kcv(s *session, key pkcs11.ObjectHandle) (string, error) {
 	if err := h.p.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, key); err != nil {
 		return "", fmt.Errorf("KCV: C_EncryptInit: %w", err)

@@ -15,8 +15,8 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/gp"
-	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/keywrap"
 )
 
 // The acceptance flow of issue 5, in Chromium: a provider signs up, confirms
@@ -131,7 +131,7 @@ func TestBrowserProviderSignsUpIsApprovedClaimsADomainAndUnwrapsTheDownloadedPac
 		t.Fatalf("package is for %s/%s with %d keys to %s", pkg.EID, pkg.AID, len(pkg.Keys), pkg.Wrapping.PublicKeySHA256)
 	}
 	for _, k := range pkg.Keys {
-		clear, err := hsm.UnwrapRSAAES(key, k.Wrapped, pkg.Wrapping.OAEPHash)
+		clear, err := keywrap.UnwrapRSAAES(key, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash))
 		if err != nil {
 			t.Fatalf("unwrap %s: %v", k.Usage, err)
 		}

@@ -23,7 +23,8 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
-	"github.com/keyport/keyport/hsm"
+	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/web"
 )
 
@@ -101,7 +102,11 @@ func benchBatch(ctx context.Context, a *app, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return hsm.UnwrapRSAAES(maker, export.Wrapped, export.OAEPHash)
+	hash, err := keywrap.ParseOAEPHash(string(export.OAEPHash))
+	if err != nil {
+		return nil, err
+	}
+	return keywrap.UnwrapRSAAES(maker, export.Wrapped, hash)
 }
 
 func benchEID(i int) keyport.EID {
@@ -157,8 +162,9 @@ func (s *synthModules) line(i int) {
 			k := make([]byte, 16)
 			fill(rng, k)
 			if s.real {
-				w, _ = hsm.WrapKWP(s.transport, k)
-				kcv[u], _ = hsm.KCV(k)
+				w, _ = keywrap.WrapKWP(s.transport, k)
+				c, _ := gp.KCV(k)
+				kcv[u] = fmt.Sprintf("%X", c)
 			} else {
 				fill(rng, w)
 				kcv[u] = "000000"

@@ -27,9 +27,9 @@ import (
 	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
-	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/hsm/hsmtest"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/store/storetest"
 	"github.com/keyport/keyport/web"
 )
@@ -177,7 +177,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 	}
 	second := map[keyport.KeyUsage][]byte{}
 	for _, u := range keyport.Usages {
-		if second[u], err = hsm.UnwrapRSAAES(sp, nk.Wrapped[u], nk.OAEPHash); err != nil {
+		if second[u], err = keywrap.UnwrapRSAAES(sp, nk.Wrapped[u], fixture.OAEPHash(t, nk.OAEPHash)); err != nil {
 			t.Fatal(err)
 		}
 	}

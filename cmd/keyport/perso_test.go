@@ -14,10 +14,10 @@ import (
 	"github.com/keyport/keyport/cardlink/pcsc"
 	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/gp"
-	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/hsm/hsmtest"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/internal/scptest"
+	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/store/storetest"
 )
 
@@ -183,7 +183,7 @@ func claimClearKeys(t testing.TB, st *station, e keyport.EID, aid keyport.AID) (
 	}
 	keys := map[keyport.KeyUsage][]byte{}
 	for _, k := range pkg.Keys {
-		if keys[k.Usage], err = hsm.UnwrapRSAAES(sp, k.Wrapped, pkg.Wrapping.OAEPHash); err != nil {
+		if keys[k.Usage], err = keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/gp"
-	"github.com/keyport/keyport/hsm"
+	"github.com/keyport/keyport/keywrap"
 )
 
 // cmdSPKeygen makes the provider's RSA-3072 wrapping key pair: PREFIX.pem
@@ -136,8 +136,12 @@ func unwrapKeys(p *keyport.KeyPackage, priv *rsa.PrivateKey) (*UnwrappedKeys, er
 	}
 	u := &UnwrappedKeys{EID: p.EID, AID: p.AID, KVN: p.KVN, SequenceCounter: p.SequenceCounter,
 		Keys: map[keyport.KeyUsage]string{}, KCV: map[keyport.KeyUsage]string{}}
+	hash, err := keywrap.ParseOAEPHash(string(p.Wrapping.OAEPHash))
+	if err != nil {
+		return nil, err
+	}
 	for _, k := range p.Keys {
-		key, err := hsm.UnwrapRSAAES(priv, k.Wrapped, p.Wrapping.OAEPHash)
+		key, err := keywrap.UnwrapRSAAES(priv, k.Wrapped, hash)
 		if err != nil {
 			return nil, fmt.Errorf("unwrap %s key: %w", k.Usage, err)
 		}

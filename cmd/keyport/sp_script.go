@@ -15,7 +15,7 @@ import (
 	"os"
 
 	"github.com/keyport/keyport"
-	"github.com/keyport/keyport/hsm"
+	"github.com/keyport/keyport/keywrap"
 )
 
 // NewKeysFile is what `sp script` writes for the provider's second keys:
@@ -162,9 +162,13 @@ func secondKeys(path string, generate bool, priv *rsa.PrivateKey) (map[keyport.K
 		return nil, fmt.Errorf("%s: not a keys file: %w", path, err)
 	}
 	if len(f.Wrapped) > 0 {
+		hash, err := keywrap.ParseOAEPHash(string(f.OAEPHash))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		out := map[keyport.KeyUsage][]byte{}
 		for _, u := range keyport.Usages {
-			k, err := hsm.UnwrapRSAAES(priv, f.Wrapped[u], f.OAEPHash)
+			k, err := keywrap.UnwrapRSAAES(priv, f.Wrapped[u], hash)
 			if err != nil {
 				return nil, fmt.Errorf("%s: unwrap %s key: %w", path, u, err)
 			}
@@ -180,8 +184,12 @@ func writeNewKeys(path string, first *UnwrappedKeys, kvn int, keys map[keyport.K
 	sum := sha256.Sum256(der)
 	f := NewKeysFile{EID: first.EID, AID: first.AID, KVN: kvn, OAEPHash: keyport.OAEPSHA256,
 		PublicKeySHA256: hex.EncodeToString(sum[:]), Wrapped: map[keyport.KeyUsage][]byte{}, KCV: kcv}
+	hash, err := keywrap.ParseOAEPHash(string(f.OAEPHash))
+	if err != nil {
+		return err
+	}
 	for _, u := range keyport.Usages {
-		w, err := hsm.WrapRSAAES(pub, keys[u], f.OAEPHash)
+		w, err := keywrap.WrapRSAAES(pub, keys[u], hash)
 		if err != nil {
 			return err
 		}
