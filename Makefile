@@ -1,26 +1,29 @@
 # keyport — two commands on a fresh Debian machine:
-#   make run    set up and serve keyport on its embedded defaults (SQLite + a SoftHSM token under ./var)
+#   make run    install what building and serving need, then serve keyport on its embedded defaults
+#               (SQLite + a SoftHSM token under ./var)
 #   make test   install what the tests need and run them all (SoftHSM, PostgreSQL, pcscd + vpcd included)
+# The Debian package lists are in scripts/install-deps.sh (as root it installs
+# what is missing; otherwise it prints the apt-get line and stops).
 GO        ?= go
 BIN       := bin/keyport
 DATA_DIR  ?= ./var
 
-.PHONY: all deps runtime-deps build run test test-short fuzz bench vet clean generate
+.PHONY: all deps run-deps check-deps check-generated build run test test-short fuzz bench vet clean generate
 
 all: build
 
 deps:
 	./scripts/install-deps.sh
 
-runtime-deps:
-	./scripts/install-deps.sh --runtime
+run-deps:
+	./scripts/install-deps.sh --run
 
 build:
 	$(GO) build -o $(BIN) ./cmd/keyport
 
 # The portal at http://127.0.0.1:8080 over plain HTTP: its cookies drop the
 # Secure flag (KEYPORT_DEV_INSECURE_COOKIES, refused on non-loopback addresses).
-run: runtime-deps build
+run: run-deps build
 	KEYPORT_DATA_DIR=$(DATA_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 ./$(BIN) serve
 
 # Regenerate the templ views (web/views/*_templ.go are committed; output is
@@ -28,7 +31,18 @@ run: runtime-deps build
 generate:
 	$(GO) tool templ generate -path web/views
 
-test: deps generate
+# Fails when the --build/--runtime package lists miss something the binary
+# needs (derived from the code, the .pc files and ldd).
+check-deps:
+	GO=$(GO) ./scripts/check-deps.sh
+
+# Fails when web/views/*_templ.go are stale (it regenerates them first).
+check-generated:
+	GO=$(GO) ./scripts/check-generated.sh
+
+test: deps
+	GO=$(GO) ./scripts/check-deps.sh
+	GO=$(GO) ./scripts/check-generated.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 60m ./...
 
