@@ -2,40 +2,42 @@ package keyport
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha1"
-	"crypto/subtle"
 	"encoding/base32"
-	"encoding/binary"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
+
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
 )
+
+// totpOpts is RFC 6238 as authenticator apps take it: HMAC-SHA1, 30 s
+// steps, 6 digits; a code of one step either side of now is accepted too
+// (clock drift). The library compares codes in constant time.
+var totpOpts = totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
+
+// totpIssuer names keyport in the otpauth:// URI and so in the app.
+const totpIssuer = "keyport"
+
+var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // TOTPCode is the RFC 6238 code (HMAC-SHA1, 30 s steps, 6 digits) of secret
 // at t.
 func TOTPCode(secret []byte, t time.Time) string {
-	var msg [8]byte
-	binary.BigEndian.PutUint64(msg[:], uint64(t.Unix()/30))
-	m := hmac.New(sha1.New, secret)
-	m.Write(msg[:])
-	sum := m.Sum(nil)
-	// RFC 4226 §5.3: dynamic truncation.
-	off := sum[len(sum)-1] & 0x0f
-	v := binary.BigEndian.Uint32(sum[off:off+4]) & 0x7fffffff
-	return fmt.Sprintf("%06d", v%1_000_000)
+	code, err := totp.GenerateCodeCustom(b32.EncodeToString(secret), t, totpOpts)
+	if err != nil {
+		// It fails only on a secret that is not base32, and b32 made it.
+		panic("keyport: TOTP code: " + err.Error())
+	}
+	return code
 }
 
 // totpMatches accepts the code of the current step or of one step either
-// side (clock drift).
+// side; spaces (as in "123 456") are ignored.
 func totpMatches(secret []byte, code string, now time.Time) bool {
 	code = strings.ReplaceAll(strings.TrimSpace(code), " ", "")
-	ok := 0
-	for _, d := range []time.Duration{-30 * time.Second, 0, 30 * time.Second} {
-		ok |= subtle.ConstantTimeCompare([]byte(TOTPCode(secret, now.Add(d))), []byte(code))
-	}
-	return ok == 1
+	ok, err := totp.ValidateCustom(code, b32.EncodeToString(secret), now, totpOpts)
+	return err == nil && ok // err: not 6 characters
 }
 
 func (s *Service) checkTOTP(ctx context.Context, u *User, code string) (bool, error) {
@@ -61,8 +63,6 @@ type TOTPEnrolment struct {
 	Sealed []byte
 }
 
-var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
-
 // BeginTOTP makes a fresh TOTP secret for the user.
 func (s *Service) BeginTOTP(ctx context.Context, u *User) (*TOTPEnrolment, error) {
 	if s.Sealer == nil {
@@ -73,9 +73,12 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User) (*TOTPEnrolment, error
 	if err != nil {
 		return nil, fmt.Errorf("keyport: seal TOTP secret: %w", err)
 	}
-	enc := b32.EncodeToString(secret)
-	uri := "otpauth://totp/" + url.PathEscape("keyport:"+u.Email) + "?secret=" + enc + "&issuer=keyport"
-	return &TOTPEnrolment{Secret: enc, URI: uri, Sealed: sealed}, nil
+	key, err := totp.Generate(totp.GenerateOpts{Issuer: totpIssuer, AccountName: u.Email, Secret: secret,
+		Period: totpOpts.Period, Digits: totpOpts.Digits, Algorithm: totpOpts.Algorithm})
+	if err != nil {
+		return nil, fmt.Errorf("keyport: TOTP key URI: %w", err)
+	}
+	return &TOTPEnrolment{Secret: key.Secret(), URI: key.URL(), Sealed: sealed}, nil
 }
 
 // ConfirmTOTP activates a sealed secret from BeginTOTP once the user has

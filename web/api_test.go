@@ -32,6 +32,7 @@ func TestMain(m *testing.M) { storetest.Main(m) }
 type apiEnv struct {
 	w     *fixture.World
 	srv   *httptest.Server
+	cl    *http.Client // checks every exchange against web/openapi.json
 	token string
 	wk    string
 	admin string
@@ -47,7 +48,7 @@ func newAPI(t *testing.T) *apiEnv {
 	}
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{Log: slog.New(slog.NewTextHandler(testLog{t}, nil))}))
 	t.Cleanup(srv.Close)
-	return &apiEnv{w: w, srv: srv, token: token, wk: wk, admin: admin}
+	return &apiEnv{w: w, srv: srv, cl: newContractTransport(t).client(), token: token, wk: wk, admin: admin}
 }
 
 // do sends a request; hdr holds header name/value pairs.
@@ -63,7 +64,7 @@ func (e *apiEnv) do(t *testing.T, token, method, path, ctype string, body []byte
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := e.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

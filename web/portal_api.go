@@ -105,13 +105,20 @@ func (s *Server) apiGetWebhook(c echo.Context) error {
 }
 
 func (s *Server) apiSetWebhook(c echo.Context) error {
+	if principal(c).ProviderID == "" {
+		return keyport.ErrForbidden // before the body, as for claims: an admin has no webhook
+	}
 	var in struct {
-		URL string `json:"url"`
+		URL *string `json:"url"`
 	}
 	if err := readJSON(c, &in); err != nil {
 		return err
 	}
-	u, err := s.svc.SetWebhook(c.Request().Context(), principal(c), in.URL)
+	if in.URL == nil {
+		// A PUT without the field would silently remove the webhook.
+		return keyport.Invalid("url", `give the webhook's https URL, or "" for none`)
+	}
+	u, err := s.svc.SetWebhook(c.Request().Context(), principal(c), *in.URL)
 	if err != nil {
 		return err
 	}

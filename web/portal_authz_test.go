@@ -38,8 +38,9 @@ type matrixWorld struct {
 	aid                  keyport.AID
 	tokenID, provID      string
 	jobRef               string
-	secretsOfA           []string // strings that must never reach B
-	pageClients          map[role]*http.Client
+	secretsOfA           []string              // strings that must never reach B
+	pageClients          map[role]*http.Client // API exchanges checked against web/openapi.json
+	contract             *contractTransport
 	csrf                 map[role]string
 	apiTokens            map[role]string
 	wrappingKeyA, tokenA string
@@ -54,7 +55,7 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
 	m := &matrixWorld{p: p, srv: srv, routes: e.Routes(), pageClients: map[role]*http.Client{}, csrf: map[role]string{},
-		apiTokens: map[role]string{}}
+		apiTokens: map[role]string{}, contract: newContractTransport(t)}
 
 	a := p.approvedProvider(t, "Alpha Bank", "ops@alpha.example", "alpha password 123")
 	b := p.approvedProvider(t, "Beta Shop", "ops@beta.example", "beta password 123")
@@ -91,8 +92,11 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The payload of a submitted script, as CheckScript makes it.
+	payload := &keyport.SecondKeyPayload{EID: m.eid, AID: m.aid, APDUs: []string{}, PutKey: 0, InitUpdate: -1,
+		Expect: keyport.Expectation{KVN: 0x31, KCV: map[keyport.KeyUsage]string{keyport.UsageENC: "000000", keyport.UsageMAC: "000000", keyport.UsageDEK: "000000"}}}
 	job := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID,
-		ProviderID: a.ProviderID, State: keyport.JobQueued, NextRunAt: time.Now(), SecondKey: &keyport.SecondKeyPayload{}}
+		ProviderID: a.ProviderID, State: keyport.JobQueued, NextRunAt: time.Now(), SecondKey: payload}
 	if err := p.w.Store.CreateJob(ctx, job); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +116,7 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 func (m *matrixWorld) signIn(t *testing.T, email, password string) (*http.Client, string) {
 	t.Helper()
 	jar, _ := cookiejar.New(nil)
-	cl := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	cl := &http.Client{Jar: jar, Transport: m.contract, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := cl.Get(m.srv.URL + "/login")
 	if err != nil {
 		t.Fatal(err)
