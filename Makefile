@@ -41,6 +41,7 @@ check-generated:
 	GO=$(GO) ./scripts/check-generated.sh
 
 test: deps
+	$(GO) mod tidy -diff
 	GO=$(GO) ./scripts/check-deps.sh
 	GO=$(GO) ./scripts/check-generated.sh
 	$(GO) vet ./...
