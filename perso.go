@@ -1,7 +1,6 @@
 package keyport
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -227,9 +226,10 @@ func (s *Service) Personalize(ctx context.Context, p Principal, card CardChannel
 	if err != nil {
 		return nil, err
 	}
-	r := &persoRun{s: s, p: p, card: card, keys: keys, req: req, batch: b, aids: aids, rep: &PersoReport{}}
+	r := &persoRun{s: s, p: p, host: gp.NewHost(card), keys: keys, req: req, batch: b, aids: aids, rep: &PersoReport{}}
 	start := time.Now()
 	err = r.run(ctx)
+	r.rep.APDUs = r.host.APDUs()
 	r.rep.Duration = time.Since(start)
 	if err != nil {
 		return r.rep, errPerso(r.rep.EID, r.step, err)
@@ -260,7 +260,7 @@ func ssdAIDs(prefix AID, count int) ([]AID, error) {
 type persoRun struct {
 	s     *Service
 	p     Principal
-	card  CardChannel
+	host  *gp.Host // the card dialog; it counts the APDUs
 	keys  PersoCustody
 	req   PersoRequest
 	batch *Batch
@@ -268,9 +268,8 @@ type persoRun struct {
 	rep   *PersoReport
 	step  string // what is being done, for errors
 
-	sess *gp.HostSession // the open secure channel, nil if none
-	eid  EID
-	isd  AID
+	eid EID
+	isd AID
 }
 
 // ssdState is what the card shows of one SSD before perso writes.
@@ -310,7 +309,7 @@ func (r *persoRun) run(ctx context.Context) error {
 			continue
 		}
 		states[i].present = true
-		kvns, err := r.keyVersions(ctx)
+		kvns, err := r.host.KeyVersions(ctx)
 		if err != nil {
 			return err
 		}
@@ -350,7 +349,7 @@ func (r *persoRun) run(ctx context.Context) error {
 		r.step = "INSTALL SSD " + string(aid)
 		params := gp.InstallParams{AppSpecific: gp.SCPParam(0x03, 0x70)}.Bytes()
 		cmd := gp.InstallForInstallCmd(ssdLoadFile, ssdModule, aid.Bytes(), SSDPrivileges, params, true)
-		if _, err := r.expectOK(ctx, cmd); err != nil {
+		if _, err := r.host.SendOK(ctx, cmd); err != nil {
 			return err
 		}
 		states[i].present, states[i].created = true, true
@@ -391,7 +390,7 @@ func (r *persoRun) run(ctx context.Context) error {
 			return err
 		}
 		ks := r.firstKeySet(ctx, aid)
-		card, err := r.openSession(ctx, ks, aid.Bytes())
+		card, err := r.openSession(ctx, ks)
 		if err != nil {
 			return err
 		}
@@ -406,7 +405,7 @@ func (r *persoRun) run(ctx context.Context) error {
 		domains[i] = Domain{EID: r.eid, AID: aid, KVN: int(FirstKVN), State: Unassigned, KeySource: KeyDerived,
 			KCV: d.KCV, SeqCounter: d.SeqCounter}
 	}
-	r.sess = nil
+	r.host.EndSession()
 
 	// 8. Register, last and in one transaction.
 	r.step = "register the module"
@@ -424,7 +423,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 	if !found {
 		return fmt.Errorf("the module has no ISD-R (%X) to read its EID from", isdrAID)
 	}
-	data, err := r.expectOK(ctx, gp.GetEID())
+	data, err := r.host.SendOK(ctx, gp.GetEID())
 	if err != nil {
 		return err
 	}
@@ -438,15 +437,15 @@ func (r *persoRun) identify(ctx context.Context) error {
 	r.rep.EID = r.eid
 
 	r.step = "select the ISD"
-	resp, err := r.transmit(ctx, gp.Select(nil))
+	fci, found, err := r.host.Select(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if resp.SW != gp.SWOK {
-		return &gp.SWError{SW: resp.SW, Op: "SELECT ISD"}
+	if !found {
+		return &gp.SWError{SW: gp.SWNotFound, Op: "SELECT ISD"}
 	}
 	r.isd = defaultISDAID
-	if aid := fciAID(resp.Data); aid != nil {
+	if aid := gp.FCIDFName(fci); aid != nil {
 		if r.isd, err = ParseAID(hex.EncodeToString(aid)); err != nil {
 			return fmt.Errorf("the ISD's AID %X: %w", aid, err)
 		}
@@ -454,7 +453,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 	r.rep.ISDAID = r.isd
 
 	r.step = "read the CPLC"
-	resp, err = r.transmit(ctx, gp.GetData(gp.DataCPLC))
+	resp, err := r.host.Send(ctx, gp.GetData(gp.DataCPLC))
 	if err != nil {
 		return err
 	}
@@ -470,27 +469,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 // isdKeyVersions reads the ISD's key versions (the ISD must be selected).
 func (r *persoRun) isdKeyVersions(ctx context.Context) ([]byte, error) {
 	r.step = "read the ISD key information"
-	return r.keyVersions(ctx)
-}
-
-// keyVersions returns the KVNs of the selected SD's key sets (GET DATA
-// 00E0, which needs no secure channel; GPCS 11.3.3.1).
-func (r *persoRun) keyVersions(ctx context.Context) ([]byte, error) {
-	data, err := r.expectOK(ctx, gp.GetData(gp.DataKeyInformation))
-	if err != nil {
-		return nil, err
-	}
-	info, err := gp.ParseKeyInformation(data)
-	if err != nil {
-		return nil, err
-	}
-	var kvns []byte
-	for _, k := range info {
-		if !slices.Contains(kvns, k.KVN) {
-			kvns = append(kvns, k.KVN)
-		}
-	}
-	return kvns, nil
+	return r.host.KeyVersions(ctx)
 }
 
 // openISD selects the ISD and opens a secure channel to it under the derived
@@ -517,7 +496,7 @@ func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
 		old := kvns[0]
 		r.step = fmt.Sprintf("authenticate to the ISD with the GP test keys (KVN %02X)", old)
 		test := gp.AESKey(GPTestKey)
-		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}, r.isd.Bytes()); err != nil {
+		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}); err != nil {
 			return err
 		}
 		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, PersoISDKVN)
@@ -537,7 +516,7 @@ func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
 		if err != nil {
 			return err
 		}
-		data, err := r.expectOK(ctx, cmd)
+		data, err := r.host.SendOK(ctx, cmd)
 		if err != nil {
 			return err
 		}
@@ -551,7 +530,7 @@ func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
 		r.rep.ISDKeysReplaced = true
 	}
 	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", PersoISDKVN)
-	_, err := r.openSession(ctx, derived, r.isd.Bytes())
+	_, err := r.openSession(ctx, derived)
 	return err
 }
 
@@ -586,10 +565,10 @@ func (r *persoRun) loadFirstKeys(ctx context.Context, aid AID) (map[KeyUsage]str
 		loads = append(loads, gp.KeyLoad{Usage: usageQualifier[u], Type: gp.KeyTypeAES, Length: 16,
 			KID: byte(i + 1), KVN: FirstKVN, KCV: kc.KCV, Encrypted: ct})
 	}
-	if _, err := r.expectOK(ctx, gp.InstallForPersonalizationCmd(aid.Bytes())); err != nil {
+	if _, err := r.host.SendOK(ctx, gp.InstallForPersonalizationCmd(aid.Bytes())); err != nil {
 		return nil, err
 	}
-	if _, err := r.expectOK(ctx, gp.StoreData(gp.StoreDataLast|gp.StoreDataDGI, 0, gp.KeyLoadDGIs(loads))); err != nil {
+	if _, err := r.host.SendOK(ctx, gp.StoreData(gp.StoreDataLast|gp.StoreDataDGI, 0, gp.KeyLoadDGIs(loads))); err != nil {
 		return nil, err
 	}
 	return kcvs, nil
@@ -754,7 +733,7 @@ func (r *persoRun) checkRegistered(ctx context.Context, stored *Module, isdKVNs 
 		}
 		r.rep.Domains = append(r.rep.Domains, PersoDomain{AID: d.AID, KCV: d.KCV, SeqCounter: d.SeqCounter})
 	}
-	r.sess = nil
+	r.host.EndSession()
 	r.rep.AlreadyRegistered = true
 	return nil
 }
@@ -779,190 +758,46 @@ func (r *persoRun) custodyKey(ctx context.Context, ref KeyRef) gp.StaticKey {
 	return custodyKey{ctx: ctx, c: r.keys, ref: ref}
 }
 
-// transmit sends cmd, wrapped by the open secure channel if any, and
-// returns the card's answer unwrapped.
-func (r *persoRun) transmit(ctx context.Context, cmd gp.Command) (gp.Response, error) {
-	if err := ctx.Err(); err != nil {
-		return gp.Response{}, err
-	}
-	if r.sess != nil {
-		w, err := r.sess.Wrap(cmd)
-		if err != nil {
-			return gp.Response{}, err
-		}
-		cmd = w
-	}
-	raw, err := r.card.Transmit(ctx, cmd.Bytes())
-	r.rep.APDUs++
-	if err != nil {
-		return gp.Response{}, err
-	}
-	resp, err := gp.ParseResponse(raw)
-	if err != nil {
-		return gp.Response{}, err
-	}
-	if r.sess != nil {
-		if resp, err = r.sess.Unwrap(resp); err != nil {
-			return gp.Response{}, err
-		}
-	}
-	return resp, nil
-}
-
-// expectOK transmits cmd and fails on any status but 9000.
-func (r *persoRun) expectOK(ctx context.Context, cmd gp.Command) ([]byte, error) {
-	resp, err := r.transmit(ctx, cmd)
-	if err != nil {
-		return nil, err
-	}
-	if resp.SW != gp.SWOK {
-		return nil, &gp.SWError{SW: resp.SW, Op: insName(cmd.INS)}
-	}
-	return resp.Data, nil
-}
-
-func insName(ins byte) string {
-	switch ins {
-	case gp.INSSelect:
-		return "SELECT"
-	case gp.INSGetData:
-		return "GET DATA"
-	case gp.INSGetStatus:
-		return "GET STATUS"
-	case gp.INSInstall:
-		return "INSTALL"
-	case gp.INSStoreData:
-		return "STORE DATA"
-	case gp.INSPutKey:
-		return "PUT KEY"
-	case gp.INSInitializeUpdate:
-		return "INITIALIZE UPDATE"
-	case gp.INSExternalAuthenticate:
-		return "EXTERNAL AUTHENTICATE"
-	}
-	return fmt.Sprintf("INS %02X", ins)
-}
-
-// selectApp selects aid and reports whether the card has it (6A82: not).
-// A card that matches a partial AID (ISO 7816-4 7.1.1) with a longer one
-// counts as not having it. Selection ends any secure channel (AmdD 5.6).
+// selectApp selects aid and reports whether the card has it (gp.Host.Select).
 func (r *persoRun) selectApp(ctx context.Context, aid []byte) (bool, error) {
-	r.sess = nil
-	resp, err := r.transmit(ctx, gp.Select(aid))
-	if err != nil {
-		return false, err
-	}
-	switch resp.SW {
-	case gp.SWOK:
-		if got := fciAID(resp.Data); got != nil && !bytes.Equal(got, aid) {
-			return false, nil
-		}
-		return true, nil
-	case gp.SWNotFound:
-		return false, nil
-	}
-	return false, &gp.SWError{SW: resp.SW, Op: fmt.Sprintf("SELECT %X", aid)}
+	_, found, err := r.host.Select(ctx, aid)
+	return found, err
 }
 
-// fciAID returns the DF name (84) of a SELECT answer's FCI template (6F),
-// nil if there is none (GPCS 11.9.3.1).
-func fciAID(data []byte) []byte {
-	t, _, err := gp.ParseTLV(data)
-	if err != nil || t.Tag != 0x6F {
-		return nil
-	}
-	kids, err := t.Children()
-	if err != nil {
-		return nil
-	}
-	if n, ok := gp.Find(kids, 0x84); ok {
-		return n.Value
-	}
-	return nil
-}
-
-// errNoKeySet: INITIALIZE UPDATE named a KVN the SD does not have.
-var errNoKeySet = errors.New("the security domain has no such key set")
-
-// openSession runs the SCP03 handshake (AmdD 7.1) with the selected SD. The
-// card cryptogram is checked before EXTERNAL AUTHENTICATE is sent: keys
-// that do not match fail here, without counting toward the key set's lock.
-// It returns the card's INITIALIZE UPDATE data (with the sequence counter).
-func (r *persoRun) openSession(ctx context.Context, ks gp.KeySet, sdAID []byte) (gp.InitUpdateResponse, error) {
-	r.sess = nil
+// openSession runs the SCP03 handshake (AmdD 7.1) with the selected SD at
+// the strongest level its i allows: keys travel in STORE DATA and PUT KEY,
+// and GET STATUS answers need not be read by others. The card cryptogram is
+// checked before EXTERNAL AUTHENTICATE is sent: keys that do not match fail
+// here, without counting toward the key set's lock. It returns the card's
+// INITIALIZE UPDATE data (with the sequence counter).
+func (r *persoRun) openSession(ctx context.Context, ks gp.KeySet) (gp.InitUpdateResponse, error) {
 	hs, err := gp.NewHostSession(ks, nil)
 	if err != nil {
 		return gp.InitUpdateResponse{}, err
 	}
-	resp, err := r.transmit(ctx, hs.InitializeUpdate())
+	iu, err := r.host.InitializeUpdate(ctx, hs)
+	if errors.Is(err, gp.ErrCryptogram) {
+		return gp.InitUpdateResponse{}, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
 	if err != nil {
 		return gp.InitUpdateResponse{}, err
 	}
-	if resp.SW == gp.SWReferencedDataNotFound {
-		return gp.InitUpdateResponse{}, fmt.Errorf("key set %02X: %w", ks.KVN, errNoKeySet)
-	}
-	if err := hs.OnInitUpdateResponse(resp); err != nil {
-		if errors.Is(err, gp.ErrCryptogram) {
-			return gp.InitUpdateResponse{}, fmt.Errorf("%w: %X key set %02X is not the expected one (card cryptogram mismatch; nothing sent that counts toward its lock): %w",
-				ErrConflict, sdAID, ks.KVN, err)
-		}
+	if err := r.host.ExternalAuthenticate(ctx, gp.StrongestLevel(iu.I)); err != nil {
 		return gp.InitUpdateResponse{}, err
 	}
-	ea, err := hs.ExternalAuthenticate(sessionLevel(hs.Card().I))
-	if err != nil {
-		return gp.InitUpdateResponse{}, err
-	}
-	resp, err = r.transmit(ctx, ea)
-	if err != nil {
-		return gp.InitUpdateResponse{}, err
-	}
-	if resp.SW != gp.SWOK {
-		return gp.InitUpdateResponse{}, &gp.SWError{SW: resp.SW, Op: "EXTERNAL AUTHENTICATE"}
-	}
-	r.sess = hs
-	return hs.Card(), nil
-}
-
-// sessionLevel is the strongest security level the SD's i allows (AmdD
-// Table 7-3): keys travel in STORE DATA and PUT KEY, and GET STATUS answers
-// need not be read by others.
-func sessionLevel(i byte) gp.SecurityLevel {
-	switch {
-	case i&gp.IRMACRENC == gp.IRMACRENC:
-		return gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC | gp.LevelRENC
-	case i&gp.IRMAC != 0:
-		return gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC
-	}
-	return gp.LevelCMAC | gp.LevelCDEC
+	return iu, nil
 }
 
 // getStatus lists the applications and SSDs (GET STATUS P1 40, GPCS 11.4)
-// through the open ISD session, following 6310 pages.
+// through the open ISD session.
 func (r *persoRun) getStatus(ctx context.Context) (map[AID]gp.RegistryEntry, error) {
-	out := map[AID]gp.RegistryEntry{}
-	for page := 0; ; page++ {
-		if page > 64 {
-			return nil, errors.New("GET STATUS: the card keeps answering 6310")
-		}
-		resp, err := r.transmit(ctx, gp.GetStatus(gp.StatusApplications, page > 0, nil))
-		if err != nil {
-			return nil, err
-		}
-		if resp.SW == gp.SWReferencedDataNotFound && page == 0 {
-			return out, nil // no application at all
-		}
-		if resp.SW != gp.SWOK && resp.SW != gp.SWMoreData {
-			return nil, &gp.SWError{SW: resp.SW, Op: "GET STATUS"}
-		}
-		entries, err := gp.ParseGetStatus(resp.Data)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			out[AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
-		}
-		if resp.SW == gp.SWOK {
-			return out, nil
-		}
+	entries, err := r.host.GetStatus(ctx, gp.StatusApplications)
+	if err != nil {
+		return nil, err
 	}
+	out := map[AID]gp.RegistryEntry{}
+	for _, e := range entries {
+		out[AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
+	}
+	return out, nil
 }
