@@ -14,15 +14,6 @@ import (
 
 // ---- Personalization station (flow 1, issuer route: keyport perso) ----
 
-// CardChannel carries command APDUs to one card and brings back its answers:
-// a PC/SC reader (cardlink/pcsc) or, in tests, a virtual module. Transmit
-// returns the whole response APDU, data ‖ SW1 SW2. The ISO 7816-4 transport
-// statuses 61xx (GET RESPONSE) and 6Cxx (wrong Le) are the channel's
-// business and never reach the caller.
-type CardChannel interface {
-	Transmit(ctx context.Context, apdu []byte) ([]byte, error)
-}
-
 // KeyRef names one HSM-derived static key of the personalization station:
 // either a module's ISD key (Batch empty: derived from the ISD master with
 // the ISD's AID) or an SSD first key of a derived batch (derived from the
@@ -201,7 +192,7 @@ func errPerso(eid EID, op string, err error) error {
 //
 // Wrong keys are found by the card cryptogram before EXTERNAL AUTHENTICATE is
 // sent, so perso never adds to a key set's failure count.
-func (s *Service) Personalize(ctx context.Context, p Principal, card CardChannel, keys PersoCustody, req PersoRequest) (*PersoReport, error) {
+func (s *Service) Personalize(ctx context.Context, p Principal, card gp.Channel, keys PersoCustody, req PersoRequest) (*PersoReport, error) {
 	if !p.Admin {
 		return nil, ErrForbidden
 	}

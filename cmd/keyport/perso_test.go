@@ -72,7 +72,7 @@ func (st *station) insert(t testing.TB, statePath string, eid keyport.EID, maxAu
 	return proc, r
 }
 
-func (st *station) perso(ctx context.Context, card keyport.CardChannel, domains int) (*keyport.PersoReport, error) {
+func (st *station) perso(ctx context.Context, card gp.Channel, domains int) (*keyport.PersoReport, error) {
 	return st.app.svc.Personalize(ctx, cli, card, st.app.hsm, keyport.PersoRequest{Batch: "p1", Domains: domains})
 }
 
