@@ -1,67 +1,24 @@
-package keyport
+// Package perso is the issuer personalization station (DESIGN.md flow 1,
+// `keyport perso`): it turns a blank module in a reader into one keyport
+// knows. The card dialog is gp's host over a gp.Channel; every secret stays
+// in the HSM behind keyport.PersoCustody; the module is stored through the
+// root use cases (Service.GetBatch, GetModule, RegisterModule), never by
+// reaching into the store. It imports only the root package and gp/.
+package perso
 
 import (
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/gp"
 )
-
-// ---- Personalization station (flow 1, issuer route: keyport perso) ----
-
-// KeyRef names one HSM-derived static key of the personalization station:
-// either a module's ISD key (Batch empty: derived from the ISD master with
-// the ISD's AID) or an SSD first key of a derived batch (derived from the
-// batch master with the SSD's AID). The derivation is the one WrapFirstKeys
-// uses at claim time (DESIGN.md, "Key hierarchy"), so a provider who claims a
-// personalized domain receives exactly the keys that are on the card.
-type KeyRef struct {
-	Batch string // empty for an ISD key
-	EID   EID
-	AID   AID
-	Usage KeyUsage
-}
-
-// ISDKey names the usage key of the ISD isdAID of module eid.
-func ISDKey(eid EID, isdAID AID, usage KeyUsage) KeyRef {
-	return KeyRef{EID: eid, AID: isdAID, Usage: usage}
-}
-
-// FirstKey names the usage first key of SSD aid on module eid in a derived batch.
-func FirstKey(batch string, eid EID, aid AID, usage KeyUsage) KeyRef {
-	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage}
-}
-
-// String names the key without revealing anything secret.
-func (r KeyRef) String() string {
-	if r.Batch == "" {
-		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
-	}
-	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
-}
-
-// PersoCustody is what the personalization station asks of the HSM. Derived
-// static keys (KeyRef) never leave it: out come CMACs, keys encrypted under
-// another key as PUT KEY and STORE DATA carry them, and KCVs.
-type PersoCustody interface {
-	// SCP03CMAC returns AES-CMAC of data under the derived key ref: all an
-	// SCP03 host needs of a static key (AmdD 6.2.1, 6.2.2).
-	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
-	// EncryptUnderKey returns target encrypted under the derived DEK dek
-	// (AES-CBC, zero IV: AmdD 7.2.1, 7.3) and target's KCV.
-	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)
-	// EncryptUnderClearKey is EncryptUnderKey under a DEK given in clear. It
-	// exists for blank modules whose ISD DEK is the public GP test key
-	// (GPTestKey); the target still never leaves the HSM in clear.
-	EncryptUnderClearKey(ctx context.Context, dek []byte, target KeyRef) (cipher []byte, kcv string, err error)
-	// DerivedKCV returns the GP KCV of the derived key ref.
-	DerivedKCV(ctx context.Context, ref KeyRef) (string, error)
-}
 
 // ISDKeys says which keys the module's ISD holds before personalization.
 type ISDKeys string
@@ -69,40 +26,22 @@ type ISDKeys string
 // ISD key modes.
 const (
 	// ISDKeysDefault: a blank module; the ISD holds the public GlobalPlatform
-	// test keys (GPTestKey for ENC, MAC and DEK), which perso replaces by
-	// HSM-derived keys. A module whose ISD already holds the derived key set
-	// (PersoISDKVN) is recognised and used as it is.
+	// test keys (keyport.GPTestKey for ENC, MAC and DEK), which perso
+	// replaces by HSM-derived keys. A module whose ISD already holds the
+	// derived key set (keyport.PersoISDKVN) is recognised and used as it is.
 	ISDKeysDefault ISDKeys = "default"
 	// ISDKeysDerived: the ISD must already hold the HSM-derived key set; the
 	// test keys are never sent.
 	ISDKeysDerived ISDKeys = "derived"
 )
 
-// Personalization constants (PROTOCOLS.md §1.2, §1.4 "KVN conventions").
-const (
-	// PersoISDKVN is the KVN of the ISD key set perso installs. It replaces
-	// the blank module's key set (KVN 30 on keyport's virtual module, FF on
-	// some cards) with PUT KEY P1 = old KVN. Keeping a KVN of its own, in the
-	// SCP03 range 30-3F, lets perso tell from GET DATA 00E0 alone, without a
-	// failed authentication counting toward the lock, whether the ISD still
-	// holds the test keys or already holds keyport's.
-	PersoISDKVN byte = 0x31
-	// FirstKVN is the KVN of an SSD's first key set: the key package and
-	// `keyport sp script` expect 30, which the provider replaces by 31.
-	FirstKVN byte = 0x30
-	// MaxPersoDomains bounds --domains: the SSD number is one AID byte.
-	MaxPersoDomains = 255
-)
-
-// GPTestKey is the well-known GlobalPlatform test key 40 41 … 4F that blank
-// modules carry as ENC, MAC and DEK of their ISD. It is public, so it may be
-// handled in clear.
-var GPTestKey = []byte{0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F}
+// MaxDomains bounds --domains: the SSD number is one AID byte.
+const MaxDomains = 255
 
 // DefaultAIDPrefix is the SSD AID prefix of a derived batch that has none:
 // the GP SSD module AID A0000001515350 41 (GPPro GPTool --domain,
 // PROTOCOLS.md §1.4); SSD n is A000000151535041 ‖ n.
-const DefaultAIDPrefix AID = "A000000151535041"
+const DefaultAIDPrefix keyport.AID = "A000000151535041"
 
 // SSDPrivileges are the privileges of a keyport SSD: Security Domain and
 // Authorized Management (GPCS Table 11-7, PROTOCOLS.md §1.2), so that the
@@ -119,42 +58,57 @@ var (
 	isdrAID = []byte{0xA0, 0x00, 0x00, 0x05, 0x59, 0x10, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x89, 0x00, 0x00, 0x01, 0x00}
 	// defaultISDAID is GPCS H.1.3's ISD AID, for a card whose SELECT answer
 	// does not name its ISD.
-	defaultISDAID = AID("A000000151000000")
+	defaultISDAID = keyport.AID("A000000151000000")
 )
 
-// PersoRequest is one run of the personalization station.
-type PersoRequest struct {
+// Station is the issuer personalization station (DESIGN.md flow 1, `keyport
+// perso`): it drives one module at a time over a gp.Channel, asks the HSM
+// for everything secret, and registers what it made through the root use
+// cases (keyport.Service.RegisterModule).
+type Station struct {
+	// Service holds the use cases: the batch, the stored module and the
+	// registration, each for an admin principal.
+	Service *keyport.Service
+	// Keys is the HSM: the derived ISD and SSD keys never leave it.
+	Keys keyport.PersoCustody
+	// Log receives one line per personalized module; nil means Service.Log,
+	// and none there means no log.
+	Log *slog.Logger
+}
+
+// Request is one run of the personalization station.
+type Request struct {
 	// Batch is a derived batch: its master key derives the SSD first keys
 	// and its AID prefix names the SSDs.
 	Batch string
-	// Domains is how many SSDs the module gets (1..MaxPersoDomains).
+	// Domains is how many SSDs the module gets (1..MaxDomains).
 	Domains int
 	// ISDKeys is the ISD's key set before perso; "" means ISDKeysDefault.
 	ISDKeys ISDKeys
 }
 
-// PersoDomain is what perso did to one SSD.
-type PersoDomain struct {
-	AID AID
+// SSD is what perso did to one SSD.
+type SSD struct {
+	AID keyport.AID
 	// Created: this run installed the SSD; KeysLoaded: this run loaded its
 	// first key set. Both false for an SSD an interrupted run had finished.
 	Created, KeysLoaded bool
-	KCV                 map[KeyUsage]string
+	KCV                 map[keyport.KeyUsage]string
 	// SeqCounter is the card's SCP03 sequence counter of the first key set
 	// after perso's own authentication with it.
 	SeqCounter int
 }
 
-// PersoReport says what a personalization run found and did.
-type PersoReport struct {
-	EID    EID
-	ISDAID AID
+// Report says what a personalization run found and did.
+type Report struct {
+	EID    keyport.EID
+	ISDAID keyport.AID
 	// CPLC is the card's production life cycle data (GET DATA 9F7F), if any.
 	CPLC []byte
 	// ISDKeysReplaced: this run replaced the ISD test keys by the derived key
-	// set PersoISDKVN.
+	// set keyport.PersoISDKVN.
 	ISDKeysReplaced bool
-	Domains         []PersoDomain
+	Domains         []SSD
 	// Registered: this run stored the module. AlreadyRegistered: the store
 	// had it already (a finished perso run again); card and store were
 	// compared and nothing was changed.
@@ -165,23 +119,23 @@ type PersoReport struct {
 }
 
 // errPerso wraps the errors of one perso run with the module.
-func errPerso(eid EID, op string, err error) error {
+func errPerso(eid keyport.EID, op string, err error) error {
 	if eid == "" {
-		return fmt.Errorf("keyport: perso: %s: %w", op, err)
+		return fmt.Errorf("perso: %s: %w", op, err)
 	}
-	return fmt.Errorf("keyport: perso %s: %s: %w", eid, op, err)
+	return fmt.Errorf("perso %s: %s: %w", eid, op, err)
 }
 
-// Personalize is the issuer personalization station (DESIGN.md flow 1): over
-// card it reads the module's EID and CPLC, opens SCP03 to the ISD, replaces
-// the ISD test keys by keys derived in the HSM (PUT KEY, GPCS 11.8), creates
-// req.Domains SSDs (INSTALL [for install and make selectable], privileges
-// 804000, C9 {81 02 03 70}; GPCS 11.5), loads each SSD's first key set
-// derived in the HSM and encrypted there under the ISD DEK (INSTALL [for
-// personalization] + STORE DATA DGI 00B9/8113, GPCS 11.11.4), checks the
-// registry with GET STATUS and a fresh SCP03 authentication to every SSD,
-// and registers the module and its domains in the store (key source
-// "derived") with a chained "perso" audit event.
+// Personalize personalizes the module behind card for principal p, who must
+// be an admin (DESIGN.md flow 1): it reads the module's EID and CPLC, opens
+// SCP03 to the ISD, replaces the ISD test keys by keys derived in the HSM
+// (PUT KEY, GPCS 11.8), creates req.Domains SSDs (INSTALL [for install and
+// make selectable], privileges 804000, C9 {81 02 03 70}; GPCS 11.5), loads
+// each SSD's first key set derived in the HSM and encrypted there under the
+// ISD DEK (INSTALL [for personalization] + STORE DATA DGI 00B9/8113, GPCS
+// 11.11.4), checks the registry with GET STATUS and a fresh SCP03
+// authentication to every SSD, and registers the module and its domains
+// (key source "derived") with a chained "perso" audit event.
 //
 // It reads the card before it writes and only does what is missing, so a run
 // interrupted at any point (the module pulled, the station killed) is
@@ -192,85 +146,95 @@ func errPerso(eid EID, op string, err error) error {
 //
 // Wrong keys are found by the card cryptogram before EXTERNAL AUTHENTICATE is
 // sent, so perso never adds to a key set's failure count.
-func (s *Service) Personalize(ctx context.Context, p Principal, card gp.Channel, keys PersoCustody, req PersoRequest) (*PersoReport, error) {
+func (st *Station) Personalize(ctx context.Context, p keyport.Principal, card gp.Channel, req Request) (*Report, error) {
 	if !p.Admin {
-		return nil, ErrForbidden
+		return nil, keyport.ErrForbidden
 	}
-	if req.Domains < 1 || req.Domains > MaxPersoDomains {
-		return nil, Invalid("domains", "a module gets 1 to %d domains, not %d", MaxPersoDomains, req.Domains)
+	if req.Domains < 1 || req.Domains > MaxDomains {
+		return nil, keyport.Invalid("domains", "a module gets 1 to %d domains, not %d", MaxDomains, req.Domains)
 	}
 	switch req.ISDKeys {
 	case "":
 		req.ISDKeys = ISDKeysDefault
 	case ISDKeysDefault, ISDKeysDerived:
 	default:
-		return nil, Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
+		return nil, keyport.Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
 	}
-	b, err := s.Store.GetBatch(ctx, req.Batch)
+	b, err := st.Service.GetBatch(ctx, p, req.Batch)
 	if err != nil {
 		return nil, errPerso("", "batch "+req.Batch, err)
 	}
-	if b.KeySource != KeyDerived {
-		return nil, Invalid("batch", "batch %q is an imported batch: its keys come from the manufacturer, not from perso", req.Batch)
+	if b.KeySource != keyport.KeyDerived {
+		return nil, keyport.Invalid("batch", "batch %q is an imported batch: its keys come from the manufacturer, not from perso", req.Batch)
 	}
 	aids, err := ssdAIDs(b.AIDPrefix, req.Domains)
 	if err != nil {
 		return nil, err
 	}
-	r := &persoRun{s: s, p: p, host: gp.NewHost(card), keys: keys, req: req, batch: b, aids: aids, rep: &PersoReport{}}
+	r := &run{svc: st.Service, p: p, host: gp.NewHost(card), keys: st.Keys, req: req, batch: b, aids: aids, rep: &Report{}}
 	start := time.Now()
-	err = r.run(ctx)
+	err = r.personalize(ctx)
 	r.rep.APDUs = r.host.APDUs()
 	r.rep.Duration = time.Since(start)
 	if err != nil {
 		return r.rep, errPerso(r.rep.EID, r.step, err)
 	}
-	s.log().Info("module personalized", "eid", r.rep.EID, "batch", b.Name, "domains", len(aids),
+	st.log().Info("module personalized", "eid", r.rep.EID, "batch", b.Name, "domains", len(aids),
 		"registered", r.rep.Registered, "apdus", r.rep.APDUs, "duration", r.rep.Duration)
 	return r.rep, nil
 }
 
+func (st *Station) log() *slog.Logger {
+	switch {
+	case st.Log != nil:
+		return st.Log
+	case st.Service.Log != nil:
+		return st.Service.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
 // ssdAIDs returns prefix ‖ n for n = 1..count (DefaultAIDPrefix when the
 // batch has no prefix).
-func ssdAIDs(prefix AID, count int) ([]AID, error) {
+func ssdAIDs(prefix keyport.AID, count int) ([]keyport.AID, error) {
 	if prefix == "" {
 		prefix = DefaultAIDPrefix
 	}
 	pb, err := hex.DecodeString(string(prefix))
 	if err != nil || len(pb) < 5 || len(pb) > 15 {
-		return nil, Invalid("batch", "AID prefix %q must be 5 to 15 bytes so that prefix ‖ n is an AID", prefix)
+		return nil, keyport.Invalid("batch", "AID prefix %q must be 5 to 15 bytes so that prefix ‖ n is an AID", prefix)
 	}
-	out := make([]AID, count)
+	out := make([]keyport.AID, count)
 	for n := 1; n <= count; n++ {
-		out[n-1] = AID(strings.ToUpper(hex.EncodeToString(append(slices.Clone(pb), byte(n)))))
+		out[n-1] = keyport.AID(strings.ToUpper(hex.EncodeToString(append(slices.Clone(pb), byte(n)))))
 	}
 	return out, nil
 }
 
-// persoRun is the state of one Personalize call. Not safe for concurrent use.
-type persoRun struct {
-	s     *Service
-	p     Principal
+// run is the state of one Personalize call. Not safe for concurrent use.
+type run struct {
+	svc   *keyport.Service
+	p     keyport.Principal
 	host  *gp.Host // the card dialog; it counts the APDUs
-	keys  PersoCustody
-	req   PersoRequest
-	batch *Batch
-	aids  []AID
-	rep   *PersoReport
+	keys  keyport.PersoCustody
+	req   Request
+	batch *keyport.Batch
+	aids  []keyport.AID
+	rep   *Report
 	step  string // what is being done, for errors
 
-	eid EID
-	isd AID
+	eid keyport.EID
+	isd keyport.AID
 }
 
 // ssdState is what the card shows of one SSD before perso writes.
 type ssdState struct {
 	present, hasKeys bool
 	created, loaded  bool
-	kcv              map[KeyUsage]string
+	kcv              map[keyport.KeyUsage]string
 }
 
-func (r *persoRun) run(ctx context.Context) error {
+func (r *run) personalize(ctx context.Context) error {
 	// 1. Who is this module, and what does its ISD hold?
 	if err := r.identify(ctx); err != nil {
 		return err
@@ -280,11 +244,11 @@ func (r *persoRun) run(ctx context.Context) error {
 		return err
 	}
 	r.step = "look the module up in the store"
-	stored, err := r.s.Store.GetModule(ctx, r.eid)
+	stored, err := r.svc.GetModule(ctx, r.p, r.eid)
 	switch {
 	case err == nil:
 		return r.checkRegistered(ctx, stored, isdKVNs)
-	case !errors.Is(err, ErrNotFound):
+	case !errors.Is(err, keyport.ErrNotFound):
 		return err
 	}
 
@@ -304,7 +268,7 @@ func (r *persoRun) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		states[i].hasKeys = slices.Contains(kvns, FirstKVN)
+		states[i].hasKeys = slices.Contains(kvns, keyport.FirstKVN)
 	}
 
 	// 3. The ISD: replace the test keys if they are still there, then work
@@ -322,7 +286,7 @@ func (r *persoRun) run(ctx context.Context) error {
 	for i, aid := range r.aids {
 		e, listed := reg[aid]
 		if listed != states[i].present {
-			return fmt.Errorf("%w: SSD %s: SELECT and GET STATUS disagree (selectable %v, listed %v)", ErrConflict, aid, states[i].present, listed)
+			return fmt.Errorf("%w: SSD %s: SELECT and GET STATUS disagree (selectable %v, listed %v)", keyport.ErrConflict, aid, states[i].present, listed)
 		}
 		if listed {
 			if err := checkSSDEntry(e); err != nil {
@@ -374,7 +338,7 @@ func (r *persoRun) run(ctx context.Context) error {
 	}
 
 	// 7. Check: the HSM-derived first keys authenticate to every SSD.
-	domains := make([]Domain, len(r.aids))
+	domains := make([]keyport.Domain, len(r.aids))
 	for i, aid := range r.aids {
 		r.step = "authenticate to SSD " + string(aid)
 		if _, err := r.selectApp(ctx, aid.Bytes()); err != nil {
@@ -390,22 +354,22 @@ func (r *persoRun) run(ctx context.Context) error {
 				return err
 			}
 		}
-		d := PersoDomain{AID: aid, Created: states[i].created, KeysLoaded: states[i].loaded, KCV: states[i].kcv,
+		d := SSD{AID: aid, Created: states[i].created, KeysLoaded: states[i].loaded, KCV: states[i].kcv,
 			SeqCounter: int(card.SequenceCounter)}
 		r.rep.Domains = append(r.rep.Domains, d)
-		domains[i] = Domain{EID: r.eid, AID: aid, KVN: int(FirstKVN), State: Unassigned, KeySource: KeyDerived,
+		domains[i] = keyport.Domain{EID: r.eid, AID: aid, KVN: int(keyport.FirstKVN), State: keyport.Unassigned, KeySource: keyport.KeyDerived,
 			KCV: d.KCV, SeqCounter: d.SeqCounter}
 	}
 	r.host.EndSession()
 
 	// 8. Register, last and in one transaction.
 	r.step = "register the module"
-	return r.register(ctx, &ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains})
+	return r.register(ctx, &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains})
 }
 
 // identify reads the EID from the ISD-R (SGP.22 GET EID), selects the ISD
 // and reads its CPLC (GET DATA 9F7F).
-func (r *persoRun) identify(ctx context.Context) error {
+func (r *run) identify(ctx context.Context) error {
 	r.step = "read the EID"
 	found, err := r.selectApp(ctx, isdrAID)
 	if err != nil {
@@ -422,7 +386,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.eid, err = ParseEID(digits); err != nil {
+	if r.eid, err = keyport.ParseEID(digits); err != nil {
 		return fmt.Errorf("the module's EID %s: %w", digits, err)
 	}
 	r.rep.EID = r.eid
@@ -437,7 +401,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 	}
 	r.isd = defaultISDAID
 	if aid := gp.FCIDFName(fci); aid != nil {
-		if r.isd, err = ParseAID(hex.EncodeToString(aid)); err != nil {
+		if r.isd, err = keyport.ParseAID(hex.EncodeToString(aid)); err != nil {
 			return fmt.Errorf("the ISD's AID %X: %w", aid, err)
 		}
 	}
@@ -458,7 +422,7 @@ func (r *persoRun) identify(ctx context.Context) error {
 }
 
 // isdKeyVersions reads the ISD's key versions (the ISD must be selected).
-func (r *persoRun) isdKeyVersions(ctx context.Context) ([]byte, error) {
+func (r *run) isdKeyVersions(ctx context.Context) ([]byte, error) {
 	r.step = "read the ISD key information"
 	return r.host.KeyVersions(ctx)
 }
@@ -466,34 +430,34 @@ func (r *persoRun) isdKeyVersions(ctx context.Context) ([]byte, error) {
 // openISD selects the ISD and opens a secure channel to it under the derived
 // ISD keys, first replacing the test keys by them when the ISD does not
 // hold the derived key set yet.
-func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
+func (r *run) openISD(ctx context.Context, kvns []byte) error {
 	r.step = "select the ISD"
 	if found, err := r.selectApp(ctx, r.isd.Bytes()); err != nil {
 		return err
 	} else if !found {
 		return fmt.Errorf("the ISD %s no longer answers SELECT", r.isd)
 	}
-	derived := gp.KeySet{KVN: PersoISDKVN}
-	derived.ENC = r.custodyKey(ctx, ISDKey(r.eid, r.isd, UsageENC))
-	derived.MAC = r.custodyKey(ctx, ISDKey(r.eid, r.isd, UsageMAC))
-	if !slices.Contains(kvns, PersoISDKVN) {
+	derived := gp.KeySet{KVN: keyport.PersoISDKVN}
+	derived.ENC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageENC))
+	derived.MAC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageMAC))
+	if !slices.Contains(kvns, keyport.PersoISDKVN) {
 		if r.req.ISDKeys == ISDKeysDerived {
 			return fmt.Errorf("%w: the ISD has no key set %02X (it has %X): it does not hold keyport's derived keys; use --isd-keys default for a blank module",
-				ErrConflict, PersoISDKVN, kvns)
+				keyport.ErrConflict, keyport.PersoISDKVN, kvns)
 		}
 		if len(kvns) == 0 {
 			return errors.New("the ISD reports no key set")
 		}
 		old := kvns[0]
 		r.step = fmt.Sprintf("authenticate to the ISD with the GP test keys (KVN %02X)", old)
-		test := gp.AESKey(GPTestKey)
+		test := gp.AESKey(keyport.GPTestKey)
 		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}); err != nil {
 			return err
 		}
-		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, PersoISDKVN)
-		pk := gp.PutKey{OldKVN: old, NewKVN: PersoISDKVN, FirstKID: 1}
-		for _, u := range Usages {
-			ct, kcv, err := r.keys.EncryptUnderClearKey(ctx, GPTestKey, ISDKey(r.eid, r.isd, u))
+		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, keyport.PersoISDKVN)
+		pk := gp.PutKey{OldKVN: old, NewKVN: keyport.PersoISDKVN, FirstKID: 1}
+		for _, u := range keyport.Usages {
+			ct, kcv, err := r.keys.EncryptUnderClearKey(ctx, keyport.GPTestKey, keyport.ISDKey(r.eid, r.isd, u))
 			if err != nil {
 				return err
 			}
@@ -520,7 +484,7 @@ func (r *persoRun) openISD(ctx context.Context, kvns []byte) error {
 		}
 		r.rep.ISDKeysReplaced = true
 	}
-	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", PersoISDKVN)
+	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", keyport.PersoISDKVN)
 	_, err := r.openSession(ctx, derived)
 	return err
 }
@@ -539,12 +503,12 @@ func keyComponent(ct []byte, kcvHex string) (gp.KeyComponent, error) {
 // INSTALL [for personalization] then one STORE DATA with DGI 00B9/8113 per
 // key, each key encrypted in the HSM under the derived ISD DEK (GPCS
 // 11.11.4; SCP03 uses the static DEK, AmdD 7.3). It returns the KCVs.
-func (r *persoRun) loadFirstKeys(ctx context.Context, aid AID) (map[KeyUsage]string, error) {
-	kcvs := map[KeyUsage]string{}
+func (r *run) loadFirstKeys(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
+	kcvs := map[keyport.KeyUsage]string{}
 	var loads []gp.KeyLoad
-	usageQualifier := map[KeyUsage]byte{UsageENC: gp.KeyUsageENC, UsageMAC: gp.KeyUsageMAC, UsageDEK: gp.KeyUsageDEK}
-	for i, u := range Usages {
-		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, ISDKey(r.eid, r.isd, UsageDEK), FirstKey(r.batch.Name, r.eid, aid, u))
+	usageQualifier := map[keyport.KeyUsage]byte{keyport.UsageENC: gp.KeyUsageENC, keyport.UsageMAC: gp.KeyUsageMAC, keyport.UsageDEK: gp.KeyUsageDEK}
+	for i, u := range keyport.Usages {
+		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageDEK), keyport.FirstKey(r.batch.Name, r.eid, aid, u))
 		if err != nil {
 			return nil, err
 		}
@@ -554,7 +518,7 @@ func (r *persoRun) loadFirstKeys(ctx context.Context, aid AID) (map[KeyUsage]str
 		}
 		kcvs[u] = kcvHex
 		loads = append(loads, gp.KeyLoad{Usage: usageQualifier[u], Type: gp.KeyTypeAES, Length: 16,
-			KID: byte(i + 1), KVN: FirstKVN, KCV: kc.KCV, Encrypted: ct})
+			KID: byte(i + 1), KVN: keyport.FirstKVN, KCV: kc.KCV, Encrypted: ct})
 	}
 	if _, err := r.host.SendOK(ctx, gp.InstallForPersonalizationCmd(aid.Bytes())); err != nil {
 		return nil, err
@@ -566,16 +530,16 @@ func (r *persoRun) loadFirstKeys(ctx context.Context, aid AID) (map[KeyUsage]str
 }
 
 // firstKeySet is SSD aid's first key set as HSM-backed SCP03 static keys.
-func (r *persoRun) firstKeySet(ctx context.Context, aid AID) gp.KeySet {
-	return gp.KeySet{KVN: FirstKVN,
-		ENC: r.custodyKey(ctx, FirstKey(r.batch.Name, r.eid, aid, UsageENC)),
-		MAC: r.custodyKey(ctx, FirstKey(r.batch.Name, r.eid, aid, UsageMAC))}
+func (r *run) firstKeySet(ctx context.Context, aid keyport.AID) gp.KeySet {
+	return gp.KeySet{KVN: keyport.FirstKVN,
+		ENC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageENC)),
+		MAC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageMAC))}
 }
 
-func (r *persoRun) firstKCVs(ctx context.Context, aid AID) (map[KeyUsage]string, error) {
-	kcvs := map[KeyUsage]string{}
-	for _, u := range Usages {
-		k, err := r.keys.DerivedKCV(ctx, FirstKey(r.batch.Name, r.eid, aid, u))
+func (r *run) firstKCVs(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
+	kcvs := map[keyport.KeyUsage]string{}
+	for _, u := range keyport.Usages {
+		k, err := r.keys.DerivedKCV(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, u))
 		if err != nil {
 			return nil, err
 		}
@@ -589,123 +553,45 @@ func checkSSDEntry(e gp.RegistryEntry) error {
 	switch {
 	case e.Privileges != SSDPrivileges:
 		return fmt.Errorf("%w: SSD %X has privileges %s, not %06X: it was not made by keyport perso; resolve it by hand",
-			ErrConflict, e.AID, e.Privileges, uint32(SSDPrivileges))
+			keyport.ErrConflict, e.AID, e.Privileges, uint32(SSDPrivileges))
 	case e.LifeCycle.Locked():
-		return fmt.Errorf("%w: SSD %X is %s", ErrConflict, e.AID, e.LifeCycle)
+		return fmt.Errorf("%w: SSD %X is %s", keyport.ErrConflict, e.AID, e.LifeCycle)
 	case e.LifeCycle != gp.LifeCycleSelectable && e.LifeCycle != gp.LifeCyclePersonalized:
-		return fmt.Errorf("%w: SSD %X is %s, not SELECTABLE", ErrConflict, e.AID, e.LifeCycle)
+		return fmt.Errorf("%w: SSD %X is %s, not SELECTABLE", keyport.ErrConflict, e.AID, e.LifeCycle)
 	}
 	return nil
 }
 
-// register stores the module, or, when a concurrent run stored it first,
-// accepts the stored module if it is the same.
-func (r *persoRun) register(ctx context.Context, m *ModuleImport) error {
-	err := r.s.Store.Tx(ctx, func(tx Repo) error {
-		n, err := tx.ImportModules(ctx, r.batch.ID, oneModule(m))
-		if err != nil {
-			return err
-		}
-		if n != 1 {
-			return fmt.Errorf("store imported %d modules, want 1", n)
-		}
-		detail := map[string]any{"batch": r.batch.Name, "isd_aid": r.isd, "isd_kvn": fmt.Sprintf("%02X", PersoISDKVN),
-			"isd_keys_replaced": r.rep.ISDKeysReplaced, "domains": r.aids}
-		if len(r.rep.CPLC) > 0 {
-			detail["cplc"] = strings.ToUpper(hex.EncodeToString(r.rep.CPLC))
-		}
-		return r.s.audit(ctx, tx, r.p.Actor(), "perso", "module:"+string(r.eid), detail)
-	})
-	if errors.Is(err, ErrConflict) {
-		stored, gerr := r.s.Store.GetModule(ctx, r.eid)
-		if gerr != nil {
-			return err
-		}
-		if derr := sameModule(stored, r.batch, m); derr != nil {
-			return derr
-		}
-		r.rep.AlreadyRegistered = true
-		return nil
+// register stores the module through the root use case, which accepts a
+// module a concurrent run stored first if it is the same.
+func (r *run) register(ctx context.Context, m *keyport.ModuleImport) error {
+	detail := map[string]any{"isd_kvn": fmt.Sprintf("%02X", keyport.PersoISDKVN), "isd_keys_replaced": r.rep.ISDKeysReplaced}
+	if len(r.rep.CPLC) > 0 {
+		detail["cplc"] = strings.ToUpper(hex.EncodeToString(r.rep.CPLC))
 	}
+	already, err := r.svc.RegisterModule(ctx, r.p, r.batch.Name, m, detail)
 	if err != nil {
 		return err
 	}
-	r.rep.Registered = true
+	r.rep.Registered, r.rep.AlreadyRegistered = !already, already
 	return nil
-}
-
-func oneModule(m *ModuleImport) func() (*ModuleImport, error) {
-	done := false
-	return func() (*ModuleImport, error) {
-		if done {
-			return nil, nil
-		}
-		done = true
-		return m, nil
-	}
-}
-
-// sameModule reports how the stored module differs from what perso would
-// register (sequence counters aside: they move with every authentication).
-func sameModule(stored *Module, b *Batch, m *ModuleImport) error {
-	if stored.BatchID != b.ID {
-		return fmt.Errorf("%w: module %s is registered in another batch (id %d), not %s", ErrConflict, m.EID, stored.BatchID, b.Name)
-	}
-	if stored.ISDAID != m.ISDAID {
-		return fmt.Errorf("%w: module %s is registered with ISD %s, the card has %s", ErrConflict, m.EID, stored.ISDAID, m.ISDAID)
-	}
-	var have, want []string
-	for _, d := range stored.Domains {
-		have = append(have, string(d.AID))
-	}
-	for _, d := range m.Domains {
-		want = append(want, string(d.AID))
-	}
-	slices.Sort(have)
-	slices.Sort(want)
-	if !slices.Equal(have, want) {
-		return fmt.Errorf("%w: module %s is registered with domains %v, perso would register %v", ErrConflict, m.EID, have, want)
-	}
-	for _, d := range stored.Domains {
-		if d.KeySource != KeyDerived {
-			return fmt.Errorf("%w: domain %s/%s is registered with key source %s", ErrConflict, m.EID, d.AID, d.KeySource)
-		}
-		for _, n := range m.Domains {
-			if n.AID == d.AID && len(n.KCV) > 0 && len(d.KCV) > 0 && !mapsEqual(n.KCV, d.KCV) {
-				return fmt.Errorf("%w: domain %s/%s is registered with KCVs %v, the HSM derives %v", ErrConflict, m.EID, d.AID, d.KCV, n.KCV)
-			}
-		}
-	}
-	return nil
-}
-
-func mapsEqual(a, b map[KeyUsage]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // checkRegistered compares a module the store has with the card: the ISD
 // holds the derived key set and GET STATUS lists every stored domain as an
 // SSD. Nothing is written; the SSDs' sequence counters are left alone (no
 // SSD authentication), since the store tracks them for precomputed scripts.
-func (r *persoRun) checkRegistered(ctx context.Context, stored *Module, isdKVNs []byte) error {
+func (r *run) checkRegistered(ctx context.Context, stored *keyport.Module, isdKVNs []byte) error {
 	r.step = "compare the registered module with the card"
-	want := make([]Domain, len(r.aids))
+	want := make([]keyport.Domain, len(r.aids))
 	for i, aid := range r.aids {
-		want[i] = Domain{AID: aid, KeySource: KeyDerived}
+		want[i] = keyport.Domain{AID: aid, KeySource: keyport.KeyDerived}
 	}
-	if err := sameModule(stored, r.batch, &ModuleImport{EID: r.eid, ISDAID: r.isd, Domains: want}); err != nil {
+	if err := keyport.SameRegistration(stored, r.batch, &keyport.ModuleImport{EID: r.eid, ISDAID: r.isd, Domains: want}); err != nil {
 		return err
 	}
-	if !slices.Contains(isdKVNs, PersoISDKVN) {
-		return fmt.Errorf("%w: module %s is registered but its ISD has no key set %02X (it has %X)", ErrConflict, r.eid, PersoISDKVN, isdKVNs)
+	if !slices.Contains(isdKVNs, keyport.PersoISDKVN) {
+		return fmt.Errorf("%w: module %s is registered but its ISD has no key set %02X (it has %X)", keyport.ErrConflict, r.eid, keyport.PersoISDKVN, isdKVNs)
 	}
 	if err := r.openISD(ctx, isdKVNs); err != nil {
 		return err
@@ -717,12 +603,12 @@ func (r *persoRun) checkRegistered(ctx context.Context, stored *Module, isdKVNs 
 	for _, d := range stored.Domains {
 		e, ok := reg[d.AID]
 		if !ok {
-			return fmt.Errorf("%w: domain %s is registered but the card has no such SSD", ErrConflict, d.AID)
+			return fmt.Errorf("%w: domain %s is registered but the card has no such SSD", keyport.ErrConflict, d.AID)
 		}
 		if !e.Privileges.Has(gp.PrivSecurityDomain) {
-			return fmt.Errorf("%w: %s is registered as a domain but on the card it is not a security domain (%s)", ErrConflict, d.AID, e.Privileges)
+			return fmt.Errorf("%w: %s is registered as a domain but on the card it is not a security domain (%s)", keyport.ErrConflict, d.AID, e.Privileges)
 		}
-		r.rep.Domains = append(r.rep.Domains, PersoDomain{AID: d.AID, KCV: d.KCV, SeqCounter: d.SeqCounter})
+		r.rep.Domains = append(r.rep.Domains, SSD{AID: d.AID, KCV: d.KCV, SeqCounter: d.SeqCounter})
 	}
 	r.host.EndSession()
 	r.rep.AlreadyRegistered = true
@@ -735,8 +621,8 @@ func (r *persoRun) checkRegistered(ctx context.Context, stored *Module, isdKVNs 
 // for CMACs only. gp.StaticKey has no context, so the run's is kept here.
 type custodyKey struct {
 	ctx context.Context
-	c   PersoCustody
-	ref KeyRef
+	c   keyport.PersoCustody
+	ref keyport.KeyRef
 }
 
 // CMAC implements gp.StaticKey.
@@ -745,12 +631,12 @@ func (k custodyKey) CMAC(data []byte) ([]byte, error) { return k.c.SCP03CMAC(k.c
 // Size implements gp.StaticKey: derived keys are AES-128.
 func (k custodyKey) Size() int { return 16 }
 
-func (r *persoRun) custodyKey(ctx context.Context, ref KeyRef) gp.StaticKey {
+func (r *run) custodyKey(ctx context.Context, ref keyport.KeyRef) gp.StaticKey {
 	return custodyKey{ctx: ctx, c: r.keys, ref: ref}
 }
 
 // selectApp selects aid and reports whether the card has it (gp.Host.Select).
-func (r *persoRun) selectApp(ctx context.Context, aid []byte) (bool, error) {
+func (r *run) selectApp(ctx context.Context, aid []byte) (bool, error) {
 	_, found, err := r.host.Select(ctx, aid)
 	return found, err
 }
@@ -761,14 +647,14 @@ func (r *persoRun) selectApp(ctx context.Context, aid []byte) (bool, error) {
 // checked before EXTERNAL AUTHENTICATE is sent: keys that do not match fail
 // here, without counting toward the key set's lock. It returns the card's
 // INITIALIZE UPDATE data (with the sequence counter).
-func (r *persoRun) openSession(ctx context.Context, ks gp.KeySet) (gp.InitUpdateResponse, error) {
+func (r *run) openSession(ctx context.Context, ks gp.KeySet) (gp.InitUpdateResponse, error) {
 	hs, err := gp.NewHostSession(ks, nil)
 	if err != nil {
 		return gp.InitUpdateResponse{}, err
 	}
 	iu, err := r.host.InitializeUpdate(ctx, hs)
 	if errors.Is(err, gp.ErrCryptogram) {
-		return gp.InitUpdateResponse{}, fmt.Errorf("%w: %w", ErrConflict, err)
+		return gp.InitUpdateResponse{}, fmt.Errorf("%w: %w", keyport.ErrConflict, err)
 	}
 	if err != nil {
 		return gp.InitUpdateResponse{}, err
@@ -781,14 +667,14 @@ func (r *persoRun) openSession(ctx context.Context, ks gp.KeySet) (gp.InitUpdate
 
 // getStatus lists the applications and SSDs (GET STATUS P1 40, GPCS 11.4)
 // through the open ISD session.
-func (r *persoRun) getStatus(ctx context.Context) (map[AID]gp.RegistryEntry, error) {
+func (r *run) getStatus(ctx context.Context) (map[keyport.AID]gp.RegistryEntry, error) {
 	entries, err := r.host.GetStatus(ctx, gp.StatusApplications)
 	if err != nil {
 		return nil, err
 	}
-	out := map[AID]gp.RegistryEntry{}
+	out := map[keyport.AID]gp.RegistryEntry{}
 	for _, e := range entries {
-		out[AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
+		out[keyport.AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
 	}
 	return out, nil
 }
