@@ -202,7 +202,7 @@ func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, erro
 	for i, x := range rs.Responses {
 		if x.SW != gp.SWOK {
 			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
-			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, scriptINSName(cmds[i].INS), x.SW)
+			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
 			return r, nil
 		}
 	}
@@ -226,22 +226,6 @@ func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, erro
 	}
 	r.Confirmed = true
 	return r, nil
-}
-
-func scriptINSName(ins byte) string {
-	switch ins {
-	case gp.INSInitializeUpdate:
-		return "INITIALIZE UPDATE"
-	case gp.INSExternalAuthenticate:
-		return "EXTERNAL AUTHENTICATE"
-	case gp.INSPutKey:
-		return "PUT KEY"
-	case gp.INSSetStatus:
-		return "SET STATUS"
-	case gp.INSStoreData:
-		return "STORE DATA"
-	}
-	return fmt.Sprintf("INS %02X", ins)
 }
 
 // SecondKeyScript builds a provider's second-key script offline (flow 7;

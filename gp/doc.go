@@ -1,6 +1,6 @@
 // Package gp holds keyport's GlobalPlatform and ETSI card codecs: pure
-// functions and small state machines over bytes, with no I/O and only the
-// standard library. Everything here can be checked against the published
+// functions and small state machines over bytes, with no I/O of their own
+// and only the standard library. Everything here can be checked against the published
 // vectors in testdata/ (copied from /work/shared/vectors).
 //
 // Main types, by file:
@@ -14,6 +14,11 @@
 //   - scp03.go: SCP03 (GP Amendment D): StaticKey (the static key behind a
 //     small interface so that it may live in an HSM), AESKey, KeySet, KDF,
 //     HostSession (off-card entity) and CardSession (security domain).
+//   - host.go: Channel (what carries APDUs to a card; the I/O lives behind
+//     it) and Host, the host side of a card dialog over it: Send (wrapped
+//     by an open SCP03 session), SendOK, Select, InitializeUpdate with the
+//     card cryptogram checked before ExternalAuthenticate, GET STATUS
+//     paging, key versions, and INSName, the one table of command names.
 //   - commands.go: builders for SELECT, INITIALIZE UPDATE, INSTALL, STORE
 //     DATA, GET STATUS, GET DATA, DELETE, SET STATUS (GPCS chapter 11).
 //   - putkey.go: PUT KEY (GPCS 11.8, AmdD Table 7-10), key encryption

@@ -25,7 +25,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
@@ -65,12 +64,12 @@ type Config struct {
 // Agent runs admin sessions for one module.
 type Agent struct {
 	cfg  Config
-	card keyport.CardChannel
+	card gp.Channel
 	log  *slog.Logger
 }
 
 // New returns an agent relaying to card.
-func New(cfg Config, card keyport.CardChannel) *Agent {
+func New(cfg Config, card gp.Channel) *Agent {
 	if cfg.AgentID == "" {
 		cfg.AgentID = cfg.Identity
 	}
@@ -297,20 +296,22 @@ func (a *Agent) runScript(ctx context.Context, target string, script []byte) (st
 		a.log.Warn("script does not parse", "err", err)
 		return cardlink.StatusOK, gp.ResponseScript{BadFormat: []byte{0x01}, HasExecuted: true}.Bytes()
 	}
+	// The script carries its own secure channel: the agent relays its
+	// commands as they are.
+	host := gp.NewHost(a.card)
 	if target != "" {
 		aid, err := gp.ParseTargetedApplication(target)
 		if err != nil {
 			return cardlink.StatusUnknownApplication, nil
 		}
-		r, err := a.transmit(ctx, gp.Select(aid))
-		if err != nil || r.SW != gp.SWOK {
-			a.log.Info("targeted application not selectable", "target", target, "sw", r.SW, "err", err)
+		if _, found, err := host.Select(ctx, aid); err != nil || !found {
+			a.log.Info("targeted application not selectable", "target", target, "err", err)
 			return cardlink.StatusUnknownApplication, nil
 		}
 	}
 	out := gp.ResponseScript{HasExecuted: true}
 	for _, c := range cs.Commands {
-		r, err := a.transmit(ctx, c)
+		r, err := host.Send(ctx, c)
 		if err != nil {
 			a.log.Warn("module transmit failed", "err", err)
 			break
@@ -322,12 +323,4 @@ func (a *Agent) runScript(ctx context.Context, target string, script []byte) (st
 		}
 	}
 	return cardlink.StatusOK, out.Bytes()
-}
-
-func (a *Agent) transmit(ctx context.Context, c gp.Command) (gp.Response, error) {
-	b, err := a.card.Transmit(ctx, c.Bytes())
-	if err != nil {
-		return gp.Response{}, err
-	}
-	return gp.ParseResponse(b)
 }

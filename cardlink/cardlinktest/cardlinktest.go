@@ -25,87 +25,55 @@ var (
 	ssdModule = []byte{0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41}
 )
 
-// Tx sends one C-APDU to a module and returns the R-APDU.
-type Tx func(apdu []byte) ([]byte, error)
-
-// ProcessTx talks to a card in memory.
-func ProcessTx(c *vcard.Card) Tx { return func(b []byte) ([]byte, error) { return c.Process(b), nil } }
-
-// ChannelTx talks to a keyport.CardChannel (a PC/SC reader).
-func ChannelTx(c keyport.CardChannel) Tx {
-	return func(b []byte) ([]byte, error) { return c.Transmit(context.Background(), b) }
+// ProcessTx is a channel to a card in memory.
+func ProcessTx(c *vcard.Card) gp.Channel {
+	return gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return c.Process(b), nil })
 }
 
-// Host is an off-card SCP03 entity for tests.
+// Host is an off-card SCP03 entity for tests, on gp's host.
 type Host struct {
 	t    testing.TB
-	tx   Tx
-	sess *gp.HostSession
+	host *gp.Host
 	dek  []byte
 }
 
-// NewHost returns a host sending through tx.
-func NewHost(t testing.TB, tx Tx) *Host { return &Host{t: t, tx: tx} }
-
-func (h *Host) send(c gp.Command) gp.Response {
-	h.t.Helper()
-	b, err := h.tx(c.Bytes())
-	if err != nil {
-		h.t.Fatalf("cardlinktest: transmit %X: %v", c.Bytes(), err)
-	}
-	r, err := gp.ParseResponse(b)
-	if err != nil {
-		h.t.Fatalf("cardlinktest: response %X: %v", b, err)
-	}
-	return r
-}
+// NewHost returns a host sending through ch.
+func NewHost(t testing.TB, ch gp.Channel) *Host { return &Host{t: t, host: gp.NewHost(ch)} }
 
 // Authenticate selects aid and opens SCP03 on key set kvn with keys (ENC,
 // MAC, DEK) at level 03; it returns the first status word that is not 9000,
-// or 9000 with the session open.
+// or 9000 with the session open. Wrong keys answer 6300 without EXTERNAL
+// AUTHENTICATE being sent: the card cryptogram already tells.
 func (h *Host) Authenticate(aid []byte, kvn byte, keys [3][]byte) gp.SW {
 	h.t.Helper()
-	h.sess = nil
-	if r := h.send(gp.Select(aid)); r.SW != gp.SWOK {
-		return r.SW
+	h.dek = nil
+	ks := gp.KeySet{KVN: kvn, ENC: gp.AESKey(keys[0]), MAC: gp.AESKey(keys[1])}
+	_, err := h.host.Authenticate(context.Background(), aid, ks, gp.LevelCMAC|gp.LevelCDEC)
+	var se *gp.SWError
+	switch {
+	case err == nil:
+		h.dek = keys[2]
+		return gp.SWOK
+	case errors.As(err, &se):
+		return se.SW
+	case errors.Is(err, gp.ErrCryptogram):
+		return gp.SWAuthFailed
 	}
-	hs, err := gp.NewHostSession(gp.KeySet{KVN: kvn, ENC: gp.AESKey(keys[0]), MAC: gp.AESKey(keys[1])}, nil)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	r := h.send(hs.InitializeUpdate())
-	if r.SW != gp.SWOK {
-		return r.SW
-	}
-	if err := hs.OnInitUpdateResponse(r); err != nil {
-		if errors.Is(err, gp.ErrCryptogram) {
-			return gp.SWAuthFailed // wrong keys: the card cryptogram already tells
-		}
-		h.t.Fatalf("cardlinktest: INITIALIZE UPDATE answer: %v", err)
-	}
-	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if r := h.send(ea); r.SW != gp.SWOK {
-		return r.SW
-	}
-	h.sess, h.dek = hs, keys[2]
-	return gp.SWOK
+	h.t.Fatalf("cardlinktest: authenticate to %X: %v", aid, err)
+	return 0
 }
 
 // Sec sends c in the open session and fails the test unless it answers 9000.
 func (h *Host) Sec(c gp.Command) []byte {
 	h.t.Helper()
-	w, err := h.sess.Wrap(c)
+	if h.host.Session() == nil {
+		h.t.Fatalf("cardlinktest: %X without a session", c.Bytes())
+	}
+	data, err := h.host.SendOK(context.Background(), c)
 	if err != nil {
-		h.t.Fatal(err)
+		h.t.Fatalf("cardlinktest: %X: %v", c.Bytes(), err)
 	}
-	r, err := h.sess.Unwrap(h.send(w))
-	if err != nil || r.SW != gp.SWOK {
-		h.t.Fatalf("cardlinktest: %X answered %v (%v)", c.Bytes(), r.SW, err)
-	}
-	return r.Data
+	return data
 }
 
 // NewModule creates a virtual module with eid whose ISD has the default

@@ -13,7 +13,7 @@ import (
 	"github.com/keyport/keyport/store/storetest"
 )
 
-// MemCard is a keyport.CardChannel to a virtual module in memory, with an
+// MemCard is a gp.Channel to a virtual module in memory, with an
 // optional fault that replaces the module's answer.
 type MemCard struct {
 	Card  *vcard.Card
@@ -29,7 +29,7 @@ func (m *MemCard) SetFault(f func(apdu []byte) []byte) {
 	m.mu.Unlock()
 }
 
-// Transmit implements keyport.CardChannel.
+// Transmit implements gp.Channel.
 func (m *MemCard) Transmit(_ context.Context, apdu []byte) ([]byte, error) {
 	m.mu.Lock()
 	f := m.fault

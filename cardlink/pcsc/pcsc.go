@@ -1,6 +1,6 @@
 // Package pcsc talks to secure modules in PC/SC readers through
 // github.com/ebfe/scard (libpcsclite → pcscd): Open connects to the card in a
-// named reader and returns a *Reader, which is a keyport.CardChannel.
+// named reader and returns a *Reader, which is a gp.Channel.
 //
 // The Reader hides the ISO 7816-4 transport statuses from its callers: 61xx
 // is followed by GET RESPONSE until the whole answer is read, and 6Cxx is
@@ -19,10 +19,10 @@ import (
 
 	"github.com/ebfe/scard"
 
-	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
 )
 
-var _ keyport.CardChannel = (*Reader)(nil)
+var _ gp.Channel = (*Reader)(nil)
 
 // Errors a caller may test for with errors.Is.
 var (

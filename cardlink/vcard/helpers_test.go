@@ -2,6 +2,7 @@ package vcard_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"errors"
 	"testing"
@@ -31,18 +32,22 @@ func h(s string) []byte {
 	return b
 }
 
-// host is the off-card entity of the tests: it sends APDUs through tx (the
-// card's Process, or PC/SC) and keeps the SCP03 host session from gp.
+// host is the off-card entity of the tests: gp's host over tx (the card's
+// Process, or PC/SC), with raw access to the wire for the tests that send
+// what a well-behaved host would not.
 type host struct {
-	t    testing.TB
-	tx   func([]byte) ([]byte, error)
+	t  testing.TB
+	tx func([]byte) ([]byte, error)
+	h  *gp.Host
+	// sess is h's open session, nil if none: tests wrap by hand with it.
 	sess *gp.HostSession
 	dek  []byte
 	aid  []byte // selected application, for pseudo-random challenges
 }
 
 func newHost(t testing.TB, tx func([]byte) ([]byte, error)) *host {
-	return &host{t: t, tx: tx}
+	ch := gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return tx(b) })
+	return &host{t: t, tx: tx, h: gp.NewHost(ch)}
 }
 
 func processHost(t testing.TB, c *vcard.Card) *host {
@@ -63,15 +68,17 @@ func (hst *host) raw(apdu []byte) gp.Response {
 	return r
 }
 
-// send sends a command without secure messaging.
+// send sends a command without secure messaging, even inside a session.
 func (hst *host) send(c gp.Command) gp.Response {
 	hst.t.Helper()
 	return hst.raw(c.Bytes())
 }
 
-// selectAID selects an application and ends any session.
+// selectAID selects an application and ends any session; it returns the
+// card's status word as it is.
 func (hst *host) selectAID(aid []byte) gp.SW {
 	hst.t.Helper()
+	hst.h.EndSession()
 	hst.sess, hst.aid = nil, aid
 	return hst.send(gp.Select(aid)).SW
 }
@@ -80,39 +87,41 @@ func (hst *host) selectAID(aid []byte) gp.SW {
 // the status of the first that failed (or 9000).
 func (hst *host) authenticate(kvn byte, keys keyTriple, level gp.SecurityLevel) gp.SW {
 	hst.t.Helper()
-	hs, err := gp.NewHostSession(gp.KeySet{KVN: kvn, ENC: gp.AESKey(keys[0]), MAC: gp.AESKey(keys[1])}, nil)
+	ctx := context.Background()
+	ks := gp.KeySet{KVN: kvn, ENC: gp.AESKey(keys[0]), MAC: gp.AESKey(keys[1])}
+	hs, err := gp.NewHostSession(ks, nil)
 	if err != nil {
 		hst.t.Fatal(err)
 	}
 	hst.sess = nil
-	r := hst.send(hs.InitializeUpdate())
-	if r.SW != gp.SWOK {
-		return r.SW
-	}
-	if err := hs.OnInitUpdateResponse(r); err != nil {
-		if !errors.Is(err, gp.ErrCryptogram) {
-			hst.t.Fatalf("INITIALIZE UPDATE response: %v", err)
-		}
+	iu, err := hst.h.InitializeUpdate(ctx, hs)
+	var se *gp.SWError
+	switch {
+	case errors.As(err, &se):
+		return se.SW
+	case errors.Is(err, gp.ErrCryptogram):
 		// Wrong keys: carry on as an attacker would, so the card sees an
 		// EXTERNAL AUTHENTICATE with a wrong host cryptogram.
-		iu, err := gp.ParseInitUpdateResponse(r.Data)
+		forged, _ := gp.NewHostSession(ks, nil)
+		if _, err := forged.Precompute(iu.SequenceCounter, hst.aid, iu.I); err != nil {
+			hst.t.Fatal(err)
+		}
+		ea, err := forged.ExternalAuthenticate(level)
 		if err != nil {
 			hst.t.Fatal(err)
 		}
-		hs, _ = gp.NewHostSession(gp.KeySet{KVN: kvn, ENC: gp.AESKey(keys[0]), MAC: gp.AESKey(keys[1])}, nil)
-		if _, err := hs.Precompute(iu.SequenceCounter, hst.aid, iu.I); err != nil {
-			hst.t.Fatal(err)
-		}
+		return hst.send(ea).SW
+	case err != nil:
+		hst.t.Fatalf("INITIALIZE UPDATE: %v", err)
 	}
-	ea, err := hs.ExternalAuthenticate(level)
-	if err != nil {
+	if err := hst.h.ExternalAuthenticate(ctx, level); err != nil {
+		if errors.As(err, &se) {
+			return se.SW
+		}
 		hst.t.Fatal(err)
 	}
-	r = hst.send(ea)
-	if r.SW == gp.SWOK {
-		hst.sess, hst.dek = hs, keys[2]
-	}
-	return r.SW
+	hst.sess, hst.dek = hst.h.Session(), keys[2]
+	return gp.SWOK
 }
 
 // mustAuthenticate is authenticate that fails the test unless it succeeds.
@@ -129,16 +138,11 @@ func (hst *host) sec(c gp.Command) gp.Response {
 	if hst.sess == nil {
 		hst.t.Fatal("no open session")
 	}
-	w, err := hst.sess.Wrap(c)
+	r, err := hst.h.Send(context.Background(), c)
 	if err != nil {
-		hst.t.Fatal(err)
+		hst.t.Fatalf("%X: %v", c.Bytes(), err)
 	}
-	r := hst.raw(w.Bytes())
-	u, err := hst.sess.Unwrap(r)
-	if err != nil {
-		hst.t.Fatalf("unwrap answer to %X: %v", c.Bytes(), err)
-	}
-	return u
+	return r
 }
 
 // mustSec is sec that fails the test unless the status is 9000.
@@ -208,26 +212,14 @@ func (hst *host) putKey(oldKVN, newKVN byte, keys keyTriple) (gp.Command, []byte
 // registry lists GET STATUS entries of P1 (all pages) in the open session.
 func (hst *host) registry(p1 byte) []gp.RegistryEntry {
 	hst.t.Helper()
-	var out []gp.RegistryEntry
-	next := false
-	for {
-		r := hst.sec(gp.GetStatus(p1, next, nil))
-		if r.SW != gp.SWOK && r.SW != gp.SWMoreData {
-			if r.SW == gp.SWReferencedDataNotFound && !next {
-				return nil
-			}
-			hst.t.Fatalf("GET STATUS %02X: %v", p1, r.SW)
-		}
-		es, err := gp.ParseGetStatus(r.Data)
-		if err != nil {
-			hst.t.Fatal(err)
-		}
-		out = append(out, es...)
-		if r.SW == gp.SWOK {
-			return out
-		}
-		next = true
+	if hst.sess == nil {
+		hst.t.Fatal("no open session")
 	}
+	es, err := hst.h.GetStatus(context.Background(), p1)
+	if err != nil {
+		hst.t.Fatal(err)
+	}
+	return es
 }
 
 func findEntry(es []gp.RegistryEntry, aid []byte) (gp.RegistryEntry, bool) {

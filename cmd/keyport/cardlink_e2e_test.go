@@ -181,7 +181,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 			t.Fatal(err)
 		}
 	}
-	host := cardlinktest.NewHost(t, cardlinktest.ChannelTx(reader))
+	host := cardlinktest.NewHost(t, reader)
 	if sw := host.Authenticate(aid.Bytes(), 0x31, cardlinktest.Triple(second)); sw != gp.SWOK {
 		t.Fatalf("the provider's keys: %v", sw)
 	}

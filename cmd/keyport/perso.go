@@ -8,10 +8,11 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/pcsc"
+	"github.com/keyport/keyport/perso"
 )
 
 // cmdPerso is `keyport perso`: the issuer personalization station for one
-// module in a PC/SC reader (DESIGN.md flow 1; keyport.Service.Personalize).
+// module in a PC/SC reader (DESIGN.md flow 1; perso.Station.Personalize).
 // Running it again on the same module finishes an interrupted run and does
 // nothing on a finished one.
 func cmdPerso(ctx context.Context, args []string) error {
@@ -23,7 +24,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 	reader := fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
 	batch := fs.String("batch", "", "derived batch the module joins (keyport batch create NAME)")
 	domains := fs.Int("domains", 8, "number of SSDs to create")
-	isdKeys := fs.String("isd-keys", string(keyport.ISDKeysDefault),
+	isdKeys := fs.String("isd-keys", string(perso.ISDKeysDefault),
 		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
@@ -51,8 +52,8 @@ func cmdPerso(ctx context.Context, args []string) error {
 		return err
 	}
 	defer card.Close()
-	rep, err := a.svc.Personalize(ctx, cli, card, a.hsm, keyport.PersoRequest{
-		Batch: *batch, Domains: *domains, ISDKeys: keyport.ISDKeys(*isdKeys)})
+	rep, err := a.station().Personalize(ctx, cli, card, perso.Request{
+		Batch: *batch, Domains: *domains, ISDKeys: perso.ISDKeys(*isdKeys)})
 	if err != nil {
 		if rep != nil && rep.APDUs > 0 {
 			fmt.Fprintf(stderr, "perso stopped after %d commands; run it again to finish the module\n", rep.APDUs)
@@ -63,7 +64,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 	return nil
 }
 
-func printPersoReport(rep *keyport.PersoReport) {
+func printPersoReport(rep *perso.Report) {
 	switch {
 	case rep.AlreadyRegistered:
 		fmt.Fprintf(stdout, "module %s was personalized already; card and store agree\n", rep.EID)
@@ -90,3 +91,7 @@ func printPersoReport(rep *keyport.PersoReport) {
 	}
 	fmt.Fprintf(stdout, "%d commands in %v\n", rep.APDUs, rep.Duration.Round(1e6))
 }
+
+// station is the personalization station wired to the app's use cases and
+// HSM; it logs where the service does.
+func (a *app) station() *perso.Station { return &perso.Station{Service: a.svc, Keys: a.hsm} }

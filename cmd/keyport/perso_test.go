@@ -18,6 +18,7 @@ import (
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/internal/scptest"
 	"github.com/keyport/keyport/keywrap"
+	"github.com/keyport/keyport/perso"
 	"github.com/keyport/keyport/store/storetest"
 )
 
@@ -72,8 +73,8 @@ func (st *station) insert(t testing.TB, statePath string, eid keyport.EID, maxAu
 	return proc, r
 }
 
-func (st *station) perso(ctx context.Context, card keyport.CardChannel, domains int) (*keyport.PersoReport, error) {
-	return st.app.svc.Personalize(ctx, cli, card, st.app.hsm, keyport.PersoRequest{Batch: "p1", Domains: domains})
+func (st *station) perso(ctx context.Context, card gp.Channel, domains int) (*perso.Report, error) {
+	return st.app.station().Personalize(ctx, cli, card, perso.Request{Batch: "p1", Domains: domains})
 }
 
 func TestPersoCommandPersonalizesABlankVirtualModuleOverPCSC(t *testing.T) {

@@ -1,11 +1,13 @@
 // Package scptest is the off-card side of SCP03 for tests that check a
 // module: select a security domain, authenticate with a key set (clear or
 // held in the HSM), send wrapped commands, list the registry, and play a
-// host with the wrong keys. It uses gp directly, not the code under test.
+// host with the wrong keys. It drives the card with gp's host (tested on
+// its own in gp against gp's card side), not with the code under test.
 package scptest
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/keyport/keyport"
@@ -52,13 +54,9 @@ func TestKeys(kvn byte) gp.KeySet {
 }
 
 // Send transmits cmd and parses the answer; a transport error fails t.
-func Send(t testing.TB, card keyport.CardChannel, cmd gp.Command) gp.Response {
+func Send(t testing.TB, card gp.Channel, cmd gp.Command) gp.Response {
 	t.Helper()
-	raw, err := card.Transmit(context.Background(), cmd.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := gp.ParseResponse(raw)
+	r, err := gp.NewHost(card).Send(context.Background(), cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +66,7 @@ func Send(t testing.TB, card keyport.CardChannel, cmd gp.Command) gp.Response {
 // Session is an open secure channel.
 type Session struct {
 	t    testing.TB
-	card keyport.CardChannel
-	hs   *gp.HostSession
+	host *gp.Host
 }
 
 // Authenticate selects aid and runs INITIALIZE UPDATE and EXTERNAL
@@ -78,34 +75,38 @@ type Session struct {
 // status is 9000. When the card cryptogram does not verify, it sends an
 // EXTERNAL AUTHENTICATE computed from ks all the same, as a host with the
 // wrong keys that ignores the check would, so that the card counts it.
-func Authenticate(t testing.TB, card keyport.CardChannel, aid []byte, ks gp.KeySet) (gp.InitUpdateResponse, gp.SW, *Session) {
+func Authenticate(t testing.TB, card gp.Channel, aid []byte, ks gp.KeySet) (gp.InitUpdateResponse, gp.SW, *Session) {
 	t.Helper()
-	if r := Send(t, card, gp.Select(aid)); r.SW != gp.SWOK {
-		t.Fatalf("scptest: SELECT %X: %s", aid, r.SW)
+	ctx := context.Background()
+	h := gp.NewHost(card)
+	if _, found, err := h.Select(ctx, aid); err != nil || !found {
+		t.Fatalf("scptest: SELECT %X: found %v, %v", aid, found, err)
 	}
 	hs, err := gp.NewHostSession(ks, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Send(t, card, hs.InitializeUpdate())
-	if r.SW != gp.SWOK {
-		return gp.InitUpdateResponse{}, r.SW, nil
-	}
-	iu, err := gp.ParseInitUpdateResponse(r.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ea gp.Command
-	if err := hs.OnInitUpdateResponse(r); err != nil {
-		ea = ForgedExternalAuthenticate(t, ks, hs.HostChallenge(), iu.CardChallenge)
-	} else if ea, err = hs.ExternalAuthenticate(Level); err != nil {
-		t.Fatal(err)
-	}
-	r = Send(t, card, ea)
-	if r.SW != gp.SWOK {
+	iu, err := h.InitializeUpdate(ctx, hs)
+	var se *gp.SWError
+	switch {
+	case errors.As(err, &se):
+		return gp.InitUpdateResponse{}, se.SW, nil
+	case errors.Is(err, gp.ErrCryptogram):
+		r, err := h.Send(ctx, ForgedExternalAuthenticate(t, ks, hs.HostChallenge(), iu.CardChallenge))
+		if err != nil {
+			t.Fatal(err)
+		}
 		return iu, r.SW, nil
+	case err != nil:
+		t.Fatal(err)
 	}
-	return iu, r.SW, &Session{t: t, card: card, hs: hs}
+	if err := h.ExternalAuthenticate(ctx, Level); err != nil {
+		if errors.As(err, &se) {
+			return iu, se.SW, nil
+		}
+		t.Fatal(err)
+	}
+	return iu, gp.SWOK, &Session{t: t, host: h}
 }
 
 // ForgedExternalAuthenticate builds EXTERNAL AUTHENTICATE at Level from
@@ -132,11 +133,7 @@ func ForgedExternalAuthenticate(t testing.TB, ks gp.KeySet, hostChallenge, cardC
 // Do sends cmd through the secure channel and returns the unwrapped answer.
 func (s *Session) Do(cmd gp.Command) gp.Response {
 	s.t.Helper()
-	w, err := s.hs.Wrap(cmd)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	r, err := s.hs.Unwrap(Send(s.t, s.card, w))
+	r, err := s.host.Send(context.Background(), cmd)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -146,25 +143,17 @@ func (s *Session) Do(cmd gp.Command) gp.Response {
 // SecurityDomains lists the SSDs GET STATUS shows through the ISD session s.
 func (s *Session) SecurityDomains() []gp.RegistryEntry {
 	s.t.Helper()
+	es, err := s.host.GetStatus(context.Background(), gp.StatusApplications)
+	if err != nil {
+		s.t.Fatalf("scptest: %v", err)
+	}
 	var out []gp.RegistryEntry
-	for next := false; ; next = true {
-		r := s.Do(gp.GetStatus(gp.StatusApplications, next, nil))
-		if r.SW != gp.SWOK && r.SW != gp.SWMoreData {
-			s.t.Fatalf("scptest: GET STATUS: %s", r.SW)
-		}
-		es, err := gp.ParseGetStatus(r.Data)
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		for _, e := range es {
-			if e.Privileges.Has(gp.PrivSecurityDomain) {
-				out = append(out, e)
-			}
-		}
-		if r.SW != gp.SWMoreData {
-			return out
+	for _, e := range es {
+		if e.Privileges.Has(gp.PrivSecurityDomain) {
+			out = append(out, e)
 		}
 	}
+	return out
 }
 
 // CheckPersonalized checks a module after keyport perso against the store
@@ -174,7 +163,7 @@ func (s *Session) SecurityDomains() []gp.RegistryEntry {
 // those domains as SSDs with privileges 804000, SELECTABLE; the HSM-derived
 // first keys authenticate to each, and each card counter is the store's
 // plus the one authentication done here.
-func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card keyport.CardChannel, batch string, eid keyport.EID, n int) {
+func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card gp.Channel, batch string, eid keyport.EID, n int) {
 	t.Helper()
 	ctx := context.Background()
 	m, err := repo.GetModule(ctx, eid)

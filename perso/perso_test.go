@@ -1,4 +1,4 @@
-package keyport_test
+package perso_test
 
 import (
 	"bytes"
@@ -17,11 +17,12 @@ import (
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/internal/scptest"
 	"github.com/keyport/keyport/keywrap"
+	"github.com/keyport/keyport/perso"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
 
-// These tests drive Personalize against the virtual module in process
+// These tests drive Station.Personalize against the virtual module in process
 // (vcard.Card.Process as the card channel), a real SoftHSM token and a real
 // store. The same flow over pcscd + vpcd is tested in cmd/keyport.
 
@@ -74,6 +75,11 @@ func (c *simCard) reinsert() {
 	c.card, c.pulled, c.pullAfter = card, false, 0
 }
 
+// station is the personalization station of svc with the HSM h.
+func station(svc *keyport.Service, h *hsm.HSM) *perso.Station {
+	return &perso.Station{Service: svc, Keys: h}
+}
+
 // persoWorld is a service on a fresh token and s, with the derived batch "p1".
 func persoWorld(t testing.TB, s *store.Store) (*keyport.Service, *hsm.HSM) {
 	t.Helper()
@@ -91,7 +97,7 @@ func TestPersoOfABlankModuleCreatesTheDomainsAndRegistersThemDerived(t *testing.
 		svc, h := persoWorld(t, s)
 		eid := fixture.EID(t, 7)
 		card := newSimCard(t, eid)
-		rep, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 3})
+		rep, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 3})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,12 +125,12 @@ func TestPersoRunAgainOnAFinishedModuleChangesNothing(t *testing.T) {
 	svc, h := persoWorld(t, storetest.Open(t, storetest.SQLitePath(t)))
 	eid := fixture.EID(t, 8)
 	card := newSimCard(t, eid)
-	req := keyport.PersoRequest{Batch: "p1", Domains: 2}
-	if _, err := svc.Personalize(ctx, persoAdmin, card, h, req); err != nil {
+	req := perso.Request{Batch: "p1", Domains: 2}
+	if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, req); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(card.path)
-	rep, err := svc.Personalize(ctx, persoAdmin, card, h, req)
+	rep, err := station(svc, h).Personalize(ctx, persoAdmin, card, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +141,7 @@ func TestPersoRunAgainOnAFinishedModuleChangesNothing(t *testing.T) {
 	if !sameSSDState(t, before, after) {
 		t.Error("the second run changed an SSD on the card")
 	}
-	rep, err = svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 3})
+	rep, err = station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 3})
 	if !errors.Is(err, keyport.ErrConflict) {
 		t.Fatalf("perso of a registered module with another domain count: %v, want ErrConflict", err)
 	}
@@ -170,10 +176,10 @@ func sameSSDState(t testing.TB, a, b []byte) bool {
 func TestPersoInterruptedAfterAnyCommandIsFinishedByTheNextRun(t *testing.T) {
 	ctx := context.Background()
 	svc, h := persoWorld(t, storetest.Open(t, storetest.SQLitePath(t)))
-	req := keyport.PersoRequest{Batch: "p1", Domains: 2}
+	req := perso.Request{Batch: "p1", Domains: 2}
 	// How many commands does an uninterrupted run send?
 	probe := newSimCard(t, fixture.EID(t, 100))
-	rep, err := svc.Personalize(ctx, persoAdmin, probe, h, req)
+	rep, err := station(svc, h).Personalize(ctx, persoAdmin, probe, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,14 +192,14 @@ func TestPersoInterruptedAfterAnyCommandIsFinishedByTheNextRun(t *testing.T) {
 		eid := fixture.EID(t, 100+k)
 		card := newSimCard(t, eid)
 		card.pullAfter = k
-		if _, err := svc.Personalize(ctx, persoAdmin, card, h, req); !errors.Is(err, errPulled) {
+		if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, req); !errors.Is(err, errPulled) {
 			t.Fatalf("pulled after command %d: %v", k, err)
 		}
 		if _, err := svc.Store.GetModule(ctx, eid); !errors.Is(err, keyport.ErrNotFound) {
 			t.Fatalf("pulled after command %d: the module is in the store (%v)", k, err)
 		}
 		card.reinsert()
-		rep, err := svc.Personalize(ctx, persoAdmin, card, h, req)
+		rep, err := station(svc, h).Personalize(ctx, persoAdmin, card, req)
 		if err != nil {
 			t.Fatalf("pulled after command %d, next run: %v", k, err)
 		}
@@ -212,13 +218,13 @@ func TestPersoRefusesAnImportedBatchAndNonAdmins(t *testing.T) {
 	if _, _, err := svc.CreateBatch(ctx, persoAdmin, "imp", "", &fixture.RSAKeys()[1].PublicKey); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "imp", Domains: 1}); !errors.Is(err, keyport.ErrInvalid) {
+	if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "imp", Domains: 1}); !errors.Is(err, keyport.ErrInvalid) {
 		t.Errorf("imported batch: %v, want ErrInvalid", err)
 	}
-	if _, err := svc.Personalize(ctx, keyport.Principal{ProviderID: "prv_x"}, card, h, keyport.PersoRequest{Batch: "p1", Domains: 1}); !errors.Is(err, keyport.ErrForbidden) {
+	if _, err := station(svc, h).Personalize(ctx, keyport.Principal{ProviderID: "prv_x"}, card, perso.Request{Batch: "p1", Domains: 1}); !errors.Is(err, keyport.ErrForbidden) {
 		t.Errorf("provider: %v, want ErrForbidden", err)
 	}
-	if _, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 0}); !errors.Is(err, keyport.ErrInvalid) {
+	if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 0}); !errors.Is(err, keyport.ErrInvalid) {
 		t.Errorf("0 domains: %v, want ErrInvalid", err)
 	}
 	if card.sent != 0 {
@@ -231,7 +237,7 @@ func TestPersoWithDerivedISDKeysLeavesABlankModuleAlone(t *testing.T) {
 	svc, h := persoWorld(t, storetest.Open(t, storetest.SQLitePath(t)))
 	card := newSimCard(t, fixture.EID(t, 10))
 	before, _ := os.ReadFile(card.path)
-	_, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 1, ISDKeys: keyport.ISDKeysDerived})
+	_, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 1, ISDKeys: perso.ISDKeysDerived})
 	if !errors.Is(err, keyport.ErrConflict) {
 		t.Fatalf("derived ISD keys on a blank module: %v, want ErrConflict", err)
 	}
@@ -268,7 +274,7 @@ func TestPersoNeverOverwritesAnSSDThatHoldsOtherKeysNorAddsToItsLock(t *testing.
 	if r := isd.Do(gp.StoreData(0x88, 0, gp.KeyLoadDGIs(loads))); r.SW != gp.SWOK {
 		t.Fatal(r.SW)
 	}
-	_, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 2})
+	_, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 2})
 	if !errors.Is(err, keyport.ErrConflict) {
 		t.Fatalf("perso over foreign keys: %v, want ErrConflict", err)
 	}
@@ -306,7 +312,7 @@ func TestAClaimOfAPersonalizedDomainHandsOutTheKeysOnTheCard(t *testing.T) {
 	svc, h := persoWorld(t, s)
 	eid := fixture.EID(t, 12)
 	card := newSimCard(t, eid)
-	if _, err := svc.Personalize(ctx, persoAdmin, card, h, keyport.PersoRequest{Batch: "p1", Domains: 2}); err != nil {
+	if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, perso.Request{Batch: "p1", Domains: 2}); err != nil {
 		t.Fatal(err)
 	}
 	w := &fixture.World{Svc: svc, Store: s, HSM: h}

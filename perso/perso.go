@@ -1,0 +1,680 @@
+// Package perso is the issuer personalization station (DESIGN.md flow 1,
+// `keyport perso`): it turns a blank module in a reader into one keyport
+// knows. The card dialog is gp's host over a gp.Channel; every secret stays
+// in the HSM behind keyport.PersoCustody; the module is stored through the
+// root use cases (Service.GetBatch, GetModule, RegisterModule), never by
+// reaching into the store. It imports only the root package and gp/.
+package perso
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
+)
+
+// ISDKeys says which keys the module's ISD holds before personalization.
+type ISDKeys string
+
+// ISD key modes.
+const (
+	// ISDKeysDefault: a blank module; the ISD holds the public GlobalPlatform
+	// test keys (keyport.GPTestKey for ENC, MAC and DEK), which perso
+	// replaces by HSM-derived keys. A module whose ISD already holds the
+	// derived key set (keyport.PersoISDKVN) is recognised and used as it is.
+	ISDKeysDefault ISDKeys = "default"
+	// ISDKeysDerived: the ISD must already hold the HSM-derived key set; the
+	// test keys are never sent.
+	ISDKeysDerived ISDKeys = "derived"
+)
+
+// MaxDomains bounds --domains: the SSD number is one AID byte.
+const MaxDomains = 255
+
+// DefaultAIDPrefix is the SSD AID prefix of a derived batch that has none:
+// the GP SSD module AID A0000001515350 41 (GPPro GPTool --domain,
+// PROTOCOLS.md §1.4); SSD n is A000000151535041 ‖ n.
+const DefaultAIDPrefix keyport.AID = "A000000151535041"
+
+// SSDPrivileges are the privileges of a keyport SSD: Security Domain and
+// Authorized Management (GPCS Table 11-7, PROTOCOLS.md §1.2), so that the
+// provider manages its domain without tokens once it holds the keys.
+const SSDPrivileges = gp.PrivSecurityDomain | gp.PrivAuthorizedManagement
+
+// AIDs perso uses on the card.
+var (
+	// ssdLoadFile / ssdModule: the SD package SSDs are instantiated from
+	// (GPPro GPTool --domain, PROTOCOLS.md §1.4).
+	ssdLoadFile = []byte{0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50}
+	ssdModule   = []byte{0xA0, 0x00, 0x00, 0x01, 0x51, 0x53, 0x50, 0x41}
+	// isdrAID answers the EID request (SGP.22; PROTOCOLS.md §5).
+	isdrAID = []byte{0xA0, 0x00, 0x00, 0x05, 0x59, 0x10, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x89, 0x00, 0x00, 0x01, 0x00}
+	// defaultISDAID is GPCS H.1.3's ISD AID, for a card whose SELECT answer
+	// does not name its ISD.
+	defaultISDAID = keyport.AID("A000000151000000")
+)
+
+// Station is the issuer personalization station (DESIGN.md flow 1, `keyport
+// perso`): it drives one module at a time over a gp.Channel, asks the HSM
+// for everything secret, and registers what it made through the root use
+// cases (keyport.Service.RegisterModule).
+type Station struct {
+	// Service holds the use cases: the batch, the stored module and the
+	// registration, each for an admin principal.
+	Service *keyport.Service
+	// Keys is the HSM: the derived ISD and SSD keys never leave it.
+	Keys keyport.PersoCustody
+	// Log receives one line per personalized module; nil means Service.Log,
+	// and none there means no log.
+	Log *slog.Logger
+}
+
+// Request is one run of the personalization station.
+type Request struct {
+	// Batch is a derived batch: its master key derives the SSD first keys
+	// and its AID prefix names the SSDs.
+	Batch string
+	// Domains is how many SSDs the module gets (1..MaxDomains).
+	Domains int
+	// ISDKeys is the ISD's key set before perso; "" means ISDKeysDefault.
+	ISDKeys ISDKeys
+}
+
+// SSD is what perso did to one SSD.
+type SSD struct {
+	AID keyport.AID
+	// Created: this run installed the SSD; KeysLoaded: this run loaded its
+	// first key set. Both false for an SSD an interrupted run had finished.
+	Created, KeysLoaded bool
+	KCV                 map[keyport.KeyUsage]string
+	// SeqCounter is the card's SCP03 sequence counter of the first key set
+	// after perso's own authentication with it.
+	SeqCounter int
+}
+
+// Report says what a personalization run found and did.
+type Report struct {
+	EID    keyport.EID
+	ISDAID keyport.AID
+	// CPLC is the card's production life cycle data (GET DATA 9F7F), if any.
+	CPLC []byte
+	// ISDKeysReplaced: this run replaced the ISD test keys by the derived key
+	// set keyport.PersoISDKVN.
+	ISDKeysReplaced bool
+	Domains         []SSD
+	// Registered: this run stored the module. AlreadyRegistered: the store
+	// had it already (a finished perso run again); card and store were
+	// compared and nothing was changed.
+	Registered, AlreadyRegistered bool
+	// APDUs is the number of command APDUs sent.
+	APDUs    int
+	Duration time.Duration
+}
+
+// errPerso wraps the errors of one perso run with the module.
+func errPerso(eid keyport.EID, op string, err error) error {
+	if eid == "" {
+		return fmt.Errorf("perso: %s: %w", op, err)
+	}
+	return fmt.Errorf("perso %s: %s: %w", eid, op, err)
+}
+
+// Personalize personalizes the module behind card for principal p, who must
+// be an admin (DESIGN.md flow 1): it reads the module's EID and CPLC, opens
+// SCP03 to the ISD, replaces the ISD test keys by keys derived in the HSM
+// (PUT KEY, GPCS 11.8), creates req.Domains SSDs (INSTALL [for install and
+// make selectable], privileges 804000, C9 {81 02 03 70}; GPCS 11.5), loads
+// each SSD's first key set derived in the HSM and encrypted there under the
+// ISD DEK (INSTALL [for personalization] + STORE DATA DGI 00B9/8113, GPCS
+// 11.11.4), checks the registry with GET STATUS and a fresh SCP03
+// authentication to every SSD, and registers the module and its domains
+// (key source "derived") with a chained "perso" audit event.
+//
+// It reads the card before it writes and only does what is missing, so a run
+// interrupted at any point (the module pulled, the station killed) is
+// finished by the next run without doing anything twice: a card that
+// executed a command whose answer was lost shows its effect on the next read.
+// The store is written last, in one transaction; a module the store has
+// already is compared with the card and left alone.
+//
+// Wrong keys are found by the card cryptogram before EXTERNAL AUTHENTICATE is
+// sent, so perso never adds to a key set's failure count.
+func (st *Station) Personalize(ctx context.Context, p keyport.Principal, card gp.Channel, req Request) (*Report, error) {
+	if !p.Admin {
+		return nil, keyport.ErrForbidden
+	}
+	if req.Domains < 1 || req.Domains > MaxDomains {
+		return nil, keyport.Invalid("domains", "a module gets 1 to %d domains, not %d", MaxDomains, req.Domains)
+	}
+	switch req.ISDKeys {
+	case "":
+		req.ISDKeys = ISDKeysDefault
+	case ISDKeysDefault, ISDKeysDerived:
+	default:
+		return nil, keyport.Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
+	}
+	b, err := st.Service.GetBatch(ctx, p, req.Batch)
+	if err != nil {
+		return nil, errPerso("", "batch "+req.Batch, err)
+	}
+	if b.KeySource != keyport.KeyDerived {
+		return nil, keyport.Invalid("batch", "batch %q is an imported batch: its keys come from the manufacturer, not from perso", req.Batch)
+	}
+	aids, err := ssdAIDs(b.AIDPrefix, req.Domains)
+	if err != nil {
+		return nil, err
+	}
+	r := &run{svc: st.Service, p: p, host: gp.NewHost(card), keys: st.Keys, req: req, batch: b, aids: aids, rep: &Report{}}
+	start := time.Now()
+	err = r.personalize(ctx)
+	r.rep.APDUs = r.host.APDUs()
+	r.rep.Duration = time.Since(start)
+	if err != nil {
+		return r.rep, errPerso(r.rep.EID, r.step, err)
+	}
+	st.log().Info("module personalized", "eid", r.rep.EID, "batch", b.Name, "domains", len(aids),
+		"registered", r.rep.Registered, "apdus", r.rep.APDUs, "duration", r.rep.Duration)
+	return r.rep, nil
+}
+
+func (st *Station) log() *slog.Logger {
+	switch {
+	case st.Log != nil:
+		return st.Log
+	case st.Service.Log != nil:
+		return st.Service.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// ssdAIDs returns prefix ‖ n for n = 1..count (DefaultAIDPrefix when the
+// batch has no prefix).
+func ssdAIDs(prefix keyport.AID, count int) ([]keyport.AID, error) {
+	if prefix == "" {
+		prefix = DefaultAIDPrefix
+	}
+	pb, err := hex.DecodeString(string(prefix))
+	if err != nil || len(pb) < 5 || len(pb) > 15 {
+		return nil, keyport.Invalid("batch", "AID prefix %q must be 5 to 15 bytes so that prefix ‖ n is an AID", prefix)
+	}
+	out := make([]keyport.AID, count)
+	for n := 1; n <= count; n++ {
+		out[n-1] = keyport.AID(strings.ToUpper(hex.EncodeToString(append(slices.Clone(pb), byte(n)))))
+	}
+	return out, nil
+}
+
+// run is the state of one Personalize call. Not safe for concurrent use.
+type run struct {
+	svc   *keyport.Service
+	p     keyport.Principal
+	host  *gp.Host // the card dialog; it counts the APDUs
+	keys  keyport.PersoCustody
+	req   Request
+	batch *keyport.Batch
+	aids  []keyport.AID
+	rep   *Report
+	step  string // what is being done, for errors
+
+	eid keyport.EID
+	isd keyport.AID
+}
+
+// ssdState is what the card shows of one SSD before perso writes.
+type ssdState struct {
+	present, hasKeys bool
+	created, loaded  bool
+	kcv              map[keyport.KeyUsage]string
+}
+
+func (r *run) personalize(ctx context.Context) error {
+	// 1. Who is this module, and what does its ISD hold?
+	if err := r.identify(ctx); err != nil {
+		return err
+	}
+	isdKVNs, err := r.isdKeyVersions(ctx)
+	if err != nil {
+		return err
+	}
+	r.step = "look the module up in the store"
+	stored, err := r.svc.GetModule(ctx, r.p, r.eid)
+	switch {
+	case err == nil:
+		return r.checkRegistered(ctx, stored, isdKVNs)
+	case !errors.Is(err, keyport.ErrNotFound):
+		return err
+	}
+
+	// 2. Which SSDs exist, and which have their first key set? Read only.
+	states := make([]ssdState, len(r.aids))
+	for i, aid := range r.aids {
+		r.step = "probe SSD " + string(aid)
+		found, err := r.selectApp(ctx, aid.Bytes())
+		if err != nil {
+			return err
+		}
+		if !found {
+			continue
+		}
+		states[i].present = true
+		kvns, err := r.host.KeyVersions(ctx)
+		if err != nil {
+			return err
+		}
+		states[i].hasKeys = slices.Contains(kvns, keyport.FirstKVN)
+	}
+
+	// 3. The ISD: replace the test keys if they are still there, then work
+	// under the derived keys.
+	if err := r.openISD(ctx, isdKVNs); err != nil {
+		return err
+	}
+
+	// 4. Registry: the SSDs that exist must be keyport's.
+	r.step = "GET STATUS"
+	reg, err := r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for i, aid := range r.aids {
+		e, listed := reg[aid]
+		if listed != states[i].present {
+			return fmt.Errorf("%w: SSD %s: SELECT and GET STATUS disagree (selectable %v, listed %v)", keyport.ErrConflict, aid, states[i].present, listed)
+		}
+		if listed {
+			if err := checkSSDEntry(e); err != nil {
+				return err
+			}
+		}
+	}
+
+	// 5. Create what is missing and load the missing first key sets, under
+	// the derived ISD keys.
+	for i, aid := range r.aids {
+		if states[i].present {
+			continue
+		}
+		r.step = "INSTALL SSD " + string(aid)
+		params := gp.InstallParams{AppSpecific: gp.SCPParam(0x03, 0x70)}.Bytes()
+		cmd := gp.InstallForInstallCmd(ssdLoadFile, ssdModule, aid.Bytes(), SSDPrivileges, params, true)
+		if _, err := r.host.SendOK(ctx, cmd); err != nil {
+			return err
+		}
+		states[i].present, states[i].created = true, true
+	}
+	for i, aid := range r.aids {
+		if states[i].hasKeys {
+			continue
+		}
+		r.step = "load the first keys of SSD " + string(aid)
+		kcv, err := r.loadFirstKeys(ctx, aid)
+		if err != nil {
+			return err
+		}
+		states[i].hasKeys, states[i].loaded, states[i].kcv = true, true, kcv
+	}
+
+	// 6. Check: the registry lists every SSD, SELECTABLE, with 804000.
+	r.step = "GET STATUS after perso"
+	reg, err = r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for _, aid := range r.aids {
+		e, listed := reg[aid]
+		if !listed {
+			return fmt.Errorf("SSD %s is missing from GET STATUS after INSTALL", aid)
+		}
+		if err := checkSSDEntry(e); err != nil {
+			return err
+		}
+	}
+
+	// 7. Check: the HSM-derived first keys authenticate to every SSD.
+	domains := make([]keyport.Domain, len(r.aids))
+	for i, aid := range r.aids {
+		r.step = "authenticate to SSD " + string(aid)
+		if _, err := r.selectApp(ctx, aid.Bytes()); err != nil {
+			return err
+		}
+		ks := r.firstKeySet(ctx, aid)
+		card, err := r.openSession(ctx, ks)
+		if err != nil {
+			return err
+		}
+		if states[i].kcv == nil {
+			if states[i].kcv, err = r.firstKCVs(ctx, aid); err != nil {
+				return err
+			}
+		}
+		d := SSD{AID: aid, Created: states[i].created, KeysLoaded: states[i].loaded, KCV: states[i].kcv,
+			SeqCounter: int(card.SequenceCounter)}
+		r.rep.Domains = append(r.rep.Domains, d)
+		domains[i] = keyport.Domain{EID: r.eid, AID: aid, KVN: int(keyport.FirstKVN), State: keyport.Unassigned, KeySource: keyport.KeyDerived,
+			KCV: d.KCV, SeqCounter: d.SeqCounter}
+	}
+	r.host.EndSession()
+
+	// 8. Register, last and in one transaction.
+	r.step = "register the module"
+	return r.register(ctx, &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains})
+}
+
+// identify reads the EID from the ISD-R (SGP.22 GET EID), selects the ISD
+// and reads its CPLC (GET DATA 9F7F).
+func (r *run) identify(ctx context.Context) error {
+	r.step = "read the EID"
+	found, err := r.selectApp(ctx, isdrAID)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("the module has no ISD-R (%X) to read its EID from", isdrAID)
+	}
+	data, err := r.host.SendOK(ctx, gp.GetEID())
+	if err != nil {
+		return err
+	}
+	digits, err := gp.ParseEIDResponse(data)
+	if err != nil {
+		return err
+	}
+	if r.eid, err = keyport.ParseEID(digits); err != nil {
+		return fmt.Errorf("the module's EID %s: %w", digits, err)
+	}
+	r.rep.EID = r.eid
+
+	r.step = "select the ISD"
+	fci, found, err := r.host.Select(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return &gp.SWError{SW: gp.SWNotFound, Op: "SELECT ISD"}
+	}
+	r.isd = defaultISDAID
+	if aid := gp.FCIDFName(fci); aid != nil {
+		if r.isd, err = keyport.ParseAID(hex.EncodeToString(aid)); err != nil {
+			return fmt.Errorf("the ISD's AID %X: %w", aid, err)
+		}
+	}
+	r.rep.ISDAID = r.isd
+
+	r.step = "read the CPLC"
+	resp, err := r.host.Send(ctx, gp.GetData(gp.DataCPLC))
+	if err != nil {
+		return err
+	}
+	if resp.SW == gp.SWOK {
+		if _, err := gp.ParseCPLC(resp.Data); err != nil {
+			return err
+		}
+		r.rep.CPLC = resp.Data
+	}
+	return nil
+}
+
+// isdKeyVersions reads the ISD's key versions (the ISD must be selected).
+func (r *run) isdKeyVersions(ctx context.Context) ([]byte, error) {
+	r.step = "read the ISD key information"
+	return r.host.KeyVersions(ctx)
+}
+
+// openISD selects the ISD and opens a secure channel to it under the derived
+// ISD keys, first replacing the test keys by them when the ISD does not
+// hold the derived key set yet.
+func (r *run) openISD(ctx context.Context, kvns []byte) error {
+	r.step = "select the ISD"
+	if found, err := r.selectApp(ctx, r.isd.Bytes()); err != nil {
+		return err
+	} else if !found {
+		return fmt.Errorf("the ISD %s no longer answers SELECT", r.isd)
+	}
+	derived := gp.KeySet{KVN: keyport.PersoISDKVN}
+	derived.ENC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageENC))
+	derived.MAC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageMAC))
+	if !slices.Contains(kvns, keyport.PersoISDKVN) {
+		if r.req.ISDKeys == ISDKeysDerived {
+			return fmt.Errorf("%w: the ISD has no key set %02X (it has %X): it does not hold keyport's derived keys; use --isd-keys default for a blank module",
+				keyport.ErrConflict, keyport.PersoISDKVN, kvns)
+		}
+		if len(kvns) == 0 {
+			return errors.New("the ISD reports no key set")
+		}
+		old := kvns[0]
+		r.step = fmt.Sprintf("authenticate to the ISD with the GP test keys (KVN %02X)", old)
+		test := gp.AESKey(keyport.GPTestKey)
+		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}); err != nil {
+			return err
+		}
+		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, keyport.PersoISDKVN)
+		pk := gp.PutKey{OldKVN: old, NewKVN: keyport.PersoISDKVN, FirstKID: 1}
+		for _, u := range keyport.Usages {
+			ct, kcv, err := r.keys.EncryptUnderClearKey(ctx, keyport.GPTestKey, keyport.ISDKey(r.eid, r.isd, u))
+			if err != nil {
+				return err
+			}
+			kc, err := keyComponent(ct, kcv)
+			if err != nil {
+				return err
+			}
+			pk.Keys = append(pk.Keys, kc)
+		}
+		cmd, err := pk.Command()
+		if err != nil {
+			return err
+		}
+		data, err := r.host.SendOK(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		pr, err := gp.ParsePutKeyResponse(data)
+		if err != nil {
+			return err
+		}
+		if err := pr.Confirms(pk); err != nil {
+			return err
+		}
+		r.rep.ISDKeysReplaced = true
+	}
+	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", keyport.PersoISDKVN)
+	_, err := r.openSession(ctx, derived)
+	return err
+}
+
+// keyComponent is a PUT KEY AES key component (AmdD Table 7-10) from an
+// HSM-encrypted AES-128 key and its KCV in hex.
+func keyComponent(ct []byte, kcvHex string) (gp.KeyComponent, error) {
+	kcv, err := hex.DecodeString(kcvHex)
+	if err != nil || len(kcv) != 3 || len(ct) != 16 {
+		return gp.KeyComponent{}, fmt.Errorf("HSM returned a %d-byte encrypted key with KCV %q", len(ct), kcvHex)
+	}
+	return gp.KeyComponent{Type: gp.KeyTypeAES, Length: 16, Encrypted: ct, KCV: kcv}, nil
+}
+
+// loadFirstKeys loads SSD aid's first key set through the ISD session:
+// INSTALL [for personalization] then one STORE DATA with DGI 00B9/8113 per
+// key, each key encrypted in the HSM under the derived ISD DEK (GPCS
+// 11.11.4; SCP03 uses the static DEK, AmdD 7.3). It returns the KCVs.
+func (r *run) loadFirstKeys(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
+	kcvs := map[keyport.KeyUsage]string{}
+	var loads []gp.KeyLoad
+	usageQualifier := map[keyport.KeyUsage]byte{keyport.UsageENC: gp.KeyUsageENC, keyport.UsageMAC: gp.KeyUsageMAC, keyport.UsageDEK: gp.KeyUsageDEK}
+	for i, u := range keyport.Usages {
+		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageDEK), keyport.FirstKey(r.batch.Name, r.eid, aid, u))
+		if err != nil {
+			return nil, err
+		}
+		kc, err := keyComponent(ct, kcvHex)
+		if err != nil {
+			return nil, err
+		}
+		kcvs[u] = kcvHex
+		loads = append(loads, gp.KeyLoad{Usage: usageQualifier[u], Type: gp.KeyTypeAES, Length: 16,
+			KID: byte(i + 1), KVN: keyport.FirstKVN, KCV: kc.KCV, Encrypted: ct})
+	}
+	if _, err := r.host.SendOK(ctx, gp.InstallForPersonalizationCmd(aid.Bytes())); err != nil {
+		return nil, err
+	}
+	if _, err := r.host.SendOK(ctx, gp.StoreData(gp.StoreDataLast|gp.StoreDataDGI, 0, gp.KeyLoadDGIs(loads))); err != nil {
+		return nil, err
+	}
+	return kcvs, nil
+}
+
+// firstKeySet is SSD aid's first key set as HSM-backed SCP03 static keys.
+func (r *run) firstKeySet(ctx context.Context, aid keyport.AID) gp.KeySet {
+	return gp.KeySet{KVN: keyport.FirstKVN,
+		ENC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageENC)),
+		MAC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageMAC))}
+}
+
+func (r *run) firstKCVs(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
+	kcvs := map[keyport.KeyUsage]string{}
+	for _, u := range keyport.Usages {
+		k, err := r.keys.DerivedKCV(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, u))
+		if err != nil {
+			return nil, err
+		}
+		kcvs[u] = k
+	}
+	return kcvs, nil
+}
+
+// checkSSDEntry refuses a registry entry that keyport perso did not make.
+func checkSSDEntry(e gp.RegistryEntry) error {
+	switch {
+	case e.Privileges != SSDPrivileges:
+		return fmt.Errorf("%w: SSD %X has privileges %s, not %06X: it was not made by keyport perso; resolve it by hand",
+			keyport.ErrConflict, e.AID, e.Privileges, uint32(SSDPrivileges))
+	case e.LifeCycle.Locked():
+		return fmt.Errorf("%w: SSD %X is %s", keyport.ErrConflict, e.AID, e.LifeCycle)
+	case e.LifeCycle != gp.LifeCycleSelectable && e.LifeCycle != gp.LifeCyclePersonalized:
+		return fmt.Errorf("%w: SSD %X is %s, not SELECTABLE", keyport.ErrConflict, e.AID, e.LifeCycle)
+	}
+	return nil
+}
+
+// register stores the module through the root use case, which accepts a
+// module a concurrent run stored first if it is the same.
+func (r *run) register(ctx context.Context, m *keyport.ModuleImport) error {
+	detail := map[string]any{"isd_kvn": fmt.Sprintf("%02X", keyport.PersoISDKVN), "isd_keys_replaced": r.rep.ISDKeysReplaced}
+	if len(r.rep.CPLC) > 0 {
+		detail["cplc"] = strings.ToUpper(hex.EncodeToString(r.rep.CPLC))
+	}
+	already, err := r.svc.RegisterModule(ctx, r.p, r.batch.Name, m, detail)
+	if err != nil {
+		return err
+	}
+	r.rep.Registered, r.rep.AlreadyRegistered = !already, already
+	return nil
+}
+
+// checkRegistered compares a module the store has with the card: the ISD
+// holds the derived key set and GET STATUS lists every stored domain as an
+// SSD. Nothing is written; the SSDs' sequence counters are left alone (no
+// SSD authentication), since the store tracks them for precomputed scripts.
+func (r *run) checkRegistered(ctx context.Context, stored *keyport.Module, isdKVNs []byte) error {
+	r.step = "compare the registered module with the card"
+	want := make([]keyport.Domain, len(r.aids))
+	for i, aid := range r.aids {
+		want[i] = keyport.Domain{AID: aid, KeySource: keyport.KeyDerived}
+	}
+	if err := keyport.SameRegistration(stored, r.batch, &keyport.ModuleImport{EID: r.eid, ISDAID: r.isd, Domains: want}); err != nil {
+		return err
+	}
+	if !slices.Contains(isdKVNs, keyport.PersoISDKVN) {
+		return fmt.Errorf("%w: module %s is registered but its ISD has no key set %02X (it has %X)", keyport.ErrConflict, r.eid, keyport.PersoISDKVN, isdKVNs)
+	}
+	if err := r.openISD(ctx, isdKVNs); err != nil {
+		return err
+	}
+	reg, err := r.getStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range stored.Domains {
+		e, ok := reg[d.AID]
+		if !ok {
+			return fmt.Errorf("%w: domain %s is registered but the card has no such SSD", keyport.ErrConflict, d.AID)
+		}
+		if !e.Privileges.Has(gp.PrivSecurityDomain) {
+			return fmt.Errorf("%w: %s is registered as a domain but on the card it is not a security domain (%s)", keyport.ErrConflict, d.AID, e.Privileges)
+		}
+		r.rep.Domains = append(r.rep.Domains, SSD{AID: d.AID, KCV: d.KCV, SeqCounter: d.SeqCounter})
+	}
+	r.host.EndSession()
+	r.rep.AlreadyRegistered = true
+	return nil
+}
+
+// ---- APDU plumbing ----
+
+// custodyKey is an SCP03 static key held in the HSM: gp.HostSession asks it
+// for CMACs only. gp.StaticKey has no context, so the run's is kept here.
+type custodyKey struct {
+	ctx context.Context
+	c   keyport.PersoCustody
+	ref keyport.KeyRef
+}
+
+// CMAC implements gp.StaticKey.
+func (k custodyKey) CMAC(data []byte) ([]byte, error) { return k.c.SCP03CMAC(k.ctx, k.ref, data) }
+
+// Size implements gp.StaticKey: derived keys are AES-128.
+func (k custodyKey) Size() int { return 16 }
+
+func (r *run) custodyKey(ctx context.Context, ref keyport.KeyRef) gp.StaticKey {
+	return custodyKey{ctx: ctx, c: r.keys, ref: ref}
+}
+
+// selectApp selects aid and reports whether the card has it (gp.Host.Select).
+func (r *run) selectApp(ctx context.Context, aid []byte) (bool, error) {
+	_, found, err := r.host.Select(ctx, aid)
+	return found, err
+}
+
+// openSession runs the SCP03 handshake (AmdD 7.1) with the selected SD at
+// the strongest level its i allows: keys travel in STORE DATA and PUT KEY,
+// and GET STATUS answers need not be read by others. The card cryptogram is
+// checked before EXTERNAL AUTHENTICATE is sent: keys that do not match fail
+// here, without counting toward the key set's lock. It returns the card's
+// INITIALIZE UPDATE data (with the sequence counter).
+func (r *run) openSession(ctx context.Context, ks gp.KeySet) (gp.InitUpdateResponse, error) {
+	hs, err := gp.NewHostSession(ks, nil)
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	iu, err := r.host.InitializeUpdate(ctx, hs)
+	if errors.Is(err, gp.ErrCryptogram) {
+		return gp.InitUpdateResponse{}, fmt.Errorf("%w: %w", keyport.ErrConflict, err)
+	}
+	if err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	if err := r.host.ExternalAuthenticate(ctx, gp.StrongestLevel(iu.I)); err != nil {
+		return gp.InitUpdateResponse{}, err
+	}
+	return iu, nil
+}
+
+// getStatus lists the applications and SSDs (GET STATUS P1 40, GPCS 11.4)
+// through the open ISD session.
+func (r *run) getStatus(ctx context.Context) (map[keyport.AID]gp.RegistryEntry, error) {
+	entries, err := r.host.GetStatus(ctx, gp.StatusApplications)
+	if err != nil {
+		return nil, err
+	}
+	out := map[keyport.AID]gp.RegistryEntry{}
+	for _, e := range entries {
+		out[keyport.AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
+	}
+	return out, nil
+}
