@@ -107,3 +107,11 @@ func (s *Service) batch(ctx context.Context, id int64) (*Batch, error) {
 	s.batches.Store(id, b)
 	return b, nil
 }
+
+// GetBatch returns the batch called name (admins only).
+func (s *Service) GetBatch(ctx context.Context, p Principal, name string) (*Batch, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	return s.Store.GetBatch(ctx, name)
+}

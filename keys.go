@@ -1,5 +1,7 @@
 package keyport
 
+import "fmt"
+
 // KeySource says where a domain's first keys come from.
 type KeySource string
 
@@ -23,3 +25,53 @@ const (
 
 // Usages is the SCP03 key set in key-identifier order.
 var Usages = []KeyUsage{UsageENC, UsageMAC, UsageDEK}
+
+// KeyRef names one HSM-derived static key of the personalization station:
+// either a module's ISD key (Batch empty: derived from the ISD master with
+// the ISD's AID) or an SSD first key of a derived batch (derived from the
+// batch master with the SSD's AID). The derivation is the one WrapFirstKeys
+// uses at claim time (DESIGN.md, "Key hierarchy"), so a provider who claims a
+// personalized domain receives exactly the keys that are on the card.
+type KeyRef struct {
+	Batch string // empty for an ISD key
+	EID   EID
+	AID   AID
+	Usage KeyUsage
+}
+
+// ISDKey names the usage key of the ISD isdAID of module eid.
+func ISDKey(eid EID, isdAID AID, usage KeyUsage) KeyRef {
+	return KeyRef{EID: eid, AID: isdAID, Usage: usage}
+}
+
+// FirstKey names the usage first key of SSD aid on module eid in a derived batch.
+func FirstKey(batch string, eid EID, aid AID, usage KeyUsage) KeyRef {
+	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage}
+}
+
+// String names the key without revealing anything secret.
+func (r KeyRef) String() string {
+	if r.Batch == "" {
+		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
+	}
+	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
+}
+
+// KVNs of a personalized module (PROTOCOLS.md §1.2, §1.4 "KVN conventions").
+const (
+	// PersoISDKVN is the KVN of the ISD key set perso installs. It replaces
+	// the blank module's key set (KVN 30 on keyport's virtual module, FF on
+	// some cards) with PUT KEY P1 = old KVN. Keeping a KVN of its own, in the
+	// SCP03 range 30-3F, lets perso tell from GET DATA 00E0 alone, without a
+	// failed authentication counting toward the lock, whether the ISD still
+	// holds the test keys or already holds keyport's.
+	PersoISDKVN byte = 0x31
+	// FirstKVN is the KVN of an SSD's first key set: the key package and
+	// `keyport sp script` expect 30, which the provider replaces by 31.
+	FirstKVN byte = 0x30
+)
+
+// GPTestKey is the well-known GlobalPlatform test key 40 41 … 4F that blank
+// modules carry as ENC, MAC and DEK of their ISD. It is public, so it may be
+// handled in clear.
+var GPTestKey = []byte{0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F}

@@ -273,3 +273,21 @@ type SecretSealer interface {
 	Seal(ctx context.Context, plaintext []byte) ([]byte, error)
 	Unseal(ctx context.Context, sealed []byte) ([]byte, error)
 }
+
+// PersoCustody is what the personalization station asks of the HSM. Derived
+// static keys (KeyRef) never leave it: out come CMACs, keys encrypted under
+// another key as PUT KEY and STORE DATA carry them, and KCVs.
+type PersoCustody interface {
+	// SCP03CMAC returns AES-CMAC of data under the derived key ref: all an
+	// SCP03 host needs of a static key (AmdD 6.2.1, 6.2.2).
+	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
+	// EncryptUnderKey returns target encrypted under the derived DEK dek
+	// (AES-CBC, zero IV: AmdD 7.2.1, 7.3) and target's KCV.
+	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)
+	// EncryptUnderClearKey is EncryptUnderKey under a DEK given in clear. It
+	// exists for blank modules whose ISD DEK is the public GP test key
+	// (GPTestKey); the target still never leaves the HSM in clear.
+	EncryptUnderClearKey(ctx context.Context, dek []byte, target KeyRef) (cipher []byte, kcv string, err error)
+	// DerivedKCV returns the GP KCV of the derived key ref.
+	DerivedKCV(ctx context.Context, ref KeyRef) (string, error)
+}
