@@ -299,7 +299,9 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 }
 
 // AnswerScript records the module's answer to job ref's script and judges
-// it (SecondKeyPayload.Judge). Confirmed: the job is DONE, the domain moves
+// it under the domain's current keys, which the HSM keeps
+// (SecondKeyPayload.Judge: only the card's own answer, proven by its card
+// cryptogram and R-MACs, confirms). Confirmed: the job is DONE, the domain moves
 // ASSIGNED → PERSONALIZED with its new KVN, KCVs and a reset sequence counter
 // (AmdD 6.2.2.1), an audit event is chained and the provider is told, in one
 // transaction. Otherwise the job is FAILED with the cause and SW, the domain
@@ -332,7 +334,17 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if err != nil {
 		return nil, false, err
 	}
-	res, err := p.Judge(status, body)
+	// The domain's current keys check the card's proof; on failure the
+	// domain keeps its KVN.
+	d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
+	if err != nil {
+		return nil, false, err
+	}
+	keys, err := s.domainKeys(ctx, d)
+	if err != nil {
+		return nil, false, err
+	}
+	res, err := p.Judge(status, body, keys)
 	if err != nil {
 		return nil, false, err
 	}
@@ -345,8 +357,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	}
 	end := jobEnd{actor: "module:" + string(a.EID)}
 	if res.Confirmed {
-		// The transition is conditional (ASSIGNED → PERSONALIZED): the
-		// domain needs no read first.
+		// The transition is conditional (ASSIGNED → PERSONALIZED).
 		end.to, end.action = JobDone, "second-key.confirmed"
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 			if err := tx.TransitionDomain(ctx, j.DomainID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
@@ -358,11 +369,6 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 			return Personalized, release(ctx, tx)
 		}
 	} else {
-		// The domain keeps its KVN: read it before the transaction.
-		d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
-		if err != nil {
-			return nil, false, err
-		}
 		end.to, end.cause, end.action = JobFailed, res.Cause, "second-key.failed"
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 			if res.SequenceCounter != nil {
@@ -385,4 +391,15 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	a.sent = nil
 	s.log().Info("second-key answer", "job", j.Ref, "state", j.State, "cause", res.Cause)
 	return j, ended, nil
+}
+
+// domainKeys is domain d's current key set, the first keys (KVN 30) while
+// it is ASSIGNED, as static keys that stay in the HSM.
+func (s *Service) domainKeys(ctx context.Context, d *Domain) (gp.KeySet, error) {
+	b, err := s.batch(ctx, d.BatchID)
+	if err != nil {
+		return gp.KeySet{}, err
+	}
+	return gp.KeySet{KVN: byte(d.KVN), ENC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageENC)),
+		MAC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageMAC))}, nil
 }

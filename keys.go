@@ -1,6 +1,11 @@
 package keyport
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+
+	"github.com/keyport/keyport/gp"
+)
 
 // KeySource says where a domain's first keys come from.
 type KeySource string
@@ -26,18 +31,49 @@ const (
 // Usages is the SCP03 key set in key-identifier order.
 var Usages = []KeyUsage{UsageENC, UsageMAC, UsageDEK}
 
-// KeyRef names one HSM-derived static key of the personalization station:
-// either a module's ISD key (Batch empty: derived from the ISD master with
-// the ISD's AID) or an SSD first key of a derived batch (derived from the
-// batch master with the SSD's AID). The derivation is the one WrapFirstKeys
-// uses at claim time (DESIGN.md, "Key hierarchy"), so a provider who claims a
-// personalized domain receives exactly the keys that are on the card.
+// KeyRef names one static card key the HSM keeps: a module's ISD key
+// (Batch empty: derived from the ISD master with the ISD's AID), an SSD
+// first key of a derived batch (derived from the batch master with the SSD's
+// AID), or an SSD first key of an imported batch (Wrapped: the
+// manufacturer's KWP blob, unwrapped under the batch transport key inside
+// the HSM). The derivation is the one WrapFirstKeys uses at claim time
+// (DESIGN.md, "Key hierarchy"), so a provider who claims a personalized
+// domain receives exactly the keys that are on the card.
 type KeyRef struct {
 	Batch string // empty for an ISD key
 	EID   EID
 	AID   AID
 	Usage KeyUsage
+	// Wrapped is the key as the manufacturer delivered it, for a domain of
+	// an imported batch; nil for a derived key.
+	Wrapped []byte
 }
+
+// DomainKey names the usage first key of domain d of the batch called batch,
+// derived or imported as the domain's key source says.
+func DomainKey(batch string, d *Domain, usage KeyUsage) KeyRef {
+	r := FirstKey(batch, d.EID, d.AID, usage)
+	if d.KeySource == KeyImported {
+		r.Wrapped = d.Imported[usage]
+	}
+	return r
+}
+
+// StaticKey is the static SCP03 key ref as a gp.StaticKey whose CMACs the
+// HSM computes, so that a gp.HostSession can run on it (gp.StaticKey has no
+// context: ctx is kept for the calls). First keys and ISD keys are AES-128.
+func StaticKey(ctx context.Context, keys CardKeys, ref KeyRef) gp.StaticKey {
+	return hsmStaticKey{ctx: ctx, keys: keys, ref: ref}
+}
+
+type hsmStaticKey struct {
+	ctx  context.Context
+	keys CardKeys
+	ref  KeyRef
+}
+
+func (k hsmStaticKey) CMAC(data []byte) ([]byte, error) { return k.keys.SCP03CMAC(k.ctx, k.ref, data) }
+func (k hsmStaticKey) Size() int                        { return 16 }
 
 // ISDKey names the usage key of the ISD isdAID of module eid.
 func ISDKey(eid EID, isdAID AID, usage KeyUsage) KeyRef {
@@ -53,6 +89,9 @@ func FirstKey(batch string, eid EID, aid AID, usage KeyUsage) KeyRef {
 func (r KeyRef) String() string {
 	if r.Batch == "" {
 		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
+	}
+	if r.Wrapped != nil {
+		return fmt.Sprintf("batch %s imported %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
 	}
 	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
 }

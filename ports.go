@@ -45,6 +45,9 @@ type WrappedKey struct {
 // comes out is wrapped, a KCV, a signature or a MAC. Implementations return
 // errors matching ErrUnavailable when the token cannot serve.
 type Custody interface {
+	// CardKeys: keyport checks what a card answered to a provider's script
+	// (the card cryptogram and R-MACs) under the domain's current keys.
+	CardKeys
 	// CreateBatchMaster creates the AES-256 master key of a derived batch.
 	// It fails with ErrConflict if the batch already has one.
 	CreateBatchMaster(ctx context.Context, batch string) error
@@ -274,13 +277,19 @@ type SecretSealer interface {
 	Unseal(ctx context.Context, sealed []byte) ([]byte, error)
 }
 
+// CardKeys is what an SCP03 host needs of the static card keys the HSM
+// keeps (KeyRef): AES-CMAC under one of them, from which the session keys,
+// cryptograms and MACs follow (AmdD 6.2.1, 6.2.2). The static key never
+// leaves the HSM; session keys exist outside it for one session only.
+type CardKeys interface {
+	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
+}
+
 // PersoCustody is what the personalization station asks of the HSM. Derived
 // static keys (KeyRef) never leave it: out come CMACs, keys encrypted under
 // another key as PUT KEY and STORE DATA carry them, and KCVs.
 type PersoCustody interface {
-	// SCP03CMAC returns AES-CMAC of data under the derived key ref: all an
-	// SCP03 host needs of a static key (AmdD 6.2.1, 6.2.2).
-	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
+	CardKeys
 	// EncryptUnderKey returns target encrypted under the derived DEK dek
 	// (AES-CBC, zero IV: AmdD 7.2.1, 7.3) and target's KCV.
 	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)

@@ -109,6 +109,9 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 			if i != 1 || p.InitUpdate != 0 {
 				return nil, Invalid(field, "EXTERNAL AUTHENTICATE must follow INITIALIZE UPDATE")
 			}
+			if l := gp.SecurityLevel(c.P1); l&gp.LevelRMAC == 0 || l&gp.LevelCMAC == 0 {
+				return nil, Invalid(field, "EXTERNAL AUTHENTICATE asks for security level %02X: keyport needs R-MAC (level 13 or 33) so that the card's answers prove themselves; `keyport sp script` builds level 13", c.P1)
+			}
 		case gp.INSPutKey:
 			if p.PutKey >= 0 {
 				return nil, Invalid(field, "only one PUT KEY per script")
@@ -165,13 +168,19 @@ func (p *SecondKeyPayload) Commands() ([]gp.Command, error) {
 	return out, nil
 }
 
-// Judge compares a module's answer with the script: the job is confirmed
-// only if every command ran, every status word is 9000, and the PUT KEY
-// answer carries the expected KVN and KCVs in key-identifier order (GPCS
-// 11.8.3, PROTOCOLS.md §7.1). status is the X-Admin-Script-Status; body the
-// TS 102 226 response script (AF/AB), parsed tolerantly. A body that does
-// not parse is an *InvalidError and judges nothing.
-func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, error) {
+// Judge compares a module's answer with the script and decides whether the
+// card proved the key replacement: the job is confirmed only if the answer
+// is the card's own — the card cryptogram of the INITIALIZE UPDATE answer
+// verifies under the domain's current keys (keys), and every later answer
+// carries a valid R-MAC (gp.CheckAnswers, AmdD 6.2.2.2 and 6.2.5) — every
+// command ran with status 9000, and the PUT KEY answer carries the expected
+// KVN and KCVs in key-identifier order (GPCS 11.8.3, PROTOCOLS.md §7.1).
+// status is the X-Admin-Script-Status; body the TS 102 226 response script
+// (AF/AB), parsed tolerantly. A body that does not parse is an
+// *InvalidError and judges nothing. The result keeps the R-APDUs as the
+// card sent them, R-MACs included, so that the provider, who holds the
+// same keys, can check them too.
+func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (ScriptResult, error) {
 	r := ScriptResult{ScriptStatus: status}
 	if status != "ok" {
 		r.Cause = fmt.Sprintf("the module reported script status %q", status)
@@ -187,30 +196,38 @@ func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, erro
 	if len(rs.Responses) > len(p.APDUs) {
 		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
 	}
-	if p.InitUpdate >= 0 && p.InitUpdate < len(rs.Responses) {
-		if iu := rs.Responses[p.InitUpdate]; iu.SW == gp.SWOK {
-			if d, err := gp.ParseInitUpdateResponse(iu.Data); err == nil && d.HasSequenceCounter {
-				n := int(d.SequenceCounter)
-				r.SequenceCounter = &n
-			}
-		}
-	}
 	cmds, err := p.Commands()
 	if err != nil {
 		return r, err
 	}
-	for i, x := range rs.Responses {
+	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, rs.Responses)
+	if err != nil {
+		r.Cause = fmt.Sprintf("the answer did not come from a card holding the domain's keys: %v", err)
+		return r, nil
+	}
+	if level&gp.LevelRMAC == 0 {
+		r.Cause = fmt.Sprintf("the script ran at security level %02X, without R-MAC: the card's answers prove nothing", byte(level))
+		return r, nil
+	}
+	if len(answers) > 0 && answers[0].SW == gp.SWOK {
+		// The card cryptogram verified: the counter is the card's.
+		if d, err := gp.ParseInitUpdateResponse(answers[0].Data); err == nil && d.HasSequenceCounter {
+			n := int(d.SequenceCounter)
+			r.SequenceCounter = &n
+		}
+	}
+	for i, x := range answers {
 		if x.SW != gp.SWOK {
 			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
 			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
 			return r, nil
 		}
 	}
-	if len(rs.Responses) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(rs.Responses), len(p.APDUs))
+	if len(answers) < len(p.APDUs) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(answers), len(p.APDUs))
 		return r, nil
 	}
-	pk, err := gp.ParsePutKeyResponse(rs.Responses[p.PutKey].Data)
+	pk, err := gp.ParsePutKeyResponse(answers[p.PutKey].Data)
 	if err != nil {
 		r.Cause = fmt.Sprintf("PUT KEY answer is not KVN ‖ KCVs: %v", err)
 		return r, nil
@@ -233,7 +250,7 @@ func (p *SecondKeyPayload) Judge(status string, body []byte) (ScriptResult, erro
 // so from the first keys, the SSD's AID and the sequence counter keyport
 // reports (the card will use counter+1, AmdD 6.2.2.1) the whole session is
 // precomputed: INITIALIZE UPDATE on oldKVN, EXTERNAL AUTHENTICATE at level
-// 03 (C-MAC + C-DEC), PUT KEY replacing oldKVN by newKVN with the second keys
+// 13 (C-MAC + C-DEC + R-MAC: the card's answers carry MACs that prove them), PUT KEY replacing oldKVN by newKVN with the second keys
 // encrypted under the first Key-DEK (GPCS 11.8.2.3, AmdD Table 7-10), and
 // SET STATUS PERSONALIZED of the SSD by itself (GPCS 11.10). It returns the
 // request body of POST /api/v1/domains/{eid}/{aid}/scripts.
@@ -260,7 +277,7 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
 		return ScriptRequest{}, err
 	}
-	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC)
+	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC)
 	if err != nil {
 		return ScriptRequest{}, err
 	}

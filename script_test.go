@@ -42,12 +42,12 @@ func spScript(t testing.TB) keyport.ScriptRequest {
 	return req
 }
 
-func TestSecondKeyScriptIsInitializeUpdateExternalAuthenticateAtLevel03PutKey30To31AndSetStatusPersonalized(t *testing.T) {
+func TestSecondKeyScriptIsInitializeUpdateExternalAuthenticateAtLevel13PutKey30To31AndSetStatusPersonalized(t *testing.T) {
 	req := spScript(t)
 	if len(req.APDUs) != 4 {
 		t.Fatalf("%d APDUs", len(req.APDUs))
 	}
-	for i, prefix := range []string{"80503000", "84820300", "84D83081", "84F0400F"} {
+	for i, prefix := range []string{"80503000", "84821300", "84D83081", "84F0400F"} {
 		if !strings.HasPrefix(req.APDUs[i], prefix) {
 			t.Errorf("APDU %d %s, want %s…", i, req.APDUs[i][:8], prefix)
 		}
@@ -92,6 +92,7 @@ func TestCheckScriptRefusesScriptsThatCannotInstallASecondKeySet(t *testing.T) {
 		{"a SELECT", "apdus[3]", mod(func(r *keyport.ScriptRequest) { r.APDUs[3] = "00A4040007F001020304050100" })},
 		{"no INITIALIZE UPDATE first", "apdus", mod(func(r *keyport.ScriptRequest) { r.APDUs = r.APDUs[2:] })},
 		{"INITIALIZE UPDATE on another KVN", "apdus[0]", mod(func(r *keyport.ScriptRequest) { r.APDUs[0] = "80503100" + r.APDUs[0][8:] })},
+		{"a session without R-MAC", "apdus[1]", mod(func(r *keyport.ScriptRequest) { r.APDUs[1] = "84820300" + r.APDUs[1][8:] })},
 		{"no PUT KEY", "apdus", mod(func(r *keyport.ScriptRequest) { r.APDUs = r.APDUs[:2] })},
 		{"two PUT KEYs", "apdus[3]", mod(func(r *keyport.ScriptRequest) { r.APDUs[3] = r.APDUs[2] })},
 		{"a PUT KEY of another key set", "apdus[2]", mod(func(r *keyport.ScriptRequest) { r.APDUs[2] = "84D83281" + r.APDUs[2][8:] })},
@@ -139,22 +140,101 @@ func putKeyAnswer(p *keyport.SecondKeyPayload) string {
 	return "31" + p.Expect.KCV[keyport.UsageENC] + p.Expect.KCV[keyport.UsageMAC] + p.Expect.KCV[keyport.UsageDEK] + "9000"
 }
 
-// iuAnswer is an INITIALIZE UPDATE answer (AmdD 7.1.1.6) with sequence
-// counter 000001.
-var iuAnswer = strings.ToUpper(hex.EncodeToString(gp.InitUpdateResponse{KDD: make([]byte, 10), KVN: 0x30, SCP: 0x03, I: 0x70,
-	CardChallenge: make([]byte, 8), CardCryptogram: make([]byte, 8), SequenceCounter: 1, HasSequenceCounter: true}.Bytes())) + "9000"
+// firstKeySet is the domain's current key set, as Judge checks the card's
+// proof with it.
+var firstKeySet = gp.KeySet{KVN: 0x30, ENC: gp.AESKey(firstKeys[keyport.UsageENC]), MAC: gp.AESKey(firstKeys[keyport.UsageMAC])}
+
+// cardAnswers runs p's script on gp's card side of the SSD (i=70, the
+// sequence counter at 1 as `keyport sp script` predicted) and returns the
+// R-APDUs a genuine card gives, R-MACs included, the PUT KEY answering
+// putKey (KVN ‖ KCVs) and stopping after n commands.
+func cardAnswers(t *testing.T, p *keyport.SecondKeyPayload, putKey []byte, n int) []string {
+	t.Helper()
+	card, err := gp.NewCardSession(gp.CardConfig{Keys: firstKeySet, KDD: make([]byte, 10), I: 0x70, AID: testSSD.Bytes()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds, err := p.Commands()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i, c := range cmds[:n] {
+		var r gp.Response
+		switch i {
+		case 0:
+			r, err = card.InitializeUpdate(c, 1)
+		case 1:
+			r, err = card.ExternalAuthenticate(c)
+		default:
+			if _, err = card.Unwrap(c); err == nil {
+				plain := gp.Response{SW: gp.SWOK}
+				if i == p.PutKey {
+					plain.Data = putKey
+				}
+				r, err = card.Wrap(plain)
+			}
+		}
+		if err != nil {
+			t.Fatalf("card, command %d: %v", i+1, err)
+		}
+		out = append(out, strings.ToUpper(hex.EncodeToString(r.Bytes())))
+	}
+	return out
+}
+
+func putKeyData(p *keyport.SecondKeyPayload) []byte {
+	return unhex(putKeyAnswer(p)[:len(putKeyAnswer(p))-4])
+}
 
 func TestJudgeConfirmsOnlyAnAnswerWithEverySW9000AndTheDeclaredKVNAndKCVs(t *testing.T) {
 	p := payload(t)
-	r, err := p.Judge("ok", answer(iuAnswer, "9000", putKeyAnswer(p), "9000"))
+	r, err := p.Judge("ok", answer(cardAnswers(t, p, putKeyData(p), 4)...), firstKeySet)
 	if err != nil || !r.Confirmed || r.SequenceCounter == nil || *r.SequenceCounter != 1 || len(r.Responses) != 4 {
+		t.Fatalf("%+v %v", r, err)
+	}
+}
+
+// A module that holds the PSK but not the domain's keys answers with the
+// right status words and KCVs: without a valid card cryptogram and R-MACs
+// nothing is confirmed, and the forged counter is not taken.
+func TestJudgeRefusesTheDeclaredAnswerWithoutTheCardsCryptogramOrRMACs(t *testing.T) {
+	p := payload(t)
+	genuine := cardAnswers(t, p, putKeyData(p), 4)
+	zeroCryptogram := strings.ToUpper(hex.EncodeToString(gp.InitUpdateResponse{KDD: make([]byte, 10), KVN: 0x30, SCP: 0x03, I: 0x70,
+		CardChallenge: make([]byte, 8), CardCryptogram: make([]byte, 8), SequenceCounter: 1, HasSequenceCounter: true}.Bytes())) + "9000"
+	flip := func(r string, at int) string { b := unhex(r); b[at] ^= 1; return strings.ToUpper(hex.EncodeToString(b)) }
+	for name, rs := range map[string][]string{
+		"forged card cryptogram":      {zeroCryptogram, "9000", putKeyAnswer(p), "9000"},
+		"genuine handshake, no R-MAC": {genuine[0], "9000", putKeyAnswer(p), "9000"},
+		"PUT KEY R-MAC altered":       {genuine[0], genuine[1], flip(genuine[2], len(unhex(genuine[2]))-3), genuine[3]},
+		"SET STATUS R-MAC altered":    {genuine[0], genuine[1], genuine[2], flip(genuine[3], 0)},
+		"card cryptogram altered":     {flip(genuine[0], 28), genuine[1], genuine[2], genuine[3]},
+	} {
+		r, err := p.Judge("ok", answer(rs...), firstKeySet)
+		if err != nil || r.Confirmed || r.Cause == "" || name == "forged card cryptogram" && r.SequenceCounter != nil {
+			t.Errorf("%s: %+v %v", name, r, err)
+		}
+	}
+	other := gp.KeySet{KVN: 0x30, ENC: gp.AESKey(secondKeys[keyport.UsageENC]), MAC: gp.AESKey(secondKeys[keyport.UsageMAC])}
+	if r, err := p.Judge("ok", answer(genuine...), other); err != nil || r.Confirmed {
+		t.Errorf("judged under other keys: %+v %v", r, err)
+	}
+}
+
+func TestJudgeFailsWhenTheScriptsExternalAuthenticateIsNotTheOneTheCardAnswered(t *testing.T) {
+	p := payload(t)
+	genuine := cardAnswers(t, p, putKeyData(p), 4)
+	p.APDUs[1] = "84820300" + p.APDUs[1][8:] // the level lowered after the card ran it
+	if r, err := p.Judge("ok", answer(genuine...), firstKeySet); err != nil || r.Confirmed || !strings.Contains(r.Cause, "EXTERNAL AUTHENTICATE") {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
 
 func TestJudgeFailsOnAnErrorSWAndRecordsIt(t *testing.T) {
 	p := payload(t)
-	r, err := p.Judge("ok", answer(iuAnswer, "9000", "6982"))
+	rs := append(cardAnswers(t, p, nil, 2), "6982")
+	r, err := p.Judge("ok", answer(rs...), firstKeySet)
 	if err != nil || r.Confirmed || r.SW != "6982" || !strings.Contains(r.Cause, "PUT KEY") {
 		t.Fatalf("%+v %v", r, err)
 	}
@@ -162,26 +242,26 @@ func TestJudgeFailsOnAnErrorSWAndRecordsIt(t *testing.T) {
 
 func TestJudgeFailsWhenThePutKeyAnswerCarriesOtherKCVs(t *testing.T) {
 	p := payload(t)
-	bad := "31" + strings.Repeat("00", 9) + "9000"
-	if r, err := p.Judge("ok", answer(iuAnswer, "9000", bad, "9000")); err != nil || r.Confirmed {
+	bad := unhex("31" + strings.Repeat("00", 9))
+	if r, err := p.Judge("ok", answer(cardAnswers(t, p, bad, 4)...), firstKeySet); err != nil || r.Confirmed {
 		t.Fatalf("%+v %v", r, err)
 	}
-	wrongKVN := "32" + putKeyAnswer(p)[2:]
-	if r, err := p.Judge("ok", answer(iuAnswer, "9000", wrongKVN, "9000")); err != nil || r.Confirmed {
+	wrongKVN := append([]byte{0x32}, putKeyData(p)[1:]...)
+	if r, err := p.Judge("ok", answer(cardAnswers(t, p, wrongKVN, 4)...), firstKeySet); err != nil || r.Confirmed {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
 
 func TestJudgeFailsWhenTheModuleRanOnlyPartOfTheScript(t *testing.T) {
 	p := payload(t)
-	if r, err := p.Judge("ok", answer(iuAnswer, "9000", putKeyAnswer(p))); err != nil || r.Confirmed || !strings.Contains(r.Cause, "3 of 4") {
+	if r, err := p.Judge("ok", answer(cardAnswers(t, p, putKeyData(p), 3)...), firstKeySet); err != nil || r.Confirmed || !strings.Contains(r.Cause, "3 of 4") {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
 
 func TestJudgeFailsOnAScriptStatusOtherThanOK(t *testing.T) {
 	p := payload(t)
-	if r, err := p.Judge("security-error", nil); err != nil || r.Confirmed || r.ScriptStatus != "security-error" {
+	if r, err := p.Judge("security-error", nil, firstKeySet); err != nil || r.Confirmed || r.ScriptStatus != "security-error" {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
@@ -190,7 +270,7 @@ func TestJudgeRefusesBodiesThatAreNotResponseScriptsWithoutJudging(t *testing.T)
 	p := payload(t)
 	for _, body := range [][]byte{nil, {0xAF, 0x80, 0x23, 0x05, 0x90}, {0xAE, 0x80, 0x00, 0x00}, unhex("AB0880010123030190"),
 		answer("9000", "9000", "9000", "9000", "9000")} {
-		if _, err := p.Judge("ok", body); !errors.Is(err, keyport.ErrInvalid) {
+		if _, err := p.Judge("ok", body, firstKeySet); !errors.Is(err, keyport.ErrInvalid) {
 			t.Errorf("body %X: %v", body, err)
 		}
 	}
@@ -199,7 +279,7 @@ func TestJudgeRefusesBodiesThatAreNotResponseScriptsWithoutJudging(t *testing.T)
 func TestJudgeReadsTheRealTracesIndefiniteAnswerWithoutACount(t *testing.T) {
 	// vectors/ram_http.json: AF 80 23 02 6A 88 00 00, no 80 count.
 	p := payload(t)
-	r, err := p.Judge("ok", unhex("AF8023026A880000"))
+	r, err := p.Judge("ok", unhex("AF8023026A880000"), firstKeySet)
 	if err != nil || r.Confirmed || r.SW != "6A88" {
 		t.Fatalf("%+v %v", r, err)
 	}
@@ -234,7 +314,7 @@ func FuzzJudge(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		r, err := p.Judge("ok", body)
+		r, err := p.Judge("ok", body, firstKeySet)
 		if err != nil {
 			if !errors.Is(err, keyport.ErrInvalid) {
 				t.Fatalf("error not ErrInvalid: %v", err)

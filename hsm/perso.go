@@ -40,14 +40,33 @@ func (h *HSM) derive(s *session, r keyport.KeyRef) (pkcs11.ObjectHandle, error) 
 	return h.deriveKey(s, base, r.EID, r.AID, r.Usage, pkcs11.CKA_ENCRYPT, pkcs11.CKA_SIGN, pkcs11.CKA_WRAP)
 }
 
+// staticKey is ref as a session key that can CMAC: derived, or unwrapped
+// from the manufacturer's blob for an imported key. The caller destroys it.
+func (h *HSM) staticKey(s *session, ref keyport.KeyRef) (pkcs11.ObjectHandle, error) {
+	if ref.Wrapped == nil {
+		return h.derive(s, ref)
+	}
+	if err := checkBatch(ref.Batch); err != nil {
+		return 0, err
+	}
+	t, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, TransportLabel(ref.Batch))
+	if err != nil {
+		return 0, err
+	}
+	k, _, err := h.unwrapImported(s, t, ref.Wrapped, pkcs11.CKA_SIGN)
+	return k, err
+}
+
 // SCP03CMAC returns AES-CMAC (NIST SP 800-38B, CKM_AES_CMAC) of data under
-// the derived static key ref, so that SCP03 session keys (GP Amendment D, the
-// KDF in counter mode with CMAC as PRF of NIST SP 800-108) are derived without the
-// static key leaving the HSM.
+// the static key ref, so that SCP03 session keys (GP Amendment D, the KDF in
+// counter mode with CMAC as PRF of NIST SP 800-108) are derived without the
+// static key leaving the HSM. A derived key is derived from its master; an
+// imported one (ref.Wrapped) is unwrapped under its batch's transport key;
+// either lives as a session object for this call only.
 func (h *HSM) SCP03CMAC(ctx context.Context, ref keyport.KeyRef, data []byte) ([]byte, error) {
 	var mac []byte
 	err := h.do(ctx, "CMAC under "+ref.String(), func(s *session) error {
-		k, err := h.derive(s, ref)
+		k, err := h.staticKey(s, ref)
 		if err != nil {
 			return err
 		}

@@ -99,6 +99,34 @@ func TestSCP03CMACUsesTheDerivedFirstKey(t *testing.T) {
 	}
 }
 
+// An imported domain's first key stays a manufacturer's KWP blob in the
+// database: the HSM unwraps it under the batch transport key for the CMAC
+// that checking a card's answer needs, and a blob under another key fails.
+func TestSCP03CMACUnwrapsAnImportedFirstKeyUnderTheTransportKey(t *testing.T) {
+	h := hsmtest.Open(t)
+	tkey, _ := transport(t, h)
+	clear := bytes.Repeat([]byte{0x5A}, 16)
+	blob, err := keywrap.WrapKWP(tkey, clear)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &keyport.Domain{EID: testEID, AID: testAID, KeySource: keyport.KeyImported,
+		Imported: map[keyport.KeyUsage][]byte{keyport.UsageMAC: blob}}
+	msg := []byte("0123456789abcdef0123")
+	got, err := h.SCP03CMAC(ctx, keyport.DomainKey("imp", d, keyport.UsageMAC), msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cmac(t, clear, msg); !bytes.Equal(got, want) {
+		t.Fatalf("HSM %x, Go %x", got, want)
+	}
+	other, _ := keywrap.WrapKWP(bytes.Repeat([]byte{7}, 32), clear)
+	d.Imported[keyport.UsageMAC] = other
+	if _, err := h.SCP03CMAC(ctx, keyport.DomainKey("imp", d, keyport.UsageMAC), msg); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("blob under another key: %v, want ErrInvalid", err)
+	}
+}
+
 func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
 	h := derivedBatch(t)
 	dekDomain := clearFirstKeys(t, h, testEID, testAID)

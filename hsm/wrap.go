@@ -127,13 +127,17 @@ func (h *HSM) keyBits(s *session, key pkcs11.ObjectHandle) (int, error) {
 }
 
 // unwrapImported unwraps a manufacturer's KWP blob (RFC 5649) under the
-// transport key into an AES session key, whose length comes from the blob.
-// The caller destroys it. Keys other than AES-128/192/256 are refused.
-func (h *HSM) unwrapImported(s *session, transport pkcs11.ObjectHandle, blob []byte) (pkcs11.ObjectHandle, int, error) {
+// transport key into an AES session key, whose length comes from the blob,
+// with the capabilities on (CKA_ENCRYPT when none are given). The caller
+// destroys it. Keys other than AES-128/192/256 are refused.
+func (h *HSM) unwrapImported(s *session, transport pkcs11.ObjectHandle, blob []byte, on ...uint) (pkcs11.ObjectHandle, int, error) {
+	if len(on) == 0 {
+		on = []uint{pkcs11.CKA_ENCRYPT}
+	}
 	if len(blob) < 16 || len(blob)%8 != 0 {
 		return 0, 0, keyport.Invalid("wrapped", "a KWP-wrapped key has a multiple of 8 bytes, at least 16; got %d", len(blob))
 	}
-	k, err := h.p.UnwrapKey(s.h, kwpMechanism, transport, blob, sessionAES(0, pkcs11.CKA_ENCRYPT))
+	k, err := h.p.UnwrapKey(s.h, kwpMechanism, transport, blob, sessionAES(0, on...))
 	if err != nil {
 		if h.badWrappedKey(s, err) {
 			return 0, 0, fmt.Errorf("%w (C_UnwrapKey: %w)", keyport.Invalid("wrapped", "the key does not unwrap under the batch transport key"), err)

@@ -615,24 +615,8 @@ func (r *run) checkRegistered(ctx context.Context, stored *keyport.Module, isdKV
 	return nil
 }
 
-// ---- APDU plumbing ----
-
-// custodyKey is an SCP03 static key held in the HSM: gp.HostSession asks it
-// for CMACs only. gp.StaticKey has no context, so the run's is kept here.
-type custodyKey struct {
-	ctx context.Context
-	c   keyport.PersoCustody
-	ref keyport.KeyRef
-}
-
-// CMAC implements gp.StaticKey.
-func (k custodyKey) CMAC(data []byte) ([]byte, error) { return k.c.SCP03CMAC(k.ctx, k.ref, data) }
-
-// Size implements gp.StaticKey: derived keys are AES-128.
-func (k custodyKey) Size() int { return 16 }
-
 func (r *run) custodyKey(ctx context.Context, ref keyport.KeyRef) gp.StaticKey {
-	return custodyKey{ctx: ctx, c: r.keys, ref: ref}
+	return keyport.StaticKey(ctx, r.keys, ref)
 }
 
 // selectApp selects aid and reports whether the card has it (gp.Host.Select).

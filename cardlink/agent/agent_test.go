@@ -3,8 +3,11 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -367,4 +370,74 @@ func TestJobsOfOneModuleRunInSubmissionOrderWithinOneSession(t *testing.T) {
 	if j, _ := w.Svc.GetJob(ctx, w.Prov, j2.Ref); j.State != keyport.JobFailed {
 		t.Fatalf("second job %s", j.State)
 	}
+}
+
+// forgedModule holds the module's PSK (its agent opens the admin session)
+// but not the domain's keys: it answers the provider's script as declared —
+// 9000 to everything, the expected KVN ‖ KCVs to PUT KEY — with an
+// INITIALIZE UPDATE answer of its own making and no R-MACs.
+type forgedModule struct{ putKey []byte }
+
+func (f forgedModule) Transmit(_ context.Context, apdu []byte) ([]byte, error) {
+	c, err := gp.ParseCommand(apdu)
+	if err != nil {
+		return []byte{0x6F, 0x00}, nil
+	}
+	switch c.INS {
+	case gp.INSInitializeUpdate:
+		iu := gp.InitUpdateResponse{KDD: make([]byte, 10), KVN: c.P1, SCP: 0x03, I: 0x70, CardChallenge: make([]byte, 8),
+			CardCryptogram: make([]byte, 8), SequenceCounter: 1, HasSequenceCounter: true}
+		return append(iu.Bytes(), 0x90, 0x00), nil
+	case gp.INSPutKey:
+		return append(append([]byte(nil), f.putKey...), 0x90, 0x00), nil
+	}
+	return []byte{0x90, 0x00}, nil
+}
+
+func TestAModuleAnsweringAsDeclaredWithoutTheCardsProofFailsTheJobAndTheDomainStaysAssigned(t *testing.T) {
+	w := newWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	if _, err := w.Svc.SetWebhook(ctx, w.Prov, "http://127.0.0.1:9/events"); err != nil {
+		t.Fatal(err)
+	}
+	e := w.Request.Expect
+	putKey := []byte{byte(e.KVN)}
+	for _, u := range keyport.Usages {
+		kcv, _ := hex.DecodeString(e.KCV[u])
+		putKey = append(putKey, kcv...)
+	}
+	a := agent.New(agent.Config{Server: w.Link.Addr, Identity: string(w.EID), PSK: w.PSK, Retry: 20 * time.Millisecond}, forgedModule{putKey})
+	if rep, err := a.Session(ctx); err != nil || rep.Scripts != 1 {
+		t.Fatalf("session: %+v %v", rep, err)
+	}
+	j, _ := w.Svc.GetJob(ctx, w.Prov, w.Job.Ref)
+	v := j.View()
+	if j.State != keyport.JobFailed || v.Result == nil || v.Result.Confirmed || !strings.Contains(v.Result.Cause, "card holding the domain's keys") {
+		t.Fatalf("job %s: %+v", j.State, v.Result)
+	}
+	if d := w.domain(t); d.State != keyport.Assigned || d.KVN != 0x30 || d.SeqCounter != 0 {
+		t.Fatalf("domain %s KVN %02X counter %d", d.State, d.KVN, d.SeqCounter)
+	}
+	if n, m := w.CountAudit(t, "second-key.confirmed"), w.CountAudit(t, "second-key.failed"); n != 0 || m != 1 {
+		t.Fatalf("%d confirmed, %d failed audit events", n, m)
+	}
+	hooks, err := w.Store.ListJobs(ctx, keyport.JobFilter{Kind: keyport.JobWebhook, ProviderID: w.Prov.ProviderID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	told := false
+	for _, h := range hooks {
+		var ev keyport.WebhookEvent
+		if json.Unmarshal(h.Event, &ev) == nil && ev.Type == "job.failed" && ev.Job.ID == w.Job.Ref && ev.DomainState == keyport.Assigned {
+			told = true
+		}
+	}
+	if !told {
+		t.Fatalf("no job.failed event for the provider among %d webhooks", len(hooks))
+	}
+	// The genuine module still takes the provider's keys afterwards.
+	w.Job, err = w.Svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, w.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentSessionInstallsTheProvidersKeys(t, w)
 }

@@ -159,9 +159,13 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 	// The module's answer is the proof, and the provider sees it.
 	var sreq keyport.ScriptRequest
 	json.Unmarshal(script, &sreq)
-	wantPutKey := fmt.Sprintf("31%s%s%s9000", sreq.Expect.KCV[keyport.UsageENC], sreq.Expect.KCV[keyport.UsageMAC], sreq.Expect.KCV[keyport.UsageDEK])
-	if job.Result == nil || !job.Result.Confirmed || len(job.Result.Responses) != 4 || job.Result.Responses[2] != wantPutKey || job.Result.Responses[3] != "9000" {
-		t.Fatalf("job result %+v, want the PUT KEY answer %s", job.Result, wantPutKey)
+	// At level 13 the card's answers after EXTERNAL AUTHENTICATE carry an
+	// 8-byte R-MAC before the status word: PUT KEY answers KVN ‖ KCVs ‖ R-MAC.
+	wantPutKey := fmt.Sprintf("31%s%s%s", sreq.Expect.KCV[keyport.UsageENC], sreq.Expect.KCV[keyport.UsageMAC], sreq.Expect.KCV[keyport.UsageDEK])
+	if job.Result == nil || !job.Result.Confirmed || len(job.Result.Responses) != 4 ||
+		!strings.HasPrefix(job.Result.Responses[2], wantPutKey) || len(job.Result.Responses[2]) != len(wantPutKey)+16+4 || !strings.HasSuffix(job.Result.Responses[2], "9000") ||
+		len(job.Result.Responses[3]) != 16+4 || !strings.HasSuffix(job.Result.Responses[3], "9000") {
+		t.Fatalf("job result %+v, want the PUT KEY answer %s ‖ R-MAC ‖ 9000", job.Result, wantPutKey)
 	}
 	_, rb = call("GET", domainPath, nil)
 	json.Unmarshal(rb, &dom)

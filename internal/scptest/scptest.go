@@ -19,32 +19,19 @@ import (
 // R-ENC (AmdD Table 7-3), which i=70 allows.
 const Level gp.SecurityLevel = 0x33
 
-// HSMKey is a static SCP03 key that stays in the HSM: CMACs come from
-// hsm.SCP03CMAC.
-type HSMKey struct {
-	H   *hsm.HSM
-	Ref keyport.KeyRef
-}
-
-// CMAC implements gp.StaticKey.
-func (k HSMKey) CMAC(data []byte) ([]byte, error) {
-	return k.H.SCP03CMAC(context.Background(), k.Ref, data)
-}
-
-// Size implements gp.StaticKey: derived keys are AES-128.
-func (k HSMKey) Size() int { return 16 }
-
 // FirstKeys is SSD aid's first key set (KVN 30) derived in h from batch.
 func FirstKeys(h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) gp.KeySet {
-	return gp.KeySet{KVN: keyport.FirstKVN, ENC: HSMKey{h, keyport.FirstKey(batch, eid, aid, keyport.UsageENC)},
-		MAC: HSMKey{h, keyport.FirstKey(batch, eid, aid, keyport.UsageMAC)}}
+	ctx := context.Background()
+	return gp.KeySet{KVN: keyport.FirstKVN, ENC: keyport.StaticKey(ctx, h, keyport.FirstKey(batch, eid, aid, keyport.UsageENC)),
+		MAC: keyport.StaticKey(ctx, h, keyport.FirstKey(batch, eid, aid, keyport.UsageMAC))}
 }
 
 // ISDKeys is the ISD key set perso installs (KVN keyport.PersoISDKVN),
 // derived in h.
 func ISDKeys(h *hsm.HSM, eid keyport.EID, isd keyport.AID) gp.KeySet {
-	return gp.KeySet{KVN: keyport.PersoISDKVN, ENC: HSMKey{h, keyport.ISDKey(eid, isd, keyport.UsageENC)},
-		MAC: HSMKey{h, keyport.ISDKey(eid, isd, keyport.UsageMAC)}}
+	ctx := context.Background()
+	return gp.KeySet{KVN: keyport.PersoISDKVN, ENC: keyport.StaticKey(ctx, h, keyport.ISDKey(eid, isd, keyport.UsageENC)),
+		MAC: keyport.StaticKey(ctx, h, keyport.ISDKey(eid, isd, keyport.UsageMAC))}
 }
 
 // TestKeys is a key set of the public GP test key at kvn.
