@@ -203,7 +203,11 @@ func TestJudgeRefusesTheDeclaredAnswerWithoutTheCardsCryptogramOrRMACs(t *testin
 	genuine := cardAnswers(t, p, putKeyData(p), 4)
 	zeroCryptogram := strings.ToUpper(hex.EncodeToString(gp.InitUpdateResponse{KDD: make([]byte, 10), KVN: 0x30, SCP: 0x03, I: 0x70,
 		CardChallenge: make([]byte, 8), CardCryptogram: make([]byte, 8), SequenceCounter: 1, HasSequenceCounter: true}.Bytes())) + "9000"
-	flip := func(r string, at int) string { b := unhex(r); b[at] ^= 1; return strings.ToUpper(hex.EncodeToString(b)) }
+	flip := func(r string, at int) string {
+		b := unhex(r)
+		b[at] ^= 1
+		return strings.ToUpper(hex.EncodeToString(b))
+	}
 	for name, rs := range map[string][]string{
 		"forged card cryptogram":      {zeroCryptogram, "9000", putKeyAnswer(p), "9000"},
 		"genuine handshake, no R-MAC": {genuine[0], "9000", putKeyAnswer(p), "9000"},
