@@ -3,10 +3,12 @@ package keyport
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -79,8 +81,21 @@ type AuditCheckpoint struct {
 	At   time.Time
 }
 
-// audit appends an event to the chain inside tx and, every CheckpointEvery
-// events, an HSM HMAC checkpoint over the chain head.
+// AuditHead is the keyed end of the log: the last row's sequence number and
+// hash under an HSM HMAC (headInput), rewritten with every append in the
+// append's transaction. It is what proves where the log ends: without it,
+// deleting the rows after the last checkpoint would leave a valid chain.
+type AuditHead struct {
+	Seq  int64
+	Hash []byte
+	MAC  []byte
+	At   time.Time
+}
+
+// audit appends an event to the chain inside tx, moves the keyed head to it
+// and, every CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx
+// must be a transaction (Store.Tx): the store's append lock then holds until
+// the head is written, so heads follow the chain's order.
 func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object string, detail any) error {
 	d, err := json.Marshal(detail)
 	if err != nil {
@@ -89,6 +104,13 @@ func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object stri
 	e := &AuditEvent{At: AuditTime(s.now()), Actor: actor, Action: action, Object: object, Detail: string(d)}
 	if err := tx.AppendAudit(ctx, e); err != nil {
 		return fmt.Errorf("keyport: audit %s: %w", action, err)
+	}
+	mac, err := s.Custody.AuditMAC(ctx, headInput(e.Seq, e.Hash))
+	if err != nil {
+		return fmt.Errorf("keyport: audit head: %w", err)
+	}
+	if err := tx.SetAuditHead(ctx, &AuditHead{Seq: e.Seq, Hash: e.Hash, MAC: mac, At: e.At}); err != nil {
+		return fmt.Errorf("keyport: audit head: %w", err)
 	}
 	every := s.CheckpointEvery
 	if every <= 0 {
@@ -106,8 +128,22 @@ func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object stri
 	return nil
 }
 
+// The three MAC inputs are kept apart by their prefixes, so that no MAC in
+// the database stands in for another: a checkpoint's MAC copied into the
+// head, after deleting the rows behind that checkpoint, does not verify as a
+// head. A v2 checkpoint was written by a keyport that keeps the keyed head:
+// once one exists, a missing head means the head was deleted.
 func checkpointInput(seq int64, hash []byte) []byte {
+	return []byte(fmt.Sprintf("keyport/audit-checkpoint/v2|%d|%x", seq, hash))
+}
+
+// checkpointInputV1 is what checkpoints were MACed over before the keyed head.
+func checkpointInputV1(seq int64, hash []byte) []byte {
 	return []byte(fmt.Sprintf("keyport/audit-checkpoint/v1|%d|%x", seq, hash))
+}
+
+func headInput(seq int64, hash []byte) []byte {
+	return []byte(fmt.Sprintf("keyport/audit-head/v1|%d|%x", seq, hash))
 }
 
 // MyAudit returns the newest audit events done by the caller's provider or
@@ -151,29 +187,58 @@ type AuditReport struct {
 	Events      int64
 	Checkpoints int
 	Head        []byte
+	// Keyed says the log's end is proven by the HSM-MACed head. It is false
+	// only for a log written entirely before the keyed head existed (an
+	// upgraded database before its first new event): then deleting its last
+	// rows (those after the last checkpoint) cannot be detected.
+	Keyed bool
 }
 
-// VerifyAudit walks the whole audit chain, recomputing every hash, and checks
-// every HSM checkpoint. It returns *AuditBroken naming the first row that was
-// edited, deleted or moved.
+// VerifyAudit walks the whole audit chain, recomputing every hash, checks
+// every HSM checkpoint and the keyed head. It returns *AuditBroken naming the
+// first row that was edited, deleted or moved, including the last rows: the
+// head's HSM MAC says where the log ends. What it cannot see is a copy of an
+// older head put back together with the rows after it deleted: that needs the
+// head's sequence number recorded outside the database (README, "Audit log").
 func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 	cps, err := s.Store.Checkpoints(ctx)
 	if err != nil {
 		return nil, err
 	}
 	cpAt := map[int64]AuditCheckpoint{}
+	keyedEra := false // some checkpoint was written by a keyport keeping the head
 	for _, cp := range cps {
-		mac, err := s.Custody.AuditMAC(ctx, checkpointInput(cp.Seq, cp.Hash))
+		ok, err := s.macVerifies(ctx, checkpointInput(cp.Seq, cp.Hash), cp.MAC)
 		if err != nil {
 			return nil, fmt.Errorf("keyport: audit checkpoint MAC: %w", err)
 		}
-		if !bytes.Equal(mac, cp.MAC) {
+		if ok {
+			keyedEra = true
+		} else if ok, err = s.macVerifies(ctx, checkpointInputV1(cp.Seq, cp.Hash), cp.MAC); err != nil {
+			return nil, fmt.Errorf("keyport: audit checkpoint MAC: %w", err)
+		}
+		if !ok {
 			return nil, &AuditBroken{Seq: cp.Seq, Reason: "the checkpoint's HSM MAC does not verify (checkpoint edited)"}
 		}
 		cpAt[cp.Seq] = cp
 	}
+	head, err := s.Store.AuditHead(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		head = nil
+	case err != nil:
+		return nil, err
+	default:
+		ok, err := s.macVerifies(ctx, headInput(head.Seq, head.Hash), head.MAC)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: audit head MAC: %w", err)
+		}
+		if !ok {
+			return nil, &AuditBroken{Seq: head.Seq, Reason: "the keyed head's HSM MAC does not verify (head edited)"}
+		}
+	}
 	var prev []byte
-	var seq int64
+	var seq, lastCheckpoint int64
 	for {
 		evs, err := s.Store.AuditEvents(ctx, seq, 1000)
 		if err != nil {
@@ -188,8 +253,12 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 			case !bytes.Equal(ChainHash(prev, e), e.Hash):
 				return nil, &AuditBroken{Seq: e.Seq, Reason: "content does not match its hash: edited"}
 			}
-			if cp, ok := cpAt[e.Seq]; ok && !bytes.Equal(cp.Hash, e.Hash) {
-				return nil, &AuditBroken{Seq: e.Seq, Reason: "differs from the HSM checkpoint: rewritten"}
+			if cp, ok := cpAt[e.Seq]; ok {
+				if !bytes.Equal(cp.Hash, e.Hash) {
+					return nil, &AuditBroken{Seq: lastCheckpoint + 1, Reason: fmt.Sprintf(
+						"rows %d to %d differ from the HSM checkpoint at row %d: rewritten", lastCheckpoint+1, e.Seq, e.Seq)}
+				}
+				lastCheckpoint = e.Seq
 			}
 			prev, seq = e.Hash, e.Seq
 		}
@@ -202,5 +271,27 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 			return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("the log ends at row %d but an HSM checkpoint covers row %d: rows deleted", seq, cp.Seq)}
 		}
 	}
-	return &AuditReport{Events: seq, Checkpoints: len(cps), Head: prev}, nil
+	switch {
+	case head == nil && keyedEra:
+		return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("the keyed head is missing although checkpoints were written with it: head deleted, rows after %d may be too", seq)}
+	case head == nil:
+		return &AuditReport{Events: seq, Checkpoints: len(cps), Head: prev}, nil
+	case head.Seq > seq:
+		return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("the log ends at row %d but the keyed head is at row %d: rows deleted", seq, head.Seq)}
+	case head.Seq < seq:
+		return nil, &AuditBroken{Seq: head.Seq + 1, Reason: fmt.Sprintf("the keyed head is at row %d: rows %d to %d were added outside keyport", head.Seq, head.Seq+1, seq)}
+	case !bytes.Equal(head.Hash, prev):
+		return nil, &AuditBroken{Seq: lastCheckpoint + 1, Reason: fmt.Sprintf(
+			"rows %d to %d differ from the keyed head: rewritten", lastCheckpoint+1, seq)}
+	}
+	return &AuditReport{Events: seq, Checkpoints: len(cps), Head: prev, Keyed: true}, nil
+}
+
+// macVerifies says whether mac is the HSM audit MAC of data.
+func (s *Service) macVerifies(ctx context.Context, data, mac []byte) (bool, error) {
+	want, err := s.Custody.AuditMAC(ctx, data)
+	if err != nil {
+		return false, err
+	}
+	return hmac.Equal(want, mac), nil
 }

@@ -214,6 +214,12 @@ type AuditRepo interface {
 	ProviderAudit(ctx context.Context, providerID string, limit int) ([]AuditEvent, error)
 	AddCheckpoint(ctx context.Context, c *AuditCheckpoint) error
 	Checkpoints(ctx context.Context) ([]AuditCheckpoint, error)
+	// SetAuditHead stores h as the log's keyed head unless the stored head
+	// is already at h.Seq or later. Called in the append's transaction, under
+	// the append's lock.
+	SetAuditHead(ctx context.Context, h *AuditHead) error
+	// AuditHead returns the keyed head, ErrNotFound if none was written yet.
+	AuditHead(ctx context.Context) (*AuditHead, error)
 }
 
 // JobRepo stores card-link jobs and the admin-session lease of each module.

@@ -121,6 +121,45 @@ func (r *repo) Checkpoints(ctx context.Context) ([]keyport.AuditCheckpoint, erro
 	return out, nil
 }
 
+type auditHeadRow struct {
+	ID   int       `gorm:"column:id;primaryKey;autoIncrement:false"`
+	Seq  int64     `gorm:"column:seq"`
+	Hash []byte    `gorm:"column:hash"`
+	MAC  []byte    `gorm:"column:mac"`
+	At   time.Time `gorm:"column:at"`
+}
+
+func (auditHeadRow) TableName() string { return "audit_head" }
+
+// SetAuditHead stores h as the keyed head, one UPSERT that never moves the
+// head back: a stored head at h.Seq or later is kept. Inside the append's
+// transaction the append's lock (the advisory lock on PostgreSQL, the write
+// transaction on SQLite) still holds, so heads are written in chain order.
+func (r *repo) SetAuditHead(ctx context.Context, h *keyport.AuditHead) error {
+	at := dbTime(h.At)
+	err := r.w.WithContext(ctx).Exec(`INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, at = excluded.at
+		WHERE audit_head.seq < excluded.seq`, h.Seq, h.Hash, h.MAC, at).Error
+	if err != nil {
+		return wrap("set audit head", err)
+	}
+	h.At = at
+	return nil
+}
+
+// AuditHead returns the keyed head, ErrNotFound if none was written yet.
+func (r *repo) AuditHead(ctx context.Context) (*keyport.AuditHead, error) {
+	var rows []auditHeadRow
+	if err := r.r.WithContext(ctx).Where("id = 1").Limit(1).Find(&rows).Error; err != nil {
+		return nil, wrap("audit head", err)
+	}
+	if len(rows) == 0 {
+		return nil, fmt.Errorf("store: audit head: %w", keyport.ErrNotFound)
+	}
+	row := rows[0]
+	return &keyport.AuditHead{Seq: row.Seq, Hash: row.Hash, MAC: row.MAC, At: row.At.UTC()}, nil
+}
+
 type outboxRow struct {
 	ID        int64      `gorm:"column:id;primaryKey"`
 	Topic     string     `gorm:"column:topic"`

@@ -144,3 +144,91 @@ func TestOutboxMessagesGetIncreasingIDs(t *testing.T) {
 		}
 	})
 }
+
+func TestAuditHeadIsAbsentThenOneRowThatNeverMovesBack(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		if h, err := s.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("AuditHead of a new store = %+v, %v; want ErrNotFound", h, err)
+		}
+		for _, seq := range []int64{3, 5, 4} {
+			h := &keyport.AuditHead{Seq: seq, Hash: bytes.Repeat([]byte{byte(seq)}, 32), MAC: []byte{byte(seq), 0xAA}}
+			if err := s.SetAuditHead(ctx, h); err != nil || h.At.IsZero() {
+				t.Fatalf("SetAuditHead(%d): %v (at %v)", seq, err, h.At)
+			}
+		}
+		h, err := s.AuditHead(ctx)
+		if err != nil || h.Seq != 5 || !bytes.Equal(h.Hash, bytes.Repeat([]byte{5}, 32)) || !bytes.Equal(h.MAC, []byte{5, 0xAA}) {
+			t.Fatalf("AuditHead = %+v, %v; want the head at 5", h, err)
+		}
+		if n, err := store.QueryStringsForTest(s, `SELECT COUNT(*) FROM audit_head`); err != nil || len(n) != 1 || n[0] != "1" {
+			t.Fatalf("audit_head rows %v %v", n, err)
+		}
+	})
+}
+
+// Appends from many goroutines, each setting the head in its transaction as
+// keyport.Service does, leave the head on the last row.
+func TestAuditHeadSetInTheAppendsTransactionEndsOnTheLastRow(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		const goroutines, each = 20, 5
+		var wg sync.WaitGroup
+		for g := 0; g < goroutines; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					err := s.Tx(ctx, func(tx keyport.Repo) error {
+						e := &keyport.AuditEvent{Actor: fmt.Sprintf("provider:%d", g), Action: "claim", Object: "x", Detail: "{}"}
+						if err := tx.AppendAudit(ctx, e); err != nil {
+							return err
+						}
+						return tx.SetAuditHead(ctx, &keyport.AuditHead{Seq: e.Seq, Hash: e.Hash, MAC: []byte("m"), At: e.At})
+					})
+					if err != nil {
+						t.Errorf("append: %v", err)
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		all := verifyChain(t, s)
+		h, err := s.AuditHead(ctx)
+		if err != nil || len(all) != goroutines*each || h.Seq != all[len(all)-1].Seq || !bytes.Equal(h.Hash, all[len(all)-1].Hash) {
+			t.Fatalf("head %+v %v after %d events", h, err, len(all))
+		}
+	})
+}
+
+// Step 4 on a database that already holds audit events: the events stay as
+// they were and there is no head until the service writes one.
+func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		for i := 0; i < 3; i++ {
+			if err := s.AppendAudit(ctx, &keyport.AuditEvent{Actor: "system", Action: "import", Object: "b", Detail: "{}"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Back to version 3, as a database an older keyport migrated.
+		for _, q := range []string{`DROP TABLE audit_head`, `DELETE FROM schema_migrations WHERE version = 4`} {
+			if err := store.ExecForTest(s, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if v, _ := s.SchemaVersion(ctx); v != 3 {
+			t.Fatalf("version %d", v)
+		}
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := s.SchemaVersion(ctx); v != store.LatestVersion() || v != 4 {
+			t.Fatalf("version %d after migrating, want 4", v)
+		}
+		if all := verifyChain(t, s); len(all) != 3 {
+			t.Fatalf("%d events after the migration, want 3", len(all))
+		}
+		if _, err := s.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("AuditHead after the migration: %v, want ErrNotFound", err)
+		}
+	})
+}

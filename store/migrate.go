@@ -229,6 +229,19 @@ var migrations = []migration{
 			expires_at {{time}} NOT NULL
 		)`,
 	}},
+	// The audit log's keyed head (keyport.AuditHead): one row, the last
+	// event's seq and hash under an HSM MAC, rewritten in every append's
+	// transaction. The MAC needs the HSM, so this step cannot fill it in for
+	// the events already there: the first event appended after it does.
+	{4, "audit keyed head", []string{
+		`CREATE TABLE audit_head (
+			id INTEGER PRIMARY KEY CHECK (id = 1),
+			seq BIGINT NOT NULL,
+			hash {{bytes}} NOT NULL,
+			mac {{bytes}} NOT NULL,
+			at {{time}} NOT NULL
+		)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

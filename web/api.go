@@ -271,5 +271,6 @@ func (s *Server) verifyAudit(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"ok": true, "events": r.Events, "checkpoints": r.Checkpoints, "head": fmt.Sprintf("%x", r.Head)})
+	return c.JSON(http.StatusOK, map[string]any{"ok": true, "events": r.Events, "checkpoints": r.Checkpoints, "head": fmt.Sprintf("%x", r.Head),
+		"keyed_head": r.Keyed})
 }

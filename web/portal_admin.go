@@ -197,7 +197,7 @@ func (s *Server) adminVerifyAudit(c echo.Context) error {
 	case err != nil:
 		return err
 	}
-	return s.renderAdminAudit(c, &views.VerifyResult{OK: true, Events: rep.Events, Checkpoints: rep.Checkpoints})
+	return s.renderAdminAudit(c, &views.VerifyResult{OK: true, Events: rep.Events, Checkpoints: rep.Checkpoints, Keyed: rep.Keyed})
 }
 
 func (s *Server) outboxPage(c echo.Context) error {

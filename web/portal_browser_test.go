@@ -175,7 +175,7 @@ func TestBrowserProviderSignsUpIsApprovedClaimsADomainAndUnwrapsTheDownloadedPac
 	}
 	do(t, admin, chromedp.Navigate(base+"/admin/audit"))
 	clickAndLoad(t, admin, "#verify")
-	if got := text(t, admin, "#verify-result"); !strings.Contains(got, "The chain verifies") {
+	if got := text(t, admin, "#verify-result"); !strings.Contains(got, "The chain verifies") || !strings.Contains(got, "keyed head proves the log ends") {
 		t.Fatalf("audit verification: %q", got)
 	}
 	shot.take(admin, "admin-audit-verified")

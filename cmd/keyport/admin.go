@@ -166,5 +166,12 @@ func cmdAuditVerify(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "audit chain verified: %d events, %d HSM checkpoints, head %x\n", r.Events, r.Checkpoints, r.Head)
+	switch {
+	case r.Keyed:
+		fmt.Fprintf(stdout, "keyed head at row %d: the log ends there (compare with the row last recorded outside the database)\n", r.Events)
+	case r.Events > 0:
+		fmt.Fprintln(stdout, "no keyed head yet: these events were written before it existed, so deleting the last of them "+
+			"(after the last checkpoint) would not be seen; the next audited action writes the head")
+	}
 	return nil
 }
