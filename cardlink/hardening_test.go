@@ -427,3 +427,14 @@ func TestTLS10AndCBCSHAAreRefusedByDefault(t *testing.T) {
 		t.Fatalf("default handshake:\n%s", out)
 	}
 }
+
+func TestASilentClientIsClosedAfterTheHandshakeTimeoutNotTheIdleTimeout(t *testing.T) {
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true, Server: cardlink.AdminServerConfig{
+		HandshakeTimeout: 200 * time.Millisecond, IdleTimeout: time.Minute}})
+	raw := dialRaw(t, w.Link.Addr, 1)[0]
+	// A guard against hanging only; the assertion is on the server's close.
+	raw.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := raw.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("silent client: %d bytes, %v; want the server to close", n, err)
+	}
+}
