@@ -1,7 +1,6 @@
 package cardlink
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyport/keyport"
@@ -44,8 +45,30 @@ type AdminServerConfig struct {
 	Chunked bool
 	// Script chooses the TS 102 226 script variant (AE/AA, 22/A2).
 	Script gp.ScriptOptions
-	// IdleTimeout bounds the wait for a card's next request (default 60 s).
+	// IdleTimeout bounds the wait for a card's next request, head and
+	// body (default 60 s).
 	IdleTimeout time.Duration
+	// HandshakeTimeout bounds the TLS-PSK handshake from the accept on,
+	// the wait for the ClientHello included (default 10 s). It replaces
+	// TLS.HandshakeTimeout when that is zero.
+	HandshakeTimeout time.Duration
+	// MaxConns caps the connections open at once (default 10,000), and
+	// MaxConnsPerAddr those from one source address (default 64; IPv6
+	// addresses count per /64). A connection over a cap is closed at once,
+	// before the handshake. Negative means no cap.
+	MaxConns, MaxConnsPerAddr int
+	// HandshakeRate and HandshakeBurst limit the handshakes a source
+	// address (IPv6: its /64) may start, as a token bucket: HandshakeRate
+	// a second (default 10) with bursts of HandshakeBurst (default 64).
+	// Every handshake costs a database lookup and an HSM derive before
+	// the client has proved anything; a connection over the limit is
+	// closed at once. A negative HandshakeRate means no limit.
+	HandshakeRate  float64
+	HandshakeBurst int
+	// MaxHeaderBytes bounds a request's line and header fields (default
+	// DefaultMaxHeaderBytes); a larger head is answered 431. Bodies are
+	// bounded by MaxBody (413).
+	MaxHeaderBytes int
 	// WakeWait is how long a wake-up long poll is held (default 25 s);
 	// WakeCheck how often it looks for jobs in the database meanwhile, so
 	// that a job queued on another replica is found (default 5 s).
@@ -74,11 +97,18 @@ type AdminServer struct {
 	// them. The PSK itself is never cached.
 	modules moduleCache
 
-	mu     sync.Mutex
-	lns    []net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	lns     []net.Listener
+	conns   map[net.Conn]struct{}
+	perAddr map[string]int     // open connections by addrKey
+	buckets map[string]*bucket // handshake rate by addrKey
+	serving int                // Serve loops running
+	stopErr error              // why the last Serve loop ended
+	closed  bool
+	wg      sync.WaitGroup
+
+	refusedCap, refusedRate atomic.Uint64
+	refusals, acceptErrs    logLimiter
 }
 
 // NewAdminServer returns a server; Serve or ListenAndServe start it.
@@ -95,17 +125,41 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 	if cfg.WakeCheck <= 0 {
 		cfg.WakeCheck = 5 * time.Second
 	}
-	s := &AdminServer{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{}}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 10000
+	}
+	if cfg.MaxConnsPerAddr == 0 {
+		cfg.MaxConnsPerAddr = 64
+	}
+	if cfg.HandshakeRate == 0 {
+		cfg.HandshakeRate = 10
+	}
+	if cfg.HandshakeBurst <= 0 {
+		cfg.HandshakeBurst = 64
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	s := &AdminServer{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{},
+		perAddr: map[string]int{}, buckets: map[string]*bucket{}}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	t := cfg.TLS
 	t.PSK = s.psk
+	if t.HandshakeTimeout == 0 {
+		t.HandshakeTimeout = cfg.HandshakeTimeout
+	}
 	s.tls = &t
+	s.stopErr = errors.New("cardlink: admin server not started")
 	return s
 }
 
 // psk is the TLS-PSK server callback: identity → module → HSM-derived PSK.
-// An unknown or malformed identity refuses the handshake (alert
-// unknown_psk_identity); nothing is stored.
+// An unknown or malformed identity refuses the handshake; tlspsk answers it
+// exactly as a wrong PSK (bad_record_mac), so EIDs cannot be enumerated.
+// Nothing is stored.
 func (s *AdminServer) psk(identity string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -190,8 +244,12 @@ func (s *AdminServer) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts TLS-PSK connections on ln (from tlspsk.Listen or
-// tlspsk.NewListener) until it is closed. It returns nil after Close.
-func (s *AdminServer) Serve(ln net.Listener) error {
+// tlspsk.NewListener) until it is closed. It returns nil after Close, an
+// error when ln was closed otherwise. Other accept errors (EMFILE, ENFILE,
+// ENOBUFS, ECONNABORTED, …) are retried with a backoff of 5 ms doubling to
+// 1 s, as net/http does: a process at its descriptor limit accepts again
+// once descriptors are free.
+func (s *AdminServer) Serve(ln net.Listener) (err error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -199,24 +257,33 @@ func (s *AdminServer) Serve(ln net.Listener) error {
 		return nil
 	}
 	s.lns = append(s.lns, ln)
+	s.serving++
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.serving--
+		s.stopErr = err
+		if err == nil {
+			s.stopErr = errors.New("cardlink: admin server closed")
+		}
+		s.mu.Unlock()
+	}()
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
+			if s.isClosed() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("cardlink: accept: %w", err)
 			}
-			return fmt.Errorf("cardlink: accept: %w", err)
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			if n, ok := s.acceptErrs.note(); ok {
+				s.log.Error("admin accept failed; retrying", "err", err, "retry_in", delay, "errors", n)
+			}
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		tc, ok := c.(*tlspsk.Conn)
@@ -224,31 +291,181 @@ func (s *AdminServer) Serve(ln net.Listener) error {
 			c.Close()
 			return errors.New("cardlink: Serve needs a TLS-PSK listener")
 		}
-		if !s.track(tc, true) {
+		key := addrKey(tc.RemoteAddr())
+		switch s.admit(tc, key) {
+		case admitClosed:
 			tc.Close()
 			return nil
+		case admitOverCap:
+			tc.Close()
+			s.refused(&s.refusedCap, "connection cap", key)
+			continue
+		case admitOverRate:
+			tc.Close()
+			s.refused(&s.refusedRate, "handshake rate", key)
+			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.track(tc, false)
+			defer s.release(tc, key)
 			s.ServeConn(s.base, tc)
 		}()
 	}
 }
 
-func (s *AdminServer) track(c net.Conn, add bool) bool {
+func (s *AdminServer) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.closed {
-			return false
-		}
-		s.conns[c] = struct{}{}
-	} else {
-		delete(s.conns, c)
+	return s.closed
+}
+
+// Accepting returns nil while a Serve loop runs, and otherwise why none
+// does (not started, closed, or the error Serve returned). Health checks
+// report it (web.Options.AdminListener).
+func (s *AdminServer) Accepting() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.serving > 0 {
+		return nil
 	}
+	return s.stopErr
+}
+
+// AdminStats counts what the server refused.
+type AdminStats struct {
+	Conns int // open connections
+	// OverCap and OverRate count connections closed at accept because of
+	// MaxConns/MaxConnsPerAddr and of the handshake rate limit.
+	OverCap, OverRate uint64
+}
+
+// Stats returns the open connections and the refusals so far.
+func (s *AdminServer) Stats() AdminStats {
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	return AdminStats{Conns: n, OverCap: s.refusedCap.Load(), OverRate: s.refusedRate.Load()}
+}
+
+// refused counts a refusal and logs, at most once per logEvery, how many
+// there were since the last line.
+func (s *AdminServer) refused(counter *atomic.Uint64, reason, key string) {
+	counter.Add(1)
+	if n, ok := s.refusals.note(); ok {
+		s.log.Warn("admin connections refused", "reason", reason, "addr", key, "refused", n)
+	}
+}
+
+type admission int
+
+const (
+	admitOK admission = iota
+	admitClosed
+	admitOverCap
+	admitOverRate
+)
+
+// admit tracks c if the caps and the handshake rate of its source allow.
+func (s *AdminServer) admit(c net.Conn, key string) admission {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return admitClosed
+	case s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns,
+		s.cfg.MaxConnsPerAddr > 0 && s.perAddr[key] >= s.cfg.MaxConnsPerAddr:
+		return admitOverCap
+	case s.cfg.HandshakeRate > 0 && !s.takeToken(key, time.Now()):
+		return admitOverRate
+	}
+	s.conns[c] = struct{}{}
+	s.perAddr[key]++
+	return admitOK
+}
+
+func (s *AdminServer) release(c net.Conn, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if s.perAddr[key]--; s.perAddr[key] <= 0 {
+		delete(s.perAddr, key)
+	}
+}
+
+// bucket is one source's handshake token bucket.
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// maxBuckets bounds the rate limiter's memory. Buckets that refilled are
+// dropped when it is reached; if none did, new sources are refused until
+// some do (the HSM is what the limit protects).
+const maxBuckets = 1 << 16
+
+// takeToken spends one of key's handshake tokens. Called with mu held.
+func (s *AdminServer) takeToken(key string, now time.Time) bool {
+	burst := float64(s.cfg.HandshakeBurst)
+	b := s.buckets[key]
+	if b == nil {
+		if len(s.buckets) >= maxBuckets {
+			for k, o := range s.buckets {
+				if o.tokens+now.Sub(o.at).Seconds()*s.cfg.HandshakeRate >= burst {
+					delete(s.buckets, k)
+				}
+			}
+			if len(s.buckets) >= maxBuckets {
+				return false
+			}
+		}
+		b = &bucket{tokens: burst, at: now}
+		s.buckets[key] = b
+	}
+	b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*s.cfg.HandshakeRate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
 	return true
+}
+
+// addrKey is the source a connection counts against: its IP address, or
+// the /64 of an IPv6 address (one subscriber's prefix).
+func addrKey(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
+}
+
+// logLimiter lets a repeated event be logged at most once per logEvery.
+type logLimiter struct {
+	mu   sync.Mutex
+	last time.Time
+	n    uint64
+}
+
+const logEvery = 10 * time.Second
+
+// note counts an event; ok says to log it now, with n events since the
+// last line.
+func (l *logLimiter) note() (n uint64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	if now := time.Now(); now.Sub(l.last) >= logEvery {
+		n, l.n, l.last = l.n, 0, now
+		return n, true
+	}
+	return 0, false
 }
 
 // Close stops the listeners, closes every connection and waits for their
@@ -279,10 +496,11 @@ type conn struct {
 }
 
 // ServeConn runs the handshake and the HTTP dialog on one connection until
-// the card closes it, a request fails, or IdleTimeout passes.
+// the card closes it, the session ends (the server closes after the final
+// 204, PROTOCOLS.md §3.5), a request fails, or IdleTimeout passes.
 func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 	defer c.Close()
-	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := c.Handshake(hctx)
 	cancel()
 	if err != nil {
@@ -297,15 +515,18 @@ func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 	}
 	eid := mod.EID
 	cn := &conn{s: s, c: c, eid: eid, mod: mod}
-	br := bufio.NewReader(c)
+	rr := NewAdminRequestReader(c, s.cfg.MaxHeaderBytes)
 	for {
 		c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
-		req, err := ReadAdminRequest(br)
+		req, err := rr.Read()
 		var re *RequestError
 		switch {
 		case errors.As(err, &re):
 			s.log.Info("admin request refused", "eid", eid, "status", re.Status, "reason", re.Reason)
-			c.Write(AdminResponse{Status: re.Status, Body: []byte(re.Reason + "\n"), Close: true}.Bytes())
+			c.SetWriteDeadline(time.Now().Add(lingerTimeout))
+			if _, err := c.Write(AdminResponse{Status: re.Status, Body: []byte(re.Reason + "\n"), Close: true}.Bytes()); err == nil {
+				lingerClose(c)
+			}
 			return
 		case err != nil:
 			if !errors.Is(err, io.EOF) {
@@ -319,10 +540,28 @@ func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 			s.log.Info("admin write failed", "eid", eid, "err", err)
 			return
 		}
-		if resp.Close {
-			return
+		if resp.Close || resp.End {
+			return // the deferred Close sends close_notify
 		}
 	}
+}
+
+// lingerTimeout and lingerMax bound lingerClose.
+const (
+	lingerTimeout = 2 * time.Second
+	lingerMax     = 256 << 10
+)
+
+// lingerClose ends a connection whose request was refused unread: it sends
+// close_notify and a FIN, then drains (and drops) what the card still
+// sends for a while, so that closing with unread input does not reset the
+// connection before the card has read the error response.
+func lingerClose(c *tlspsk.Conn) {
+	if c.CloseWrite() != nil {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(c.NetConn(), lingerMax))
 }
 
 // handle answers one request: the routing of PROTOCOLS.md §3.3's server
@@ -358,7 +597,7 @@ func (cn *conn) endSession(ctx context.Context) AdminResponse {
 		}
 		cn.sess = nil
 	}
-	return AdminResponse{Status: http.StatusNoContent}
+	return AdminResponse{Status: http.StatusNoContent, End: true}
 }
 
 // open takes (sid "": a new session) or renews the module's lease. Another
@@ -371,7 +610,7 @@ func (cn *conn) open(ctx context.Context, sid string, takeover bool) (ok bool, r
 	switch {
 	case errors.Is(err, keyport.ErrConflict):
 		cn.s.log.Info("admin session refused: module busy", "eid", cn.eid)
-		return false, AdminResponse{Status: http.StatusNoContent}
+		return false, AdminResponse{Status: http.StatusNoContent, End: true}
 	case err != nil:
 		return false, cn.failure(err)
 	}
@@ -410,7 +649,7 @@ func (cn *conn) newDialog(ctx context.Context, resume bool) AdminResponse {
 	switch {
 	case errors.Is(err, keyport.ErrConflict) && sess == nil:
 		cn.s.log.Info("admin session refused: module busy", "eid", cn.eid)
-		return AdminResponse{Status: http.StatusNoContent}
+		return AdminResponse{Status: http.StatusNoContent, End: true}
 	case err != nil:
 		return cn.failure(err)
 	case del == nil:
@@ -434,7 +673,7 @@ func (cn *conn) continueDialog(ctx context.Context, req *AdminRequest, sid, ref 
 		cn.s.log.Info("script answered", "eid", cn.eid, "job", j.Ref, "state", j.State, "resume", req.Resume)
 		if ended { // the lease went with the answer: nothing more to run
 			cn.sess = nil
-			return AdminResponse{Status: http.StatusNoContent}
+			return AdminResponse{Status: http.StatusNoContent, End: true}
 		}
 	case req.Resume:
 		del, err := svc.PendingScript(ctx, cn.sess, ref, cn.s.cfg.Script)

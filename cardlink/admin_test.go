@@ -69,8 +69,9 @@ func TestOpenSSLClientCompletesTheHandshakeAndItsPOSTGetsTheAdminProtocolAndTheS
 	}
 }
 
-func TestOpenSSLClientOnTLS10WithPSKAES128CBCSHAGetsTheAdminProtocol(t *testing.T) {
-	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true, Server: cardlink.AdminServerConfig{IdleTimeout: 500 * time.Millisecond}})
+func TestOpenSSLClientOnTLS10WithPSKAES128CBCSHAGetsTheAdminProtocolWithLegacyTLS(t *testing.T) {
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true, Server: cardlink.AdminServerConfig{IdleTimeout: 500 * time.Millisecond,
+		TLS: tlspsk.ServerConfig{Legacy: true}}})
 	out := opensslPOST(t, w, "-tls1", "-cipher", "PSK-AES128-CBC-SHA:@SECLEVEL=0")
 	if !strings.Contains(out, "X-Admin-Protocol: globalplatform-remote-admin/1.0") {
 		t.Fatalf("TLS 1.0 answer:\n%s", out)

@@ -39,8 +39,69 @@ const (
 )
 
 // MaxBody bounds a card's request body: a response script to a script
-// that fits one TLS record.
+// that fits one TLS record. A larger body is answered 413.
 const MaxBody = 64 << 10
+
+// DefaultMaxHeaderBytes bounds a request's line and header fields when
+// AdminServerConfig.MaxHeaderBytes is zero. A larger head is answered 431.
+const DefaultMaxHeaderBytes = 16 << 10
+
+// AdminRequestReader reads the requests of one connection in bounded
+// memory: the request line and header fields of each request may take at
+// most maxHeader bytes (plus the read-ahead of one 4 KiB buffer, as in
+// net/http), the body MaxBody.
+type AdminRequestReader struct {
+	lr        headerLimiter
+	br        *bufio.Reader
+	maxHeader int64
+}
+
+// NewAdminRequestReader returns a reader of the requests on r whose heads
+// are limited to maxHeader bytes (DefaultMaxHeaderBytes if it is 0 or less).
+func NewAdminRequestReader(r io.Reader, maxHeader int) *AdminRequestReader {
+	if maxHeader <= 0 {
+		maxHeader = DefaultMaxHeaderBytes
+	}
+	rr := &AdminRequestReader{lr: headerLimiter{r: r}, maxHeader: int64(maxHeader)}
+	rr.br = bufio.NewReader(&rr.lr)
+	return rr
+}
+
+// bufSlack is what the bufio.Reader may read ahead of the head.
+const bufSlack = 4096
+
+// Read reads and checks the next request, as ReadAdminRequest does; a head
+// over the limit is a *RequestError with status 431.
+func (r *AdminRequestReader) Read() (*AdminRequest, error) {
+	r.lr.n = r.maxHeader + bufSlack
+	req, err := readRequest(r.br, func() { r.lr.n = -1 })
+	if err != nil && r.lr.n == 0 {
+		return nil, badRequest(http.StatusRequestHeaderFieldsTooLarge, "request header larger than %d bytes", r.maxHeader)
+	}
+	return req, err
+}
+
+// headerLimiter reads from r until n bytes were read (n < 0: no limit).
+type headerLimiter struct {
+	r io.Reader
+	n int64
+}
+
+var errHeaderTooLarge = errors.New("cardlink: request header too large")
+
+func (l *headerLimiter) Read(p []byte) (int, error) {
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if l.n > 0 && int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	if l.n > 0 {
+		l.n -= int64(n)
+	}
+	return n, err
+}
 
 // AdminRequest is one card POST of an Amendment B dialog.
 type AdminRequest struct {
@@ -82,7 +143,16 @@ func badRequest(status int, format string, args ...any) error {
 // Content-Length or chunked framing and are limited to MaxBody. It returns
 // io.EOF when the peer closed between requests, a *RequestError for a
 // request the card got wrong, and other errors for a broken connection.
+//
+// It does not limit the header: a connection's requests are read with an
+// AdminRequestReader, which does.
 func ReadAdminRequest(br *bufio.Reader) (*AdminRequest, error) {
+	return readRequest(br, func() {})
+}
+
+// readRequest is ReadAdminRequest; headDone runs once the head is read,
+// before the body.
+func readRequest(br *bufio.Reader, headDone func()) (*AdminRequest, error) {
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -94,6 +164,7 @@ func ReadAdminRequest(br *bufio.Reader) (*AdminRequest, error) {
 		}
 		return nil, badRequest(http.StatusBadRequest, "not an HTTP/1.1 request: %v", err)
 	}
+	headDone()
 	defer req.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(req.Body, MaxBody+1))
 	if err != nil {
@@ -169,6 +240,11 @@ type AdminResponse struct {
 	ChunkSize int
 	// Close adds Connection: close.
 	Close bool
+	// End says the session is over (the final 204): the server sends
+	// close_notify and closes the connection after it (PROTOCOLS.md §3.5)
+	// rather than waiting for the idle timeout. It changes nothing on the
+	// wire before the close.
+	End bool
 }
 
 // Bytes encodes the whole response, head and body, so that it is written

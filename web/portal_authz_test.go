@@ -210,7 +210,7 @@ const (
 // the test: a new route must be classified before it ships.
 func expect(method, path string, r role) (access, bool) {
 	public := map[string]bool{"/": true, "/signup": true, "/signup/done": true, "/verify": true, "/login": true, "/logout": true,
-		"/reset": true, "/reset/confirm": true, "/assets/*": true, "/healthz": true, "/.well-known/jwks.json": true,
+		"/reset": true, "/reset/confirm": true, "/assets/*": true, "/healthz": true, "/readyz": true, "/.well-known/jwks.json": true,
 		"/api/v1/openapi.json": true}
 	// Any provider may look a module up by EID (to claim a free domain);
 	// what it sees of the module is checked by the leak check below.

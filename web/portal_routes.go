@@ -22,7 +22,7 @@ const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-sr
 // isPagePath reports whether path is served to browsers as HTML (or an
 // asset of it) rather than by the REST API.
 func isPagePath(path string) bool {
-	return !strings.HasPrefix(path, "/api/") && path != "/healthz" && !strings.HasPrefix(path, "/.well-known/")
+	return !strings.HasPrefix(path, "/api/") && path != "/healthz" && path != "/readyz" && !strings.HasPrefix(path, "/.well-known/")
 }
 
 // pageRoutes registers the portal: account pages, the provider's pages

@@ -40,6 +40,10 @@ type Options struct {
 	InsecureCookies bool
 	// HSMStatus, if set, lists the token's keys on the admin HSM page.
 	HSMStatus HSMStatusFunc
+	// AdminListener, if set, reports whether the card-link admin server
+	// accepts connections (nil) or not (why): /healthz and /readyz answer
+	// 503 while it does not. Leave it nil when no admin server runs.
+	AdminListener func() error
 }
 
 // Server is the HTTP edge over a Service.
@@ -65,6 +69,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	e.Use(securityHeaders)
 
 	e.GET("/healthz", s.health)
+	e.GET("/readyz", s.ready)
 	e.GET("/.well-known/jwks.json", s.jwks)
 
 	api := e.Group("/api/v1", s.requireToken)
@@ -182,11 +187,33 @@ func readJSON(c echo.Context, v any) error {
 	return nil
 }
 
+// health is the liveness check: the HSM answers and, when an admin server
+// is configured, its listener accepts (a stopped one does not come back
+// without a restart).
 func (s *Server) health(c echo.Context) error {
+	return s.check(c)
+}
+
+// ready is the readiness check: the same conditions, for a load balancer
+// deciding whether to send traffic here.
+func (s *Server) ready(c echo.Context) error {
+	return s.check(c)
+}
+
+func (s *Server) check(c echo.Context) error {
 	if err := s.svc.Custody.Health(c.Request().Context()); err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	body := map[string]string{"status": "ok"}
+	if s.opts.AdminListener != nil {
+		if err := s.opts.AdminListener(); err != nil {
+			s.log.Warn("health: card-link admin listener not accepting", "err", err)
+			c.Response().Header().Set("Retry-After", "10")
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "admin_listener": "not accepting"})
+		}
+		body["admin_listener"] = "accepting"
+	}
+	return c.JSON(http.StatusOK, body)
 }
 
 func (s *Server) jwks(c echo.Context) error {

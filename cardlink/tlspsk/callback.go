@@ -4,41 +4,73 @@ package tlspsk
 import "C"
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"runtime/cgo"
+	"sync"
 	"unsafe"
 )
 
+// dummySecret keys the dummy PSKs of refused identities. It is random per
+// process and never leaves it.
+var dummySecret = sync.OnceValue(func() []byte {
+	b := make([]byte, 32)
+	rand.Read(b) // never fails (crypto/rand)
+	return b
+})
+
+// dummyPSKLen is the length of a dummy PSK: that of the AES-128 module
+// keys (GP Amd B, key type '85').
+const dummyPSKLen = 16
+
+// dummyPSK returns the key a refused identity is handshaken with:
+// HMAC-SHA256(dummySecret, identity), cut to dummyPSKLen. No client holds
+// it, so the handshake fails on the client's Finished exactly as with a
+// wrong PSK; the same identity always gets the same key, so retries look
+// alike too.
+func dummyPSK(identity string) []byte {
+	m := hmac.New(sha256.New, dummySecret())
+	m.Write([]byte(identity))
+	return m.Sum(nil)[:dummyPSKLen]
+}
+
 // keyportServerPSK is OpenSSL's PSK server callback (RFC 4279 §2), reached
 // through kp_psk_server_cb in shim.c. It runs inside SSL_do_handshake on the
-// handshaking goroutine, which holds Conn.sslMu. Returning 0 refuses the
-// identity; OpenSSL then sends unknown_psk_identity.
+// handshaking goroutine, which holds Conn.sslMu. A refused identity (the
+// lookup failed, panicked or gave no usable key) is recorded in ps.err and
+// answered with dummyPSK, never with 0: OpenSSL would then send
+// unknown_psk_identity, which tells a registered identity from an unknown
+// one. The handshake fails on the client's Finished (bad_record_mac) as it
+// does for a wrong PSK, and Conn reports ErrUnknownIdentity from ps.err.
 //
 //export keyportServerPSK
 func keyportServerPSK(h C.uintptr_t, identity *C.char, psk *C.uchar, maxLen C.uint) (n C.uint) {
 	ps := cgo.Handle(h).Value().(*pskState)
 	ps.identity = C.GoString(identity)
+	out := unsafe.Slice((*byte)(unsafe.Pointer(psk)), int(maxLen))
+	refuse := func(err error) C.uint {
+		ps.err = err
+		return C.uint(copy(out, dummyPSK(ps.identity)))
+	}
 	defer func() {
 		// A panic must not unwind through OpenSSL's frames.
 		if r := recover(); r != nil {
-			ps.err = fmt.Errorf("PSK lookup panicked: %v", r)
-			n = 0
+			n = refuse(fmt.Errorf("PSK lookup panicked: %v", r))
 		}
 	}()
 	key, err := ps.lookup(ps.identity)
 	switch {
 	case err != nil:
-		ps.err = err
-		return 0
+		return refuse(err)
 	case len(key) == 0:
-		ps.err = errors.New("PSK lookup returned no key")
-		return 0
+		return refuse(errors.New("PSK lookup returned no key"))
 	case len(key) > int(maxLen):
-		ps.err = fmt.Errorf("PSK is %d bytes, OpenSSL takes at most %d", len(key), int(maxLen))
-		return 0
+		return refuse(fmt.Errorf("PSK is %d bytes, OpenSSL takes at most %d", len(key), int(maxLen)))
 	}
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(psk)), int(maxLen)), key)
+	copy(out, key)
 	return C.uint(len(key))
 }
 

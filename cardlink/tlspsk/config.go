@@ -16,12 +16,20 @@ const (
 )
 
 // DefaultCiphers is the cipher list used when a config leaves Ciphers
-// empty, in the server's order of preference: TLS_PSK_WITH_AES_128_CBC_SHA256
-// ('00AE'), TLS_PSK_WITH_AES_128_CBC_SHA ('008C', what otaman's card
-// negotiated over TLS 1.0) and TLS_PSK_WITH_AES_256_CBC_SHA ('008D')
-// (RFC 4279 §2, RFC 5487 §3.2). @SECLEVEL=0 is needed because OpenSSL 3
-// refuses TLS 1.0 and 1.1 at any higher security level.
-const DefaultCiphers = "PSK-AES128-CBC-SHA256:PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA:@SECLEVEL=0"
+// empty and Legacy off, in the server's order of preference:
+// TLS_PSK_WITH_AES_128_GCM_SHA256 ('00A8', RFC 5487 §3.1),
+// TLS_PSK_WITH_AES_128_CCM ('C0A4', RFC 6655 §4) and
+// TLS_PSK_WITH_AES_128_CBC_SHA256 ('00AE', RFC 5487 §3.2, the suite GP Amd B
+// makes mandatory), all TLS 1.2 only.
+const DefaultCiphers = "PSK-AES128-GCM-SHA256:PSK-AES128-CCM:PSK-AES128-CBC-SHA256"
+
+// LegacyCiphers is the cipher list used when a config leaves Ciphers empty
+// and turns Legacy on: DefaultCiphers, then TLS_PSK_WITH_AES_128_CBC_SHA
+// ('008C', what otaman's card negotiated over TLS 1.0) and
+// TLS_PSK_WITH_AES_256_CBC_SHA ('008D') (RFC 4279 §2). @SECLEVEL=0 is
+// needed because OpenSSL 3 refuses TLS 1.0 and 1.1 at any higher security
+// level.
+const LegacyCiphers = DefaultCiphers + ":PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA:@SECLEVEL=0"
 
 // DefaultHandshakeTimeout bounds a handshake when a config leaves
 // HandshakeTimeout zero. A card on a slow bearer needs a few seconds; a
@@ -44,24 +52,36 @@ type ServerConfig struct {
 	// inside OpenSSL's PSK callback, on the goroutine doing the handshake;
 	// it may block (an HSM or database lookup) but is not interrupted by
 	// HandshakeTimeout. A non-nil error or an empty key refuses the
-	// identity: the handshake fails with ErrUnknownIdentity and the client
-	// receives an unknown_psk_identity alert. The returned slice is copied
-	// and not kept. Required.
+	// identity: the handshake goes on with a dummy key (derived from a
+	// per-process random secret and the identity), so that it fails on the
+	// client's Finished exactly as with a wrong PSK and the client sees
+	// the same bad_record_mac alert either way (registered identities
+	// cannot be told from unknown ones); on the server it fails with
+	// ErrUnknownIdentity and the lookup's error. The returned slice is
+	// copied and not kept. Required.
 	PSK func(identity string) (psk []byte, err error)
 
 	// IdentityHint, when set, is sent in a ServerKeyExchange (RFC 4279
 	// §2). SCP81 cards know their identity and usually get none.
 	IdentityHint string
 
-	// Ciphers is an OpenSSL cipher list; empty means DefaultCiphers. When
-	// it has no @SECLEVEL and MinVersion is below TLS 1.2, ":@SECLEVEL=0"
-	// is appended so that OpenSSL 3 accepts TLS 1.0 and 1.1.
+	// Ciphers is an OpenSSL cipher list; empty means DefaultCiphers, or
+	// LegacyCiphers with Legacy. With Legacy and no @SECLEVEL in the
+	// list, ":@SECLEVEL=0" is appended so that OpenSSL 3 accepts TLS 1.0
+	// and 1.1.
 	Ciphers string
 
 	// MinVersion and MaxVersion bound the protocol version (VersionTLS10
-	// to VersionTLS12); zero means VersionTLS10 and VersionTLS12. TLS 1.3
+	// to VersionTLS12); zero means VersionTLS12 (VersionTLS10 with Legacy)
+	// and VersionTLS12. A MinVersion below TLS 1.2 needs Legacy. TLS 1.3
 	// (GP Amd B v1.2) is not supported.
 	MinVersion, MaxVersion uint16
+
+	// Legacy allows TLS 1.0 and 1.1 and the CBC-SHA suites (LegacyCiphers)
+	// at OpenSSL security level 0, for modules whose profile needs them
+	// (PROTOCOLS.md §3.5: otaman's card spoke TLS 1.0 with '008C'). Off,
+	// only TLS 1.2 with DefaultCiphers is offered.
+	Legacy bool
 
 	// HandshakeTimeout bounds each handshake, on top of any context
 	// deadline; zero means DefaultHandshakeTimeout, negative means none.
@@ -79,10 +99,12 @@ type ClientConfig struct {
 	// PSK is the pre-shared key, 1 to 512 bytes. Required.
 	PSK []byte
 
-	// Ciphers, MinVersion, MaxVersion and HandshakeTimeout mean what they
-	// mean in ServerConfig. The client offers Ciphers in this order.
+	// Ciphers, MinVersion, MaxVersion, Legacy and HandshakeTimeout mean
+	// what they mean in ServerConfig. The client offers Ciphers in this
+	// order.
 	Ciphers                string
 	MinVersion, MaxVersion uint16
+	Legacy                 bool
 	HandshakeTimeout       time.Duration
 }
 
@@ -106,7 +128,7 @@ func (c *ServerConfig) key() (ctxKey, error) {
 	if strings.IndexByte(c.IdentityHint, 0) >= 0 {
 		return ctxKey{}, errors.New("tlspsk: ServerConfig.IdentityHint contains a NUL byte")
 	}
-	return buildKey(true, c.Ciphers, c.MinVersion, c.MaxVersion, c.IdentityHint)
+	return buildKey(true, c.Legacy, c.Ciphers, c.MinVersion, c.MaxVersion, c.IdentityHint)
 }
 
 func (c *ClientConfig) key() (ctxKey, error) {
@@ -119,12 +141,15 @@ func (c *ClientConfig) key() (ctxKey, error) {
 	if len(c.PSK) == 0 || len(c.PSK) > maxPSKLen {
 		return ctxKey{}, fmt.Errorf("tlspsk: ClientConfig.PSK must be 1 to %d bytes", maxPSKLen)
 	}
-	return buildKey(false, c.Ciphers, c.MinVersion, c.MaxVersion, "")
+	return buildKey(false, c.Legacy, c.Ciphers, c.MinVersion, c.MaxVersion, "")
 }
 
-func buildKey(server bool, ciphers string, minV, maxV uint16, hint string) (ctxKey, error) {
+func buildKey(server, legacy bool, ciphers string, minV, maxV uint16, hint string) (ctxKey, error) {
 	if minV == 0 {
-		minV = VersionTLS10
+		minV = VersionTLS12
+		if legacy {
+			minV = VersionTLS10
+		}
 	}
 	if maxV == 0 {
 		maxV = VersionTLS12
@@ -137,9 +162,15 @@ func buildKey(server bool, ciphers string, minV, maxV uint16, hint string) (ctxK
 	if minV > maxV {
 		return ctxKey{}, fmt.Errorf("tlspsk: MinVersion %#04x is above MaxVersion %#04x", minV, maxV)
 	}
-	if ciphers == "" {
+	if minV < VersionTLS12 && !legacy {
+		return ctxKey{}, fmt.Errorf("tlspsk: MinVersion %#04x is below TLS 1.2: TLS 1.0 and 1.1 need Legacy", minV)
+	}
+	switch {
+	case ciphers == "" && legacy:
+		ciphers = LegacyCiphers
+	case ciphers == "":
 		ciphers = DefaultCiphers
-	} else if minV < VersionTLS12 && !strings.Contains(ciphers, "@SECLEVEL") {
+	case legacy && !strings.Contains(ciphers, "@SECLEVEL"):
 		ciphers += ":@SECLEVEL=0"
 	}
 	if strings.IndexByte(ciphers, 0) >= 0 {

@@ -57,6 +57,7 @@ type Conn struct {
 	writeMu  sync.Mutex
 	out      []byte // guarded by writeMu
 	writeErr error  // guarded by writeMu; sticky
+	notified bool   // guarded by writeMu: close_notify was sent
 
 	sslMu   sync.Mutex
 	s       *session // guarded by sslMu; nil before the handshake and after Close
@@ -454,11 +455,37 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// closeNotifyLocked queues and sends close_notify. Called with writeMu held.
+// CloseWrite sends close_notify if the handshake completed, then shuts
+// down the writing side of the underlying connection when it can (a
+// *net.TCPConn does). The peer sees the end of the stream while this side
+// may still read, for instance to drain a request it will not answer, so
+// that closing does not reset the connection before the peer has read the
+// answer. Close is still needed afterwards.
+func (c *Conn) CloseWrite() error {
+	var notifyErr error
+	if c.complete.Load() {
+		c.writeMu.Lock()
+		notifyErr = c.closeNotifyLocked()
+		c.writeMu.Unlock()
+	}
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil && notifyErr == nil {
+			notifyErr = err
+		}
+	}
+	if notifyErr != nil {
+		return &Error{Op: "close", Err: notifyErr}
+	}
+	return nil
+}
+
+// closeNotifyLocked queues and sends close_notify, once. Called with
+// writeMu held.
 func (c *Conn) closeNotifyLocked() error {
-	if c.writeErr != nil {
+	if c.writeErr != nil || c.notified {
 		return nil
 	}
+	c.notified = true
 	c.sslMu.Lock()
 	if c.s == nil {
 		c.sslMu.Unlock()

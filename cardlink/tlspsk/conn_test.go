@@ -32,10 +32,10 @@ func TestHandshakeWithEachSuiteAndVersionExchangesDataAndCloseNotify(t *testing.
 				continue // RFC 5487 §3.2: SHA-256 suites are TLS 1.2 only
 			}
 			t.Run(suite+"/"+ver.name, func(t *testing.T) {
-				ccfg := clientConfig()
+				ccfg := legacyClientConfig()
 				ccfg.Ciphers = suite
 				ccfg.MinVersion, ccfg.MaxVersion = ver.v, ver.v
-				srv, cli := connectedPair(t, serverConfig(), ccfg)
+				srv, cli := connectedPair(t, legacyServerConfig(), ccfg)
 
 				for _, c := range []*tlspsk.Conn{srv, cli} {
 					if c.Cipher() != suite || c.Version() != ver.name {
@@ -76,14 +76,51 @@ func TestHandshakeWithEachSuiteAndVersionExchangesDataAndCloseNotify(t *testing.
 }
 
 func TestServerPrefersItsOwnCipherOrder(t *testing.T) {
-	ccfg := clientConfig()
+	ccfg := legacyClientConfig()
 	ccfg.Ciphers = "PSK-AES256-CBC-SHA:PSK-AES128-CBC-SHA:PSK-AES128-CBC-SHA256"
-	srv, _ := connectedPair(t, serverConfig(), ccfg)
+	srv, _ := connectedPair(t, legacyServerConfig(), ccfg)
 	if srv.Cipher() != "PSK-AES128-CBC-SHA256" {
 		t.Fatalf("cipher %s, want the server's first choice PSK-AES128-CBC-SHA256", srv.Cipher())
 	}
 	if srv.SSLOptions()&tlspsk.OpCipherServerPreference == 0 {
 		t.Fatal("SSL_OP_CIPHER_SERVER_PREFERENCE not set")
+	}
+}
+
+func TestDefaultsAreTLS12WithGCMThenCCMThenCBCSHA256(t *testing.T) {
+	for _, tc := range []struct{ offer, want string }{
+		{"", "PSK-AES128-GCM-SHA256"},
+		{"PSK-AES128-CBC-SHA256:PSK-AES128-CCM:PSK-AES128-GCM-SHA256", "PSK-AES128-GCM-SHA256"},
+		{"PSK-AES128-CBC-SHA256:PSK-AES128-CCM", "PSK-AES128-CCM"},
+		{"PSK-AES128-CBC-SHA256", "PSK-AES128-CBC-SHA256"},
+	} {
+		ccfg := clientConfig()
+		ccfg.Ciphers = tc.offer
+		srv, cli := connectedPair(t, serverConfig(), ccfg)
+		if srv.Cipher() != tc.want || srv.Version() != "TLSv1.2" || cli.Cipher() != tc.want {
+			t.Errorf("client offering %q: server %s %s, client %s; want %s over TLSv1.2", tc.offer, srv.Cipher(), srv.Version(), cli.Cipher(), tc.want)
+		}
+	}
+}
+
+func TestDefaultServerRefusesTLS10AndCBCSHAAndLegacyAcceptsThem(t *testing.T) {
+	for name, ccfg := range map[string]*tlspsk.ClientConfig{
+		"TLS 1.0": {Identity: testIdentity, PSK: testPSK, Legacy: true, MinVersion: tlspsk.VersionTLS10, MaxVersion: tlspsk.VersionTLS10},
+		"TLS 1.1": {Identity: testIdentity, PSK: testPSK, Legacy: true, MinVersion: tlspsk.VersionTLS11, MaxVersion: tlspsk.VersionTLS11},
+		"CBC-SHA": {Identity: testIdentity, PSK: testPSK, Legacy: true, Ciphers: "PSK-AES128-CBC-SHA:PSK-AES256-CBC-SHA"},
+	} {
+		srv, cli, serr, cerr := handshakePair(t, serverConfig(), ccfg)
+		srv.Close()
+		cli.Close()
+		if serr == nil || cerr == nil {
+			t.Errorf("%s: default server handshake succeeded (server %v, client %v)", name, serr, cerr)
+		}
+		srv, cli, serr, cerr = handshakePair(t, legacyServerConfig(), ccfg)
+		srv.Close()
+		cli.Close()
+		if serr != nil || cerr != nil {
+			t.Errorf("%s: legacy server: server %v, client %v", name, serr, cerr)
+		}
 	}
 }
 
@@ -125,7 +162,7 @@ func TestWrongPSKFailsOnBothSidesWithoutData(t *testing.T) {
 	}
 }
 
-func TestUnknownIdentityIsRefusedWithUnknownPSKIdentity(t *testing.T) {
+func TestUnknownIdentityIsRefusedOnTheServerAndLooksLikeAWrongPSKToTheClient(t *testing.T) {
 	ccfg := clientConfig()
 	ccfg.Identity = "card-not-provisioned"
 	srv, cli, serr, cerr := handshakePair(t, serverConfig(), ccfg)
@@ -137,8 +174,10 @@ func TestUnknownIdentityIsRefusedWithUnknownPSKIdentity(t *testing.T) {
 	if !strings.Contains(serr.Error(), `no key for "card-not-provisioned"`) {
 		t.Errorf("server error %q does not carry the lookup's cause", serr)
 	}
-	if !errors.Is(cerr, tlspsk.ErrUnknownIdentity) {
-		t.Errorf("client error %v, want ErrUnknownIdentity (from the alert)", cerr)
+	// No unknown_psk_identity alert: the client cannot tell an unknown
+	// identity from a registered one with another key.
+	if !errors.Is(cerr, tlspsk.ErrPSKMismatch) || errors.Is(cerr, tlspsk.ErrUnknownIdentity) {
+		t.Errorf("client error %v, want ErrPSKMismatch as for a wrong PSK", cerr)
 	}
 	if srv.Identity() != "card-not-provisioned" {
 		t.Errorf("server Identity() = %q after refusal, want the refused identity", srv.Identity())
@@ -239,10 +278,11 @@ func TestLargeWritesAreCutInto16KiBRecordsAndReassembled(t *testing.T) {
 
 func TestConfigErrorsAreReportedBeforeListening(t *testing.T) {
 	for name, cfg := range map[string]*tlspsk.ServerConfig{
-		"nil PSK":        {},
-		"TLS 1.3":        {PSK: keyring(nil), MaxVersion: 0x0304},
-		"min above max":  {PSK: keyring(nil), MinVersion: tlspsk.VersionTLS12, MaxVersion: tlspsk.VersionTLS10},
-		"unknown cipher": {PSK: keyring(nil), Ciphers: "NO-SUCH-CIPHER"},
+		"nil PSK":                {},
+		"TLS 1.3":                {PSK: keyring(nil), MaxVersion: 0x0304},
+		"min above max":          {PSK: keyring(nil), MinVersion: tlspsk.VersionTLS12, MaxVersion: tlspsk.VersionTLS10},
+		"unknown cipher":         {PSK: keyring(nil), Ciphers: "NO-SUCH-CIPHER"},
+		"TLS 1.0 without Legacy": {PSK: keyring(nil), MinVersion: tlspsk.VersionTLS10},
 	} {
 		if ln, err := tlspsk.Listen("tcp", "127.0.0.1:0", cfg); err == nil {
 			ln.Close()

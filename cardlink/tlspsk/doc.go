@@ -1,8 +1,9 @@
 // Package tlspsk is keyport's TLS-PSK transport for GlobalPlatform
 // Amendment B "RAM over HTTPS" (SCP81) admin sessions: a card's security
-// domain opens a TCP connection over BIP and runs a TLS 1.0–1.2 handshake
-// with a pre-shared key (RFC 4279), the PSK being the SD key of type '85'
-// (PROTOCOLS.md §3.1, §3.5).
+// domain opens a TCP connection over BIP and runs a TLS handshake with a
+// pre-shared key (RFC 4279), the PSK being the SD key of type '85'
+// (PROTOCOLS.md §3.1, §3.5). TLS 1.2 only by default (DefaultCiphers);
+// TLS 1.0 and 1.1 and the CBC-SHA suites with Legacy (LegacyCiphers).
 //
 // Go's crypto/tls has no PSK cipher suites (PROTOCOLS.md §6), so the TLS
 // state machine here is OpenSSL 3's libssl, reached through cgo. Go keeps
@@ -19,7 +20,9 @@
 // no session tickets, no encrypt_then_mac, the server's cipher order wins,
 // no compression, no renegotiation, no session resumption, and a Write of
 // at most 16 KiB goes out as exactly one TLS record, so that one HTTP
-// response fits in one record. Close sends close_notify.
+// response fits in one record. Close sends close_notify. A server never
+// sends unknown_psk_identity: an identity its PSK callback refuses fails
+// the handshake exactly as a wrong PSK does (ServerConfig.PSK).
 //
 // OpenSSL's error queue is per OS thread and goroutines move between
 // threads, so every libssl call is wrapped in C (shim.c) to clear the queue,

@@ -12,10 +12,11 @@ type sentinel string
 func (s sentinel) Error() string { return "tlspsk: " + string(s) }
 
 var (
-	// ErrUnknownIdentity: the server refused the client's PSK identity
-	// (RFC 4279 §2, alert unknown_psk_identity). On the server, the PSK
-	// callback returned an error or no key; on the client, the server
-	// sent that alert.
+	// ErrUnknownIdentity: the server refused the client's PSK identity.
+	// On the server, the PSK callback returned an error or no key (the
+	// client is answered as for a wrong PSK, see ServerConfig.PSK); on
+	// the client, a server sent the unknown_psk_identity alert (RFC 4279
+	// §2), which this package's servers never do.
 	ErrUnknownIdentity error = sentinel("unknown PSK identity")
 
 	// ErrPSKMismatch: the identity was accepted but the Finished message

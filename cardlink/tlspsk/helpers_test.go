@@ -48,6 +48,20 @@ func clientConfig() *tlspsk.ClientConfig {
 	return &tlspsk.ClientConfig{Identity: testIdentity, PSK: testPSK}
 }
 
+// legacyServerConfig and legacyClientConfig turn Legacy on: TLS 1.0 and
+// 1.1 and the CBC-SHA suites, which the defaults refuse.
+func legacyServerConfig() *tlspsk.ServerConfig {
+	c := serverConfig()
+	c.Legacy = true
+	return c
+}
+
+func legacyClientConfig() *tlspsk.ClientConfig {
+	c := clientConfig()
+	c.Legacy = true
+	return c
+}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t testing.TB) (server, client net.Conn) {
 	t.Helper()

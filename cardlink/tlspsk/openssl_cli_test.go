@@ -85,7 +85,7 @@ func TestServerAnswersOpenSSLClient(t *testing.T) {
 		{"TLSv1", "-tls1", "PSK-AES128-CBC-SHA@SECLEVEL=0"},
 	} {
 		t.Run(tc.version+"/"+tc.cipher, func(t *testing.T) {
-			ln, err := tlspsk.Listen("tcp", "127.0.0.1:0", serverConfig())
+			ln, err := tlspsk.Listen("tcp", "127.0.0.1:0", legacyServerConfig())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -201,7 +201,7 @@ func TestClientTalksToOpenSSLServer(t *testing.T) {
 			}
 			go io.Copy(io.Discard, stdout)
 
-			ccfg := clientConfig()
+			ccfg := legacyClientConfig()
 			ccfg.Ciphers = tc.cipher
 			ccfg.MinVersion, ccfg.MaxVersion = tc.version, tc.version
 			cli, err := tlspsk.Dial(ctx, "tcp", addr, ccfg)

@@ -49,8 +49,8 @@ func TestEachWriteUpTo16KiBIsExactlyOneTLSRecord(t *testing.T) {
 		t.Run(ver.name, func(t *testing.T) {
 			sc, cc := tcpPair(t)
 			counter := &recordCounter{Conn: sc}
-			srv := tlspsk.Server(counter, serverConfig())
-			ccfg := clientConfig()
+			srv := tlspsk.Server(counter, legacyServerConfig())
+			ccfg := legacyClientConfig()
 			ccfg.MinVersion, ccfg.MaxVersion = ver.v, ver.v
 			cli := tlspsk.Client(cc, ccfg)
 			defer srv.Close()

@@ -12,7 +12,8 @@ static uintptr_t kp_handle(SSL *ssl)
 }
 
 // RFC 4279 §2: the server looks the identity from the ClientKeyExchange up
-// and returns the PSK; 0 makes OpenSSL abort with unknown_psk_identity.
+// and returns the PSK. The Go side never returns 0 (which makes OpenSSL
+// abort with unknown_psk_identity): a refused identity gets a dummy key.
 static unsigned int kp_psk_server_cb(SSL *ssl, const char *identity,
 				     unsigned char *psk, unsigned int max_psk_len)
 {

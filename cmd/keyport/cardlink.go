@@ -13,8 +13,10 @@ import (
 // startCardLink wires card-link into `keyport serve`: module PSKs from the
 // HSM, the handset agents' wake-up channel as the push trigger, the delivery
 // worker (wake-ups, expiry, webhooks) and, when KEYPORT_ADMIN_ADDR is set,
-// the GP Amendment B admin server on it. stop ends them all.
-func startCardLink(ctx context.Context, a *app) (stop func(), err error) {
+// the GP Amendment B admin server on it. stop ends them all. accepting
+// reports the admin server's listener for /healthz and /readyz (nil when
+// there is no admin server).
+func startCardLink(ctx context.Context, a *app) (stop func(), accepting func() error, err error) {
 	hub := cardlink.NewWakeHub()
 	a.svc.Link = a.hsm
 	a.svc.Trigger = hub
@@ -27,14 +29,17 @@ func startCardLink(ctx context.Context, a *app) (stop func(), err error) {
 	}()
 	var srv *cardlink.AdminServer
 	if a.cfg.AdminAddr != "" {
-		srv = cardlink.NewAdminServer(cardlink.AdminServerConfig{Service: a.svc, Wake: hub, Log: a.log})
+		srv = cardlink.NewAdminServer(cardlink.AdminServerConfig{Service: a.svc, Wake: hub, Log: a.log,
+			TLS: tlspsk.ServerConfig{Legacy: a.cfg.AdminLegacyTLS}})
 		ln, err := tlspsk.Listen("tcp", a.cfg.AdminAddr, srv.TLSConfig())
 		if err != nil {
 			cancel()
 			wg.Wait()
-			return nil, err
+			return nil, nil, err
 		}
-		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol)
+		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol,
+			"legacy_tls", a.cfg.AdminLegacyTLS)
+		accepting = srv.Accepting
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -49,5 +54,5 @@ func startCardLink(ctx context.Context, a *app) (stop func(), err error) {
 			srv.Close()
 		}
 		wg.Wait()
-	}, nil
+	}, accepting, nil
 }

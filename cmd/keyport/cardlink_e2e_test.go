@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -223,9 +224,31 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 }
 
 // TestServeStartsTheAdminServerOnKEYPORT_ADMIN_ADDR checks the wiring: with
-// KEYPORT_ADMIN_ADDR set, `keyport serve` answers TLS-PSK there, and an
-// identity that names no module is refused at the handshake.
+// KEYPORT_ADMIN_ADDR set, `keyport serve` answers TLS-PSK there, an
+// identity that names no module is refused at the handshake, and TLS 1.0
+// only with KEYPORT_ADMIN_LEGACY_TLS.
 func TestServeStartsTheAdminServerOnKEYPORT_ADMIN_ADDR(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
+			adminAddr := serveAdmin(t, legacy)
+			// TLS 1.0 gets as far as the PSK check only with legacy on.
+			_, err := tlspsk.Dial(context.Background(), "tcp", adminAddr, &tlspsk.ClientConfig{Identity: eid(7), PSK: make([]byte, 16),
+				Legacy: true, MinVersion: tlspsk.VersionTLS10, MaxVersion: tlspsk.VersionTLS10})
+			if got := errors.Is(err, tlspsk.ErrPSKMismatch); got != legacy {
+				t.Fatalf("TLS 1.0 client with legacy %v: %v", legacy, err)
+			}
+			if err == nil {
+				t.Fatal("an unknown module completed the handshake over TLS 1.0")
+			}
+		})
+	}
+}
+
+// serveAdmin runs `keyport serve` with an admin server until the test ends
+// and returns the admin address once it answers: an unknown module's
+// TLS 1.2 handshake fails as a wrong PSK does (the server does not tell
+// which EIDs it knows).
+func serveAdmin(t *testing.T, legacy bool) string {
 	capture(t)
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -235,17 +258,18 @@ func TestServeStartsTheAdminServerOnKEYPORT_ADMIN_ADDR(t *testing.T) {
 	adminAddr := l.Addr().String()
 	l.Close()
 	t.Setenv("KEYPORT_ADMIN_ADDR", adminAddr)
+	t.Setenv("KEYPORT_ADMIN_LEGACY_TLS", strconv.FormatBool(legacy))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--data-dir", filepath.Join(dir, "data"), "--hsm", hsmtest.New(t), "--addr", "127.0.0.1:0"})
 	}()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-	}()
+	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := tlspsk.Dial(ctx, "tcp", adminAddr, &tlspsk.ClientConfig{Identity: eid(7), PSK: make([]byte, 16)})
@@ -253,8 +277,8 @@ func TestServeStartsTheAdminServerOnKEYPORT_ADMIN_ADDR(t *testing.T) {
 			c.Close()
 			t.Fatal("an unknown module completed the handshake")
 		}
-		if errors.Is(err, tlspsk.ErrUnknownIdentity) {
-			return
+		if errors.Is(err, tlspsk.ErrPSKMismatch) {
+			return adminAddr
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("admin server on %s: %v", adminAddr, err)

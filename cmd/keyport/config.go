@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -16,8 +17,11 @@ type config struct {
 	HSM       string // KEYPORT_HSM: RFC 7512 URI; default the SoftHSM token under <data>/softhsm
 	Addr      string // KEYPORT_ADDR, default 127.0.0.1:8080
 	AdminAddr string // KEYPORT_ADMIN_ADDR: card-link admin server (TLS-PSK); empty: off
-	OAEPHash  string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
-	LogFormat string // KEYPORT_LOG_FORMAT: text or json
+	// AdminLegacyTLS (KEYPORT_ADMIN_LEGACY_TLS) lets the admin server also
+	// speak TLS 1.0/1.1 and the CBC-SHA suites, for modules that need them.
+	AdminLegacyTLS bool
+	OAEPHash       string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
+	LogFormat      string // KEYPORT_LOG_FORMAT: text or json
 }
 
 // env returns KEYPORT_<name>, or the trimmed content of the file named by
@@ -55,6 +59,12 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	fs.StringVar(&c.HSM, "hsm", get("HSM", ""), "PKCS#11 URI, RFC 7512 (KEYPORT_HSM, KEYPORT_HSM_FILE); default a SoftHSM token in <data-dir>/softhsm")
 	fs.StringVar(&c.Addr, "addr", get("ADDR", "127.0.0.1:8080"), "HTTP listen address (KEYPORT_ADDR)")
 	fs.StringVar(&c.AdminAddr, "admin-addr", get("ADMIN_ADDR", ""), "card-link admin server address, TLS-PSK (KEYPORT_ADMIN_ADDR)")
+	legacy, lerr := strconv.ParseBool(get("ADMIN_LEGACY_TLS", "false"))
+	if lerr != nil && err == nil {
+		err = fmt.Errorf("config: KEYPORT_ADMIN_LEGACY_TLS: %w", lerr)
+	}
+	fs.BoolVar(&c.AdminLegacyTLS, "admin-legacy-tls", legacy,
+		"admin server: also accept TLS 1.0/1.1 and the CBC-SHA suites, for modules whose profile needs them (KEYPORT_ADMIN_LEGACY_TLS)")
 	fs.StringVar(&c.OAEPHash, "oaep-hash", get("OAEP_HASH", "sha1"), "RSA-OAEP hash of the key wrap: sha1 or sha256 (KEYPORT_OAEP_HASH)")
 	fs.StringVar(&c.LogFormat, "log-format", get("LOG_FORMAT", "text"), "log format: text or json (KEYPORT_LOG_FORMAT)")
 	return err

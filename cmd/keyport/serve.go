@@ -46,7 +46,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
-	stopCardLink, err := startCardLink(ctx, a)
+	stopCardLink, adminAccepting, err := startCardLink(ctx, a)
 	if err != nil {
 		return err
 	}
@@ -55,6 +55,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	webOpts.AdminListener = adminAccepting
 	srv := &http.Server{Handler: web.New(a.svc, webOpts),
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	a.log.Info("keyport serving", "addr", "http://"+ln.Addr().String(), "db", redactDSN(cfg.DB))
