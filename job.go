@@ -106,6 +106,10 @@ type DeliveryPolicy struct {
 	Lease time.Duration
 	// WebhookAttempts bounds webhook deliveries (default 12).
 	WebhookAttempts int
+	// DevLoopbackWebhooks lets providers set webhook URLs to loopback IP
+	// addresses, plain http included: for a development receiver only
+	// (CheckWebhookURL). The sender must allow loopback too.
+	DevLoopbackWebhooks bool
 }
 
 func (p DeliveryPolicy) expiry() time.Duration { return orDefault(p.Expiry, 7*24*time.Hour) }
