@@ -83,6 +83,9 @@ type JobFilter struct {
 	ExpiresBefore time.Time // expires_at < ExpiresBefore
 	AfterID       int64
 	Limit         int // 0 means 100
+
+	// ExcludeProviders leaves out these providers' jobs.
+	ExcludeProviders []string
 }
 
 // PendingJob is a pending second-key job with what its session needs to

@@ -152,6 +152,9 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	if f.ProviderID != "" {
 		q = q.Where("provider_id = ?", f.ProviderID)
 	}
+	if len(f.ExcludeProviders) > 0 {
+		q = q.Where("provider_id NOT IN ?", f.ExcludeProviders)
+	}
 	if !f.DueBefore.IsZero() {
 		q = q.Where("next_run_at <= ?", dbTime(f.DueBefore))
 	}
