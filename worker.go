@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"time"
 )
 
 // WebhookDelivery is one webhook to POST now.
@@ -101,6 +102,23 @@ func (s *Service) ClaimWebhooksFor(ctx context.Context, c WebhookClaim) ([]Webho
 		out = append(out, WebhookDelivery{Job: j, URL: prov.WebhookURL, Body: j.Event, Signature: sig})
 	}
 	return out, nil
+}
+
+// WebhookHealth is how a provider's webhooks fare (JobRepo.WebhookHealth).
+type WebhookHealth struct {
+	ProviderID string
+	Queued     int        // webhook jobs waiting to be delivered
+	LastOK     *time.Time // when the newest delivered one was delivered
+	LastFailed *time.Time // when the newest failure was recorded
+	LastError  string     // that failure's error
+}
+
+// WebhookHealth returns every provider's webhook health (admins only).
+func (s *Service) WebhookHealth(ctx context.Context, p Principal) ([]WebhookHealth, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	return s.Store.WebhookHealth(ctx)
 }
 
 // WebhookSent records a delivery's outcome: DONE on success; on failure
