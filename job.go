@@ -83,6 +83,9 @@ type JobFilter struct {
 	ExpiresBefore time.Time // expires_at < ExpiresBefore
 	AfterID       int64
 	Limit         int // 0 means 100
+
+	// ExcludeProviders leaves out these providers' jobs.
+	ExcludeProviders []string
 }
 
 // PendingJob is a pending second-key job with what its session needs to
@@ -106,6 +109,10 @@ type DeliveryPolicy struct {
 	Lease time.Duration
 	// WebhookAttempts bounds webhook deliveries (default 12).
 	WebhookAttempts int
+	// DevLoopbackWebhooks lets providers set webhook URLs to loopback IP
+	// addresses, plain http included: for a development receiver only
+	// (CheckWebhookURL). The sender must allow loopback too.
+	DevLoopbackWebhooks bool
 }
 
 func (p DeliveryPolicy) expiry() time.Duration { return orDefault(p.Expiry, 7*24*time.Hour) }

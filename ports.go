@@ -241,6 +241,10 @@ type JobRepo interface {
 	// and its provider's webhook URL: what an admin session reads before
 	// it writes, in one query.
 	PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]PendingJob, error)
+	// WebhookHealth returns, for each provider with webhook jobs, how many
+	// wait (QUEUED), its newest delivery (DONE) and its newest failure (a
+	// QUEUED job with an error, or FAILED), by provider ID.
+	WebhookHealth(ctx context.Context) ([]WebhookHealth, error)
 
 	// AcquireLease gives holder the module's admin-session lease until
 	// `until`, if nobody else holds an unexpired one at `now`; ErrConflict

@@ -5,7 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -208,28 +208,129 @@ func (s *Service) RevokeAPIToken(ctx context.Context, p Principal, id string) er
 	return nil
 }
 
-// CheckWebhookURL accepts an https URL, or http to a loopback address for
-// development; empty clears the webhook.
-func CheckWebhookURL(raw string) (string, error) {
+// CheckWebhookURL accepts an https URL whose host is a DNS name or a public
+// IP address; empty clears the webhook. Events must not be a way to reach
+// keyport's own network: IP literals that are not public
+// (WebhookAddrAllowed) and names kept for local use ("localhost",
+// "*.localhost", "*.internal", "*.local", "*.home.arpa", single labels,
+// numeric forms such as "127.1") are refused. With devLoopback (a
+// development receiver, DeliveryPolicy.DevLoopbackWebhooks) http or https to
+// a loopback IP literal is accepted as well, and nothing else more. What a
+// name resolves to is checked again when the webhook is sent.
+func CheckWebhookURL(raw string, devLoopback bool) (string, error) {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return "", nil
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.User != nil || len(raw) > 2000 {
+	if err != nil || u.Host == "" || u.User != nil || u.Opaque != "" || len(raw) > 2000 {
 		return "", invalid("webhook_url", "enter a full URL such as https://example.com/keyport-events")
 	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
-			return "", invalid("webhook_url", "use https (plain http only to 127.0.0.1, for development)")
-		}
-	default:
+	if u.Scheme != "https" && u.Scheme != "http" {
 		return "", invalid("webhook_url", "use an https URL")
+	}
+	host := u.Hostname()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case devLoopback && ip.Unmap().IsLoopback() && ip.Zone() == "":
+		case u.Scheme != "https":
+			return "", invalid("webhook_url", "use an https URL")
+		default:
+			if err := WebhookAddrAllowed(ip); err != nil {
+				return "", invalid("webhook_url", "the address "+host+" is not public ("+err.Error()+"); use the public name or address of your endpoint")
+			}
+		}
+	} else {
+		if u.Scheme != "https" {
+			return "", invalid("webhook_url", "use an https URL")
+		}
+		if reason := localName(host); reason != "" {
+			return "", invalid("webhook_url", "the host "+host+" "+reason+"; use the public name of your endpoint")
+		}
 	}
 	u.Fragment = ""
 	return u.String(), nil
+}
+
+// localName says why host is not a public DNS name, or "".
+func localName(host string) string {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "" || strings.ContainsAny(h, "%[]:") {
+		return "is not a DNS name"
+	}
+	for _, suffix := range []string{"localhost", "internal", "local", "localdomain", "home.arpa"} {
+		if h == suffix || strings.HasSuffix(h, "."+suffix) {
+			return "is a local name"
+		}
+	}
+	labels := strings.Split(h, ".")
+	if len(labels) < 2 {
+		return "is a single-label name, resolved on the local network"
+	}
+	last := labels[len(labels)-1]
+	if strings.HasPrefix(last, "0x") || strings.Trim(last, "0123456789") == "" {
+		return "is a numeric address, not a DNS name"
+	}
+	return ""
+}
+
+// Address ranges webhooks never go to, besides what netip classifies
+// (loopback, private, link-local, multicast, unspecified).
+var nonPublicPrefixes = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
+	{netip.MustParsePrefix("100.64.0.0/10"), "carrier-grade NAT"},
+	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignments"},
+	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible"},
+	{netip.MustParsePrefix("100::/64"), "discard-only"},
+}
+
+// nat64 is the well-known NAT64 prefix (RFC 6052): its addresses carry an
+// IPv4 address, which is what is checked.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// WebhookAddrAllowed returns nil if webhooks may be sent to ip: a public
+// unicast address. Loopback, private (RFC 1918, fc00::/7), link-local
+// (169.254.0.0/16 with the cloud metadata address, fe80::/10), multicast,
+// unspecified, carrier-grade NAT (100.64.0.0/10) and other special-purpose
+// ranges are refused, also in their IPv4-mapped and NAT64 forms.
+func WebhookAddrAllowed(ip netip.Addr) error {
+	if !ip.IsValid() {
+		return errors.New("not an IP address")
+	}
+	if ip.Zone() != "" {
+		return errors.New("scoped address")
+	}
+	ip = ip.Unmap()
+	if nat64.Contains(ip) {
+		b := ip.As16()
+		ip = netip.AddrFrom4([4]byte(b[12:]))
+	}
+	switch {
+	case ip.IsLoopback():
+		return errors.New("loopback address")
+	case ip.IsPrivate():
+		return errors.New("private address")
+	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast():
+		return errors.New("link-local address")
+	case ip.IsMulticast(), ip.IsInterfaceLocalMulticast():
+		return errors.New("multicast address")
+	case ip.IsUnspecified():
+		return errors.New("unspecified address")
+	}
+	if ip.Is4() && ip.As4() == [4]byte{255, 255, 255, 255} {
+		return errors.New("broadcast address")
+	}
+	for _, p := range nonPublicPrefixes {
+		if p.prefix.Contains(ip) {
+			return errors.New(p.what + " address")
+		}
+	}
+	return nil
 }
 
 // SetWebhook sets the URL the caller's events are posted to.
@@ -237,7 +338,7 @@ func (s *Service) SetWebhook(ctx context.Context, p Principal, raw string) (stri
 	if p.ProviderID == "" {
 		return "", ErrForbidden
 	}
-	u, err := CheckWebhookURL(raw)
+	u, err := CheckWebhookURL(raw, s.Delivery.DevLoopbackWebhooks)
 	if err != nil {
 		return "", err
 	}

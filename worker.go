@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"time"
 )
 
 // WebhookDelivery is one webhook to POST now.
@@ -14,19 +15,53 @@ type WebhookDelivery struct {
 	Signature string // value of WebhookSignatureHeader
 }
 
+// WebhookClaim selects the webhooks ClaimWebhooksFor takes.
+type WebhookClaim struct {
+	// Limit bounds the due jobs looked at (default 50).
+	Limit int
+	// Busy providers are left out: their earlier events are still being
+	// sent, and a provider's events go out one at a time, in order.
+	Busy []string
+	// MaxProviders bounds how many providers' webhooks are taken (0: no
+	// bound), PerProvider how many of each provider's (0: no bound). What is
+	// left stays due, for a later claim.
+	MaxProviders, PerProvider int
+}
+
 // ClaimWebhooks takes up to limit due webhook jobs for this process: each is
 // claimed with a conditional update that also schedules its retry, so two
 // replicas never send the same attempt, and a crash mid-send only delays it.
 // Bodies are signed in the HSM.
 func (s *Service) ClaimWebhooks(ctx context.Context, limit int) ([]WebhookDelivery, error) {
+	return s.ClaimWebhooksFor(ctx, WebhookClaim{Limit: limit})
+}
+
+// ClaimWebhooksFor is ClaimWebhooks within c's bounds. Deliveries come
+// oldest first, so each provider's in the order of its events.
+func (s *Service) ClaimWebhooksFor(ctx context.Context, c WebhookClaim) ([]WebhookDelivery, error) {
 	now := s.now().UTC()
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kind: JobWebhook, States: []JobState{JobQueued}, DueBefore: now, Limit: limit})
+	limit := c.Limit
+	if limit <= 0 {
+		limit = 50
+	}
+	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kind: JobWebhook, States: []JobState{JobQueued}, DueBefore: now,
+		ExcludeProviders: c.Busy, Limit: limit})
 	if err != nil {
 		return nil, err
 	}
+	taken := map[string]int{}
+	full := map[string]bool{} // a provider whose next job waits: so do its later ones
 	var out []WebhookDelivery
 	for i := range jobs {
 		j := jobs[i]
+		if full[j.ProviderID] {
+			continue
+		}
+		n, seen := taken[j.ProviderID]
+		if (!seen && c.MaxProviders > 0 && len(taken) >= c.MaxProviders) || (c.PerProvider > 0 && n >= c.PerProvider) {
+			full[j.ProviderID] = true
+			continue
+		}
 		from, attempts := j.State, j.Attempts
 		if j.Attempts >= s.Delivery.webhookAttempts() || j.expired(now) {
 			j.State = JobFailed
@@ -42,7 +77,8 @@ func (s *Service) ClaimWebhooks(ctx context.Context, limit int) ([]WebhookDelive
 		j.NextRunAt = now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64()))
 		if err := s.Store.UpdateJob(ctx, &j, from, attempts); err != nil {
 			if errors.Is(err, ErrConflict) {
-				continue // another replica took it
+				full[j.ProviderID] = true // another replica took it: it sends this provider's events now
+				continue
 			}
 			return out, err
 		}
@@ -62,9 +98,27 @@ func (s *Service) ClaimWebhooks(ctx context.Context, limit int) ([]WebhookDelive
 		if err != nil {
 			return out, err // the job was rescheduled; it is retried later
 		}
+		taken[j.ProviderID]++
 		out = append(out, WebhookDelivery{Job: j, URL: prov.WebhookURL, Body: j.Event, Signature: sig})
 	}
 	return out, nil
+}
+
+// WebhookHealth is how a provider's webhooks fare (JobRepo.WebhookHealth).
+type WebhookHealth struct {
+	ProviderID string
+	Queued     int        // webhook jobs waiting to be delivered
+	LastOK     *time.Time // when the newest delivered one was delivered
+	LastFailed *time.Time // when the newest failure was recorded
+	LastError  string     // that failure's error
+}
+
+// WebhookHealth returns every provider's webhook health (admins only).
+func (s *Service) WebhookHealth(ctx context.Context, p Principal) ([]WebhookHealth, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	return s.Store.WebhookHealth(ctx)
 }
 
 // WebhookSent records a delivery's outcome: DONE on success; on failure

@@ -42,7 +42,7 @@ func (h *flakyHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestFailedJobIsToldToTheProviderByASignedWebhookRetriedUntilItIsTaken(t *testing.T) {
-	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{Tick: 20 * time.Millisecond})
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{Tick: 20 * time.Millisecond, DevLoopbackWebhooks: true})
 	set, err := w.Svc.JWKS(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -152,6 +154,9 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	if f.ProviderID != "" {
 		q = q.Where("provider_id = ?", f.ProviderID)
 	}
+	if len(f.ExcludeProviders) > 0 {
+		q = q.Where("provider_id NOT IN ?", f.ExcludeProviders)
+	}
 	if !f.DueBefore.IsZero() {
 		q = q.Where("next_run_at <= ?", dbTime(f.DueBefore))
 	}
@@ -231,6 +236,60 @@ func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobSt
 	j.UpdatedAt = t
 	j.NextRunAt = dbTime(j.NextRunAt)
 	return nil
+}
+
+// WebhookHealth sums up the webhook jobs of each provider: the count of
+// QUEUED ones, and the newest DONE and the newest failure (QUEUED with an
+// error, or FAILED), picked per provider with a window function.
+func (r *repo) WebhookHealth(ctx context.Context) ([]keyport.WebhookHealth, error) {
+	var counts []struct {
+		ProviderID string `gorm:"column:provider_id"`
+		N          int    `gorm:"column:n"`
+	}
+	if err := r.r.WithContext(ctx).Raw(`SELECT provider_id, COUNT(*) AS n FROM jobs
+		WHERE kind = ? AND state = ? AND provider_id IS NOT NULL GROUP BY provider_id`,
+		string(keyport.JobWebhook), string(keyport.JobQueued)).Scan(&counts).Error; err != nil {
+		return nil, wrap("webhook health", err)
+	}
+	var newest []struct {
+		ProviderID string    `gorm:"column:provider_id"`
+		OK         bool      `gorm:"column:ok"`
+		UpdatedAt  time.Time `gorm:"column:updated_at"`
+		LastError  string    `gorm:"column:last_error"`
+	}
+	if err := r.r.WithContext(ctx).Raw(`SELECT provider_id, ok, updated_at, last_error FROM (
+		SELECT provider_id, state = ? AS ok, updated_at, last_error,
+			ROW_NUMBER() OVER (PARTITION BY provider_id, state = ? ORDER BY updated_at DESC, id DESC) AS rn
+		FROM jobs WHERE kind = ? AND provider_id IS NOT NULL
+			AND (state = ? OR (state IN ? AND last_error <> ''))) newest WHERE rn = 1`,
+		string(keyport.JobDone), string(keyport.JobDone), string(keyport.JobWebhook), string(keyport.JobDone),
+		[]string{string(keyport.JobQueued), string(keyport.JobFailed)}).Scan(&newest).Error; err != nil {
+		return nil, wrap("webhook health", err)
+	}
+	var out []keyport.WebhookHealth
+	idx := map[string]int{}
+	row := func(id string) *keyport.WebhookHealth {
+		i, ok := idx[id]
+		if !ok {
+			i = len(out)
+			idx[id] = i
+			out = append(out, keyport.WebhookHealth{ProviderID: id})
+		}
+		return &out[i]
+	}
+	for _, c := range counts {
+		row(c.ProviderID).Queued = c.N
+	}
+	for _, n := range newest {
+		h, at := row(n.ProviderID), n.UpdatedAt.UTC()
+		if n.OK {
+			h.LastOK = &at
+		} else {
+			h.LastFailed, h.LastError = &at, n.LastError
+		}
+	}
+	slices.SortFunc(out, func(a, b keyport.WebhookHealth) int { return strings.Compare(a.ProviderID, b.ProviderID) })
+	return out, nil
 }
 
 // AcquireLease takes or renews the module's admin-session lease in one

@@ -156,11 +156,20 @@ func (s *Server) adminModulesPage(c echo.Context) error {
 }
 
 func (s *Server) providersPage(c echo.Context) error {
-	ps, err := s.svc.ListProviders(c.Request().Context(), principal(c))
+	ctx, p := c.Request().Context(), principal(c)
+	ps, err := s.svc.ListProviders(ctx, p)
 	if err != nil {
 		return err
 	}
-	return render(c, http.StatusOK, views.ProvidersPage(s.meta(c, "Providers", "/admin/providers"), ps))
+	hs, err := s.svc.WebhookHealth(ctx, p)
+	if err != nil {
+		return err
+	}
+	health := make(map[string]keyport.WebhookHealth, len(hs))
+	for _, h := range hs {
+		health[h.ProviderID] = h
+	}
+	return render(c, http.StatusOK, views.ProvidersPage(s.meta(c, "Providers", "/admin/providers"), ps, health))
 }
 
 func (s *Server) setProviderStatus(status keyport.ProviderStatus) echo.HandlerFunc {

@@ -395,7 +395,7 @@ func (f forgedModule) Transmit(_ context.Context, apdu []byte) ([]byte, error) {
 }
 
 func TestAModuleAnsweringAsDeclaredWithoutTheCardsProofFailsTheJobAndTheDomainStaysAssigned(t *testing.T) {
-	w := newWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	w := newWorld(t, cardlinktest.LinkOptions{NoWorker: true, DevLoopbackWebhooks: true})
 	if _, err := w.Svc.SetWebhook(ctx, w.Prov, "http://127.0.0.1:9/events"); err != nil {
 		t.Fatal(err)
 	}

@@ -131,6 +131,10 @@ type LinkOptions struct {
 	// Tick is the worker's period (default 50 ms); NoWorker leaves it off.
 	Tick     time.Duration
 	NoWorker bool
+	// DevLoopbackWebhooks lets webhooks be set to, and sent to, loopback
+	// addresses (httptest receivers): it sets the service's delivery
+	// policy and the worker's.
+	DevLoopbackWebhooks bool
 }
 
 // StartLink starts card-link over svc (whose Link custody must be set);
@@ -139,6 +143,7 @@ func StartLink(t testing.TB, svc *keyport.Service, opts LinkOptions) *Link {
 	t.Helper()
 	hub := cardlink.NewWakeHub()
 	svc.Trigger = hub
+	svc.Delivery.DevLoopbackWebhooks = opts.DevLoopbackWebhooks
 	cfg := opts.Server
 	cfg.Service, cfg.Wake = svc, hub
 	if cfg.WakeCheck == 0 {
@@ -164,7 +169,7 @@ func StartLink(t testing.TB, svc *keyport.Service, opts LinkOptions) *Link {
 		if tick == 0 {
 			tick = 50 * time.Millisecond
 		}
-		l.Worker = &cardlink.Dispatcher{Service: svc, Tick: tick}
+		l.Worker = &cardlink.Dispatcher{Service: svc, Tick: tick, DevLoopbackWebhooks: opts.DevLoopbackWebhooks}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

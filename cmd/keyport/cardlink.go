@@ -3,29 +3,68 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 )
+
+// cardLinkFlags are serve's settings for webhook delivery.
+type cardLinkFlags struct {
+	webhookTimeout time.Duration
+	loopbackHooks  bool
+}
+
+// bindCardLinkFlags registers the webhook flags on serve's flag set.
+func bindCardLinkFlags(fs *flag.FlagSet) (*cardLinkFlags, error) {
+	cf := &cardLinkFlags{}
+	timeout, err := env("WEBHOOK_TIMEOUT", "5s")
+	if err != nil {
+		return nil, err
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("config: KEYPORT_WEBHOOK_TIMEOUT must be a duration such as 5s, got %q", timeout)
+	}
+	loopback, err := env("DEV_ALLOW_LOOPBACK_WEBHOOKS", "")
+	if err != nil {
+		return nil, err
+	}
+	fs.DurationVar(&cf.webhookTimeout, "webhook-timeout", d, "bound of one webhook request (KEYPORT_WEBHOOK_TIMEOUT)")
+	fs.BoolVar(&cf.loopbackHooks, "dev-allow-loopback-webhooks", loopback == "1" || loopback == "true",
+		"development only: providers may set webhook URLs to loopback addresses, plain http included, and webhooks are sent there (KEYPORT_DEV_ALLOW_LOOPBACK_WEBHOOKS=1); other non-public addresses stay refused")
+	return cf, nil
+}
 
 // startCardLink wires card-link into `keyport serve`: module PSKs from the
 // HSM, the handset agents' wake-up channel as the push trigger, the delivery
 // worker (wake-ups, expiry, webhooks) and, when KEYPORT_ADMIN_ADDR is set,
 // the GP Amendment B admin server on it. stop ends them all. accepting
 // reports the admin server's listener for /healthz and /readyz (nil when
-// there is no admin server).
-func startCardLink(ctx context.Context, a *app) (stop func(), accepting func() error, err error) {
+// there is no admin server). Webhooks go to public addresses only, unless
+// cf allows a development receiver on loopback.
+func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(), accepting func() error, err error) {
+	if cf.webhookTimeout <= 0 {
+		return nil, nil, fmt.Errorf("serve: --webhook-timeout must be positive, got %s", cf.webhookTimeout)
+	}
 	hub := cardlink.NewWakeHub()
 	a.svc.Link = a.hsm
 	a.svc.Trigger = hub
+	a.svc.Delivery.DevLoopbackWebhooks = cf.loopbackHooks
+	if cf.loopbackHooks {
+		a.log.Warn("development mode: webhooks may go to loopback addresses (--dev-allow-loopback-webhooks)")
+	}
+	d := &cardlink.Dispatcher{Service: a.svc, Log: a.log, WebhookTimeout: cf.webhookTimeout, DevLoopbackWebhooks: cf.loopbackHooks}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		(&cardlink.Dispatcher{Service: a.svc, Log: a.log}).Run(ctx)
+		d.Run(ctx)
 	}()
 	var srv *cardlink.AdminServer
 	if a.cfg.AdminAddr != "" {

@@ -78,6 +78,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 	sink := &webhookSink{}
 	hooks := httptest.NewServer(sink)
 	defer hooks.Close()
+	w.Svc.Delivery.DevLoopbackWebhooks = true // the sink listens on 127.0.0.1
 	if _, err := w.Svc.SetWebhook(ctx, prov, hooks.URL+"/keyport"); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 	}
 
 	// Card-link, and `keyport agent` on the pcscd reader, waiting for a wake-up.
-	link := cardlinktest.StartLink(t, w.Svc, cardlinktest.LinkOptions{})
+	link := cardlinktest.StartLink(t, w.Svc, cardlinktest.LinkOptions{DevLoopbackWebhooks: true})
 	psk, err := w.HSM.ModulePSK(ctx, eid, "A000000151000000")
 	if err != nil {
 		t.Fatal(err)

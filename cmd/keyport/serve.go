@@ -24,6 +24,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	hooks, err := bindCardLinkFlags(fs)
+	if err != nil {
+		return err
+	}
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
@@ -46,7 +50,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
-	stopCardLink, adminAccepting, err := startCardLink(ctx, a)
+	stopCardLink, adminAccepting, err := startCardLink(ctx, a, hooks)
 	if err != nil {
 		return err
 	}
