@@ -20,8 +20,8 @@ import (
 	"sync"
 	"testing"
 
-	_ "github.com/glebarez/go-sqlite"
 	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/pcsctest"
@@ -317,7 +317,7 @@ func databaseBytes(t *testing.T, dsn string) []byte {
 
 func editAuditRow(t *testing.T, dsn string, seq int) {
 	t.Helper()
-	driver, q := "sqlite", "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = ?"
+	driver, q := "sqlite3", "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = ?"
 	if strings.HasPrefix(dsn, "postgres") {
 		driver, q = "pgx", "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = $1"
 	}
