@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	_ "github.com/glebarez/go-sqlite"
+	_ "github.com/mattn/go-sqlite3"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/keyport/keyport"
@@ -50,7 +50,7 @@ func auditWorld(t *testing.T, dsn string) *fixture.World {
 // to it but not to the HSM would; "?" placeholders are rewritten for pgx.
 func tamper(t *testing.T, dsn string, stmts ...string) {
 	t.Helper()
-	driver := "sqlite"
+	driver := "sqlite3"
 	if strings.HasPrefix(dsn, "postgres") {
 		driver = "pgx"
 	}
@@ -68,7 +68,7 @@ func tamper(t *testing.T, dsn string, stmts ...string) {
 
 func tamperArgs(t *testing.T, dsn, q string, args ...any) {
 	t.Helper()
-	driver := "sqlite"
+	driver := "sqlite3"
 	if strings.HasPrefix(dsn, "postgres") {
 		driver = "pgx"
 		for i := 1; strings.Contains(q, "?"); i++ {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	_ "github.com/glebarez/go-sqlite"
+	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/store/storetest"
@@ -49,7 +49,7 @@ func TestVerifyAuditNamesADeletedLastRow(t *testing.T) {
 	if got["ok"] != true || got["keyed_head"] != true || n < 2 {
 		t.Fatalf("verify of an untouched log: %v", got)
 	}
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,7 @@ func TestAuditVerifyNamesTheDeletedLastRowsAndAMiddleRow(t *testing.T) {
 
 func deleteAuditRows(t *testing.T, dsn, where string) {
 	t.Helper()
-	driver := "sqlite"
+	driver := "sqlite3"
 	if strings.HasPrefix(dsn, "postgres") {
 		driver = "pgx"
 	}
