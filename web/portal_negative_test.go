@@ -183,7 +183,9 @@ func TestBrowserProviderTurnsOnTOTPAndThenSignInAsksForTheCode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("secret %q: %v", secret, err)
 	}
-	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now())))
+	// The previous step's code (still accepted for clock drift): the code
+	// that confirms enrolment may not sign in as well.
+	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))))
 	clickAndLoad(t, tab, "main form.stack button[type=submit]")
 	if got := bodyText(t, tab); !strings.Contains(got, "authenticator app is required") {
 		t.Fatalf("after confirming: %q", got)
