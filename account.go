@@ -572,6 +572,10 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 				return err
 			}
 		}
+		// Every other reset link of the user dies with this one.
+		if err := tx.DeleteUserTokens(ctx, u.ID, PurposeReset); err != nil {
+			return err
+		}
 		if err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
 			return err
 		}
