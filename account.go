@@ -29,6 +29,7 @@ type User struct {
 	TOTPSealed   []byte // nil: no second factor
 	FailedLogins int
 	LockedUntil  *time.Time
+	TOTPLastStep int64 // the time step of the last TOTP code accepted
 	Admin        bool
 	VerifiedAt   *time.Time
 	CreatedAt    time.Time
@@ -59,16 +60,22 @@ type Session struct {
 	Hash      []byte
 	UserID    string
 	CreatedAt time.Time
-	ExpiresAt time.Time
+	ExpiresAt time.Time // CreatedAt + SessionLifetime: the absolute limit
+	LastSeen  time.Time // last use, at most sessionTouchEvery old
 }
 
 // Account rules.
 const (
-	// MaxFailedLogins wrong passwords in a row lock an account for LockFor.
+	// MaxFailedLogins sign-in attempts in a row that do not succeed lock
+	// an account for LockFor.
 	MaxFailedLogins = 5
 	LockFor         = 15 * time.Minute
-	// SessionLifetime is how long a browser stays signed in.
+	// SessionLifetime is the longest a browser stays signed in.
 	SessionLifetime = 12 * time.Hour
+	// SessionIdle ends a session not used for this long.
+	SessionIdle = 30 * time.Minute
+	// sessionTouchEvery bounds how often a session's last use is written.
+	sessionTouchEvery = time.Minute
 	// MinPasswordLength follows NIST SP 800-63B for user-chosen passwords.
 	MinPasswordLength = 10
 	verifyLifetime    = 48 * time.Hour
@@ -320,72 +327,114 @@ type LoginResult struct {
 	User  *User
 }
 
+// errWrongLogin is the one answer to an unknown e-mail address and a wrong
+// password: it says nothing about the account, not even attempts left.
+var errWrongLogin = fmt.Errorf("%w: wrong e-mail address or password", ErrUnauthenticated)
+
+// errWrongTOTP follows a right password (ErrTOTPRequired has said so).
+var errWrongTOTP = fmt.Errorf("%w: the authenticator code is wrong, expired or used before", ErrUnauthenticated)
+
+// checkPasswordHook, if set (tests), runs before each password hash is
+// computed for a known account.
+var checkPasswordHook func()
+
 // Login checks a password (and a TOTP code when the account has one) and
-// opens a session. Wrong passwords count; MaxFailedLogins in a row lock the
-// account for LockFor (*LockedError). Unknown e-mail and wrong password give
-// the same ErrUnauthenticated.
+// opens a session. Each attempt on an account is reserved in the store
+// before the password hash is computed: MaxFailedLogins attempts that do
+// not succeed lock the account for LockFor (*LockedError), however many
+// arrive in parallel; only a complete sign-in resets the count. Unknown
+// e-mail, wrong password and wrong code give the same ErrUnauthenticated.
 func (s *Service) Login(ctx context.Context, email, password, totpCode string) (*LoginResult, error) {
 	email = strings.ToLower(strings.TrimSpace(email))
 	u, err := s.Store.GetUserByEmail(ctx, email)
 	if errors.Is(err, ErrNotFound) {
 		CheckPassword(dummyHash, password)
-		return nil, fmt.Errorf("%w: wrong e-mail address or password", ErrUnauthenticated)
+		s.auditLogin("system", "user.login-failed", "email:"+email, map[string]any{"reason": "unknown address"})
+		return nil, errWrongLogin
 	}
 	if err != nil {
 		return nil, fmt.Errorf("keyport: login: %w", err)
 	}
 	now := s.now().UTC()
-	if u.LockedUntil != nil && now.Before(*u.LockedUntil) {
-		return nil, &LockedError{Until: *u.LockedUntil}
+	u, reserved, err := s.Store.ReserveLoginAttempt(ctx, u.ID, MaxFailedLogins, now, now.Add(LockFor))
+	if err != nil {
+		return nil, fmt.Errorf("keyport: login: %w", err)
+	}
+	if !reserved {
+		s.auditLogin(userActor(u), "user.login-failed", "user:"+u.ID, map[string]any{"reason": "locked"})
+		until := now.Add(LockFor)
+		if u.LockedUntil != nil {
+			until = *u.LockedUntil
+		}
+		return nil, &LockedError{Until: until}
+	}
+	// fail ends an attempt that did not sign in; the reservation stays
+	// counted. The attempt that took the last one has locked the account.
+	fail := func(reason string, err error) (*LoginResult, error) {
+		s.log().Info("sign-in failed", "user", u.ID, "reason", reason, "attempts", u.FailedLogins)
+		s.auditLogin(userActor(u), "user.login-failed", "user:"+u.ID, map[string]any{"reason": reason, "attempts": u.FailedLogins})
+		if u.LockedUntil != nil {
+			s.auditLogin("system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+			return nil, &LockedError{Until: *u.LockedUntil}
+		}
+		return nil, err
+	}
+	if checkPasswordHook != nil {
+		checkPasswordHook()
 	}
 	if !CheckPassword(u.PasswordHash, password) {
-		u2, err := s.Store.RecordFailedLogin(ctx, u.ID, MaxFailedLogins, now.Add(LockFor))
-		if err != nil {
-			return nil, fmt.Errorf("keyport: login: %w", err)
-		}
-		s.log().Info("wrong password", "user", u.ID, "failed", u2.FailedLogins)
-		if u2.LockedUntil != nil && now.Before(*u2.LockedUntil) {
-			_ = s.Store.Tx(ctx, func(tx Repo) error {
-				return s.audit(ctx, tx, "system", "user.lock", "user:"+u.ID, map[string]any{"failed": u2.FailedLogins})
-			})
-			return nil, &LockedError{Until: *u2.LockedUntil}
-		}
-		left := MaxFailedLogins - u2.FailedLogins
-		return nil, fmt.Errorf("%w: wrong e-mail address or password (%d attempts left before the account is locked)",
-			ErrUnauthenticated, left)
+		return fail("wrong password", errWrongLogin)
 	}
 	if u.TOTPSealed != nil {
+		// A right password without a code counts too: otherwise it would
+		// clear the count between guesses of the code.
 		if totpCode == "" {
-			return nil, ErrTOTPRequired
+			return fail("no authenticator code", ErrTOTPRequired)
 		}
-		ok, err := s.checkTOTP(ctx, u, totpCode)
+		step, ok, err := s.checkTOTP(ctx, u, totpCode)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
-			if _, err := s.Store.RecordFailedLogin(ctx, u.ID, MaxFailedLogins, now.Add(LockFor)); err != nil {
-				return nil, err
-			}
-			return nil, fmt.Errorf("%w: the authenticator code is wrong or expired", ErrUnauthenticated)
+			return fail("wrong authenticator code", errWrongTOTP)
+		}
+		if err := s.Store.AcceptTOTPStep(ctx, u.ID, step); errors.Is(err, ErrConflict) {
+			return fail("authenticator code used before", errWrongTOTP)
+		} else if err != nil {
+			return nil, fmt.Errorf("keyport: login: %w", err)
 		}
 	}
 	if u.VerifiedAt == nil {
+		if err := s.Store.ResetFailedLogins(ctx, u.ID); err != nil {
+			return nil, fmt.Errorf("keyport: login: %w", err)
+		}
 		return nil, ErrNotVerified
 	}
 	token := randomToken(SessionPrefix)
 	err = s.Store.Tx(ctx, func(tx Repo) error {
-		if u.FailedLogins != 0 || u.LockedUntil != nil {
-			if err := tx.ResetFailedLogins(ctx, u.ID); err != nil {
-				return err
-			}
+		if err := tx.ResetFailedLogins(ctx, u.ID); err != nil {
+			return err
 		}
-		return tx.CreateSession(ctx, &Session{Hash: HashSecret(token), UserID: u.ID, CreatedAt: now,
-			ExpiresAt: now.Add(SessionLifetime)})
+		if err := tx.CreateSession(ctx, &Session{Hash: HashSecret(token), UserID: u.ID, CreatedAt: now,
+			ExpiresAt: now.Add(SessionLifetime), LastSeen: now}); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.login", "user:"+u.ID, map[string]any{"totp": u.TOTPSealed != nil})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("keyport: login: %w", err)
 	}
+	u.FailedLogins, u.LockedUntil = 0, nil
 	return &LoginResult{Token: token, User: u}, nil
+}
+
+// auditLogin records a sign-in event that has no transaction of its own;
+// a failure to record it is logged, not shown to the user.
+func (s *Service) auditLogin(actor, action, object string, detail map[string]any) {
+	ctx := context.Background()
+	if err := s.Store.Tx(ctx, func(tx Repo) error { return s.audit(ctx, tx, actor, action, object, detail) }); err != nil {
+		s.log().Warn("sign-in event not audited", "action", action, "err", err)
+	}
 }
 
 // SessionUser is who a session belongs to.
@@ -403,12 +452,24 @@ func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUse
 	if !strings.HasPrefix(token, SessionPrefix) {
 		return nil, ErrUnauthenticated
 	}
-	sess, err := s.Store.GetSession(ctx, HashSecret(token), s.now().UTC())
+	now := s.now().UTC()
+	sess, err := s.Store.GetSession(ctx, HashSecret(token), now)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrUnauthenticated
 	}
 	if err != nil {
 		return nil, err
+	}
+	if now.Sub(sess.LastSeen) >= SessionIdle {
+		if err := s.Store.DeleteSession(ctx, sess.Hash); err != nil {
+			return nil, err
+		}
+		return nil, ErrUnauthenticated
+	}
+	if now.Sub(sess.LastSeen) >= sessionTouchEvery {
+		if err := s.Store.TouchSession(ctx, sess.Hash, now); err != nil {
+			return nil, err
+		}
 	}
 	u, err := s.Store.GetUser(ctx, sess.UserID)
 	if err != nil {
@@ -430,7 +491,24 @@ func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUse
 
 // Logout ends a session.
 func (s *Service) Logout(ctx context.Context, token string) error {
-	return s.Store.DeleteSession(ctx, HashSecret(token))
+	now := s.now().UTC()
+	sess, err := s.Store.GetSession(ctx, HashSecret(token), now)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.DeleteSession(ctx, sess.Hash); err != nil {
+			return err
+		}
+		u, err := tx.GetUser(ctx, sess.UserID)
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.logout", "user:"+u.ID, map[string]any{})
+	})
 }
 
 // RequestPasswordReset mails a reset link if the address has an account.
@@ -493,6 +571,10 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 			if err := tx.SetUserVerified(ctx, u.ID, s.now().UTC()); err != nil {
 				return err
 			}
+		}
+		// Every other reset link of the user dies with this one.
+		if err := tx.DeleteUserTokens(ctx, u.ID, PurposeReset); err != nil {
+			return err
 		}
 		if err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
 			return err

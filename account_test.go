@@ -159,7 +159,9 @@ func TestTOTPAccountNeedsTheCurrentCodeAfterThePasswordAndTheSeedIsStoredSealed(
 	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
-	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, keyport.TOTPCode(seed, time.Now())); err != nil {
+	// Confirmed with the previous step's code: the code that confirms
+	// enrolment may not sign in as well.
+	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
 		t.Fatal(err)
 	}
 	stored, _ := w.Store.GetUser(ctx, u.ID)

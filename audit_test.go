@@ -9,8 +9,8 @@ import (
 	"sync"
 	"testing"
 
-	_ "github.com/mattn/go-sqlite3"
 	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"

@@ -128,7 +128,11 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 		return nil, err
 	}
 	if d.State != Unassigned {
-		return nil, fmt.Errorf("%w: domain %s is %s, not UNASSIGNED", ErrConflict, d.AID, d.State)
+		if p.Admin || (d.OwnerID != "" && d.OwnerID == p.ProviderID) {
+			return nil, fmt.Errorf("%w: domain %s is %s, not UNASSIGNED", ErrConflict, d.AID, d.State)
+		}
+		// Another provider's domain: nothing about its state.
+		return nil, fmt.Errorf("%w: domain %s is not available", ErrConflict, d.AID)
 	}
 	keys, err := s.Custody.WrapFirstKeys(ctx, FirstKeysRequest{Batch: b.Name, Source: d.KeySource, EID: d.EID, AID: d.AID,
 		Imported: d.Imported, Recipient: pub})

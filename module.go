@@ -46,7 +46,8 @@ type Domain struct {
 }
 
 // ModuleView is what a provider may see of a module: the domains it can
-// claim and the ones it owns, never another provider's.
+// claim and the ones it owns, never another provider's; LastSeen only for
+// admins.
 type ModuleView struct {
 	EID      EID
 	ISDAID   AID
@@ -63,7 +64,12 @@ func (s *Service) LookupModule(ctx context.Context, p Principal, eid EID) (*Modu
 	if err != nil {
 		return nil, err
 	}
-	v := &ModuleView{EID: m.EID, ISDAID: m.ISDAID, LastSeen: m.LastSeen}
+	v := &ModuleView{EID: m.EID, ISDAID: m.ISDAID}
+	if p.Admin {
+		// When the card last had an admin session says something about a
+		// customer's device: the issuer's business, not a provider's.
+		v.LastSeen = m.LastSeen
+	}
 	for _, d := range m.Domains {
 		if p.Admin || d.State == Unassigned || d.OwnerID == p.ProviderID {
 			v.Domains = append(v.Domains, redactDomain(d))

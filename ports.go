@@ -173,24 +173,35 @@ type AccountRepo interface {
 	CreateUser(ctx context.Context, u *User) error // ErrConflict on a taken e-mail
 	GetUser(ctx context.Context, id string) (*User, error)
 	GetUserByEmail(ctx context.Context, email string) (*User, error)
-	// RecordFailedLogin counts one wrong password and, when the count
-	// reaches max, locks the user until lockUntil. It returns the user as
-	// updated, in one statement so that parallel guesses all count.
-	RecordFailedLogin(ctx context.Context, id string, max int, lockUntil time.Time) (*User, error)
+	// ReserveLoginAttempt counts one sign-in attempt before the password
+	// is checked, atomically: only while the user is not locked and has
+	// fewer than max; the attempt that reaches max locks the user until
+	// lockUntil; a lock over at now starts afresh. reserved is false when
+	// the user is locked (u is the user either way).
+	ReserveLoginAttempt(ctx context.Context, id string, max int, now, lockUntil time.Time) (u *User, reserved bool, err error)
 	// ResetFailedLogins clears the count and any lock.
 	ResetFailedLogins(ctx context.Context, id string) error
 	SetUserVerified(ctx context.Context, id string, at time.Time) error
 	SetUserPassword(ctx context.Context, id, hash string) error
-	SetUserTOTP(ctx context.Context, id string, sealed []byte) error
+	// SetUserTOTP stores a sealed TOTP secret (nil: off) and the time step
+	// of the code that confirmed it.
+	SetUserTOTP(ctx context.Context, id string, sealed []byte, step int64) error
+	// AcceptTOTPStep records the time step of an accepted TOTP code;
+	// ErrConflict if it is not after the last accepted one (a replay).
+	AcceptTOTPStep(ctx context.Context, id string, step int64) error
 
 	CreateUserToken(ctx context.Context, t *UserToken) error
 	// TakeUserToken deletes and returns an unexpired token of the purpose;
 	// ErrNotFound if there is none (unknown, used or expired).
 	TakeUserToken(ctx context.Context, purpose TokenPurpose, hash []byte, now time.Time) (*UserToken, error)
+	// DeleteUserTokens deletes every token of the purpose the user has.
+	DeleteUserTokens(ctx context.Context, userID string, purpose TokenPurpose) error
 
 	CreateSession(ctx context.Context, s *Session) error
 	// GetSession returns an unexpired session; ErrNotFound otherwise.
 	GetSession(ctx context.Context, hash []byte, now time.Time) (*Session, error)
+	// TouchSession records that the session was used at at.
+	TouchSession(ctx context.Context, hash []byte, at time.Time) error
 	DeleteSession(ctx context.Context, hash []byte) error
 	DeleteUserSessions(ctx context.Context, userID string) error
 

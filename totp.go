@@ -2,6 +2,7 @@ package keyport
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base32"
 	"fmt"
 	"strings"
@@ -32,23 +33,36 @@ func TOTPCode(secret []byte, t time.Time) string {
 	return code
 }
 
-// totpMatches accepts the code of the current step or of one step either
-// side; spaces (as in "123 456") are ignored.
-func totpMatches(secret []byte, code string, now time.Time) bool {
+// totpMatch accepts the code of the current step or of one step either
+// side and returns the time step it belongs to; spaces (as in "123 456")
+// are ignored. Codes are compared in constant time.
+func totpMatch(secret []byte, code string, now time.Time) (step int64, ok bool) {
 	code = strings.ReplaceAll(strings.TrimSpace(code), " ", "")
-	ok, err := totp.ValidateCustom(code, b32.EncodeToString(secret), now, totpOpts)
-	return err == nil && ok // err: not 6 characters
+	if len(code) != int(totpOpts.Digits) {
+		return 0, false
+	}
+	cur := now.Unix() / int64(totpOpts.Period)
+	for st := cur - int64(totpOpts.Skew); st <= cur+int64(totpOpts.Skew); st++ {
+		want := TOTPCode(secret, time.Unix(st*int64(totpOpts.Period), 0))
+		if subtle.ConstantTimeCompare([]byte(want), []byte(code)) == 1 {
+			step, ok = st, true
+		}
+	}
+	return step, ok
 }
 
-func (s *Service) checkTOTP(ctx context.Context, u *User, code string) (bool, error) {
+// checkTOTP unseals the user's secret and matches code against it; the
+// caller records step with AcceptTOTPStep so that the code works once.
+func (s *Service) checkTOTP(ctx context.Context, u *User, code string) (step int64, ok bool, err error) {
 	if s.Sealer == nil {
-		return false, fmt.Errorf("keyport: %w: the account has TOTP but no HSM sealer is configured", ErrUnavailable)
+		return 0, false, fmt.Errorf("keyport: %w: the account has TOTP but no HSM sealer is configured", ErrUnavailable)
 	}
 	secret, err := s.Sealer.Unseal(ctx, u.TOTPSealed)
 	if err != nil {
-		return false, fmt.Errorf("keyport: unseal TOTP secret: %w", err)
+		return 0, false, fmt.Errorf("keyport: unseal TOTP secret: %w", err)
 	}
-	return totpMatches(secret, code, s.now()), nil
+	step, ok = totpMatch(secret, code, s.now())
+	return step, ok, nil
 }
 
 // TOTPEnrolment is a new TOTP secret offered to a user, not yet active.
@@ -91,11 +105,12 @@ func (s *Service) ConfirmTOTP(ctx context.Context, u *User, sealed []byte, code 
 	if err != nil {
 		return invalid("code", "the enrolment expired or was altered: start again")
 	}
-	if !totpMatches(secret, code, s.now()) {
+	step, ok := totpMatch(secret, code, s.now())
+	if !ok {
 		return invalid("code", "that code does not match: check the clock of your phone and type the current code")
 	}
 	return s.Store.Tx(ctx, func(tx Repo) error {
-		if err := tx.SetUserTOTP(ctx, u.ID, sealed); err != nil {
+		if err := tx.SetUserTOTP(ctx, u.ID, sealed, step); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, userActor(u), "user.totp-enable", "user:"+u.ID, map[string]any{})

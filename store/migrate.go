@@ -242,6 +242,13 @@ var migrations = []migration{
 			at {{time}} NOT NULL
 		)`,
 	}},
+	// Sign-in hardening (account.go, totp.go): the last accepted TOTP time
+	// step, so that a code signs in once; a session's last use, for the
+	// idle timeout (NULL: not used since it was created).
+	{5, "TOTP replay guard and session idle time", []string{
+		`ALTER TABLE users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0`,
+		`ALTER TABLE sessions ADD COLUMN last_seen {{time}}`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -22,6 +22,7 @@ type userRow struct {
 	TOTPSecretWrapped []byte         `gorm:"column:totp_secret_wrapped"`
 	FailedLogins      int            `gorm:"column:failed_logins"`
 	LockedUntil       *time.Time     `gorm:"column:locked_until"`
+	TOTPLastStep      int64          `gorm:"column:totp_last_step"`
 	Admin             bool           `gorm:"column:admin"`
 	VerifiedAt        *time.Time     `gorm:"column:verified_at"`
 	CreatedAt         time.Time      `gorm:"column:created_at"`
@@ -32,7 +33,7 @@ func (userRow) TableName() string { return "users" }
 func (u userRow) model() *keyport.User {
 	return &keyport.User{ID: u.ID, ProviderID: u.ProviderID.String, Email: u.Email, Contact: u.Contact,
 		PasswordHash: u.PasswordHash, TOTPSealed: nonEmpty(u.TOTPSecretWrapped), FailedLogins: u.FailedLogins,
-		LockedUntil: utcPtr(u.LockedUntil), Admin: u.Admin, VerifiedAt: utcPtr(u.VerifiedAt), CreatedAt: u.CreatedAt.UTC()}
+		LockedUntil: utcPtr(u.LockedUntil), TOTPLastStep: u.TOTPLastStep, Admin: u.Admin, VerifiedAt: utcPtr(u.VerifiedAt), CreatedAt: u.CreatedAt.UTC()}
 }
 
 func dbTimePtr(t *time.Time) *time.Time {
@@ -77,24 +78,36 @@ func (r *repo) GetUserByEmail(ctx context.Context, email string) (*keyport.User,
 	return row.model(), nil
 }
 
-// RecordFailedLogin counts a wrong password in one UPDATE, so that guesses
-// in parallel all count, and locks the user once the count reaches max.
-func (r *repo) RecordFailedLogin(ctx context.Context, id string, max int, lockUntil time.Time) (*keyport.User, error) {
+// ReserveLoginAttempt reserves one sign-in attempt in a single conditional
+// UPDATE, before the password is checked: the count goes up only while the
+// user is not locked and under max, and the attempt that reaches max locks
+// the user until lockUntil. A lock that has run out starts the count
+// afresh. Parallel attempts are serialised by the row, so no more than max
+// are ever evaluated. reserved is false when no attempt is left (the user
+// is locked); u is the user after the UPDATE either way.
+func (r *repo) ReserveLoginAttempt(ctx context.Context, id string, max int, now, lockUntil time.Time) (u *keyport.User, reserved bool, err error) {
 	db := r.w.WithContext(ctx)
-	res := db.Exec(`UPDATE users SET failed_logins = failed_logins + 1,
-		locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END WHERE id = ?`,
-		max, dbTime(lockUntil), id)
-	if res.Error != nil {
-		return nil, wrap("record failed login", res.Error)
+	n := dbTime(now)
+	// The lock time goes in as a typed expression: PostgreSQL types a bare
+	// parameter in a CASE as text.
+	lockAt := "?"
+	if r.dialect == dialectPostgres {
+		lockAt = "CAST(? AS TIMESTAMPTZ)"
 	}
-	if res.RowsAffected == 0 {
-		return nil, fmt.Errorf("store: record failed login: %w", keyport.ErrNotFound)
+	res := db.Exec(`UPDATE users SET
+		failed_logins = CASE WHEN locked_until IS NOT NULL THEN 1 ELSE failed_logins + 1 END,
+		locked_until = CASE WHEN (CASE WHEN locked_until IS NOT NULL THEN 1 ELSE failed_logins + 1 END) >= ?
+			THEN `+lockAt+` ELSE NULL END
+		WHERE id = ? AND ((locked_until IS NULL AND failed_logins < ?) OR locked_until <= ?)`,
+		max, dbTime(lockUntil), id, max, n)
+	if res.Error != nil {
+		return nil, false, wrap("reserve login attempt", res.Error)
 	}
 	var row userRow
 	if err := db.Where("id = ?", id).Take(&row).Error; err != nil {
-		return nil, wrap("record failed login", err)
+		return nil, false, wrap("reserve login attempt", err)
 	}
-	return row.model(), nil
+	return row.model(), res.RowsAffected == 1, nil
 }
 
 // ResetFailedLogins clears the count of wrong passwords and any lock.
@@ -112,9 +125,24 @@ func (r *repo) SetUserPassword(ctx context.Context, id, hash string) error {
 	return r.updateUser(ctx, "set user password", id, map[string]any{"password_hash": hash})
 }
 
-// SetUserTOTP stores the HSM-sealed TOTP secret (nil turns TOTP off).
-func (r *repo) SetUserTOTP(ctx context.Context, id string, sealed []byte) error {
-	return r.updateUser(ctx, "set user TOTP", id, map[string]any{"totp_secret_wrapped": sealed})
+// SetUserTOTP stores the HSM-sealed TOTP secret (nil turns TOTP off) and
+// the time step of the code that confirmed it, which may not sign in.
+func (r *repo) SetUserTOTP(ctx context.Context, id string, sealed []byte, step int64) error {
+	return r.updateUser(ctx, "set user TOTP", id, map[string]any{"totp_secret_wrapped": sealed, "totp_last_step": step})
+}
+
+// AcceptTOTPStep records step as the user's last accepted TOTP time step,
+// in one conditional UPDATE: a step at or before the last one is refused
+// (ErrConflict), so a code works once even under parallel use.
+func (r *repo) AcceptTOTPStep(ctx context.Context, id string, step int64) error {
+	res := r.w.WithContext(ctx).Exec(`UPDATE users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?`, step, id, step)
+	if res.Error != nil {
+		return wrap("accept TOTP step", res.Error)
+	}
+	if res.RowsAffected == 0 {
+		return fmt.Errorf("store: accept TOTP step: %w", keyport.ErrConflict)
+	}
+	return nil
 }
 
 func (r *repo) updateUser(ctx context.Context, op, id string, set map[string]any) error {
@@ -167,11 +195,18 @@ func (r *repo) TakeUserToken(ctx context.Context, purpose keyport.TokenPurpose, 
 		CreatedAt: row.CreatedAt.UTC(), ExpiresAt: row.ExpiresAt.UTC()}, nil
 }
 
+// DeleteUserTokens deletes the user's tokens of the purpose.
+func (r *repo) DeleteUserTokens(ctx context.Context, userID string, purpose keyport.TokenPurpose) error {
+	return wrap("delete user tokens", r.w.WithContext(ctx).Exec(`DELETE FROM user_tokens WHERE user_id = ? AND purpose = ?`,
+		userID, string(purpose)).Error)
+}
+
 type sessionRow struct {
-	Hash      []byte    `gorm:"column:hash;primaryKey"`
-	UserID    string    `gorm:"column:user_id"`
-	CreatedAt time.Time `gorm:"column:created_at"`
-	ExpiresAt time.Time `gorm:"column:expires_at"`
+	Hash      []byte     `gorm:"column:hash;primaryKey"`
+	UserID    string     `gorm:"column:user_id"`
+	CreatedAt time.Time  `gorm:"column:created_at"`
+	ExpiresAt time.Time  `gorm:"column:expires_at"`
+	LastSeen  *time.Time `gorm:"column:last_seen"`
 }
 
 func (sessionRow) TableName() string { return "sessions" }
@@ -179,6 +214,10 @@ func (sessionRow) TableName() string { return "sessions" }
 // CreateSession stores a session by the hash of its cookie value.
 func (r *repo) CreateSession(ctx context.Context, s *keyport.Session) error {
 	row := sessionRow{Hash: s.Hash, UserID: s.UserID, CreatedAt: dbTime(s.CreatedAt), ExpiresAt: dbTime(s.ExpiresAt)}
+	if !s.LastSeen.IsZero() {
+		v := dbTime(s.LastSeen)
+		row.LastSeen = &v
+	}
 	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
 		return wrap("create session", err)
 	}
@@ -191,7 +230,17 @@ func (r *repo) GetSession(ctx context.Context, hash []byte, now time.Time) (*key
 	if err := r.r.WithContext(ctx).Where("hash = ? AND expires_at > ?", hash, dbTime(now)).Take(&row).Error; err != nil {
 		return nil, wrap("get session", err)
 	}
-	return &keyport.Session{Hash: row.Hash, UserID: row.UserID, CreatedAt: row.CreatedAt.UTC(), ExpiresAt: row.ExpiresAt.UTC()}, nil
+	last := row.CreatedAt.UTC()
+	if row.LastSeen != nil {
+		last = row.LastSeen.UTC()
+	}
+	return &keyport.Session{Hash: row.Hash, UserID: row.UserID, CreatedAt: row.CreatedAt.UTC(), ExpiresAt: row.ExpiresAt.UTC(),
+		LastSeen: last}, nil
+}
+
+// TouchSession records the session's last use.
+func (r *repo) TouchSession(ctx context.Context, hash []byte, at time.Time) error {
+	return wrap("touch session", r.w.WithContext(ctx).Exec(`UPDATE sessions SET last_seen = ? WHERE hash = ?`, dbTime(at), hash).Error)
 }
 
 // DeleteSession ends one session (no error if it is gone already).

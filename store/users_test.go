@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,18 +34,27 @@ func TestCreateUserRefusesATakenEmailWithErrConflict(t *testing.T) {
 	})
 }
 
-func TestRecordFailedLoginLocksTheUserWhenTheCountReachesTheMaximum(t *testing.T) {
+func TestReserveLoginAttemptLocksTheUserWhenTheCountReachesTheMaximum(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		u := addUser(t, s, "a@example.com")
-		until := time.Now().Add(time.Hour).UTC()
+		now := time.Now().UTC()
+		until := now.Add(time.Hour)
 		for i := 1; i <= 3; i++ {
-			got, err := s.RecordFailedLogin(ctx, u.ID, 3, until)
-			if err != nil || got.FailedLogins != i {
-				t.Fatalf("failure %d: %+v %v", i, got, err)
+			got, reserved, err := s.ReserveLoginAttempt(ctx, u.ID, 3, now, until)
+			if err != nil || !reserved || got.FailedLogins != i {
+				t.Fatalf("failure %d: %+v %v %v", i, got, reserved, err)
 			}
 			if locked := got.LockedUntil != nil; locked != (i == 3) {
 				t.Fatalf("after %d failures locked=%v", i, locked)
 			}
+		}
+		if got, reserved, err := s.ReserveLoginAttempt(ctx, u.ID, 3, now, until); err != nil || reserved || got.FailedLogins != 3 {
+			t.Fatalf("a fourth attempt while locked: %+v %v %v", got, reserved, err)
+		}
+		// Once the lock has run out the count starts afresh.
+		if got, reserved, err := s.ReserveLoginAttempt(ctx, u.ID, 3, until, until.Add(time.Hour)); err != nil || !reserved ||
+			got.FailedLogins != 1 || got.LockedUntil != nil {
+			t.Fatalf("after the lock ran out: %+v %v %v", got, reserved, err)
 		}
 		if err := s.ResetFailedLogins(ctx, u.ID); err != nil {
 			t.Fatal(err)
@@ -135,6 +145,89 @@ func TestPortalStatsOfAnEmptyStoreAreAllZero(t *testing.T) {
 		st, err := s.PortalStats(ctx, time.Now().Add(-24*time.Hour))
 		if err != nil || st.Modules != 0 || len(st.ClaimsPerDay) != 0 {
 			t.Fatalf("empty store: %+v %v", st, err)
+		}
+	})
+}
+
+func TestReserveLoginAttemptInParallelReservesNoMoreThanTheMaximum(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		u := addUser(t, s, "a@example.com")
+		now := time.Now().UTC()
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		reservedN := 0
+		for range 40 {
+			wg.Go(func() {
+				_, reserved, err := s.ReserveLoginAttempt(ctx, u.ID, 5, now, now.Add(time.Hour))
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				if reserved {
+					reservedN++
+				}
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		got, _ := s.GetUser(ctx, u.ID)
+		if reservedN != 5 || got.FailedLogins != 5 || got.LockedUntil == nil {
+			t.Fatalf("%d of 40 parallel attempts reserved; user %+v", reservedN, got)
+		}
+	})
+}
+
+func TestAcceptTOTPStepRefusesTheSameOrAnEarlierStep(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		u := addUser(t, s, "a@example.com")
+		if err := s.SetUserTOTP(ctx, u.ID, []byte("sealed"), 100); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			step int64
+			ok   bool
+		}{{100, false}, {101, true}, {101, false}, {99, false}, {103, true}} {
+			err := s.AcceptTOTPStep(ctx, u.ID, c.step)
+			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, keyport.ErrConflict)) {
+				t.Fatalf("step %d: %v", c.step, err)
+			}
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		accepted := 0
+		for range 10 {
+			wg.Go(func() {
+				if s.AcceptTOTPStep(ctx, u.ID, 104) == nil {
+					mu.Lock()
+					accepted++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if accepted != 1 {
+			t.Fatalf("one step accepted %d times in parallel", accepted)
+		}
+	})
+}
+
+func TestSessionLastSeenStartsAtCreationAndTouchSessionMovesIt(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		u := addUser(t, s, "a@example.com")
+		now := time.Now().UTC().Truncate(time.Second)
+		h := []byte("session-hash-0123456789abcdef012")
+		if err := s.CreateSession(ctx, &keyport.Session{Hash: h, UserID: u.ID, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.GetSession(ctx, h, now)
+		if err != nil || !got.LastSeen.Equal(now) {
+			t.Fatalf("new session: %+v %v", got, err)
+		}
+		if err := s.TouchSession(ctx, h, now.Add(5*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err = s.GetSession(ctx, h, now); err != nil || !got.LastSeen.Equal(now.Add(5*time.Minute)) {
+			t.Fatalf("touched session: %+v %v", got, err)
 		}
 	})
 }

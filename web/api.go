@@ -220,6 +220,7 @@ func (s *Server) postBatch(c echo.Context) error {
 // body is spooled to a temporary file so that it can be validated whole
 // before anything is stored.
 func (s *Server) postModules(c echo.Context) error {
+	extendDeadlines(c, importDeadline)
 	mt, _, _ := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
 	switch mt {
 	case "application/x-ndjson", "application/jsonl", "application/json-lines", "text/plain":

@@ -5,12 +5,15 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/labstack/echo/v4"
 
@@ -97,31 +100,42 @@ func (s *Server) loadSession(next echo.HandlerFunc) echo.HandlerFunc {
 var errCSRF = echo.NewHTTPError(http.StatusForbidden,
 	"this form is stale or was not sent by keyport's own page (missing or wrong CSRF token): go back, reload the page and try again")
 
-// checkCSRF refuses a state-changing request whose form does not carry the
+// csrfHeader carries the token of a request that is not a urlencoded form.
+const csrfHeader = "X-CSRF-Token"
+
+// checkCSRF refuses a state-changing request that does not carry the
 // browser's CSRF token (double-submit: the token is in an HttpOnly,
-// SameSite=Strict cookie and in a hidden field of every form; a third-party
-// site can read neither).
+// SameSite=Strict cookie and in every form; a third-party site can read
+// neither). It runs after the session is loaded and reads the token
+// without touching a large body: from the X-CSRF-Token header, the csrf
+// query parameter (multipart forms put it in their action), or the csrf
+// field of a urlencoded form, parsed here within maxPageBody. A multipart
+// body is never parsed here: only a handler behind the route's access
+// check does that, after the body limit is set.
 func (s *Server) checkCSRF(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		switch c.Request().Method {
+		r := c.Request()
+		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
 			return next(c)
 		}
-		// Parse the form here, so that a body over the limit is a 413
-		// rather than a form without its token.
-		r := c.Request()
-		var perr error
-		if strings.HasPrefix(r.Header.Get(echo.HeaderContentType), echo.MIMEMultipartForm) {
-			perr = r.ParseMultipartForm(32 << 20)
-		} else {
-			perr = r.ParseForm()
+		got := r.Header.Get(csrfHeader)
+		if got == "" {
+			got = r.URL.Query().Get("csrf")
 		}
-		var mbe *http.MaxBytesError
-		if errors.As(perr, &mbe) {
-			return perr
+		if got == "" {
+			mt, _, _ := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType))
+			if mt == echo.MIMEApplicationForm {
+				r.Body = http.MaxBytesReader(c.Response(), r.Body, maxPageBody)
+				perr := r.ParseForm()
+				var mbe *http.MaxBytesError
+				if errors.As(perr, &mbe) {
+					return perr
+				}
+				got = r.PostForm.Get("csrf")
+			}
 		}
 		want, _ := c.Get("csrf").(string)
-		got := c.FormValue("csrf")
 		ck, err := c.Cookie(s.csrfCookie())
 		if err != nil || got == "" || ck.Value != want || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
 			return errCSRF
@@ -177,24 +191,47 @@ func redirectToLogin(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, "/login?next="+url.QueryEscape(next))
 }
 
-// safeNext accepts only a local path to return to after sign-in.
+// safeNext accepts only a local path to return to after sign-in: one '/'
+// followed by anything but '/', a backslash, a control character or white space,
+// checked on the value as given and once percent-decoded (browsers treat
+// "//host", "/%09/host" and the like as another site). No control
+// character or white space may appear anywhere, decoded or not.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	dec, err := url.PathUnescape(next)
+	if err != nil {
 		return ""
+	}
+	for _, v := range []string{next, dec} {
+		if !strings.HasPrefix(v, "/") {
+			return ""
+		}
+		if len(v) > 1 && (v[1] == '/' || v[1] == '\\') {
+			return ""
+		}
+		for _, r := range v {
+			if r <= ' ' || r == 0x7f || unicode.IsSpace(r) || unicode.IsControl(r) {
+				return ""
+			}
+		}
 	}
 	return next
 }
 
-// loginLimiter bounds sign-in attempts per client address: a fixed window
-// of loginWindow holding at most loginBurst attempts. It complements the
-// per-account lockout (keyport.MaxFailedLogins), which stops guessing one
-// password; this stops one address from trying many accounts.
-type loginLimiter struct {
+// rateLimiter bounds attempts per key (a client network, an e-mail
+// address): a fixed window of window holding at most burst attempts. The
+// sign-in limit complements the per-account lockout
+// (keyport.MaxFailedLogins), which stops guessing one password; it stops
+// one address from trying many accounts. Sign-up, reset and verify have
+// their own limiters, so that they cannot flood mailboxes or the outbox.
+type rateLimiter struct {
+	burst  int
+	window time.Duration
+
 	mu      sync.Mutex
-	windows map[string]*loginWindowState
+	windows map[string]*rateWindow
 }
 
-type loginWindowState struct {
+type rateWindow struct {
 	start time.Time
 	n     int
 }
@@ -202,21 +239,38 @@ type loginWindowState struct {
 const (
 	loginBurst  = 20
 	loginWindow = 5 * time.Minute
+	// mailBurst attempts to sign up, ask for a reset or verify an address
+	// per client network and per e-mail address in mailWindow.
+	mailBurst  = 10
+	mailWindow = 15 * time.Minute
 )
 
-func (l *loginLimiter) allow(ip string, now time.Time) bool {
+func newRateLimiter(burst int, window time.Duration) *rateLimiter {
+	return &rateLimiter{burst: burst, window: window}
+}
+
+// allow counts one attempt for every key and reports whether all of them
+// are within the limit (every key counts, even when one is over).
+func (l *rateLimiter) allow(now time.Time, keys ...string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.windows == nil || len(l.windows) > 100000 {
-		l.windows = map[string]*loginWindowState{}
+		l.windows = map[string]*rateWindow{}
 	}
-	w := l.windows[ip]
-	if w == nil || now.Sub(w.start) > loginWindow {
-		w = &loginWindowState{start: now}
-		l.windows[ip] = w
+	ok := true
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		w := l.windows[k]
+		if w == nil || now.Sub(w.start) > l.window {
+			w = &rateWindow{start: now}
+			l.windows[k] = w
+		}
+		w.n++
+		ok = ok && w.n <= l.burst
 	}
-	w.n++
-	return w.n <= loginBurst
+	return ok
 }
 
 // clientIP is the peer address; keyport does not trust X-Forwarded-For
@@ -227,6 +281,31 @@ func clientIP(c echo.Context) string {
 		return c.Request().RemoteAddr
 	}
 	return host
+}
+
+// clientNet is the key rate limits count a client by: its IPv4 address, or
+// the /64 of an IPv6 address (one host usually holds a whole /64).
+func clientNet(c echo.Context) string {
+	ip := clientIP(c)
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return "ip:" + ip
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return "net:" + p.String()
+	}
+	return "ip:" + a.String()
+}
+
+// emailKey is the rate-limit key of an e-mail address as typed.
+func emailKey(email string) string {
+	email = strings.ToLower(strings.TrimSpace(email))
+	if email == "" {
+		return ""
+	}
+	return "email:" + email
 }
 
 // meta builds the page frame for this request.

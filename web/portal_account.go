@@ -70,10 +70,17 @@ func (s *Server) signUpForm(c echo.Context) error {
 	return render(c, http.StatusOK, views.SignUpPage(s.meta(c, "Sign up", "/signup"), views.SignUpForm{Kind: "bank"}, nil))
 }
 
+// errTooMany is the answer over a sign-up, reset or verify rate limit.
+var errTooMany = echo.NewHTTPError(http.StatusTooManyRequests,
+	"Too many requests from your network address or for this e-mail address. Wait a quarter of an hour and try again.")
+
 func (s *Server) signUp(c echo.Context) error {
 	f := keyport.SignUp{Organisation: c.FormValue("organisation"), Kind: keyport.ProviderKind(c.FormValue("kind")),
 		Contact: c.FormValue("contact"), Email: c.FormValue("email"), Password: c.FormValue("password")}
 	form := views.SignUpForm{Organisation: f.Organisation, Kind: string(f.Kind), Contact: f.Contact, Email: f.Email}
+	if !s.mails.allow(time.Now(), "signup:"+clientNet(c), "signup:"+emailKey(f.Email)) {
+		return errTooMany
+	}
 	if errs := f.Validate(); len(errs) > 0 {
 		e := views.Errors{}
 		for _, ie := range errs {
@@ -101,6 +108,9 @@ func (s *Server) verifyForm(c echo.Context) error {
 
 func (s *Server) verify(c echo.Context) error {
 	token := c.FormValue("token")
+	if !s.mails.allow(time.Now(), "verify:"+clientNet(c)) {
+		return errTooMany
+	}
 	if _, err := s.svc.VerifyEmail(c.Request().Context(), token); err != nil {
 		if e, ok := formErrors(err, map[string]string{"token": ""}); ok {
 			return render(c, http.StatusUnprocessableEntity, views.VerifyPage(s.meta(c, "Confirm your e-mail address", ""), token, e))
@@ -123,7 +133,7 @@ func (s *Server) login(c echo.Context) error {
 	page := func(status int, e views.Errors) error {
 		return render(c, status, views.LoginPage(s.meta(c, "Sign in", "/login"), f, e))
 	}
-	if !s.logins.allow(clientIP(c), time.Now()) {
+	if !s.logins.allow(time.Now(), clientNet(c)) {
 		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
 	}
 	res, err := s.svc.Login(c.Request().Context(), f.Email, c.FormValue("password"), c.FormValue("totp"))
@@ -174,6 +184,9 @@ func (s *Server) resetForm(c echo.Context) error {
 
 func (s *Server) resetRequest(c echo.Context) error {
 	email := c.FormValue("email")
+	if !s.mails.allow(time.Now(), "reset:"+clientNet(c), "reset:"+emailKey(email)) {
+		return errTooMany
+	}
 	if err := s.svc.RequestPasswordReset(c.Request().Context(), email, s.linkBase(c)); err != nil {
 		if e, ok := formErrors(err, nil); ok {
 			return render(c, http.StatusUnprocessableEntity, views.ResetRequestPage(s.meta(c, "Reset your password", ""), email, false, e))
@@ -189,6 +202,9 @@ func (s *Server) resetConfirmForm(c echo.Context) error {
 
 func (s *Server) resetConfirm(c echo.Context) error {
 	token := c.FormValue("token")
+	if !s.mails.allow(time.Now(), "reset-confirm:"+clientNet(c)) {
+		return errTooMany
+	}
 	if err := s.svc.ResetPassword(c.Request().Context(), token, c.FormValue("password")); err != nil {
 		if e, ok := formErrors(err, map[string]string{"token": ""}); ok {
 			return render(c, http.StatusUnprocessableEntity, views.ResetConfirmPage(s.meta(c, "Choose a new password", ""), token, e))

@@ -100,6 +100,7 @@ func (s *Server) createBatch(c echo.Context) error {
 // shows the upload's progress; the import itself validates the whole file
 // before storing anything.
 func (s *Server) importBatch(c echo.Context) error {
+	extendDeadlines(c, importDeadline)
 	ctx := c.Request().Context()
 	name := c.Param("name")
 	fh, err := c.FormFile("file")

@@ -107,6 +107,12 @@ func (s *Server) jobEvents(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	// The stream outlives the server's WriteTimeout; it ends by itself
+	// after sseMaxAge.
+	if err := http.NewResponseController(c.Response()).SetWriteDeadline(time.Now().Add(sseMaxAge + time.Minute)); err != nil &&
+		!errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
 	w := c.Response()
 	w.Header().Set(echo.HeaderContentType, "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")

@@ -31,7 +31,10 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	static, _ := fs.Sub(assets.FS, ".")
 	e.GET("/assets/*", echo.WrapHandler(http.StripPrefix("/assets/", assetHandler(static))))
 
-	pg := e.Group("", limitPageBody, s.loadSession, s.checkCSRF)
+	// Session, then CSRF (never parsing a multipart body), then the body
+	// limit; a multipart body is parsed only by a handler, behind its
+	// route's access check.
+	pg := e.Group("", s.loadSession, s.checkCSRF, limitPageBody)
 	pg.GET("/", s.home)
 	pg.GET("/signup", s.signUpForm)
 	pg.POST("/signup", s.signUp)

@@ -25,6 +25,28 @@ const (
 	maxImportBody = 8 << 30
 )
 
+// Timeouts of the HTTP server (cmd/keyport sets them on http.Server): a
+// request's headers, body and response must each arrive in time; the
+// routes that need longer (imports, the job event stream) extend their own
+// deadlines after their access check.
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = time.Minute
+	WriteTimeout      = 2 * time.Minute
+	IdleTimeout       = 2 * time.Minute
+	MaxHeaderBytes    = 64 << 10
+	// importDeadline is how long an import may take to upload and store.
+	importDeadline = time.Hour
+)
+
+// extendDeadlines gives the request's body and response d from now.
+func extendDeadlines(c echo.Context, d time.Duration) {
+	rc := http.NewResponseController(c.Response())
+	at := time.Now().Add(d)
+	_ = rc.SetReadDeadline(at) // ErrNotSupported outside net/http's server
+	_ = rc.SetWriteDeadline(at)
+}
+
 // Options configures the HTTP server.
 type Options struct {
 	Log *slog.Logger
@@ -51,7 +73,8 @@ type Server struct {
 	svc    *keyport.Service
 	opts   Options
 	log    *slog.Logger
-	logins loginLimiter
+	logins *rateLimiter // sign-in, per client address
+	mails  *rateLimiter // sign-up, reset, verify: per client network and e-mail
 }
 
 // New returns the echo instance serving keyport's REST API.
@@ -59,14 +82,15 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{svc: svc, opts: opts, log: opts.Log}
+	s := &Server{svc: svc, opts: opts, log: opts.Log, logins: newRateLimiter(loginBurst, loginWindow),
+		mails: newRateLimiter(mailBurst, mailWindow)}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.pageErrorHandler(errorHandler(opts.Log))
 	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
 	e.Use(s.accessLog)
-	e.Use(securityHeaders)
+	e.Use(s.securityHeaders)
 
 	e.GET("/healthz", s.health)
 	e.GET("/readyz", s.ready)
@@ -108,9 +132,16 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+// hsts makes browsers use HTTPS only for a year, subdomains included; it is
+// left out in plain-HTTP development (InsecureCookies).
+const hsts = "max-age=31536000; includeSubDomains"
+
+func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		h := c.Response().Header()
+		if !s.opts.InsecureCookies {
+			h.Set("Strict-Transport-Security", hsts)
+		}
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
 		h.Set("Referrer-Policy", "no-referrer")

@@ -60,8 +60,9 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	webOpts.AdminListener = adminAccepting
-	srv := &http.Server{Handler: web.New(a.svc, webOpts),
-		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: web.New(a.svc, webOpts), ReadHeaderTimeout: web.ReadHeaderTimeout,
+		ReadTimeout: web.ReadTimeout, WriteTimeout: web.WriteTimeout, IdleTimeout: web.IdleTimeout,
+		MaxHeaderBytes: web.MaxHeaderBytes}
 	a.log.Info("keyport serving", "addr", "http://"+ln.Addr().String(), "db", redactDSN(cfg.DB))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
