@@ -209,8 +209,10 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Back to version 3, as a database an older keyport migrated.
-		for _, q := range []string{`DROP TABLE audit_head`, `DELETE FROM schema_migrations WHERE version = 4`} {
+		// Back to version 3, as a database an older keyport migrated: undo
+		// the steps after it (5, then 4).
+		for _, q := range []string{`ALTER TABLE users DROP COLUMN totp_last_step`, `ALTER TABLE sessions DROP COLUMN last_seen`,
+			`DROP TABLE audit_head`, `DELETE FROM schema_migrations WHERE version >= 4`} {
 			if err := store.ExecForTest(s, q); err != nil {
 				t.Fatal(err)
 			}
@@ -221,8 +223,8 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 		if err := s.Migrate(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if v, _ := s.SchemaVersion(ctx); v != store.LatestVersion() || v != 4 {
-			t.Fatalf("version %d after migrating, want 4", v)
+		if v, _ := s.SchemaVersion(ctx); v != store.LatestVersion() || v < 4 {
+			t.Fatalf("version %d after migrating, want the latest (%d)", v, store.LatestVersion())
 		}
 		if all := verifyChain(t, s); len(all) != 3 {
 			t.Fatalf("%d events after the migration, want 3", len(all))
