@@ -2,7 +2,6 @@ package keyport_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
-	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
@@ -47,42 +45,17 @@ func auditWorld(t *testing.T, dsn string) *fixture.World {
 }
 
 // tamper runs SQL on the database directly, as someone with write access
-// to it but not to the HSM would; "?" placeholders are rewritten for pgx.
+// to it but not to the HSM would.
 func tamper(t *testing.T, dsn string, stmts ...string) {
 	t.Helper()
-	driver := "sqlite3"
-	if strings.HasPrefix(dsn, "postgres") {
-		driver = "pgx"
-	}
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
+		storetest.ExecSQL(t, dsn, q)
 	}
 }
 
 func tamperArgs(t *testing.T, dsn, q string, args ...any) {
 	t.Helper()
-	driver := "sqlite3"
-	if strings.HasPrefix(dsn, "postgres") {
-		driver = "pgx"
-		for i := 1; strings.Contains(q, "?"); i++ {
-			q = strings.Replace(q, "?", fmt.Sprintf("$%d", i), 1)
-		}
-	}
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(q, args...); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
+	storetest.ExecSQL(t, dsn, q, args...)
 }
 
 // wantBroken asserts VerifyAudit fails naming row seq (and, if given, with

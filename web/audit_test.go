@@ -2,15 +2,12 @@ package web_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
-
-	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/store/storetest"
@@ -49,13 +46,8 @@ func TestVerifyAuditNamesADeletedLastRow(t *testing.T) {
 	if got["ok"] != true || got["keyed_head"] != true || n < 2 {
 		t.Fatalf("verify of an untouched log: %v", got)
 	}
-	db, err := sql.Open("sqlite3", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`DELETE FROM audit_events WHERE seq = ?`, int64(n)); err != nil {
-		t.Fatal(err)
+	if k := storetest.ExecSQL(t, dsn, `DELETE FROM audit_events WHERE seq = ?`, int64(n)); k != 1 {
+		t.Fatalf("deleted %d rows", k)
 	}
 	if got := verify(); got["ok"] != false || got["row"] != n || !strings.Contains(got["reason"].(string), "rows deleted") {
 		t.Fatalf("verify after deleting the last row (%v): %v", n, got)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 	"testing"
@@ -59,18 +58,7 @@ func TestAuditVerifyNamesTheDeletedLastRowsAndAMiddleRow(t *testing.T) {
 
 func deleteAuditRows(t *testing.T, dsn, where string) {
 	t.Helper()
-	driver := "sqlite3"
-	if strings.HasPrefix(dsn, "postgres") {
-		driver = "pgx"
-	}
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if res, err := db.Exec(`DELETE FROM audit_events WHERE ` + where); err != nil {
-		t.Fatal(err)
-	} else if k, _ := res.RowsAffected(); k == 0 {
+	if k := storetest.ExecSQL(t, dsn, `DELETE FROM audit_events WHERE `+where); k == 0 {
 		t.Fatalf("no row where %s", where)
 	}
 }

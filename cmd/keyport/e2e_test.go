@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -21,7 +20,6 @@ import (
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
-	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/pcsctest"
@@ -317,20 +315,7 @@ func databaseBytes(t *testing.T, dsn string) []byte {
 
 func editAuditRow(t *testing.T, dsn string, seq int) {
 	t.Helper()
-	driver, q := "sqlite3", "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = ?"
-	if strings.HasPrefix(dsn, "postgres") {
-		driver, q = "pgx", "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = $1"
-	}
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	res, err := db.Exec(q, seq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
+	if n := storetest.ExecSQL(t, dsn, `UPDATE audit_events SET detail = '{"edited":true}' WHERE seq = ?`, seq); n != 1 {
 		t.Fatalf("edited %d rows", n)
 	}
 }

@@ -291,3 +291,32 @@ func randomHex(n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// ExecSQL runs q with args on the database dsn directly, past the store, as
+// someone with write access to the database but not to the HSM would (tests
+// of tampering use it). "?" placeholders are rewritten to $n for
+// PostgreSQL. It returns the rows affected.
+func ExecSQL(t testing.TB, dsn, q string, args ...any) int64 {
+	t.Helper()
+	driver := "sqlite3"
+	if strings.HasPrefix(dsn, "postgres") {
+		driver = "pgx"
+		for i := 1; strings.Contains(q, "?"); i++ {
+			q = strings.Replace(q, "?", fmt.Sprintf("$%d", i), 1)
+		}
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	res, err := db.Exec(q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
