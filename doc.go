@@ -17,6 +17,6 @@
 // Committer (group commit); cardlink/ is a Trigger. web/ and cardlink/ drive
 // the Service; the personalization station (perso/) drives it as a client
 // through the gp/ card dialog. cmd/keyport wires them together. The package
-// imports the standard library, gp/ and the password hash (x/crypto/argon2)
-// only.
+// imports the standard library, gp/, the password hash (x/crypto/argon2) and
+// TOTP (pquerna/otp) only.
 package keyport
