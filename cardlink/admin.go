@@ -164,6 +164,13 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	m, err := s.module(ctx, identity)
+	if errors.Is(err, keyport.ErrNotFound) {
+		// An unknown identity costs the HSM derivation a known one does, for
+		// a module that does not exist, so that the handshake's timing does
+		// not tell which EIDs are registered (tlspsk then fails it with a
+		// dummy PSK, exactly as a wrong PSK fails).
+		_, _ = s.cfg.Service.AdminModulePSK(ctx, &decoyModule)
+	}
 	if err != nil {
 		s.log.Warn("admin session refused", "identity", identity, "err", err)
 		return nil, err
@@ -175,6 +182,11 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 	}
 	return psk, nil
 }
+
+// decoyModule is what an unknown identity's handshake derives a PSK for: a
+// well-formed EID that no issuer assigns (all zeros before the check
+// digits, which make it valid) and the GP default ISD AID.
+var decoyModule = keyport.AdminModule{EID: "89000000000000000000000000000002", ISDAID: "A000000151000000"}
 
 // module returns the module a PSK identity names, from the cache when it
 // was looked up lately. Unknown identities are not cached: a module

@@ -15,10 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/cardlink/tlspsk"
@@ -352,11 +354,37 @@ func records(b []byte) (shape []string, last []byte) {
 	return shape, last
 }
 
+// derivations counts the module PSKs the HSM derives.
+type derivations struct {
+	keyport.LinkCustody
+	n atomic.Int64
+}
+
+func (d *derivations) ModulePSK(ctx context.Context, eid keyport.EID, isd keyport.AID) ([]byte, error) {
+	psk, err := d.LinkCustody.ModulePSK(ctx, eid, isd)
+	if err == nil {
+		d.n.Add(1)
+	}
+	return psk, err
+}
+
 func TestUnknownIdentityAndWrongPSKLookTheSameToTheClient(t *testing.T) {
-	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	count := &derivations{}
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true, Link: func(l keyport.LinkCustody) keyport.LinkCustody {
+		count.LinkCustody = l
+		return count
+	}})
 	needOpenSSL(t)
 	try := func(identity string) (shape []string, last []byte, out string) {
 		t.Helper()
+		before := count.n.Load()
+		// Every handshake, for a registered identity or not, costs one
+		// HSM derivation: the timing tells nothing either.
+		defer func() {
+			if d := count.n.Load() - before; d != 1 {
+				t.Errorf("identity %q: %d PSK derivations, want 1 as for every handshake", identity, d)
+			}
+		}()
 		addr, sent := serverBytes(t, w.Link.Addr)
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()

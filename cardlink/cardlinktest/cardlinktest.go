@@ -135,6 +135,9 @@ type LinkOptions struct {
 	// addresses (httptest receivers): it sets the service's delivery
 	// policy and the worker's.
 	DevLoopbackWebhooks bool
+	// Link, if set, is the module-PSK custody NewWorld gives the service
+	// in place of its HSM (which it gets), e.g. to count derivations.
+	Link func(keyport.LinkCustody) keyport.LinkCustody
 }
 
 // StartLink starts card-link over svc (whose Link custody must be set);

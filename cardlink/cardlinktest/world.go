@@ -73,6 +73,9 @@ func NewWorldOn(t testing.TB, dsn string, opts LinkOptions) *World {
 	st := storetest.Open(t, dsn)
 	fw := fixture.New(t, st, 1, 2)
 	fw.Svc.Link = fw.HSM
+	if opts.Link != nil {
+		fw.Svc.Link = opts.Link(fw.HSM)
+	}
 	fw.Svc.Delivery = keyport.DeliveryPolicy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, Lease: 3 * time.Second}
 	w := &World{World: fw, EID: fixture.EID(t, 0), AID: fixture.AID(1), ISDAID: "A000000151000000"}
 	w.Card = &MemCard{Card: NewModule(t, w.EID, map[keyport.AID]map[keyport.KeyUsage][]byte{w.AID: fw.Keys[w.EID][w.AID]})}
