@@ -26,18 +26,16 @@ type Dispatcher struct {
 	Service *keyport.Service
 	// Tick is the polling period (default 1 s).
 	Tick time.Duration
-	// HTTP sends webhooks (default NewWebhookClient with WebhookTimeout and
-	// DevLoopbackWebhooks). A replacement must guard its dials the same way.
+	// HTTP sends webhooks (default NewWebhookClient with WebhookTimeout,
+	// allowing loopback only as the service's
+	// Delivery.DevLoopbackWebhooks does). A replacement must guard its
+	// dials the same way.
 	HTTP *http.Client
 	// WebhookTimeout bounds one webhook request (default 5 s).
 	WebhookTimeout time.Duration
 	// Concurrency bounds the providers sent to at once (default 16).
 	Concurrency int
-	// DevLoopbackWebhooks lets webhooks reach loopback addresses, plain
-	// http included: a development receiver on this machine only, as
-	// keyport.DeliveryPolicy.DevLoopbackWebhooks lets them be set.
-	DevLoopbackWebhooks bool
-	Log                 *slog.Logger
+	Log         *slog.Logger
 
 	init   sync.Once
 	client *http.Client
@@ -85,7 +83,7 @@ func (d *Dispatcher) setup() {
 	d.init.Do(func() {
 		d.client = d.HTTP
 		if d.client == nil {
-			d.client = NewWebhookClient(WebhookClientOptions{Timeout: d.WebhookTimeout, AllowLoopback: d.DevLoopbackWebhooks})
+			d.client = NewWebhookClient(WebhookClientOptions{Timeout: d.WebhookTimeout, AllowLoopback: d.Service.Delivery.DevLoopbackWebhooks})
 		}
 		d.busy = map[string]bool{}
 	})
@@ -185,7 +183,7 @@ func (d *Dispatcher) deliver(ctx context.Context, hooks []keyport.WebhookDeliver
 func (d *Dispatcher) post(ctx context.Context, w *keyport.WebhookDelivery) error {
 	// The URL was checked when it was set; check it again under this
 	// process's policy (it may have been set under another).
-	if _, err := keyport.CheckWebhookURL(w.URL, d.DevLoopbackWebhooks); err != nil {
+	if _, err := keyport.CheckWebhookURL(w.URL, d.Service.Delivery.DevLoopbackWebhooks); err != nil {
 		return fmt.Errorf("webhook URL refused: %w", err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(w.Body))

@@ -173,7 +173,7 @@ func TestAWebhookRedirectIsNotFollowed(t *testing.T) {
 	w := newHookWorld(t, true)
 	p := w.provider(t, "Bank", endpoint.URL+"/keyport")
 	ref := w.event(t, p, "evt_1")
-	d := &cardlink.Dispatcher{Service: w.Svc, DevLoopbackWebhooks: true}
+	d := &cardlink.Dispatcher{Service: w.Svc}
 	if err := d.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestAHangingProviderEndpointDelaysNoOtherProvider(t *testing.T) {
 	pa := w.provider(t, "Bank A", a.URL+"/keyport")
 	pb := w.provider(t, "Bank B", b.URL+"/keyport")
 	runCtx, cancel := context.WithCancel(ctx)
-	d := &cardlink.Dispatcher{Service: w.Svc, Tick: 10 * time.Millisecond, WebhookTimeout: 10 * time.Minute, DevLoopbackWebhooks: true}
+	d := &cardlink.Dispatcher{Service: w.Svc, Tick: 10 * time.Millisecond, WebhookTimeout: 10 * time.Minute}
 	done := make(chan struct{})
 	go func() { d.Run(runCtx); close(done) }()
 	defer func() { cancel(); <-done }()

@@ -133,7 +133,7 @@ type LinkOptions struct {
 	NoWorker bool
 	// DevLoopbackWebhooks lets webhooks be set to, and sent to, loopback
 	// addresses (httptest receivers): it sets the service's delivery
-	// policy and the worker's.
+	// policy, which the worker follows.
 	DevLoopbackWebhooks bool
 	// Link, if set, is the module-PSK custody NewWorld gives the service
 	// in place of its HSM (which it gets), e.g. to count derivations.
@@ -172,7 +172,7 @@ func StartLink(t testing.TB, svc *keyport.Service, opts LinkOptions) *Link {
 		if tick == 0 {
 			tick = 50 * time.Millisecond
 		}
-		l.Worker = &cardlink.Dispatcher{Service: svc, Tick: tick, DevLoopbackWebhooks: opts.DevLoopbackWebhooks}
+		l.Worker = &cardlink.Dispatcher{Service: svc, Tick: tick}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -58,7 +58,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 	if cf.loopbackHooks {
 		a.log.Warn("development mode: webhooks may go to loopback addresses (--dev-allow-loopback-webhooks)")
 	}
-	d := &cardlink.Dispatcher{Service: a.svc, Log: a.log, WebhookTimeout: cf.webhookTimeout, DevLoopbackWebhooks: cf.loopbackHooks}
+	d := &cardlink.Dispatcher{Service: a.svc, Log: a.log, WebhookTimeout: cf.webhookTimeout}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
