@@ -34,6 +34,8 @@ type AdminModule struct {
 	ID     int64
 	EID    EID
 	ISDAID AID
+	// PSK is the module's sealed TLS-PSK (Module.PSK).
+	PSK []byte
 }
 
 // LookupAdminModule returns the module a TLS-PSK identity (its EID) names;
@@ -47,16 +49,36 @@ func (s *Service) LookupAdminModule(ctx context.Context, identity string) (*Admi
 	if err != nil {
 		return nil, err
 	}
-	return &AdminModule{ID: m.ID, EID: m.EID, ISDAID: m.ISDAID}, nil
+	return &AdminModule{ID: m.ID, EID: m.EID, ISDAID: m.ISDAID, PSK: m.PSK}, nil
 }
 
-// AdminModulePSK returns the module's TLS-PSK, derived in the HSM, for the
+// AdminModulePSK returns the module's TLS-PSK, unsealed by the HSM, for the
 // TLS layer's handshake only: callers must not keep it.
 func (s *Service) AdminModulePSK(ctx context.Context, m *AdminModule) ([]byte, error) {
-	if s.Link == nil {
+	return s.modulePSK(ctx, m.EID, m.PSK)
+}
+
+// NewDecoyPSK seals a fresh PSK for a module that does not exist, so that the
+// admin server can spend on an unknown identity's handshake the HSM work a
+// known one costs.
+func (s *Service) NewDecoyPSK(ctx context.Context, eid EID) ([]byte, error) {
+	link := s.link()
+	if link == nil {
 		return nil, fmt.Errorf("%w: no link custody configured", ErrUnavailable)
 	}
-	return s.Link.ModulePSK(ctx, m.EID, m.ISDAID)
+	return link.NewModulePSK(ctx, eid)
+}
+
+// modulePSK unseals a module's PSK.
+func (s *Service) modulePSK(ctx context.Context, eid EID, sealed []byte) ([]byte, error) {
+	link := s.link()
+	if link == nil {
+		return nil, fmt.Errorf("%w: no link custody configured", ErrUnavailable)
+	}
+	if len(sealed) == 0 {
+		return nil, fmt.Errorf("%w: module %s has no TLS-PSK: a module stored before keys were wrapped at rest gets one from `keyport hsm init`", ErrUnavailable, eid)
+	}
+	return link.ModulePSK(ctx, eid, sealed)
 }
 
 // OpenAdminSession takes or renews module m's lease for session id (""

@@ -9,13 +9,13 @@ import (
 )
 
 // Batch is a set of modules made together; it owns the HSM keys their first
-// keys come from (a master key for derived batches, a transport key for
-// imported ones).
+// keys come from (a KEK that keeps the keys perso generates, or a transport
+// key for imported ones).
 type Batch struct {
 	ID        int64
 	Name      string
 	KeySource KeySource
-	// AIDPrefix is the SSD AID scheme for derived batches: SSD n gets
+	// AIDPrefix is the SSD AID scheme for batches keyport personalizes: SSD n gets
 	// AIDPrefix ‖ n (one byte). Empty for imported batches.
 	AIDPrefix AID
 	CreatedAt time.Time
@@ -32,7 +32,8 @@ type TransportKeyExport struct {
 
 // CreateBatch creates a batch and its HSM key. For an imported batch
 // (manufacturer != nil) the transport key is returned wrapped to the
-// manufacturer; for a derived batch the master key never leaves the HSM.
+// manufacturer; for a batch keyport personalizes (KeyGenerated), the KEK
+// that keeps its generated first keys never leaves the HSM.
 func (s *Service) CreateBatch(ctx context.Context, p Principal, name string, aidPrefix AID, manufacturer *rsa.PublicKey) (*Batch, *TransportKeyExport, error) {
 	if !p.Admin {
 		return nil, nil, ErrForbidden
@@ -40,7 +41,7 @@ func (s *Service) CreateBatch(ctx context.Context, p Principal, name string, aid
 	if err := validBatchName(name); err != nil {
 		return nil, nil, err
 	}
-	b := &Batch{Name: name, KeySource: KeyDerived, AIDPrefix: aidPrefix, CreatedAt: s.now().UTC()}
+	b := &Batch{Name: name, KeySource: KeyGenerated, AIDPrefix: aidPrefix, CreatedAt: s.now().UTC()}
 	if manufacturer != nil {
 		if err := checkRSA(manufacturer); err != nil {
 			return nil, nil, err
@@ -59,8 +60,8 @@ func (s *Service) CreateBatch(ctx context.Context, p Principal, name string, aid
 			return nil, nil, fmt.Errorf("keyport: create transport key for batch %q: %w", name, err)
 		}
 		export = &TransportKeyExport{Batch: name, Wrapped: wrapped, KCV: kcv, OAEPHash: s.Custody.OAEPHash()}
-	} else if err := s.Custody.CreateBatchMaster(ctx, name); err != nil {
-		return nil, nil, fmt.Errorf("keyport: create master key for batch %q: %w", name, err)
+	} else if err := s.Custody.CreateBatchKEK(ctx, name); err != nil {
+		return nil, nil, fmt.Errorf("keyport: create key-encryption key for batch %q: %w", name, err)
 	}
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateBatch(ctx, b); err != nil {

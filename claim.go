@@ -135,7 +135,7 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 		return nil, fmt.Errorf("%w: domain %s is not available", ErrConflict, d.AID)
 	}
 	keys, err := s.Custody.WrapFirstKeys(ctx, FirstKeysRequest{Batch: b.Name, Source: d.KeySource, EID: d.EID, AID: d.AID,
-		Imported: d.Imported, Recipient: pub})
+		Wrapped: d.Wrapped, Recipient: pub})
 	if err != nil {
 		return nil, fmt.Errorf("keyport: wrap first keys of %s/%s: %w", d.EID, d.AID, err)
 	}

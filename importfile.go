@@ -101,7 +101,7 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 			return nil, Invalid(field+".kvn", "key version number must be 1 to 127, got %d", *d.KVN)
 		}
 		dom := Domain{AID: aid, EID: eid, KVN: *d.KVN, State: Unassigned, KeySource: KeyImported,
-			Imported: map[KeyUsage][]byte{}, KCV: map[KeyUsage]string{}}
+			Wrapped: map[KeyUsage][]byte{}, KCV: map[KeyUsage]string{}}
 		if err := checkUsages(field+".keys", d.Keys); err != nil {
 			return nil, err
 		}
@@ -121,7 +121,7 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 			if err != nil {
 				return nil, Invalid(field+".kcv."+string(u), "%s", err.(*InvalidError).Reason)
 			}
-			dom.Imported[u] = wrapped
+			dom.Wrapped[u] = wrapped
 			dom.KCV[u] = kcv
 		}
 		m.Domains = append(m.Domains, dom)
@@ -245,7 +245,11 @@ func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, 
 		return 0, fmt.Errorf("keyport: batch %q: %w", batch, err)
 	}
 	if b.KeySource != KeyImported {
-		return 0, Invalid("batch", "batch %q is a derived batch: its modules come from perso, not from a file", batch)
+		return 0, Invalid("batch", "batch %q has key source %s: its modules come from perso, not from a file", batch, b.KeySource)
+	}
+	link := s.link()
+	if link == nil {
+		return 0, fmt.Errorf("%w: no link custody configured to seal the modules' PSKs", ErrUnavailable)
 	}
 	switch verify {
 	case VerifyAll, VerifySample, VerifyNone:
@@ -265,6 +269,11 @@ func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, 
 			for pl := range lines {
 				if pl.err == nil && (verify == VerifyAll || verify == VerifySample && seen%997 == 0) {
 					pl.err = s.checkImportedKCVs(ctx, batch, pl.m)
+				}
+				if pl.err == nil {
+					// The module's TLS-PSK: keyport's own, made here and
+					// sealed by the HSM; the handset agent gets it by export.
+					pl.m.PSK, pl.err = link.NewModulePSK(ctx, pl.m.EID)
 				}
 				seen++
 				var le *LineError
@@ -368,7 +377,7 @@ const (
 func (s *Service) checkImportedKCVs(ctx context.Context, batch string, m *ModuleImport) error {
 	for _, d := range m.Domains {
 		for _, u := range Usages {
-			kcv, err := s.Custody.ImportedKCV(ctx, batch, d.Imported[u])
+			kcv, err := s.Custody.ImportedKCV(ctx, batch, d.Wrapped[u])
 			if err != nil {
 				if errors.Is(err, ErrUnavailable) {
 					return err
@@ -388,5 +397,8 @@ type ModuleImport struct {
 	Line    int
 	EID     EID
 	ISDAID  AID
-	Domains []Domain // State, KeySource, Imported, KCV, KVN, AID set
+	Domains []Domain // State, KeySource, Wrapped, KCV, KVN, AID set
+	// ISDKeys and PSK as Module has them.
+	ISDKeys KeyBlobs
+	PSK     []byte
 }

@@ -26,7 +26,7 @@ func TestParseImportLineKeepsTheWrappedKeysAsGiven(t *testing.T) {
 	if d.KVN != 48 || d.State != Unassigned || d.KeySource != KeyImported || d.KCV[UsageENC] != "EE72CB" {
 		t.Errorf("domain %+v", d)
 	}
-	if !bytes.Equal(d.Imported[UsageDEK], bytes.Repeat([]byte{0xA5}, 24)) {
+	if !bytes.Equal(d.Wrapped[UsageDEK], bytes.Repeat([]byte{0xA5}, 24)) {
 		t.Error("wrapped key altered")
 	}
 }
@@ -93,7 +93,7 @@ func FuzzParseImportLine(f *testing.F) {
 		}
 		for _, d := range m.Domains {
 			for _, u := range Usages {
-				if len(d.Imported[u]) < 24 || len(d.KCV[u]) != 6 {
+				if len(d.Wrapped[u]) < 24 || len(d.KCV[u]) != 6 {
 					t.Fatalf("accepted domain %s without %s key or KCV", d.AID, u)
 				}
 			}

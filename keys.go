@@ -7,15 +7,25 @@ import (
 	"github.com/keyport/keyport/gp"
 )
 
-// KeySource says where a domain's first keys come from.
+// KeySource says where a batch's or a domain's first keys come from, and so
+// which HSM key unwraps the blobs the database keeps of them (DESIGN.md,
+// "Key hierarchy").
 type KeySource string
 
 const (
-	// KeyDerived: derived in the HSM from the batch master key, never stored.
-	KeyDerived KeySource = "derived"
+	// KeyGenerated: generated in the HSM at personalization and kept as
+	// RFC 5649 KWP blobs under the batch KEK, whose unwrap template keeps
+	// every unwrapped copy sensitive. `keyport hsm init` also rewraps the
+	// keys of older batches under it.
+	KeyGenerated KeySource = "generated"
 	// KeyImported: supplied by the manufacturer, KWP-wrapped under the batch
 	// transport key, and stored only in that wrapped form.
 	KeyImported KeySource = "imported"
+	// KeyDerived: derived from a batch master key, never stored. Tokens made
+	// before keys were wrapped at rest hold such masters; `keyport hsm
+	// init` migrates them (derive once, wrap, store, destroy the master),
+	// and no other operation accepts a derived key.
+	KeyDerived KeySource = "derived"
 )
 
 // KeyUsage names one key of an SCP03 key set.
@@ -31,32 +41,27 @@ const (
 // Usages is the SCP03 key set in key-identifier order.
 var Usages = []KeyUsage{UsageENC, UsageMAC, UsageDEK}
 
-// KeyRef names one static card key the HSM keeps: a module's ISD key
-// (Batch empty: derived from the ISD master with the ISD's AID), an SSD
-// first key of a derived batch (derived from the batch master with the SSD's
-// AID), or an SSD first key of an imported batch (Wrapped: the
-// manufacturer's KWP blob, unwrapped under the batch transport key inside
-// the HSM). The derivation is the one WrapFirstKeys uses at claim time
-// (DESIGN.md, "Key hierarchy"), so a provider who claims a personalized
-// domain receives exactly the keys that are on the card.
+// KeyRef names one static card key the HSM keeps, by the blob the database
+// holds of it: a module's ISD key (Batch empty: a KWP blob under the ISD
+// KEK), or an SSD first key of a batch (Source KeyGenerated: a KWP blob
+// under the batch KEK; KeyImported: the manufacturer's KWP blob under the
+// batch transport key). The HSM unwraps the blob inside itself for each use;
+// the unwrapped copy is a sensitive session object that lives for one call.
+// Source KeyDerived names a key of a token made before keys were wrapped at
+// rest, which only the migration (`keyport hsm init`) derives.
 type KeyRef struct {
-	Batch string // empty for an ISD key
-	EID   EID
-	AID   AID
-	Usage KeyUsage
-	// Wrapped is the key as the manufacturer delivered it, for a domain of
-	// an imported batch; nil for a derived key.
+	Batch  string // empty for an ISD key
+	EID    EID
+	AID    AID
+	Usage  KeyUsage
+	Source KeySource
+	// Wrapped is the key's blob; nil only for KeyDerived.
 	Wrapped []byte
 }
 
-// DomainKey names the usage first key of domain d of the batch called batch,
-// derived or imported as the domain's key source says.
+// DomainKey names the usage first key of domain d of the batch called batch.
 func DomainKey(batch string, d *Domain, usage KeyUsage) KeyRef {
-	r := FirstKey(batch, d.EID, d.AID, usage)
-	if d.KeySource == KeyImported {
-		r.Wrapped = d.Imported[usage]
-	}
-	return r
+	return KeyRef{Batch: batch, EID: d.EID, AID: d.AID, Usage: usage, Source: d.KeySource, Wrapped: d.Wrapped[usage]}
 }
 
 // StaticKey is the static SCP03 key ref as a gp.StaticKey whose CMACs the
@@ -75,14 +80,16 @@ type hsmStaticKey struct {
 func (k hsmStaticKey) CMAC(data []byte) ([]byte, error) { return k.keys.SCP03CMAC(k.ctx, k.ref, data) }
 func (k hsmStaticKey) Size() int                        { return 16 }
 
-// ISDKey names the usage key of the ISD isdAID of module eid.
-func ISDKey(eid EID, isdAID AID, usage KeyUsage) KeyRef {
-	return KeyRef{EID: eid, AID: isdAID, Usage: usage}
+// ISDKey names the usage key of the ISD isdAID of module eid, whose blob
+// under the ISD KEK is wrapped.
+func ISDKey(eid EID, isdAID AID, usage KeyUsage, wrapped []byte) KeyRef {
+	return KeyRef{EID: eid, AID: isdAID, Usage: usage, Source: KeyGenerated, Wrapped: wrapped}
 }
 
-// FirstKey names the usage first key of SSD aid on module eid in a derived batch.
-func FirstKey(batch string, eid EID, aid AID, usage KeyUsage) KeyRef {
-	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage}
+// FirstKey names the usage first key of SSD aid on module eid in a batch
+// whose keys were generated, by its blob under the batch KEK.
+func FirstKey(batch string, eid EID, aid AID, usage KeyUsage, wrapped []byte) KeyRef {
+	return KeyRef{Batch: batch, EID: eid, AID: aid, Usage: usage, Source: KeyGenerated, Wrapped: wrapped}
 }
 
 // String names the key without revealing anything secret.
@@ -90,10 +97,20 @@ func (r KeyRef) String() string {
 	if r.Batch == "" {
 		return fmt.Sprintf("ISD %s key of %s/%s", r.Usage, r.EID, r.AID)
 	}
-	if r.Wrapped != nil {
-		return fmt.Sprintf("batch %s imported %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
+	return fmt.Sprintf("batch %s %s %s key of %s/%s", r.Batch, r.Source, r.Usage, r.EID, r.AID)
+}
+
+// KeyBlobs is a key set as the database keeps it: one blob per usage.
+type KeyBlobs map[KeyUsage][]byte
+
+// Complete reports whether every usage of the key set has a blob.
+func (b KeyBlobs) Complete() bool {
+	for _, u := range Usages {
+		if len(b[u]) == 0 {
+			return false
+		}
 	}
-	return fmt.Sprintf("batch %s %s key of %s/%s", r.Batch, r.Usage, r.EID, r.AID)
+	return true
 }
 
 // KVNs of a personalized module (PROTOCOLS.md §1.2, §1.4 "KVN conventions").

@@ -18,6 +18,13 @@ type Module struct {
 	LastSeen  *time.Time
 	CreatedAt time.Time
 	Domains   []Domain
+	// ISDKeys holds the ISD's keys as KWP blobs under the ISD KEK, for a
+	// module keyport personalized; nil for an imported module, whose ISD
+	// keys stay with the manufacturer.
+	ISDKeys KeyBlobs
+	// PSK is the module's TLS-PSK sealed by the HSM (SecretSealer, bound to
+	// the EID): the one card secret whose clear value the TLS layer needs.
+	PSK []byte
 }
 
 // Domain is one supplementary security domain on a module.
@@ -34,9 +41,10 @@ type Domain struct {
 	PriorState DomainState
 	OwnerID    string // provider ID; empty while UNASSIGNED
 	KeySource  KeySource
-	// Imported holds, for KeyImported, each first key KWP-wrapped under the
-	// batch transport key, as the manufacturer delivered it.
-	Imported map[KeyUsage][]byte
+	// Wrapped holds each first key as a KWP blob: under the batch KEK
+	// (KeyGenerated) or, as the manufacturer delivered it, under the batch
+	// transport key (KeyImported).
+	Wrapped KeyBlobs
 	// KCV holds the GP key check value (3 bytes, upper-case hex) of each first key.
 	KCV map[KeyUsage]string
 	// SeqCounter is the SCP03 sequence counter keyport believes the card has
@@ -81,7 +89,7 @@ func (s *Service) LookupModule(ctx context.Context, p Principal, eid EID) (*Modu
 // redactDomain drops the stored wrapped keys from a domain shown to a caller;
 // they are wrapped, but nobody outside the HSM has a use for them.
 func redactDomain(d Domain) Domain {
-	d.Imported = nil
+	d.Wrapped = nil
 	return d
 }
 
@@ -131,10 +139,7 @@ func (s *Service) ExportHandsetPSK(ctx context.Context, p Principal, eid EID) ([
 	if err != nil {
 		return nil, err
 	}
-	if s.Link == nil {
-		return nil, fmt.Errorf("%w: no link custody configured", ErrUnavailable)
-	}
-	psk, err := s.Link.ModulePSK(ctx, m.EID, m.ISDAID)
+	psk, err := s.modulePSK(ctx, m.EID, m.PSK)
 	if err != nil {
 		return nil, fmt.Errorf("keyport: PSK of module %s: %w", eid, err)
 	}
@@ -158,9 +163,10 @@ func (s *Service) GetModule(ctx context.Context, p Principal, eid EID) (*Module,
 	return s.Store.GetModule(ctx, eid)
 }
 
-// RegisterModule stores a module personalized for the derived batch called
-// batch, with its domains (key source derived), in one transaction with a
-// chained "perso" audit event. The event's detail is detail (what the
+// RegisterModule stores a module personalized for the batch called batch,
+// with its ISD keys, its sealed PSK and its domains (key source generated),
+// in one transaction with a chained "perso" audit event, and drops the
+// run's PersoKeys record. The event's detail is detail (what the
 // station did, e.g. whether it replaced the ISD keys) with the batch, the
 // ISD AID and the domains' AIDs.
 //
@@ -175,16 +181,19 @@ func (s *Service) RegisterModule(ctx context.Context, p Principal, batch string,
 	if err != nil {
 		return false, fmt.Errorf("keyport: register module %s: batch %s: %w", m.EID, batch, err)
 	}
-	if b.KeySource != KeyDerived {
-		return false, Invalid("batch", "batch %q is an imported batch: its modules come from an import file", batch)
+	if b.KeySource != KeyGenerated {
+		return false, Invalid("batch", "batch %q has key source %s: only a batch whose keys keyport generates is personalized", batch, b.KeySource)
 	}
 	if len(m.Domains) == 0 {
 		return false, Invalid("domains", "module %s has no domain to register", m.EID)
 	}
+	if !m.ISDKeys.Complete() || len(m.PSK) == 0 {
+		return false, Invalid("module", "module %s is registered with its ISD keys and PSK", m.EID)
+	}
 	aids := make([]AID, len(m.Domains))
 	for i, d := range m.Domains {
-		if d.KeySource != KeyDerived {
-			return false, Invalid("domains", "domain %s/%s of a derived batch has key source %q", m.EID, d.AID, d.KeySource)
+		if d.KeySource != KeyGenerated || !d.Wrapped.Complete() {
+			return false, Invalid("domains", "domain %s/%s needs generated, wrapped first keys (key source %q)", m.EID, d.AID, d.KeySource)
 		}
 		aids[i] = d.AID
 	}
@@ -200,6 +209,9 @@ func (s *Service) RegisterModule(ctx context.Context, p Principal, batch string,
 		}
 		if n != 1 {
 			return fmt.Errorf("store imported %d modules, want 1", n)
+		}
+		if err := tx.DeletePersoKeys(ctx, m.EID); err != nil {
+			return err
 		}
 		return s.audit(ctx, tx, p.Actor(), "perso", "module:"+string(m.EID), d)
 	})
@@ -232,7 +244,7 @@ func oneModule(m *ModuleImport) func() (*ModuleImport, error) {
 
 // SameRegistration reports how the stored module differs from registering
 // m in batch b: another batch, another ISD, other domains, a domain whose
-// keys are not derived, or KCVs that differ where both are known (sequence
+// keys keyport did not generate, or KCVs that differ where both are known (sequence
 // counters aside: they move with every authentication). The error wraps
 // ErrConflict; nil means m is registered already.
 func SameRegistration(stored *Module, b *Batch, m *ModuleImport) error {
@@ -255,12 +267,12 @@ func SameRegistration(stored *Module, b *Batch, m *ModuleImport) error {
 		return fmt.Errorf("%w: module %s is registered with domains %v, perso would register %v", ErrConflict, m.EID, have, want)
 	}
 	for _, d := range stored.Domains {
-		if d.KeySource != KeyDerived {
+		if d.KeySource != KeyGenerated {
 			return fmt.Errorf("%w: domain %s/%s is registered with key source %s", ErrConflict, m.EID, d.AID, d.KeySource)
 		}
 		for _, n := range m.Domains {
 			if n.AID == d.AID && len(n.KCV) > 0 && len(d.KCV) > 0 && !maps.Equal(n.KCV, d.KCV) {
-				return fmt.Errorf("%w: domain %s/%s is registered with KCVs %v, the HSM derives %v", ErrConflict, m.EID, d.AID, d.KCV, n.KCV)
+				return fmt.Errorf("%w: domain %s/%s is registered with KCVs %v, perso loaded %v", ErrConflict, m.EID, d.AID, d.KCV, n.KCV)
 			}
 		}
 	}

@@ -62,7 +62,7 @@ func TestLookupShowsAProviderOnlyFreeDomainsAndItsOwn(t *testing.T) {
 		var seen []string
 		for _, d := range v.Domains {
 			seen = append(seen, string(d.AID)+":"+string(d.State))
-			if d.Imported != nil {
+			if d.Wrapped != nil {
 				t.Error("lookup returned stored wrapped keys")
 			}
 		}
@@ -96,12 +96,18 @@ func TestAPrincipalWithoutAProviderSeesNoDomain(t *testing.T) {
 	}
 }
 
-// registration is a personalized module of derived batch "p1" with n domains.
+// registration is a personalized module of batch "p1" with n domains, with
+// placeholder blobs (RegisterModule stores them; it does not unwrap them).
 func registration(t testing.TB, eid keyport.EID, n int) *keyport.ModuleImport {
-	m := &keyport.ModuleImport{Line: 1, EID: eid, ISDAID: "A000000151000000"}
+	blobs := func(b byte) keyport.KeyBlobs {
+		return keyport.KeyBlobs{keyport.UsageENC: bytes.Repeat([]byte{b}, 24), keyport.UsageMAC: bytes.Repeat([]byte{b + 1}, 24),
+			keyport.UsageDEK: bytes.Repeat([]byte{b + 2}, 24)}
+	}
+	m := &keyport.ModuleImport{Line: 1, EID: eid, ISDAID: "A000000151000000", ISDKeys: blobs(0x10), PSK: bytes.Repeat([]byte{0x20}, 45)}
 	for i := 1; i <= n; i++ {
 		m.Domains = append(m.Domains, keyport.Domain{EID: eid, AID: fixture.AID(i), KVN: 0x30, State: keyport.Unassigned,
-			KeySource: keyport.KeyDerived, KCV: map[keyport.KeyUsage]string{keyport.UsageENC: "111111", keyport.UsageMAC: "222222", keyport.UsageDEK: "333333"}})
+			KeySource: keyport.KeyGenerated, Wrapped: blobs(byte(0x30 + 3*i)),
+			KCV: map[keyport.KeyUsage]string{keyport.UsageENC: "111111", keyport.UsageMAC: "222222", keyport.UsageDEK: "333333"}})
 	}
 	return m
 }
@@ -118,7 +124,9 @@ func TestRegisterModuleStoresTheModuleWithAChainedPersoEventAndAcceptsTheSameOne
 		t.Fatalf("first registration: already %v, %v", already, err)
 	}
 	m, err := w.Svc.GetModule(ctx, fixture.Admin, eid)
-	if err != nil || len(m.Domains) != 2 || m.Domains[0].KeySource != keyport.KeyDerived || m.Domains[1].KCV[keyport.UsageMAC] != "222222" {
+	if err != nil || len(m.Domains) != 2 || m.Domains[0].KeySource != keyport.KeyGenerated || m.Domains[1].KCV[keyport.UsageMAC] != "222222" ||
+		!bytes.Equal(m.Domains[1].Wrapped[keyport.UsageDEK], bytes.Repeat([]byte{0x38}, 24)) ||
+		!bytes.Equal(m.ISDKeys[keyport.UsageMAC], bytes.Repeat([]byte{0x11}, 24)) || !bytes.Equal(m.PSK, bytes.Repeat([]byte{0x20}, 45)) {
 		t.Fatalf("stored module %+v, %v", m, err)
 	}
 	evs, _ := w.Store.AuditEvents(ctx, 0, 1000)
@@ -181,7 +189,7 @@ func TestRegisterModuleRefusesADifferentModuleUnderTheSameEID(t *testing.T) {
 	}
 }
 
-func TestRegisterModuleAndItsReadsAreForAdminsAndDerivedBatchesOnly(t *testing.T) {
+func TestRegisterModuleAndItsReadsAreForAdminsAndGeneratedBatchesOnly(t *testing.T) {
 	ctx := context.Background()
 	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
 	if _, _, err := w.Svc.CreateBatch(ctx, fixture.Admin, "p1", "", nil); err != nil {
@@ -209,10 +217,20 @@ func TestRegisterModuleAndItsReadsAreForAdminsAndDerivedBatchesOnly(t *testing.T
 	if _, err := w.Svc.RegisterModule(ctx, fixture.Admin, "p1", registration(t, eid, 0), nil); !errors.Is(err, keyport.ErrInvalid) {
 		t.Errorf("no domains: %v, want ErrInvalid", err)
 	}
+	noPSK := registration(t, eid, 1)
+	noPSK.PSK = nil
+	if _, err := w.Svc.RegisterModule(ctx, fixture.Admin, "p1", noPSK, nil); !errors.Is(err, keyport.ErrInvalid) {
+		t.Errorf("no PSK: %v, want ErrInvalid", err)
+	}
+	noKeys := registration(t, eid, 1)
+	delete(noKeys.Domains[0].Wrapped, keyport.UsageDEK)
+	if _, err := w.Svc.RegisterModule(ctx, fixture.Admin, "p1", noKeys, nil); !errors.Is(err, keyport.ErrInvalid) {
+		t.Errorf("a domain without its DEK blob: %v, want ErrInvalid", err)
+	}
 	if _, err := w.Svc.GetModule(ctx, fixture.Admin, eid); !errors.Is(err, keyport.ErrNotFound) {
 		t.Errorf("a refused registration stored the module: %v", err)
 	}
-	if b, err := w.Svc.GetBatch(ctx, fixture.Admin, "p1"); err != nil || b.KeySource != keyport.KeyDerived {
+	if b, err := w.Svc.GetBatch(ctx, fixture.Admin, "p1"); err != nil || b.KeySource != keyport.KeyGenerated {
 		t.Errorf("admin reads the batch: %+v, %v", b, err)
 	}
 }

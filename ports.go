@@ -20,12 +20,14 @@ const (
 // FirstKeysRequest asks the HSM to produce one domain's first key set and
 // wrap each key to a provider's RSA key.
 type FirstKeysRequest struct {
-	Batch  string // batch name: selects the master or transport key
+	Batch  string // batch name: selects the batch KEK or transport key
 	Source KeySource
 	EID    EID
 	AID    AID
-	// Imported holds the manufacturer's KWP-wrapped keys (Source == KeyImported).
-	Imported map[KeyUsage][]byte
+	// Wrapped holds the domain's KWP blobs: under the batch KEK
+	// (KeyGenerated) or the manufacturer's under the transport key
+	// (KeyImported).
+	Wrapped KeyBlobs
 	// Recipient is the provider's RSA public key.
 	Recipient *rsa.PublicKey
 }
@@ -48,9 +50,13 @@ type Custody interface {
 	// CardKeys: keyport checks what a card answered to a provider's script
 	// (the card cryptogram and R-MACs) under the domain's current keys.
 	CardKeys
-	// CreateBatchMaster creates the AES-256 master key of a derived batch.
-	// It fails with ErrConflict if the batch already has one.
-	CreateBatchMaster(ctx context.Context, batch string) error
+	// LinkCustody: modules' sealed TLS-PSKs (Service.Link, when set, is
+	// used instead).
+	LinkCustody
+	// CreateBatchKEK creates the AES-256 key-encryption key that keeps a
+	// batch's generated first keys at rest. It fails with ErrConflict if the
+	// batch already has one.
+	CreateBatchKEK(ctx context.Context, batch string) error
 	// CreateTransportKey creates the AES-256 transport key of an imported
 	// batch and returns it RSA-AES-wrapped to the manufacturer, with its KCV.
 	// The copy kept in the HSM is not extractable. ErrConflict if it exists.
@@ -58,8 +64,8 @@ type Custody interface {
 	// ImportedKCV unwraps a manufacturer's KWP-wrapped key inside the HSM and
 	// returns its KCV, to check an import file.
 	ImportedKCV(ctx context.Context, batch string, wrapped []byte) (kcv string, err error)
-	// WrapFirstKeys derives or unwraps the domain's first keys inside the HSM
-	// and wraps each to the recipient, in Usages order.
+	// WrapFirstKeys unwraps the domain's first keys inside the HSM and wraps
+	// each to the recipient, in Usages order.
 	WrapFirstKeys(ctx context.Context, req FirstKeysRequest) ([]WrappedKey, error)
 	// OAEPHash is the OAEP hash WrapFirstKeys and CreateTransportKey use.
 	OAEPHash() OAEPHash
@@ -131,6 +137,24 @@ type ModuleRepo interface {
 	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
 	// unchanged) and the SCP03 sequence counter.
 	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
+
+	// GetPersoKeys returns what a personalization run generated for module
+	// eid before writing it to the card; ErrNotFound if nothing.
+	GetPersoKeys(ctx context.Context, eid EID) (*PersoKeys, error)
+	// PutPersoKeys stores k, replacing what was stored for its EID.
+	PutPersoKeys(ctx context.Context, k *PersoKeys) error
+	// DeletePersoKeys deletes what was stored for eid (none: no error).
+	DeletePersoKeys(ctx context.Context, eid EID) error
+	// ModulesAfter returns up to limit modules (with domains) whose ID is
+	// above afterID, in ID order: for walks over every module.
+	ModulesAfter(ctx context.Context, afterID int64, limit int) ([]Module, error)
+	// SetModuleKeys stores a module's ISD key blobs (nil: unchanged) and
+	// sealed PSK (nil: unchanged).
+	SetModuleKeys(ctx context.Context, moduleID int64, isd KeyBlobs, psk []byte) error
+	// SetDomainWrapped stores a domain's first-key blobs and their source.
+	SetDomainWrapped(ctx context.Context, domainID int64, source KeySource, wrapped KeyBlobs) error
+	// SetBatchKeySource changes a batch's key source.
+	SetBatchKeySource(ctx context.Context, batchID int64, source KeySource) error
 
 	// PortalStats counts modules, domains by state, claims per day since
 	// `since` and jobs by state, for the admin dashboard.
@@ -278,9 +302,14 @@ type Mailer interface {
 }
 
 // LinkCustody is the HSM part of card-link: each module's TLS-PSK (KVN 0x40,
-// key type '85'), derived in the HSM and handed only to the TLS layer.
+// key type '85'), kept sealed by the HSM and bound to the module's EID, and
+// unsealed only for the TLS layer.
 type LinkCustody interface {
-	ModulePSK(ctx context.Context, eid EID, isdAID AID) ([]byte, error)
+	// NewModulePSK makes a fresh PSK for module eid and returns it sealed.
+	NewModulePSK(ctx context.Context, eid EID) (sealed []byte, err error)
+	// ModulePSK unseals module eid's PSK; a value sealed for another module
+	// does not unseal.
+	ModulePSK(ctx context.Context, eid EID, sealed []byte) ([]byte, error)
 }
 
 // Trigger wakes a module so that it opens an admin session (GP Amendment B:
@@ -306,18 +335,65 @@ type CardKeys interface {
 	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
 }
 
-// PersoCustody is what the personalization station asks of the HSM. Derived
-// static keys (KeyRef) never leave it: out come CMACs, keys encrypted under
-// another key as PUT KEY and STORE DATA carry them, and KCVs.
+// PersoCustody is what the personalization station asks of the HSM. Card
+// keys are generated there and leave it only wrapped: as KWP blobs under a
+// KEK for the database, encrypted under a DEK as PUT KEY and STORE DATA
+// carry them; besides come CMACs and KCVs.
 type PersoCustody interface {
 	CardKeys
-	// EncryptUnderKey returns target encrypted under the derived DEK dek
-	// (AES-CBC, zero IV: AmdD 7.2.1, 7.3) and target's KCV.
+	LinkCustody
+	// GenerateKeys generates an SCP03 key set (AES-128 ENC, MAC, DEK) and
+	// returns each key as a blob under the batch KEK (batch "": the ISD
+	// KEK), with its KCV and, when clearDEK is given, encrypted under that
+	// DEK (AES-CBC, zero IV: the PUT KEY of a blank ISD whose DEK is the
+	// public GP test key).
+	GenerateKeys(ctx context.Context, batch string, clearDEK []byte) ([]GeneratedKey, error)
+	// EncryptUnderKey returns target encrypted under the DEK dek (AES-CBC,
+	// zero IV: AmdD 7.2.1, 7.3) and target's KCV.
 	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)
-	// EncryptUnderClearKey is EncryptUnderKey under a DEK given in clear. It
-	// exists for blank modules whose ISD DEK is the public GP test key
-	// (GPTestKey); the target still never leaves the HSM in clear.
-	EncryptUnderClearKey(ctx context.Context, dek []byte, target KeyRef) (cipher []byte, kcv string, err error)
-	// DerivedKCV returns the GP KCV of the derived key ref.
-	DerivedKCV(ctx context.Context, ref KeyRef) (string, error)
+	// KeyKCV returns the GP KCV of the key ref.
+	KeyKCV(ctx context.Context, ref KeyRef) (string, error)
+}
+
+// GeneratedKey is one key GenerateKeys made.
+type GeneratedKey struct {
+	Usage   KeyUsage
+	Wrapped []byte // KWP under the KEK
+	KCV     string
+	// UnderDEK is the key encrypted under the clear DEK, if one was given.
+	UnderDEK []byte
+}
+
+// KeyMigrator is what `keyport hsm init` needs of a token made before card
+// keys were wrapped at rest (DESIGN.md, "Key hierarchy"): it derives each
+// key once from the old masters, wraps it under the new KEKs, and then
+// destroys the masters, so that no key on the token can derive card keys.
+type KeyMigrator interface {
+	// LegacyKeys lists the old keys still on the token: the ISD master,
+	// batch masters and transport keys without an unwrap template, by batch.
+	LegacyKeys(ctx context.Context) (*LegacyKeys, error)
+	// RewrapLegacy derives ref (Source KeyDerived) from its master, or, for
+	// an imported key, unwraps it under the old transport key, and returns
+	// it as a blob under the batch KEK (the ISD KEK for an ISD key), with
+	// its KCV. The batch KEK is created when missing.
+	RewrapLegacy(ctx context.Context, ref KeyRef) (wrapped []byte, kcv string, err error)
+	// LegacyPSK derives module eid's TLS-PSK from the ISD master and
+	// returns it sealed, as NewModulePSK would.
+	LegacyPSK(ctx context.Context, eid EID, isdAID AID) (sealed []byte, err error)
+	// DestroyLegacyKeys destroys the keys LegacyKeys listed and returns
+	// their labels.
+	DestroyLegacyKeys(ctx context.Context) ([]string, error)
+}
+
+// LegacyKeys are the old keys a token holds.
+type LegacyKeys struct {
+	ISDMaster bool
+	// Masters lists the batches with a master key; Transport the imported
+	// batches whose transport key lets a blob unwrap into a readable key.
+	Masters, Transport []string
+}
+
+// Empty reports whether there is nothing to migrate.
+func (l *LegacyKeys) Empty() bool {
+	return !l.ISDMaster && len(l.Masters) == 0 && len(l.Transport) == 0
 }

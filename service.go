@@ -26,7 +26,8 @@ type Service struct {
 	Mailer Mailer
 	// Sealer seals TOTP secrets in the HSM; nil disables TOTP (totp.go).
 	Sealer SecretSealer
-	// Link derives module TLS-PSKs for card-link admin sessions (delivery.go).
+	// Link seals and unseals module TLS-PSKs for imports and card-link admin
+	// sessions; nil means Custody's.
 	Link LinkCustody
 	// Trigger wakes a module so that it opens an admin session (delivery.go).
 	Trigger Trigger
@@ -71,4 +72,15 @@ func NewID(prefix string) string {
 		panic("keyport: no randomness: " + err.Error())
 	}
 	return prefix + "_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// link is where module PSKs are sealed and unsealed: Link, or Custody.
+func (s *Service) link() LinkCustody {
+	if s.Link != nil {
+		return s.Link
+	}
+	if s.Custody != nil {
+		return s.Custody
+	}
+	return nil
 }

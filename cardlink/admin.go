@@ -88,13 +88,16 @@ type AdminServer struct {
 	log *slog.Logger
 	tls *tlspsk.ServerConfig
 
+	decoyMu     sync.Mutex
+	decoyModule *keyport.AdminModule
+
 	// base is cancelled by Close: it ends long polls and requests in flight.
 	base   context.Context
 	cancel context.CancelFunc
 
 	// modules caches identity lookups: a module's ID and ISD AID never
 	// change once imported, and every handshake and new dialog needs
-	// them. The PSK itself is never cached.
+	// them. The PSK is cached only sealed, never in clear.
 	modules moduleCache
 
 	mu      sync.Mutex
@@ -165,11 +168,13 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 	defer cancel()
 	m, err := s.module(ctx, identity)
 	if errors.Is(err, keyport.ErrNotFound) {
-		// An unknown identity costs the HSM derivation a known one does, for
-		// a module that does not exist, so that the handshake's timing does
+		// An unknown identity costs the HSM unseal a known one does, for a
+		// module that does not exist, so that the handshake's timing does
 		// not tell which EIDs are registered (tlspsk then fails it with a
 		// dummy PSK, exactly as a wrong PSK fails).
-		_, _ = s.cfg.Service.AdminModulePSK(ctx, &decoyModule)
+		if d := s.decoy(ctx); d != nil {
+			_, _ = s.cfg.Service.AdminModulePSK(ctx, d)
+		}
 	}
 	if err != nil {
 		s.log.Warn("admin session refused", "identity", identity, "err", err)
@@ -183,10 +188,23 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 	return psk, nil
 }
 
-// decoyModule is what an unknown identity's handshake derives a PSK for: a
-// well-formed EID that no issuer assigns (all zeros before the check
-// digits, which make it valid) and the GP default ISD AID.
-var decoyModule = keyport.AdminModule{EID: "89000000000000000000000000000002", ISDAID: "A000000151000000"}
+// decoyEID is the module an unknown identity's handshake unseals a PSK for:
+// a well-formed EID that no issuer assigns (all zeros before the check
+// digits, which make it valid).
+const decoyEID keyport.EID = "89000000000000000000000000000002"
+
+// decoy returns the decoy module, with a PSK sealed for it on first use;
+// nil if that failed (the HSM is down: then no handshake costs anything).
+func (s *AdminServer) decoy(ctx context.Context) *keyport.AdminModule {
+	s.decoyMu.Lock()
+	defer s.decoyMu.Unlock()
+	if s.decoyModule == nil {
+		if sealed, err := s.cfg.Service.NewDecoyPSK(ctx, decoyEID); err == nil {
+			s.decoyModule = &keyport.AdminModule{EID: decoyEID, ISDAID: "A000000151000000", PSK: sealed}
+		}
+	}
+	return s.decoyModule
+}
 
 // module returns the module a PSK identity names, from the cache when it
 // was looked up lately. Unknown identities are not cached: a module

@@ -79,9 +79,7 @@ func newBenchWorld(b *testing.B, rounds int) *benchWorld {
 	bw.card = cannedCard{putKey: pk}
 	for m := range benchModules {
 		eid := fixture.EID(b, m)
-		if bw.psks[eid], err = fw.HSM.ModulePSK(context.Background(), eid, "A000000151000000"); err != nil {
-			b.Fatal(err)
-		}
+		bw.psks[eid] = fw.HandshakePSK(b, eid)
 	}
 	bw.link = cardlinktest.StartLink(b, fw.Svc, cardlinktest.LinkOptions{NoWorker: true})
 	return bw

@@ -354,14 +354,14 @@ func records(b []byte) (shape []string, last []byte) {
 	return shape, last
 }
 
-// derivations counts the module PSKs the HSM derives.
+// derivations counts the module PSKs the HSM unseals.
 type derivations struct {
 	keyport.LinkCustody
 	n atomic.Int64
 }
 
-func (d *derivations) ModulePSK(ctx context.Context, eid keyport.EID, isd keyport.AID) ([]byte, error) {
-	psk, err := d.LinkCustody.ModulePSK(ctx, eid, isd)
+func (d *derivations) ModulePSK(ctx context.Context, eid keyport.EID, sealed []byte) ([]byte, error) {
+	psk, err := d.LinkCustody.ModulePSK(ctx, eid, sealed)
 	if err == nil {
 		d.n.Add(1)
 	}

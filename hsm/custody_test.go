@@ -64,22 +64,68 @@ func keys(t testing.TB) (sp, mfr *rsa.PrivateKey) {
 	return rsaKeys.sp, rsaKeys.mfr
 }
 
-// derivedBatch opens a token with a derived batch "b1".
+// derivedBatch opens a token with a batch "b1" whose keys keyport generates.
 func derivedBatch(t testing.TB) *hsm.HSM {
 	t.Helper()
 	h := hsmtest.Open(t)
-	if err := h.CreateBatchMaster(ctx, "b1"); err != nil {
+	if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
 
+// generated holds, per token, batch and domain, the first keys the test
+// generated: what perso would have stored.
+var generated struct {
+	sync.Mutex
+	m map[string]keyport.KeyBlobs
+}
+
+// domainBlobs returns the domain's first-key blobs under the batch KEK,
+// generated on first use.
+func domainBlobs(t testing.TB, h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) keyport.KeyBlobs {
+	t.Helper()
+	generated.Lock()
+	defer generated.Unlock()
+	key := fmt.Sprintf("%p/%s/%s/%s", h, batch, eid, aid)
+	if b, ok := generated.m[key]; ok {
+		return b
+	}
+	gen, err := h.GenerateKeys(ctx, batch, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := keyport.KeyBlobs{}
+	for _, g := range gen {
+		b[g.Usage] = g.Wrapped
+	}
+	if generated.m == nil {
+		generated.m = map[string]keyport.KeyBlobs{}
+	}
+	generated.m[key] = b
+	return b
+}
+
+// firstRef names a generated first key of batch (domainBlobs).
+func firstRef(t testing.TB, h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID, u keyport.KeyUsage) keyport.KeyRef {
+	return keyport.FirstKey(batch, eid, aid, u, domainBlobs(t, h, batch, eid, aid)[u])
+}
+
+// isdRef names a generated ISD key (domainBlobs under the ISD KEK).
+func isdRef(t testing.TB, h *hsm.HSM, eid keyport.EID, isd keyport.AID, u keyport.KeyUsage) keyport.KeyRef {
+	return keyport.ISDKey(eid, isd, u, domainBlobs(t, h, "", eid, isd)[u])
+}
+
+// generatedRequest is the FirstKeysRequest of a generated domain of batch.
+func generatedRequest(t testing.TB, h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) keyport.FirstKeysRequest {
+	sp, _ := keys(t)
+	return keyport.FirstKeysRequest{Batch: batch, Source: keyport.KeyGenerated, EID: eid, AID: aid,
+		Wrapped: domainBlobs(t, h, batch, eid, aid), Recipient: &sp.PublicKey}
+}
+
 func firstKeys(t testing.TB, h *hsm.HSM, eid keyport.EID, aid keyport.AID) []keyport.WrappedKey {
 	t.Helper()
-	sp, _ := keys(t)
-	out, err := h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{
-		Batch: "b1", Source: keyport.KeyDerived, EID: eid, AID: aid, Recipient: &sp.PublicKey,
-	})
+	out, err := h.WrapFirstKeys(ctx, generatedRequest(t, h, "b1", eid, aid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +140,7 @@ func kcvs(ks []keyport.WrappedKey) []string {
 	return s
 }
 
-func TestDerivingTheSameDomainTwiceGivesTheSameKCVs(t *testing.T) {
+func TestWrappingTheSameDomainTwiceGivesTheSameKCVs(t *testing.T) {
 	h := derivedBatch(t)
 	a := firstKeys(t, h, testEID, testAID)
 	b := firstKeys(t, h, testEID, testAID)
@@ -111,9 +157,9 @@ func TestDerivingTheSameDomainTwiceGivesTheSameKCVs(t *testing.T) {
 	}
 }
 
-func TestDerivedKeysDifferByEIDAIDUsageAndBatch(t *testing.T) {
+func TestGeneratedKeysDifferByEIDAIDUsageAndBatch(t *testing.T) {
 	h := derivedBatch(t)
-	if err := h.CreateBatchMaster(ctx, "b2"); err != nil {
+	if err := h.CreateBatchKEK(ctx, "b2"); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]string{}
@@ -130,11 +176,18 @@ func TestDerivedKeysDifferByEIDAIDUsageAndBatch(t *testing.T) {
 	add("eid2/aid1", firstKeys(t, h, testEID2, testAID))
 	add("eid1/aid2", firstKeys(t, h, testEID, testAID2))
 	sp, _ := keys(t)
-	other, err := h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b2", Source: keyport.KeyDerived, EID: testEID, AID: testAID, Recipient: &sp.PublicKey})
+	other, err := h.WrapFirstKeys(ctx, generatedRequest(t, h, "b2", testEID, testAID))
 	if err != nil {
 		t.Fatal(err)
 	}
 	add("batch2", other)
+	// A blob of b1 does not unwrap under b2's KEK.
+	req := generatedRequest(t, h, "b2", testEID, testAID)
+	req.Wrapped = domainBlobs(t, h, "b1", testEID, testAID)
+	req.Recipient = &sp.PublicKey
+	if _, err := h.WrapFirstKeys(ctx, req); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("b1's blobs under b2's KEK: err = %v, want ErrInvalid", err)
+	}
 }
 
 // goKCV is the KCV of a clear key computed in software (gp.KCV), upper-case
@@ -168,10 +221,10 @@ func TestWrappedFirstKeysUnwrapInGoAndMatchTheirKCVs(t *testing.T) {
 	}
 }
 
-func TestDerivationFollowsTheDocumentedFormat(t *testing.T) {
-	h := hsmtest.Open(t)
-	master := bytes.Repeat([]byte{0x5a}, 32)
-	// A master with a known value, so that the derivation can be recomputed in Go.
+// legacyMaster creates an old token's master key labelled label with a known
+// value, as keyport made them before keys were wrapped at rest.
+func legacyMaster(t testing.TB, h *hsm.HSM, label string, value []byte) {
+	t.Helper()
 	err := h.RawForTest(ctx, func(p hsm.P11, sh pkcs11.SessionHandle) error {
 		_, err := p.CreateObject(sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -181,28 +234,107 @@ func TestDerivationFollowsTheDocumentedFormat(t *testing.T) {
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, hsm.BatchMasterLabel("b1")),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, master),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
 		})
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, _ := keys(t)
-	ks := firstKeys(t, h, testEID, keyport.AID(strings.ToLower(string(testAID))))
+}
+
+// documented is the old derivation recomputed in Go (hsm.DerivationData).
+func documented(master []byte, eid keyport.EID, aid keyport.AID, u keyport.KeyUsage) []byte {
 	block, _ := aes.NewCipher(master)
+	sum := sha256.Sum256([]byte("keyport/v1" + string(eid) + strings.ToUpper(string(aid)) + string(u)))
+	want := make([]byte, 16)
+	block.Encrypt(want, sum[:16])
+	return want
+}
+
+func TestTheMigrationRewrapsTheKeysTheOldMastersDerivedAndThenDestroysThem(t *testing.T) {
+	h := hsmtest.Open(t)
+	master, isdMaster := bytes.Repeat([]byte{0x5a}, 32), bytes.Repeat([]byte{0x3c}, 32)
+	legacyMaster(t, h, hsm.BatchMasterLabel("b1"), master)
+	legacyMaster(t, h, hsm.LabelISDMaster, isdMaster)
+	l, err := h.LegacyKeys(ctx)
+	if err != nil || !l.ISDMaster || strings.Join(l.Masters, ",") != "b1" || len(l.Transport) != 0 {
+		t.Fatalf("LegacyKeys = %+v, %v", l, err)
+	}
+
+	// First keys: derived once, wrapped under the (new) batch KEK; the claim
+	// then hands out exactly the documented keys.
+	lower := keyport.AID(strings.ToLower(string(testAID)))
+	blobs := keyport.KeyBlobs{}
+	for _, u := range keyport.Usages {
+		blob, kcv, err := h.RewrapLegacy(ctx, keyport.KeyRef{Batch: "b1", EID: testEID, AID: lower, Usage: u, Source: keyport.KeyDerived})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := goKCV(t, documented(master, testEID, testAID, u)); kcv != want {
+			t.Fatalf("%s: KCV %s, the documented derivation gives %s", u, kcv, want)
+		}
+		blobs[u] = blob
+	}
+	sp, _ := keys(t)
+	ks, err := h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b1", Source: keyport.KeyGenerated, EID: testEID, AID: testAID,
+		Wrapped: blobs, Recipient: &sp.PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, k := range ks {
-		sum := sha256.Sum256([]byte("keyport/v1" + string(testEID) + string(testAID) + string(k.Usage)))
-		want := make([]byte, 16)
-		block.Encrypt(want, sum[:16])
 		got, err := keywrap.UnwrapRSAAES(sp, k.Wrapped, crypto.SHA1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("%s: HSM derived %x, the documented format gives %x", k.Usage, got, want)
+		if want := documented(master, testEID, testAID, k.Usage); !bytes.Equal(got, want) {
+			t.Fatalf("%s: the migrated key is %x, the documented derivation gives %x", k.Usage, got, want)
 		}
+	}
+
+	// ISD keys go under the ISD KEK, and the PSK is sealed with the value
+	// the old token derived.
+	isdBlob, isdKCV, err := h.RewrapLegacy(ctx, keyport.KeyRef{EID: testEID, AID: "A000000151000000", Usage: keyport.UsageMAC, Source: keyport.KeyDerived})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.KeyKCV(ctx, keyport.ISDKey(testEID, "A000000151000000", keyport.UsageMAC, isdBlob)); err != nil || got != isdKCV {
+		t.Fatalf("the rewrapped ISD key: KCV %s (%v), want %s", got, err, isdKCV)
+	}
+	sealed, err := h.LegacyPSK(ctx, testEID, "A000000151000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	psk, err := h.ModulePSK(ctx, testEID, sealed)
+	if want := documented(isdMaster, testEID, "A000000151000000", hsm.UsagePSK); err != nil || !bytes.Equal(psk, want) {
+		t.Fatalf("migrated PSK %x (%v), the old token derived %x", psk, err, want)
+	}
+
+	destroyed, err := h.DestroyLegacyKeys(ctx)
+	if err != nil || strings.Join(destroyed, ",") != hsm.LabelISDMaster+","+hsm.BatchMasterLabel("b1") {
+		t.Fatalf("destroyed %v, %v", destroyed, err)
+	}
+	if l, err := h.LegacyKeys(ctx); err != nil || !l.Empty() {
+		t.Fatalf("after the migration LegacyKeys = %+v, %v", l, err)
+	}
+	if _, _, err := h.RewrapLegacy(ctx, keyport.KeyRef{Batch: "b1", EID: testEID, AID: testAID, Usage: keyport.UsageENC, Source: keyport.KeyDerived}); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("deriving after the masters are gone: %v, want ErrNotFound", err)
+	}
+	// The migrated blobs still serve.
+	if _, err := h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b1", Source: keyport.KeyGenerated, EID: testEID, AID: testAID,
+		Wrapped: blobs, Recipient: &sp.PublicKey}); err != nil {
+		t.Fatal(err)
+	}
+	// And nothing derived is accepted any more.
+	if _, err := h.SCP03CMAC(ctx, keyport.KeyRef{Batch: "b1", EID: testEID, AID: testAID, Usage: keyport.UsageMAC, Source: keyport.KeyDerived}, []byte("x")); !errors.Is(err, keyport.ErrUnavailable) {
+		t.Fatalf("a derived key ref: %v, want ErrUnavailable (migrate first)", err)
 	}
 }
 
@@ -238,7 +370,7 @@ func TestImportedKeysUnwrapInsideTheHSMAndReachTheProvider(t *testing.T) {
 	tkey, _ := transport(t, h)
 	sp, _ := keys(t)
 	req := keyport.FirstKeysRequest{Batch: "imp", Source: keyport.KeyImported, EID: testEID, AID: testAID,
-		Recipient: &sp.PublicKey, Imported: map[keyport.KeyUsage][]byte{}}
+		Recipient: &sp.PublicKey, Wrapped: map[keyport.KeyUsage][]byte{}}
 	clear := map[keyport.KeyUsage][]byte{}
 	for i, u := range keyport.Usages {
 		k := make([]byte, []int{16, 24, 32}[i]) // AES-128, -192, -256
@@ -248,7 +380,7 @@ func TestImportedKeysUnwrapInsideTheHSMAndReachTheProvider(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Imported[u] = blob
+		req.Wrapped[u] = blob
 		kcv, err := h.ImportedKCV(ctx, "imp", blob)
 		if err != nil {
 			t.Fatal(err)
@@ -319,8 +451,8 @@ func TestOpenSSLUnwrapsWhatTheHSMWraps(t *testing.T) {
 
 func TestCreatingAKeyWhoseLabelExistsIsAConflict(t *testing.T) {
 	h := derivedBatch(t)
-	if err := h.CreateBatchMaster(ctx, "b1"); !errors.Is(err, keyport.ErrConflict) {
-		t.Fatalf("second batch master: err = %v, want ErrConflict", err)
+	if err := h.CreateBatchKEK(ctx, "b1"); !errors.Is(err, keyport.ErrConflict) {
+		t.Fatalf("second batch KEK: err = %v, want ErrConflict", err)
 	}
 	_, mfr := keys(t)
 	if _, _, err := h.CreateTransportKey(ctx, "imp", &mfr.PublicKey); err != nil {
@@ -352,7 +484,7 @@ func TestInitKeepsExistingKeysAndCreatesOnlyMissingOnes(t *testing.T) {
 	}
 }
 
-func TestFirstInitCreatesReceiptAuditAndISDMasterKeys(t *testing.T) {
+func TestFirstInitCreatesReceiptAuditISDKEKAndSealKeys(t *testing.T) {
 	tok := hsmtest.NewToken(t)
 	h, err := hsm.Open(ctx, hsm.Config{URI: tok.URI})
 	if err != nil {
@@ -363,7 +495,7 @@ func TestFirstInitCreatesReceiptAuditAndISDMasterKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{hsm.LabelReceipt, hsm.LabelAudit, hsm.LabelISDMaster}
+	want := []string{hsm.LabelReceipt, hsm.LabelAudit, hsm.LabelISDKEK, hsm.LabelSealEnc, hsm.LabelSealMAC}
 	if strings.Join(created, " ") != strings.Join(want, " ") {
 		t.Fatalf("created %v, want %v", created, want)
 	}
@@ -417,7 +549,8 @@ func boolAttrs(t *testing.T, h *hsm.HSM, label string) []map[uint]bool {
 func TestEveryLongLivedKeyIsSensitiveAndNotExtractable(t *testing.T) {
 	h := derivedBatch(t)
 	transport(t, h)
-	for _, label := range []string{hsm.LabelReceipt, hsm.LabelAudit, hsm.LabelISDMaster, hsm.BatchMasterLabel("b1"), hsm.TransportLabel("imp")} {
+	for _, label := range []string{hsm.LabelReceipt, hsm.LabelAudit, hsm.LabelISDKEK, hsm.BatchKEKLabel("b1"), hsm.TransportLabel("imp"),
+		hsm.LabelSealEnc, hsm.LabelSealMAC} {
 		objs := boolAttrs(t, h, label)
 		if len(objs) != 1 {
 			t.Fatalf("%s: %d secret/private objects, want 1", label, len(objs))
@@ -448,7 +581,7 @@ func TestPkcs11ToolListsTheTransportKeyAsSensitiveAndNotExtractable(t *testing.T
 	if _, err := h.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.CreateBatchMaster(ctx, "b1"); err != nil {
+	if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
 		t.Fatal(err)
 	}
 	transport(t, h)
@@ -460,7 +593,7 @@ func TestPkcs11ToolListsTheTransportKeyAsSensitiveAndNotExtractable(t *testing.T
 		t.Fatalf("pkcs11-tool: %v\n%s", err, out)
 	}
 	blocks := objectBlocks(string(out))
-	for _, label := range []string{hsm.TransportLabel("imp"), hsm.BatchMasterLabel("b1"), hsm.LabelISDMaster, hsm.LabelAudit} {
+	for _, label := range []string{hsm.TransportLabel("imp"), hsm.BatchKEKLabel("b1"), hsm.LabelISDKEK, hsm.LabelAudit, hsm.LabelSealEnc, hsm.LabelSealMAC} {
 		b, ok := blocks[label]
 		if !ok {
 			t.Fatalf("pkcs11-tool does not list %s:\n%s", label, out)
@@ -469,7 +602,9 @@ func TestPkcs11ToolListsTheTransportKeyAsSensitiveAndNotExtractable(t *testing.T
 		if !strings.Contains(access, "sensitive") || strings.Contains(strings.ReplaceAll(access, "never extractable", ""), "extractable") {
 			t.Fatalf("%s: %q", label, access)
 		}
-		wantUsage := map[string]string{hsm.TransportLabel("imp"): "encrypt, unwrap", hsm.BatchMasterLabel("b1"): "derive", hsm.LabelISDMaster: "derive"}
+		wantUsage := map[string]string{hsm.TransportLabel("imp"): "unwrap", hsm.BatchKEKLabel("b1"): "wrap, unwrap", hsm.LabelISDKEK: "wrap, unwrap",
+			// pkcs11-tool names no usage of a secret key that can only sign.
+			hsm.LabelSealEnc: "encrypt", hsm.LabelSealMAC: "none"}
 		if u, ok := wantUsage[label]; ok && lineWith(b, "Usage:") != "Usage:      "+u {
 			t.Fatalf("%s: %q, want only %s", label, lineWith(b, "Usage:"), u)
 		}
@@ -591,7 +726,9 @@ func TestSigningWithoutInitFailsWithNotFound(t *testing.T) {
 func TestWrapFirstKeysRefusesAShortRecipientKey(t *testing.T) {
 	h := derivedBatch(t)
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
-	_, err := h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b1", Source: keyport.KeyDerived, EID: testEID, AID: testAID, Recipient: &small.PublicKey})
+	req := generatedRequest(t, h, "b1", testEID, testAID)
+	req.Recipient = &small.PublicKey
+	_, err := h.WrapFirstKeys(ctx, req)
 	if !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("err = %v, want ErrInvalid", err)
 	}
@@ -607,11 +744,13 @@ func TestSHA256OAEPIsRefusedBySoftHSMWithAClearError(t *testing.T) {
 	if h.OAEPHash() != keyport.OAEPSHA256 {
 		t.Fatal("OAEPHash not kept")
 	}
-	if err := h.CreateBatchMaster(ctx, "b1"); err != nil {
+	if _, err := h.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sp, _ := keys(t)
-	_, err = h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b1", Source: keyport.KeyDerived, EID: testEID, AID: testAID, Recipient: &sp.PublicKey})
+	if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.WrapFirstKeys(ctx, generatedRequest(t, h, "b1", testEID, testAID))
 	if err == nil || !strings.Contains(err.Error(), "RSA-OAEP-sha256") || errors.Is(err, keyport.ErrUnavailable) {
 		t.Fatalf("err = %v", err)
 	}

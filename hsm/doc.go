@@ -9,11 +9,15 @@
 //
 // Keys (DESIGN.md, "Key hierarchy"): long-lived keys are token objects,
 // private, sensitive and never extractable, each with a unique CKA_LABEL and a
-// CKA_ID (keys.go). A domain's first keys exist only as session objects for
-// the length of one call: derived from the batch master (derive.go) or
-// unwrapped from the manufacturer's KWP blob under the batch transport key,
-// then wrapped to the provider with RSA-OAEP ‖ AES-KWP (wrap.go). Package
-// keywrap holds the pure-Go other side of those wraps.
+// CKA_ID (keys.go). Card keys are generated in the HSM (perso.go) and kept
+// in the database as KWP blobs under key-encryption keys whose unwrap
+// template the token enforces; they exist in the HSM only as sensitive
+// session objects for the length of one call: unwrapped from their blob
+// (under the batch KEK, the ISD KEK, or the manufacturer's under the batch
+// transport key), then CMACed, encrypted under a DEK, or wrapped to the
+// provider with RSA-OAEP ‖ AES-KWP (wrap.go). Module TLS-PSKs are sealed
+// (psk.go, seal.go). Tokens made with derive-capable masters are migrated by
+// legacy.go. Package keywrap holds the pure-Go other side of those wraps.
 package hsm
 
 import "github.com/keyport/keyport"

@@ -23,3 +23,12 @@ func (h *HSM) CloseAllSessionsForTest() error { return h.p.CloseAllSessions(h.sl
 func (h *HSM) RawForTest(ctx context.Context, fn func(p P11, sh pkcs11.SessionHandle) error) error {
 	return h.do(ctx, "test", func(s *session) error { return fn(h.p, s.h) })
 }
+
+func AttributeArrayForTest(a []*pkcs11.Attribute) ([]byte, func()) { return attributeArray(a) }
+func MechanismListForTest(m ...uint) []byte                        { return mechanismList(m...) }
+
+// DerivationMechanismForTest is CKM_AES_ECB_ENCRYPT_DATA over data, with its
+// parameter in C memory until free.
+func DerivationMechanismForTest(data []byte) ([]*pkcs11.Mechanism, func()) {
+	return derivationMechanism(data)
+}

@@ -20,12 +20,14 @@ const (
 	LabelReceipt = "keyport/receipt"
 	// LabelAudit: 32-byte generic secret for HMAC-SHA256 audit checkpoints.
 	LabelAudit = "keyport/audit"
-	// LabelISDMaster: AES-256 key that derives every module's ISD keys.
-	LabelISDMaster = "keyport/isd-master"
+	// LabelISDKEK: AES-256 key-encryption key that keeps every module's
+	// generated ISD keys at rest.
+	LabelISDKEK = "keyport/isd-kek"
 )
 
-// BatchMasterLabel is the label of a derived batch's AES-256 master key.
-func BatchMasterLabel(batch string) string { return "keyport/batch/" + batch + "/master" }
+// BatchKEKLabel is the label of the AES-256 key-encryption key that keeps a
+// batch's generated first keys at rest.
+func BatchKEKLabel(batch string) string { return "keyport/batch/" + batch + "/kek" }
 
 // TransportLabel is the label of an imported batch's AES-256 transport key.
 func TransportLabel(batch string) string { return "keyport/batch/" + batch + "/transport" }
@@ -167,8 +169,91 @@ func aesKey(label string, on ...uint) []*pkcs11.Attribute {
 	return append(t, usage(pkcs11.CKO_SECRET_KEY, on...)...)
 }
 
-// masterKey is the template of a master key: it can only derive.
-func masterKey(label string) []*pkcs11.Attribute { return aesKey(label, pkcs11.CKA_DERIVE) }
+// Key policy the token enforces (DESIGN.md, "Key hierarchy"; measured on
+// SoftHSM 2.6.1, see kekPolicy's test). A key-encryption key can only wrap
+// and unwrap, with AES-KWP alone (CKA_ALLOWED_MECHANISMS), and carries a
+// CKA_UNWRAP_TEMPLATE that every key unwrapped under it must match: a
+// sensitive AES session object that can neither decrypt, unwrap nor derive.
+// So a PIN holder who unwraps a stored blob gets a key whose value the token
+// will not show, and that cannot be turned into a tool to read another key
+// (wrap under it, then decrypt or unwrap as non-sensitive). A caller's
+// template that leaves out or contradicts any of these is refused.
+
+// kekPolicy is the unwrap template of a KEK. extractable, when not nil, is
+// forced too: false for the ISD KEK, whose keys never leave the HSM again
+// after perso; the batch KEKs leave it open, because a claim wraps the
+// first keys to the provider.
+func kekPolicy(extractable *bool) []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+	}
+	if extractable != nil {
+		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, *extractable))
+	}
+	return t
+}
+
+// unwrapTarget is the template keyport itself unwraps a card key with: the
+// policy's attributes, whether the copy may be wrapped again, and the usages
+// in on (which must not include decrypt, unwrap or derive).
+func unwrapTarget(extractable bool, on ...uint) []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
+	}
+	return append(t, usage(pkcs11.CKO_SECRET_KEY, on...)...)
+}
+
+var (
+	isdKEK   = false
+	kwpOnly  = []uint{pkcs11.CKM_AES_KEY_WRAP_PAD}
+	kekUsage = []uint{pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP}
+)
+
+// createKEK generates the token KEK labelled label with kekPolicy(extractable).
+func (h *HSM) createKEK(s *session, label string, extractable *bool) error {
+	policy, free := attributeArray(kekPolicy(extractable))
+	defer free()
+	return h.generateAES(s, append(aesKey(label, kekUsage...),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, policy),
+		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(kwpOnly...))))
+}
+
+// kekLabel returns the label of the key that unwraps ref's blob: the ISD KEK
+// for an ISD key, the batch KEK for a generated first key, the transport key
+// for an imported one.
+func kekLabel(ref keyport.KeyRef) (string, error) {
+	if ref.EID == "" || ref.AID == "" || ref.Usage == "" {
+		return "", keyport.Invalid("key", "a key reference needs EID, AID and usage")
+	}
+	if ref.Source == keyport.KeyDerived || len(ref.Wrapped) == 0 {
+		return "", fmt.Errorf("%s has no wrapped key (stored before keys were wrapped at rest): run `keyport hsm init` to migrate: %w",
+			ref, keyport.ErrUnavailable)
+	}
+	if ref.Batch == "" {
+		return LabelISDKEK, nil
+	}
+	if err := checkBatch(ref.Batch); err != nil {
+		return "", err
+	}
+	switch ref.Source {
+	case keyport.KeyGenerated:
+		return BatchKEKLabel(ref.Batch), nil
+	case keyport.KeyImported:
+		return TransportLabel(ref.Batch), nil
+	}
+	return "", keyport.Invalid("source", "unknown key source %q", ref.Source)
+}
 
 // createKey creates the key labelled label with create, refusing an existing
 // label with keyport.ErrConflict. Creation is serialized in this process;
@@ -185,16 +270,17 @@ func (h *HSM) createKey(ctx context.Context, op, label string, create func(*sess
 	})
 }
 
-// CreateBatchMaster creates the AES-256 master key of a derived batch
-// (label BatchMasterLabel(batch)), which can only derive. It fails with
-// keyport.ErrConflict if the batch already has one.
-func (h *HSM) CreateBatchMaster(ctx context.Context, batch string) error {
+// CreateBatchKEK creates the batch's key-encryption key (label
+// BatchKEKLabel(batch)): AES-256, never extractable, wrap and unwrap with
+// AES-KWP only, under kekPolicy. It fails with keyport.ErrConflict if the
+// batch already has one.
+func (h *HSM) CreateBatchKEK(ctx context.Context, batch string) error {
 	if err := checkBatch(batch); err != nil {
-		return fmt.Errorf("hsm: create batch master: %w", err)
+		return fmt.Errorf("hsm: create batch KEK: %w", err)
 	}
-	label := BatchMasterLabel(batch)
-	return h.createKey(ctx, "create batch master "+batch, label, func(s *session) error {
-		return h.generateAES(s, masterKey(label))
+	label := BatchKEKLabel(batch)
+	return h.createKey(ctx, "create batch KEK "+batch, label, func(s *session) error {
+		return h.createKEK(s, label, nil)
 	})
 }
 
@@ -211,9 +297,10 @@ func (h *HSM) generateAES(s *session, tmpl []*pkcs11.Attribute) error {
 var p256OID = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
 
 // Init creates keyport's token-wide keys that do not exist yet: the receipt
-// signing key pair (LabelReceipt), the audit MAC key (LabelAudit) and the ISD
-// master key (LabelISDMaster). Existing keys are kept. It returns the labels
-// of the keys it created.
+// signing key pair (LabelReceipt), the audit MAC key (LabelAudit), the ISD
+// KEK (LabelISDKEK) and the two keys that seal small secrets (TOTP seeds,
+// module PSKs). Existing keys are kept. It returns the labels of the keys it
+// created.
 func (h *HSM) Init(ctx context.Context) (created []string, err error) {
 	steps := []struct {
 		label  string
@@ -228,13 +315,16 @@ func (h *HSM) Init(ctx context.Context) (created []string, err error) {
 					pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 					// SoftHSM requires ≥ 32 bytes for CKM_SHA256_HMAC (RFC 2104 §3: ≥ L).
 					pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+					pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(pkcs11.CKM_SHA256_HMAC)),
 				}, slices.Concat(longLived(LabelAudit), usage(pkcs11.CKO_SECRET_KEY, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY))...))
 			if err != nil {
 				return fmt.Errorf("C_GenerateKey: %w", err)
 			}
 			return nil
 		}},
-		{LabelISDMaster, func(s *session) error { return h.generateAES(s, masterKey(LabelISDMaster)) }},
+		{LabelISDKEK, func(s *session) error { return h.createKEK(s, LabelISDKEK, &isdKEK) }},
+		{LabelSealEnc, func(s *session) error { return h.generateSealKey(s, LabelSealEnc) }},
+		{LabelSealMAC, func(s *session) error { return h.generateSealKey(s, LabelSealMAC) }},
 	}
 	for _, st := range steps {
 		err := h.createKey(ctx, "init "+st.label, st.label, st.create)
@@ -262,6 +352,7 @@ func (h *HSM) generateReceiptKey(s *session) error {
 	priv := append([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(pkcs11.CKM_ECDSA)),
 	}, slices.Concat(longLived(LabelReceipt), usage(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKA_SIGN))...)
 	_, _, err := h.p.GenerateKeyPair(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)

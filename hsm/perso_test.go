@@ -85,11 +85,11 @@ func cmac(t *testing.T, key, msg []byte) []byte {
 	return x
 }
 
-func TestSCP03CMACUsesTheDerivedFirstKey(t *testing.T) {
+func TestSCP03CMACUsesTheStoredFirstKey(t *testing.T) {
 	h := derivedBatch(t)
 	clear := clearFirstKeys(t, h, testEID, testAID)
 	for _, msg := range [][]byte{nil, []byte("0123456789abcdef"), bytes.Repeat([]byte{7}, 40)} {
-		got, err := h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+		got, err := h.SCP03CMAC(ctx, firstRef(t, h, "b1", testEID, testAID, keyport.UsageMAC), msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +111,7 @@ func TestSCP03CMACUnwrapsAnImportedFirstKeyUnderTheTransportKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &keyport.Domain{EID: testEID, AID: testAID, KeySource: keyport.KeyImported,
-		Imported: map[keyport.KeyUsage][]byte{keyport.UsageMAC: blob}}
+		Wrapped: map[keyport.KeyUsage][]byte{keyport.UsageMAC: blob}}
 	msg := []byte("0123456789abcdef0123")
 	got, err := h.SCP03CMAC(ctx, keyport.DomainKey("imp", d, keyport.UsageMAC), msg)
 	if err != nil {
@@ -121,7 +121,7 @@ func TestSCP03CMACUnwrapsAnImportedFirstKeyUnderTheTransportKey(t *testing.T) {
 		t.Fatalf("HSM %x, Go %x", got, want)
 	}
 	other, _ := keywrap.WrapKWP(bytes.Repeat([]byte{7}, 32), clear)
-	d.Imported[keyport.UsageMAC] = other
+	d.Wrapped[keyport.UsageMAC] = other
 	if _, err := h.SCP03CMAC(ctx, keyport.DomainKey("imp", d, keyport.UsageMAC), msg); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("blob under another key: %v, want ErrInvalid", err)
 	}
@@ -131,8 +131,8 @@ func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
 	h := derivedBatch(t)
 	dekDomain := clearFirstKeys(t, h, testEID, testAID)
 	target := clearFirstKeys(t, h, testEID, testAID2)
-	ct, kcv, err := h.EncryptUnderKey(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageDEK),
-		keyport.FirstKey("b1", testEID, testAID2, keyport.UsageENC))
+	ct, kcv, err := h.EncryptUnderKey(ctx, firstRef(t, h, "b1", testEID, testAID, keyport.UsageDEK),
+		firstRef(t, h, "b1", testEID, testAID2, keyport.UsageENC))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,58 +147,75 @@ func TestEncryptUnderKeyIsAESCBCWithAZeroIVUnderTheDEK(t *testing.T) {
 	}
 }
 
-func TestISDKeysComeFromTheISDMasterAndDifferFromFirstKeys(t *testing.T) {
+func TestISDKeysAreKeptUnderTheISDKEKAndNotUnderABatchKEK(t *testing.T) {
 	h := derivedBatch(t)
 	msg := []byte("host challenge")
-	isd1, err := h.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
+	isd1, err := h.SCP03CMAC(ctx, isdRef(t, h, testEID, testAID, keyport.UsageMAC), msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	isd2, _ := h.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
-	ssd, _ := h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), msg)
+	isd2, _ := h.SCP03CMAC(ctx, isdRef(t, h, testEID, testAID, keyport.UsageMAC), msg)
+	ssd, _ := h.SCP03CMAC(ctx, firstRef(t, h, "b1", testEID, testAID, keyport.UsageMAC), msg)
 	if !bytes.Equal(isd1, isd2) || bytes.Equal(isd1, ssd) {
 		t.Fatalf("ISD %x %x, SSD %x", isd1, isd2, ssd)
 	}
+	// An ISD blob named as a first key of b1 is unwrapped under b1's KEK,
+	// which did not wrap it.
+	wrong := isdRef(t, h, testEID, testAID, keyport.UsageMAC)
+	wrong.Batch = "b1"
+	if _, err := h.SCP03CMAC(ctx, wrong, msg); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("ISD blob under the batch KEK: %v, want ErrInvalid", err)
+	}
 	other := hsmtest.Open(t)
-	isdOther, _ := other.SCP03CMAC(ctx, keyport.ISDKey(testEID, testAID, keyport.UsageMAC), msg)
-	if bytes.Equal(isd1, isdOther) {
-		t.Fatal("two tokens' ISD masters give the same key")
+	if _, err := other.SCP03CMAC(ctx, isdRef(t, h, testEID, testAID, keyport.UsageMAC), msg); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("another token's ISD KEK unwrapped the blob: %v", err)
 	}
 }
 
-func TestEncryptUnderClearKeyIsAESCBCUnderTheGivenDEK(t *testing.T) {
+func TestGenerateKeysEncryptsEachKeyUnderTheClearDEKAndWrapsItUnderTheKEK(t *testing.T) {
 	h := derivedBatch(t)
-	target := clearFirstKeys(t, h, testEID, testAID)
-	ct, kcv, err := h.EncryptUnderClearKey(ctx, keyport.GPTestKey, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC))
+	gen, err := h.GenerateKeys(ctx, "", keyport.GPTestKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := aes.NewCipher(keyport.GPTestKey)
-	plain := make([]byte, len(ct))
-	cipher.NewCBCDecrypter(b, make([]byte, 16)).CryptBlocks(plain, ct)
-	if !bytes.Equal(plain, target[keyport.UsageMAC]) {
-		t.Fatalf("decrypts to %x, want the target key", plain)
+	seen := map[string]bool{}
+	for i, g := range gen {
+		if g.Usage != keyport.Usages[i] || len(g.Wrapped) != 24 || len(g.UnderDEK) != 16 {
+			t.Fatalf("key %d: %s, %d-byte blob, %d-byte ciphertext", i, g.Usage, len(g.Wrapped), len(g.UnderDEK))
+		}
+		plain := make([]byte, 16)
+		cipher.NewCBCDecrypter(b, make([]byte, 16)).CryptBlocks(plain, g.UnderDEK)
+		if goKCV(t, plain) != g.KCV || seen[g.KCV] {
+			t.Fatalf("%s: the key under the DEK has KCV %s, GenerateKeys said %s (or repeated)", g.Usage, goKCV(t, plain), g.KCV)
+		}
+		seen[g.KCV] = true
+		if kcv, err := h.KeyKCV(ctx, keyport.ISDKey(testEID, testAID, g.Usage, g.Wrapped)); err != nil || kcv != g.KCV {
+			t.Fatalf("%s: the stored blob has KCV %s (%v), want %s", g.Usage, kcv, err, g.KCV)
+		}
 	}
-	if kcv != goKCV(t, target[keyport.UsageMAC]) {
-		t.Fatalf("KCV %s", kcv)
-	}
-	if _, _, err := h.EncryptUnderClearKey(ctx, []byte("short"), keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC)); !errors.Is(err, keyport.ErrInvalid) {
+	if _, err := h.GenerateKeys(ctx, "", []byte("short")); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("5-byte DEK: %v, want ErrInvalid", err)
+	}
+	if _, err := h.GenerateKeys(ctx, "nobatch", nil); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("a batch without KEK: %v, want ErrNotFound", err)
 	}
 }
 
-func TestDerivedKCVIsTheKCVTheClaimHandsOut(t *testing.T) {
+func TestKeyKCVIsTheKCVTheClaimHandsOut(t *testing.T) {
 	h := derivedBatch(t)
 	for _, k := range firstKeys(t, h, testEID, testAID) {
-		got, err := h.DerivedKCV(ctx, keyport.FirstKey("b1", testEID, testAID, k.Usage))
+		got, err := h.KeyKCV(ctx, firstRef(t, h, "b1", testEID, testAID, k.Usage))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got != k.KCV {
-			t.Errorf("%s: DerivedKCV %s, WrapFirstKeys %s", k.Usage, got, k.KCV)
+			t.Errorf("%s: KeyKCV %s, WrapFirstKeys %s", k.Usage, got, k.KCV)
 		}
 	}
-	if _, err := h.DerivedKCV(ctx, keyport.FirstKey("nobatch", testEID, testAID, keyport.UsageENC)); !errors.Is(err, keyport.ErrNotFound) {
+	ref := firstRef(t, h, "b1", testEID, testAID, keyport.UsageENC)
+	ref.Batch = "nobatch"
+	if _, err := h.KeyKCV(ctx, ref); !errors.Is(err, keyport.ErrNotFound) {
 		t.Fatalf("unknown batch: %v, want ErrNotFound", err)
 	}
 }

@@ -134,7 +134,7 @@ func TestOperationsRecoverAfterAllSessionsWereClosedBehindThePool(t *testing.T) 
 	if _, err := h.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.CreateBatchMaster(ctx, "b1"); err != nil {
+	if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
 		t.Fatal(err)
 	}
 	firstKeys(t, h, testEID, testAID) // fills the pool and the handle caches
@@ -207,7 +207,8 @@ func TestAnOperationWhoseSessionBreaksIsRetriedOnceOnAFreshSession(t *testing.T)
 
 func TestConcurrentOperationsShareThePoolWithoutCrashing(t *testing.T) {
 	h := derivedBatch(t)
-	sp, _ := keys(t)
+	req := generatedRequest(t, h, "b1", testEID, testAID)
+	macRef := firstRef(t, h, "b1", testEID, testAID, keyport.UsageMAC)
 	var wg sync.WaitGroup
 	errs := make(chan error, 32*20)
 	for g := range 32 {
@@ -220,13 +221,12 @@ func TestConcurrentOperationsShareThePoolWithoutCrashing(t *testing.T) {
 				case 1:
 					_, err = h.AuditMAC(ctx, []byte("x"))
 				case 2:
-					_, err = h.SCP03CMAC(ctx, keyport.FirstKey("b1", testEID, testAID, keyport.UsageMAC), []byte("x"))
+					_, err = h.SCP03CMAC(ctx, macRef, []byte("x"))
 				case 3:
 					err = h.Health(ctx)
 				case 4:
 					if i%4 == 0 {
-						_, err = h.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "b1", Source: keyport.KeyDerived,
-							EID: testEID, AID: testAID, Recipient: &sp.PublicKey})
+						_, err = h.WrapFirstKeys(ctx, req)
 					} else {
 						_, _, err = h.ReceiptKey(ctx)
 					}

@@ -3,43 +3,51 @@ package hsm_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/hsm/hsmtest"
 )
 
-func TestModulePSKIsSixteenBytesAndTheSameOnEveryDerivation(t *testing.T) {
+func TestAModulePSKIsSixteenRandomBytesSealedToItsModule(t *testing.T) {
 	h := hsmtest.Open(t)
 	ctx := context.Background()
-	eid := keyport.EID("89049032123451234512345678901235")
-	a, err := h.ModulePSK(ctx, eid, "A000000151000000")
+	const eid, other keyport.EID = "89049032123451234512345678901235", "89882119900000000000000000001654"
+	sealed, err := h.NewModulePSK(ctx, eid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := h.ModulePSK(ctx, eid, "A000000151000000")
-	if err != nil {
-		t.Fatal(err)
+	a, err := h.ModulePSK(ctx, eid, sealed)
+	if err != nil || len(a) != 16 {
+		t.Fatalf("PSK %x, %v", a, err)
 	}
-	if len(a) != 16 || !bytes.Equal(a, b) {
-		t.Fatalf("PSK %d bytes, stable=%v", len(a), bytes.Equal(a, b))
+	b, err := h.ModulePSK(ctx, eid, sealed)
+	if err != nil || !bytes.Equal(a, b) {
+		t.Fatalf("two unseals differ: %x %x (%v)", a, b, err)
 	}
-}
-
-func TestModulePSKDiffersPerModuleAndPerISD(t *testing.T) {
-	h := hsmtest.Open(t)
-	ctx := context.Background()
-	a, _ := h.ModulePSK(ctx, "89049032123451234512345678901235", "A000000151000000")
-	b, _ := h.ModulePSK(ctx, "89882119900000000000000000001654", "A000000151000000")
-	c, _ := h.ModulePSK(ctx, "89049032123451234512345678901235", "A000000003000000")
-	if a == nil || bytes.Equal(a, b) || bytes.Equal(a, c) {
-		t.Fatal("two modules or two ISDs share a PSK")
+	if bytes.Contains(sealed, a) {
+		t.Fatal("the sealed value contains the PSK")
 	}
-}
-
-func TestModulePSKRefusesAnIncompleteModuleReference(t *testing.T) {
-	h := hsmtest.Open(t)
-	if _, err := h.ModulePSK(context.Background(), "", "A000000151000000"); err == nil {
-		t.Fatal("PSK derived without an EID")
+	again, _ := h.NewModulePSK(ctx, eid)
+	if c, _ := h.ModulePSK(ctx, eid, again); bytes.Equal(a, c) {
+		t.Fatal("two new PSKs are equal")
+	}
+	// Copied into another module's row, or altered, it does not unseal.
+	if _, err := h.ModulePSK(ctx, other, sealed); err == nil {
+		t.Fatal("a PSK sealed for one module unsealed for another")
+	}
+	bad := bytes.Clone(sealed)
+	bad[len(bad)/2] ^= 1
+	if _, err := h.ModulePSK(ctx, eid, bad); err == nil {
+		t.Fatal("an altered sealed PSK unsealed")
+	}
+	// Nor does a TOTP seed's seal (no associated data) pass for a PSK.
+	plain, _ := h.Seal(ctx, a)
+	if _, err := h.ModulePSK(ctx, eid, plain); err == nil {
+		t.Fatal("a plain Seal unsealed as a PSK")
+	}
+	if _, err := h.NewModulePSK(ctx, ""); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("no EID: %v, want ErrInvalid", err)
 	}
 }

@@ -40,6 +40,18 @@ var _ keyport.SecretSealer = (*HSM)(nil)
 // Seal encrypts and authenticates plaintext in the HSM. The result is
 // version ‖ nonce ‖ ciphertext ‖ CMAC tag.
 func (h *HSM) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	return h.seal(ctx, "", plaintext)
+}
+
+// Unseal checks the tag and decrypts a value made by Seal.
+func (h *HSM) Unseal(ctx context.Context, sealed []byte) ([]byte, error) {
+	return h.unseal(ctx, "", sealed)
+}
+
+// seal is Seal with associated data: the tag covers aad too, so a value
+// sealed for one purpose or owner (a module's EID) does not unseal for
+// another. aad "" is Seal's own format.
+func (h *HSM) seal(ctx context.Context, aad string, plaintext []byte) ([]byte, error) {
 	if len(plaintext) == 0 || len(plaintext) > maxSealed {
 		return nil, fmt.Errorf("hsm: seal: %d bytes; 1 to %d allowed", len(plaintext), maxSealed)
 	}
@@ -59,7 +71,7 @@ func (h *HSM) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
 		for i := range plaintext {
 			out = append(out, plaintext[i]^ks[i])
 		}
-		tag, err := h.sealTag(s, out)
+		tag, err := h.sealTag(s, aad, out)
 		if err != nil {
 			return err
 		}
@@ -72,15 +84,14 @@ func (h *HSM) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
 	return out, nil
 }
 
-// Unseal checks the tag and decrypts a value made by Seal.
-func (h *HSM) Unseal(ctx context.Context, sealed []byte) ([]byte, error) {
+func (h *HSM) unseal(ctx context.Context, aad string, sealed []byte) ([]byte, error) {
 	if len(sealed) < 1+sealNonceLen+1+sealTagLen || sealed[0] != sealVersion {
 		return nil, fmt.Errorf("hsm: unseal: %w", errBadSeal)
 	}
 	body, tag := sealed[:len(sealed)-sealTagLen], sealed[len(sealed)-sealTagLen:]
 	var plain []byte
 	err := h.do(ctx, "unseal", func(s *session) error {
-		want, err := h.sealTag(s, body)
+		want, err := h.sealTag(s, aad, body)
 		if err != nil {
 			return err
 		}
@@ -128,7 +139,9 @@ func (h *HSM) keystream(s *session, nonce []byte, n int) ([]byte, error) {
 	return ks[:n], nil
 }
 
-func (h *HSM) sealTag(s *session, data []byte) ([]byte, error) {
+// sealTag is the CMAC of "keyport/seal/v1|" ‖ data, or with associated data
+// of "keyport/seal/v1+aad|" ‖ len(aad) (2 bytes) ‖ aad ‖ data.
+func (h *HSM) sealTag(s *session, aad string, data []byte) ([]byte, error) {
 	key, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, LabelSealMAC)
 	if err != nil {
 		return nil, err
@@ -136,21 +149,37 @@ func (h *HSM) sealTag(s *session, data []byte) ([]byte, error) {
 	if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CMAC, nil)}, key); err != nil {
 		return nil, fmt.Errorf("C_SignInit: %w", err)
 	}
-	tag, err := h.p.Sign(s.h, append([]byte("keyport/seal/v1|"), data...))
+	in := []byte("keyport/seal/v1|")
+	if aad != "" {
+		in = binary.BigEndian.AppendUint16([]byte("keyport/seal/v1+aad|"), uint16(len(aad)))
+		in = append(in, aad...)
+	}
+	tag, err := h.p.Sign(s.h, append(in, data...))
 	if err != nil {
 		return nil, fmt.Errorf("C_Sign: %w", err)
 	}
 	return tag, nil
 }
 
-// ensureSealKeys creates the two sealing keys on first use.
+// generateSealKey creates one of the two sealing keys: the encryption key
+// can only encrypt with AES-ECB (the CTR keystream), the MAC key only sign
+// with AES-CMAC. Neither can wrap or unwrap, so neither can be used to take
+// a card key out.
+func (h *HSM) generateSealKey(s *session, label string) error {
+	use, mech := uint(pkcs11.CKA_ENCRYPT), uint(pkcs11.CKM_AES_ECB)
+	if label == LabelSealMAC {
+		use, mech = pkcs11.CKA_SIGN, pkcs11.CKM_AES_CMAC
+	}
+	return h.generateAES(s, append(aesKey(label, use),
+		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(mech))))
+}
+
+// ensureSealKeys creates the two sealing keys on first use (tokens that
+// Init made before it created them).
 func (h *HSM) ensureSealKeys(ctx context.Context) error {
-	for _, k := range []struct {
-		label string
-		use   uint
-	}{{LabelSealEnc, pkcs11.CKA_ENCRYPT}, {LabelSealMAC, pkcs11.CKA_SIGN}} {
-		err := h.do(ctx, "find "+k.label, func(s *session) error {
-			_, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, k.label)
+	for _, label := range []string{LabelSealEnc, LabelSealMAC} {
+		err := h.do(ctx, "find "+label, func(s *session) error {
+			_, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, label)
 			return err
 		})
 		if !errors.Is(err, keyport.ErrNotFound) {
@@ -159,8 +188,8 @@ func (h *HSM) ensureSealKeys(ctx context.Context) error {
 			}
 			continue
 		}
-		err = h.createKey(ctx, "create "+k.label, k.label, func(s *session) error {
-			return h.generateAES(s, aesKey(k.label, k.use))
+		err = h.createKey(ctx, "create "+label, label, func(s *session) error {
+			return h.generateSealKey(s, label)
 		})
 		if err != nil && !errors.Is(err, keyport.ErrConflict) {
 			return err

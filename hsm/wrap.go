@@ -126,21 +126,22 @@ func (h *HSM) keyBits(s *session, key pkcs11.ObjectHandle) (int, error) {
 	return int(binary.NativeEndian.Uint32(v)) * 8, nil
 }
 
-// unwrapImported unwraps a manufacturer's KWP blob (RFC 5649) under the
-// transport key into an AES session key, whose length comes from the blob,
-// with the capabilities on (CKA_ENCRYPT when none are given). The caller
-// destroys it. Keys other than AES-128/192/256 are refused.
-func (h *HSM) unwrapImported(s *session, transport pkcs11.ObjectHandle, blob []byte, on ...uint) (pkcs11.ObjectHandle, int, error) {
+// unwrapKWP unwraps a KWP blob (RFC 5649) under kek into an AES session key
+// that is sensitive, extractable only if asked, and can do the usages in on
+// (CKA_ENCRYPT when none are given): unwrapTarget, which a KEK's unwrap
+// template accepts. Its length comes from the blob. The caller destroys it.
+// Keys other than AES-128/192/256 are refused.
+func (h *HSM) unwrapKWP(s *session, kek pkcs11.ObjectHandle, blob []byte, extractable bool, on ...uint) (pkcs11.ObjectHandle, int, error) {
 	if len(on) == 0 {
 		on = []uint{pkcs11.CKA_ENCRYPT}
 	}
 	if len(blob) < 16 || len(blob)%8 != 0 {
 		return 0, 0, keyport.Invalid("wrapped", "a KWP-wrapped key has a multiple of 8 bytes, at least 16; got %d", len(blob))
 	}
-	k, err := h.p.UnwrapKey(s.h, kwpMechanism, transport, blob, sessionAES(0, on...))
+	k, err := h.p.UnwrapKey(s.h, kwpMechanism, kek, blob, unwrapTarget(extractable, on...))
 	if err != nil {
 		if h.badWrappedKey(s, err) {
-			return 0, 0, fmt.Errorf("%w (C_UnwrapKey: %w)", keyport.Invalid("wrapped", "the key does not unwrap under the batch transport key"), err)
+			return 0, 0, fmt.Errorf("%w (C_UnwrapKey: %w)", keyport.Invalid("wrapped", "the key does not unwrap under its key-encryption key"), err)
 		}
 		return 0, 0, fmt.Errorf("C_UnwrapKey: %w", err)
 	}
@@ -161,11 +162,11 @@ func (h *HSM) unwrapImported(s *session, transport pkcs11.ObjectHandle, blob []b
 	return k, bits, nil
 }
 
-// WrapFirstKeys derives (KeyDerived: C_DeriveKey from the batch master, see
-// DerivationData) or unwraps (KeyImported: C_UnwrapKey under the batch
-// transport key) the domain's three first keys inside the HSM and wraps each
-// to req.Recipient with the RSA-AES layout, in keyport.Usages order. No key
-// leaves the HSM in clear; every session object is destroyed before return.
+// WrapFirstKeys unwraps the domain's three first keys from their blobs
+// inside the HSM (under the batch KEK, or the transport key for an imported
+// batch) and wraps each to req.Recipient with the RSA-AES layout, in
+// keyport.Usages order. No key leaves the HSM in clear; every session object
+// is destroyed before return.
 func (h *HSM) WrapFirstKeys(ctx context.Context, req keyport.FirstKeysRequest) ([]keyport.WrappedKey, error) {
 	op := fmt.Sprintf("wrap first keys of %s/%s", req.EID, req.AID)
 	if err := checkBatch(req.Batch); err != nil {
@@ -177,34 +178,22 @@ func (h *HSM) WrapFirstKeys(ctx context.Context, req keyport.FirstKeysRequest) (
 	if req.EID == "" || req.AID == "" {
 		return nil, fmt.Errorf("hsm: %s: %w", op, keyport.Invalid("domain", "EID and AID are required"))
 	}
-	var baseLabel string
 	switch req.Source {
-	case keyport.KeyDerived:
-		baseLabel = BatchMasterLabel(req.Batch)
-	case keyport.KeyImported:
-		baseLabel = TransportLabel(req.Batch)
-		for _, u := range keyport.Usages {
-			if len(req.Imported[u]) == 0 {
-				return nil, fmt.Errorf("hsm: %s: %w", op, keyport.Invalid("imported", "no wrapped %s key", u))
-			}
-		}
+	case keyport.KeyGenerated, keyport.KeyImported, keyport.KeyDerived:
 	default:
 		return nil, fmt.Errorf("hsm: %s: %w", op, keyport.Invalid("source", "unknown key source %q", req.Source))
 	}
 	var out []keyport.WrappedKey
 	err := h.do(ctx, op, func(s *session) error {
 		out = out[:0]
-		base, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, baseLabel)
-		if err != nil {
-			return err
-		}
 		rsaPub, err := h.importRSA(s, req.Recipient)
 		if err != nil {
 			return err
 		}
 		defer h.destroy(s, rsaPub)
 		for _, u := range keyport.Usages {
-			wk, err := h.firstKey(s, req, base, rsaPub, u)
+			ref := keyport.KeyRef{Batch: req.Batch, EID: req.EID, AID: req.AID, Usage: u, Source: req.Source, Wrapped: req.Wrapped[u]}
+			wk, err := h.firstKey(s, ref, rsaPub)
 			if err != nil {
 				return err
 			}
@@ -218,21 +207,12 @@ func (h *HSM) WrapFirstKeys(ctx context.Context, req keyport.FirstKeysRequest) (
 	return out, nil
 }
 
-// firstKey produces and wraps one first key; the key object lives only
+// firstKey unwraps and wraps one first key; the key object lives only
 // inside this call.
-func (h *HSM) firstKey(s *session, req keyport.FirstKeysRequest, base, rsaPub pkcs11.ObjectHandle, u keyport.KeyUsage) (keyport.WrappedKey, error) {
-	var (
-		key  pkcs11.ObjectHandle
-		bits = 128
-		err  error
-	)
-	if req.Source == keyport.KeyDerived {
-		key, err = h.deriveKey(s, base, req.EID, req.AID, u, pkcs11.CKA_ENCRYPT)
-	} else {
-		key, bits, err = h.unwrapImported(s, base, req.Imported[u])
-	}
+func (h *HSM) firstKey(s *session, ref keyport.KeyRef, rsaPub pkcs11.ObjectHandle) (keyport.WrappedKey, error) {
+	key, bits, err := h.unwrapCardKey(s, ref, true, pkcs11.CKA_ENCRYPT)
 	if err != nil {
-		return keyport.WrappedKey{}, fmt.Errorf("%s key: %w", u, err)
+		return keyport.WrappedKey{}, err
 	}
 	defer h.destroy(s, key)
 	kcv, err := h.kcv(s, key)
@@ -243,7 +223,7 @@ func (h *HSM) firstKey(s *session, req keyport.FirstKeysRequest, base, rsaPub pk
 	if err != nil {
 		return keyport.WrappedKey{}, err
 	}
-	return keyport.WrappedKey{Usage: u, Bits: bits, KCV: kcv, Wrapped: wrapped}, nil
+	return keyport.WrappedKey{Usage: ref.Usage, Bits: bits, KCV: kcv, Wrapped: wrapped}, nil
 }
 
 // badWrappedKey reports whether C_UnwrapKey failed because of the blob
@@ -267,11 +247,14 @@ func (h *HSM) badWrappedKey(s *session, err error) bool {
 
 // CreateTransportKey creates the AES-256 transport key of an imported batch
 // and returns it RSA-AES-wrapped to the manufacturer, with its KCV. The key
-// is generated as an extractable session object, wrapped, then copied
-// (C_CopyObject, PKCS#11 v2.40 base §5.7) to a token object labelled
-// TransportLabel(batch) that is sensitive and not extractable and can only
-// unwrap (and encrypt, for its KCV); the session object is destroyed. It
-// fails with keyport.ErrConflict if the batch has a transport key already.
+// is generated as an extractable session object under kekPolicy (its unwrap
+// template, and AES-KWP besides AES-ECB for the KCV as its only
+// mechanisms: SoftHSM lets neither be added later, by C_CopyObject or
+// C_SetAttributeValue), wrapped, then copied (C_CopyObject, PKCS#11 v2.40
+// base §5.7) to a token object labelled TransportLabel(batch) that is
+// sensitive and not extractable and can only unwrap; the session object is
+// destroyed. It fails with keyport.ErrConflict if the batch has a transport
+// key already.
 func (h *HSM) CreateTransportKey(ctx context.Context, batch string, manufacturer *rsa.PublicKey) (wrapped []byte, kcv string, err error) {
 	op := "create transport key " + batch
 	if err := checkBatch(batch); err != nil {
@@ -282,8 +265,12 @@ func (h *HSM) CreateTransportKey(ctx context.Context, batch string, manufacturer
 	}
 	label := TransportLabel(batch)
 	err = h.createKey(ctx, op, label, func(s *session) error {
+		policy, free := attributeArray(kekPolicy(nil))
+		defer free()
 		k, err := h.p.GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-			sessionAES(32, pkcs11.CKA_UNWRAP, pkcs11.CKA_ENCRYPT))
+			append(sessionAES(32, pkcs11.CKA_UNWRAP, pkcs11.CKA_ENCRYPT),
+				pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, policy),
+				pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(pkcs11.CKM_AES_KEY_WRAP_PAD, pkcs11.CKM_AES_ECB))))
 		if err != nil {
 			return fmt.Errorf("C_GenerateKey: %w", err)
 		}
@@ -302,7 +289,8 @@ func (h *HSM) CreateTransportKey(ctx context.Context, batch string, manufacturer
 		// Copy last: a failure before leaves nothing on the token. The copy
 		// inherits CKA_SENSITIVE (true) from k; SoftHSM refuses to have it in
 		// a C_CopyObject template at all (CKR_ATTRIBUTE_READ_ONLY).
-		var tmpl []*pkcs11.Attribute
+		// The token copy cannot encrypt: only the session object gave the KCV.
+		tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false)}
 		for _, a := range longLived(label) {
 			if a.Type != pkcs11.CKA_SENSITIVE {
 				tmpl = append(tmpl, a)
@@ -332,7 +320,7 @@ func (h *HSM) ImportedKCV(ctx context.Context, batch string, wrapped []byte) (st
 		if err != nil {
 			return err
 		}
-		k, _, err := h.unwrapImported(s, t, wrapped)
+		k, _, err := h.unwrapKWP(s, t, wrapped, false)
 		if err != nil {
 			return err
 		}

@@ -27,18 +27,19 @@ type ISDKeys string
 const (
 	// ISDKeysDefault: a blank module; the ISD holds the public GlobalPlatform
 	// test keys (keyport.GPTestKey for ENC, MAC and DEK), which perso
-	// replaces by HSM-derived keys. A module whose ISD already holds the
-	// derived key set (keyport.PersoISDKVN) is recognised and used as it is.
+	// replaces by keys generated in the HSM. A module whose ISD already holds
+	// keyport's key set (keyport.PersoISDKVN, from an interrupted run) is
+	// recognised and used as it is.
 	ISDKeysDefault ISDKeys = "default"
-	// ISDKeysDerived: the ISD must already hold the HSM-derived key set; the
-	// test keys are never sent.
+	// ISDKeysDerived: the ISD must already hold keyport's key set (an
+	// interrupted run replaced the test keys); the test keys are never sent.
 	ISDKeysDerived ISDKeys = "derived"
 )
 
 // MaxDomains bounds --domains: the SSD number is one AID byte.
 const MaxDomains = 255
 
-// DefaultAIDPrefix is the SSD AID prefix of a derived batch that has none:
+// DefaultAIDPrefix is the SSD AID prefix of a batch that has none:
 // the GP SSD module AID A0000001515350 41 (GPPro GPTool --domain,
 // PROTOCOLS.md §1.4); SSD n is A000000151535041 ‖ n.
 const DefaultAIDPrefix keyport.AID = "A000000151535041"
@@ -69,7 +70,8 @@ type Station struct {
 	// Service holds the use cases: the batch, the stored module and the
 	// registration, each for an admin principal.
 	Service *keyport.Service
-	// Keys is the HSM: the derived ISD and SSD keys never leave it.
+	// Keys is the HSM: it generates the ISD and SSD keys, which leave it
+	// only wrapped.
 	Keys keyport.PersoCustody
 	// Log receives one line per personalized module; nil means Service.Log,
 	// and none there means no log.
@@ -78,8 +80,8 @@ type Station struct {
 
 // Request is one run of the personalization station.
 type Request struct {
-	// Batch is a derived batch: its master key derives the SSD first keys
-	// and its AID prefix names the SSDs.
+	// Batch is a batch whose keys keyport generates (KeyGenerated): its KEK
+	// keeps the SSD first keys and its AID prefix names the SSDs.
 	Batch string
 	// Domains is how many SSDs the module gets (1..MaxDomains).
 	Domains int
@@ -105,8 +107,8 @@ type Report struct {
 	ISDAID keyport.AID
 	// CPLC is the card's production life cycle data (GET DATA 9F7F), if any.
 	CPLC []byte
-	// ISDKeysReplaced: this run replaced the ISD test keys by the derived key
-	// set keyport.PersoISDKVN.
+	// ISDKeysReplaced: this run replaced the ISD test keys by the generated
+	// key set keyport.PersoISDKVN.
 	ISDKeysReplaced bool
 	Domains         []SSD
 	// Registered: this run stored the module. AlreadyRegistered: the store
@@ -128,21 +130,24 @@ func errPerso(eid keyport.EID, op string, err error) error {
 
 // Personalize personalizes the module behind card for principal p, who must
 // be an admin (DESIGN.md flow 1): it reads the module's EID and CPLC, opens
-// SCP03 to the ISD, replaces the ISD test keys by keys derived in the HSM
+// SCP03 to the ISD, replaces the ISD test keys by keys generated in the HSM
 // (PUT KEY, GPCS 11.8), creates req.Domains SSDs (INSTALL [for install and
 // make selectable], privileges 804000, C9 {81 02 03 70}; GPCS 11.5), loads
-// each SSD's first key set derived in the HSM and encrypted there under the
-// ISD DEK (INSTALL [for personalization] + STORE DATA DGI 00B9/8113, GPCS
+// each SSD's first key set generated in the HSM and encrypted there under
+// the ISD DEK (INSTALL [for personalization] + STORE DATA DGI 00B9/8113, GPCS
 // 11.11.4), checks the registry with GET STATUS and a fresh SCP03
-// authentication to every SSD, and registers the module and its domains
-// (key source "derived") with a chained "perso" audit event.
+// authentication to every SSD, and registers the module, its ISD keys, its
+// PSK and its domains (key source "generated") with a chained "perso" audit
+// event.
 //
 // It reads the card before it writes and only does what is missing, so a run
 // interrupted at any point (the module pulled, the station killed) is
 // finished by the next run without doing anything twice: a card that
 // executed a command whose answer was lost shows its effect on the next read.
-// The store is written last, in one transaction; a module the store has
-// already is compared with the card and left alone.
+// Generated keys are stored (keyport.PersoKeys, as blobs) before they are
+// sent, so the next run has the keys the card may hold; the module itself is
+// registered last, in one transaction; a module the store has already is
+// compared with the card and left alone.
 //
 // Wrong keys are found by the card cryptogram before EXTERNAL AUTHENTICATE is
 // sent, so perso never adds to a key set's failure count.
@@ -164,7 +169,11 @@ func (st *Station) Personalize(ctx context.Context, p keyport.Principal, card gp
 	if err != nil {
 		return nil, errPerso("", "batch "+req.Batch, err)
 	}
-	if b.KeySource != keyport.KeyDerived {
+	switch b.KeySource {
+	case keyport.KeyGenerated:
+	case keyport.KeyDerived:
+		return nil, fmt.Errorf("%w: batch %q still derives its keys from a master key: run `keyport hsm init` to migrate the token first", keyport.ErrConflict, req.Batch)
+	default:
 		return nil, keyport.Invalid("batch", "batch %q is an imported batch: its keys come from the manufacturer, not from perso", req.Batch)
 	}
 	aids, err := ssdAIDs(b.AIDPrefix, req.Domains)
@@ -225,6 +234,8 @@ type run struct {
 
 	eid keyport.EID
 	isd keyport.AID
+	// rec is what this module's runs generated (stored before it is sent).
+	rec *keyport.PersoKeys
 }
 
 // ssdState is what the card shows of one SSD before perso writes.
@@ -251,6 +262,9 @@ func (r *run) personalize(ctx context.Context) error {
 	case !errors.Is(err, keyport.ErrNotFound):
 		return err
 	}
+	if err := r.loadRecord(ctx); err != nil {
+		return err
+	}
 
 	// 2. Which SSDs exist, and which have their first key set? Read only.
 	states := make([]ssdState, len(r.aids))
@@ -272,7 +286,7 @@ func (r *run) personalize(ctx context.Context) error {
 	}
 
 	// 3. The ISD: replace the test keys if they are still there, then work
-	// under the derived keys.
+	// under keyport's keys.
 	if err := r.openISD(ctx, isdKVNs); err != nil {
 		return err
 	}
@@ -296,7 +310,8 @@ func (r *run) personalize(ctx context.Context) error {
 	}
 
 	// 5. Create what is missing and load the missing first key sets, under
-	// the derived ISD keys.
+	// the ISD keys; the first keys of SSDs that have none are generated
+	// and stored first.
 	for i, aid := range r.aids {
 		if states[i].present {
 			continue
@@ -308,6 +323,9 @@ func (r *run) personalize(ctx context.Context) error {
 			return err
 		}
 		states[i].present, states[i].created = true, true
+	}
+	if err := r.generateFirstKeys(ctx, states); err != nil {
+		return err
 	}
 	for i, aid := range r.aids {
 		if states[i].hasKeys {
@@ -337,7 +355,7 @@ func (r *run) personalize(ctx context.Context) error {
 		}
 	}
 
-	// 7. Check: the HSM-derived first keys authenticate to every SSD.
+	// 7. Check: the first keys authenticate to every SSD.
 	domains := make([]keyport.Domain, len(r.aids))
 	for i, aid := range r.aids {
 		r.step = "authenticate to SSD " + string(aid)
@@ -357,14 +375,81 @@ func (r *run) personalize(ctx context.Context) error {
 		d := SSD{AID: aid, Created: states[i].created, KeysLoaded: states[i].loaded, KCV: states[i].kcv,
 			SeqCounter: int(card.SequenceCounter)}
 		r.rep.Domains = append(r.rep.Domains, d)
-		domains[i] = keyport.Domain{EID: r.eid, AID: aid, KVN: int(keyport.FirstKVN), State: keyport.Unassigned, KeySource: keyport.KeyDerived,
-			KCV: d.KCV, SeqCounter: d.SeqCounter}
+		domains[i] = keyport.Domain{EID: r.eid, AID: aid, KVN: int(keyport.FirstKVN), State: keyport.Unassigned, KeySource: keyport.KeyGenerated,
+			Wrapped: r.rec.SSD[aid], KCV: d.KCV, SeqCounter: d.SeqCounter}
 	}
 	r.host.EndSession()
 
 	// 8. Register, last and in one transaction.
 	r.step = "register the module"
-	return r.register(ctx, &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains})
+	return r.register(ctx, &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains,
+		ISDKeys: r.rec.ISD, PSK: r.rec.PSK})
+}
+
+// loadRecord reads what earlier runs generated for this module, or starts a
+// new record. A record for another batch or ISD is a conflict: the module
+// was being personalized otherwise.
+func (r *run) loadRecord(ctx context.Context) error {
+	r.step = "read the keys earlier runs generated"
+	rec, err := r.svc.PersoKeys(ctx, r.p, r.eid)
+	switch {
+	case errors.Is(err, keyport.ErrNotFound):
+		r.rec = &keyport.PersoKeys{EID: r.eid, BatchID: r.batch.ID, ISDAID: r.isd, SSD: map[keyport.AID]keyport.KeyBlobs{}}
+		return nil
+	case err != nil:
+		return err
+	case rec.BatchID != r.batch.ID || rec.ISDAID != r.isd:
+		return fmt.Errorf("%w: module %s is being personalized for batch id %d with ISD %s, not for batch %s with ISD %s; finish that run",
+			keyport.ErrConflict, r.eid, rec.BatchID, rec.ISDAID, r.batch.Name, r.isd)
+	}
+	if rec.SSD == nil {
+		rec.SSD = map[keyport.AID]keyport.KeyBlobs{}
+	}
+	r.rec = rec
+	return nil
+}
+
+// save stores the record before anything in it goes to the card.
+func (r *run) save(ctx context.Context, what []string) error {
+	return r.svc.SavePersoKeys(ctx, r.p, r.rec, what)
+}
+
+// generateFirstKeys generates, under the batch KEK, the first keys of every
+// SSD that has none on the card and none in the record, and stores them
+// before any is loaded. An SSD whose keys the card holds must have them in
+// the record: keys keyport never stored cannot be recovered.
+func (r *run) generateFirstKeys(ctx context.Context, states []ssdState) error {
+	var what []string
+	for i, aid := range r.aids {
+		have := r.rec.SSD[aid].Complete()
+		switch {
+		case states[i].hasKeys && !have:
+			return fmt.Errorf("%w: SSD %s holds a first key set that keyport has no record of (personalized elsewhere, or the record was lost); resolve it by hand",
+				keyport.ErrConflict, aid)
+		case states[i].hasKeys || have:
+			continue
+		}
+		r.step = "generate the first keys of SSD " + string(aid)
+		gen, err := r.keys.GenerateKeys(ctx, r.batch.Name, nil)
+		if err != nil {
+			return err
+		}
+		r.rec.SSD[aid] = blobs(gen)
+		what = append(what, "ssd "+string(aid))
+	}
+	if len(what) == 0 {
+		return nil
+	}
+	r.step = "store the generated first keys"
+	return r.save(ctx, what)
+}
+
+func blobs(gen []keyport.GeneratedKey) keyport.KeyBlobs {
+	b := keyport.KeyBlobs{}
+	for _, g := range gen {
+		b[g.Usage] = g.Wrapped
+	}
+	return b
 }
 
 // identify reads the EID from the ISD-R (SGP.22 GET EID), selects the ISD
@@ -427,9 +512,9 @@ func (r *run) isdKeyVersions(ctx context.Context) ([]byte, error) {
 	return r.host.KeyVersions(ctx)
 }
 
-// openISD selects the ISD and opens a secure channel to it under the derived
-// ISD keys, first replacing the test keys by them when the ISD does not
-// hold the derived key set yet.
+// openISD selects the ISD and opens a secure channel to it under keyport's
+// ISD keys, first replacing the test keys by a key set generated (and
+// stored) now when the ISD does not hold keyport's key set yet.
 func (r *run) openISD(ctx context.Context, kvns []byte) error {
 	r.step = "select the ISD"
 	if found, err := r.selectApp(ctx, r.isd.Bytes()); err != nil {
@@ -437,12 +522,9 @@ func (r *run) openISD(ctx context.Context, kvns []byte) error {
 	} else if !found {
 		return fmt.Errorf("the ISD %s no longer answers SELECT", r.isd)
 	}
-	derived := gp.KeySet{KVN: keyport.PersoISDKVN}
-	derived.ENC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageENC))
-	derived.MAC = r.custodyKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageMAC))
 	if !slices.Contains(kvns, keyport.PersoISDKVN) {
 		if r.req.ISDKeys == ISDKeysDerived {
-			return fmt.Errorf("%w: the ISD has no key set %02X (it has %X): it does not hold keyport's derived keys; use --isd-keys default for a blank module",
+			return fmt.Errorf("%w: the ISD has no key set %02X (it has %X): it does not hold keyport's keys; use --isd-keys default for a blank module",
 				keyport.ErrConflict, keyport.PersoISDKVN, kvns)
 		}
 		if len(kvns) == 0 {
@@ -454,14 +536,29 @@ func (r *run) openISD(ctx context.Context, kvns []byte) error {
 		if _, err := r.openSession(ctx, gp.KeySet{KVN: old, ENC: test, MAC: test}); err != nil {
 			return err
 		}
-		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, keyport.PersoISDKVN)
-		pk := gp.PutKey{OldKVN: old, NewKVN: keyport.PersoISDKVN, FirstKID: 1}
-		for _, u := range keyport.Usages {
-			ct, kcv, err := r.keys.EncryptUnderClearKey(ctx, keyport.GPTestKey, keyport.ISDKey(r.eid, r.isd, u))
-			if err != nil {
+		// The card does not hold key set 31, so no ISD keys of an earlier
+		// run reached it: a new set replaces any in the record.
+		r.step = "generate the ISD keys"
+		gen, err := r.keys.GenerateKeys(ctx, "", keyport.GPTestKey)
+		if err != nil {
+			return err
+		}
+		r.rec.ISD = blobs(gen)
+		what := []string{"isd"}
+		if len(r.rec.PSK) == 0 {
+			if r.rec.PSK, err = r.keys.NewModulePSK(ctx, r.eid); err != nil {
 				return err
 			}
-			kc, err := keyComponent(ct, kcv)
+			what = append(what, "psk")
+		}
+		r.step = "store the generated ISD keys"
+		if err := r.save(ctx, what); err != nil {
+			return err
+		}
+		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, keyport.PersoISDKVN)
+		pk := gp.PutKey{OldKVN: old, NewKVN: keyport.PersoISDKVN, FirstKID: 1}
+		for _, g := range gen {
+			kc, err := keyComponent(g.UnderDEK, g.KCV)
 			if err != nil {
 				return err
 			}
@@ -484,9 +581,24 @@ func (r *run) openISD(ctx context.Context, kvns []byte) error {
 		}
 		r.rep.ISDKeysReplaced = true
 	}
-	r.step = fmt.Sprintf("authenticate to the ISD with the derived keys (KVN %02X)", keyport.PersoISDKVN)
-	_, err := r.openSession(ctx, derived)
+	if !r.rec.ISD.Complete() {
+		return fmt.Errorf("%w: the ISD holds key set %02X but keyport has no record of its keys (personalized elsewhere, or the record was lost); resolve it by hand",
+			keyport.ErrConflict, keyport.PersoISDKVN)
+	}
+	keys := gp.KeySet{KVN: keyport.PersoISDKVN,
+		ENC: r.custodyKey(ctx, r.isdKey(keyport.UsageENC)),
+		MAC: r.custodyKey(ctx, r.isdKey(keyport.UsageMAC))}
+	r.step = fmt.Sprintf("authenticate to the ISD with keyport's keys (KVN %02X)", keyport.PersoISDKVN)
+	_, err := r.openSession(ctx, keys)
 	return err
+}
+
+func (r *run) isdKey(u keyport.KeyUsage) keyport.KeyRef {
+	return keyport.ISDKey(r.eid, r.isd, u, r.rec.ISD[u])
+}
+
+func (r *run) firstKey(aid keyport.AID, u keyport.KeyUsage) keyport.KeyRef {
+	return keyport.FirstKey(r.batch.Name, r.eid, aid, u, r.rec.SSD[aid][u])
 }
 
 // keyComponent is a PUT KEY AES key component (AmdD Table 7-10) from an
@@ -501,14 +613,14 @@ func keyComponent(ct []byte, kcvHex string) (gp.KeyComponent, error) {
 
 // loadFirstKeys loads SSD aid's first key set through the ISD session:
 // INSTALL [for personalization] then one STORE DATA with DGI 00B9/8113 per
-// key, each key encrypted in the HSM under the derived ISD DEK (GPCS
+// key, each key encrypted in the HSM under the ISD DEK (GPCS
 // 11.11.4; SCP03 uses the static DEK, AmdD 7.3). It returns the KCVs.
 func (r *run) loadFirstKeys(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
 	kcvs := map[keyport.KeyUsage]string{}
 	var loads []gp.KeyLoad
 	usageQualifier := map[keyport.KeyUsage]byte{keyport.UsageENC: gp.KeyUsageENC, keyport.UsageMAC: gp.KeyUsageMAC, keyport.UsageDEK: gp.KeyUsageDEK}
 	for i, u := range keyport.Usages {
-		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, keyport.ISDKey(r.eid, r.isd, keyport.UsageDEK), keyport.FirstKey(r.batch.Name, r.eid, aid, u))
+		ct, kcvHex, err := r.keys.EncryptUnderKey(ctx, r.isdKey(keyport.UsageDEK), r.firstKey(aid, u))
 		if err != nil {
 			return nil, err
 		}
@@ -532,14 +644,14 @@ func (r *run) loadFirstKeys(ctx context.Context, aid keyport.AID) (map[keyport.K
 // firstKeySet is SSD aid's first key set as HSM-backed SCP03 static keys.
 func (r *run) firstKeySet(ctx context.Context, aid keyport.AID) gp.KeySet {
 	return gp.KeySet{KVN: keyport.FirstKVN,
-		ENC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageENC)),
-		MAC: r.custodyKey(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, keyport.UsageMAC))}
+		ENC: r.custodyKey(ctx, r.firstKey(aid, keyport.UsageENC)),
+		MAC: r.custodyKey(ctx, r.firstKey(aid, keyport.UsageMAC))}
 }
 
 func (r *run) firstKCVs(ctx context.Context, aid keyport.AID) (map[keyport.KeyUsage]string, error) {
 	kcvs := map[keyport.KeyUsage]string{}
 	for _, u := range keyport.Usages {
-		k, err := r.keys.DerivedKCV(ctx, keyport.FirstKey(r.batch.Name, r.eid, aid, u))
+		k, err := r.keys.KeyKCV(ctx, r.firstKey(aid, u))
 		if err != nil {
 			return nil, err
 		}
@@ -578,14 +690,14 @@ func (r *run) register(ctx context.Context, m *keyport.ModuleImport) error {
 }
 
 // checkRegistered compares a module the store has with the card: the ISD
-// holds the derived key set and GET STATUS lists every stored domain as an
+// holds keyport's key set and GET STATUS lists every stored domain as an
 // SSD. Nothing is written; the SSDs' sequence counters are left alone (no
 // SSD authentication), since the store tracks them for precomputed scripts.
 func (r *run) checkRegistered(ctx context.Context, stored *keyport.Module, isdKVNs []byte) error {
 	r.step = "compare the registered module with the card"
 	want := make([]keyport.Domain, len(r.aids))
 	for i, aid := range r.aids {
-		want[i] = keyport.Domain{AID: aid, KeySource: keyport.KeyDerived}
+		want[i] = keyport.Domain{AID: aid, KeySource: keyport.KeyGenerated}
 	}
 	if err := keyport.SameRegistration(stored, r.batch, &keyport.ModuleImport{EID: r.eid, ISDAID: r.isd, Domains: want}); err != nil {
 		return err
@@ -593,6 +705,7 @@ func (r *run) checkRegistered(ctx context.Context, stored *keyport.Module, isdKV
 	if !slices.Contains(isdKVNs, keyport.PersoISDKVN) {
 		return fmt.Errorf("%w: module %s is registered but its ISD has no key set %02X (it has %X)", keyport.ErrConflict, r.eid, keyport.PersoISDKVN, isdKVNs)
 	}
+	r.rec = &keyport.PersoKeys{ISD: stored.ISDKeys}
 	if err := r.openISD(ctx, isdKVNs); err != nil {
 		return err
 	}

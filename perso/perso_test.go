@@ -3,10 +3,12 @@ package perso_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/keyport/keyport"
@@ -80,7 +82,7 @@ func station(svc *keyport.Service, h *hsm.HSM) *perso.Station {
 	return &perso.Station{Service: svc, Keys: h}
 }
 
-// persoWorld is a service on a fresh token and s, with the derived batch "p1".
+// persoWorld is a service on a fresh token and s, with the batch "p1".
 func persoWorld(t testing.TB, s *store.Store) (*keyport.Service, *hsm.HSM) {
 	t.Helper()
 	h := hsmtest.Open(t)
@@ -91,7 +93,7 @@ func persoWorld(t testing.TB, s *store.Store) (*keyport.Service, *hsm.HSM) {
 	return svc, h
 }
 
-func TestPersoOfABlankModuleCreatesTheDomainsAndRegistersThemDerived(t *testing.T) {
+func TestPersoOfABlankModuleCreatesTheDomainsAndRegistersTheirGeneratedKeys(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()
 		svc, h := persoWorld(t, s)
@@ -347,4 +349,51 @@ func TestAClaimOfAPersonalizedDomainHandsOutTheKeysOnTheCard(t *testing.T) {
 	if !bytes.Equal(iu.CardChallenge, want) {
 		t.Errorf("card challenge %X, precomputed from the package counter %d: %X", iu.CardChallenge, pkg.SequenceCounter, want)
 	}
+}
+
+// Keys are generated, not derived: a key the card took must be in the
+// store before it was sent. A run that finds the card holding keyport's
+// ISD key set, or an SSD's first keys, with no record of them stops with a
+// conflict and sends nothing that would change the card.
+func TestPersoKeepsWhatItGeneratedBeforeSendingItAndStopsWhenTheRecordIsLost(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.Open(t, storetest.SQLitePath(t))
+	svc, h := persoWorld(t, s)
+	req := perso.Request{Batch: "p1", Domains: 2}
+	eid := fixture.EID(t, 300)
+	card := newSimCard(t, eid)
+	card.pullAfter = 22 // after the ISD's PUT KEY and the first keys, before the end (27)
+	if _, err := station(svc, h).Personalize(ctx, persoAdmin, card, req); !errors.Is(err, errPulled) {
+		t.Fatalf("pulled: %v", err)
+	}
+	rec, err := s.GetPersoKeys(ctx, eid)
+	if err != nil || !rec.ISD.Complete() || len(rec.PSK) == 0 {
+		t.Fatalf("after the interrupted run the record is %+v, %v", rec, err)
+	}
+	evs, _ := s.AuditEvents(ctx, 0, 100)
+	generated := 0
+	for _, e := range evs {
+		if e.Action == "perso.keys-generated" && e.Object == "module:"+string(eid) {
+			generated++
+			if strings.Contains(e.Detail, hex.EncodeToString(rec.ISD[keyport.UsageENC])) {
+				t.Fatal("the audit event holds a key blob")
+			}
+		}
+	}
+	if generated == 0 {
+		t.Fatal("no perso.keys-generated audit event")
+	}
+	if err := s.DeletePersoKeys(ctx, eid); err != nil {
+		t.Fatal(err)
+	}
+	card.reinsert()
+	before := card.sent
+	_, err = station(svc, h).Personalize(ctx, persoAdmin, card, req)
+	if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "no record") {
+		t.Fatalf("a run without the record: %v, want ErrConflict naming the lost record", err)
+	}
+	if _, err := s.GetModule(ctx, eid); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("the module was registered without its keys: %v", err)
+	}
+	t.Logf("the run without a record stopped after %d commands", card.sent-before)
 }

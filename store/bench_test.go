@@ -94,7 +94,7 @@ func importedModules(count, domains int) func() (*keyport.ModuleImport, error) {
 		for d := range m.Domains {
 			k := pool[(i*domains+d)%len(pool)]
 			m.Domains[d] = keyport.Domain{AID: testAID(d + 1), EID: m.EID, KVN: 0x30, State: keyport.Unassigned,
-				KeySource: keyport.KeyImported, Imported: k.imported, KCV: k.kcv}
+				KeySource: keyport.KeyImported, Wrapped: k.imported, KCV: k.kcv}
 		}
 		return m, nil
 	}

@@ -56,12 +56,14 @@ func (r *repo) GetBatchByID(ctx context.Context, id int64) (*keyport.Batch, erro
 }
 
 type moduleRow struct {
-	ID        int64      `gorm:"column:id;primaryKey"`
-	EID       string     `gorm:"column:eid"`
-	BatchID   int64      `gorm:"column:batch_id"`
-	ISDAID    string     `gorm:"column:isd_aid"`
-	LastSeen  *time.Time `gorm:"column:last_seen"`
-	CreatedAt time.Time  `gorm:"column:created_at"`
+	ID        int64          `gorm:"column:id;primaryKey"`
+	EID       string         `gorm:"column:eid"`
+	BatchID   int64          `gorm:"column:batch_id"`
+	ISDAID    string         `gorm:"column:isd_aid"`
+	LastSeen  *time.Time     `gorm:"column:last_seen"`
+	CreatedAt time.Time      `gorm:"column:created_at"`
+	ISDKeys   sql.NullString `gorm:"column:isd_keys"`
+	PSK       []byte         `gorm:"column:psk_sealed"`
 }
 
 func (moduleRow) TableName() string { return "modules" }
@@ -76,7 +78,7 @@ type domainRow struct {
 	PriorState string         `gorm:"column:prior_state"`
 	OwnerID    sql.NullString `gorm:"column:owner_id"`
 	KeySource  string         `gorm:"column:key_source"`
-	Imported   sql.NullString `gorm:"column:imported"`
+	Wrapped    sql.NullString `gorm:"column:wrapped"`
 	KCV        sql.NullString `gorm:"column:kcv"`
 	SeqCounter int            `gorm:"column:seq_counter"`
 	UpdatedAt  time.Time      `gorm:"column:updated_at"`
@@ -89,10 +91,10 @@ func (d domainRow) model() (keyport.Domain, error) {
 		KVN: d.KVN, State: keyport.DomainState(d.State), PriorState: keyport.DomainState(d.PriorState),
 		OwnerID: d.OwnerID.String, KeySource: keyport.KeySource(d.KeySource), SeqCounter: d.SeqCounter,
 		UpdatedAt: d.UpdatedAt.UTC()}
-	if d.Imported.Valid && d.Imported.String != "" {
-		if err := json.Unmarshal([]byte(d.Imported.String), &m.Imported); err != nil {
+	if d.Wrapped.Valid && d.Wrapped.String != "" {
+		if err := json.Unmarshal([]byte(d.Wrapped.String), &m.Wrapped); err != nil {
 			// The text may be wrapped key material: name the domain, not the value.
-			return m, fmt.Errorf("domain %d: imported keys are not valid JSON", d.ID)
+			return m, fmt.Errorf("domain %d: wrapped keys are not valid JSON", d.ID)
 		}
 	}
 	if d.KCV.Valid && d.KCV.String != "" {
@@ -103,7 +105,7 @@ func (d domainRow) model() (keyport.Domain, error) {
 	return m, nil
 }
 
-const domainColumns = `id, module_id, eid, aid, kvn, state, prior_state, owner_id, key_source, imported, kcv, seq_counter, updated_at`
+const domainColumns = `id, module_id, eid, aid, kvn, state, prior_state, owner_id, key_source, wrapped, kcv, seq_counter, updated_at`
 
 // scanDomains reads rows of domainColumns, prefixed by the values in pre for
 // the first row only (GetModule's module columns), without gorm's reflection:
@@ -118,7 +120,7 @@ func scanDomains(rows *sql.Rows, pre ...any) ([]keyport.Domain, error) {
 		var kvn, seq sql.NullInt64
 		var updated sql.NullTime
 		dest := append(pre[:len(pre):len(pre)], &id, &moduleID, &eid, &aid, &kvn, &state, &prior, &d.OwnerID,
-			&keySource, &d.Imported, &d.KCV, &seq, &updated)
+			&keySource, &d.Wrapped, &d.KCV, &seq, &updated)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
@@ -139,7 +141,7 @@ func scanDomains(rows *sql.Rows, pre ...any) ([]keyport.Domain, error) {
 
 // GetModule returns the module with its domains in AID order, in one query.
 func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module, error) {
-	rows, err := r.r.WithContext(ctx).Raw(`SELECT m.id, m.batch_id, m.isd_aid, m.last_seen, m.created_at, `+
+	rows, err := r.r.WithContext(ctx).Raw(`SELECT m.id, m.batch_id, m.isd_aid, m.last_seen, m.created_at, m.isd_keys, m.psk_sealed, `+
 		prefixed("d.", domainColumns)+` FROM modules m LEFT JOIN domains d ON d.eid = m.eid
 		WHERE m.eid = ? ORDER BY d.aid`, string(eid)).Rows()
 	if err != nil {
@@ -148,7 +150,7 @@ func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module,
 	var mod moduleRow
 	var lastSeen sql.NullTime
 	mod.ID = -1
-	domains, err := scanDomains(rows, &mod.ID, &mod.BatchID, &mod.ISDAID, &lastSeen, &mod.CreatedAt)
+	domains, err := scanDomains(rows, &mod.ID, &mod.BatchID, &mod.ISDAID, &lastSeen, &mod.CreatedAt, &mod.ISDKeys, &mod.PSK)
 	if err != nil {
 		return nil, wrap("get module", err)
 	}
@@ -158,11 +160,25 @@ func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module,
 	for i := range domains {
 		domains[i].BatchID = mod.BatchID
 	}
-	m := &keyport.Module{ID: mod.ID, EID: eid, BatchID: mod.BatchID, ISDAID: keyport.AID(mod.ISDAID),
-		CreatedAt: mod.CreatedAt.UTC(), Domains: domains}
+	m, err := mod.model(eid, domains)
+	if err != nil {
+		return nil, wrap("get module", err)
+	}
 	if lastSeen.Valid {
 		t := lastSeen.Time.UTC()
 		m.LastSeen = &t
+	}
+	return m, nil
+}
+
+func (mod moduleRow) model(eid keyport.EID, domains []keyport.Domain) (*keyport.Module, error) {
+	m := &keyport.Module{ID: mod.ID, EID: eid, BatchID: mod.BatchID, ISDAID: keyport.AID(mod.ISDAID),
+		CreatedAt: mod.CreatedAt.UTC(), Domains: domains, PSK: mod.PSK}
+	if mod.ISDKeys.Valid && mod.ISDKeys.String != "" {
+		if err := json.Unmarshal([]byte(mod.ISDKeys.String), &m.ISDKeys); err != nil {
+			// The text is wrapped key material: name the module, not the value.
+			return nil, fmt.Errorf("module %d: ISD keys are not valid JSON", mod.ID)
+		}
 	}
 	return m, nil
 }

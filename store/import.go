@@ -160,8 +160,8 @@ func (im *importer) flush(chunk []keyport.ModuleImport) error {
 				// keys or KCVs always stored; a non-empty map never encodes
 				// as empty.
 				rs.text(string(d.AID))
-				if len(d.Imported) > 0 {
-					rs.data = appendImported(rs.data, d.Imported)
+				if len(d.Wrapped) > 0 {
+					rs.data = appendWrapped(rs.data, d.Wrapped)
 				}
 				rs.field()
 				if len(d.KCV) > 0 {
@@ -169,10 +169,10 @@ func (im *importer) flush(chunk []keyport.ModuleImport) error {
 				}
 				rs.field()
 			} else {
-				imported, kcv := domainJSON(d)
+				wrapped, kcv := domainJSON(d)
 				rs.text(string(m.EID))
 				rs.text(string(d.AID))
-				rs.nullText(imported)
+				rs.nullText(wrapped)
 				rs.nullText(kcv)
 			}
 			rs.n++
@@ -199,10 +199,16 @@ type domainConsts struct {
 // import are stored too) instead of aborting the transaction, so the missing
 // rows name the offending lines.
 func (im *importer) insertModules(ms []keyport.ModuleImport) error {
-	im.rows.reset(im.dialect, colText, colText)
+	im.rows.reset(im.dialect, colText, colText, colNullText, colNullBytes)
 	for i := range ms {
 		im.rows.text(string(ms[i].EID))
 		im.rows.text(string(ms[i].ISDAID))
+		var isd sql.NullString
+		if len(ms[i].ISDKeys) > 0 {
+			isd = sql.NullString{String: string(appendWrapped(nil, ms[i].ISDKeys)), Valid: true}
+		}
+		im.rows.nullText(isd)
+		im.rows.nullBytes(ms[i].PSK)
 		im.rows.n++
 	}
 	consts := []any{im.batchID, im.at}
@@ -212,12 +218,12 @@ func (im *importer) insertModules(ms []keyport.ModuleImport) error {
 		// "WHERE true": SQLite's parser needs a WHERE before an upsert's ON
 		// CONFLICT in INSERT … SELECT.
 		from, cols, rowArgs := im.rows.sqliteRows()
-		query = `INSERT INTO modules (eid, isd_aid, batch_id, created_at) ` + from +
-			` SELECT ` + cols[0] + `, ` + cols[1] + `, ?3, ?4 FROM r WHERE true
+		query = `INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at) ` + from +
+			` SELECT ` + strings.Join(cols, ", ") + `, ?3, ?4 FROM r WHERE true
 			ON CONFLICT (eid) DO NOTHING RETURNING id, eid`
 		args = append(rowArgs, consts...)
 	} else {
-		query, args = im.rows.values(`INSERT INTO modules (eid, isd_aid, batch_id, created_at)`, consts,
+		query, args = im.rows.values(`INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at)`, consts,
 			` ON CONFLICT (eid) DO NOTHING RETURNING id, eid`)
 	}
 	rows, err := im.conn.QueryContext(im.ctx, query, args...)
@@ -252,13 +258,13 @@ func (im *importer) insertDomains() error {
 		// module's; a fifth field in every record was no faster. CROSS JOIN
 		// keeps the records as the outer loop, in file order.
 		from, cols, rowArgs := im.rows.sqliteRows()
-		query = `INSERT INTO domains (module_id, eid, aid, imported, kcv,
+		query = `INSERT INTO domains (module_id, eid, aid, wrapped, kcv,
 			kvn, state, owner_id, key_source, seq_counter, prior_state, updated_at) ` + from +
 			` SELECT m.id, m.eid, ` + cols[1] + `, ` + cols[2] + `, ` + cols[3] + `, ?3, ?4, ?5, ?6, ?7, ?8, ?9
 			FROM r CROSS JOIN modules m ON m.id = ` + cols[0]
 		args = append(rowArgs, consts...)
 	} else {
-		query, args = im.rows.values(`INSERT INTO domains (module_id, eid, aid, imported, kcv,
+		query, args = im.rows.values(`INSERT INTO domains (module_id, eid, aid, wrapped, kcv,
 			kvn, state, owner_id, key_source, seq_counter, prior_state, updated_at)`, consts, ``)
 	}
 	if _, err := im.conn.ExecContext(im.ctx, query, args...); err != nil {
@@ -274,9 +280,10 @@ func (im *importer) insertDomains() error {
 type colKind uint8
 
 const (
-	colInt      colKind = iota // int64
-	colText                    // string
-	colNullText                // sql.NullString; on SQLite an empty string is NULL
+	colInt       colKind = iota // int64
+	colText                     // string
+	colNullText                 // sql.NullString; on SQLite an empty string is NULL
+	colNullBytes                // []byte; nil or empty is NULL
 )
 
 // rowSet collects the rows of one multi-row INSERT. Each row gives its fields
@@ -334,6 +341,18 @@ func (rs *rowSet) int(v int64) {
 
 func (rs *rowSet) text(v string) {
 	if rs.dialect == dialectPostgres {
+		rs.args = append(rs.args, v)
+		return
+	}
+	rs.data = append(rs.data, v...)
+	rs.field()
+}
+
+func (rs *rowSet) nullBytes(v []byte) {
+	if rs.dialect == dialectPostgres {
+		if len(v) == 0 {
+			v = nil
+		}
 		rs.args = append(rs.args, v)
 		return
 	}
@@ -417,7 +436,7 @@ func (rs *rowSet) sqliteRows() (with string, cols []string, args []any) {
 	for c, l := range lay {
 		var v string
 		switch {
-		case l.width == 0 && rs.kinds[c] == colNullText:
+		case l.width == 0 && (rs.kinds[c] == colNullText || rs.kinds[c] == colNullBytes):
 			cols[c] = "NULL"
 			continue
 		case l.width == 0:
@@ -436,6 +455,8 @@ func (rs *rowSet) sqliteRows() (with string, cols []string, args []any) {
 			cols[c] = "CAST(" + v + " AS INTEGER)"
 		case colText:
 			cols[c] = "CAST(" + v + " AS TEXT)"
+		case colNullBytes:
+			cols[c] = "NULLIF(" + v + ", x'')"
 		default:
 			cols[c] = "NULLIF(CAST(" + v + " AS TEXT), '')"
 		}
@@ -528,17 +549,17 @@ func checkChunk(chunk []keyport.ModuleImport) error {
 // domainJSON encodes a domain's wrapped keys (base64) and KCVs as JSON
 // objects in key order, as encoding/json would, or NULL when it has none.
 // Written out by hand: encoding/json's reflection was a tenth of an import.
-func domainJSON(d *keyport.Domain) (imported, kcv sql.NullString) {
-	if len(d.Imported) > 0 {
-		imported = sql.NullString{String: string(appendImported(nil, d.Imported)), Valid: true}
+func domainJSON(d *keyport.Domain) (wrapped, kcv sql.NullString) {
+	if len(d.Wrapped) > 0 {
+		wrapped = sql.NullString{String: string(appendWrapped(nil, d.Wrapped)), Valid: true}
 	}
 	if len(d.KCV) > 0 {
 		kcv = sql.NullString{String: string(appendKCVs(nil, d.KCV)), Valid: true}
 	}
-	return imported, kcv
+	return wrapped, kcv
 }
 
-func appendImported(dst []byte, m map[keyport.KeyUsage][]byte) []byte {
+func appendWrapped(dst []byte, m map[keyport.KeyUsage][]byte) []byte {
 	return appendUsageMap(dst, m, func(dst []byte, v []byte) []byte {
 		dst = append(dst, '"')
 		dst = base64.StdEncoding.AppendEncode(dst, v)

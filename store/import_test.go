@@ -137,7 +137,7 @@ func TestImportedWrappedKeysAreStoredExactlyAsGiven(t *testing.T) {
 		kcv := map[keyport.KeyUsage]string{keyport.UsageENC: "111111", keyport.UsageMAC: "222222", keyport.UsageDEK: "333333"}
 		m := &keyport.ModuleImport{Line: 1, EID: testEID(1), ISDAID: "A000000151000000", Domains: []keyport.Domain{{
 			AID: testAID(1), KVN: 0x30, State: keyport.Unassigned, KeySource: keyport.KeyImported,
-			Imported: wrapped, KCV: kcv}}}
+			Wrapped: wrapped, KCV: kcv}}}
 		if _, err := s.ImportModules(ctx, b.ID, fromSlice([]*keyport.ModuleImport{m})); err != nil {
 			t.Fatal(err)
 		}
@@ -146,14 +146,14 @@ func TestImportedWrappedKeysAreStoredExactlyAsGiven(t *testing.T) {
 			t.Fatal(err)
 		}
 		for u, w := range wrapped {
-			if !bytes.Equal(d.Imported[u], w) {
-				t.Errorf("%s: got %x, want %x", u, d.Imported[u], w)
+			if !bytes.Equal(d.Wrapped[u], w) {
+				t.Errorf("%s: got %x, want %x", u, d.Wrapped[u], w)
 			}
 			if d.KCV[u] != kcv[u] {
 				t.Errorf("%s KCV %s, want %s", u, d.KCV[u], kcv[u])
 			}
 		}
-		stored, err := store.QueryStringsForTest(s, `SELECT imported FROM domains`)
+		stored, err := store.QueryStringsForTest(s, `SELECT wrapped FROM domains`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,12 +198,12 @@ func TestImportRoundTripsMixedDomains(t *testing.T) {
 					dom.KCV = map[keyport.KeyUsage]string{keyport.UsageENC: "EE72CB"}
 				case 1: // neither
 				case 2: // text that JSON escapes
-					dom.Imported = map[keyport.KeyUsage][]byte{keyport.UsageENC: bytesOf(40)}
+					dom.Wrapped = map[keyport.KeyUsage][]byte{keyport.UsageENC: bytesOf(40)}
 					dom.KCV = map[keyport.KeyUsage]string{"x\"\\<é": "0A1B2C", keyport.UsageENC: "ü\n\"</"}
 				default:
-					dom.Imported, dom.KCV = map[keyport.KeyUsage][]byte{}, map[keyport.KeyUsage]string{}
+					dom.Wrapped, dom.KCV = map[keyport.KeyUsage][]byte{}, map[keyport.KeyUsage]string{}
 					for _, u := range keyport.Usages {
-						dom.Imported[u] = bytesOf([]int{24, 32, 40}[rng.IntN(3)])
+						dom.Wrapped[u] = bytesOf([]int{24, 32, 40}[rng.IntN(3)])
 						dom.KCV[u] = strings.ToUpper(hex.EncodeToString(bytesOf(3)))
 					}
 				}
@@ -230,8 +230,8 @@ func TestImportRoundTripsMixedDomains(t *testing.T) {
 				g := got.Domains[i]
 				if g.ModuleID != got.ID || g.EID != w.EID || g.KVN != w.KVN || g.State != w.State ||
 					g.KeySource != w.KeySource || g.SeqCounter != w.SeqCounter || g.OwnerID != "" || g.PriorState != "" ||
-					!maps.EqualFunc(g.Imported, w.Imported, bytes.Equal) || !maps.Equal(g.KCV, w.KCV) ||
-					(g.Imported == nil) != (len(w.Imported) == 0) || (g.KCV == nil) != (len(w.KCV) == 0) {
+					!maps.EqualFunc(g.Wrapped, w.Wrapped, bytes.Equal) || !maps.Equal(g.KCV, w.KCV) ||
+					(g.Wrapped == nil) != (len(w.Wrapped) == 0) || (g.KCV == nil) != (len(w.KCV) == 0) {
 					t.Fatalf("module %s domain %s:\n got %+v\nwant %+v", want.EID, w.AID, g, w)
 				}
 			}

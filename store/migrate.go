@@ -249,6 +249,26 @@ var migrations = []migration{
 		`ALTER TABLE users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0`,
 		`ALTER TABLE sessions ADD COLUMN last_seen {{time}}`,
 	}},
+	// Card keys wrapped at rest (DESIGN.md, "Key hierarchy"): a domain's
+	// first keys are KWP blobs under the batch KEK or, as before, the
+	// manufacturer's under the transport key (the column is renamed for
+	// what it now holds); a personalized module keeps its ISD key blobs and
+	// every module its sealed TLS-PSK; perso_keys holds what a perso run
+	// generated until the module is registered, so that an interrupted run
+	// goes on with the keys the card may already hold. Rows written before
+	// this step get their blobs from `keyport hsm init`, which needs the HSM.
+	{6, "card keys wrapped at rest", []string{
+		`ALTER TABLE domains RENAME COLUMN imported TO wrapped`,
+		`ALTER TABLE modules ADD COLUMN isd_keys TEXT`,
+		`ALTER TABLE modules ADD COLUMN psk_sealed {{bytes}}`,
+		`CREATE TABLE perso_keys (
+			eid TEXT PRIMARY KEY,
+			batch_id BIGINT NOT NULL REFERENCES batches (id),
+			isd_aid TEXT NOT NULL,
+			keys TEXT NOT NULL,
+			updated_at {{time}} NOT NULL
+		)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -86,7 +86,7 @@ func (s *Server) createBatch(c echo.Context) error {
 		exportText = string(b)
 		f = views.BatchForm{}
 	} else {
-		s.flash(c, "good", "Batch "+f.Name+" created; its master key is in the HSM.")
+		s.flash(c, "good", "Batch "+f.Name+" created; its key-encryption key is in the HSM.")
 		return c.Redirect(http.StatusSeeOther, "/admin/batches")
 	}
 	bs, err := s.svc.ListBatches(ctx, p)

@@ -94,7 +94,11 @@ func NewWorldOn(t testing.TB, dsn string, opts LinkOptions) *World {
 	if w.Job, err = fw.Svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, w.Request); err != nil {
 		t.Fatal(err)
 	}
-	if w.PSK, err = fw.HSM.ModulePSK(ctx, w.EID, w.ISDAID); err != nil {
+	m, err := fw.Svc.Store.GetModule(ctx, w.EID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.PSK, err = fw.HSM.ModulePSK(ctx, w.EID, m.PSK); err != nil {
 		t.Fatal(err)
 	}
 	w.Link = StartLink(t, fw.Svc, opts)

@@ -16,7 +16,7 @@ func cmdBatchCreate(ctx context.Context, args []string) error {
 	cfg, fs, err := parseCommand("batch create", args, func(fs *flag.FlagSet) {
 		exportTo = fs.String("export-to", "", "manufacturer's RSA public key (PEM): makes an imported batch and exports its transport key")
 		out = fs.String("out", "", "where to write the wrapped transport key JSON (default NAME-transport.json)")
-		prefix = fs.String("aid-prefix", "", "SSD AID prefix for a derived batch (hex)")
+		prefix = fs.String("aid-prefix", "", "SSD AID prefix for a batch keyport personalizes (hex)")
 	})
 	if err != nil {
 		return err
@@ -44,7 +44,7 @@ func cmdBatchCreate(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "batch %s created (derived first keys; master key in the HSM)\n", b.Name)
+		fmt.Fprintf(stdout, "batch %s created (first keys generated at perso; its KEK is in the HSM)\n", b.Name)
 		return nil
 	}
 	pemData, err := os.ReadFile(*exportTo)

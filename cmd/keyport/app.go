@@ -92,7 +92,7 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 		return nil, err
 	}
 	a.store, a.hsm = st, h
-	a.svc = &keyport.Service{Store: st, Custody: h, Log: a.log, Writes: st.Group()}
+	a.svc = &keyport.Service{Store: st, Custody: h, Link: h, Log: a.log, Writes: st.Group()}
 	return a, nil
 }
 
@@ -166,6 +166,22 @@ func cmdHSMInit(ctx context.Context, args []string) error {
 	}
 	for _, l := range created {
 		fmt.Fprintln(stdout, "hsm: created", l)
+	}
+	mig, err := a.svc.MigrateKeys(ctx, cli, a.hsm)
+	if mig != nil && mig.Modules > 0 {
+		fmt.Fprintf(stdout, "hsm: migrated the keys of %d modules: %d PSKs sealed, %d ISD key sets and %d domains' first keys wrapped under the new KEKs\n",
+			mig.Modules, mig.PSKs, mig.ISDKeySets, mig.Domains)
+	}
+	if mig != nil {
+		for _, b := range mig.Batches {
+			fmt.Fprintf(stdout, "hsm: batch %s now keeps its first keys under %s\n", b, hsm.BatchKEKLabel(b))
+		}
+		for _, l := range mig.Destroyed {
+			fmt.Fprintln(stdout, "hsm: destroyed the old key", l)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("migrating the old keys stopped (run `keyport hsm init` again to go on; the old keys are kept until every row is moved): %w", err)
 	}
 	return nil
 }

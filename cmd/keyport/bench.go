@@ -251,7 +251,7 @@ func benchClaims(ctx context.Context, a *app, n, conc int) error {
 			return err
 		}
 		d := m.Domains[0]
-		if _, err := a.hsm.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "bench", Source: d.KeySource, EID: d.EID, AID: d.AID, Imported: d.Imported, Recipient: &sp.PublicKey}); err != nil {
+		if _, err := a.hsm.WrapFirstKeys(ctx, keyport.FirstKeysRequest{Batch: "bench", Source: d.KeySource, EID: d.EID, AID: d.AID, Wrapped: d.Wrapped, Recipient: &sp.PublicKey}); err != nil {
 			return err
 		}
 		_, err = a.hsm.SignES256(ctx, payload)

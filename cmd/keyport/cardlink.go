@@ -52,7 +52,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 		return nil, nil, fmt.Errorf("serve: --webhook-timeout must be positive, got %s", cf.webhookTimeout)
 	}
 	hub := cardlink.NewWakeHub()
-	a.svc.Link = a.hsm
+
 	a.svc.Trigger = hub
 	a.svc.Delivery.DevLoopbackWebhooks = cf.loopbackHooks
 	if cf.loopbackHooks {

@@ -127,10 +127,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 
 	// Card-link, and `keyport agent` on the pcscd reader, waiting for a wake-up.
 	link := cardlinktest.StartLink(t, w.Svc, cardlinktest.LinkOptions{DevLoopbackWebhooks: true})
-	psk, err := w.HSM.ModulePSK(ctx, eid, "A000000151000000")
-	if err != nil {
-		t.Fatal(err)
-	}
+	psk := w.HandshakePSK(t, eid)
 	pskFile := filepath.Join(dir, "module.psk")
 	os.WriteFile(pskFile, []byte(hex.EncodeToString(psk)+"\n"), 0o600)
 	actx, stop := context.WithCancel(ctx)

@@ -33,7 +33,7 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 		return err
 	}
 	defer a.Close()
-	a.svc.Link = a.hsm
+
 	// The file first: an export that cannot be written is not exported.
 	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {

@@ -22,7 +22,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 		return err
 	}
 	reader := fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
-	batch := fs.String("batch", "", "derived batch the module joins (keyport batch create NAME)")
+	batch := fs.String("batch", "", "batch the module joins (keyport batch create NAME, without --export-to)")
 	domains := fs.Int("domains", 8, "number of SSDs to create")
 	isdKeys := fs.String("isd-keys", string(perso.ISDKeysDefault),
 		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")

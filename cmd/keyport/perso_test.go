@@ -132,7 +132,7 @@ func TestWrongKeysFailAndCountTowardTheLockUntilEvenTheRightKeysAreRefused(t *te
 		t.Fatal(err)
 	}
 	aid := rep.Domains[0].AID.Bytes()
-	right := scptest.FirstKeys(st.app.hsm, "p1", e, rep.Domains[0].AID)
+	right := scptest.StoredFirstKeys(t, st.app.store, st.app.hsm, "p1", e, rep.Domains[0].AID)
 	wrong := gp.KeySet{KVN: 0x30, ENC: gp.AESKey(bytes.Repeat([]byte{1}, 16)), MAC: gp.AESKey(bytes.Repeat([]byte{2}, 16))}
 	for i := 1; i <= 3; i++ {
 		if _, sw, _ := scptest.Authenticate(t, reader, aid, wrong); sw != gp.SWSecurityNotSatisfied && sw != gp.SWAuthFailed {
@@ -140,7 +140,7 @@ func TestWrongKeysFailAndCountTowardTheLockUntilEvenTheRightKeysAreRefused(t *te
 		}
 	}
 	if _, sw, _ := scptest.Authenticate(t, reader, aid, right); sw != gp.SWAuthMethodBlocked {
-		t.Fatalf("the HSM-derived keys after 3 failures: %s, want 6983 (locked)", sw)
+		t.Fatalf("the stored keys after 3 failures: %s, want 6983 (locked)", sw)
 	}
 }
 
@@ -154,7 +154,7 @@ func TestAWrongAttemptBetweenRightOnesDoesNotLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	aid := rep.Domains[0].AID
-	right := scptest.FirstKeys(st.app.hsm, "p1", e, aid)
+	right := scptest.StoredFirstKeys(t, st.app.store, st.app.hsm, "p1", e, aid)
 	wrong := gp.KeySet{KVN: 0x30, ENC: gp.AESKey(bytes.Repeat([]byte{1}, 16)), MAC: gp.AESKey(bytes.Repeat([]byte{2}, 16))}
 	for i := 0; i < 4; i++ {
 		scptest.Authenticate(t, reader, aid.Bytes(), wrong)

@@ -43,6 +43,11 @@ func cmdServe(ctx context.Context, args []string) error {
 	for _, l := range created {
 		a.log.Info("hsm key created", "label", l)
 	}
+	if legacy, err := a.hsm.LegacyKeys(ctx); err != nil {
+		return err
+	} else if !legacy.Empty() {
+		return errors.New("the token holds master keys that derive card keys (made before keys were wrapped at rest): run `keyport hsm init` once to migrate them, then serve")
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err

@@ -94,7 +94,7 @@ func NewToken(t testing.TB) Token {
 }
 
 // Open creates a token (New), opens it and runs Init, so that the receipt,
-// audit and ISD master keys exist. The *HSM is closed at the end of the test.
+// audit, ISD KEK and sealing keys exist. The *HSM is closed at the end of the test.
 func Open(t testing.TB) *hsm.HSM {
 	t.Helper()
 	h, _ := OpenToken(t)

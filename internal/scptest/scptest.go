@@ -19,19 +19,31 @@ import (
 // R-ENC (AmdD Table 7-3), which i=70 allows.
 const Level gp.SecurityLevel = 0x33
 
-// FirstKeys is SSD aid's first key set (KVN 30) derived in h from batch.
-func FirstKeys(h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) gp.KeySet {
+// FirstKeys is domain d's first key set (KVN 30) of batch, as the HSM
+// unwraps it from the stored blobs.
+func FirstKeys(h *hsm.HSM, batch string, d *keyport.Domain) gp.KeySet {
 	ctx := context.Background()
-	return gp.KeySet{KVN: keyport.FirstKVN, ENC: keyport.StaticKey(ctx, h, keyport.FirstKey(batch, eid, aid, keyport.UsageENC)),
-		MAC: keyport.StaticKey(ctx, h, keyport.FirstKey(batch, eid, aid, keyport.UsageMAC))}
+	return gp.KeySet{KVN: keyport.FirstKVN, ENC: keyport.StaticKey(ctx, h, keyport.DomainKey(batch, d, keyport.UsageENC)),
+		MAC: keyport.StaticKey(ctx, h, keyport.DomainKey(batch, d, keyport.UsageMAC))}
 }
 
-// ISDKeys is the ISD key set perso installs (KVN keyport.PersoISDKVN),
-// derived in h.
-func ISDKeys(h *hsm.HSM, eid keyport.EID, isd keyport.AID) gp.KeySet {
+// StoredFirstKeys is FirstKeys of the domain eid/aid as the store holds it.
+func StoredFirstKeys(t testing.TB, repo keyport.Repo, h *hsm.HSM, batch string, eid keyport.EID, aid keyport.AID) gp.KeySet {
+	t.Helper()
+	d, err := repo.GetDomain(context.Background(), eid, aid)
+	if err != nil {
+		t.Fatalf("scptest: store: %v", err)
+	}
+	return FirstKeys(h, batch, d)
+}
+
+// ISDKeys is the ISD key set perso installs (KVN keyport.PersoISDKVN), as
+// the HSM unwraps it from the module's stored blobs.
+func ISDKeys(h *hsm.HSM, m *keyport.Module) gp.KeySet {
 	ctx := context.Background()
-	return gp.KeySet{KVN: keyport.PersoISDKVN, ENC: keyport.StaticKey(ctx, h, keyport.ISDKey(eid, isd, keyport.UsageENC)),
-		MAC: keyport.StaticKey(ctx, h, keyport.ISDKey(eid, isd, keyport.UsageMAC))}
+	return gp.KeySet{KVN: keyport.PersoISDKVN,
+		ENC: keyport.StaticKey(ctx, h, keyport.ISDKey(m.EID, m.ISDAID, keyport.UsageENC, m.ISDKeys[keyport.UsageENC])),
+		MAC: keyport.StaticKey(ctx, h, keyport.ISDKey(m.EID, m.ISDAID, keyport.UsageMAC, m.ISDKeys[keyport.UsageMAC]))}
 }
 
 // TestKeys is a key set of the public GP test key at kvn.
@@ -145,11 +157,12 @@ func (s *Session) SecurityDomains() []gp.RegistryEntry {
 
 // CheckPersonalized checks a module after keyport perso against the store
 // and the HSM: the store holds the module with n domains (key source
-// derived, KVN 30, UNASSIGNED, the HSM's KCVs); the ISD holds the derived
-// key set and no longer the test keys at KVN 30; GET STATUS lists exactly
-// those domains as SSDs with privileges 804000, SELECTABLE; the HSM-derived
-// first keys authenticate to each, and each card counter is the store's
-// plus the one authentication done here.
+// generated, KVN 30, UNASSIGNED, the KCVs of the stored blobs), its ISD key
+// blobs and its sealed PSK, and no pending perso record; the ISD holds the
+// stored key set and no longer the test keys at KVN 30; GET STATUS lists
+// exactly those domains as SSDs with privileges 804000, SELECTABLE; the
+// stored first keys authenticate to each, and each card counter is the
+// store's plus the one authentication done here.
 func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card gp.Channel, batch string, eid keyport.EID, n int) {
 	t.Helper()
 	ctx := context.Background()
@@ -163,16 +176,22 @@ func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card gp.Chan
 	if _, sw, _ := Authenticate(t, card, m.ISDAID.Bytes(), TestKeys(0x30)); sw != gp.SWReferencedDataNotFound {
 		t.Errorf("scptest: ISD test key set 30: %s, want 6A88 (replaced)", sw)
 	}
-	_, sw, isd := Authenticate(t, card, m.ISDAID.Bytes(), ISDKeys(h, eid, m.ISDAID))
+	if !m.ISDKeys.Complete() || len(m.PSK) == 0 {
+		t.Errorf("scptest: module stored without ISD key blobs or PSK (%d blobs, PSK %d bytes)", len(m.ISDKeys), len(m.PSK))
+	}
+	if _, err := repo.GetPersoKeys(ctx, eid); !errors.Is(err, keyport.ErrNotFound) {
+		t.Errorf("scptest: a perso record is left after registration: %v", err)
+	}
+	_, sw, isd := Authenticate(t, card, m.ISDAID.Bytes(), ISDKeys(h, m))
 	if sw != gp.SWOK {
-		t.Fatalf("scptest: ISD with the derived keys: %s", sw)
+		t.Fatalf("scptest: ISD with the stored keys: %s", sw)
 	}
 	onCard := isd.SecurityDomains()
 	if len(onCard) != n {
 		t.Fatalf("scptest: the card has %d SSDs, want %d: %+v", len(onCard), n, onCard)
 	}
 	for i, d := range m.Domains {
-		if d.KeySource != keyport.KeyDerived || d.KVN != 0x30 || d.State != keyport.Unassigned {
+		if d.KeySource != keyport.KeyGenerated || !d.Wrapped.Complete() || d.KVN != 0x30 || d.State != keyport.Unassigned {
 			t.Errorf("scptest: domain %s: %+v", d.AID, d)
 		}
 		e := onCard[i]
@@ -180,14 +199,14 @@ func CheckPersonalized(t testing.TB, repo keyport.Repo, h *hsm.HSM, card gp.Chan
 			t.Errorf("scptest: card entry %d: AID %X privileges %s LCS %s; store domain %s", i, e.AID, e.Privileges, e.LifeCycle, d.AID)
 		}
 		for _, u := range keyport.Usages {
-			kcv, err := h.DerivedKCV(ctx, keyport.FirstKey(batch, eid, d.AID, u))
+			kcv, err := h.KeyKCV(ctx, keyport.DomainKey(batch, &d, u))
 			if err != nil || kcv != d.KCV[u] {
 				t.Errorf("scptest: domain %s %s: store KCV %s, HSM %s (%v)", d.AID, u, d.KCV[u], kcv, err)
 			}
 		}
-		iu, sw, _ := Authenticate(t, card, d.AID.Bytes(), FirstKeys(h, batch, eid, d.AID))
+		iu, sw, _ := Authenticate(t, card, d.AID.Bytes(), FirstKeys(h, batch, &d))
 		if sw != gp.SWOK {
-			t.Errorf("scptest: domain %s: the derived first keys: %s", d.AID, sw)
+			t.Errorf("scptest: domain %s: the stored first keys: %s", d.AID, sw)
 		}
 		if want := uint32(d.SeqCounter) + 1; iu.SequenceCounter != want {
 			t.Errorf("scptest: domain %s: card counter %d, store says %d (so %d expected)", d.AID, iu.SequenceCounter, d.SeqCounter, want)

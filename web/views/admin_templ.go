@@ -670,7 +670,7 @@ func BatchesPage(m Meta, batches []keyport.Batch, f BatchForm, export string, e 
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 60, "</div><div class=\"field\"><label for=\"aid_prefix\">SSD AID prefix (derived batches)</label> <input type=\"text\" id=\"aid_prefix\" name=\"aid_prefix\" value=\"")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 60, "</div><div class=\"field\"><label for=\"aid_prefix\">SSD AID prefix (batches keyport personalizes)</label> <input type=\"text\" id=\"aid_prefix\" name=\"aid_prefix\" value=\"")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
