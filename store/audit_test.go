@@ -210,8 +210,8 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 			}
 		}
 		// Back to version 3, as a database an older keyport migrated: undo
-		// the steps after it (5, then 4).
-		for _, q := range []string{`ALTER TABLE users DROP COLUMN totp_last_step`, `ALTER TABLE sessions DROP COLUMN last_seen`,
+		// the steps after it (6, 5, then 4).
+		for _, q := range []string{`DROP TABLE passkey_ceremonies`, `DROP TABLE passkeys`, `ALTER TABLE users DROP COLUMN totp_last_step`, `ALTER TABLE sessions DROP COLUMN last_seen`,
 			`DROP TABLE audit_head`, `DELETE FROM schema_migrations WHERE version >= 4`} {
 			if err := store.ExecForTest(s, q); err != nil {
 				t.Fatal(err)
