@@ -24,7 +24,7 @@ import (
 // the session once the browser's authenticator has signed the challenge.
 // An account that also has TOTP may give its code instead (the fallback);
 // one without TOTP has no other way in. Each ceremony's challenge is kept
-// server-side (PasskeyCeremony), works once and for passkeyCeremonyLife.
+// server-side (PasskeyCeremony), works once and for PasskeyCeremonyLife.
 
 // Passkey is a user's registered WebAuthn credential.
 type Passkey struct {
@@ -66,8 +66,8 @@ type PasskeyCeremony struct {
 }
 
 const (
-	// passkeyCeremonyLife bounds how long a challenge may be answered.
-	passkeyCeremonyLife = 5 * time.Minute
+	// PasskeyCeremonyLife bounds how long a challenge may be answered.
+	PasskeyCeremonyLife = 5 * time.Minute
 	// PasskeyCeremonyPrefix starts every ceremony token.
 	PasskeyCeremonyPrefix = "kpc_"
 	maxPasskeyName        = 100
@@ -114,8 +114,8 @@ func (rp PasskeyRP) webauthn() (*webauthn.WebAuthn, error) {
 		AuthenticatorSelection: protocol.AuthenticatorSelection{ResidentKey: protocol.ResidentKeyRequirementPreferred,
 			UserVerification: protocol.VerificationRequired},
 		Timeouts: webauthn.TimeoutsConfig{
-			Login:        webauthn.TimeoutConfig{Timeout: passkeyCeremonyLife, TimeoutUVD: passkeyCeremonyLife},
-			Registration: webauthn.TimeoutConfig{Timeout: passkeyCeremonyLife, TimeoutUVD: passkeyCeremonyLife},
+			Login:        webauthn.TimeoutConfig{Timeout: PasskeyCeremonyLife, TimeoutUVD: PasskeyCeremonyLife},
+			Registration: webauthn.TimeoutConfig{Timeout: PasskeyCeremonyLife, TimeoutUVD: PasskeyCeremonyLife},
 		}})
 }
 
@@ -224,7 +224,7 @@ func (s *Service) newCeremony(ctx context.Context, userID string, purpose Passke
 	token := randomToken(PasskeyCeremonyPrefix)
 	now := s.now().UTC()
 	err = s.Store.CreatePasskeyCeremony(ctx, &PasskeyCeremony{Hash: HashSecret(token), UserID: userID, Purpose: purpose,
-		SessionHash: sessionHash, Data: string(data), CreatedAt: now, ExpiresAt: now.Add(passkeyCeremonyLife)})
+		SessionHash: sessionHash, Data: string(data), CreatedAt: now, ExpiresAt: now.Add(PasskeyCeremonyLife)})
 	return token, err
 }
 
@@ -353,7 +353,7 @@ func (e *PasskeyRequiredError) Is(target error) bool { return target == ErrUnaut
 // Options is the JSON of navigator.credentials.get's argument for rp.
 func (e *PasskeyRequiredError) Options(rp PasskeyRP) []byte {
 	b, _ := json.Marshal(protocol.CredentialAssertion{Response: protocol.PublicKeyCredentialRequestOptions{
-		Challenge: e.challenge, Timeout: int(passkeyCeremonyLife / time.Millisecond), RelyingPartyID: rp.ID,
+		Challenge: e.challenge, Timeout: int(PasskeyCeremonyLife / time.Millisecond), RelyingPartyID: rp.ID,
 		AllowedCredentials: e.allow, UserVerification: protocol.VerificationRequired}})
 	return b
 }
