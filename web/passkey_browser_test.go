@@ -371,3 +371,30 @@ func sessionSet(resp *http.Response) bool {
 	}
 	return false
 }
+
+// For a provider's user a passkey is optional; once added, it is the second
+// step as for an admin.
+func TestBrowserProviderUserAddsAPasskeyAndThenSignsInWithIt(t *testing.T) {
+	newTab := browser(t)
+	p := startPortalAt(t, 1, 1, true)
+	const email, pw = "ops@shop.example", "shop password 1234"
+	p.approvedProvider(t, "Shop", email, pw)
+	tab := newTab()
+	addAuthenticator(t, tab)
+	login(t, tab, p.base, email, pw)
+	if !strings.HasSuffix(location(t, tab), "/portal") {
+		t.Fatalf("without a passkey the provider lands on %s", location(t, tab))
+	}
+	enrolPasskey(t, tab, p.base, "/portal/security", "shop phone")
+	signOut(t, tab)
+	passwordStep(t, tab, p.base, email, pw)
+	do(t, tab, chromedp.Navigate(p.base+"/portal"))
+	if loc := location(t, tab); !strings.Contains(loc, "/login?next=") {
+		t.Fatalf("the portal is open after the password alone: %s", loc)
+	}
+	passwordStep(t, tab, p.base, email, pw)
+	clickAndLoad(t, tab, "#passkey-signin")
+	if loc := location(t, tab); !strings.HasSuffix(loc, "/portal") || !strings.Contains(bodyText(t, tab), "Shop: your domains") {
+		t.Fatalf("after the passkey the provider is at %s: %q", loc, bodyText(t, tab))
+	}
+}

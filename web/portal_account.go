@@ -309,11 +309,12 @@ func (s *Server) passkeyBegin(c echo.Context) error {
 		return err
 	}
 	m := s.securityMeta(c)
+	if s.rpErr != nil {
+		// The page says why; nothing was begun.
+		return render(c, http.StatusConflict, views.SecurityPage(m, v, nil))
+	}
 	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c))
-	switch {
-	case errors.Is(err, keyport.ErrUnavailable):
-		return render(c, http.StatusServiceUnavailable, views.SecurityPage(m, v, views.Errors{"": upperFirst(problemFor(err).Detail) + "."}))
-	case err != nil:
+	if err != nil {
 		if e, ok := formErrors(err, nil); ok {
 			return render(c, http.StatusUnprocessableEntity, views.SecurityPage(m, v, e))
 		}
@@ -325,6 +326,13 @@ func (s *Server) passkeyBegin(c echo.Context) error {
 
 // passkeyFinish stores the passkey the browser created.
 func (s *Server) passkeyFinish(c echo.Context) error {
+	if s.rpErr != nil {
+		v, err := s.securityView(c)
+		if err != nil {
+			return err
+		}
+		return render(c, http.StatusConflict, views.SecurityPage(s.securityMeta(c), v, nil))
+	}
 	pk, err := s.svc.FinishPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c),
 		c.FormValue("token"), c.FormValue("name"), c.FormValue("credential"))
 	if err != nil {
@@ -393,6 +401,9 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 	s.setCookie(c, s.passkeyCookie(), "", -1, http.SameSiteStrictMode)
 	if !s.logins.allow(time.Now(), clientNet(c)) {
 		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
+	}
+	if s.rpErr != nil {
+		return page(http.StatusConflict, views.Errors{"": "Passkeys are not available on this installation: " + s.passkeysOff() + "."})
 	}
 	res, err := s.svc.FinishPasskeySignIn(c.Request().Context(), s.rp, token, c.FormValue("credential"))
 	var locked *keyport.LockedError
