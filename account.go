@@ -339,7 +339,8 @@ var errWrongTOTP = fmt.Errorf("%w: the authenticator code is wrong, expired or u
 var checkPasswordHook func()
 
 // Login checks a password (and a TOTP code when the account has one) and
-// opens a session. Each attempt on an account is reserved in the store
+// opens a session; an account with passkeys gets a *PasskeyRequiredError
+// instead, unless it gives its TOTP code. Each attempt on an account is reserved in the store
 // before the password hash is computed: MaxFailedLogins attempts that do
 // not succeed lock the account for LockFor (*LockedError), however many
 // arrive in parallel; only a complete sign-in resets the count. Unknown
@@ -385,6 +386,15 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 	if !CheckPassword(u.PasswordHash, password) {
 		return fail("wrong password", errWrongLogin)
 	}
+	// An account with passkeys signs in with one (passkey.go); a TOTP
+	// code, if the account has TOTP, is the fallback.
+	passkeys, err := s.Store.ListPasskeys(ctx, u.ID)
+	if err != nil {
+		return nil, fmt.Errorf("keyport: login: %w", err)
+	}
+	if len(passkeys) > 0 && (totpCode == "" || u.TOTPSealed == nil) {
+		return s.passkeyStep(ctx, u, passkeys)
+	}
 	if u.TOTPSealed != nil {
 		// A right password without a code counts too: otherwise it would
 		// clear the count between guesses of the code.
@@ -419,7 +429,7 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 			ExpiresAt: now.Add(SessionLifetime), LastSeen: now}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, userActor(u), "user.login", "user:"+u.ID, map[string]any{"totp": u.TOTPSealed != nil})
+		return s.audit(ctx, tx, userActor(u), "user.login", "user:"+u.ID, map[string]any{"totp": u.TOTPSealed != nil, "passkey_fallback": len(passkeys) > 0})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("keyport: login: %w", err)

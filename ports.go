@@ -229,6 +229,26 @@ type AccountRepo interface {
 	DeleteSession(ctx context.Context, hash []byte) error
 	DeleteUserSessions(ctx context.Context, userID string) error
 
+	// CreatePasskey stores a user's new WebAuthn credential; ErrConflict
+	// if the credential ID is registered already (to anyone).
+	CreatePasskey(ctx context.Context, p *Passkey) error
+	// ListPasskeys returns the user's passkeys, oldest first.
+	ListPasskeys(ctx context.Context, userID string) ([]Passkey, error)
+	// DeletePasskey removes one of the user's passkeys; ErrNotFound for
+	// another user's or an unknown one.
+	DeletePasskey(ctx context.Context, userID, id string) error
+	// UsePasskey records an assertion: the new sign count, flags and time,
+	// conditionally: only while the stored count is below signCount (or
+	// both are 0, an authenticator without a counter). Otherwise it
+	// changes nothing and fails with ErrConflict (a cloned authenticator,
+	// or a parallel use of the same count).
+	UsePasskey(ctx context.Context, id string, signCount uint32, flags byte, at time.Time) error
+	// CreatePasskeyCeremony stores a WebAuthn challenge by its hash.
+	CreatePasskeyCeremony(ctx context.Context, c *PasskeyCeremony) error
+	// TakePasskeyCeremony deletes and returns an unexpired ceremony of the
+	// purpose; ErrNotFound if there is none (unknown, used or expired).
+	TakePasskeyCeremony(ctx context.Context, purpose PasskeyPurpose, hash []byte, now time.Time) (*PasskeyCeremony, error)
+
 	AddOutbox(ctx context.Context, m *OutboxMessage) error
 	// ListOutbox returns the newest limit messages of a topic ("" = all).
 	ListOutbox(ctx context.Context, topic string, limit int) ([]OutboxMessage, error)

@@ -1,5 +1,6 @@
-// keyport portal enhancements. Everything works without this file; it adds
-// EID checking as you type and an upload progress bar. Loaded as an external
+// keyport portal enhancements. Everything but passkeys works without this
+// file; it adds EID checking as you type, an upload progress bar and the
+// WebAuthn calls of passkey enrolment and sign-in. Loaded as an external
 // script so the Content-Security-Policy can forbid inline script.
 (function () {
   "use strict";
@@ -80,7 +81,74 @@
     });
   }
 
+  // Passkeys (WebAuthn). The server's options are JSON with base64url for
+  // binary values; the browser's answer goes back the same way, in the
+  // form's hidden "credential" field, and the form is then submitted.
+  function fromB64u(s) {
+    var b = atob(s.replace(/-/g, "+").replace(/_/g, "/"));
+    var out = new Uint8Array(b.length);
+    for (var i = 0; i < b.length; i++) out[i] = b.charCodeAt(i);
+    return out.buffer;
+  }
+  function toB64u(buf) {
+    if (!buf) return "";
+    var bytes = new Uint8Array(buf), s = "";
+    for (var i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+    return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+  function credentialIDs(list) {
+    (list || []).forEach(function (c) { c.id = fromB64u(c.id); });
+  }
+  function encodeCredential(cred) {
+    var r = cred.response;
+    var out = {
+      id: cred.id, rawId: toB64u(cred.rawId), type: cred.type,
+      authenticatorAttachment: cred.authenticatorAttachment || undefined,
+      clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+      response: { clientDataJSON: toB64u(r.clientDataJSON) }
+    };
+    if (r.attestationObject) {
+      out.response.attestationObject = toB64u(r.attestationObject);
+      out.response.transports = r.getTransports ? r.getTransports() : [];
+    } else {
+      out.response.authenticatorData = toB64u(r.authenticatorData);
+      out.response.signature = toB64u(r.signature);
+      if (r.userHandle) out.response.userHandle = toB64u(r.userHandle);
+    }
+    return out;
+  }
+  function wirePasskey(form, create) {
+    var status = form.querySelector("#passkey-status");
+    function say(msg) { if (status) status.textContent = msg; }
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      if (!window.PublicKeyCredential || !navigator.credentials) {
+        say("This browser cannot use passkeys.");
+        return;
+      }
+      var opts = JSON.parse(form.getAttribute(create ? "data-passkey-create" : "data-passkey-get")).publicKey;
+      opts.challenge = fromB64u(opts.challenge);
+      if (create) {
+        opts.user.id = fromB64u(opts.user.id);
+        credentialIDs(opts.excludeCredentials);
+      } else {
+        credentialIDs(opts.allowCredentials);
+      }
+      say("Waiting for your passkey…");
+      var ask = create ? navigator.credentials.create({ publicKey: opts }) : navigator.credentials.get({ publicKey: opts });
+      ask.then(function (cred) {
+        form.elements.credential.value = JSON.stringify(encodeCredential(cred));
+        say("Checking…");
+        form.submit();
+      }, function (err) {
+        say((create ? "No passkey was created" : "No passkey of this account answered") + " (" + err.name + "). Try again, or use another device.");
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-passkey-create]"), function (f) { wirePasskey(f, true); });
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-passkey-get]"), function (f) { wirePasskey(f, false); });
     Array.prototype.forEach.call(document.querySelectorAll("[data-job-events]"), wireJob);
     Array.prototype.forEach.call(document.querySelectorAll("input[data-eid]"), wireEID);
     Array.prototype.forEach.call(document.querySelectorAll("form[data-upload]"), wireUpload);

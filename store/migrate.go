@@ -269,6 +269,37 @@ var migrations = []migration{
 			updated_at {{time}} NOT NULL
 		)`,
 	}},
+	// Passkeys (passkey.go): each user's WebAuthn credentials, with the
+	// signature counter that detects a cloned authenticator; and the
+	// challenges of ceremonies under way, by the SHA-256 of the token the
+	// browser holds, each answered once before it expires. The step stands
+	// alone: it creates its tables and touches none of the others.
+	{7, "passkeys and their ceremonies", []string{
+		`CREATE TABLE passkeys (
+			id TEXT PRIMARY KEY,
+			user_id TEXT NOT NULL REFERENCES users (id),
+			name TEXT NOT NULL,
+			credential_id {{bytes}} NOT NULL UNIQUE,
+			public_key {{bytes}} NOT NULL,
+			sign_count BIGINT NOT NULL DEFAULT 0,
+			aaguid {{bytes}},
+			transports TEXT NOT NULL DEFAULT '',
+			flags INTEGER NOT NULL DEFAULT 0,
+			created_at {{time}} NOT NULL,
+			last_used_at {{time}}
+		)`,
+		`CREATE INDEX passkeys_user_id ON passkeys (user_id)`,
+		`CREATE TABLE passkey_ceremonies (
+			hash {{bytes}} PRIMARY KEY,
+			user_id TEXT NOT NULL REFERENCES users (id),
+			purpose TEXT NOT NULL,
+			session_hash {{bytes}},
+			data TEXT NOT NULL,
+			created_at {{time}} NOT NULL,
+			expires_at {{time}} NOT NULL
+		)`,
+		`CREATE INDEX passkey_ceremonies_user_id ON passkey_ceremonies (user_id)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

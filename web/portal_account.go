@@ -138,9 +138,12 @@ func (s *Server) login(c echo.Context) error {
 	}
 	res, err := s.svc.Login(c.Request().Context(), f.Email, c.FormValue("password"), c.FormValue("totp"))
 	var locked *keyport.LockedError
+	var pk *keyport.PasskeyRequiredError
 	switch {
 	case errors.As(err, &locked):
 		return page(http.StatusForbidden, views.Errors{"": upperFirst(locked.Error()) + "."})
+	case errors.As(err, &pk):
+		return s.passkeyStep(c, f, pk)
 	case errors.Is(err, keyport.ErrTOTPRequired):
 		f.NeedTOTP = true
 		return page(http.StatusUnauthorized, views.Errors{"totp": "Enter the 6-digit code from your authenticator app, with your password again."})
@@ -215,25 +218,60 @@ func (s *Server) resetConfirm(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, "/login")
 }
 
-// ---- TOTP ----
+// ---- Sign-in security: TOTP and passkeys ----
+
+// securityBase is the security page of the signed-in user: the console's
+// for an admin, the provider portal's otherwise.
+func securityBase(c echo.Context) string {
+	if pageUser(c).User.Admin {
+		return "/admin/security"
+	}
+	return "/portal/security"
+}
+
+// securityView is the page's state for the signed-in user.
+func (s *Server) securityView(c echo.Context) (views.SecurityView, error) {
+	su := pageUser(c)
+	keys, err := s.svc.ListPasskeys(c.Request().Context(), su.User)
+	if err != nil {
+		return views.SecurityView{}, err
+	}
+	v := views.SecurityView{Base: securityBase(c), Admin: su.User.Admin, TOTPOn: su.User.TOTPSealed != nil, Passkeys: keys}
+	if s.rpErr != nil {
+		v.PasskeysOff = "Passkeys are not available on this installation: " + s.passkeysOff() + "."
+	}
+	return v, nil
+}
+
+func (s *Server) securityMeta(c echo.Context) views.Meta {
+	return s.meta(c, "Sign-in security", securityBase(c))
+}
 
 func (s *Server) securityPage(c echo.Context) error {
-	su := pageUser(c)
-	return render(c, http.StatusOK, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), su.User.TOTPSealed != nil, nil, "", nil))
+	v, err := s.securityView(c)
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.SecurityPage(s.securityMeta(c), v, nil))
 }
 
 func (s *Server) totpBegin(c echo.Context) error {
 	su := pageUser(c)
-	m := s.meta(c, "Sign-in security", "/portal/security")
+	v, err := s.securityView(c)
+	if err != nil {
+		return err
+	}
+	m := s.securityMeta(c)
 	en, err := s.svc.BeginTOTP(c.Request().Context(), su.User)
 	if errors.Is(err, keyport.ErrUnavailable) {
-		return render(c, http.StatusServiceUnavailable, views.TOTPPage(m, false, nil, "",
+		return render(c, http.StatusServiceUnavailable, views.SecurityPage(m, v,
 			views.Errors{"": "Authenticator apps are not available on this installation (no HSM sealing key)."}))
 	}
 	if err != nil {
 		return err
 	}
-	return render(c, http.StatusOK, views.TOTPPage(m, false, en, base64.StdEncoding.EncodeToString(en.Sealed), nil))
+	v.TOTP, v.Sealed = en, base64.StdEncoding.EncodeToString(en.Sealed)
+	return render(c, http.StatusOK, views.SecurityPage(m, v, nil))
 }
 
 func (s *Server) totpConfirm(c echo.Context) error {
@@ -245,11 +283,143 @@ func (s *Server) totpConfirm(c echo.Context) error {
 		err = keyport.Invalid("code", "the enrolment form was altered: start again")
 	}
 	if e, ok := formErrors(err, nil); ok {
-		return render(c, http.StatusUnprocessableEntity, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), false, nil, "", e))
+		v, verr := s.securityView(c)
+		if verr != nil {
+			return verr
+		}
+		return render(c, http.StatusUnprocessableEntity, views.SecurityPage(s.securityMeta(c), v, e))
 	}
 	if err != nil {
 		return err
 	}
 	s.flash(c, "good", "Authenticator app turned on: sign-in now asks for its code.")
-	return c.Redirect(http.StatusSeeOther, "/portal/security")
+	return c.Redirect(http.StatusSeeOther, securityBase(c))
+}
+
+func sessionToken(c echo.Context) string {
+	t, _ := c.Get("session_token").(string)
+	return t
+}
+
+// passkeyBegin starts a registration: the page comes back with the
+// browser's options and a name field.
+func (s *Server) passkeyBegin(c echo.Context) error {
+	v, err := s.securityView(c)
+	if err != nil {
+		return err
+	}
+	m := s.securityMeta(c)
+	if s.rpErr != nil {
+		// The page says why; nothing was begun.
+		return render(c, http.StatusConflict, views.SecurityPage(m, v, nil))
+	}
+	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c))
+	if err != nil {
+		if e, ok := formErrors(err, nil); ok {
+			return render(c, http.StatusUnprocessableEntity, views.SecurityPage(m, v, e))
+		}
+		return err
+	}
+	v.Enrol = &views.PasskeyEnrol{Token: en.Token, Options: string(en.Options)}
+	return render(c, http.StatusOK, views.SecurityPage(m, v, nil))
+}
+
+// passkeyFinish stores the passkey the browser created.
+func (s *Server) passkeyFinish(c echo.Context) error {
+	if s.rpErr != nil {
+		v, err := s.securityView(c)
+		if err != nil {
+			return err
+		}
+		return render(c, http.StatusConflict, views.SecurityPage(s.securityMeta(c), v, nil))
+	}
+	pk, err := s.svc.FinishPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c),
+		c.FormValue("token"), c.FormValue("name"), c.FormValue("credential"))
+	if err != nil {
+		e, ok := formErrors(err, nil)
+		if !ok {
+			return err
+		}
+		v, verr := s.securityView(c)
+		if verr != nil {
+			return verr
+		}
+		return render(c, http.StatusUnprocessableEntity, views.SecurityPage(s.securityMeta(c), v, e))
+	}
+	msg := "Passkey “" + pk.Name + "” added: sign-in now asks for it after your password."
+	if pageUser(c).User.Admin {
+		msg = "Passkey “" + pk.Name + "” added: the console now asks for it after your password."
+	}
+	s.flash(c, "good", msg)
+	return c.Redirect(http.StatusSeeOther, securityBase(c))
+}
+
+func (s *Server) passkeyRemove(c echo.Context) error {
+	if err := s.svc.RemovePasskey(c.Request().Context(), pageUser(c).User, c.Param("id")); err != nil {
+		return err
+	}
+	s.flash(c, "good", "Passkey removed: it cannot sign in to this account any more.")
+	return c.Redirect(http.StatusSeeOther, securityBase(c))
+}
+
+// passkeysOff says why this installation has no relying party.
+func (s *Server) passkeysOff() string {
+	return strings.TrimPrefix(s.rpErr.Error(), "keyport: ")
+}
+
+// passkeyCookie holds the token of a sign-in ceremony between the password
+// step and the passkey's answer.
+func (s *Server) passkeyCookie() string {
+	if s.opts.InsecureCookies {
+		return "kp_passkey"
+	}
+	return "__Host-kp_passkey"
+}
+
+// passkeyStep answers a right password on an account with passkeys: the
+// ceremony's token in a cookie, and the page that asks the authenticator.
+func (s *Server) passkeyStep(c echo.Context, f views.LoginForm, pk *keyport.PasskeyRequiredError) error {
+	s.setCookie(c, s.passkeyCookie(), pk.Token, keyport.PasskeyCeremonyLife, http.SameSiteStrictMode)
+	st := views.PasskeyStep{Options: string(pk.Options(s.rp)), Next: f.Next, Email: f.Email, TOTP: pk.TOTP}
+	if s.rpErr != nil {
+		st.Off = "Passkeys are not available on this installation (" + s.passkeysOff() + "): the sign-in cannot be completed with one."
+	}
+	return render(c, http.StatusUnauthorized, views.PasskeyStepPage(s.meta(c, "Confirm with your passkey", "/login"), st, nil))
+}
+
+// passkeyLogin takes the authenticator's answer and opens the session.
+func (s *Server) passkeyLogin(c echo.Context) error {
+	f := views.LoginForm{Next: safeNext(c.FormValue("next"))}
+	page := func(status int, e views.Errors) error {
+		return render(c, status, views.LoginPage(s.meta(c, "Sign in", "/login"), f, e))
+	}
+	token := ""
+	if ck, err := c.Cookie(s.passkeyCookie()); err == nil {
+		token = ck.Value
+	}
+	// The ceremony works once, whatever the answer.
+	s.setCookie(c, s.passkeyCookie(), "", -1, http.SameSiteStrictMode)
+	if !s.logins.allow(time.Now(), clientNet(c)) {
+		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
+	}
+	if s.rpErr != nil {
+		return page(http.StatusConflict, views.Errors{"": "Passkeys are not available on this installation: " + s.passkeysOff() + "."})
+	}
+	res, err := s.svc.FinishPasskeySignIn(c.Request().Context(), s.rp, token, c.FormValue("credential"))
+	var locked *keyport.LockedError
+	switch {
+	case errors.As(err, &locked):
+		return page(http.StatusForbidden, views.Errors{"": upperFirst(locked.Error()) + "."})
+	case errors.Is(err, keyport.ErrUnauthenticated):
+		msg := strings.TrimPrefix(err.Error(), keyport.ErrUnauthenticated.Error()+": ")
+		return page(http.StatusUnauthorized, views.Errors{"": upperFirst(msg) + "."})
+	case err != nil:
+		return err
+	}
+	s.setCookie(c, s.sessionCookie(), res.Token, keyport.SessionLifetime, http.SameSiteLaxMode)
+	next := f.Next
+	if next == "" {
+		next = "/"
+	}
+	return c.Redirect(http.StatusSeeOther, next)
 }

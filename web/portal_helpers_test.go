@@ -3,10 +3,12 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,11 +34,20 @@ const chromiumInstall = "apt-get update && apt-get install -y chromium"
 type portal struct {
 	w          *fixture.World
 	srv        *httptest.Server
+	base       string // the URL browsers use
 	adminEmail string
 	adminPW    string
 }
 
 func startPortal(t *testing.T, modules, domains int) *portal {
+	t.Helper()
+	return startPortalAt(t, modules, domains, false)
+}
+
+// startPortalAt is startPortal; with onLocalhost the portal's public URL is
+// http://localhost:<port> (a host name WebAuthn accepts over plain HTTP),
+// and the browser is to use p.base rather than the 127.0.0.1 address.
+func startPortalAt(t *testing.T, modules, domains int, onLocalhost bool) *portal {
 	t.Helper()
 	s := storetest.Open(t, storetest.SQLitePath(t))
 	w := fixture.New(t, s, modules, domains)
@@ -59,9 +70,20 @@ func startPortal(t *testing.T, modules, domains int) *portal {
 		}
 		return out, nil
 	}
-	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, SpoolDir: t.TempDir(), HSMStatus: hsmStatus}))
+	srv := httptest.NewUnstartedServer(nil)
+	opts := web.Options{InsecureCookies: true, SpoolDir: t.TempDir(), HSMStatus: hsmStatus}
+	base := ""
+	if onLocalhost {
+		base = "http://localhost:" + strconv.Itoa(srv.Listener.Addr().(*net.TCPAddr).Port)
+		opts.PublicURL = base
+	}
+	srv.Config.Handler = web.New(w.Svc, opts)
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &portal{w: w, srv: srv, adminEmail: "admin@issuer.example", adminPW: pw}
+	if base == "" {
+		base = srv.URL
+	}
+	return &portal{w: w, srv: srv, base: base, adminEmail: "admin@issuer.example", adminPW: pw}
 }
 
 // browser starts headless Chromium for the test and returns a function

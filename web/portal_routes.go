@@ -43,6 +43,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	pg.POST("/verify", s.verify)
 	pg.GET("/login", s.loginForm)
 	pg.POST("/login", s.login)
+	pg.POST("/login/passkey", s.passkeyLogin)
 	pg.POST("/logout", s.logout)
 	pg.GET("/reset", s.resetForm)
 	pg.POST("/reset", s.resetRequest)
@@ -68,9 +69,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	pr.GET("/webhook", s.webhookPage)
 	pr.POST("/webhook", s.setWebhook)
 	pr.GET("/audit", s.myAuditPage)
-	pr.GET("/security", s.securityPage)
-	pr.POST("/security/totp", s.totpBegin)
-	pr.POST("/security/totp/confirm", s.totpConfirm)
+	s.securityRoutes(pr.Group("/security"))
 
 	ad := pg.Group("/admin", requirePageAdmin)
 	ad.GET("", s.adminDashboard)
@@ -87,6 +86,18 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/jobs/:id/cancel", s.cancelJobPage("/admin/jobs"))
 	ad.GET("/outbox", s.outboxPage)
 	ad.GET("/hsm", s.hsmPage)
+	s.securityRoutes(ad.Group("/security"))
+}
+
+// securityRoutes are the sign-in security pages of a provider's user
+// (/portal/security) and of an admin (/admin/security).
+func (s *Server) securityRoutes(g *echo.Group) {
+	g.GET("", s.securityPage)
+	g.POST("/totp", s.totpBegin)
+	g.POST("/totp/confirm", s.totpConfirm)
+	g.POST("/passkeys/begin", s.passkeyBegin)
+	g.POST("/passkeys", s.passkeyFinish)
+	g.POST("/passkeys/:id/remove", s.passkeyRemove)
 }
 
 // maxPageBody bounds a form post (a PEM key, a script); only the batch

@@ -6,6 +6,7 @@ package web
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"mime"
@@ -75,6 +76,10 @@ type Server struct {
 	log    *slog.Logger
 	logins *rateLimiter // sign-in, per client address
 	mails  *rateLimiter // sign-up, reset, verify: per client network and e-mail
+	// rp is the WebAuthn relying party, from PublicURL; rpErr says why
+	// there is none (passkeys are then refused, never weakened).
+	rp    keyport.PasskeyRP
+	rpErr error
 }
 
 // New returns the echo instance serving keyport's REST API.
@@ -84,6 +89,11 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	}
 	s := &Server{svc: svc, opts: opts, log: opts.Log, logins: newRateLimiter(loginBurst, loginWindow),
 		mails: newRateLimiter(mailBurst, mailWindow)}
+	if opts.PublicURL == "" {
+		s.rpErr = errors.New("the portal has no configured public URL")
+	} else if s.rp, s.rpErr = keyport.PasskeyRPFromURL(opts.PublicURL); s.rpErr != nil {
+		opts.Log.Warn("passkeys unavailable", "err", s.rpErr)
+	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.pageErrorHandler(errorHandler(opts.Log))

@@ -38,7 +38,7 @@ func bindPortalFlags(fs *flag.FlagSet) (*portalFlags, error) {
 	if err != nil {
 		return nil, err
 	}
-	fs.StringVar(&pf.publicURL, "public-url", pub, "the portal's address as users reach it, for e-mail links (KEYPORT_PUBLIC_URL); default http://<addr>")
+	fs.StringVar(&pf.publicURL, "public-url", pub, "the portal's address as users reach it, for e-mail links and as the passkey (WebAuthn) relying party: a host name, https or http://localhost (KEYPORT_PUBLIC_URL); default http://<addr>")
 	fs.BoolVar(&pf.insecureCookies, "dev-insecure-cookies", insecure == "1" || insecure == "true",
 		"development only: session cookies without Secure, so plain http://127.0.0.1 works (KEYPORT_DEV_INSECURE_COOKIES=1); refused on any non-loopback --addr")
 	fs.StringVar(&pf.smtpURL, "smtp-url", smtpURL,
