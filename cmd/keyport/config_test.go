@@ -77,3 +77,17 @@ func TestRedactDSNHidesThePostgresPassword(t *testing.T) {
 		}
 	}
 }
+
+func TestTheDefaultPublicURLNamesALoopbackAddressLocalhost(t *testing.T) {
+	for addr, want := range map[string]string{
+		"127.0.0.1:8080":  "http://localhost:8080",
+		"[::1]:9000":      "http://localhost:9000",
+		"0.0.0.0:8080":    "http://0.0.0.0:8080",
+		"10.1.2.3:80":     "http://10.1.2.3:80",
+		"portal.test:443": "http://portal.test:443",
+	} {
+		if got := defaultPublicURL(addr); got != want {
+			t.Errorf("%s: %s, want %s", addr, got, want)
+		}
+	}
+}

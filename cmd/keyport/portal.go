@@ -51,7 +51,7 @@ func bindPortalFlags(fs *flag.FlagSet) (*portalFlags, error) {
 func (pf *portalFlags) webOptions(a *app) (web.Options, error) {
 	o := web.Options{Log: a.log, SpoolDir: a.cfg.DataDir, PublicURL: pf.publicURL, InsecureCookies: pf.insecureCookies}
 	if o.PublicURL == "" {
-		o.PublicURL = "http://" + a.cfg.Addr
+		o.PublicURL = defaultPublicURL(a.cfg.Addr)
 	}
 	if pf.insecureCookies {
 		host, _, err := net.SplitHostPort(a.cfg.Addr)
@@ -191,4 +191,18 @@ func cmdAdminUserAdd(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(stdout, "admin user %s created; password (shown once): %s\n", fs.Arg(0), pw)
 	return nil
+}
+
+// defaultPublicURL is the portal's address when --public-url is not given:
+// http://<addr>, with a loopback address named localhost, so that on a
+// development machine (`make run`) passkeys work: WebAuthn accepts plain
+// HTTP only for localhost, and never an IP address as relying party.
+func defaultPublicURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			return "http://" + net.JoinHostPort("localhost", port)
+		}
+	}
+	return "http://" + addr
 }
