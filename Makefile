@@ -22,9 +22,10 @@ build:
 	$(GO) build -o $(BIN) ./cmd/keyport
 
 # The portal at http://127.0.0.1:8080 over plain HTTP: its cookies drop the
-# Secure flag (KEYPORT_DEV_INSECURE_COOKIES, refused on non-loopback addresses).
+# Secure flag (KEYPORT_DEV_INSECURE_COOKIES, refused on non-loopback addresses),
+# and one admin may run every operation (KEYPORT_DUAL_CONTROL=1; serve says so).
 run: run-deps build
-	KEYPORT_DATA_DIR=$(DATA_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 ./$(BIN) serve
+	KEYPORT_DATA_DIR=$(DATA_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 KEYPORT_DUAL_CONTROL=1 ./$(BIN) serve
 
 # Regenerate the templ views (web/views/*_templ.go are committed; output is
 # deterministic, so a clean tree stays clean).

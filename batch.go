@@ -46,6 +46,11 @@ func (s *Service) CreateBatch(ctx context.Context, p Principal, name string, aid
 		if err := checkRSA(manufacturer); err != nil {
 			return nil, nil, err
 		}
+		// The transport key leaves the HSM (wrapped to the manufacturer):
+		// dual control.
+		if err := s.underDualControl(ctx, ActionTransportExport, name); err != nil {
+			return nil, nil, err
+		}
 		b.KeySource = KeyImported
 	}
 	if _, err := s.Store.GetBatch(ctx, name); err == nil {

@@ -130,10 +130,14 @@ func (s *Service) GetDomain(ctx context.Context, p Principal, eid EID, aid AID) 
 // field the PSK never leaves card and HSM. keyport's handset agent plays both
 // the phone and the card's TLS stack, and so needs the PSK in a file
 // (`keyport agent --psk-file`). This is the one, audited way to get it:
-// issuer admins only, one audit event per export.
+// issuer admins only, under dual control (ActionPSKExport), one audit event
+// per export.
 func (s *Service) ExportHandsetPSK(ctx context.Context, p Principal, eid EID) ([]byte, error) {
 	if !p.Admin {
 		return nil, ErrForbidden
+	}
+	if err := s.underDualControl(ctx, ActionPSKExport, string(eid)); err != nil {
+		return nil, err
 	}
 	m, err := s.Store.GetModule(ctx, eid)
 	if err != nil {

@@ -89,6 +89,7 @@ type Repo interface {
 	AccountRepo
 	AuditRepo
 	JobRepo
+	ApprovalRepo
 }
 
 // Store is a Repo that can run a function in one transaction. If fn returns
@@ -313,6 +314,20 @@ type JobRepo interface {
 	// transaction that records a session's last answer, the session ends
 	// exactly when there is nothing more to send.
 	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)
+}
+
+// ApprovalRepo stores dual-control requests (approval.go).
+type ApprovalRepo interface {
+	// CreateApproval inserts r (Version 0).
+	CreateApproval(ctx context.Context, r *ApprovalRequest) error
+	// GetApproval returns request id; ErrNotFound if unknown.
+	GetApproval(ctx context.Context, id string) (*ApprovalRequest, error)
+	// ListApprovals returns the newest limit requests, newest first.
+	ListApprovals(ctx context.Context, limit int) ([]ApprovalRequest, error)
+	// UpdateApproval writes r's approvers, state, error and done time and
+	// increments r.Version, only if the stored row is still at version from;
+	// otherwise ErrConflict and nothing changes.
+	UpdateApproval(ctx context.Context, r *ApprovalRequest, from int) error
 }
 
 // Mailer sends e-mail (SMTP in production). Without one, messages stay in

@@ -85,8 +85,10 @@ func newAPIToken(providerID, name string, at time.Time) (string, *APIToken) {
 		Hash: HashToken(token), CreatedAt: at}
 }
 
-// AddProvider creates an approved provider (the command-line route; browser
-// sign-up starts pending) and returns it with a new API token, shown once.
+// AddProvider creates a provider (the command-line route; browser sign-up
+// starts pending) and returns it with a new API token, shown once. It is
+// approved at once only with dual control off; otherwise it is pending until
+// a request for its approval (ActionProviderApprove) is approved.
 func (s *Service) AddProvider(ctx context.Context, p Principal, name, email string, kind ProviderKind) (*Provider, string, error) {
 	if !p.Admin {
 		return nil, "", ErrForbidden
@@ -105,7 +107,13 @@ func (s *Service) AddProvider(ctx context.Context, p Principal, name, email stri
 	if !kind.Valid() {
 		return nil, "", invalid("kind", "must be bank, retailer, transit or other")
 	}
-	prov := &Provider{ID: NewID("prv"), Name: name, Kind: kind, Email: email, Status: ProviderApproved, CreatedAt: s.now().UTC()}
+	// Under dual control a provider added by one admin waits for another's
+	// approval (ActionProviderApprove): its token works from then on.
+	status := ProviderApproved
+	if !s.DualControl.Off() {
+		status = ProviderPending
+	}
+	prov := &Provider{ID: NewID("prv"), Name: name, Kind: kind, Email: email, Status: status, CreatedAt: s.now().UTC()}
 	token, t := newAPIToken(prov.ID, "cli", prov.CreatedAt)
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateProvider(ctx, prov); err != nil {
@@ -124,6 +132,9 @@ func (s *Service) AddProvider(ctx context.Context, p Principal, name, email stri
 
 // CreateAdminToken creates an issuer-admin API token and returns it once.
 func (s *Service) CreateAdminToken(ctx context.Context, name string) (string, error) {
+	if err := s.underDualControl(ctx, ActionAdminToken, name); err != nil {
+		return "", err
+	}
 	token, t := newAPIToken("", name, s.now().UTC())
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
@@ -379,6 +390,12 @@ func (s *Service) SetProviderStatus(ctx context.Context, p Principal, id string,
 	}
 	if status != ProviderApproved && status != ProviderSuspended {
 		return invalid("status", "must be approved or suspended")
+	}
+	if status == ProviderApproved {
+		// Approval and un-suspension let a provider claim keys: dual control.
+		if err := s.underDualControl(ctx, ActionProviderApprove, id); err != nil {
+			return err
+		}
 	}
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.SetProviderStatus(ctx, id, status); err != nil {

@@ -33,6 +33,9 @@ type Service struct {
 	Trigger Trigger
 	// Delivery tunes card-link delivery: leases, expiry, retries (job.go).
 	Delivery DeliveryPolicy
+	// DualControl is the M-of-N policy of the operations that release
+	// secrets or custody (approval.go); the zero value needs two admins.
+	DualControl DualControl
 	// Writes commits the writes of admin sessions and job changes,
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
@@ -84,3 +87,6 @@ func (s *Service) link() LinkCustody {
 	}
 	return nil
 }
+
+// Clock is the service's current time (Now, or the system clock).
+func (s *Service) Clock() time.Time { return s.now() }

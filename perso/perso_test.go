@@ -86,7 +86,7 @@ func station(svc *keyport.Service, h *hsm.HSM) *perso.Station {
 func persoWorld(t testing.TB, s *store.Store) (*keyport.Service, *hsm.HSM) {
 	t.Helper()
 	h := hsmtest.Open(t)
-	svc := &keyport.Service{Store: s, Custody: h, CheckpointEvery: 4}
+	svc := &keyport.Service{Store: s, Custody: h, CheckpointEvery: 4, DualControl: keyport.DualControl{Admins: 1}}
 	if _, _, err := svc.CreateBatch(context.Background(), persoAdmin, "p1", "", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -300,6 +300,29 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX passkey_ceremonies_user_id ON passkey_ceremonies (user_id)`,
 	}},
+	// Dual control (approval.go): requests for operations that release
+	// secrets or custody, their approvers (a JSON list of audit actors) and
+	// a version for the conditional updates that make approving and
+	// executing race-free.
+	{8, "dual-control requests", []string{
+		`CREATE TABLE approvals (
+			id TEXT PRIMARY KEY,
+			action TEXT NOT NULL,
+			target TEXT NOT NULL,
+			params TEXT NOT NULL,
+			reason TEXT NOT NULL DEFAULT '',
+			requested_by TEXT NOT NULL,
+			approvers TEXT NOT NULL,
+			required INTEGER NOT NULL,
+			state TEXT NOT NULL,
+			error TEXT NOT NULL DEFAULT '',
+			created_at {{time}} NOT NULL,
+			expires_at {{time}} NOT NULL,
+			done_at {{time}},
+			version INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE INDEX approvals_created_at ON approvals (created_at)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

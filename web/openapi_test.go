@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/web"
 )
@@ -156,6 +158,33 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	call(admin, http.MethodGet, "/admin/jobs?state=NOPE", "", 422)
 	call(admin, http.MethodPost, "/admin/batches", `{"name":"derived-1","aid_prefix":"A000000151535042"}`, 201)
 	call(admin, http.MethodPost, "/admin/batches", `{"name":"derived-1"}`, 409)
+	// Dual control with two admin tokens of different names.
+	admin2, err := p.w.Svc.CreateAdminToken(ctx, "schema-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.w.Svc.DualControl = keyport.DualControl{Admins: 2}
+	maker, _ := json.Marshal(string(fixture.PublicPEM(fixture.RSAKeys()[1])))
+	call(admin, http.MethodPost, "/admin/batches", `{"name":"imp-2","manufacturer_public_key_pem":`+string(maker)+`}`, 403)
+	apr, _ := call(admin, http.MethodPost, "/admin/approvals", `{"operation":"module.psk-export","target":"`+eid+`","reason":"agent"}`, 201)["id"].(string)
+	call(admin, http.MethodPost, "/admin/approvals", `{"operation":"hsm.destroy","target":"x"}`, 422)
+	call(admin, http.MethodPost, "/admin/approvals", `{"operation":"module.psk-export","target":"`+string(fixture.EID(t, 99))+`"}`, 404)
+	call(tokA, http.MethodGet, "/admin/approvals", "", 403)
+	call(admin, http.MethodPost, "/admin/approvals/"+apr+"/approve", "", 403)
+	call(admin2, http.MethodPost, "/admin/approvals/"+apr+"/approve", "", 200)
+	call(admin2, http.MethodPost, "/admin/approvals/"+apr+"/approve", "", 409)
+	call(admin2, http.MethodPost, "/admin/approvals/"+apr+"/execute", "", 403)
+	if out := call(admin, http.MethodPost, "/admin/approvals/"+apr+"/execute", "", 200); len(fmt.Sprint(out["psk_hex"])) != 32 {
+		t.Errorf("execute: %v", out)
+	}
+	call(admin, http.MethodPost, "/admin/approvals/"+apr+"/execute", "", 409)
+	call(admin, http.MethodPost, "/admin/approvals/"+apr+"/cancel", "", 409)
+	call(admin, http.MethodPost, "/admin/approvals/apr_nope/approve", "", 404)
+	other, _ := call(admin2, http.MethodPost, "/admin/approvals", `{"operation":"admin.token-create","target":"ci"}`, 201)["id"].(string)
+	call(admin2, http.MethodPost, "/admin/approvals/"+other+"/cancel", "", 204)
+	if list := call(admin, http.MethodGet, "/admin/approvals", "", 200); len(list["approvals"].([]any)) != 2 {
+		t.Errorf("approvals: %v", list)
+	}
 	// Requests the document rejects, refused by the server as well.
 	reject(tokA, http.MethodGet, "/modules/"+eid[:13], "", 422)
 	reject(tokA, http.MethodGet, "/domains/"+eid+"/A0ZZ", "", 422)

@@ -68,6 +68,15 @@ func (s *Server) createBatch(c echo.Context) error {
 			if err = perr; err == nil {
 				_, export, err = s.svc.CreateBatch(ctx, p, f.Name, prefix, pub)
 			}
+			if errors.Is(err, keyport.ErrApprovalRequired) {
+				// The transport key would leave the HSM: ask for approval.
+				r, rerr := s.svc.RequestApproval(ctx, p, keyport.ActionTransportExport, f.Name,
+					map[string]string{"manufacturer_pem": pemText, "aid_prefix": string(prefix)}, "")
+				if err = rerr; err == nil {
+					s.flash(c, "good", "Creating imported batch "+f.Name+" exports its transport key, so it needs another admin: request "+r.ID+" is waiting on the Dual control page.")
+					return c.Redirect(http.StatusSeeOther, "/admin/approvals")
+				}
+			}
 		} else {
 			_, export, err = s.svc.CreateBatch(ctx, p, f.Name, prefix, nil)
 		}
@@ -176,7 +185,17 @@ func (s *Server) providersPage(c echo.Context) error {
 func (s *Server) setProviderStatus(status keyport.ProviderStatus) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		id := c.Param("id")
-		if err := s.svc.SetProviderStatus(c.Request().Context(), principal(c), id, status); err != nil {
+		err := s.svc.SetProviderStatus(c.Request().Context(), principal(c), id, status)
+		if errors.Is(err, keyport.ErrApprovalRequired) {
+			// Under dual control the button asks for the approval instead.
+			r, rerr := s.svc.RequestApproval(c.Request().Context(), principal(c), keyport.ActionProviderApprove, id, nil, "")
+			if rerr != nil {
+				return rerr
+			}
+			s.flash(c, "good", "Approving provider "+id+" needs another admin: request "+r.ID+" is waiting on the Dual control page.")
+			return c.Redirect(http.StatusSeeOther, "/admin/approvals")
+		}
+		if err != nil {
 			return err
 		}
 		s.flash(c, "good", "Provider "+id+" is now "+string(status)+".")

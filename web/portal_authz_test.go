@@ -219,6 +219,9 @@ func expect(method, path string, r role) (access, bool) {
 	// passkeys: 404 to whoever may reach the route (store tests show that
 	// another user's is refused the same way).
 	unknownPasskey := strings.Contains(path, "/passkeys/:id")
+	// So does an approval ID: the API answers 404 for a request that does
+	// not exist (the console shows the refusal on its page).
+	unknownApproval := strings.Contains(path, "/approvals/:id")
 	switch {
 	case public[path]:
 		return open, true
@@ -256,6 +259,9 @@ func expect(method, path string, r role) (access, bool) {
 		case anonymous:
 			return unauth, true
 		case adminRole:
+			if unknownApproval {
+				return notFound, true
+			}
 			return adminAllowed, true
 		}
 		return forbidden, true

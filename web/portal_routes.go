@@ -86,6 +86,11 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/jobs/:id/cancel", s.cancelJobPage("/admin/jobs"))
 	ad.GET("/outbox", s.outboxPage)
 	ad.GET("/hsm", s.hsmPage)
+	ad.GET("/approvals", s.approvalsPage)
+	ad.POST("/approvals", s.requestApproval)
+	ad.POST("/approvals/:id/approve", s.approveRequest)
+	ad.POST("/approvals/:id/execute", s.executeApproval)
+	ad.POST("/approvals/:id/cancel", s.cancelApproval)
 	s.securityRoutes(ad.Group("/security"))
 }
 

@@ -65,6 +65,12 @@ func problemFor(err error) Problem {
 	case errors.Is(err, keyport.ErrUnauthenticated):
 		return Problem{Type: problemPrefix + "unauthenticated", Title: "Authentication required", Status: http.StatusUnauthorized,
 			Detail: "send a valid API token as Authorization: Bearer <token>"}
+	case errors.Is(err, keyport.ErrApprovalRequired):
+		return Problem{Type: problemPrefix + "approval-required", Title: "Dual control", Status: http.StatusForbidden,
+			Detail: "this operation needs another admin's approval: POST /api/v1/admin/approvals, have another admin approve it, then execute it"}
+	case errors.Is(err, keyport.ErrOwnRequest):
+		return Problem{Type: problemPrefix + "own-request", Title: "Dual control", Status: http.StatusForbidden,
+			Detail: "the requester cannot approve their own request: another admin must"}
 	case errors.Is(err, keyport.ErrForbidden):
 		return Problem{Type: problemPrefix + "forbidden", Title: "Forbidden", Status: http.StatusForbidden, Detail: "you may not do this"}
 	case errors.Is(err, keyport.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):

@@ -92,7 +92,8 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 		return nil, err
 	}
 	a.store, a.hsm = st, h
-	a.svc = &keyport.Service{Store: st, Custody: h, Link: h, Log: a.log, Writes: st.Group()}
+	a.svc = &keyport.Service{Store: st, Custody: h, Link: h, Log: a.log, Writes: st.Group(),
+		DualControl: keyport.DualControl{Admins: cfg.DualControl}}
 	return a, nil
 }
 

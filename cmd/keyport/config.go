@@ -21,7 +21,10 @@ type config struct {
 	// speak TLS 1.0/1.1 and the CBC-SHA suites, for modules that need them.
 	AdminLegacyTLS bool
 	OAEPHash       string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
-	LogFormat      string // KEYPORT_LOG_FORMAT: text or json
+	// DualControl (KEYPORT_DUAL_CONTROL) is how many different admins an
+	// operation that releases a secret or custody needs; 1 is development.
+	DualControl int
+	LogFormat   string // KEYPORT_LOG_FORMAT: text or json
 }
 
 // env returns KEYPORT_<name>, or the trimmed content of the file named by
@@ -66,6 +69,12 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	fs.BoolVar(&c.AdminLegacyTLS, "admin-legacy-tls", legacy,
 		"admin server: also accept TLS 1.0/1.1 and the CBC-SHA suites, for modules whose profile needs them (KEYPORT_ADMIN_LEGACY_TLS)")
 	fs.StringVar(&c.OAEPHash, "oaep-hash", get("OAEP_HASH", "sha1"), "RSA-OAEP hash of the key wrap: sha1 or sha256 (KEYPORT_OAEP_HASH)")
+	dual, derr := strconv.Atoi(get("DUAL_CONTROL", "2"))
+	if derr != nil && err == nil {
+		err = fmt.Errorf("config: KEYPORT_DUAL_CONTROL: %w", derr)
+	}
+	fs.IntVar(&c.DualControl, "dual-control", dual,
+		"admins needed to export a module PSK or a transport key, create an admin token or approve a provider; 1 turns dual control off, for development (KEYPORT_DUAL_CONTROL)")
 	fs.StringVar(&c.LogFormat, "log-format", get("LOG_FORMAT", "text"), "log format: text or json (KEYPORT_LOG_FORMAT)")
 	return err
 }
@@ -73,6 +82,9 @@ func (c *config) bind(fs *flag.FlagSet) error {
 func (c *config) finish() error {
 	if c.OAEPHash != "sha1" && c.OAEPHash != "sha256" {
 		return fmt.Errorf("config: --oaep-hash must be sha1 or sha256, got %q", c.OAEPHash)
+	}
+	if c.DualControl < 1 || c.DualControl > 9 {
+		return fmt.Errorf("config: --dual-control must be 1 to 9 admins, got %d", c.DualControl)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("config: --log-format must be text or json, got %q", c.LogFormat)

@@ -32,6 +32,9 @@ import (
 // (pcsctest.StartCardProcess re-executes it).
 func TestMain(m *testing.M) {
 	pcsctest.MaybeRunCard()
+	// One operator runs these commands; the dual-control tests ask for two
+	// admins with --dual-control 2.
+	os.Setenv("KEYPORT_DUAL_CONTROL", "1")
 	storetest.Main(m)
 }
 
