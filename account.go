@@ -33,6 +33,7 @@ type User struct {
 	Admin        bool
 	VerifiedAt   *time.Time
 	CreatedAt    time.Time
+	DisabledAt   *time.Time // set: the user may not sign in (admin users, DisableAdminUser)
 }
 
 // UserToken is a one-time token sent by e-mail (verify an address, reset a
@@ -385,6 +386,9 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 	if !CheckPassword(u.PasswordHash, password) {
 		return fail("wrong password", errWrongLogin)
 	}
+	if u.DisabledAt != nil {
+		return fail("disabled", ErrAccountDisabled)
+	}
 	if u.TOTPSealed != nil {
 		// A right password without a code counts too: otherwise it would
 		// clear the count between guesses of the code.
@@ -475,16 +479,23 @@ func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUse
 	if err != nil {
 		return nil, err
 	}
+	if u.DisabledAt != nil {
+		// Disabling deletes the sessions; this covers one opened meanwhile.
+		if err := s.Store.DeleteSession(ctx, sess.Hash); err != nil {
+			return nil, err
+		}
+		return nil, ErrUnauthenticated
+	}
 	su := &SessionUser{User: u}
 	if u.Admin {
-		su.Principal = Principal{Admin: true, Name: u.Email}
+		su.Principal = Principal{Admin: true, Name: u.Email, UserID: u.ID}
 		return su, nil
 	}
 	if su.Provider, err = s.Store.GetProvider(ctx, u.ProviderID); err != nil {
 		return nil, err
 	}
 	if su.Provider.Status == ProviderApproved {
-		su.Principal = Principal{ProviderID: u.ProviderID, Name: u.Email}
+		su.Principal = Principal{ProviderID: u.ProviderID, Name: u.Email, UserID: u.ID}
 	}
 	return su, nil
 }
@@ -588,8 +599,11 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 }
 
 // AddAdminUser creates a verified issuer-admin user with a random password,
-// returned once for the operator to pass on (the command line route).
-func (s *Service) AddAdminUser(ctx context.Context, email string) (password string, err error) {
+// returned once for the operator p to pass on (the command line route).
+func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (password string, err error) {
+	if !p.Admin {
+		return "", ErrForbidden
+	}
 	email, err = normaliseEmail(email)
 	if err != nil {
 		return "", err
@@ -604,7 +618,7 @@ func (s *Service) AddAdminUser(ctx context.Context, email string) (password stri
 			}
 			return err
 		}
-		return s.audit(ctx, tx, "system", "admin-user.add", "user:"+u.ID, map[string]any{"email": email})
+		return s.audit(ctx, tx, p.Actor(), "admin-user.add", "user:"+u.ID, map[string]any{"email": email})
 	})
 	if err != nil {
 		return "", fmt.Errorf("keyport: add admin user: %w", err)

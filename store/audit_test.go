@@ -210,8 +210,11 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 			}
 		}
 		// Back to version 3, as a database an older keyport migrated: undo
-		// the steps after it (5, then 4).
-		for _, q := range []string{`ALTER TABLE users DROP COLUMN totp_last_step`, `ALTER TABLE sessions DROP COLUMN last_seen`,
+		// the steps after it (7, 5, then 4; 6 is empty).
+		for _, q := range []string{`DROP INDEX api_tokens_admin`, `ALTER TABLE api_tokens DROP COLUMN owner`,
+			`ALTER TABLE api_tokens DROP COLUMN owner_user_id`, `ALTER TABLE api_tokens DROP COLUMN expires_at`,
+			`ALTER TABLE api_tokens DROP COLUMN last_used_at`, `ALTER TABLE users DROP COLUMN disabled_at`,
+			`ALTER TABLE users DROP COLUMN totp_last_step`, `ALTER TABLE sessions DROP COLUMN last_seen`,
 			`DROP TABLE audit_head`, `DELETE FROM schema_migrations WHERE version >= 4`} {
 			if err := store.ExecForTest(s, q); err != nil {
 				t.Fatal(err)

@@ -144,6 +144,8 @@ func (s *Server) login(c echo.Context) error {
 	case errors.Is(err, keyport.ErrTOTPRequired):
 		f.NeedTOTP = true
 		return page(http.StatusUnauthorized, views.Errors{"totp": "Enter the 6-digit code from your authenticator app, with your password again."})
+	case errors.Is(err, keyport.ErrAccountDisabled):
+		return page(http.StatusForbidden, views.Errors{"": "This account is disabled. Ask another administrator to enable it."})
 	case errors.Is(err, keyport.ErrNotVerified):
 		return page(http.StatusForbidden, views.Errors{"": "Confirm your e-mail address first: open the link in the message we sent you."})
 	case errors.Is(err, keyport.ErrUnauthenticated):

@@ -41,7 +41,7 @@ func startPortal(t *testing.T, modules, domains int) *portal {
 	s := storetest.Open(t, storetest.SQLitePath(t))
 	w := fixture.New(t, s, modules, domains)
 	w.Svc.Sealer = w.HSM
-	pw, err := w.Svc.AddAdminUser(context.Background(), "admin@issuer.example")
+	pw, err := w.Svc.AddAdminUser(context.Background(), fixture.Admin, "admin@issuer.example")
 	if err != nil {
 		t.Fatal(err)
 	}

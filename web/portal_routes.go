@@ -85,6 +85,12 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/audit/verify", s.adminVerifyAudit)
 	ad.GET("/jobs", s.adminJobsPage)
 	ad.POST("/jobs/:id/cancel", s.cancelJobPage("/admin/jobs"))
+	ad.GET("/tokens", s.adminTokensPage)
+	ad.POST("/tokens", s.createAdminToken)
+	ad.POST("/tokens/:id/revoke", s.revokeAdminToken)
+	ad.GET("/users", s.adminUsersPage)
+	ad.POST("/users/disable", s.setAdminUserDisabled(true))
+	ad.POST("/users/enable", s.setAdminUserDisabled(false))
 	ad.GET("/outbox", s.outboxPage)
 	ad.GET("/hsm", s.hsmPage)
 }

@@ -174,18 +174,23 @@ func cmdAdminUserAdd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	opName := operatorFlag(fs)
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return exitError{2, errors.New("usage: keyport admin user add EMAIL")}
+		return exitError{2, errors.New("usage: keyport admin user add EMAIL [--operator NAME]")}
+	}
+	op, err := operator(*opName)
+	if err != nil {
+		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	pw, err := a.svc.AddAdminUser(ctx, fs.Arg(0))
+	pw, err := a.svc.AddAdminUser(ctx, op, fs.Arg(0))
 	if err != nil {
 		return err
 	}
