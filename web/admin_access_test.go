@@ -141,3 +141,30 @@ func TestAdminDisabledInTheConsoleIsSignedOutAndTheirTokensAreRefused(t *testing
 		t.Fatal("the enabled admin's token is refused")
 	}
 }
+
+func TestAnAnonymousPostWithTheCSRFTokenGets401AndABrowserGetIsSentToSignIn(t *testing.T) {
+	p := startPortal(t, 1, 1)
+	base := p.srv.URL
+	cl, csrf := client(t, base)
+	for _, path := range []string{"/portal/tokens", "/portal/webhook", "/admin/tokens", "/admin/users/disable"} {
+		if status, loc, _ := postForm(t, cl, base+path, url.Values{"csrf": {csrf}, "name": {"x"}}); status != http.StatusUnauthorized {
+			t.Errorf("anonymous POST %s: %d %s, want 401", path, status, loc)
+		}
+		if status, loc, _ := postForm(t, cl, base+path, url.Values{"name": {"x"}}); status != http.StatusForbidden {
+			t.Errorf("anonymous POST %s without CSRF: %d %s, want 403", path, status, loc)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/portal/tokens", nil)
+	req.Header.Set("X-CSRF-Token", csrf)
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous script GET with X-CSRF-Token: %d, want 401", resp.StatusCode)
+	}
+	if status, loc, _ := getPage(t, cl, base+"/portal/tokens"); status != http.StatusSeeOther || loc != "/login?next=%2Fportal%2Ftokens" {
+		t.Errorf("anonymous browser GET: %d %s", status, loc)
+	}
+}
