@@ -233,7 +233,7 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 		Status: ProviderPending, CreatedAt: now}
 	u := &User{ID: NewID("usr"), ProviderID: prov.ID, Email: email, Contact: strings.TrimSpace(f.Contact),
 		PasswordHash: HashPassword(f.Password), CreatedAt: now}
-	var mail *OutboxMessage
+	var mail *mail
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateProvider(ctx, prov); err != nil {
 			if errors.Is(err, ErrConflict) {
@@ -266,10 +266,11 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 }
 
 // mailToken creates a one-time token and queues, in tx, a message with a
-// link to page?token=…. The token reaches only the outbox (and the mail
-// server); the database keeps its hash.
+// link to page?token=…. The outbox row keeps a redacted body (LinkWithheld
+// in place of the link) and the database the token's hash: the live link
+// exists only in the returned mail, which deliver hands to the Mailer.
 func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose TokenPurpose, life time.Duration, page,
-	subject, format string, args ...any) (*OutboxMessage, error) {
+	subject, format string, args ...any) (*mail, error) {
 	token := randomToken("")
 	now := s.now().UTC()
 	if err := tx.CreateUserToken(ctx, &UserToken{Hash: HashSecret(token), UserID: u.ID, Purpose: purpose,
@@ -277,12 +278,15 @@ func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose Token
 		return nil, err
 	}
 	link := page + "?token=" + url.QueryEscape(token)
-	body, _ := json.Marshal(EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)})
+	live := EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)}
+	redacted := live
+	redacted.Body = fmt.Sprintf(format, append(args, LinkWithheld)...)
+	body, _ := json.Marshal(redacted)
 	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: now}
 	if err := tx.AddOutbox(ctx, m); err != nil {
 		return nil, err
 	}
-	return m, nil
+	return &mail{row: m, live: live}, nil
 }
 
 // VerifyEmail confirms the address a verification token was sent to.
@@ -537,7 +541,7 @@ func (s *Service) RequestPasswordReset(ctx context.Context, email, linkBase stri
 	if err != nil {
 		return err
 	}
-	var mail *OutboxMessage
+	var mail *mail
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		var err error
 		mail, err = s.mailToken(ctx, tx, u, PurposeReset, resetLifetime, linkBase+"/reset/confirm",

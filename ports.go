@@ -284,8 +284,10 @@ type JobRepo interface {
 	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)
 }
 
-// Mailer sends e-mail (SMTP in production). Without one, messages stay in
-// the outbox, which the admin console shows.
+// Mailer sends e-mail (SMTP in production; in development, a printer to
+// the server's stderr). Send gets the live message with its one-time link,
+// which is stored nowhere: the outbox keeps a redacted copy, and without a
+// Mailer the link is lost.
 type Mailer interface {
 	Send(ctx context.Context, to, subject, body string) error
 }

@@ -139,3 +139,40 @@ func TestFirstRunAdminTokenGoesToAPrivateFileAndOnlyItsPathIsPrinted(t *testing.
 		t.Fatalf("%d admin tokens after a second start", len(ts))
 	}
 }
+
+func TestDevelopmentModePrintsEachMailedLinkToStderrOnceAndStoresItNowhere(t *testing.T) {
+	o := capture(t)
+	dir := t.TempDir()
+	dsn := storetest.SQLitePath(t)
+	common := []string{"--data-dir", filepath.Join(dir, "data"), "--db", dsn, "--hsm", hsmtest.New(t), "--addr", "127.0.0.1:8080"}
+	kp(t, o, common, "hsm", "init")
+	a := openTestApp(t, common)
+	if _, err := (&portalFlags{}).webOptions(a); err != nil || a.svc.Mailer != nil {
+		t.Fatalf("without development mode or SMTP: mailer %T, %v", a.svc.Mailer, err)
+	}
+	if _, err := (&portalFlags{insecureCookies: true}).webOptions(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.svc.Mailer.(*devMailer); !ok {
+		t.Fatalf("development mailer is %T", a.svc.Mailer)
+	}
+	o.err.Reset()
+	if _, err := a.svc.SignUpProvider(context.Background(), keyport.SignUp{Organisation: "Dev Bank", Kind: keyport.KindBank,
+		Contact: "Dev", Email: "dev@bank.example", Password: "a long enough password"}, "http://127.0.0.1:8080"); err != nil {
+		t.Fatal(err)
+	}
+	printed := o.err.String()
+	i := strings.Index(printed, "/verify?token=")
+	if i < 0 || strings.Count(printed, "/verify?token=") != 1 || !strings.Contains(printed, "To: dev@bank.example") {
+		t.Fatalf("stderr:\n%s", printed)
+	}
+	token := strings.Fields(printed[i+len("/verify?token="):])[0]
+	for _, v := range storetest.DumpText(t, dsn) {
+		if strings.Contains(v, token) {
+			t.Fatalf("the printed token is in the database: %s", v)
+		}
+	}
+	if _, err := a.svc.VerifyEmail(context.Background(), token); err != nil {
+		t.Fatalf("the printed link does not verify: %v", err)
+	}
+}
