@@ -629,3 +629,134 @@ func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (
 	}
 	return password, nil
 }
+
+// ---- Re-authentication for changes to sign-in settings ----
+
+// Reauth is what a change to a signed-in user's sign-in settings (password,
+// TOTP) or webhook URL carries in the same request: the current password,
+// and the current TOTP code when the account has one.
+type Reauth struct {
+	Password string
+	Code     string
+}
+
+// reauthenticate checks r against user id like a sign-in attempt: it is
+// reserved first (ReserveLoginAttempt), so wrong passwords and codes here
+// count towards MaxFailedLogins and lock the account as at sign-in; a
+// locked account is refused (*LockedError). A wrong password or code is an
+// *InvalidError on current_password or current_code. Success clears the
+// count, as a sign-in does.
+func (s *Service) reauthenticate(ctx context.Context, id, what string, r Reauth) (*User, error) {
+	now := s.now().UTC()
+	u, reserved, err := s.Store.ReserveLoginAttempt(ctx, id, MaxFailedLogins, now, now.Add(LockFor))
+	if err != nil {
+		return nil, err
+	}
+	if !reserved {
+		s.auditLogin(userActor(u), "user.reauth-failed", "user:"+u.ID, map[string]any{"for": what, "reason": "locked"})
+		until := now.Add(LockFor)
+		if u.LockedUntil != nil {
+			until = *u.LockedUntil
+		}
+		return nil, &LockedError{Until: until}
+	}
+	fail := func(reason string, err error) (*User, error) {
+		s.auditLogin(userActor(u), "user.reauth-failed", "user:"+u.ID, map[string]any{"for": what, "reason": reason, "attempts": u.FailedLogins})
+		if u.LockedUntil != nil {
+			s.auditLogin("system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+			return nil, &LockedError{Until: *u.LockedUntil}
+		}
+		return nil, err
+	}
+	if !CheckPassword(u.PasswordHash, r.Password) {
+		return fail("wrong password", invalid("current_password", "the current password is wrong: nothing was changed"))
+	}
+	if u.TOTPSealed != nil {
+		if strings.TrimSpace(r.Code) == "" {
+			return fail("no authenticator code", invalid("current_code", "enter the current code from your authenticator app"))
+		}
+		step, ok, err := s.checkTOTP(ctx, u, r.Code)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return fail("wrong authenticator code", invalid("current_code", "the authenticator code is wrong, expired or used before: nothing was changed"))
+		}
+		if err := s.Store.AcceptTOTPStep(ctx, u.ID, step); errors.Is(err, ErrConflict) {
+			return fail("authenticator code used before", invalid("current_code", "the authenticator code is wrong, expired or used before: nothing was changed"))
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if err := s.Store.ResetFailedLogins(ctx, u.ID); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// ChangePassword sets a new password for a signed-in user who gives the
+// current one (and the current TOTP code, if enrolled). Every pending reset
+// link of the user dies with the old password.
+func (s *Service) ChangePassword(ctx context.Context, userID string, r Reauth, password string) error {
+	u, err := s.Store.GetUser(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	if err := checkPasswordRules("password", password, u.Email); err != nil {
+		return err
+	}
+	if u, err = s.reauthenticate(ctx, userID, "password", r); err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.SetUserPassword(ctx, u.ID, HashPassword(password)); err != nil {
+			return err
+		}
+		if err := tx.DeleteUserTokens(ctx, u.ID, PurposeReset); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.password-change", "user:"+u.ID, map[string]any{})
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	return nil
+}
+
+// DisableTOTP turns the second factor off for a user who gives the current
+// password and TOTP code.
+func (s *Service) DisableTOTP(ctx context.Context, userID string, r Reauth) error {
+	u, err := s.reauthenticate(ctx, userID, "totp-disable", r)
+	if err != nil {
+		return fmt.Errorf("keyport: turn TOTP off: %w", err)
+	}
+	if u.TOTPSealed == nil {
+		return nil
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.SetUserTOTP(ctx, u.ID, nil, u.TOTPLastStep); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.totp-disable", "user:"+u.ID, map[string]any{})
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: turn TOTP off: %w", err)
+	}
+	return nil
+}
+
+// SetWebhookReauth is SetWebhook for a signed-in portal user, who gives the
+// current password (and TOTP code) in the same request. The URL is checked
+// first, so that a typing mistake costs no sign-in attempt.
+func (s *Service) SetWebhookReauth(ctx context.Context, su *SessionUser, r Reauth, raw string) (string, error) {
+	if su.Principal.ProviderID == "" {
+		return "", ErrForbidden
+	}
+	if _, err := CheckWebhookURL(raw, s.Delivery.DevLoopbackWebhooks); err != nil {
+		return "", err
+	}
+	if _, err := s.reauthenticate(ctx, su.User.ID, "webhook", r); err != nil {
+		return "", fmt.Errorf("keyport: set webhook: %w", err)
+	}
+	return s.SetWebhook(ctx, su.Principal, raw)
+}

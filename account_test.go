@@ -149,12 +149,12 @@ func TestTOTPAccountNeedsTheCurrentCodeAfterThePasswordAndTheSeedIsStoredSealed(
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
+	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
 	// Confirmed with the previous step's code: the code that confirms
 	// enrolment may not sign in as well.
-	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
+	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
 		t.Fatal(err)
 	}
 	stored, _ := w.Store.GetUser(ctx, u.ID)

@@ -242,16 +242,66 @@ func (s *Server) totpConfirm(c echo.Context) error {
 	su := pageUser(c)
 	sealed, err := base64.StdEncoding.DecodeString(c.FormValue("sealed"))
 	if err == nil {
-		err = s.svc.ConfirmTOTP(c.Request().Context(), su.User, sealed, c.FormValue("code"))
+		err = s.svc.ConfirmTOTP(c.Request().Context(), su.User, reauthForm(c), sealed, c.FormValue("code"))
 	} else {
 		err = keyport.Invalid("code", "the enrolment form was altered: start again")
 	}
-	if e, ok := formErrors(err, nil); ok {
-		return render(c, http.StatusUnprocessableEntity, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), false, nil, "", e))
+	if e, status, ok := reauthErrors(err); ok {
+		return render(c, status, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), false, nil, "", e))
 	}
 	if err != nil {
 		return err
 	}
 	s.flash(c, "good", "Authenticator app turned on: sign-in now asks for its code.")
+	return c.Redirect(http.StatusSeeOther, "/portal/security")
+}
+
+// reauthForm is the current password and TOTP code a form that changes
+// sign-in settings or the webhook carries (views.ReauthFields).
+func reauthForm(c echo.Context) keyport.Reauth {
+	return keyport.Reauth{Password: c.FormValue("current_password"), Code: c.FormValue("current_code")}
+}
+
+// reauthErrors turns a failed change into the form's messages: a wrong
+// password or code (or other input) next to its field (422), a locked
+// account above the form (403). ok is false for other errors.
+func reauthErrors(err error) (views.Errors, int, bool) {
+	var locked *keyport.LockedError
+	if errors.As(err, &locked) {
+		return views.Errors{"": upperFirst(locked.Error()) + ". Nothing was changed."}, http.StatusForbidden, true
+	}
+	if e, ok := formErrors(err, nil); ok {
+		return e, http.StatusUnprocessableEntity, true
+	}
+	return nil, 0, false
+}
+
+func (s *Server) totpDisable(c echo.Context) error {
+	su := pageUser(c)
+	err := s.svc.DisableTOTP(c.Request().Context(), su.User.ID, reauthForm(c))
+	if e, status, ok := reauthErrors(err); ok {
+		return render(c, status, views.TOTPPage(s.meta(c, "Sign-in security", "/portal/security"), su.User.TOTPSealed != nil, nil, "", e))
+	}
+	if err != nil {
+		return err
+	}
+	s.flash(c, "good", "Authenticator app turned off: sign-in asks for the password only.")
+	return c.Redirect(http.StatusSeeOther, "/portal/security")
+}
+
+func (s *Server) passwordPage(c echo.Context) error {
+	return render(c, http.StatusOK, views.PasswordPage(s.meta(c, "Change your password", "/portal/security"), pageUser(c).User.TOTPSealed != nil, nil))
+}
+
+func (s *Server) changePassword(c echo.Context) error {
+	su := pageUser(c)
+	err := s.svc.ChangePassword(c.Request().Context(), su.User.ID, reauthForm(c), c.FormValue("password"))
+	if e, status, ok := reauthErrors(err); ok {
+		return render(c, status, views.PasswordPage(s.meta(c, "Change your password", "/portal/security"), su.User.TOTPSealed != nil, e))
+	}
+	if err != nil {
+		return err
+	}
+	s.flash(c, "good", "Your password is changed.")
 	return c.Redirect(http.StatusSeeOther, "/portal/security")
 }

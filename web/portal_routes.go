@@ -71,6 +71,9 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	pr.GET("/security", s.securityPage)
 	pr.POST("/security/totp", s.totpBegin)
 	pr.POST("/security/totp/confirm", s.totpConfirm)
+	pr.POST("/security/totp/disable", s.totpDisable)
+	pr.GET("/security/password", s.passwordPage)
+	pr.POST("/security/password", s.changePassword)
 
 	ad := pg.Group("/admin", requirePageAdmin)
 	ad.GET("", s.adminDashboard)
