@@ -90,13 +90,15 @@ func firstRunAdminToken(ctx context.Context, a *app) error {
 	if _, err := os.Stat(marker); err == nil {
 		return nil
 	}
-	name := "first-run"
-	if u, err := user.Current(); err == nil && u.Username != "" {
-		name = u.Username
-	}
-	op, err := operator(name)
+	// The token is owned by the OS user serving for the first time.
+	op, err := operator("first-run")
 	if err != nil {
 		return err
+	}
+	if u, uerr := user.Current(); uerr == nil {
+		if named, nerr := operator(u.Username); nerr == nil {
+			op = named
+		}
 	}
 	token, t, err := a.svc.CreateAdminToken(ctx, op, "first-run", 0)
 	if err != nil {
