@@ -191,3 +191,34 @@ func TestDisabledAdminCannotSignInLosesSessionsAndTokensUntilEnabled(t *testing.
 		t.Fatalf("sign-in after enabling: %v", err)
 	}
 }
+
+func TestAPasswordChangeNeedsTheCurrentPasswordAndEndsPendingResetLinks(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	u := verifiedUser(t, w, "a@bank.example", "a passphrase of words")
+	if err := w.Svc.RequestPasswordReset(ctx, "a@bank.example", "https://portal.example"); err != nil {
+		t.Fatal(err)
+	}
+	reset := mailedToken(t, w, "a@bank.example")
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "not the password"}, "a new passphrase here"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "short"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("a too short new password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("%d attempts counted, want 1 (the wrong password only)", got.FailedLogins)
+	}
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "a new passphrase here"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, w); ev.Action != "user.password-change" || ev.Object != "user:"+u.ID {
+		t.Fatalf("audit: %+v", ev)
+	}
+	if err := w.Svc.ResetPassword(ctx, reset, "an attacker's passphrase"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("a reset link from before the change still works: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "a@bank.example", "a new passphrase here", ""); err != nil {
+		t.Fatalf("sign-in with the new password: %v", err)
+	}
+}
