@@ -419,6 +419,11 @@ func (s *Service) FinishPasskeySignIn(ctx context.Context, rp PasskeyRP, token, 
 		fail("locked", nil)
 		return nil, &LockedError{Until: *u.LockedUntil}
 	}
+	if u.DisabledAt != nil {
+		// Disabled between the password step and the passkey's answer.
+		fail("disabled", nil)
+		return nil, ErrAccountDisabled
+	}
 	keys, err := s.Store.ListPasskeys(ctx, u.ID)
 	if err != nil {
 		return nil, fmt.Errorf("keyport: passkey sign-in: %w", err)

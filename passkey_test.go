@@ -142,3 +142,39 @@ func TestAPasskeyEnrolmentIsBoundToTheSessionThatBeganItAndWorksOnce(t *testing.
 		t.Fatalf("no relying party: %v", err)
 	}
 }
+
+// A disabled admin with a passkey gets no passkey step, and a step begun
+// before the disabling does not open a session.
+func TestADisabledAccountGetsNoPasskeyStepAndCannotFinishOneBegunBefore(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	const email = "second@issuer.example"
+	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, email)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := w.Store.GetUserByEmail(ctx, email)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addStoredPasskey(t, w, u)
+	_, err = w.Svc.Login(ctx, email, pw, "")
+	var step *keyport.PasskeyRequiredError
+	if !errors.As(err, &step) {
+		t.Fatalf("enabled admin with a passkey: %v, want the passkey step", err)
+	}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, fixture.Admin, email, true); err != nil {
+		t.Fatal(err)
+	}
+	rp, _ := keyport.PasskeyRPFromURL("https://portal.example")
+	if res, err := w.Svc.FinishPasskeySignIn(ctx, rp, step.Token, "{}"); !errors.Is(err, keyport.ErrAccountDisabled) || res != nil {
+		t.Fatalf("finishing a step begun before the disabling: %+v %v", res, err)
+	}
+	_, err = w.Svc.Login(ctx, email, pw, "")
+	if errors.As(err, &step) || !errors.Is(err, keyport.ErrAccountDisabled) {
+		t.Fatalf("disabled admin with a passkey: %v, want ErrAccountDisabled and no passkey step", err)
+	}
+	if n := countSessions(t, w, u.ID); n != 0 {
+		t.Fatalf("%d sessions opened for the disabled admin", n)
+	}
+}

@@ -65,7 +65,7 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, err := p.w.Svc.CreateAdminToken(ctx, "schema")
+	admin, _, err := p.w.Svc.CreateAdminToken(ctx, fixture.Admin, "schema", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/fixture"
 )
 
 // Passkeys in Chromium with the DevTools virtual authenticator (CTAP2,
@@ -246,7 +247,7 @@ func TestBrowserPasskeyAssertionOfAnotherUserACopiedAuthenticatorAndAReplayAreRe
 	newTab := browser(t)
 	p := startPortalAt(t, 1, 1, true)
 	ctx := context.Background()
-	pw2, err := p.w.Svc.AddAdminUser(ctx, "second@issuer.example")
+	pw2, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
 	if err != nil {
 		t.Fatal(err)
 	}
