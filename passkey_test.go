@@ -117,9 +117,21 @@ func TestAPasskeyEnrolmentIsBoundToTheSessionThatBeganItAndWorksOnce(t *testing.
 	ctx := context.Background()
 	u := verifiedUser(t, w, "a@bank.example", "a passphrase of words")
 	rp, _ := keyport.PasskeyRPFromURL("https://portal.example")
-	en, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, "kps_session-one")
+	// The current password is part of the request; a wrong one begins
+	// nothing and counts as a failed sign-in attempt.
+	if _, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, keyport.Reauth{Password: "not the passphrase"}, "kps_session-one"); !errors.Is(err, keyport.ErrInvalid) ||
+		!strings.Contains(err.Error(), "current password is wrong") {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("failed attempts %d after a wrong current password, want 1", got.FailedLogins)
+	}
+	en, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, keyport.Reauth{Password: "a passphrase of words"}, "kps_session-one")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 0 {
+		t.Fatalf("failed attempts %d after the right password, want 0", got.FailedLogins)
 	}
 	if o := string(en.Options); !strings.Contains(o, `"rp":{"name":"keyport","id":"portal.example"}`) ||
 		!strings.Contains(o, `"userVerification":"required"`) || strings.Contains(o, u.Email+`","id"`) {
@@ -138,8 +150,47 @@ func TestAPasskeyEnrolmentIsBoundToTheSessionThatBeganItAndWorksOnce(t *testing.
 		t.Fatalf("passkeys stored: %+v", keys)
 	}
 	// Without a relying party enrolment does not begin.
-	if _, err := w.Svc.BeginPasskeyEnrol(ctx, keyport.PasskeyRP{}, u, "kps_session-one"); !errors.Is(err, keyport.ErrUnavailable) {
+	if _, err := w.Svc.BeginPasskeyEnrol(ctx, keyport.PasskeyRP{}, u, keyport.Reauth{Password: "a passphrase of words"}, "kps_session-one"); !errors.Is(err, keyport.ErrUnavailable) {
 		t.Fatalf("no relying party: %v", err)
+	}
+}
+
+func TestRemovingAPasskeyTakesTheCurrentPasswordAndAnUnknownOneCostsNoAttempt(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	u := verifiedUser(t, w, "r@bank.example", "a passphrase of words")
+	addStoredPasskey(t, w, u)
+	keys, err := w.Svc.ListPasskeys(ctx, u)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("passkeys %+v %v", keys, err)
+	}
+	right := keyport.Reauth{Password: "a passphrase of words"}
+	if err := w.Svc.RemovePasskey(ctx, u, right, "pk_not-this-users"); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("unknown passkey: %v", err)
+	}
+	if err := w.Svc.RemovePasskey(ctx, u, keyport.Reauth{Password: "a wrong guess"}, keys[0].ID); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("failed attempts %d, want 1 (the unknown passkey costs none)", got.FailedLogins)
+	}
+	if left, _ := w.Svc.ListPasskeys(ctx, u); len(left) != 1 {
+		t.Fatalf("a wrong password removed the passkey: %+v", left)
+	}
+	if err := w.Svc.RemovePasskey(ctx, u, right, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := w.Svc.ListPasskeys(ctx, u); len(left) != 0 {
+		t.Fatalf("passkeys after removal: %+v", left)
+	}
+	evs, _ := w.Store.RecentAudit(ctx, 20)
+	var reauthFailed, removed bool
+	for _, e := range evs {
+		reauthFailed = reauthFailed || e.Action == "user.reauth-failed" && strings.Contains(e.Detail, "passkey-remove")
+		removed = removed || e.Action == "user.passkey-remove" && strings.Contains(e.Detail, keys[0].ID)
+	}
+	if !reauthFailed || !removed {
+		t.Fatalf("audit: reauth-failed %v, passkey-remove %v", reauthFailed, removed)
 	}
 }
 

@@ -317,10 +317,11 @@ func (s *Server) passkeyBegin(c echo.Context) error {
 		// The page says why; nothing was begun.
 		return render(c, http.StatusConflict, views.SecurityPage(m, v, nil))
 	}
-	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c))
+	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, reauthForm(c), sessionToken(c))
 	if err != nil {
-		if e, ok := formErrors(err, nil); ok {
-			return render(c, http.StatusUnprocessableEntity, views.SecurityPage(m, v, e))
+		if e, status, ok := reauthErrors(err); ok {
+			v.ReauthFor = "passkey-add"
+			return render(c, status, views.SecurityPage(m, v, e))
 		}
 		return err
 	}
@@ -358,8 +359,28 @@ func (s *Server) passkeyFinish(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, securityBase(c))
 }
 
+// passkeyRemovePage asks for the current password (and TOTP code) before
+// a passkey goes.
+func (s *Server) passkeyRemovePage(c echo.Context) error {
+	su := pageUser(c)
+	k, err := s.svc.Passkey(c.Request().Context(), su.User, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.PasskeyRemovePage(s.securityMeta(c), securityBase(c), *k, su.User.TOTPSealed != nil, nil))
+}
+
 func (s *Server) passkeyRemove(c echo.Context) error {
-	if err := s.svc.RemovePasskey(c.Request().Context(), pageUser(c).User, c.Param("id")); err != nil {
+	su := pageUser(c)
+	err := s.svc.RemovePasskey(c.Request().Context(), su.User, reauthForm(c), c.Param("id"))
+	if e, status, ok := reauthErrors(err); ok {
+		k, kerr := s.svc.Passkey(c.Request().Context(), su.User, c.Param("id"))
+		if kerr != nil {
+			return kerr
+		}
+		return render(c, status, views.PasskeyRemovePage(s.securityMeta(c), securityBase(c), *k, su.User.TOTPSealed != nil, e))
+	}
+	if err != nil {
 		return err
 	}
 	s.flash(c, "good", "Passkey removed: it cannot sign in to this account any more.")
@@ -470,6 +491,7 @@ func (s *Server) totpDisable(c echo.Context) error {
 		if verr != nil {
 			return verr
 		}
+		v.ReauthFor = "totp"
 		return render(c, status, views.SecurityPage(s.securityMeta(c), v, e))
 	}
 	if err != nil {

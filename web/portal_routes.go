@@ -106,6 +106,7 @@ func (s *Server) securityRoutes(g *echo.Group) {
 	g.POST("/password", s.changePassword)
 	g.POST("/passkeys/begin", s.passkeyBegin)
 	g.POST("/passkeys", s.passkeyFinish)
+	g.GET("/passkeys/:id/remove", s.passkeyRemovePage)
 	g.POST("/passkeys/:id/remove", s.passkeyRemove)
 }
 

@@ -238,3 +238,35 @@ func TestTheAdminSecurityPageChangesThePasswordOnlyWithTheCurrentOne(t *testing.
 		t.Fatalf("after the change: new password %v, %d failed attempts", keyport.CheckPassword(u.PasswordHash, next), u.FailedLogins)
 	}
 }
+
+// Adding a passkey begins only with the current password; a wrong one
+// begins no ceremony and counts as a failed sign-in attempt.
+func TestAPasskeyEnrolmentBeginsOnlyWithTheCurrentPassword(t *testing.T) {
+	p := startPortalAt(t, 1, 1, true)
+	ctx := context.Background()
+	cl, csrf := signedIn(t, p.srv.URL, p.adminEmail, p.adminPW)
+	failed := func() int {
+		u, err := p.w.Store.GetUserByEmail(ctx, p.adminEmail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u.FailedLogins
+	}
+	if status, _, body := getPage(t, cl, p.srv.URL+"/admin/security"); status != http.StatusOK || !strings.Contains(body, `id="passkey-current_password"`) {
+		t.Fatalf("security page: %d", status)
+	}
+	status, _, body := postForm(t, cl, p.srv.URL+"/admin/security/passkeys/begin", url.Values{"csrf": {csrf}, "current_password": {"not it"}})
+	if status != http.StatusUnprocessableEntity || !strings.Contains(body, "current password is wrong") || strings.Contains(body, "data-passkey-create") {
+		t.Fatalf("begin with a wrong password: %d", status)
+	}
+	if n := failed(); n != 1 {
+		t.Fatalf("failed attempts %d, want 1", n)
+	}
+	status, _, body = postForm(t, cl, p.srv.URL+"/admin/security/passkeys/begin", url.Values{"csrf": {csrf}, "current_password": {p.adminPW}})
+	if status != http.StatusOK || !strings.Contains(body, "data-passkey-create") {
+		t.Fatalf("begin with the password: %d", status)
+	}
+	if n := failed(); n != 0 {
+		t.Fatalf("failed attempts %d after the right password, want 0", n)
+	}
+}
