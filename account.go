@@ -33,6 +33,7 @@ type User struct {
 	Admin        bool
 	VerifiedAt   *time.Time
 	CreatedAt    time.Time
+	DisabledAt   *time.Time // set: the user may not sign in (admin users, DisableAdminUser)
 }
 
 // UserToken is a one-time token sent by e-mail (verify an address, reset a
@@ -232,7 +233,7 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 		Status: ProviderPending, CreatedAt: now}
 	u := &User{ID: NewID("usr"), ProviderID: prov.ID, Email: email, Contact: strings.TrimSpace(f.Contact),
 		PasswordHash: HashPassword(f.Password), CreatedAt: now}
-	var mail *OutboxMessage
+	var mail *mail
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateProvider(ctx, prov); err != nil {
 			if errors.Is(err, ErrConflict) {
@@ -265,10 +266,11 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 }
 
 // mailToken creates a one-time token and queues, in tx, a message with a
-// link to page?token=…. The token reaches only the outbox (and the mail
-// server); the database keeps its hash.
+// link to page?token=…. The outbox row keeps a redacted body (LinkWithheld
+// in place of the link) and the database the token's hash: the live link
+// exists only in the returned mail, which deliver hands to the Mailer.
 func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose TokenPurpose, life time.Duration, page,
-	subject, format string, args ...any) (*OutboxMessage, error) {
+	subject, format string, args ...any) (*mail, error) {
 	token := randomToken("")
 	now := s.now().UTC()
 	if err := tx.CreateUserToken(ctx, &UserToken{Hash: HashSecret(token), UserID: u.ID, Purpose: purpose,
@@ -276,12 +278,15 @@ func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose Token
 		return nil, err
 	}
 	link := page + "?token=" + url.QueryEscape(token)
-	body, _ := json.Marshal(EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)})
+	live := EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)}
+	redacted := live
+	redacted.Body = fmt.Sprintf(format, append(args, LinkWithheld)...)
+	body, _ := json.Marshal(redacted)
 	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: now}
 	if err := tx.AddOutbox(ctx, m); err != nil {
 		return nil, err
 	}
-	return m, nil
+	return &mail{row: m, live: live}, nil
 }
 
 // VerifyEmail confirms the address a verification token was sent to.
@@ -386,6 +391,9 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 	if !CheckPassword(u.PasswordHash, password) {
 		return fail("wrong password", errWrongLogin)
 	}
+	if u.DisabledAt != nil {
+		return fail("disabled", ErrAccountDisabled)
+	}
 	// An account with passkeys signs in with one (passkey.go); a TOTP
 	// code, if the account has TOTP, is the fallback.
 	passkeys, err := s.Store.ListPasskeys(ctx, u.ID)
@@ -485,16 +493,23 @@ func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUse
 	if err != nil {
 		return nil, err
 	}
+	if u.DisabledAt != nil {
+		// Disabling deletes the sessions; this covers one opened meanwhile.
+		if err := s.Store.DeleteSession(ctx, sess.Hash); err != nil {
+			return nil, err
+		}
+		return nil, ErrUnauthenticated
+	}
 	su := &SessionUser{User: u}
 	if u.Admin {
-		su.Principal = Principal{Admin: true, Name: u.Email}
+		su.Principal = Principal{Admin: true, Name: u.Email, UserID: u.ID}
 		return su, nil
 	}
 	if su.Provider, err = s.Store.GetProvider(ctx, u.ProviderID); err != nil {
 		return nil, err
 	}
 	if su.Provider.Status == ProviderApproved {
-		su.Principal = Principal{ProviderID: u.ProviderID, Name: u.Email}
+		su.Principal = Principal{ProviderID: u.ProviderID, Name: u.Email, UserID: u.ID}
 	}
 	return su, nil
 }
@@ -536,7 +551,7 @@ func (s *Service) RequestPasswordReset(ctx context.Context, email, linkBase stri
 	if err != nil {
 		return err
 	}
-	var mail *OutboxMessage
+	var mail *mail
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		var err error
 		mail, err = s.mailToken(ctx, tx, u, PurposeReset, resetLifetime, linkBase+"/reset/confirm",
@@ -598,8 +613,11 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 }
 
 // AddAdminUser creates a verified issuer-admin user with a random password,
-// returned once for the operator to pass on (the command line route).
-func (s *Service) AddAdminUser(ctx context.Context, email string) (password string, err error) {
+// returned once for the operator p to pass on (the command line route).
+func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (password string, err error) {
+	if !p.Admin {
+		return "", ErrForbidden
+	}
 	email, err = normaliseEmail(email)
 	if err != nil {
 		return "", err
@@ -614,10 +632,141 @@ func (s *Service) AddAdminUser(ctx context.Context, email string) (password stri
 			}
 			return err
 		}
-		return s.audit(ctx, tx, "system", "admin-user.add", "user:"+u.ID, map[string]any{"email": email})
+		return s.audit(ctx, tx, p.Actor(), "admin-user.add", "user:"+u.ID, map[string]any{"email": email})
 	})
 	if err != nil {
 		return "", fmt.Errorf("keyport: add admin user: %w", err)
 	}
 	return password, nil
+}
+
+// ---- Re-authentication for changes to sign-in settings ----
+
+// Reauth is what a change to a signed-in user's sign-in settings (password,
+// TOTP) or webhook URL carries in the same request: the current password,
+// and the current TOTP code when the account has one.
+type Reauth struct {
+	Password string
+	Code     string
+}
+
+// reauthenticate checks r against user id like a sign-in attempt: it is
+// reserved first (ReserveLoginAttempt), so wrong passwords and codes here
+// count towards MaxFailedLogins and lock the account as at sign-in; a
+// locked account is refused (*LockedError). A wrong password or code is an
+// *InvalidError on current_password or current_code. Success clears the
+// count, as a sign-in does.
+func (s *Service) reauthenticate(ctx context.Context, id, what string, r Reauth) (*User, error) {
+	now := s.now().UTC()
+	u, reserved, err := s.Store.ReserveLoginAttempt(ctx, id, MaxFailedLogins, now, now.Add(LockFor))
+	if err != nil {
+		return nil, err
+	}
+	if !reserved {
+		s.auditLogin(userActor(u), "user.reauth-failed", "user:"+u.ID, map[string]any{"for": what, "reason": "locked"})
+		until := now.Add(LockFor)
+		if u.LockedUntil != nil {
+			until = *u.LockedUntil
+		}
+		return nil, &LockedError{Until: until}
+	}
+	fail := func(reason string, err error) (*User, error) {
+		s.auditLogin(userActor(u), "user.reauth-failed", "user:"+u.ID, map[string]any{"for": what, "reason": reason, "attempts": u.FailedLogins})
+		if u.LockedUntil != nil {
+			s.auditLogin("system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+			return nil, &LockedError{Until: *u.LockedUntil}
+		}
+		return nil, err
+	}
+	if !CheckPassword(u.PasswordHash, r.Password) {
+		return fail("wrong password", invalid("current_password", "the current password is wrong: nothing was changed"))
+	}
+	if u.TOTPSealed != nil {
+		if strings.TrimSpace(r.Code) == "" {
+			return fail("no authenticator code", invalid("current_code", "enter the current code from your authenticator app"))
+		}
+		step, ok, err := s.checkTOTP(ctx, u, r.Code)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return fail("wrong authenticator code", invalid("current_code", "the authenticator code is wrong, expired or used before: nothing was changed"))
+		}
+		if err := s.Store.AcceptTOTPStep(ctx, u.ID, step); errors.Is(err, ErrConflict) {
+			return fail("authenticator code used before", invalid("current_code", "the authenticator code is wrong, expired or used before: nothing was changed"))
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if err := s.Store.ResetFailedLogins(ctx, u.ID); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// ChangePassword sets a new password for a signed-in user who gives the
+// current one (and the current TOTP code, if enrolled). Every pending reset
+// link of the user dies with the old password.
+func (s *Service) ChangePassword(ctx context.Context, userID string, r Reauth, password string) error {
+	u, err := s.Store.GetUser(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	if err := checkPasswordRules("password", password, u.Email); err != nil {
+		return err
+	}
+	if u, err = s.reauthenticate(ctx, userID, "password", r); err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.SetUserPassword(ctx, u.ID, HashPassword(password)); err != nil {
+			return err
+		}
+		if err := tx.DeleteUserTokens(ctx, u.ID, PurposeReset); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.password-change", "user:"+u.ID, map[string]any{})
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	return nil
+}
+
+// DisableTOTP turns the second factor off for a user who gives the current
+// password and TOTP code.
+func (s *Service) DisableTOTP(ctx context.Context, userID string, r Reauth) error {
+	u, err := s.reauthenticate(ctx, userID, "totp-disable", r)
+	if err != nil {
+		return fmt.Errorf("keyport: turn TOTP off: %w", err)
+	}
+	if u.TOTPSealed == nil {
+		return nil
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.SetUserTOTP(ctx, u.ID, nil, u.TOTPLastStep); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, userActor(u), "user.totp-disable", "user:"+u.ID, map[string]any{})
+	})
+	if err != nil {
+		return fmt.Errorf("keyport: turn TOTP off: %w", err)
+	}
+	return nil
+}
+
+// SetWebhookReauth is SetWebhook for a signed-in portal user, who gives the
+// current password (and TOTP code) in the same request. The URL is checked
+// first, so that a typing mistake costs no sign-in attempt.
+func (s *Service) SetWebhookReauth(ctx context.Context, su *SessionUser, r Reauth, raw string) (string, error) {
+	if su.Principal.ProviderID == "" {
+		return "", ErrForbidden
+	}
+	if _, err := CheckWebhookURL(raw, s.Delivery.DevLoopbackWebhooks); err != nil {
+		return "", err
+	}
+	if _, err := s.reauthenticate(ctx, su.User.ID, "webhook", r); err != nil {
+		return "", fmt.Errorf("keyport: set webhook: %w", err)
+	}
+	return s.SetWebhook(ctx, su.Principal, raw)
 }

@@ -3,7 +3,6 @@ package keyport_test
 import (
 	"context"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"net/url"
 	"strings"
@@ -22,24 +21,18 @@ func accountWorld(t *testing.T) *fixture.World {
 	return w
 }
 
-// mailedToken returns the one-time token of the newest e-mail to addr.
+// mailedToken returns the one-time token of the newest e-mail to addr, as
+// the Mailer got it (the outbox keeps no link).
 func mailedToken(t *testing.T, w *fixture.World, addr string) string {
 	t.Helper()
-	msgs, err := w.Store.ListOutbox(context.Background(), "email", 50)
-	if err != nil {
-		t.Fatal(err)
+	em, ok := w.Mail.Newest(addr)
+	i := strings.Index(em.Body, "token=")
+	if !ok || i < 0 {
+		t.Fatalf("no mail with a link to %s", addr)
 	}
-	for _, m := range msgs {
-		var em keyport.EmailMessage
-		if json.Unmarshal([]byte(m.Payload), &em) == nil && em.To == addr {
-			i := strings.Index(em.Body, "token=")
-			raw := strings.Fields(em.Body[i+len("token="):])[0]
-			tok, _ := url.QueryUnescape(raw)
-			return tok
-		}
-	}
-	t.Fatalf("no mail to %s", addr)
-	return ""
+	raw := strings.Fields(em.Body[i+len("token="):])[0]
+	tok, _ := url.QueryUnescape(raw)
+	return tok
 }
 
 func signUp(t *testing.T, w *fixture.World, email, password string) *keyport.Provider {
@@ -138,8 +131,8 @@ func TestRequestPasswordResetForAnUnknownAddressSaysNothingAndMailsNothing(t *te
 	if err := w.Svc.RequestPasswordReset(ctx, "nobody@nowhere.example", "https://portal.example"); err != nil {
 		t.Fatal(err)
 	}
-	if msgs, _ := w.Store.ListOutbox(ctx, "email", 10); len(msgs) != 0 {
-		t.Fatalf("%d mails queued", len(msgs))
+	if msgs, _ := w.Store.ListOutbox(ctx, "email", 10); len(msgs) != 0 || len(w.Mail.All()) != 0 {
+		t.Fatalf("%d mails queued, %d sent", len(msgs), len(w.Mail.All()))
 	}
 }
 
@@ -156,12 +149,12 @@ func TestTOTPAccountNeedsTheCurrentCodeAfterThePasswordAndTheSeedIsStoredSealed(
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
+	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
 	// Confirmed with the previous step's code: the code that confirms
 	// enrolment may not sign in as well.
-	if err := w.Svc.ConfirmTOTP(ctx, u, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
+	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
 		t.Fatal(err)
 	}
 	stored, _ := w.Store.GetUser(ctx, u.ID)

@@ -129,14 +129,28 @@ func (d DualControl) ttl() time.Duration {
 // Off reports whether one admin alone may run every operation.
 func (d DualControl) Off() bool { return d.admins() == 1 }
 
+// errNoIdentity: an admin token without an owner cannot take part.
+var errNoIdentity = fmt.Errorf("%w: this admin token has no owner (it predates token owners), so it cannot take part in dual control; make a new one", ErrForbidden)
+
+// dualAdmin checks that p is an admin with an identity.
+func dualAdmin(p Principal) error {
+	if !p.Admin {
+		return ErrForbidden
+	}
+	if p.Identity() == "" {
+		return errNoIdentity
+	}
+	return nil
+}
+
 // ErrOwnRequest: an admin tried to approve their own request.
 var ErrOwnRequest = fmt.Errorf("%w: the requester cannot approve their own request", ErrForbidden)
 
 // RequestApproval records admin p's request for action on target. With dual
 // control off the request is approved at once (the audit event says so).
 func (s *Service) RequestApproval(ctx context.Context, p Principal, action ApprovalAction, target string, params map[string]string, reason string) (*ApprovalRequest, error) {
-	if !p.Admin || p.Name == "" {
-		return nil, ErrForbidden
+	if err := dualAdmin(p); err != nil {
+		return nil, err
 	}
 	if !slices.Contains(ApprovalActions, action) {
 		return nil, Invalid("action", "unknown operation %q", action)
@@ -149,7 +163,7 @@ func (s *Service) RequestApproval(ctx context.Context, p Principal, action Appro
 	}
 	now := s.now().UTC()
 	r := &ApprovalRequest{ID: NewID("apr"), Action: action, Target: target, Params: params, Reason: strings.TrimSpace(reason),
-		RequestedBy: p.Actor(), Required: s.DualControl.admins(), State: ApprovalPending, CreatedAt: AuditTime(now),
+		RequestedBy: p.Identity(), Required: s.DualControl.admins(), State: ApprovalPending, CreatedAt: AuditTime(now),
 		ExpiresAt: AuditTime(now.Add(s.DualControl.ttl()))}
 	if r.Required == 1 {
 		r.State = ApprovalApproved
@@ -159,7 +173,7 @@ func (s *Service) RequestApproval(ctx context.Context, p Principal, action Appro
 			return err
 		}
 		return s.audit(ctx, tx, p.Actor(), "approval.request", "approval:"+r.ID, map[string]any{
-			"operation": action, "target": target, "reason": r.Reason, "admins_required": r.Required,
+			"operation": action, "target": target, "reason": r.Reason, "admins_required": r.Required, "identity": r.RequestedBy,
 			"dual_control_off": r.Required == 1})
 	})
 	if err != nil {
@@ -194,8 +208,13 @@ func (s *Service) checkApprovalTarget(ctx context.Context, action ApprovalAction
 			return Invalid("manufacturer_pem", "the manufacturer's RSA public key (PEM): %v", err)
 		}
 	case ActionAdminToken:
-		if strings.TrimSpace(target) == "" {
-			return Invalid("target", "an admin token needs a name")
+		if strings.TrimSpace(target) != target || len(target) > 100 {
+			return Invalid("target", "an admin token's name: 1 to 100 characters, no leading or trailing spaces")
+		}
+		if d := params["ttl"]; d != "" {
+			if ttl, err := time.ParseDuration(d); err != nil || ttl < time.Minute || ttl > MaxAdminTokenTTL {
+				return Invalid("ttl", "a duration from 1m to %dh", int(MaxAdminTokenTTL/time.Hour))
+			}
 		}
 	case ActionProviderApprove:
 		_, err := s.Store.GetProvider(ctx, target)
@@ -209,8 +228,8 @@ func (s *Service) checkApprovalTarget(ctx context.Context, action ApprovalAction
 // the last approval the request is approved; an operation that hands
 // nothing over runs then, by p.
 func (s *Service) ApproveRequest(ctx context.Context, p Principal, id string) (*ApprovalRequest, error) {
-	if !p.Admin || p.Name == "" {
-		return nil, ErrForbidden
+	if err := dualAdmin(p); err != nil {
+		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
 		r, err := s.Store.GetApproval(ctx, id)
@@ -221,13 +240,13 @@ func (s *Service) ApproveRequest(ctx context.Context, p Principal, id string) (*
 		switch st := r.StateAt(now); {
 		case st != ApprovalPending:
 			return nil, fmt.Errorf("%w: request %s is %s", ErrConflict, id, st)
-		case r.RequestedBy == p.Actor():
+		case r.RequestedBy == p.Identity():
 			return nil, ErrOwnRequest
-		case slices.Contains(r.Approvers, p.Actor()):
-			return nil, fmt.Errorf("%w: %s approved request %s already", ErrConflict, p.Actor(), id)
+		case slices.Contains(r.Approvers, p.Identity()):
+			return nil, fmt.Errorf("%w: %s approved request %s already", ErrConflict, p.Identity(), id)
 		}
 		from := r.Version
-		r.Approvers = append(r.Approvers, p.Actor())
+		r.Approvers = append(r.Approvers, p.Identity())
 		if 1+len(r.Approvers) >= r.Required {
 			r.State = ApprovalApproved
 		}
@@ -236,7 +255,7 @@ func (s *Service) ApproveRequest(ctx context.Context, p Principal, id string) (*
 				return err
 			}
 			return s.audit(ctx, tx, p.Actor(), "approval.approve", "approval:"+r.ID, map[string]any{
-				"operation": r.Action, "target": r.Target, "requested_by": r.RequestedBy,
+				"operation": r.Action, "target": r.Target, "requested_by": r.RequestedBy, "identity": p.Identity(),
 				"approvals": len(r.Approvers), "admins_required": r.Required})
 		})
 		if errors.Is(err, ErrConflict) && attempt < 5 {
@@ -256,14 +275,14 @@ func (s *Service) ApproveRequest(ctx context.Context, p Principal, id string) (*
 
 // CancelApproval withdraws a pending or approved request (its requester only).
 func (s *Service) CancelApproval(ctx context.Context, p Principal, id string) error {
-	if !p.Admin {
-		return ErrForbidden
+	if err := dualAdmin(p); err != nil {
+		return err
 	}
 	r, err := s.Store.GetApproval(ctx, id)
 	if err != nil {
 		return err
 	}
-	if r.RequestedBy != p.Actor() {
+	if r.RequestedBy != p.Identity() {
 		return fmt.Errorf("%w: only the requester cancels a request", ErrForbidden)
 	}
 	if st := r.StateAt(s.now()); st != ApprovalPending && st != ApprovalApproved {
@@ -283,14 +302,14 @@ func (s *Service) CancelApproval(ctx context.Context, p Principal, id string) er
 // ExecuteApproval runs an approved request, once, for its requester, and
 // returns what it releases.
 func (s *Service) ExecuteApproval(ctx context.Context, p Principal, id string) (*ApprovalResult, error) {
-	if !p.Admin {
-		return nil, ErrForbidden
+	if err := dualAdmin(p); err != nil {
+		return nil, err
 	}
 	r, err := s.Store.GetApproval(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if r.RequestedBy != p.Actor() {
+	if r.RequestedBy != p.Identity() {
 		return nil, fmt.Errorf("%w: only the requester (%s) executes request %s", ErrForbidden, r.RequestedBy, id)
 	}
 	if st := r.StateAt(s.now()); st != ApprovalApproved {
@@ -350,7 +369,14 @@ func (s *Service) runApproved(ctx context.Context, p Principal, r *ApprovalReque
 		b, export, err := s.CreateBatch(ctx, p, r.Target, AID(r.Params["aid_prefix"]), pub)
 		return &ApprovalResult{Batch: b, Transport: export}, err
 	case ActionAdminToken:
-		token, err := s.CreateAdminToken(ctx, r.Target)
+		var ttl time.Duration
+		if d := r.Params["ttl"]; d != "" {
+			var err error
+			if ttl, err = time.ParseDuration(d); err != nil {
+				return nil, Invalid("ttl", "a Go duration such as 720h")
+			}
+		}
+		token, _, err := s.CreateAdminToken(ctx, p, r.Target, ttl)
 		return &ApprovalResult{Token: token}, err
 	case ActionProviderApprove:
 		return &ApprovalResult{}, s.SetProviderStatus(ctx, p, r.Target, ProviderApproved)
@@ -373,6 +399,9 @@ func (s *Service) underDualControl(ctx context.Context, action ApprovalAction, t
 		return nil
 	}
 	if r, ok := ctx.Value(approvedKey{}).(*ApprovalRequest); ok && r.Action == action && r.Target == target && r.State == ApprovalExecuted {
+		return nil
+	}
+	if action == ActionAdminToken && ctx.Value(bootstrapKey{}) == true {
 		return nil
 	}
 	return fmt.Errorf("%s %s: %w", action, target, ErrApprovalRequired)

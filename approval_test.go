@@ -218,3 +218,41 @@ func TestWithDualControlOffOneAdminRequestsAndExecutes(t *testing.T) {
 		t.Fatalf("execute: %+v, %v", res, err)
 	}
 }
+
+// An admin's second token is still that admin: it cannot approve the
+// request the first token made, and an ownerless token takes no part.
+func TestAnAdminCannotApproveTheirOwnRequestWithAnotherOfTheirTokens(t *testing.T) {
+	ctx := context.Background()
+	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
+	t1, _, err := w.Svc.CreateAdminToken(ctx, adminA, "laptop", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, _, err := w.Svc.CreateAdminToken(ctx, adminA, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Svc.DualControl = keyport.DualControl{Admins: 2}
+	p1, _ := w.Svc.Authenticate(ctx, t1)
+	p2, _ := w.Svc.Authenticate(ctx, t2)
+	r, err := w.Svc.RequestApproval(ctx, p1, keyport.ActionPSKExport, string(fixture.EID(t, 0)), nil, "")
+	if err != nil || r.RequestedBy != adminA.Actor() {
+		t.Fatalf("request by token: %+v, %v", r, err)
+	}
+	if _, err := w.Svc.ApproveRequest(ctx, p2, r.ID); !errors.Is(err, keyport.ErrOwnRequest) {
+		t.Fatalf("A's second token approves A's request: %v, want ErrOwnRequest", err)
+	}
+	if _, err := w.Svc.ApproveRequest(ctx, adminA, r.ID); !errors.Is(err, keyport.ErrOwnRequest) {
+		t.Fatalf("A's session approves A's token's request: %v, want ErrOwnRequest", err)
+	}
+	ownerless := keyport.Principal{Admin: true, Name: "old", Token: true}
+	if _, err := w.Svc.ApproveRequest(ctx, ownerless, r.ID); !errors.Is(err, keyport.ErrForbidden) {
+		t.Fatalf("an ownerless token approves: %v, want ErrForbidden", err)
+	}
+	if _, err := w.Svc.ApproveRequest(ctx, adminB, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := w.Svc.ExecuteApproval(ctx, p2, r.ID); err != nil || len(res.PSK) != 16 {
+		t.Fatalf("A executes with the other token: %+v, %v", res, err)
+	}
+}

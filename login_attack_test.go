@@ -135,7 +135,7 @@ func enableTOTP(t *testing.T, w *fixture.World, u *keyport.User, at time.Time) [
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Svc.ConfirmTOTP(context.Background(), u, en.Sealed, keyport.TOTPCode(seed, at)); err != nil {
+	if err := w.Svc.ConfirmTOTP(context.Background(), u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, keyport.TOTPCode(seed, at)); err != nil {
 		t.Fatal(err)
 	}
 	return seed

@@ -2,7 +2,6 @@ package keyport
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 )
 
@@ -16,8 +15,8 @@ type OutboxMessage struct {
 	SentAt    *time.Time
 }
 
-// Outbox returns the newest queued messages (admins only); e-mails sent
-// without SMTP wait here.
+// Outbox returns the newest queued messages (admins only). E-mail rows hold
+// a redacted body (LinkWithheld in place of any one-time link).
 func (s *Service) Outbox(ctx context.Context, p Principal, topic string, limit int) ([]OutboxMessage, error) {
 	if !p.Admin {
 		return nil, ErrForbidden
@@ -32,23 +31,34 @@ type EmailMessage struct {
 	Body    string `json:"body"`
 }
 
-// deliver sends a queued e-mail through the Mailer, if there is one, and
-// marks it sent. The log names the recipient and outbox row only: the body
-// holds a one-time link.
-func (s *Service) deliver(ctx context.Context, m *OutboxMessage) {
-	var em EmailMessage
-	_ = json.Unmarshal([]byte(m.Payload), &em)
+// LinkWithheld stands in the outbox for the one-time link of an e-mail:
+// the link (and its token) is never stored, only handed to the Mailer.
+const LinkWithheld = "[link withheld: only the e-mail itself carries it]"
+
+// mail is a queued e-mail: its outbox row (redacted) and the live message
+// with the link, which exists only in memory until deliver hands it on.
+type mail struct {
+	row  *OutboxMessage
+	live EmailMessage
+}
+
+// deliver sends the live message through the Mailer, if there is one, and
+// marks its outbox row sent. Without a Mailer (or when it fails) the link is
+// lost: the row stays unsent, and the user asks for a new link once mail
+// works. The log names the recipient and outbox row only.
+func (s *Service) deliver(ctx context.Context, m *mail) {
+	em := m.live
 	if s.Mailer == nil {
-		s.log().Info("e-mail queued in the outbox (no SMTP configured; the admin console shows it)",
-			"to", em.To, "subject", em.Subject, "outbox", m.ID)
+		s.log().Warn("e-mail not sent: no mailer configured (--smtp-url); the outbox keeps it without its link",
+			"to", em.To, "subject", em.Subject, "outbox", m.row.ID)
 		return
 	}
 	if err := s.Mailer.Send(ctx, em.To, em.Subject, em.Body); err != nil {
-		s.log().Warn("e-mail not sent; it stays in the outbox", "to", em.To, "outbox", m.ID, "err", err)
+		s.log().Warn("e-mail not sent; the outbox keeps it without its link", "to", em.To, "outbox", m.row.ID, "err", err)
 		return
 	}
-	if err := s.Store.MarkOutboxSent(ctx, m.ID, s.now().UTC()); err != nil {
-		s.log().Warn("outbox not marked sent", "outbox", m.ID, "err", err)
+	if err := s.Store.MarkOutboxSent(ctx, m.row.ID, s.now().UTC()); err != nil {
+		s.log().Warn("outbox not marked sent", "outbox", m.row.ID, "err", err)
 	}
-	s.log().Info("e-mail sent", "to", em.To, "subject", em.Subject, "outbox", m.ID)
+	s.log().Info("e-mail sent", "to", em.To, "subject", em.Subject, "outbox", m.row.ID)
 }

@@ -186,8 +186,9 @@ func (s *Service) ListPasskeys(ctx context.Context, u *User) ([]Passkey, error) 
 }
 
 // BeginPasskeyEnrol starts registering a passkey for u, bound to the
-// session (its cookie value) that asks.
-func (s *Service) BeginPasskeyEnrol(ctx context.Context, rp PasskeyRP, u *User, sessionToken string) (*PasskeyEnrolment, error) {
+// session (its cookie value) that asks, once u has given the current
+// password (and TOTP code) in the same request (see reauthenticate).
+func (s *Service) BeginPasskeyEnrol(ctx context.Context, rp PasskeyRP, u *User, r Reauth, sessionToken string) (*PasskeyEnrolment, error) {
 	wa, err := rp.webauthn()
 	if err != nil {
 		return nil, err
@@ -198,6 +199,9 @@ func (s *Service) BeginPasskeyEnrol(ctx context.Context, rp PasskeyRP, u *User, 
 	}
 	if len(keys) >= maxPasskeys {
 		return nil, Invalid("", "this account has %d passkeys, the most it may have: remove one first", len(keys))
+	}
+	if _, err := s.reauthenticate(ctx, u.ID, "passkey-add", r); err != nil {
+		return nil, fmt.Errorf("keyport: begin passkey enrolment: %w", err)
 	}
 	// The authenticator refuses to make a second credential for the user
 	// (excludeCredentials).
@@ -304,9 +308,31 @@ func (s *Service) FinishPasskeyEnrol(ctx context.Context, rp PasskeyRP, u *User,
 	return pk, nil
 }
 
-// RemovePasskey deletes one of u's passkeys. An admin who removes the last
-// one signs in with the password (and TOTP, if on) again.
-func (s *Service) RemovePasskey(ctx context.Context, u *User, id string) error {
+// Passkey returns one of u's passkeys (ErrNotFound for another user's).
+func (s *Service) Passkey(ctx context.Context, u *User, id string) (*Passkey, error) {
+	keys, err := s.Store.ListPasskeys(ctx, u.ID)
+	if err != nil {
+		return nil, err
+	}
+	for i := range keys {
+		if keys[i].ID == id {
+			return &keys[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no such passkey", ErrNotFound)
+}
+
+// RemovePasskey deletes one of u's passkeys once u has given the current
+// password (and TOTP code); an unknown passkey is ErrNotFound before any
+// attempt is spent. An admin who removes the last one signs in with the
+// password (and TOTP, if on) again.
+func (s *Service) RemovePasskey(ctx context.Context, u *User, r Reauth, id string) error {
+	if _, err := s.Passkey(ctx, u, id); err != nil {
+		return fmt.Errorf("keyport: remove passkey: %w", err)
+	}
+	if _, err := s.reauthenticate(ctx, u.ID, "passkey-remove", r); err != nil {
+		return fmt.Errorf("keyport: remove passkey: %w", err)
+	}
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		keys, err := tx.ListPasskeys(ctx, u.ID)
 		if err != nil {
@@ -418,6 +444,11 @@ func (s *Service) FinishPasskeySignIn(ctx context.Context, rp PasskeyRP, token, 
 	if u.LockedUntil != nil && now.Before(*u.LockedUntil) {
 		fail("locked", nil)
 		return nil, &LockedError{Until: *u.LockedUntil}
+	}
+	if u.DisabledAt != nil {
+		// Disabled between the password step and the passkey's answer.
+		fail("disabled", nil)
+		return nil, ErrAccountDisabled
 	}
 	keys, err := s.Store.ListPasskeys(ctx, u.ID)
 	if err != nil {

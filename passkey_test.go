@@ -117,9 +117,21 @@ func TestAPasskeyEnrolmentIsBoundToTheSessionThatBeganItAndWorksOnce(t *testing.
 	ctx := context.Background()
 	u := verifiedUser(t, w, "a@bank.example", "a passphrase of words")
 	rp, _ := keyport.PasskeyRPFromURL("https://portal.example")
-	en, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, "kps_session-one")
+	// The current password is part of the request; a wrong one begins
+	// nothing and counts as a failed sign-in attempt.
+	if _, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, keyport.Reauth{Password: "not the passphrase"}, "kps_session-one"); !errors.Is(err, keyport.ErrInvalid) ||
+		!strings.Contains(err.Error(), "current password is wrong") {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("failed attempts %d after a wrong current password, want 1", got.FailedLogins)
+	}
+	en, err := w.Svc.BeginPasskeyEnrol(ctx, rp, u, keyport.Reauth{Password: "a passphrase of words"}, "kps_session-one")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 0 {
+		t.Fatalf("failed attempts %d after the right password, want 0", got.FailedLogins)
 	}
 	if o := string(en.Options); !strings.Contains(o, `"rp":{"name":"keyport","id":"portal.example"}`) ||
 		!strings.Contains(o, `"userVerification":"required"`) || strings.Contains(o, u.Email+`","id"`) {
@@ -138,7 +150,82 @@ func TestAPasskeyEnrolmentIsBoundToTheSessionThatBeganItAndWorksOnce(t *testing.
 		t.Fatalf("passkeys stored: %+v", keys)
 	}
 	// Without a relying party enrolment does not begin.
-	if _, err := w.Svc.BeginPasskeyEnrol(ctx, keyport.PasskeyRP{}, u, "kps_session-one"); !errors.Is(err, keyport.ErrUnavailable) {
+	if _, err := w.Svc.BeginPasskeyEnrol(ctx, keyport.PasskeyRP{}, u, keyport.Reauth{Password: "a passphrase of words"}, "kps_session-one"); !errors.Is(err, keyport.ErrUnavailable) {
 		t.Fatalf("no relying party: %v", err)
+	}
+}
+
+func TestRemovingAPasskeyTakesTheCurrentPasswordAndAnUnknownOneCostsNoAttempt(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	u := verifiedUser(t, w, "r@bank.example", "a passphrase of words")
+	addStoredPasskey(t, w, u)
+	keys, err := w.Svc.ListPasskeys(ctx, u)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("passkeys %+v %v", keys, err)
+	}
+	right := keyport.Reauth{Password: "a passphrase of words"}
+	if err := w.Svc.RemovePasskey(ctx, u, right, "pk_not-this-users"); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("unknown passkey: %v", err)
+	}
+	if err := w.Svc.RemovePasskey(ctx, u, keyport.Reauth{Password: "a wrong guess"}, keys[0].ID); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("failed attempts %d, want 1 (the unknown passkey costs none)", got.FailedLogins)
+	}
+	if left, _ := w.Svc.ListPasskeys(ctx, u); len(left) != 1 {
+		t.Fatalf("a wrong password removed the passkey: %+v", left)
+	}
+	if err := w.Svc.RemovePasskey(ctx, u, right, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := w.Svc.ListPasskeys(ctx, u); len(left) != 0 {
+		t.Fatalf("passkeys after removal: %+v", left)
+	}
+	evs, _ := w.Store.RecentAudit(ctx, 20)
+	var reauthFailed, removed bool
+	for _, e := range evs {
+		reauthFailed = reauthFailed || e.Action == "user.reauth-failed" && strings.Contains(e.Detail, "passkey-remove")
+		removed = removed || e.Action == "user.passkey-remove" && strings.Contains(e.Detail, keys[0].ID)
+	}
+	if !reauthFailed || !removed {
+		t.Fatalf("audit: reauth-failed %v, passkey-remove %v", reauthFailed, removed)
+	}
+}
+
+// A disabled admin with a passkey gets no passkey step, and a step begun
+// before the disabling does not open a session.
+func TestADisabledAccountGetsNoPasskeyStepAndCannotFinishOneBegunBefore(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	const email = "second@issuer.example"
+	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, email)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := w.Store.GetUserByEmail(ctx, email)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addStoredPasskey(t, w, u)
+	_, err = w.Svc.Login(ctx, email, pw, "")
+	var step *keyport.PasskeyRequiredError
+	if !errors.As(err, &step) {
+		t.Fatalf("enabled admin with a passkey: %v, want the passkey step", err)
+	}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, fixture.Admin, email, true); err != nil {
+		t.Fatal(err)
+	}
+	rp, _ := keyport.PasskeyRPFromURL("https://portal.example")
+	if res, err := w.Svc.FinishPasskeySignIn(ctx, rp, step.Token, "{}"); !errors.Is(err, keyport.ErrAccountDisabled) || res != nil {
+		t.Fatalf("finishing a step begun before the disabling: %+v %v", res, err)
+	}
+	_, err = w.Svc.Login(ctx, email, pw, "")
+	if errors.As(err, &step) || !errors.Is(err, keyport.ErrAccountDisabled) {
+		t.Fatalf("disabled admin with a passkey: %v, want ErrAccountDisabled and no passkey step", err)
+	}
+	if n := countSessions(t, w, u.ID); n != 0 {
+		t.Fatalf("%d sessions opened for the disabled admin", n)
 	}
 }

@@ -187,17 +187,30 @@ type AccountRepo interface {
 	SetWebhookURL(ctx context.Context, providerID, webhookURL string) error
 
 	CreateAPIToken(ctx context.Context, t *APIToken) error
-	// GetAPITokenByHash returns a token that is not revoked.
+	// GetAPITokenByHash returns a token that is not revoked, with its
+	// provider's status and whether its owning admin user is disabled.
 	GetAPITokenByHash(ctx context.Context, hash []byte) (*APIToken, error)
 	// ListAPITokens returns a provider's tokens (revoked ones too), newest first.
 	ListAPITokens(ctx context.Context, providerID string) ([]APIToken, error)
 	// RevokeAPIToken revokes one of the provider's tokens (a revoked one
 	// stays as it is); ErrNotFound for another provider's.
 	RevokeAPIToken(ctx context.Context, providerID, id string, at time.Time) error
+	// ListAdminTokens returns every issuer-admin token (revoked and expired
+	// ones too), newest first.
+	ListAdminTokens(ctx context.Context) ([]APIToken, error)
+	// RevokeAdminToken revokes an issuer-admin token (a revoked one stays
+	// as it is); ErrNotFound for an unknown ID or a provider's token.
+	RevokeAdminToken(ctx context.Context, id string, at time.Time) error
+	// TouchAPIToken records the token's last use.
+	TouchAPIToken(ctx context.Context, id string, at time.Time) error
 
 	CreateUser(ctx context.Context, u *User) error // ErrConflict on a taken e-mail
 	GetUser(ctx context.Context, id string) (*User, error)
 	GetUserByEmail(ctx context.Context, email string) (*User, error)
+	// ListAdminUsers returns the issuer-admin users by e-mail address.
+	ListAdminUsers(ctx context.Context) ([]User, error)
+	// SetUserDisabled disables the user from at (nil: enables again).
+	SetUserDisabled(ctx context.Context, id string, at *time.Time) error
 	// ReserveLoginAttempt counts one sign-in attempt before the password
 	// is checked, atomically: only while the user is not locked and has
 	// fewer than max; the attempt that reaches max locks the user until
@@ -330,8 +343,10 @@ type ApprovalRepo interface {
 	UpdateApproval(ctx context.Context, r *ApprovalRequest, from int) error
 }
 
-// Mailer sends e-mail (SMTP in production). Without one, messages stay in
-// the outbox, which the admin console shows.
+// Mailer sends e-mail (SMTP in production; in development, a printer to
+// the server's stderr). Send gets the live message with its one-time link,
+// which is stored nowhere: the outbox keeps a redacted copy, and without a
+// Mailer the link is lost.
 type Mailer interface {
 	Send(ctx context.Context, to, subject, body string) error
 }

@@ -4,12 +4,34 @@ package keyport
 type Principal struct {
 	ProviderID string // set for provider callers
 	Admin      bool
-	Name       string // for the audit log: user e-mail or token name
+	Name       string // for the audit log: user e-mail, token name or operator
+	// UserID is the signed-in portal user's ID (browser sessions only).
+	UserID string
+	// Operator marks a command run on the server by the OS user Name.
+	Operator bool
+	// Owner is, for an issuer-admin API token, the actor who made it ("" for
+	// tokens made before tokens had owners).
+	Owner string
+	// Token marks a principal authenticated by an API token.
+	Token bool
+}
+
+// Identity is who the principal is for dual control: the same person
+// whichever of their sessions or tokens they use. An admin token stands for
+// its owner, so that nobody approves their own request with a second token;
+// an ownerless token has no identity ("") and takes no part.
+func (p Principal) Identity() string {
+	if p.Token {
+		return p.Owner
+	}
+	return p.Actor()
 }
 
 // Actor is the audit-log actor string of the principal.
 func (p Principal) Actor() string {
 	switch {
+	case p.Operator:
+		return "operator:" + p.Name
 	case p.Admin:
 		return "admin:" + p.Name
 	case p.ProviderID != "":

@@ -62,6 +62,19 @@ type APIToken struct {
 	Hash       []byte
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
+	// Owner is who created an issuer-admin token, as an audit actor
+	// ("admin:EMAIL", "operator:NAME"); OwnerUserID is the admin user's ID
+	// when a portal user created it.
+	Owner       string
+	OwnerUserID string
+	// ExpiresAt: the token is refused from then on (nil: never).
+	ExpiresAt *time.Time
+	// LastUsedAt is the last authenticated request, at most
+	// tokenTouchEvery old (nil: never used).
+	LastUsedAt *time.Time
+	// OwnerDisabled: the admin user who owns the token is disabled, read
+	// with the token like ProviderStatus.
+	OwnerDisabled bool
 	// ProviderStatus is the status of the token's provider, read with the
 	// token so that authentication takes one query.
 	ProviderStatus ProviderStatus
@@ -130,26 +143,10 @@ func (s *Service) AddProvider(ctx context.Context, p Principal, name, email stri
 	return prov, token, nil
 }
 
-// CreateAdminToken creates an issuer-admin API token and returns it once.
-func (s *Service) CreateAdminToken(ctx context.Context, name string) (string, error) {
-	if err := s.underDualControl(ctx, ActionAdminToken, name); err != nil {
-		return "", err
-	}
-	token, t := newAPIToken("", name, s.now().UTC())
-	err := s.Store.Tx(ctx, func(tx Repo) error {
-		if err := tx.CreateAPIToken(ctx, t); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "system", "admin-token.create", "token:"+t.ID, map[string]any{"name": name})
-	})
-	if err != nil {
-		return "", err
-	}
-	return token, nil
-}
-
-// Authenticate resolves an API token to its principal. Unknown, revoked
-// tokens and tokens of providers that are not approved are refused alike.
+// Authenticate resolves an API token to its principal. Unknown, revoked and
+// expired tokens, tokens of a disabled admin user and tokens of providers
+// that are not approved are refused alike. A token's last use is recorded
+// at most once a minute (touchToken).
 func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
 	if !strings.HasPrefix(token, TokenPrefix) {
 		return Principal{}, ErrUnauthenticated
@@ -161,8 +158,11 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	if err != nil {
 		return Principal{}, err
 	}
+	if err := s.liveToken(ctx, t); err != nil {
+		return Principal{}, err
+	}
 	if t.Admin {
-		return Principal{Admin: true, Name: t.Name}, nil
+		return Principal{Admin: true, Name: t.Name, Token: true, Owner: t.Owner}, nil
 	}
 	if t.ProviderStatus != ProviderApproved {
 		return Principal{}, fmt.Errorf("%w: provider is %s", ErrForbidden, t.ProviderStatus)

@@ -96,8 +96,9 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User) (*TOTPEnrolment, error
 }
 
 // ConfirmTOTP activates a sealed secret from BeginTOTP once the user has
-// typed a code it generates.
-func (s *Service) ConfirmTOTP(ctx context.Context, u *User, sealed []byte, code string) error {
+// typed a code it generates and, in the same request, the current password
+// (and the current code of a secret it replaces): see reauthenticate.
+func (s *Service) ConfirmTOTP(ctx context.Context, u *User, r Reauth, sealed []byte, code string) error {
 	if s.Sealer == nil {
 		return fmt.Errorf("%w: no HSM sealer is configured for TOTP", ErrUnavailable)
 	}
@@ -108,6 +109,9 @@ func (s *Service) ConfirmTOTP(ctx context.Context, u *User, sealed []byte, code 
 	step, ok := totpMatch(secret, code, s.now())
 	if !ok {
 		return invalid("code", "that code does not match: check the clock of your phone and type the current code")
+	}
+	if u, err = s.reauthenticate(ctx, u.ID, "totp-enable", r); err != nil {
+		return err
 	}
 	return s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.SetUserTOTP(ctx, u.ID, sealed, step); err != nil {

@@ -300,11 +300,25 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX passkey_ceremonies_user_id ON passkey_ceremonies (user_id)`,
 	}},
+	// Issuer-admin tokens and admin users (admintoken.go): a token's owner
+	// (the audit actor that made it, and the admin user's ID when a portal
+	// user did; users are never deleted, and no foreign key keeps the step
+	// undoable on SQLite), its expiry (NULL: none, as for provider tokens
+	// and admin tokens made before this step) and its last use; a user's
+	// disabling.
+	{8, "admin token owner, expiry and last use; disabled users", []string{
+		`ALTER TABLE api_tokens ADD COLUMN owner TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE api_tokens ADD COLUMN owner_user_id TEXT`,
+		`ALTER TABLE api_tokens ADD COLUMN expires_at {{time}}`,
+		`ALTER TABLE api_tokens ADD COLUMN last_used_at {{time}}`,
+		`ALTER TABLE users ADD COLUMN disabled_at {{time}}`,
+		`CREATE INDEX api_tokens_admin ON api_tokens (created_at) WHERE provider_id IS NULL`,
+	}},
 	// Dual control (approval.go): requests for operations that release
 	// secrets or custody, their approvers (a JSON list of audit actors) and
 	// a version for the conditional updates that make approving and
 	// executing race-free.
-	{8, "dual-control requests", []string{
+	{9, "dual-control requests", []string{
 		`CREATE TABLE approvals (
 			id TEXT PRIMARY KEY,
 			action TEXT NOT NULL,

@@ -54,14 +54,27 @@ type apiTokenRow struct {
 	Hash       []byte         `gorm:"column:hash"`
 	CreatedAt  time.Time      `gorm:"column:created_at"`
 	RevokedAt  *time.Time     `gorm:"column:revoked_at"`
+	// Migration 7.
+	Owner       string         `gorm:"column:owner"`
+	OwnerUserID sql.NullString `gorm:"column:owner_user_id"`
+	ExpiresAt   *time.Time     `gorm:"column:expires_at"`
+	LastUsedAt  *time.Time     `gorm:"column:last_used_at"`
 }
 
 func (apiTokenRow) TableName() string { return "api_tokens" }
 
+func (row apiTokenRow) model() keyport.APIToken {
+	return keyport.APIToken{ID: row.ID, ProviderID: row.ProviderID.String, Admin: row.Admin, Name: row.Name,
+		Hash: row.Hash, CreatedAt: row.CreatedAt.UTC(), RevokedAt: utcPtr(row.RevokedAt), Owner: row.Owner,
+		OwnerUserID: row.OwnerUserID.String, ExpiresAt: utcPtr(row.ExpiresAt), LastUsedAt: utcPtr(row.LastUsedAt)}
+}
+
 // CreateAPIToken inserts t (its hash only), choosing an ID if t has none.
 func (r *repo) CreateAPIToken(ctx context.Context, t *keyport.APIToken) error {
 	row := apiTokenRow{ID: t.ID, ProviderID: sql.NullString{String: t.ProviderID, Valid: t.ProviderID != ""},
-		Admin: t.Admin, Name: t.Name, Hash: t.Hash, CreatedAt: dbTime(t.CreatedAt), RevokedAt: t.RevokedAt}
+		Admin: t.Admin, Name: t.Name, Hash: t.Hash, CreatedAt: dbTime(t.CreatedAt), RevokedAt: t.RevokedAt,
+		Owner: t.Owner, OwnerUserID: sql.NullString{String: t.OwnerUserID, Valid: t.OwnerUserID != ""},
+		ExpiresAt: dbTimePtr(t.ExpiresAt), LastUsedAt: dbTimePtr(t.LastUsedAt)}
 	if row.ID == "" {
 		row.ID = newID()
 	}
@@ -81,7 +94,8 @@ func (r *repo) CreateAPIToken(ctx context.Context, t *keyport.APIToken) error {
 func (r *repo) GetAPITokenByHash(ctx context.Context, hash []byte) (*keyport.APIToken, error) {
 	// One query with the provider's status: authentication is on every request.
 	rows, err := r.r.WithContext(ctx).Raw(`SELECT t.id, t.provider_id, t.admin, t.name, t.hash, t.created_at,
-		p.status FROM api_tokens t LEFT JOIN providers p ON p.id = t.provider_id
+		t.owner, t.owner_user_id, t.expires_at, t.last_used_at, p.status, u.disabled_at
+		FROM api_tokens t LEFT JOIN providers p ON p.id = t.provider_id LEFT JOIN users u ON u.id = t.owner_user_id
 		WHERE t.hash = ? AND t.revoked_at IS NULL`, hash).Rows()
 	if err != nil {
 		return nil, wrap("get API token", err)
@@ -95,11 +109,14 @@ func (r *repo) GetAPITokenByHash(ctx context.Context, hash []byte) (*keyport.API
 	}
 	var row apiTokenRow
 	var status sql.NullString
-	if err := rows.Scan(&row.ID, &row.ProviderID, &row.Admin, &row.Name, &row.Hash, &row.CreatedAt, &status); err != nil {
+	var disabledAt sql.NullTime
+	if err := rows.Scan(&row.ID, &row.ProviderID, &row.Admin, &row.Name, &row.Hash, &row.CreatedAt,
+		&row.Owner, &row.OwnerUserID, &row.ExpiresAt, &row.LastUsedAt, &status, &disabledAt); err != nil {
 		return nil, wrap("get API token", err)
 	}
-	return &keyport.APIToken{ID: row.ID, ProviderID: row.ProviderID.String, Admin: row.Admin, Name: row.Name,
-		Hash: row.Hash, CreatedAt: row.CreatedAt.UTC(), ProviderStatus: keyport.ProviderStatus(status.String)}, nil
+	t := row.model()
+	t.ProviderStatus, t.OwnerDisabled = keyport.ProviderStatus(status.String), disabledAt.Valid
+	return &t, nil
 }
 
 type wrappingKeyRow struct {

@@ -26,6 +26,7 @@ type userRow struct {
 	Admin             bool           `gorm:"column:admin"`
 	VerifiedAt        *time.Time     `gorm:"column:verified_at"`
 	CreatedAt         time.Time      `gorm:"column:created_at"`
+	DisabledAt        *time.Time     `gorm:"column:disabled_at"`
 }
 
 func (userRow) TableName() string { return "users" }
@@ -33,7 +34,8 @@ func (userRow) TableName() string { return "users" }
 func (u userRow) model() *keyport.User {
 	return &keyport.User{ID: u.ID, ProviderID: u.ProviderID.String, Email: u.Email, Contact: u.Contact,
 		PasswordHash: u.PasswordHash, TOTPSealed: nonEmpty(u.TOTPSecretWrapped), FailedLogins: u.FailedLogins,
-		LockedUntil: utcPtr(u.LockedUntil), TOTPLastStep: u.TOTPLastStep, Admin: u.Admin, VerifiedAt: utcPtr(u.VerifiedAt), CreatedAt: u.CreatedAt.UTC()}
+		LockedUntil: utcPtr(u.LockedUntil), TOTPLastStep: u.TOTPLastStep, Admin: u.Admin, VerifiedAt: utcPtr(u.VerifiedAt), CreatedAt: u.CreatedAt.UTC(),
+		DisabledAt: utcPtr(u.DisabledAt)}
 }
 
 func dbTimePtr(t *time.Time) *time.Time {
@@ -444,4 +446,55 @@ func (r *repo) PortalStats(ctx context.Context, since time.Time) (*keyport.Porta
 		st.JobsByState[j.State] = j.N
 	}
 	return st, nil
+}
+
+// ListAdminUsers returns the issuer-admin users by e-mail address.
+func (r *repo) ListAdminUsers(ctx context.Context) ([]keyport.User, error) {
+	var rows []userRow
+	if err := r.r.WithContext(ctx).Where("admin = ?", true).Order("email").Find(&rows).Error; err != nil {
+		return nil, wrap("list admin users", err)
+	}
+	out := make([]keyport.User, len(rows))
+	for i, row := range rows {
+		out[i] = *row.model()
+	}
+	return out, nil
+}
+
+// SetUserDisabled disables the user from at; nil enables again.
+func (r *repo) SetUserDisabled(ctx context.Context, id string, at *time.Time) error {
+	return r.updateUser(ctx, "set user disabled", id, map[string]any{"disabled_at": dbTimePtr(at)})
+}
+
+// ListAdminTokens returns the issuer-admin tokens, newest first.
+func (r *repo) ListAdminTokens(ctx context.Context) ([]keyport.APIToken, error) {
+	var rows []apiTokenRow
+	err := r.r.WithContext(ctx).Where("provider_id IS NULL").Order("created_at DESC").Order("id").Find(&rows).Error
+	if err != nil {
+		return nil, wrap("list admin tokens", err)
+	}
+	out := make([]keyport.APIToken, len(rows))
+	for i, row := range rows {
+		out[i] = row.model()
+	}
+	return out, nil
+}
+
+// RevokeAdminToken revokes the issuer-admin token id (again: no change);
+// ErrNotFound for an unknown ID or a provider's token.
+func (r *repo) RevokeAdminToken(ctx context.Context, id string, at time.Time) error {
+	res := r.w.WithContext(ctx).Exec(`UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND provider_id IS NULL`,
+		dbTime(at), id)
+	if res.Error != nil {
+		return wrap("revoke admin token", res.Error)
+	}
+	if res.RowsAffected == 0 {
+		return fmt.Errorf("store: revoke admin token: %w", keyport.ErrNotFound)
+	}
+	return nil
+}
+
+// TouchAPIToken records the token's last use.
+func (r *repo) TouchAPIToken(ctx context.Context, id string, at time.Time) error {
+	return wrap("touch API token", r.w.WithContext(ctx).Exec(`UPDATE api_tokens SET last_used_at = ? WHERE id = ?`, dbTime(at), id).Error)
 }

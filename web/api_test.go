@@ -42,7 +42,7 @@ func newAPI(t *testing.T) *apiEnv {
 	t.Helper()
 	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 2, 2)
 	_, token, wk := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
-	admin, err := w.Svc.CreateAdminToken(context.Background(), "test")
+	admin, _, err := w.Svc.CreateAdminToken(context.Background(), fixture.Admin, "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

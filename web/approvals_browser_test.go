@@ -22,7 +22,7 @@ func TestBrowserAPSKExportNeedsASecondAdminAndIsShownOnceToTheRequester(t *testi
 	shot := newShots(t)
 	ctx := context.Background()
 	p.w.Svc.DualControl = keyport.DualControl{Admins: 2}
-	pwB, err := p.w.Svc.AddAdminUser(ctx, "second@issuer.example")
+	pwB, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
 	if err != nil {
 		t.Fatal(err)
 	}

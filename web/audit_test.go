@@ -19,7 +19,7 @@ import (
 func TestVerifyAuditNamesADeletedLastRow(t *testing.T) {
 	dsn := storetest.SQLitePath(t)
 	w := fixture.New(t, storetest.Open(t, dsn), 1, 1)
-	admin, err := w.Svc.CreateAdminToken(context.Background(), "test")
+	admin, _, err := w.Svc.CreateAdminToken(context.Background(), fixture.Admin, "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -183,12 +183,22 @@ func requirePageAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// errSignIn answers an anonymous request that a redirect cannot serve.
+var errSignIn = echo.NewHTTPError(http.StatusUnauthorized, "sign in first: this action is for signed-in users")
+
+// redirectToLogin answers an anonymous request to a signed-in route. A
+// browser's GET or HEAD (a page to show) is sent to sign in and brought
+// back afterwards. Anything else gets 401: a form post (it passed the CSRF
+// check, so the browser holds a token but no session, e.g. after the
+// session expired) or a script's request carrying the X-CSRF-Token header
+// would not be repeated by following a redirect, and a 303 would look like
+// success to it.
 func redirectToLogin(c echo.Context) error {
-	next := ""
-	if c.Request().Method == http.MethodGet {
-		next = c.Request().URL.RequestURI()
+	r := c.Request()
+	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || r.Header.Get(csrfHeader) != "" {
+		return errSignIn
 	}
-	return c.Redirect(http.StatusSeeOther, "/login?next="+url.QueryEscape(next))
+	return c.Redirect(http.StatusSeeOther, "/login?next="+url.QueryEscape(r.URL.RequestURI()))
 }
 
 // safeNext accepts only a local path to return to after sign-in: one '/'

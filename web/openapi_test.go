@@ -67,7 +67,7 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, err := p.w.Svc.CreateAdminToken(ctx, "schema")
+	admin, _, err := p.w.Svc.CreateAdminToken(ctx, fixture.Admin, "schema", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	call(admin, http.MethodPost, "/admin/batches", `{"name":"derived-1","aid_prefix":"A000000151535042"}`, 201)
 	call(admin, http.MethodPost, "/admin/batches", `{"name":"derived-1"}`, 409)
 	// Dual control with two admin tokens of different names.
-	admin2, err := p.w.Svc.CreateAdminToken(ctx, "schema-2")
+	admin2, _, err := p.w.Svc.CreateAdminToken(ctx, keyport.Principal{Admin: true, Name: "second@issuer.example"}, "schema-2", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

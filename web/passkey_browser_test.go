@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/fixture"
 )
 
 // Passkeys in Chromium with the DevTools virtual authenticator (CTAP2,
@@ -46,10 +47,11 @@ func addAuthenticatorWith(t *testing.T, tab context.Context, cmtg bool) cdpwebau
 }
 
 // enrolPasskey adds a passkey named name on the signed-in user's security
-// page, through the page's own form and script.
-func enrolPasskey(t *testing.T, tab context.Context, base, path, name string) {
+// page, through the page's own form and script; adding one takes the
+// current password (pw).
+func enrolPasskey(t *testing.T, tab context.Context, base, path, pw, name string) {
 	t.Helper()
-	do(t, tab, chromedp.Navigate(base+path))
+	do(t, tab, chromedp.Navigate(base+path), chromedp.SendKeys(chromedp.ID("passkey-current_password"), pw))
 	clickAndLoad(t, tab, "#passkey-add")
 	do(t, tab, chromedp.SendKeys(chromedp.ID("passkey-name"), name))
 	clickAndLoad(t, tab, "#passkey-create")
@@ -116,7 +118,7 @@ func TestBrowserAdminEnrolsAPasskeyAndTheConsoleThenOpensOnlyWithIt(t *testing.T
 	if !strings.HasSuffix(location(t, admin), "/admin") {
 		t.Fatalf("admin landed on %s", location(t, admin))
 	}
-	enrolPasskey(t, admin, p.base, "/admin/security", "virtual key")
+	enrolPasskey(t, admin, p.base, "/admin/security", p.adminPW, "virtual key")
 	shot.take(admin, "admin-security-passkey")
 	keys, err := p.w.Store.ListPasskeys(ctx, u.ID)
 	if err != nil || len(keys) != 1 {
@@ -161,10 +163,21 @@ func TestBrowserAdminEnrolsAPasskeyAndTheConsoleThenOpensOnlyWithIt(t *testing.T
 	passwordStep(t, other, p.base, p.adminEmail, p.adminPW)
 	consoleClosed(t, other, p.base)
 
-	// Removing the passkey (signed in) lets the password alone in again;
-	// a new passkey closes the console again.
+	// Removing the passkey (signed in, with the current password: a wrong
+	// one keeps it) lets the password alone in again; a new passkey closes
+	// the console again.
 	do(t, admin, chromedp.Navigate(p.base+"/admin/security"))
 	clickAndLoad(t, admin, `button[data-remove-passkey="virtual key"]`)
+	do(t, admin, chromedp.SendKeys(chromedp.ID("current_password"), "not the password"))
+	clickAndLoad(t, admin, "#passkey-remove")
+	if got := text(t, admin, "#current_password-error"); !strings.Contains(got, "current password is wrong") {
+		t.Fatalf("removing with a wrong password: %q", bodyText(t, admin))
+	}
+	if keys, _ := p.w.Store.ListPasskeys(ctx, u.ID); len(keys) != 1 {
+		t.Fatalf("a wrong password removed the passkey: %+v", keys)
+	}
+	do(t, admin, chromedp.SendKeys(chromedp.ID("current_password"), p.adminPW))
+	clickAndLoad(t, admin, "#passkey-remove")
 	if got := bodyText(t, admin); !strings.Contains(got, "Passkey removed") {
 		t.Fatalf("after removing: %q", got)
 	}
@@ -179,7 +192,7 @@ func TestBrowserAdminEnrolsAPasskeyAndTheConsoleThenOpensOnlyWithIt(t *testing.T
 	if !strings.HasSuffix(location(t, admin), "/admin") {
 		t.Fatalf("without passkeys the password leads to %s", location(t, admin))
 	}
-	enrolPasskey(t, admin, p.base, "/admin/security", "second key")
+	enrolPasskey(t, admin, p.base, "/admin/security", p.adminPW, "second key")
 
 	// The same browser once the authenticator is gone: the console stays
 	// closed after the password step.
@@ -246,7 +259,7 @@ func TestBrowserPasskeyAssertionOfAnotherUserACopiedAuthenticatorAndAReplayAreRe
 	newTab := browser(t)
 	p := startPortalAt(t, 1, 1, true)
 	ctx := context.Background()
-	pw2, err := p.w.Svc.AddAdminUser(ctx, "second@issuer.example")
+	pw2, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +271,7 @@ func TestBrowserPasskeyAssertionOfAnotherUserACopiedAuthenticatorAndAReplayAreRe
 	auth := addAuthenticator(t, tab)
 	for _, a := range []struct{ email, pw string }{{p.adminEmail, p.adminPW}, {"second@issuer.example", pw2}} {
 		login(t, tab, p.base, a.email, a.pw)
-		enrolPasskey(t, tab, p.base, "/admin/security", "key of "+a.email)
+		enrolPasskey(t, tab, p.base, "/admin/security", a.pw, "key of "+a.email)
 		signOut(t, tab)
 	}
 	secondKeys, err := p.w.Store.ListPasskeys(ctx, second.ID)
@@ -385,7 +398,7 @@ func TestBrowserProviderUserAddsAPasskeyAndThenSignsInWithIt(t *testing.T) {
 	if !strings.HasSuffix(location(t, tab), "/portal") {
 		t.Fatalf("without a passkey the provider lands on %s", location(t, tab))
 	}
-	enrolPasskey(t, tab, p.base, "/portal/security", "shop phone")
+	enrolPasskey(t, tab, p.base, "/portal/security", pw, "shop phone")
 	signOut(t, tab)
 	passwordStep(t, tab, p.base, email, pw)
 	do(t, tab, chromedp.Navigate(p.base+"/portal"))

@@ -236,14 +236,18 @@ func (s *Server) revokeToken(c echo.Context) error {
 }
 
 func (s *Server) webhookPage(c echo.Context) error {
-	return render(c, http.StatusOK, views.WebhookPage(s.meta(c, "Webhook", "/portal/webhook"), pageUser(c).Provider.WebhookURL, nil))
+	su := pageUser(c)
+	return render(c, http.StatusOK, views.WebhookPage(s.meta(c, "Webhook", "/portal/webhook"), su.Provider.WebhookURL, su.User.TOTPSealed != nil, nil))
 }
 
+// setWebhook changes where events go only with the current password (and
+// TOTP code) in the same form: a stolen session alone cannot redirect them.
 func (s *Server) setWebhook(c echo.Context) error {
+	su := pageUser(c)
 	raw := c.FormValue("webhook_url")
-	if _, err := s.svc.SetWebhook(c.Request().Context(), principal(c), raw); err != nil {
-		if e, ok := formErrors(err, nil); ok {
-			return render(c, http.StatusUnprocessableEntity, views.WebhookPage(s.meta(c, "Webhook", "/portal/webhook"), raw, e))
+	if _, err := s.svc.SetWebhookReauth(c.Request().Context(), su, reauthForm(c), raw); err != nil {
+		if e, status, ok := reauthErrors(err); ok {
+			return render(c, status, views.WebhookPage(s.meta(c, "Webhook", "/portal/webhook"), raw, su.User.TOTPSealed != nil, e))
 		}
 		return err
 	}

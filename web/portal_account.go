@@ -147,6 +147,8 @@ func (s *Server) login(c echo.Context) error {
 	case errors.Is(err, keyport.ErrTOTPRequired):
 		f.NeedTOTP = true
 		return page(http.StatusUnauthorized, views.Errors{"totp": "Enter the 6-digit code from your authenticator app, with your password again."})
+	case errors.Is(err, keyport.ErrAccountDisabled):
+		return page(http.StatusForbidden, views.Errors{"": "This account is disabled. Ask another administrator to enable it."})
 	case errors.Is(err, keyport.ErrNotVerified):
 		return page(http.StatusForbidden, views.Errors{"": "Confirm your e-mail address first: open the link in the message we sent you."})
 	case errors.Is(err, keyport.ErrUnauthenticated):
@@ -278,16 +280,18 @@ func (s *Server) totpConfirm(c echo.Context) error {
 	su := pageUser(c)
 	sealed, err := base64.StdEncoding.DecodeString(c.FormValue("sealed"))
 	if err == nil {
-		err = s.svc.ConfirmTOTP(c.Request().Context(), su.User, sealed, c.FormValue("code"))
+		err = s.svc.ConfirmTOTP(c.Request().Context(), su.User, reauthForm(c), sealed, c.FormValue("code"))
 	} else {
 		err = keyport.Invalid("code", "the enrolment form was altered: start again")
 	}
-	if e, ok := formErrors(err, nil); ok {
+	if e, status, ok := reauthErrors(err); ok {
 		v, verr := s.securityView(c)
 		if verr != nil {
 			return verr
 		}
-		return render(c, http.StatusUnprocessableEntity, views.SecurityPage(s.securityMeta(c), v, e))
+		// The enrolment form is gone (the user starts again), so what was
+		// wrong in it is said above the page.
+		return render(c, status, views.SecurityPage(s.securityMeta(c), v, aboveTheForm(e, "Set up the authenticator app again.")))
 	}
 	if err != nil {
 		return err
@@ -313,10 +317,11 @@ func (s *Server) passkeyBegin(c echo.Context) error {
 		// The page says why; nothing was begun.
 		return render(c, http.StatusConflict, views.SecurityPage(m, v, nil))
 	}
-	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, sessionToken(c))
+	en, err := s.svc.BeginPasskeyEnrol(c.Request().Context(), s.rp, pageUser(c).User, reauthForm(c), sessionToken(c))
 	if err != nil {
-		if e, ok := formErrors(err, nil); ok {
-			return render(c, http.StatusUnprocessableEntity, views.SecurityPage(m, v, e))
+		if e, status, ok := reauthErrors(err); ok {
+			v.ReauthFor = "passkey-add"
+			return render(c, status, views.SecurityPage(m, v, e))
 		}
 		return err
 	}
@@ -354,8 +359,28 @@ func (s *Server) passkeyFinish(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, securityBase(c))
 }
 
+// passkeyRemovePage asks for the current password (and TOTP code) before
+// a passkey goes.
+func (s *Server) passkeyRemovePage(c echo.Context) error {
+	su := pageUser(c)
+	k, err := s.svc.Passkey(c.Request().Context(), su.User, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.PasskeyRemovePage(s.securityMeta(c), securityBase(c), *k, su.User.TOTPSealed != nil, nil))
+}
+
 func (s *Server) passkeyRemove(c echo.Context) error {
-	if err := s.svc.RemovePasskey(c.Request().Context(), pageUser(c).User, c.Param("id")); err != nil {
+	su := pageUser(c)
+	err := s.svc.RemovePasskey(c.Request().Context(), su.User, reauthForm(c), c.Param("id"))
+	if e, status, ok := reauthErrors(err); ok {
+		k, kerr := s.svc.Passkey(c.Request().Context(), su.User, c.Param("id"))
+		if kerr != nil {
+			return kerr
+		}
+		return render(c, status, views.PasskeyRemovePage(s.securityMeta(c), securityBase(c), *k, su.User.TOTPSealed != nil, e))
+	}
+	if err != nil {
 		return err
 	}
 	s.flash(c, "good", "Passkey removed: it cannot sign in to this account any more.")
@@ -410,6 +435,8 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 	switch {
 	case errors.As(err, &locked):
 		return page(http.StatusForbidden, views.Errors{"": upperFirst(locked.Error()) + "."})
+	case errors.Is(err, keyport.ErrAccountDisabled):
+		return page(http.StatusForbidden, views.Errors{"": "This account is disabled. Ask another administrator to enable it."})
 	case errors.Is(err, keyport.ErrUnauthenticated):
 		msg := strings.TrimPrefix(err.Error(), keyport.ErrUnauthenticated.Error()+": ")
 		return page(http.StatusUnauthorized, views.Errors{"": upperFirst(msg) + "."})
@@ -422,4 +449,75 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 		next = "/"
 	}
 	return c.Redirect(http.StatusSeeOther, next)
+}
+
+// reauthForm is the current password and TOTP code a form that changes
+// sign-in settings or the webhook carries (views.ReauthFields).
+func reauthForm(c echo.Context) keyport.Reauth {
+	return keyport.Reauth{Password: c.FormValue("current_password"), Code: c.FormValue("current_code")}
+}
+
+// reauthErrors turns a failed change into the form's messages: a wrong
+// password or code (or other input) next to its field (422), a locked
+// account above the form (403). ok is false for other errors.
+func reauthErrors(err error) (views.Errors, int, bool) {
+	var locked *keyport.LockedError
+	if errors.As(err, &locked) {
+		return views.Errors{"": upperFirst(locked.Error()) + ". Nothing was changed."}, http.StatusForbidden, true
+	}
+	if e, ok := formErrors(err, nil); ok {
+		return e, http.StatusUnprocessableEntity, true
+	}
+	return nil, 0, false
+}
+
+// aboveTheForm moves the messages of fields a page no longer shows to the
+// message above it, followed by what to do.
+func aboveTheForm(e views.Errors, then string) views.Errors {
+	var msgs []string
+	for _, f := range []string{"", "code", "current_password", "current_code"} {
+		if m, ok := e[f]; ok {
+			msgs = append(msgs, strings.TrimSuffix(upperFirst(m), "."))
+		}
+	}
+	return views.Errors{"": strings.Join(msgs, ". ") + ". " + then}
+}
+
+func (s *Server) totpDisable(c echo.Context) error {
+	su := pageUser(c)
+	err := s.svc.DisableTOTP(c.Request().Context(), su.User.ID, reauthForm(c))
+	if e, status, ok := reauthErrors(err); ok {
+		v, verr := s.securityView(c)
+		if verr != nil {
+			return verr
+		}
+		v.ReauthFor = "totp"
+		return render(c, status, views.SecurityPage(s.securityMeta(c), v, e))
+	}
+	if err != nil {
+		return err
+	}
+	msg := "Authenticator app turned off: sign-in asks for the password only."
+	if keys, _ := s.svc.ListPasskeys(c.Request().Context(), su.User); len(keys) > 0 {
+		msg = "Authenticator app turned off: sign-in asks for the password and a passkey."
+	}
+	s.flash(c, "good", msg)
+	return c.Redirect(http.StatusSeeOther, securityBase(c))
+}
+
+func (s *Server) passwordPage(c echo.Context) error {
+	return render(c, http.StatusOK, views.PasswordPage(s.meta(c, "Change your password", securityBase(c)), securityBase(c), pageUser(c).User.TOTPSealed != nil, nil))
+}
+
+func (s *Server) changePassword(c echo.Context) error {
+	su := pageUser(c)
+	err := s.svc.ChangePassword(c.Request().Context(), su.User.ID, reauthForm(c), c.FormValue("password"))
+	if e, status, ok := reauthErrors(err); ok {
+		return render(c, status, views.PasswordPage(s.meta(c, "Change your password", securityBase(c)), securityBase(c), su.User.TOTPSealed != nil, e))
+	}
+	if err != nil {
+		return err
+	}
+	s.flash(c, "good", "Your password is changed.")
+	return c.Redirect(http.StatusSeeOther, securityBase(c))
 }

@@ -8,6 +8,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -259,4 +262,70 @@ func (s *Server) hsmPage(c echo.Context) error {
 		st.Healthy = true
 	}
 	return render(c, http.StatusOK, views.HSMPage(s.meta(c, "HSM", "/admin/hsm"), st))
+}
+
+func (s *Server) adminTokensPage(c echo.Context) error {
+	return s.renderAdminTokens(c, http.StatusOK, views.AdminTokensView{TTLDays: "90"}, nil)
+}
+
+func (s *Server) renderAdminTokens(c echo.Context, status int, v views.AdminTokensView, e views.Errors) error {
+	ts, err := s.svc.ListAdminTokens(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	v.Tokens, v.Now = ts, time.Now()
+	return render(c, status, views.AdminTokensPage(s.meta(c, "Admin API tokens", "/admin/tokens"), v, e))
+}
+
+// createAdminToken shows the new token in the POST's response, once (as
+// createToken does for providers).
+func (s *Server) createAdminToken(c echo.Context) error {
+	v := views.AdminTokensView{Name: c.FormValue("name"), TTLDays: c.FormValue("ttl_days")}
+	days, err := strconv.Atoi(strings.TrimSpace(v.TTLDays))
+	if err != nil || days < 1 {
+		return s.renderAdminTokens(c, http.StatusUnprocessableEntity, v, views.Errors{"ttl": "enter a number of days from 1 to 400"})
+	}
+	token, t, err := s.svc.CreateAdminToken(c.Request().Context(), principal(c), v.Name, time.Duration(days)*24*time.Hour)
+	if err != nil {
+		e, ok := formErrors(err, nil)
+		if !ok {
+			return err
+		}
+		return s.renderAdminTokens(c, http.StatusUnprocessableEntity, v, e)
+	}
+	return s.renderAdminTokens(c, http.StatusCreated, views.AdminTokensView{Created: &views.NewToken{Name: t.Name, Token: token}, TTLDays: "90"}, nil)
+}
+
+func (s *Server) revokeAdminToken(c echo.Context) error {
+	if err := s.svc.RevokeAdminToken(c.Request().Context(), principal(c), c.Param("id")); err != nil {
+		return err
+	}
+	s.flash(c, "good", "Token revoked: requests with it are refused from now on.")
+	return c.Redirect(http.StatusSeeOther, "/admin/tokens")
+}
+
+func (s *Server) adminUsersPage(c echo.Context) error {
+	us, err := s.svc.ListAdminUsers(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.AdminUsersPage(s.meta(c, "Admin users", "/admin/users"), us))
+}
+
+func (s *Server) setAdminUserDisabled(disabled bool) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		u, err := s.svc.SetAdminUserDisabled(c.Request().Context(), principal(c), c.FormValue("email"), disabled)
+		var ie *keyport.InvalidError
+		switch {
+		case errors.As(err, &ie):
+			s.flash(c, "bad", upperFirst(ie.Reason)+".")
+		case err != nil:
+			return err
+		case disabled:
+			s.flash(c, "good", u.Email+" is disabled: signed out everywhere, and their API tokens are refused.")
+		default:
+			s.flash(c, "good", u.Email+" is enabled again.")
+		}
+		return c.Redirect(http.StatusSeeOther, "/admin/users")
+	}
 }

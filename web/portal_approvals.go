@@ -34,8 +34,8 @@ func (s *Server) renderApprovals(c echo.Context, status int, f views.ApprovalFor
 	now := s.svc.Clock()
 	rows := make([]views.ApprovalRow, len(list))
 	for i, r := range list {
-		rows[i] = views.ApprovalRow{Request: r, State: r.StateAt(now), Mine: r.RequestedBy == p.Actor(),
-			Approved: slices.Contains(r.Approvers, p.Actor())}
+		rows[i] = views.ApprovalRow{Request: r, State: r.StateAt(now), Mine: r.RequestedBy == p.Identity(),
+			Approved: slices.Contains(r.Approvers, p.Identity())}
 	}
 	if result != "" {
 		// A released secret: never cached, never kept by the browser.

@@ -45,6 +45,7 @@ type matrixWorld struct {
 	apiTokens            map[role]string
 	wrappingKeyA, tokenA string
 	credentials          map[role][2]string
+	adminTokenID         string
 }
 
 func newMatrixWorld(t *testing.T) *matrixWorld {
@@ -69,11 +70,18 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 		}
 		m.apiTokens[x.r] = tok
 	}
-	adminTok, err := p.w.Svc.CreateAdminToken(ctx, "matrix")
+	adminTok, _, err := p.w.Svc.CreateAdminToken(ctx, fixture.Admin, "matrix", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.apiTokens[adminRole] = adminTok
+	// The console's revoke route gets another admin token than the one the
+	// admin's API requests use.
+	_, spareAdmin, err := p.w.Svc.CreateAdminToken(ctx, fixture.Admin, "matrix-spare", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.adminTokenID = spareAdmin.ID
 
 	wk, err := p.w.Svc.RegisterWrappingKey(ctx, a, fixture.PublicPEM(fixture.RSAKeys()[0]))
 	if err != nil {
@@ -150,6 +158,8 @@ func (m *matrixWorld) concrete(path string) string {
 	switch {
 	case strings.Contains(path, "/jobs/:id"):
 		path = strings.Replace(path, ":id", m.jobRef, 1)
+	case strings.HasPrefix(path, "/admin/tokens/:id"):
+		path = strings.Replace(path, ":id", m.adminTokenID, 1)
 	case strings.Contains(path, "/tokens/:id"):
 		path = strings.Replace(path, ":id", m.tokenID, 1)
 	case strings.Contains(path, "/providers/:id"):
@@ -317,8 +327,12 @@ func TestAuthorizationMatrixNobodyReachesAnotherProvidersObjectsByChangingAnIDIn
 			}
 			switch want {
 			case toLogin:
-				if status != http.StatusSeeOther || !strings.HasPrefix(loc, "/login") {
+				// Only a page to show is redirected; a post is refused.
+				if rt.Method == http.MethodGet && (status != http.StatusSeeOther || !strings.HasPrefix(loc, "/login")) {
 					fail("want a redirect to /login")
+				}
+				if rt.Method != http.MethodGet && status != http.StatusUnauthorized {
+					fail("want 401 for an anonymous post that carries the CSRF token")
 				}
 			case unauth:
 				if status != http.StatusUnauthorized {

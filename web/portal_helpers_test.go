@@ -2,7 +2,6 @@ package web_test
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 	"github.com/keyport/keyport/web"
 	"github.com/keyport/keyport/web/views"
@@ -49,10 +49,21 @@ func startPortal(t *testing.T, modules, domains int) *portal {
 // and the browser is to use p.base rather than the 127.0.0.1 address.
 func startPortalAt(t *testing.T, modules, domains int, onLocalhost bool) *portal {
 	t.Helper()
-	s := storetest.Open(t, storetest.SQLitePath(t))
+	return startPortalOnAt(t, storetest.Open(t, storetest.SQLitePath(t)), modules, domains, onLocalhost)
+}
+
+// startPortalOn is startPortal on the store s.
+func startPortalOn(t *testing.T, s *store.Store, modules, domains int) *portal {
+	t.Helper()
+	return startPortalOnAt(t, s, modules, domains, false)
+}
+
+// startPortalOnAt is startPortalAt on the store s.
+func startPortalOnAt(t *testing.T, s *store.Store, modules, domains int, onLocalhost bool) *portal {
+	t.Helper()
 	w := fixture.New(t, s, modules, domains)
 	w.Svc.Sealer = w.HSM
-	pw, err := w.Svc.AddAdminUser(context.Background(), "admin@issuer.example")
+	pw, err := w.Svc.AddAdminUser(context.Background(), fixture.Admin, "admin@issuer.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,21 +216,16 @@ func login(t *testing.T, ctx context.Context, base, email, password string) {
 
 var linkRE = regexp.MustCompile(`https?://\S+\?token=\S+`)
 
-// mailedLink returns the link of the newest outbox e-mail to the address.
+// mailedLink returns the link of the newest e-mail to the address, as the
+// Mailer got it (the outbox keeps no link).
 func (p *portal) mailedLink(t *testing.T, to string) string {
 	t.Helper()
-	msgs, err := p.w.Store.ListOutbox(context.Background(), "email", 100)
-	if err != nil {
-		t.Fatal(err)
+	em, ok := p.w.Mail.Newest(to)
+	link := linkRE.FindString(em.Body)
+	if !ok || link == "" {
+		t.Fatalf("no e-mail with a link to %s", to)
 	}
-	for _, m := range msgs {
-		var em keyport.EmailMessage
-		if json.Unmarshal([]byte(m.Payload), &em) == nil && em.To == to {
-			return linkRE.FindString(em.Body)
-		}
-	}
-	t.Fatalf("no e-mail to %s in the outbox", to)
-	return ""
+	return link
 }
 
 // approvedProvider signs up a provider through the service, verifies its

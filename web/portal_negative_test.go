@@ -185,7 +185,9 @@ func TestBrowserProviderTurnsOnTOTPAndThenSignInAsksForTheCode(t *testing.T) {
 	}
 	// The previous step's code (still accepted for clock drift): the code
 	// that confirms enrolment may not sign in as well.
-	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))))
+	// Turning it on takes the current password in the same form.
+	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))),
+		chromedp.SendKeys(chromedp.ID("current_password"), password))
 	clickAndLoad(t, tab, "main form.stack button[type=submit]")
 	if got := bodyText(t, tab); !strings.Contains(got, "authenticator app is required") {
 		t.Fatalf("after confirming: %q", got)

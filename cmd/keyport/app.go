@@ -7,6 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
+	"strings"
+	"unicode"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/hsm"
@@ -130,9 +133,31 @@ func command(ctx context.Context, name string, args []string, migrate bool, flag
 	return a, fs, err
 }
 
-// cli is the principal of a command run by the issuer's operator on the
+// cli is the principal of commands that act on their own data (bench) and
+// of tests; every command that changes an installation's state takes
+// --operator instead (operatorFlag).
+var cli = keyport.Principal{Admin: true, Operator: true, Name: "cli"}
+
+// operatorFlag registers --operator on a command that changes state: who
+// runs it, for the audit trail ("operator:NAME"); the default is the OS
+// user running the command.
+func operatorFlag(fs *flag.FlagSet) *string {
+	def := ""
+	if u, err := user.Current(); err == nil {
+		def = u.Username
+	}
+	return fs.String("operator", def, "who runs this command, recorded in the audit trail (default: the OS user)")
+}
+
+// operator is the principal of a command run by the named operator on the
 // server itself.
-var cli = keyport.Principal{Admin: true, Name: "cli"}
+func operator(name string) (keyport.Principal, error) {
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 100 || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return keyport.Principal{}, exitError{2, fmt.Errorf("--operator %q: give a name of 1 to 100 characters without spaces", name)}
+	}
+	return keyport.Principal{Admin: true, Operator: true, Name: name}, nil
+}
 
 func cmdMigrate(ctx context.Context, args []string) error {
 	var cfg config

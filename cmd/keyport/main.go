@@ -23,19 +23,25 @@ usage: keyport <command> [flags]
   import --batch NAME FILE   import a manufacturer's JSON Lines file
   perso --reader R --batch B personalize the module in PC/SC reader R: --domains N SSDs, derived keys
   provider add NAME --email  create an approved provider and print its API token
-  admin token                create an issuer-admin API token
+  admin token [--ttl D]      create an issuer-admin API token (default 90 days)
+  admin token list|revoke ID list issuer-admin tokens (owner, expiry, last use) or revoke one
   admin user add EMAIL       create an issuer-admin portal user; prints its password once
+  admin user disable|enable EMAIL
+                             disable an admin user (signed out, tokens refused) or enable again
   audit verify               verify the audit chain and its HSM checkpoints
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   sp script --package P --key K --counter N (--new-keys F | --generate)
                              (provider tool) build the second-key SCP03 script
-  module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited)
+  module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited, dual control)
+  approval list|request OP TARGET|approve ID|execute ID [--out F]|cancel ID
+                             dual control: one operator requests, another approves, the first executes
   agent --reader R --server HOST:PORT --psk-identity ID --psk-file F
                              handset agent: admin sessions for the module in reader R
   vcard --state FILE         run a virtual secure module attached to vpcd
   bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
+Commands that change state take --operator NAME (default: the OS user) for the audit trail.
 Common flags (and environment): --data-dir (KEYPORT_DATA_DIR), --db (KEYPORT_DB),
 --hsm (KEYPORT_HSM), --addr (KEYPORT_ADDR), --oaep-hash (KEYPORT_OAEP_HASH).
 Run "keyport <command> -h" for a command's flags.
@@ -101,11 +107,24 @@ func run(ctx context.Context, args []string) error {
 			return cmdProviderAdd(ctx, args[2:])
 		}
 	case "admin":
+		if len(args) >= 3 && args[1] == "token" && args[2] == "list" {
+			return cmdAdminTokenList(ctx, args[3:])
+		}
+		if len(args) >= 3 && args[1] == "token" && args[2] == "revoke" {
+			return cmdAdminTokenRevoke(ctx, args[3:])
+		}
 		if len(args) >= 2 && args[1] == "token" {
 			return cmdAdminToken(ctx, args[2:])
 		}
-		if len(args) >= 3 && args[1] == "user" && args[2] == "add" {
-			return cmdAdminUserAdd(ctx, args[3:])
+		if len(args) >= 3 && args[1] == "user" {
+			switch args[2] {
+			case "add":
+				return cmdAdminUserAdd(ctx, args[3:])
+			case "disable":
+				return cmdAdminUserDisable(ctx, args[3:], true)
+			case "enable":
+				return cmdAdminUserDisable(ctx, args[3:], false)
+			}
 		}
 	case "audit":
 		if len(args) >= 2 && args[1] == "verify" {
@@ -126,6 +145,8 @@ func run(ctx context.Context, args []string) error {
 		if len(args) >= 2 && args[1] == "psk" {
 			return cmdModulePSK(ctx, args[2:])
 		}
+	case "approval":
+		return cmdApproval(ctx, args[1:])
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
 	case "agent":

@@ -14,8 +14,9 @@ import (
 // cmdModulePSK writes a module's TLS-PSK for the handset agent
 // (keyport.ExportHandsetPSK says why that file exists at all).
 func cmdModulePSK(ctx context.Context, args []string) error {
-	var out *string
+	var out, opName *string
 	cfg, fs, err := parseCommand("module psk", args, func(fs *flag.FlagSet) {
+		opName = operatorFlag(fs)
 		out = fs.String("out", "", "file to write the PSK to, hex, mode 0600 (required; never overwritten)")
 	})
 	if err != nil {
@@ -25,6 +26,10 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 		return exitError{2, errors.New("usage: keyport module psk EID --out FILE")}
 	}
 	eid, err := keyport.ParseEID(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	op, err := operator(*opName)
 	if err != nil {
 		return err
 	}
@@ -39,7 +44,12 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w (a PSK file is never overwritten)", err)
 	}
-	psk, err := a.svc.ExportHandsetPSK(ctx, cli, eid)
+	psk, err := a.svc.ExportHandsetPSK(ctx, op, eid)
+	if errors.Is(err, keyport.ErrApprovalRequired) {
+		f.Close()
+		os.Remove(*out)
+		return fileApproval(ctx, a, op, keyport.ActionPSKExport, string(eid), nil)
+	}
 	if err == nil {
 		_, err = fmt.Fprintln(f, hex.EncodeToString(psk))
 	}

@@ -24,6 +24,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 	reader := fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
 	batch := fs.String("batch", "", "batch the module joins (keyport batch create NAME, without --export-to)")
 	domains := fs.Int("domains", 8, "number of SSDs to create")
+	opName := operatorFlag(fs)
 	isdKeys := fs.String("isd-keys", string(perso.ISDKeysDefault),
 		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
 	if err := parse(fs, &cfg, args); err != nil {
@@ -31,6 +32,10 @@ func cmdPerso(ctx context.Context, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return exitError{2, fmt.Errorf("perso: unexpected argument %q", fs.Arg(0))}
+	}
+	op, err := operator(*opName)
+	if err != nil {
+		return err
 	}
 	if *batch == "" {
 		return exitError{2, errors.New("usage: keyport perso --reader NAME --batch B [--domains N] [--isd-keys default|derived]")}
@@ -52,7 +57,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 		return err
 	}
 	defer card.Close()
-	rep, err := a.station().Personalize(ctx, cli, card, perso.Request{
+	rep, err := a.station().Personalize(ctx, op, card, perso.Request{
 		Batch: *batch, Domains: *domains, ISDKeys: perso.ISDKeys(*isdKeys)})
 	if err != nil {
 		if rep != nil && rep.APDUs > 0 {

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/smtp"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyport/keyport/web"
@@ -42,7 +44,7 @@ func bindPortalFlags(fs *flag.FlagSet) (*portalFlags, error) {
 	fs.BoolVar(&pf.insecureCookies, "dev-insecure-cookies", insecure == "1" || insecure == "true",
 		"development only: session cookies without Secure, so plain http://127.0.0.1 works (KEYPORT_DEV_INSECURE_COOKIES=1); refused on any non-loopback --addr")
 	fs.StringVar(&pf.smtpURL, "smtp-url", smtpURL,
-		"send account e-mail via SMTP: smtp://user:pass@host:587?from=keyport@example.com (KEYPORT_SMTP_URL, KEYPORT_SMTP_URL_FILE); default: the outbox only")
+		"send account e-mail via SMTP: smtp://user:pass@host:587?from=keyport@example.com (KEYPORT_SMTP_URL, KEYPORT_SMTP_URL_FILE); without it e-mail is not sent (with --dev-insecure-cookies: printed to stderr)")
 	return pf, nil
 }
 
@@ -60,12 +62,20 @@ func (pf *portalFlags) webOptions(a *app) (web.Options, error) {
 		}
 		a.log.Warn("portal cookies are not Secure (development mode, loopback only)")
 	}
-	if pf.smtpURL != "" {
+	switch {
+	case pf.smtpURL != "":
 		m, err := newSMTPMailer(pf.smtpURL)
 		if err != nil {
 			return o, err
 		}
 		a.svc.Mailer = m
+	case pf.insecureCookies:
+		// Development on loopback without a mail server: each e-mail, link
+		// included, is printed to stderr once, and stored nowhere.
+		a.svc.Mailer = &devMailer{w: stderr}
+		a.log.Warn("no --smtp-url: e-mails are printed to stderr (development mode, loopback only)")
+	default:
+		a.log.Warn("no --smtp-url: e-mails are not sent, and their links are lost (the outbox keeps them without links)")
 	}
 	h := a.hsm
 	a.svc.Sealer = h // TOTP secrets are sealed by the HSM
@@ -81,6 +91,22 @@ func (pf *portalFlags) webOptions(a *app) (web.Options, error) {
 		return out, nil
 	}
 	return o, nil
+}
+
+// devMailer is the development Mailer: it prints each e-mail, link
+// included, to the server's stderr once. It is used only with
+// --dev-insecure-cookies (loopback only) and no --smtp-url.
+type devMailer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// Send prints the message.
+func (m *devMailer) Send(_ context.Context, to, subject, body string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, err := fmt.Fprintf(m.w, "\n--- e-mail (development mode: printed, not sent) ---\nTo: %s\nSubject: %s\n\n%s\n--- end of e-mail ---\n\n", to, subject, body)
+	return err
 }
 
 // smtpMailer sends account e-mail through an SMTP submission server with
@@ -167,25 +193,30 @@ func (m *smtpMailer) Send(ctx context.Context, to, subject, body string) error {
 
 // cmdAdminUserAdd creates an issuer-admin user for the portal's console and
 // prints its generated password once. The admin can change it with
-// "Forgot your password?" (which needs the outbox or SMTP).
+// "Forgot your password?" (which needs SMTP, or development mode).
 func cmdAdminUserAdd(ctx context.Context, args []string) error {
 	var cfg config
 	fs, err := newFlags("admin user add", &cfg)
 	if err != nil {
 		return err
 	}
+	opName := operatorFlag(fs)
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return exitError{2, errors.New("usage: keyport admin user add EMAIL")}
+		return exitError{2, errors.New("usage: keyport admin user add EMAIL [--operator NAME]")}
+	}
+	op, err := operator(*opName)
+	if err != nil {
+		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	pw, err := a.svc.AddAdminUser(ctx, fs.Arg(0))
+	pw, err := a.svc.AddAdminUser(ctx, op, fs.Arg(0))
 	if err != nil {
 		return err
 	}

@@ -7,9 +7,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"time"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/web"
 )
 
@@ -52,6 +54,9 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if a.svc.DualControl.Off() {
+		a.log.Warn("dual control is off (--dual-control 1, development): one admin alone may export module PSKs and transport keys, create admin tokens and approve providers")
+	}
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
@@ -85,31 +90,73 @@ func cmdServe(ctx context.Context, args []string) error {
 	return nil
 }
 
-// firstRunAdminToken prints an issuer-admin token the first time keyport
+// firstRunAdminToken makes an issuer-admin token the first time keyport
 // serves a data directory, so that a new installation can be used at once.
+// The token goes to a file in the data directory (mode 0600), never to the
+// log stream: only the file's path is printed.
 func firstRunAdminToken(ctx context.Context, a *app) error {
 	marker := filepath.Join(a.cfg.DataDir, "admin-token-issued")
 	if _, err := os.Stat(marker); err == nil {
 		return nil
 	}
-	token, err := a.svc.CreateAdminToken(ctx, "first-run")
+	// The token is owned by the OS user serving for the first time.
+	op, err := operator("first-run")
 	if err != nil {
+		return err
+	}
+	if u, uerr := user.Current(); uerr == nil {
+		if named, nerr := operator(u.Username); nerr == nil {
+			op = named
+		}
+	}
+	token, t, err := a.svc.CreateFirstAdminToken(ctx, op, "first-run")
+	if errors.Is(err, keyport.ErrConflict) {
+		// Admin tokens were made before the first serve (keyport admin
+		// token): this is no first run.
+		return os.WriteFile(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
+	}
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(a.cfg.DataDir, firstRunTokenFile)
+	if err := writeSecretFile(path, token+"\n"); err != nil {
 		return err
 	}
 	if err := os.WriteFile(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, `
-keyport is set up. Issuer-admin API token (shown once; make another with "keyport admin token"):
-
+keyport is set up. An issuer-admin API token (expires %s) is in
     %s
+(mode 0600; make more with "keyport admin token", list and revoke them with "keyport admin token list|revoke").
 
-Try:  curl -s -H "Authorization: Bearer %s" http://%s/api/v1/admin/audit
+Try:  curl -s -H "Authorization: Bearer $(cat %s)" http://%s/api/v1/admin/audit
 Add a provider:  KEYPORT_DATA_DIR=%s %s provider add "Example Bank" --email ops@example.com --kind bank
 Portal admin:    KEYPORT_DATA_DIR=%s %s admin user add you@example.com   (then sign in at http://%s/login)
 
-`, token, token, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], a.cfg.Addr)
+`, t.ExpiresAt.Format("2006-01-02"), path, path, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], a.cfg.Addr)
 	return nil
+}
+
+// firstRunTokenFile is the first-run admin token's file in the data directory.
+const firstRunTokenFile = "admin-token"
+
+// writeSecretFile writes data to path readable by its owner only, also when
+// the file was there before with a wider mode.
+func writeSecretFile(path, data string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.WriteString(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // redactDSN hides a password in a postgres URL for the log.

@@ -320,3 +320,67 @@ func ExecSQL(t testing.TB, dsn, q string, args ...any) int64 {
 	}
 	return n
 }
+
+// DumpText returns every value of every text and blob column of every
+// table of the database dsn, read directly past the store, each as
+// "table.column: value" (blobs as their raw bytes): for tests that a secret
+// is stored nowhere in the clear.
+func DumpText(t testing.TB, dsn string) []string {
+	t.Helper()
+	driver, tablesQ := "sqlite3", `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`
+	if strings.HasPrefix(dsn, "postgres") {
+		driver, tablesQ = "pgx", `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var tables []string
+	rows, err := db.Query(tablesQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		tables = append(tables, name)
+	}
+	rows.Close()
+	if len(tables) == 0 {
+		t.Fatal("DumpText: no tables")
+	}
+	var out []string
+	for _, table := range tables {
+		rows, err := db.Query(`SELECT * FROM ` + table)
+		if err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		cols, _ := rows.Columns()
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		for rows.Next() {
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatalf("%s: %v", table, err)
+			}
+			for i, v := range vals {
+				switch v := v.(type) {
+				case string:
+					out = append(out, table+"."+cols[i]+": "+v)
+				case []byte:
+					out = append(out, table+"."+cols[i]+": "+string(v))
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		rows.Close()
+	}
+	return out
+}

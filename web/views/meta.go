@@ -114,3 +114,11 @@ func current(m Meta, path string) string {
 	}
 	return "false"
 }
+
+// outboxState is "sent <time>" or "not sent".
+func outboxState(o keyport.OutboxMessage) string {
+	if o.SentAt == nil {
+		return "not sent"
+	}
+	return "sent " + when(*o.SentAt)
+}

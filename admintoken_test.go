@@ -1,0 +1,224 @@
+package keyport_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/fixture"
+)
+
+// clock is a settable test clock for Service.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func lastAudit(t *testing.T, w *fixture.World) keyport.AuditEvent {
+	t.Helper()
+	evs, err := w.Store.RecentAudit(context.Background(), 1)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("recent audit: %v %v", evs, err)
+	}
+	return evs[0]
+}
+
+func TestAdminTokenExpiresAndRecordsItsLastUseAtMostOnceAMinute(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
+	w.Svc.Now = clk.now
+	alice := keyport.Principal{Admin: true, Operator: true, Name: "alice"}
+	token, tok, err := w.Svc.CreateAdminToken(ctx, alice, "nightly", 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, w); ev.Actor != "operator:alice" || ev.Action != "admin-token.create" || ev.Object != "token:"+tok.ID {
+		t.Fatalf("audit: %+v", ev)
+	}
+	lastUsed := func() *time.Time {
+		ts, err := w.Svc.ListAdminTokens(ctx, alice)
+		if err != nil || len(ts) != 1 {
+			t.Fatalf("list: %v %v", ts, err)
+		}
+		if ts[0].Owner != "operator:alice" || ts[0].Name != "nightly" || ts[0].ExpiresAt == nil ||
+			!ts[0].ExpiresAt.Equal(ts[0].CreatedAt.Add(2*time.Hour)) {
+			t.Fatalf("token row: %+v", ts[0])
+		}
+		return ts[0].LastUsedAt
+	}
+	if lastUsed() != nil {
+		t.Fatal("an unused token has a last use")
+	}
+	start := clk.now()
+	if p, err := w.Svc.Authenticate(ctx, token); err != nil || !p.Admin {
+		t.Fatalf("fresh token: %+v %v", p, err)
+	}
+	if got := lastUsed(); got == nil || !got.Equal(start) {
+		t.Fatalf("last use %v, want %v", got, start)
+	}
+	clk.add(30 * time.Second)
+	if _, err := w.Svc.Authenticate(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastUsed(); !got.Equal(start) {
+		t.Fatalf("last use rewritten within the minute: %v", got)
+	}
+	clk.add(31 * time.Second)
+	if _, err := w.Svc.Authenticate(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastUsed(); !got.Equal(start.Add(61 * time.Second)) {
+		t.Fatalf("last use after a minute: %v", got)
+	}
+	clk.t = start.Add(2 * time.Hour)
+	if _, err := w.Svc.Authenticate(ctx, token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("expired token: %v, want ErrUnauthenticated", err)
+	}
+	if ts, _ := w.Svc.ListAdminTokens(ctx, alice); keyport.AdminTokenState(ts[0], clk.now()) != "expired" {
+		t.Fatalf("state %q", keyport.AdminTokenState(ts[0], clk.now()))
+	}
+}
+
+func TestAdminTokenDefaultsToNinetyDaysAndRefusesBadLifetimes(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	_, tok, err := w.Svc.CreateAdminToken(ctx, fixture.Admin, "ci", 0)
+	if err != nil || tok.ExpiresAt == nil || tok.ExpiresAt.Sub(tok.CreatedAt) != keyport.DefaultAdminTokenTTL {
+		t.Fatalf("default lifetime: %+v %v", tok, err)
+	}
+	for _, ttl := range []time.Duration{time.Second, keyport.MaxAdminTokenTTL + time.Hour, -time.Hour} {
+		if _, _, err := w.Svc.CreateAdminToken(ctx, fixture.Admin, "ci", ttl); !errors.Is(err, keyport.ErrInvalid) {
+			t.Errorf("ttl %v: %v, want ErrInvalid", ttl, err)
+		}
+	}
+	if _, _, err := w.Svc.CreateAdminToken(ctx, keyport.Principal{ProviderID: "prv_x"}, "ci", 0); !errors.Is(err, keyport.ErrForbidden) {
+		t.Errorf("a provider made an admin token: %v", err)
+	}
+}
+
+func TestRevokedAdminTokenIsRefusedAndAProvidersTokenCannotBeRevokedAsOne(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	token, tok, err := w.Svc.CreateAdminToken(ctx, fixture.Admin, "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, provToken, _ := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
+	if err := w.Svc.RevokeAdminToken(ctx, fixture.Admin, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.Authenticate(ctx, token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("revoked admin token: %v", err)
+	}
+	pts, err := w.Svc.ListAPITokens(ctx, prov)
+	if err != nil || len(pts) != 1 {
+		t.Fatal(pts, err)
+	}
+	if err := w.Svc.RevokeAdminToken(ctx, fixture.Admin, pts[0].ID); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("revoking a provider's token as an admin token: %v", err)
+	}
+	if _, err := w.Svc.Authenticate(ctx, provToken); err != nil {
+		t.Fatalf("the provider's token stopped working: %v", err)
+	}
+	ts, _ := w.Svc.ListAdminTokens(ctx, fixture.Admin)
+	if len(ts) != 1 || ts[0].ID != tok.ID {
+		t.Fatalf("admin token list holds %+v", ts)
+	}
+}
+
+func TestDisabledAdminCannotSignInLosesSessionsAndTokensUntilEnabled(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "root@issuer.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, w); ev.Actor != fixture.Admin.Actor() || ev.Action != "admin-user.add" {
+		t.Fatalf("audit: %+v", ev)
+	}
+	res, err := w.Svc.Login(ctx, "root@issuer.example", pw, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, err := w.Svc.ResolveSession(ctx, res.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _, err := w.Svc.CreateAdminToken(ctx, su.Principal, "mine", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, su.Principal, "root@issuer.example", true); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("an admin disabled themselves: %v", err)
+	}
+	bob := keyport.Principal{Admin: true, Operator: true, Name: "bob"}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, bob, "Root@Issuer.example", true); err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, w); ev.Actor != "operator:bob" || ev.Action != "admin-user.disable" || ev.Object != "user:"+su.User.ID {
+		t.Fatalf("audit: %+v", ev)
+	}
+	if _, err := w.Svc.ResolveSession(ctx, res.Token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("session of a disabled admin: %v", err)
+	}
+	if _, err := w.Svc.Authenticate(ctx, token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("token of a disabled admin: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "root@issuer.example", pw, ""); !errors.Is(err, keyport.ErrForbidden) {
+		t.Fatalf("sign-in of a disabled admin: %v", err)
+	}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, bob, "nobody@issuer.example", true); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("unknown admin: %v", err)
+	}
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, bob, "root@issuer.example", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.Authenticate(ctx, token); err != nil {
+		t.Fatalf("token after enabling: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "root@issuer.example", pw, ""); err != nil {
+		t.Fatalf("sign-in after enabling: %v", err)
+	}
+}
+
+func TestAPasswordChangeNeedsTheCurrentPasswordAndEndsPendingResetLinks(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	u := verifiedUser(t, w, "a@bank.example", "a passphrase of words")
+	if err := w.Svc.RequestPasswordReset(ctx, "a@bank.example", "https://portal.example"); err != nil {
+		t.Fatal(err)
+	}
+	reset := mailedToken(t, w, "a@bank.example")
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "not the password"}, "a new passphrase here"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("wrong current password: %v", err)
+	}
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "short"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("a too short new password: %v", err)
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
+		t.Fatalf("%d attempts counted, want 1 (the wrong password only)", got.FailedLogins)
+	}
+	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "a new passphrase here"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, w); ev.Action != "user.password-change" || ev.Object != "user:"+u.ID {
+		t.Fatalf("audit: %+v", ev)
+	}
+	if err := w.Svc.ResetPassword(ctx, reset, "an attacker's passphrase"); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("a reset link from before the change still works: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "a@bank.example", "a new passphrase here", ""); err != nil {
+		t.Fatalf("sign-in with the new password: %v", err)
+	}
+}
