@@ -366,10 +366,10 @@ func (c *Card) process(apdu []byte) rsp {
 		// GPCS 5.1.1.5: a terminated card offers nothing but GET DATA.
 		return status(gp.SWFunctionNotSupported)
 	}
-	switch cmd.INS {
-	case 0x70:
+	switch {
+	case cmd.INS == 0x70 && cla&0x80 == 0:
 		return c.manageChannel(n, cmd)
-	case 0xA4:
+	case cmd.INS == 0xA4:
 		return c.selectApp(cmd)
 	}
 	sel := c.selectedApp()
@@ -446,7 +446,8 @@ func decodeCLA(cla byte) (basic byte, n int, sw gp.SW) {
 }
 
 // manageChannel opens and closes logical channels (ISO 7816-4 7.1.2), an
-// interindustry command the card's runtime answers whatever is selected:
+// interindustry command the card's runtime answers whatever is selected
+// (INS 70 in the proprietary class goes to the selected application):
 //
 //   - P1 00 opens a channel: P2 00 lets the card choose the lowest free
 //     number and answers it in one byte; P2 01..13 opens that number
@@ -459,9 +460,6 @@ func decodeCLA(cla byte) (basic byte, n int, sw gp.SW) {
 //
 // MANAGE CHANNEL itself is never under secure messaging.
 func (c *Card) manageChannel(n int, cmd gp.Command) rsp {
-	if cmd.CLA&0x80 != 0 {
-		return status(gp.SWCLANotSupported)
-	}
 	if cmd.CLA&0x04 != 0 {
 		return status(gp.SW(0x6882))
 	}

@@ -49,19 +49,20 @@ func TestCommandsOnAChannelThatIsNotOpenAnswer6881(t *testing.T) {
 
 func TestManageChannelRefusesTheBasicChannelUnknownChannelsAndTheGPClass(t *testing.T) {
 	hst := processHost(t, newCard(t, vcard.Config{}))
+	hst.selectAID(vcard.ISDAID)
 	cases := map[string]struct {
 		apdu string
 		want gp.SW
 	}{
-		"close the basic channel":   {"0070800000", gp.SWIncorrectP1P2},
-		"close channel 0 by number": {"00708000", gp.SWIncorrectP1P2},
-		"close a channel not open":  {"00708005", gp.SWReferencedDataNotFound},
-		"close channel 20":          {"00708014", gp.SWIncorrectP1P2},
-		"open channel 20":           {"00700014", gp.SWIncorrectP1P2},
-		"unknown P1":                {"0070400001", gp.SWIncorrectP1P2},
-		"GP class":                  {"8070000001", gp.SWCLANotSupported},
-		"secure messaging":          {"0470000001", gp.SW(0x6882)},
-		"with data":                 {"007000000101", gp.SWWrongLength},
+		"close the basic channel":                 {"0070800000", gp.SWIncorrectP1P2},
+		"close channel 0 by number":               {"00708000", gp.SWIncorrectP1P2},
+		"close a channel not open":                {"00708005", gp.SWReferencedDataNotFound},
+		"close channel 20":                        {"00708014", gp.SWIncorrectP1P2},
+		"open channel 20":                         {"00700014", gp.SWIncorrectP1P2},
+		"unknown P1":                              {"0070400001", gp.SWIncorrectP1P2},
+		"GP class: the ISD's, not MANAGE CHANNEL": {"8070000001", gp.SWINSNotSupported},
+		"secure messaging":                        {"0470000001", gp.SW(0x6882)},
+		"with data":                               {"007000000101", gp.SWWrongLength},
 	}
 	for name, c := range cases {
 		if sw := hst.raw(h(c.apdu)).SW; sw != c.want {
