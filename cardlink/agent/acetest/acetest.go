@@ -49,22 +49,24 @@ func mustHex(s string) []byte {
 // reader connection the enforcer uses.
 type Handset struct {
 	Env    *pcsctest.Env
-	Card   *vcard.Card
+	Card   *pcsctest.CardProcess
 	Reader *pcsc.Reader // the enforcer's connection
 	Issuer *Issuer
 }
 
-// NewHandset starts pcscd, vpcd and a fresh virtual module in this process,
-// connects to it, and has the issuer create SSDAID. Everything stops with
-// the test.
+// NewHandset starts pcscd, vpcd and a fresh virtual module, connects to it,
+// and has the issuer create SSDAID. Everything stops with the test.
+//
+// The module runs in a child process, as a secure element is not part of
+// the handset's software: in the same process, its goroutine would compete
+// for the Go scheduler with the enforcer's, which waits in a cgo call
+// (pcsc-lite) for the module's answer, and APDUs would stall for
+// milliseconds now and then. The test binary's TestMain must call
+// pcsctest.MaybeRunCard.
 func NewHandset(t testing.TB) *Handset {
 	t.Helper()
 	env := pcsctest.Start(t, pcsctest.Options{})
-	card, err := vcard.New(vcard.DefaultEID, vcard.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.StartCard(t, card)
+	card := env.StartCardProcess(t, filepath.Join(t.TempDir(), "module.json"), vcard.DefaultEID, 0)
 	r, err := pcsc.Open(context.Background(), env.Reader)
 	if err != nil {
 		t.Fatal(err)
