@@ -16,18 +16,13 @@ import (
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/agent"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
-	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/store/storetest"
 )
 
-// TestMain also lets pcsctest run this test binary as a card process.
-func TestMain(m *testing.M) {
-	pcsctest.MaybeRunCard()
-	storetest.Main(m)
-}
+func TestMain(m *testing.M) { storetest.Main(m) }
 
 var ctx = context.Background()
 

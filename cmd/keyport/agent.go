@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/pcsc"
 )
 
@@ -58,11 +59,11 @@ func cmdAgent(ctx context.Context, args []string) error {
 	defer card.Close()
 	log := newLogger(config{LogFormat: "text"}, stderr)
 	if *appSocket != "" {
-		l, err := agent.ListenAppSocket(*appSocket)
+		l, err := ace.ListenAppSocket(*appSocket)
 		if err != nil {
 			return err
 		}
-		enf := agent.NewEnforcer(card, log)
+		enf := ace.NewEnforcer(card, log)
 		fmt.Fprintf(stderr, "keyport agent: access control enforcer for the module in %q on %s\n", card.Name(), *appSocket)
 		if !admin {
 			return enf.Serve(ctx, l)

@@ -9,7 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 )
 
 // exitRefused is the exit status of `keyport app` when the enforcer
@@ -51,7 +51,7 @@ func cmdApp(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := agent.DialApp(ctx, *socket)
+	c, err := ace.DialApp(ctx, *socket)
 	if err != nil {
 		return fmt.Errorf("the enforcer's socket: %w", err)
 	}
@@ -76,7 +76,7 @@ func cmdApp(ctx context.Context, args []string) error {
 
 // appRefusal gives the enforcer's refusals their exit status.
 func appRefusal(err error) error {
-	var ae *agent.AppError
+	var ae *ace.AppError
 	if errors.As(err, &ae) {
 		return exitError{exitRefused, fmt.Errorf("enforcer refused (%s): %s", ae.Code, ae.Message)}
 	}

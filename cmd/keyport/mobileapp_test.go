@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyport/keyport/cardlink/agent/acetest"
+	"github.com/keyport/keyport/cardlink/agent/ace/acetest"
 	"github.com/keyport/keyport/gp"
 )
 

@@ -1,4 +1,4 @@
-package agent_test
+package ace_test
 
 import (
 	"bytes"
@@ -13,15 +13,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keyport/keyport/cardlink/agent"
-	"github.com/keyport/keyport/cardlink/agent/acetest"
+	"github.com/keyport/keyport/cardlink/agent/ace"
+	"github.com/keyport/keyport/cardlink/agent/ace/acetest"
 	"github.com/keyport/keyport/cardlink/vcard"
 	"github.com/keyport/keyport/gp"
 )
 
-func dialApp(t *testing.T, socket string) *agent.AppClient {
+func dialApp(t *testing.T, socket string) *ace.AppClient {
 	t.Helper()
-	c, err := agent.DialApp(context.Background(), socket)
+	c, err := ace.DialApp(context.Background(), socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,14 +33,14 @@ func dialApp(t *testing.T, socket string) *agent.AppClient {
 // with the code.
 func refusal(t *testing.T, err error, code string) string {
 	t.Helper()
-	var ae *agent.AppError
+	var ae *ace.AppError
 	if !errors.As(err, &ae) || ae.Code != code {
 		t.Fatalf("got %v, want a refusal %q", err, code)
 	}
 	return ae.Message
 }
 
-func mustTransmit(t *testing.T, c *agent.AppClient, apdu string) []byte {
+func mustTransmit(t *testing.T, c *ace.AppClient, apdu string) []byte {
 	t.Helper()
 	r, err := c.Transmit(h(apdu))
 	if err != nil {
@@ -94,7 +94,7 @@ func TestEnforcerGivesTheAppInTheRuleAChannelToItsSSDAndRefusesAnother(t *testin
 		"806A000000":                 "INS 6A",
 	} {
 		_, err := a.Transmit(h(apdu))
-		if msg := refusal(t, err, agent.CodeRefused); !strings.Contains(msg, want) {
+		if msg := refusal(t, err, ace.CodeRefused); !strings.Contains(msg, want) {
 			t.Errorf("%s refused with %q, want %q", apdu, msg, want)
 		}
 	}
@@ -110,12 +110,12 @@ func TestEnforcerGivesTheAppInTheRuleAChannelToItsSSDAndRefusesAnother(t *testin
 
 	b := dialApp(t, socket)
 	_, err = b.Open(appB.PEM, acetest.SSDAID, "")
-	msg := refusal(t, err, agent.CodeDenied)
+	msg := refusal(t, err, ace.CodeDenied)
 	if !strings.Contains(msg, "access denied") || !strings.Contains(msg, "F0010203040501") || !strings.Contains(msg, hex.EncodeToString(appB.SHA256())) {
 		t.Fatalf("app B refused with %q", msg)
 	}
 	// Refused, app B has no channel; app A's still works.
-	if _, err := b.Transmit(h("80CA9F7F00")); !strings.Contains(refusal(t, err, agent.CodeState), "no channel") {
+	if _, err := b.Transmit(h("80CA9F7F00")); !strings.Contains(refusal(t, err, ace.CodeState), "no channel") {
 		t.Fatal(err)
 	}
 	mustTransmit(t, a, "80CA9F7F00")
@@ -155,7 +155,7 @@ func TestRuleDeletedOverSCP03RefusesTheAppOnItsNextOpen(t *testing.T) {
 	hs.Issuer.DeleteRule(rule)
 
 	_, err := c.Open(app.PEM, acetest.SSDAID, "")
-	if msg := refusal(t, err, agent.CodeDenied); !strings.Contains(msg, "no access rule") {
+	if msg := refusal(t, err, ace.CodeDenied); !strings.Contains(msg, "no access rule") {
 		t.Fatalf("after the delete: %q", msg)
 	}
 	if n := enf.RuleReads(); n != 2 {
@@ -193,7 +193,7 @@ func TestAPDUFilterLetsOnlyMatchingHeadersThroughAndNeverWins(t *testing.T) {
 		t.Fatalf("00 CA passes the second filter: %X", r)
 	}
 	_, err := c.Transmit(h("80F2400002"))
-	msg := refusal(t, err, agent.CodeRefused)
+	msg := refusal(t, err, ace.CodeRefused)
 	if !strings.Contains(msg, "80CA9F7F/FFFFFFFF") || !strings.Contains(msg, "80F24000") {
 		t.Fatalf("GET STATUS refused with %q", msg)
 	}
@@ -201,7 +201,7 @@ func TestAPDUFilterLetsOnlyMatchingHeadersThroughAndNeverWins(t *testing.T) {
 
 	d := dialApp(t, socket)
 	_, err = d.Open(other.PEM, acetest.SSDAID, "")
-	if msg := refusal(t, err, agent.CodeDenied); !strings.Contains(msg, "NEVER") {
+	if msg := refusal(t, err, ace.CodeDenied); !strings.Contains(msg, "NEVER") {
 		t.Fatalf("other app: %q", msg)
 	}
 }
@@ -229,7 +229,7 @@ func TestMalformedRequestsGetAClearErrorAndTheEnforcerKeepsServing(t *testing.T)
 	}
 	for req, want := range bad {
 		_, err := c.SendRaw([]byte(req))
-		var ae *agent.AppError
+		var ae *ace.AppError
 		if !errors.As(err, &ae) || !strings.Contains(ae.Message, want) {
 			t.Errorf("%s: %v, want an error containing %q", req, err, want)
 		}
@@ -238,22 +238,22 @@ func TestMalformedRequestsGetAClearErrorAndTheEnforcerKeepsServing(t *testing.T)
 	if _, err := c.Open(app.PEM, acetest.SSDAID, ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Open(app.PEM, acetest.SSDAID, ""); !strings.Contains(refusal(t, err, agent.CodeState), "already has channel") {
+	if _, err := c.Open(app.PEM, acetest.SSDAID, ""); !strings.Contains(refusal(t, err, ace.CodeState), "already has channel") {
 		t.Fatal(err)
 	}
-	if _, err := c.Transmit(h("80CA")); !strings.Contains(refusal(t, err, agent.CodeBadRequest), "not a command APDU") {
+	if _, err := c.Transmit(h("80CA")); !strings.Contains(refusal(t, err, ace.CodeBadRequest), "not a command APDU") {
 		t.Fatal(err)
 	}
 	mustTransmit(t, c, "80CA9F7F00")
 
 	// A length prefix out of range ends that connection, after saying why.
-	for _, n := range []uint32{0, agent.MaxFrame + 1, 0xFFFFFFFF} {
+	for _, n := range []uint32{0, ace.MaxFrame + 1, 0xFFFFFFFF} {
 		x := dialApp(t, socket)
 		if err := x.WriteRaw(binary.BigEndian.AppendUint32(nil, n)); err != nil {
 			t.Fatal(err)
 		}
 		_, err := x.ReadReply()
-		if msg := refusal(t, err, agent.CodeBadRequest); !strings.Contains(msg, "frame length out of range") {
+		if msg := refusal(t, err, ace.CodeBadRequest); !strings.Contains(msg, "frame length out of range") {
 			t.Fatalf("length %d: %q", n, msg)
 		}
 		if _, err := x.ReadReply(); err == nil || !errors.Is(err, io.EOF) {
@@ -282,7 +282,7 @@ func TestEnforcerRefusesEveryAppWhenTheModuleHasNoARAM(t *testing.T) {
 	hs.Issuer.LockApp(vcard.ARAMAID)
 	_, socket := hs.Serve(t)
 	_, err := dialApp(t, socket).Open(app.PEM, acetest.SSDAID, "")
-	if msg := refusal(t, err, agent.CodeDenied); !strings.Contains(msg, "no ARA-M") {
+	if msg := refusal(t, err, ace.CodeDenied); !strings.Contains(msg, "no ARA-M") {
 		t.Fatalf("without ARA-M: %q", msg)
 	}
 }
@@ -292,7 +292,7 @@ func TestListenAppSocketRefusesADirectoryOthersCanEnter(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	_, err := agent.ListenAppSocket(filepath.Join(dir, "app.sock"))
+	_, err := ace.ListenAppSocket(filepath.Join(dir, "app.sock"))
 	if err == nil || !strings.Contains(err.Error(), "chmod 700") {
 		t.Fatalf("socket in a 0755 directory: %v", err)
 	}
@@ -304,18 +304,18 @@ func TestListenAppSocketRefusesADirectoryOthersCanEnter(t *testing.T) {
 	if err := os.WriteFile(in, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := agent.ListenAppSocket(in); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := ace.ListenAppSocket(in); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("regular file in the way: %v", err)
 	}
 	// A stale socket is replaced.
 	os.Remove(in)
-	l, err := agent.ListenAppSocket(in)
+	l, err := ace.ListenAppSocket(in)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
 	l.Close()
-	l, err = agent.ListenAppSocket(in)
+	l, err = ace.ListenAppSocket(in)
 	if err != nil {
 		t.Fatalf("over a stale socket: %v", err)
 	}

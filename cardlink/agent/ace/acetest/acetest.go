@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/pcsc"
 	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/cardlink/vcard"
@@ -84,14 +84,14 @@ func NewHandset(t testing.TB) *Handset {
 
 // Serve runs an enforcer on the handset's reader, listening on a socket in
 // a fresh private directory, and returns it with the socket's path.
-func (hs *Handset) Serve(t testing.TB) (*agent.Enforcer, string) {
+func (hs *Handset) Serve(t testing.TB) (*ace.Enforcer, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "se", "app.sock")
-	l, err := agent.ListenAppSocket(path)
+	l, err := ace.ListenAppSocket(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	enf := agent.NewEnforcer(hs.Reader, nil)
+	enf := ace.NewEnforcer(hs.Reader, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); enf.Serve(ctx, l) }()

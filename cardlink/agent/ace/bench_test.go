@@ -1,4 +1,4 @@
-package agent_test
+package ace_test
 
 import (
 	"bytes"
@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyport/keyport/cardlink/agent"
-	"github.com/keyport/keyport/cardlink/agent/acetest"
+	"github.com/keyport/keyport/cardlink/agent/ace"
+	"github.com/keyport/keyport/cardlink/agent/ace/acetest"
 	"github.com/keyport/keyport/gp"
 )
 
@@ -20,12 +20,12 @@ func median(d []time.Duration) time.Duration {
 	return d[len(d)/2]
 }
 
-func benchHandset(b *testing.B) (*acetest.Handset, acetest.App, *agent.AppClient) {
+func benchHandset(b *testing.B) (*acetest.Handset, acetest.App, *ace.AppClient) {
 	hs := acetest.NewHandset(b)
 	app := acetest.NewApp(b, "bench")
 	hs.Issuer.StoreRule(gp.AccessRule{AID: acetest.SSDAID, DeviceAppID: app.SHA256(), APDU: []byte{0x01}})
 	_, socket := hs.Serve(b)
-	c, err := agent.DialApp(b.Context(), socket)
+	c, err := ace.DialApp(b.Context(), socket)
 	if err != nil {
 		b.Fatal(err)
 	}

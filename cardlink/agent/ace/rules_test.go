@@ -1,4 +1,4 @@
-package agent_test
+package ace_test
 
 import (
 	"bytes"
@@ -7,13 +7,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/gp"
 )
 
 func TestDecideFollowsTheARARuleSearchOrder(t *testing.T) {
 	cert, otherCert := []byte("app certificate DER"), []byte("other app DER")
-	app := agent.NewAppID(cert, "com.example.wallet")
+	app := ace.NewAppID(cert, "com.example.wallet")
 	s256 := sha256.Sum256(cert)
 	s1 := sha1.Sum(cert)
 	o256 := sha256.Sum256(otherCert)
@@ -50,7 +50,7 @@ func TestDecideFollowsTheARARuleSearchOrder(t *testing.T) {
 		{"malformed filter", []gp.AccessRule{rule(aid, s256[:], h("80CA"))}, false, false, "malformed"},
 	}
 	for _, c := range cases {
-		a := agent.Decide(c.rules, aid, app)
+		a := ace.Decide(c.rules, aid, app)
 		if a.Allowed != c.allowed || a.Always != c.always || !strings.Contains(a.Reason, c.reason) {
 			t.Errorf("%s: %+v, want allowed=%v always=%v reason ~%q", c.name, a, c.allowed, c.always, c.reason)
 		}
@@ -58,8 +58,8 @@ func TestDecideFollowsTheARARuleSearchOrder(t *testing.T) {
 }
 
 func TestAccessPermitsByFilter(t *testing.T) {
-	a := agent.Decide([]gp.AccessRule{{AID: h("F0010203040501"), DeviceAppID: []byte{},
-		APDU: h("80CA9F7F" + "FFFFFFFF" + "00B00000" + "FFFF0000")}}, h("F0010203040501"), agent.NewAppID(nil, ""))
+	a := ace.Decide([]gp.AccessRule{{AID: h("F0010203040501"), DeviceAppID: []byte{},
+		APDU: h("80CA9F7F" + "FFFFFFFF" + "00B00000" + "FFFF0000")}}, h("F0010203040501"), ace.NewAppID(nil, ""))
 	if !a.Allowed || a.Always || len(a.Filters) != 2 {
 		t.Fatalf("%+v", a)
 	}
@@ -73,10 +73,10 @@ func TestAccessPermitsByFilter(t *testing.T) {
 			t.Errorf("Permits(%X) = %v, want %v", hdr, got, want)
 		}
 	}
-	if (agent.Access{}).Permits([4]byte{}) {
+	if (ace.Access{}).Permits([4]byte{}) {
 		t.Error("a refused access permits a command")
 	}
-	if s := agent.NewAppID([]byte("x"), "").String(); !bytes.Equal(h(s), func() []byte { x := sha256.Sum256([]byte("x")); return x[:] }()) {
+	if s := ace.NewAppID([]byte("x"), "").String(); !bytes.Equal(h(s), func() []byte { x := sha256.Sum256([]byte("x")); return x[:] }()) {
 		t.Errorf("AppID string %s", s)
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package ace
 
 import (
 	"bytes"
@@ -70,28 +70,28 @@ func (e *Enforcer) RuleReads() int64 { return e.reads.Load() }
 func ListenAppSocket(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("agent: app socket directory: %w", err)
+		return nil, fmt.Errorf("ace: app socket directory: %w", err)
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("agent: app socket directory: %w", err)
+		return nil, fmt.Errorf("ace: app socket directory: %w", err)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("agent: app socket directory %s is mode %04o: it must be reachable by its owner only (chmod 700), for the socket's permissions are what vouches for the apps", dir, fi.Mode().Perm())
+		return nil, fmt.Errorf("ace: app socket directory %s is mode %04o: it must be reachable by its owner only (chmod 700), for the socket's permissions are what vouches for the apps", dir, fi.Mode().Perm())
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("agent: app socket %s: a file that is not a socket is in the way", path)
+			return nil, fmt.Errorf("ace: app socket %s: a file that is not a socket is in the way", path)
 		}
 		os.Remove(path)
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("agent: app socket: %w", err)
+		return nil, fmt.Errorf("ace: app socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("agent: app socket: %w", err)
+		return nil, fmt.Errorf("ace: app socket: %w", err)
 	}
 	return l, nil
 }
@@ -109,7 +109,7 @@ func (e *Enforcer) Serve(ctx context.Context, l net.Listener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("agent: app socket: %w", err)
+			return fmt.Errorf("ace: app socket: %w", err)
 		}
 		wg.Add(1)
 		go func() {

@@ -1,4 +1,4 @@
-package agent
+package ace
 
 import (
 	"bytes"

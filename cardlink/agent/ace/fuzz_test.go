@@ -1,4 +1,4 @@
-package agent_test
+package ace_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/vcard"
 	"github.com/keyport/keyport/gp"
 )
@@ -59,17 +59,17 @@ func FuzzParseAppRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := bytes.NewReader(in)
 		for {
-			b, err := agent.ReadFrame(r)
+			b, err := ace.ReadFrame(r)
 			if err != nil {
 				if len(b) != 0 {
 					t.Fatalf("ReadFrame returned %d bytes with %v", len(b), err)
 				}
 				return
 			}
-			if len(b) == 0 || len(b) > agent.MaxFrame {
+			if len(b) == 0 || len(b) > ace.MaxFrame {
 				t.Fatalf("frame of %d bytes accepted", len(b))
 			}
-			req, err := agent.ParseRequest(b)
+			req, err := ace.ParseRequest(b)
 			if err != nil {
 				if err.Error() == "" {
 					t.Fatal("empty error message")
@@ -77,15 +77,15 @@ func FuzzParseAppRequest(f *testing.F) {
 				continue
 			}
 			switch req.Op {
-			case agent.OpOpen:
+			case ace.OpOpen:
 				if len(req.AID) < 5 || len(req.AID) > 16 || len(req.CertDER) == 0 {
 					t.Fatalf("open accepted with AID %X, %d-byte cert", req.AID, len(req.CertDER))
 				}
-			case agent.OpTransmit:
+			case ace.OpTransmit:
 				if req.APDU == nil {
 					t.Fatal("transmit accepted without an APDU")
 				}
-			case agent.OpClose:
+			case ace.OpClose:
 			default:
 				t.Fatalf("op %q accepted", req.Op)
 			}
@@ -130,7 +130,7 @@ func FuzzEnforcerSession(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		card := fuzzCard(t, gp.AccessRule{AID: h("F0010203040501"), DeviceAppID: h256[:], APDU: h("80CA0000" + "FFFF0000")})
 		tx := gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return card.Process(b), nil })
-		enf := agent.NewEnforcer(tx, nil)
+		enf := ace.NewEnforcer(tx, nil)
 		cli, srv := net.Pipe()
 		done := make(chan struct{})
 		go func() { defer close(done); enf.ServeConn(context.Background(), srv) }()
@@ -138,17 +138,17 @@ func FuzzEnforcerSession(f *testing.F) {
 			n := min(int(binary.BigEndian.Uint16(in)), len(in)-2)
 			payload := in[2 : 2+n]
 			in = in[2+n:]
-			if n == 0 || n > agent.MaxFrame {
+			if n == 0 || n > ace.MaxFrame {
 				continue
 			}
 			if _, err := cli.Write(append(binary.BigEndian.AppendUint32(nil, uint32(n)), payload...)); err != nil {
 				t.Fatal(err)
 			}
-			b, err := agent.ReadFrame(cli)
+			b, err := ace.ReadFrame(cli)
 			if err != nil {
 				t.Fatalf("no reply to %q: %v", payload, err)
 			}
-			var rep agent.Reply
+			var rep ace.Reply
 			if err := jsonUnmarshal(b, &rep); err != nil {
 				t.Fatalf("reply %q: %v", b, err)
 			}
@@ -210,7 +210,7 @@ func mustResponse(t *testing.T, b []byte) gp.Response {
 	return r
 }
 
-func jsonUnmarshal(b []byte, v *agent.Reply) error {
+func jsonUnmarshal(b []byte, v *ace.Reply) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -229,11 +229,11 @@ func TestFuzzSessionSetupGrantsTheCorpusCertificate(t *testing.T) {
 	der := fuzzCertDER(t)
 	h256 := sha256.Sum256(der)
 	card := fuzzCard(t, gp.AccessRule{AID: h("F0010203040501"), DeviceAppID: h256[:], APDU: h("80CA0000" + "FFFF0000")})
-	enf := agent.NewEnforcer(gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return card.Process(b), nil }), nil)
+	enf := ace.NewEnforcer(gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return card.Process(b), nil }), nil)
 	cli, srv := net.Pipe()
 	go enf.ServeConn(context.Background(), srv)
 	defer cli.Close()
-	c := agent.NewAppClient(cli)
+	c := ace.NewAppClient(cli)
 	if rep, err := c.Open(der, h("F0010203040501"), ""); err != nil || rep.Channel != 1 {
 		t.Fatalf("open: %+v %v", rep, err)
 	}
