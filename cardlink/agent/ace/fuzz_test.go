@@ -127,8 +127,15 @@ func FuzzEnforcerSession(f *testing.F) {
 		f.Add(s)
 	}
 	h256 := sha256.Sum256(der)
+	// One module for all inputs: the rule lets the app send GET DATA only,
+	// and the enforcer's own commands change no persistent state, so a
+	// reset (closing every channel) brings it back to where it started.
+	var card *vcard.Card
 	f.Fuzz(func(t *testing.T, in []byte) {
-		card := fuzzCard(t, gp.AccessRule{AID: h("F0010203040501"), DeviceAppID: h256[:], APDU: h("80CA0000" + "FFFF0000")})
+		if card == nil {
+			card = fuzzCard(t, gp.AccessRule{AID: h("F0010203040501"), DeviceAppID: h256[:], APDU: h("80CA0000" + "FFFF0000")})
+		}
+		card.Reset()
 		tx := gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return card.Process(b), nil })
 		enf := ace.NewEnforcer(tx, nil)
 		cli, srv := net.Pipe()
