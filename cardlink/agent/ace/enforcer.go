@@ -203,9 +203,16 @@ func (s *session) open(ctx context.Context, req Request) Reply {
 		s.e.closeChannel(ctx, n)
 		return refuse(CodeCard, fmt.Errorf("open: SELECT %X: %v", req.AID, err))
 	}
-	if r, _ := gp.ParseResponse(sel); r.SW != gp.SWOK && !r.SW.Warning() {
+	r, _ := gp.ParseResponse(sel)
+	if r.SW != gp.SWOK && !r.SW.Warning() {
 		s.e.closeChannel(ctx, n)
 		return refuse(CodeCard, fmt.Errorf("open: applet %X is not selectable on the secure element: SELECT answered %v", req.AID, r.SW))
+	}
+	if name := gp.FCIDFName(r.Data); name != nil && !bytes.Equal(name, req.AID) {
+		// ISO 7816-4 partial DF name selection reached another applet than
+		// the one the rule was looked up for.
+		s.e.closeChannel(ctx, n)
+		return refuse(CodeRefused, fmt.Errorf("open: %X selected applet %X (a partial AID); ask for the applet's full AID", req.AID, name))
 	}
 	s.ch, s.aid, s.access, s.appName = n, req.AID, acc, app.String()
 	s.e.log.Info("channel opened", "app", s.appName, "aid", hex.EncodeToString(req.AID), "channel", n, "access", acc.Reason)

@@ -206,6 +206,24 @@ func TestAPDUFilterLetsOnlyMatchingHeadersThroughAndNeverWins(t *testing.T) {
 	}
 }
 
+func TestARuleForAPartialAIDDoesNotOpenTheLongerApplet(t *testing.T) {
+	hs := acetest.NewHandset(t)
+	app := acetest.NewApp(t, "A")
+	prefix := acetest.SSDAID[:5]
+	hs.Issuer.StoreRule(gp.AccessRule{AID: prefix, DeviceAppID: app.SHA256(), APDU: []byte{0x01}})
+	_, socket := hs.Serve(t)
+	c := dialApp(t, socket)
+	_, err := c.Open(app.PEM, prefix, "")
+	if msg := refusal(t, err, ace.CodeRefused); !strings.Contains(msg, "partial AID") || !strings.Contains(msg, "F0010203040501") {
+		t.Fatalf("open of a prefix: %q", msg)
+	}
+	// The channel it had opened is closed again: the next open gets 1.
+	hs.Issuer.StoreRule(gp.AccessRule{AID: acetest.SSDAID, DeviceAppID: app.SHA256(), APDU: []byte{0x01}})
+	if rep, err := c.Open(app.PEM, acetest.SSDAID, ""); err != nil || rep.Channel != 1 {
+		t.Fatalf("open of the full AID: %+v %v", rep, err)
+	}
+}
+
 func TestMalformedRequestsGetAClearErrorAndTheEnforcerKeepsServing(t *testing.T) {
 	hs := acetest.NewHandset(t)
 	app := acetest.NewApp(t, "A")
