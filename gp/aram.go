@@ -1,6 +1,9 @@
 package gp
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 // ARAMAID is the AID of the GP SE Access Control rule applet, ARA-M
 // (PROTOCOLS.md §4).
@@ -33,6 +36,12 @@ type AccessRule struct {
 
 // Bytes encodes the rule as a REF-AR-DO (E2).
 func (r AccessRule) Bytes() []byte {
+	return Encode(0xE2, r.RefDO(), r.arDO())
+}
+
+// RefDO encodes the rule's REF-DO (E1): which applet and which device
+// application it is about.
+func (r AccessRule) RefDO() []byte {
 	var ref []byte
 	switch {
 	case r.Implicit:
@@ -46,6 +55,10 @@ func (r AccessRule) Bytes() []byte {
 	if r.Package != "" {
 		ref = append(ref, Encode(0xCA, []byte(r.Package))...)
 	}
+	return Encode(0xE1, ref)
+}
+
+func (r AccessRule) arDO() []byte {
 	var ar []byte
 	for _, f := range []struct {
 		t Tag
@@ -55,7 +68,7 @@ func (r AccessRule) Bytes() []byte {
 			ar = append(ar, Encode(f.t, f.v)...)
 		}
 	}
-	return Encode(0xE2, Encode(0xE1, ref), Encode(0xE3, ar))
+	return Encode(0xE3, ar)
 }
 
 // StoreAccessRule builds the ARA-M STORE DATA Command-Store-REF-AR-DO:
@@ -68,6 +81,102 @@ func StoreAccessRule(r AccessRule) Command {
 // 80 E2 90 00 02 F1 00.
 func DeleteAllAccessRules() Command {
 	return StoreData(StoreDataLast|StoreDataBERTLV, 0x00, []byte{0xF1, 0x00})
+}
+
+// DeleteAccessRule builds the ARA-M Command-Delete of the rule with r's
+// REF-DO: 80 E2 90 00 Lc F1 { E1 … } (PROTOCOLS.md §4).
+func DeleteAccessRule(r AccessRule) Command {
+	return StoreData(StoreDataLast|StoreDataBERTLV, 0x00, Encode(0xF1, r.RefDO()))
+}
+
+// ARA-M GET DATA tags besides DataAccessRulesAll (PROTOCOLS.md §4).
+const (
+	DataAccessRulesNext uint16 = 0xFF60 // Get-Next: the rest of a Get-All answer
+	DataRefreshTag      uint16 = 0xDF20 // 8 bytes that change with every rule update
+)
+
+// MaxAccessRulesLength bounds the FF40 object AccessRules accepts, so that
+// an ARA-M announcing a huge rule set cannot make the host read forever.
+const MaxAccessRulesLength = 1 << 16
+
+// AccessRules reads every rule of the selected ARA-M: GET DATA All (FF40),
+// whose first answer announces the length of the FF40 object, then GET
+// DATA Next (FF60) until all of it has arrived (GPD SEAC; PROTOCOLS.md §4).
+// An ARA-M without rules answers FF40 00, or 6A88: an empty list.
+func (h *Host) AccessRules(ctx context.Context) ([]AccessRule, error) {
+	resp, err := h.Send(ctx, GetData(DataAccessRulesAll))
+	if err != nil {
+		return nil, err
+	}
+	if resp.SW == SWReferencedDataNotFound {
+		return nil, nil
+	}
+	if resp.SW != SWOK {
+		return nil, &SWError{SW: resp.SW, Op: "GET DATA FF40"}
+	}
+	all := clone(resp.Data)
+	total, err := accessRulesLength(all)
+	if err != nil {
+		return nil, err
+	}
+	for len(all) < total {
+		resp, err := h.Send(ctx, GetData(DataAccessRulesNext))
+		if err != nil {
+			return nil, err
+		}
+		if resp.SW != SWOK {
+			return nil, &SWError{SW: resp.SW, Op: "GET DATA FF60"}
+		}
+		if len(resp.Data) == 0 {
+			return nil, malformed("ARA-M Get-Next answered no data with %d of %d bytes read", len(all), total)
+		}
+		all = append(all, resp.Data...)
+	}
+	if len(all) != total {
+		return nil, malformed("ARA-M sent %d bytes of rules, its FF40 announced %d", len(all), total)
+	}
+	return ParseAccessRules(all)
+}
+
+// accessRulesLength returns the encoded size of the FF40 object whose first
+// bytes b are: tag, BER length and value.
+func accessRulesLength(b []byte) (int, error) {
+	if len(b) < 3 || b[0] != 0xFF || b[1] != 0x40 {
+		return 0, malformed("ARA-M Get-All answer %X does not start with FF40", b[:min(len(b), 4)])
+	}
+	l0 := b[2]
+	if l0 < 0x80 {
+		return 3 + int(l0), nil
+	}
+	k := int(l0 & 0x7F)
+	if l0 == 0x80 || k > 3 || len(b) < 3+k {
+		return 0, malformed("ARA-M Get-All answer has length field %X", b[2:min(len(b), 6)])
+	}
+	n := 0
+	for _, x := range b[3 : 3+k] {
+		n = n<<8 | int(x)
+	}
+	if n > MaxAccessRulesLength {
+		return 0, malformed("ARA-M announces %d bytes of rules, more than %d", n, MaxAccessRulesLength)
+	}
+	return 3 + k + n, nil
+}
+
+// RefreshTag reads the selected ARA-M's refresh tag (GET DATA DF20 →
+// DF20 08 tag). A device keeps the rules it read until the tag changes.
+func (h *Host) RefreshTag(ctx context.Context) ([]byte, error) {
+	resp, err := h.Send(ctx, GetData(DataRefreshTag))
+	if err != nil {
+		return nil, err
+	}
+	if resp.SW != SWOK {
+		return nil, &SWError{SW: resp.SW, Op: "GET DATA DF20"}
+	}
+	t, rest, err := ParseTLV(resp.Data)
+	if err != nil || len(rest) != 0 || t.Tag != 0xDF20 || len(t.Value) != 8 {
+		return nil, malformed("ARA-M refresh tag answer %X, want DF20 08 and 8 bytes", resp.Data)
+	}
+	return clone(t.Value), nil
 }
 
 // ParseAccessRules decodes REF-AR-DOs: a GET DATA FF40 answer (FF40 L E2…),

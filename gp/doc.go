@@ -28,7 +28,12 @@
 //     recognition data, sequence counter, extended card resources.
 //   - script.go: ETSI TS 102 226 expanded remote APDU scripts (AE/AA
 //     command scripts, AF/AB response scripts).
-//   - aram.go: GP SE Access Control (ARA-M) REF-AR-DO rules.
+//   - channel.go: logical channels (ISO 7816-4 5.4): the channel in the
+//     class byte (ChannelOf, OnChannel), MANAGE CHANNEL, and
+//     LogicalChannel, a Channel that sends everything on one channel.
+//   - aram.go: GP SE Access Control (ARA-M) REF-AR-DO rules: building,
+//     storing and deleting them, and Host.AccessRules / Host.RefreshTag,
+//     the paged reads a handset's enforcer makes.
 //   - eid.go: byte-level EID (GET EID response) and AID helpers.
 //   - diversify.go: GPPro-style key diversification (emv, visa2, kdf3).
 //

@@ -9,6 +9,11 @@
 // Acting as the card's RAM handler (ETSI TS 102 226 over Amendment B), it
 // SELECTs the X-Admin-Targeted-Application before a script aimed at another
 // security domain, so that the script's SCP03 session opens on that SSD.
+//
+// The handset's other part, the access control enforcer that gives apps
+// logical channels to applets by the ARA-M's rules, is package ace below
+// this one; the admin sessions use the basic channel only, the enforcer
+// logical channels only, so both share one PC/SC connection.
 package agent
 
 import (

@@ -179,8 +179,10 @@ func (r *Reader) Transmit(ctx context.Context, apdu []byte) ([]byte, error) {
 		if round == maxGetResponse {
 			return nil, fmt.Errorf("pcsc: %q: the card still answers 61xx after %d GET RESPONSE", r.name, round)
 		}
-		// GET RESPONSE on the command's logical channel (ISO 7816-4 7.6.1).
-		get := []byte{apdu[0] & 0x03, 0xC0, 0x00, 0x00, sw2}
+		// GET RESPONSE on the command's logical channel (ISO 7816-4 7.6.1),
+		// in either class coding (channels 0..3 and 4..19).
+		cla, _ := gp.OnChannel(0x00, gp.ChannelOf(apdu[0]))
+		get := []byte{cla, 0xC0, 0x00, 0x00, sw2}
 		if rsp, err = r.exchange(ctx, get); err != nil {
 			return nil, err
 		}

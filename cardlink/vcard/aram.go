@@ -42,15 +42,15 @@ func (c *Card) aramGetData(cmd gp.Command) rsp {
 		for _, r := range c.st.Rules {
 			all = append(all, r...)
 		}
-		c.araNext = gp.Encode(0xFF40, all)
+		c.ch.araNext = gp.Encode(0xFF40, all)
 		return c.aramPage()
 	case 0xFF60: // Get-Next
-		if len(c.araNext) == 0 {
+		if len(c.ch.araNext) == 0 {
 			return status(gp.SWConditionsNotSatisfied)
 		}
 		return c.aramPage()
 	case 0xFF50: // Get specific: data is a REF-DO, answer FF50 {AR-DO}
-		c.araNext = nil
+		c.ch.araNext = nil
 		ref, rest, err := gp.ParseTLV(cmd.Data)
 		if err != nil || len(rest) != 0 || ref.Tag != 0xE1 {
 			return status(gp.SWIncorrectData)
@@ -68,11 +68,11 @@ func (c *Card) aramGetData(cmd gp.Command) rsp {
 }
 
 func (c *Card) aramPage() rsp {
-	n := min(len(c.araNext), araPage)
-	out := bytes.Clone(c.araNext[:n])
-	c.araNext = c.araNext[n:]
-	if len(c.araNext) == 0 {
-		c.araNext = nil
+	n := min(len(c.ch.araNext), araPage)
+	out := bytes.Clone(c.ch.araNext[:n])
+	c.ch.araNext = c.ch.araNext[n:]
+	if len(c.ch.araNext) == 0 {
+		c.ch.araNext = nil
 	}
 	return ok(out)
 }

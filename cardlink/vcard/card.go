@@ -42,7 +42,24 @@ type Card struct {
 	saved []byte // the state as last persisted, for rollback
 	dirty bool   // the current command changed st
 
-	// Volatile card session state (reset by power off, reset, SELECT).
+	// Volatile card session state, one per open logical channel (ISO
+	// 7816-4 5.4.2): chans[0] is the basic channel, always open; ch is the
+	// channel of the command being processed. A power off or reset closes
+	// every other channel.
+	chans [MaxChannels]*logicalChannel
+	ch    *logicalChannel
+}
+
+// MaxChannels is how many logical channels the module offers: the basic
+// channel 0 and 1..19 (CLA 0x-03 and 4x/6x/Cx/Ex, ISO 7816-4 5.4.1).
+const MaxChannels = 20
+
+// logicalChannel is what a logical channel remembers between commands: its
+// own selected application and its own SCP03 session, so that a session
+// opened on channel 1 does not protect or disturb channel 2 (GPCS 10.2.1:
+// a secure channel session is bound to the logical channel it was opened
+// on). SELECT on a channel ends that channel's session only.
+type logicalChannel struct {
 	selected []byte          // AID of the selected application, nil if none
 	sess     *gp.CardSession // SCP03 session of the selected application
 	sessKVN  byte            // key set the session authenticates with
@@ -102,7 +119,7 @@ func New(eid string, cfg Config) (*Card, error) {
 		},
 	}
 	st.RefreshTag = hexBytes(make([]byte, 8))
-	c := &Card{cfg: cfg, st: st}
+	c := newCard(cfg, st)
 	b, err := encodeState(st)
 	if err != nil {
 		return nil, fmt.Errorf("vcard: new module: %w", err)
@@ -130,7 +147,28 @@ func Load(path string, cfg Config) (*Card, error) {
 	}
 	cfg.StatePath = path
 	removeStaleTemps(path)
-	return &Card{cfg: cfg, st: st, saved: b}, nil
+	c := newCard(cfg, st)
+	c.saved = b
+	return c, nil
+}
+
+func newCard(cfg Config, st *state) *Card {
+	c := &Card{cfg: cfg, st: st}
+	c.closeChannels()
+	return c
+}
+
+// closeChannels ends every session and closes every logical channel but
+// the basic one, which is left with nothing selected.
+func (c *Card) closeChannels() {
+	for i, ch := range c.chans {
+		if ch != nil && ch.sess != nil {
+			ch.sess.Reset()
+		}
+		c.chans[i] = nil
+	}
+	c.chans[0] = &logicalChannel{}
+	c.ch = c.chans[0]
 }
 
 // removeStaleTemps deletes temporary files a killed process left behind
@@ -226,16 +264,19 @@ var atr = func() []byte {
 func (c *Card) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.resetSession()
-	c.selected = nil
+	c.closeChannels()
 }
 
-func (c *Card) resetSession() {
-	if c.sess != nil {
-		c.sess.Reset()
+func (c *Card) resetSession() { c.ch.reset() }
+
+// reset ends the channel's session and forgets its command continuations;
+// the selection stays.
+func (ch *logicalChannel) reset() {
+	if ch.sess != nil {
+		ch.sess.Reset()
 	}
-	c.sess, c.sessKVN, c.sessDEK = nil, 0, nil
-	c.perso, c.block, c.pending, c.statusQ, c.araNext = nil, 0, nil, nil, nil
+	ch.sess, ch.sessKVN, ch.sessDEK = nil, 0, nil
+	ch.perso, ch.block, ch.pending, ch.statusQ, ch.araNext = nil, 0, nil, nil, nil
 }
 
 func (c *Card) maxFailures() int {
@@ -290,7 +331,11 @@ func (c *Card) commit() error {
 		if st, derr := decodeState(c.saved); derr == nil {
 			c.st = st
 		}
-		c.resetSession()
+		for _, ch := range c.chans {
+			if ch != nil {
+				ch.reset()
+			}
+		}
 		return err
 	}
 	c.saved = b
@@ -305,14 +350,26 @@ func (c *Card) process(apdu []byte) rsp {
 		}
 		return status(gp.SWNoPreciseDiagnosis)
 	}
-	if sw := checkCLA(cmd.CLA); sw != gp.SWOK {
+	cla, n, sw := decodeCLA(cmd.CLA)
+	if sw != gp.SWOK {
 		return status(sw)
 	}
+	if c.chans[n] == nil {
+		return status(gp.SWChannelNotSupported) // ISO 7816-4 5.4.2: the channel is not open
+	}
+	c.ch = c.chans[n]
+	// The handlers see the class as on the basic channel; SCP03 sees it as
+	// sent, for its MAC covers the class coding (AmdD 6.2.4).
+	wire := cmd.CLA
+	cmd.CLA = cla
 	if c.st.CardLCS == CardTerminated && cmd.INS != 0xA4 && cmd.INS != 0xCA {
 		// GPCS 5.1.1.5: a terminated card offers nothing but GET DATA.
 		return status(gp.SWFunctionNotSupported)
 	}
-	if cmd.INS == 0xA4 {
+	switch {
+	case cmd.INS == 0x70 && cla&0x80 == 0:
+		return c.manageChannel(n, cmd)
+	case cmd.INS == 0xA4:
 		return c.selectApp(cmd)
 	}
 	sel := c.selectedApp()
@@ -328,24 +385,27 @@ func (c *Card) process(apdu []byte) rsp {
 	case 0x50:
 		return c.initializeUpdate(sel, cmd)
 	case 0x82:
+		cmd.CLA = wire
 		return c.externalAuthenticate(cmd)
 	}
 	wrapped := false
-	if c.sess != nil {
-		plain, err := c.sess.Unwrap(cmd)
+	if c.ch.sess != nil {
+		cmd.CLA = wire
+		plain, err := c.ch.sess.Unwrap(cmd)
 		if err != nil {
 			c.endSession()
 			return status(swOf(err))
 		}
-		wrapped = c.sess.Authenticated()
+		wrapped = c.ch.sess.Authenticated()
 		cmd = plain
+		cmd.CLA = cla &^ 0x04
 	} else if cmd.CLA&0x04 != 0 {
 		// Secure messaging without a session (GPCS 10.2.3).
 		return status(gp.SWSecurityNotSatisfied)
 	}
 	r := c.dispatch(sel, cmd)
-	if wrapped && c.sess != nil && c.sess.Authenticated() {
-		out, err := c.sess.Wrap(gp.Response{Data: r.data, SW: r.sw})
+	if wrapped && c.ch.sess != nil && c.ch.sess.Authenticated() {
+		out, err := c.ch.sess.Wrap(gp.Response{Data: r.data, SW: r.sw})
 		if err != nil {
 			return status(gp.SWNoPreciseDiagnosis)
 		}
@@ -354,36 +414,109 @@ func (c *Card) process(apdu []byte) rsp {
 	return r
 }
 
-// checkCLA accepts the interindustry (00) and GP proprietary (80) classes
-// on the basic channel, with or without GP secure messaging (b3).
-func checkCLA(cla byte) gp.SW {
-	switch {
-	case cla == 0xFF:
-		return gp.SWCLANotSupported
-	case cla&0x40 != 0 || cla&0x03 != 0:
-		return gp.SW(0x6881) // logical channels 1..19 are not supported
-	case cla&0x10 != 0:
-		return gp.SW(0x6884) // command chaining not supported
-	case cla&0x08 != 0:
-		return gp.SW(0x6882) // ISO secure messaging not supported
-	case cla&0xF0 != 0x00 && cla&0xF0 != 0x80:
-		return gp.SWCLANotSupported
+// decodeCLA reads a class byte (ISO 7816-4 5.4.1, GPCS 11.1.4): the first
+// interindustry coding 0x (GP: 8x) with channels 0..3 in b2-b1, the further
+// coding 4x/6x (GP: Cx/Ex) with channels 4..19 in b4-b1 and secure
+// messaging in b6. It returns the class as the basic channel codes it (b8
+// proprietary, b3 GP secure messaging) and the channel number. Command
+// chaining and ISO secure messaging (b4 in the first coding) are refused.
+func decodeCLA(cla byte) (basic byte, n int, sw gp.SW) {
+	if cla == 0xFF {
+		return 0, 0, gp.SWCLANotSupported
 	}
-	return gp.SWOK
+	if cla&0x40 == 0 {
+		switch {
+		case cla&0x10 != 0:
+			return 0, 0, gp.SW(0x6884) // command chaining not supported
+		case cla&0x08 != 0:
+			return 0, 0, gp.SW(0x6882) // ISO secure messaging not supported
+		case cla&0x20 != 0:
+			return 0, 0, gp.SWCLANotSupported // 2x, 3x, Ax, Bx are RFU
+		}
+		return cla &^ 0x03, gp.ChannelOf(cla), gp.SWOK
+	}
+	if cla&0x10 != 0 {
+		return 0, 0, gp.SW(0x6884)
+	}
+	basic = cla & 0x80
+	if cla&0x20 != 0 {
+		basic |= 0x04
+	}
+	return basic, gp.ChannelOf(cla), gp.SWOK
+}
+
+// manageChannel opens and closes logical channels (ISO 7816-4 7.1.2), an
+// interindustry command the card's runtime answers whatever is selected
+// (INS 70 in the proprietary class goes to the selected application):
+//
+//   - P1 00 opens a channel: P2 00 lets the card choose the lowest free
+//     number and answers it in one byte; P2 01..13 opens that number
+//     (no data). Opened from the basic channel a channel starts with
+//     nothing selected, as the basic channel does after a reset; opened
+//     from channel k it starts with k's application selected, without
+//     k's session.
+//   - P1 80 closes channel P2, or the channel the command came on when P2
+//     is 00. The basic channel cannot be closed.
+//
+// MANAGE CHANNEL itself is never under secure messaging.
+func (c *Card) manageChannel(n int, cmd gp.Command) rsp {
+	if cmd.CLA&0x04 != 0 {
+		return status(gp.SW(0x6882))
+	}
+	if len(cmd.Data) != 0 {
+		return status(gp.SWWrongLength)
+	}
+	switch cmd.P1 {
+	case 0x00:
+		m := int(cmd.P2)
+		if m == 0 {
+			for m = 1; m < MaxChannels && c.chans[m] != nil; m++ {
+			}
+			if m == MaxChannels {
+				return status(gp.SWFunctionNotSupported) // no channel left
+			}
+		} else if m >= MaxChannels || c.chans[m] != nil {
+			return status(gp.SWIncorrectP1P2)
+		}
+		ch := &logicalChannel{}
+		if n != 0 {
+			ch.selected = bytes.Clone(c.ch.selected)
+		}
+		c.chans[m] = ch
+		if cmd.P2 != 0 {
+			return ok(nil)
+		}
+		return ok([]byte{byte(m)})
+	case 0x80:
+		m := int(cmd.P2)
+		if m == 0 {
+			m = n
+		}
+		if m == 0 || m >= MaxChannels {
+			return status(gp.SWIncorrectP1P2)
+		}
+		if c.chans[m] == nil {
+			return status(gp.SWReferencedDataNotFound)
+		}
+		c.chans[m].reset()
+		c.chans[m] = nil
+		return ok(nil)
+	}
+	return status(gp.SWIncorrectP1P2)
 }
 
 func (c *Card) endSession() {
-	if c.sess != nil {
-		c.sess.Reset()
+	if c.ch.sess != nil {
+		c.ch.sess.Reset()
 	}
-	c.sess, c.sessKVN, c.sessDEK = nil, 0, nil
+	c.ch.sess, c.ch.sessKVN, c.ch.sessDEK = nil, 0, nil
 }
 
 func (c *Card) selectedApp() *app {
-	if c.selected == nil {
+	if c.ch.selected == nil {
 		return nil
 	}
-	return c.st.find(c.selected)
+	return c.st.find(c.ch.selected)
 }
 
 // sdOf returns the security domain in charge of a: a itself for an SD,
@@ -400,7 +533,7 @@ func (c *Card) sdOf(a *app) *app {
 
 // authenticated reports an open SCP03 session (GPCS Table 11-2 minimum for
 // management commands is AUTHENTICATED).
-func (c *Card) authenticated() bool { return c.sess != nil && c.sess.Authenticated() }
+func (c *Card) authenticated() bool { return c.ch.sess != nil && c.ch.sess.Authenticated() }
 
 func (c *Card) dispatch(sel *app, cmd gp.Command) rsp {
 	switch {
@@ -456,7 +589,7 @@ func (c *Card) selectApp(cmd gp.Command) rsp {
 		return status(gp.SWFunctionNotSupported)
 	}
 	c.resetSession()
-	c.selected = nil
+	c.ch.selected = nil
 	var a *app
 	if len(cmd.Data) == 0 {
 		a = c.st.isd()
@@ -477,14 +610,14 @@ func (c *Card) selectApp(cmd gp.Command) rsp {
 	}
 	isISD := a == c.st.isd()
 	if isISD && c.st.CardLCS == CardLocked {
-		c.selected = bytes.Clone(a.AID)
+		c.ch.selected = bytes.Clone(a.AID)
 		return status(0x6283) // GPCS 11.9.3.2: selected file invalidated (card locked)
 	}
 	// GPCS 5.1.1.4: while the card is locked only the ISD is selectable.
 	if !isISD && (a.LCS == AppInstalled || a.locked() || c.st.CardLCS == CardLocked || c.st.CardLCS == CardTerminated) {
 		return status(gp.SWNotFound)
 	}
-	c.selected = bytes.Clone(a.AID)
+	c.ch.selected = bytes.Clone(a.AID)
 	if cmd.P2&0x0C == 0x0C {
 		return ok(nil)
 	}
@@ -565,7 +698,7 @@ func (c *Card) initializeUpdate(sel *app, cmd gp.Command) rsp {
 		ks.Counter = seq
 		c.dirty = true
 	}
-	c.sess, c.sessKVN, c.sessDEK = sess, ks.KVN, bytes.Clone(ks.key(3).Value)
+	c.ch.sess, c.ch.sessKVN, c.ch.sessDEK = sess, ks.KVN, bytes.Clone(ks.key(3).Value)
 	return ok(r.Data)
 }
 
@@ -573,7 +706,7 @@ func (c *Card) initializeUpdate(sel *app, cmd gp.Command) rsp {
 // cryptogram or C-MAC counts toward the key set's lock; success clears the
 // count.
 func (c *Card) externalAuthenticate(cmd gp.Command) rsp {
-	if c.sess == nil || c.sess.Authenticated() {
+	if c.ch.sess == nil || c.ch.sess.Authenticated() {
 		c.endSession()
 		return status(gp.SWConditionsNotSatisfied)
 	}
@@ -582,7 +715,7 @@ func (c *Card) externalAuthenticate(cmd gp.Command) rsp {
 		c.endSession()
 		return status(gp.SWConditionsNotSatisfied)
 	}
-	r, err := c.sess.ExternalAuthenticate(cmd)
+	r, err := c.ch.sess.ExternalAuthenticate(cmd)
 	if err != nil {
 		sw := swOf(err)
 		if sw == gp.SWAuthFailed || sw == gp.SWSecurityNotSatisfied {
@@ -606,5 +739,5 @@ func (c *Card) sessionKeySet() *keySet {
 	if sel == nil {
 		return nil
 	}
-	return c.sdOf(sel).keySet(c.sessKVN)
+	return c.sdOf(sel).keySet(c.ch.sessKVN)
 }

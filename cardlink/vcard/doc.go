@@ -18,7 +18,13 @@
 // selectable], [for personalization] and [for extradition], STORE DATA (DGI
 // 00B9/8113 key loading and BER-TLV objects), PUT KEY, GET STATUS, GET DATA,
 // SET STATUS, DELETE, the ARA-M application and the ISD-R EID request.
-// Only the basic logical channel is supported; there is no LOAD (no
+// Logical channels (ISO 7816-4 5.4, 7.1.2): MANAGE CHANNEL opens channels
+// 1..19 and closes them, the class byte in its first (0x-3x, 8x) or
+// further (4x-7x, Cx-Fx) coding picks the channel, and each channel has
+// its own selected application and its own SCP03 session (secure channel
+// sessions are bound to their logical channel, GPCS 10.2.1). Every
+// application may be selected on several channels at once. There is no
+// LOAD (no
 // executable load files beyond the built-in SSD and ARA-M packages) and no
 // token or DAP verification, so Delegated Management is refused.
 //

@@ -12,8 +12,10 @@ import (
 // picks how far the module is opened first, so the fuzzer reaches the
 // management commands: 0 nothing; 1 ISD session at level 00 (commands go in
 // clear); 2 ISD session at level 33 with every fuzzed command wrapped by the
-// host; 3 ARA-M selected with a level-00 session. The rest is a sequence of
-// APDUs, each preceded by its length byte.
+// host; 3 ARA-M selected with a level-00 session; 4 logical channels 1 and
+// 2 open, ARA-M selected on 1 and an ISD session at level 00 on 2, the
+// basic channel with nothing selected. The rest is a sequence of APDUs,
+// each preceded by its length byte.
 func FuzzCardProcess(f *testing.F) {
 	seeds := [][]byte{
 		h("00" + "0D00A4040008A000000151000000" + "05" + "00A4040000"),
@@ -23,6 +25,12 @@ func FuzzCardProcess(f *testing.F) {
 		h("01" + "0A80E2880005" + "00B9020000"),
 		h("00" + "04FFFFFFFF" + "01A4" + "0084"),
 		h("02" + "4A80D8308146318811108AEF4B6F9C4C0AD05BBAA8BBC43C8D7F03EE72CB8811104C08B47ABF0C939F5D6FF7E2A35B16A00349B6D588111058CA28775AC649577DA2BF18186478B503FB9292"),
+		// MANAGE CHANNEL open, SELECT and GET DATA on the new channel, close.
+		h("00" + "050070000001" + "0D01A4040008A000000151000000" + "0581CA9F7F00" + "0400708001" + "0581CA9F7F00"),
+		// Open a given number, further class coding, close from itself.
+		h("00" + "0400700009" + "0E45A4040009A00000015141434C00" + "05C5CAFF4000" + "05C5CAFF6000" + "0445708000"),
+		// Mode 4: commands on channels 1 and 2 and on closed ones.
+		h("04" + "0581CADF2000" + "0582F2400002" + "0482CA00E0" + "0583CA9F7F00" + "050170000001" + "0400708000"),
 	}
 	for _, s := range seeds {
 		f.Add(s)
@@ -39,7 +47,7 @@ func fuzzOne(t *testing.T, in []byte) {
 		hst := processHost(t, card)
 		mode := byte(0)
 		if len(in) > 0 {
-			mode, in = in[0]%4, in[1:]
+			mode, in = in[0]%5, in[1:]
 		}
 		switch mode {
 		case 1:
@@ -51,6 +59,11 @@ func fuzzOne(t *testing.T, in []byte) {
 		case 3:
 			hst.selectAID(vcard.ARAMAID)
 			hst.mustAuthenticate(vcard.DefaultKVN, defaultKeys, 0x00)
+		case 4:
+			hst.onChannel(hst.openChannel()).selectAID(vcard.ARAMAID)
+			two := hst.onChannel(hst.openChannel())
+			two.selectAID(vcard.ISDAID)
+			two.mustAuthenticate(vcard.DefaultKVN, defaultKeys, 0x00)
 		}
 		for len(in) > 0 {
 			n := int(in[0])

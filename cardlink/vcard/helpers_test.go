@@ -253,3 +253,22 @@ func newCard(t testing.TB, cfg vcard.Config) *vcard.Card {
 	}
 	return c
 }
+
+// onChannel returns a host whose commands travel on logical channel n of
+// the same card (gp.LogicalChannel recodes their class byte).
+func (hst *host) onChannel(n int) *host {
+	inner := gp.ChannelFunc(func(_ context.Context, b []byte) ([]byte, error) { return hst.tx(b) })
+	lc := gp.LogicalChannel{Ch: inner, N: n}
+	return newHost(hst.t, func(b []byte) ([]byte, error) { return lc.Transmit(context.Background(), b) })
+}
+
+// openChannel sends MANAGE CHANNEL open (the card chooses) and returns the
+// new channel's number.
+func (hst *host) openChannel() int {
+	hst.t.Helper()
+	n, err := gp.ParseManageChannelOpen(hst.send(gp.ManageChannelOpen()))
+	if err != nil {
+		hst.t.Fatal(err)
+	}
+	return n
+}

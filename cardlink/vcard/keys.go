@@ -29,10 +29,10 @@ func (c *Card) decryptKey(keyType byte, keyLen int, ct, kcv []byte) ([]byte, gp.
 	if len(ct) != (keyLen+15)/16*16 {
 		return nil, gp.SWIncorrectData
 	}
-	if len(c.sessDEK) == 0 {
+	if len(c.ch.sessDEK) == 0 {
 		return nil, gp.SWConditionsNotSatisfied
 	}
-	k, err := gp.DecryptKey(c.sessDEK, ct, keyLen)
+	k, err := gp.DecryptKey(c.ch.sessDEK, ct, keyLen)
 	if err != nil {
 		return nil, gp.SWIncorrectData
 	}
@@ -200,14 +200,14 @@ func (c *Card) storeData(sd *app, cmd gp.Command) rsp {
 		return status(gp.SWSecurityNotSatisfied)
 	}
 	target := sd
-	if c.perso != nil {
-		target = c.st.find(c.perso)
+	if c.ch.perso != nil {
+		target = c.st.find(c.ch.perso)
 		if target == nil {
 			return status(gp.SWReferencedDataNotFound)
 		}
 	}
-	if int(cmd.P2) != c.block {
-		c.block, c.pending = 0, nil
+	if int(cmd.P2) != c.ch.block {
+		c.ch.block, c.ch.pending = 0, nil
 		return status(gp.SWIncorrectP1P2) // blocks are numbered from 00 (GPCS 11.11.2.2)
 	}
 	last := cmd.P1&gp.StoreDataLast != 0
@@ -225,21 +225,21 @@ func (c *Card) storeData(sd *app, cmd gp.Command) rsp {
 		sw = gp.SWIncorrectP1P2
 	}
 	if sw != gp.SWOK {
-		c.block, c.pending = 0, nil
+		c.ch.block, c.ch.pending = 0, nil
 		return status(sw)
 	}
 	c.dirty = true
 	if last {
-		c.block, c.pending, c.perso = 0, nil, nil
+		c.ch.block, c.ch.pending, c.ch.perso = 0, nil, nil
 	} else {
-		c.block++
+		c.ch.block++
 	}
 	return ok(nil)
 }
 
 func (c *Card) storeDGIs(target *app, data []byte, last bool) gp.SW {
-	all := append(bytes.Clone(c.pending), data...)
-	c.pending = nil
+	all := append(bytes.Clone(c.ch.pending), data...)
+	c.ch.pending = nil
 	dgis, err := gp.ParseDGIs(all)
 	if err != nil {
 		return gp.SWIncorrectData
@@ -249,7 +249,7 @@ func (c *Card) storeDGIs(target *app, data []byte, last bool) gp.SW {
 		if last {
 			return gp.SWIncorrectData
 		}
-		c.pending = dgis[n-1].Bytes()
+		c.ch.pending = dgis[n-1].Bytes()
 		dgis = dgis[:n-1]
 	}
 	var keys []newKey

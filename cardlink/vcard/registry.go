@@ -124,14 +124,14 @@ func (c *Card) getStatus(sd *app, cmd gp.Command) rsp {
 		return status(gp.SWIncorrectP1P2)
 	}
 	if cmd.P2&0x01 != 0 {
-		q := c.statusQ
+		q := c.ch.statusQ
 		if q == nil || q.p1 != cmd.P1 || !bytes.Equal(q.query, cmd.Data) {
-			c.statusQ = nil
+			c.ch.statusQ = nil
 			return status(gp.SWIncorrectP1P2)
 		}
 		return c.statusPage()
 	}
-	c.statusQ = nil
+	c.ch.statusQ = nil
 	tlvs, err := gp.ParseAllTLV(cmd.Data)
 	if err != nil {
 		return status(gp.SWIncorrectData)
@@ -193,12 +193,12 @@ func (c *Card) getStatus(sd *app, cmd gp.Command) rsp {
 	if len(entries) == 0 {
 		return status(gp.SWReferencedDataNotFound)
 	}
-	c.statusQ = &statusPaging{p1: cmd.P1, query: bytes.Clone(cmd.Data), entries: entries}
+	c.ch.statusQ = &statusPaging{p1: cmd.P1, query: bytes.Clone(cmd.Data), entries: entries}
 	return c.statusPage()
 }
 
 func (c *Card) statusPage() rsp {
-	q := c.statusQ
+	q := c.ch.statusQ
 	var out []byte
 	n := 0
 	for n < len(q.entries) && (n == 0 || len(out)+len(q.entries[n]) <= getStatusPage) {
@@ -209,7 +209,7 @@ func (c *Card) statusPage() rsp {
 	if len(q.entries) > 0 {
 		return rsp{data: out, sw: gp.SWMoreData}
 	}
-	c.statusQ = nil
+	c.ch.statusQ = nil
 	return ok(out)
 }
 
@@ -381,8 +381,8 @@ func (c *Card) installForPerso(sd *app, data []byte) rsp {
 	if !c.manages(sd, a) || a.locked() {
 		return status(gp.SWConditionsNotSatisfied)
 	}
-	c.perso = bytes.Clone(a.AID)
-	c.block, c.pending = 0, nil
+	c.ch.perso = bytes.Clone(a.AID)
+	c.ch.block, c.ch.pending = 0, nil
 	return ok([]byte{0x00})
 }
 
@@ -550,8 +550,8 @@ func (c *Card) deleteCmd(sd *app, cmd gp.Command) rsp {
 			}
 		}
 		c.st.Apps = kept
-		if c.perso != nil && c.st.find(c.perso) == nil {
-			c.perso = nil
+		if c.ch.perso != nil && c.st.find(c.ch.perso) == nil {
+			c.ch.perso = nil
 		}
 		c.dirty = true
 		return ok([]byte{0x00})

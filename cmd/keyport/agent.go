@@ -10,13 +10,17 @@ import (
 	"strings"
 
 	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/pcsc"
 )
 
 // cmdAgent is `keyport agent`: the handset agent for the module in a PC/SC
 // reader (DESIGN.md flow 8). It waits on the admin server's wake-up channel
 // (or polls with --poll) and runs GP Amendment B admin sessions, relaying
-// the scripts' APDUs to the module.
+// the scripts' APDUs to the module. With --app-socket it is also the
+// handset's access control enforcer: apps (keyport app) ask it for logical
+// channels to applets, which the module's ARA-M rules grant or refuse.
+// Either part may run alone.
 func cmdAgent(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("keyport agent", flag.ContinueOnError)
 	reader := fs.String("reader", "", "PC/SC reader of the module (full name or a unique prefix)")
@@ -26,27 +30,52 @@ func cmdAgent(ctx context.Context, args []string) error {
 	poll := fs.Duration("poll", 0, "open a session every DURATION instead of waiting for wake-ups")
 	once := fs.Bool("once", false, "run one admin session now and exit")
 	uri := fs.String("uri", agent.DefaultAdminURI, "admin URI of the first POST (session parameter 8C)")
+	appSocket := fs.String("app-socket", "", "also serve apps' channel requests (access control enforcer) on this Unix socket; its directory must be mode 0700")
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	if *reader == "" || *server == "" || *identity == "" || *pskFile == "" {
-		return exitError{2, errors.New("usage: keyport agent --reader NAME --server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]")}
+	admin := *server != "" || *identity != "" || *pskFile != ""
+	if *reader == "" || (admin && (*server == "" || *identity == "" || *pskFile == "")) || (!admin && *appSocket == "") {
+		return exitError{2, errors.New("usage: keyport agent --reader NAME [--server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]] [--app-socket PATH]")}
 	}
-	raw, err := os.ReadFile(*pskFile)
-	if err != nil {
-		return err
+	if *once && *appSocket != "" {
+		return exitError{2, errors.New("--once runs one admin session and exits; it does not go with --app-socket")}
 	}
-	psk, err := hex.DecodeString(strings.TrimSpace(string(raw)))
-	if err != nil || len(psk) == 0 {
-		return fmt.Errorf("%s: the PSK file must hold the key in hex", *pskFile)
+	var psk []byte
+	if admin {
+		raw, err := os.ReadFile(*pskFile)
+		if err != nil {
+			return err
+		}
+		psk, err = hex.DecodeString(strings.TrimSpace(string(raw)))
+		if err != nil || len(psk) == 0 {
+			return fmt.Errorf("%s: the PSK file must hold the key in hex", *pskFile)
+		}
 	}
 	card, err := pcsc.Open(ctx, *reader)
 	if err != nil {
 		return err
 	}
 	defer card.Close()
+	log := newLogger(config{LogFormat: "text"}, stderr)
+	if *appSocket != "" {
+		l, err := ace.ListenAppSocket(*appSocket)
+		if err != nil {
+			return err
+		}
+		enf := ace.NewEnforcer(card, log)
+		fmt.Fprintf(stderr, "keyport agent: access control enforcer for the module in %q on %s\n", card.Name(), *appSocket)
+		if !admin {
+			return enf.Serve(ctx, l)
+		}
+		// The enforcer stops with the admin agent, whichever way it ends.
+		enfCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- enf.Serve(enfCtx, l) }()
+		defer func() { stop(); <-done }()
+	}
 	a := agent.New(agent.Config{Server: *server, Identity: *identity, PSK: psk, AdminURI: *uri, Poll: *poll,
-		Log: newLogger(config{LogFormat: "text"}, stderr)}, card)
+		Log: log}, card)
 	if *once {
 		rep, err := a.Session(ctx)
 		if err != nil {

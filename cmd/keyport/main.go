@@ -36,8 +36,11 @@ usage: keyport <command> [flags]
   module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited, dual control)
   approval list|request OP TARGET|approve ID|execute ID [--out F]|cancel ID
                              dual control: one operator requests, another approves, the first executes
-  agent --reader R --server HOST:PORT --psk-identity ID --psk-file F
-                             handset agent: admin sessions for the module in reader R
+  agent --reader R --server HOST:PORT --psk-identity ID --psk-file F [--app-socket PATH]
+                             handset agent: admin sessions for the module in reader R;
+                             with --app-socket also the access control enforcer for apps
+  app --socket PATH --cert app.pem --aid AID [--apdu HEX ...]
+                             play a provider's mobile app: a channel through the enforcer
   vcard --state FILE         run a virtual secure module attached to vpcd
   bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
@@ -151,6 +154,8 @@ func run(ctx context.Context, args []string) error {
 		return cmdVCard(ctx, args[1:])
 	case "agent":
 		return cmdAgent(ctx, args[1:])
+	case "app":
+		return cmdApp(ctx, args[1:])
 	case "bench":
 		return cmdBench(ctx, args[1:])
 	case "help", "-h", "--help":
