@@ -707,7 +707,7 @@ func (s *Service) reauthenticate(ctx context.Context, id, what string, r Reauth)
 // ChangePassword sets a new password for a signed-in user who gives the
 // current one (and the current TOTP code, if enrolled). Every pending reset
 // link of the user dies with the old password.
-func (s *Service) ChangePassword(ctx context.Context, userID string, r Reauth, password string) error {
+func (s *Service) ChangePassword(ctx context.Context, userID, session string, r Reauth, password string) error {
 	u, err := s.Store.GetUser(ctx, userID)
 	if err != nil {
 		return fmt.Errorf("keyport: change password: %w", err)
@@ -725,7 +725,25 @@ func (s *Service) ChangePassword(ctx context.Context, userID string, r Reauth, p
 		if err := tx.DeleteUserTokens(ctx, u.ID, PurposeReset); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, userActor(u), "user.password-change", "user:"+u.ID, map[string]any{})
+		// Every other session ends (someone who knew the old password may
+		// hold one); the one the change was made in goes on, as it was.
+		var keep *Session
+		if session != "" {
+			if keep, err = tx.GetSession(ctx, HashSecret(session), s.now().UTC()); errors.Is(err, ErrNotFound) {
+				keep = nil
+			} else if err != nil {
+				return err
+			}
+		}
+		if err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
+			return err
+		}
+		if keep != nil && keep.UserID == u.ID {
+			if err := tx.CreateSession(ctx, keep); err != nil {
+				return err
+			}
+		}
+		return s.audit(ctx, tx, userActor(u), "user.password-change", "user:"+u.ID, map[string]any{"other_sessions_ended": true})
 	})
 	if err != nil {
 		return fmt.Errorf("keyport: change password: %w", err)

@@ -200,17 +200,33 @@ func TestAPasswordChangeNeedsTheCurrentPasswordAndEndsPendingResetLinks(t *testi
 		t.Fatal(err)
 	}
 	reset := mailedToken(t, w, "a@bank.example")
-	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "not the password"}, "a new passphrase here"); !errors.Is(err, keyport.ErrInvalid) {
+	if err := w.Svc.ChangePassword(ctx, u.ID, "", keyport.Reauth{Password: "not the password"}, "a new passphrase here"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("wrong current password: %v", err)
 	}
-	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "short"); !errors.Is(err, keyport.ErrInvalid) {
+	if err := w.Svc.ChangePassword(ctx, u.ID, "", keyport.Reauth{Password: "a passphrase of words"}, "short"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("a too short new password: %v", err)
 	}
 	if got, _ := w.Store.GetUser(ctx, u.ID); got.FailedLogins != 1 {
 		t.Fatalf("%d attempts counted, want 1 (the wrong password only)", got.FailedLogins)
 	}
-	if err := w.Svc.ChangePassword(ctx, u.ID, keyport.Reauth{Password: "a passphrase of words"}, "a new passphrase here"); err != nil {
+	// Two sessions, say the user's and a thief's who knew the old password:
+	// the change made in the first ends the second.
+	mine, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", "")
+	if err != nil {
 		t.Fatal(err)
+	}
+	theirs, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Svc.ChangePassword(ctx, u.ID, mine.Token, keyport.Reauth{Password: "a passphrase of words"}, "a new passphrase here"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.ResolveSession(ctx, mine.Token); err != nil {
+		t.Fatalf("the session the change was made in: %v", err)
+	}
+	if _, err := w.Svc.ResolveSession(ctx, theirs.Token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("another session after the change: %v, want ErrUnauthenticated", err)
 	}
 	if ev := lastAudit(t, w); ev.Action != "user.password-change" || ev.Object != "user:"+u.ID {
 		t.Fatalf("audit: %+v", ev)

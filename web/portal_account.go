@@ -511,7 +511,8 @@ func (s *Server) passwordPage(c echo.Context) error {
 
 func (s *Server) changePassword(c echo.Context) error {
 	su := pageUser(c)
-	err := s.svc.ChangePassword(c.Request().Context(), su.User.ID, reauthForm(c), c.FormValue("password"))
+	session, _ := c.Get("session_token").(string)
+	err := s.svc.ChangePassword(c.Request().Context(), su.User.ID, session, reauthForm(c), c.FormValue("password"))
 	if e, status, ok := reauthErrors(err); ok {
 		return render(c, status, views.PasswordPage(s.meta(c, "Change your password", securityBase(c)), securityBase(c), su.User.TOTPSealed != nil, e))
 	}
