@@ -221,35 +221,6 @@ func TestWrappedFirstKeysUnwrapInGoAndMatchTheirKCVs(t *testing.T) {
 	}
 }
 
-// legacyMaster creates an old token's master key labelled label with a known
-// value, as keyport made them before keys were wrapped at rest.
-func legacyMaster(t testing.TB, h *hsm.HSM, label string, value []byte) {
-	t.Helper()
-	err := h.RawForTest(ctx, func(p hsm.P11, sh pkcs11.SessionHandle) error {
-		_, err := p.CreateObject(sh, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
-			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
-		})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // documented is the old derivation recomputed in Go (hsm.DerivationData).
 func documented(master []byte, eid keyport.EID, aid keyport.AID, u keyport.KeyUsage) []byte {
 	block, _ := aes.NewCipher(master)
@@ -260,10 +231,10 @@ func documented(master []byte, eid keyport.EID, aid keyport.AID, u keyport.KeyUs
 }
 
 func TestTheMigrationRewrapsTheKeysTheOldMastersDerivedAndThenDestroysThem(t *testing.T) {
-	h := hsmtest.Open(t)
+	h, tok := hsmtest.OpenToken(t)
 	master, isdMaster := bytes.Repeat([]byte{0x5a}, 32), bytes.Repeat([]byte{0x3c}, 32)
-	legacyMaster(t, h, hsm.BatchMasterLabel("b1"), master)
-	legacyMaster(t, h, hsm.LabelISDMaster, isdMaster)
+	hsmtest.OldKey(t, tok, hsm.BatchMasterLabel("b1"), master, true)
+	hsmtest.OldKey(t, tok, hsm.LabelISDMaster, isdMaster, true)
 	l, err := h.LegacyKeys(ctx)
 	if err != nil || !l.ISDMaster || strings.Join(l.Masters, ",") != "b1" || len(l.Transport) != 0 {
 		t.Fatalf("LegacyKeys = %+v, %v", l, err)
