@@ -132,9 +132,9 @@ keyport is set up. An issuer-admin API token (expires %s) is in
 
 Try:  curl -s -H "Authorization: Bearer $(cat %s)" http://%s/api/v1/admin/audit
 Add a provider:  KEYPORT_DATA_DIR=%s %s provider add "Example Bank" --email ops@example.com --kind bank
-Portal admin:    KEYPORT_DATA_DIR=%s %s admin user add you@example.com   (then sign in at http://%s/login)
+Portal admin:    KEYPORT_DATA_DIR=%s %s admin user add you@example.com   (then sign in at %s/login)
 
-`, t.ExpiresAt.Format("2006-01-02"), path, path, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], a.cfg.Addr)
+`, t.ExpiresAt.Format("2006-01-02"), path, path, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], defaultPublicURL(a.cfg.Addr))
 	return nil
 }
 
