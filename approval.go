@@ -35,14 +35,18 @@ const (
 	// ActionProviderApprove: a provider approved or taken out of
 	// suspension. Target: the provider ID.
 	ActionProviderApprove ApprovalAction = "provider.approve"
+	// ActionFactorReset: a portal user's passkeys and TOTP removed, for one
+	// who lost them (an admin with neither cannot sign in otherwise); the
+	// user's sessions end. Target: the user's e-mail address.
+	ActionFactorReset ApprovalAction = "user.factor-reset"
 )
 
 // ApprovalActions lists every operation under dual control.
-var ApprovalActions = []ApprovalAction{ActionPSKExport, ActionTransportExport, ActionAdminToken, ActionProviderApprove}
+var ApprovalActions = []ApprovalAction{ActionPSKExport, ActionTransportExport, ActionAdminToken, ActionProviderApprove, ActionFactorReset}
 
 // handsOver reports whether executing the action gives the requester
 // something (a secret or a key export), so that only they execute it.
-func (a ApprovalAction) handsOver() bool { return a != ActionProviderApprove }
+func (a ApprovalAction) handsOver() bool { return a != ActionProviderApprove && a != ActionFactorReset }
 
 // ApprovalState is where a request stands.
 type ApprovalState string
@@ -219,6 +223,9 @@ func (s *Service) checkApprovalTarget(ctx context.Context, action ApprovalAction
 	case ActionProviderApprove:
 		_, err := s.Store.GetProvider(ctx, target)
 		return err
+	case ActionFactorReset:
+		_, err := s.Store.GetUserByEmail(ctx, strings.ToLower(target))
+		return err
 	}
 	return nil
 }
@@ -380,6 +387,8 @@ func (s *Service) runApproved(ctx context.Context, p Principal, r *ApprovalReque
 		return &ApprovalResult{Token: token}, err
 	case ActionProviderApprove:
 		return &ApprovalResult{}, s.SetProviderStatus(ctx, p, r.Target, ProviderApproved)
+	case ActionFactorReset:
+		return &ApprovalResult{}, s.resetSecondFactors(ctx, p, r.Target)
 	}
 	return nil, Invalid("action", "unknown operation %q", r.Action)
 }
@@ -421,4 +430,36 @@ func (s *Service) GetApproval(ctx context.Context, p Principal, id string) (*App
 		return nil, ErrForbidden
 	}
 	return s.Store.GetApproval(ctx, id)
+}
+
+// resetSecondFactors removes the user's passkeys and TOTP and ends their
+// sessions (an approved ActionFactorReset only). The password stays: the
+// user signs in with it and enrols anew.
+func (s *Service) resetSecondFactors(ctx context.Context, p Principal, email string) error {
+	if err := s.underDualControl(ctx, ActionFactorReset, email); err != nil {
+		return err
+	}
+	u, err := s.Store.GetUserByEmail(ctx, strings.ToLower(email))
+	if err != nil {
+		return err
+	}
+	return s.Store.Tx(ctx, func(tx Repo) error {
+		keys, err := tx.ListPasskeys(ctx, u.ID)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := tx.DeletePasskey(ctx, u.ID, k.ID); err != nil {
+				return err
+			}
+		}
+		if err := tx.SetUserTOTP(ctx, u.ID, nil, u.TOTPLastStep); err != nil {
+			return err
+		}
+		if err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, p.Actor(), "user.factor-reset", "user:"+u.ID,
+			map[string]any{"email": u.Email, "passkeys_removed": len(keys), "totp_removed": u.TOTPSealed != nil})
+	})
 }

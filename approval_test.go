@@ -256,3 +256,53 @@ func TestAnAdminCannotApproveTheirOwnRequestWithAnotherOfTheirTokens(t *testing.
 		t.Fatalf("A executes with the other token: %+v, %v", res, err)
 	}
 }
+
+// An admin who lost every passkey (and their TOTP) gets back in only when
+// two other admins agree: the reset removes both second factors and ends the
+// user's sessions; the password stays.
+func TestASecondFactorResetNeedsTwoAdminsAndRemovesPasskeysAndTOTP(t *testing.T) {
+	ctx := context.Background()
+	w := accountWorld(t)
+	u := verifiedUser(t, w, "lost@bank.example", "a passphrase of words")
+	login, err := w.Svc.Login(ctx, "lost@bank.example", "a passphrase of words", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, _ := w.HSM.Seal(ctx, []byte("12345678901234567890"))
+	if err := w.Store.SetUserTOTP(ctx, u.ID, sealed, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Store.CreatePasskey(ctx, &keyport.Passkey{ID: "pk_1", UserID: u.ID, Name: "phone", CredentialID: []byte{1, 2, 3},
+		PublicKey: []byte{4, 5, 6}, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	w.Svc.DualControl = keyport.DualControl{Admins: 2}
+	r, err := w.Svc.RequestApproval(ctx, adminA, keyport.ActionFactorReset, "lost@bank.example", nil, "lost phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.RequestApproval(ctx, adminA, keyport.ActionFactorReset, "nobody@bank.example", nil, ""); !errors.Is(err, keyport.ErrNotFound) {
+		t.Fatalf("an unknown user: %v", err)
+	}
+	if keys, _ := w.Store.ListPasskeys(ctx, u.ID); len(keys) != 1 {
+		t.Fatal("the request alone removed the passkey")
+	}
+	if r, err = w.Svc.ApproveRequest(ctx, adminB, r.ID); err != nil || r.State != keyport.ApprovalExecuted {
+		t.Fatalf("B approves: %+v, %v", r, err)
+	}
+	if keys, _ := w.Store.ListPasskeys(ctx, u.ID); len(keys) != 0 {
+		t.Fatalf("%d passkeys left", len(keys))
+	}
+	if got, _ := w.Store.GetUser(ctx, u.ID); got.TOTPSealed != nil {
+		t.Fatal("TOTP left")
+	}
+	if _, err := w.Svc.ResolveSession(ctx, login.Token); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("the user's session after the reset: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "lost@bank.example", "a passphrase of words", ""); err != nil {
+		t.Fatalf("sign-in with the password after the reset: %v", err)
+	}
+	if n := w.CountAudit(t, "user.factor-reset"); n != 1 {
+		t.Fatalf("%d factor resets audited", n)
+	}
+}

@@ -186,7 +186,7 @@ func ApprovalsPage(m Meta, policy keyport.DualControl, rows []ApprovalRow, f App
 					return templ_7745c5c3_Err
 				}
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 17, "</select> <label for=\"target\">Target (EID, batch name, token name or provider ID)</label> <input id=\"target\" name=\"target\" value=\"")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 17, "</select> <label for=\"target\">Target (EID, batch name, token name, provider ID or user e-mail)</label> <input id=\"target\" name=\"target\" value=\"")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
@@ -565,6 +565,8 @@ func actionName(a keyport.ApprovalAction) string {
 		return "Create an admin API token"
 	case keyport.ActionProviderApprove:
 		return "Approve a provider"
+	case keyport.ActionFactorReset:
+		return "Reset a user's passkeys and TOTP"
 	}
 	return string(a)
 }
