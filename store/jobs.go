@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"gorm.io/gorm"
-
 	"github.com/keyport/keyport"
 )
 
@@ -331,24 +329,15 @@ func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder stri
 
 // SetDomainKeys records the key set the card confirmed.
 func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
-	return r.writeTx(ctx, "set domain keys", func(db *gorm.DB) error {
-		set := map[string]any{"kvn": kvn, "seq_counter": seq, "updated_at": now()}
-		if kcv != nil {
-			b, err := json.Marshal(kcv)
-			if err != nil {
-				return err
-			}
-			set["kcv"] = string(b)
+	set := map[string]any{"kvn": kvn, "seq_counter": seq, "updated_at": now()}
+	if kcv != nil {
+		b, err := json.Marshal(kcv)
+		if err != nil {
+			return err
 		}
-		res := db.Table("domains").Where("id = ?", domainID).Updates(set)
-		if res.Error != nil {
-			return wrap("set domain keys", res.Error)
-		}
-		if res.RowsAffected != 1 {
-			return fmt.Errorf("store: set domain keys %d: %w", domainID, keyport.ErrNotFound)
-		}
-		return nil
-	})
+		set["kcv"] = string(b)
+	}
+	return r.updateRow(ctx, "set domain keys", "domains", domainID, set)
 }
 
 // TouchModule records the module's last admin session.

@@ -106,41 +106,16 @@ func (r *repo) SetModuleKeys(ctx context.Context, moduleID int64, isd keyport.Ke
 	if len(set) == 0 {
 		return nil
 	}
-	return r.writeTx(ctx, "set module keys", func(db *gorm.DB) error {
-		res := db.Table("modules").Where("id = ?", moduleID).Updates(set)
-		if res.Error != nil {
-			return wrap("set module keys", res.Error)
-		}
-		if res.RowsAffected != 1 {
-			return fmt.Errorf("store: set module keys %d: %w", moduleID, keyport.ErrNotFound)
-		}
-		return nil
-	})
+	return r.updateRow(ctx, "set module keys", "modules", moduleID, set)
 }
 
 // SetDomainWrapped stores a domain's first-key blobs and their source.
 func (r *repo) SetDomainWrapped(ctx context.Context, domainID int64, source keyport.KeySource, wrapped keyport.KeyBlobs) error {
-	return r.writeTx(ctx, "set domain wrapped keys", func(db *gorm.DB) error {
-		res := db.Table("domains").Where("id = ?", domainID).Updates(map[string]any{
-			"key_source": string(source), "wrapped": string(appendWrapped(nil, wrapped)), "updated_at": now()})
-		if res.Error != nil {
-			return wrap("set domain wrapped keys", res.Error)
-		}
-		if res.RowsAffected != 1 {
-			return fmt.Errorf("store: set domain wrapped keys %d: %w", domainID, keyport.ErrNotFound)
-		}
-		return nil
-	})
+	return r.updateRow(ctx, "set domain wrapped keys", "domains", domainID, map[string]any{
+		"key_source": string(source), "wrapped": string(appendWrapped(nil, wrapped)), "updated_at": now()})
 }
 
 // SetBatchKeySource changes a batch's key source.
 func (r *repo) SetBatchKeySource(ctx context.Context, batchID int64, source keyport.KeySource) error {
-	res := r.w.WithContext(ctx).Exec(`UPDATE batches SET key_source = ? WHERE id = ?`, string(source), batchID)
-	if res.Error != nil {
-		return wrap("set batch key source", res.Error)
-	}
-	if res.RowsAffected != 1 {
-		return fmt.Errorf("store: set batch key source %d: %w", batchID, keyport.ErrNotFound)
-	}
-	return nil
+	return r.updateRow(ctx, "set batch key source", "batches", batchID, map[string]any{"key_source": string(source)})
 }

@@ -295,6 +295,20 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
 	return err
 }
 
+// updateRow sets the columns in set of the row of table whose id is id, in
+// one statement (inside the current transaction, if any); ErrNotFound when
+// there is no such row.
+func (r *repo) updateRow(ctx context.Context, op, table string, id any, set map[string]any) error {
+	res := r.w.WithContext(ctx).Table(table).Where("id = ?", id).Updates(set)
+	if res.Error != nil {
+		return wrap(op, res.Error)
+	}
+	if res.RowsAffected != 1 {
+		return fmt.Errorf("store: %s %v: %w", op, id, keyport.ErrNotFound)
+	}
+	return nil
+}
+
 // writeTx runs fn in the current transaction, or in a new one on the writer.
 // fn returns errors already prefixed; a failed begin or commit is prefixed
 // with op here.
