@@ -194,47 +194,69 @@ func cmdApprovalExecute(ctx context.Context, args []string) error {
 	if r.Action != keyport.ActionAdminToken && r.Action != keyport.ActionProviderApprove && *out == "" {
 		return exitError{2, fmt.Errorf("%s releases a secret: give --out FILE", r.Action)}
 	}
-	var f *os.File
-	if *out != "" {
-		// The file first: a release that cannot be written is not released.
-		if f, err = os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-			return fmt.Errorf("%w (the file is never overwritten)", err)
+	if *out == "" {
+		res, err := a.svc.ExecuteApproval(ctx, op, fs.Arg(0))
+		if err != nil {
+			return err
 		}
-	}
-	res, err := a.svc.ExecuteApproval(ctx, op, fs.Arg(0))
-	if err != nil {
-		if f != nil {
-			f.Close()
-			os.Remove(*out)
-		}
-		return err
-	}
-	var text, what string
-	switch {
-	case res.PSK != nil:
-		text, what = hex.EncodeToString(res.PSK)+"\n", "the PSK of module "+r.Target
-	case res.Transport != nil:
-		b, _ := json.MarshalIndent(res.Transport, "", "  ")
-		text, what = string(b)+"\n", fmt.Sprintf("batch %s created; its transport key (KCV %s), wrapped for the manufacturer,", r.Target, res.Transport.KCV)
-	case res.Token != "":
-		text, what = res.Token+"\n", "the admin token "+r.Target
-	}
-	if f == nil {
-		if text != "" {
+		if text, _ := releasedText(r, res); text != "" {
 			fmt.Fprint(stdout, text)
 		}
 		fmt.Fprintf(stderr, "request %s executed\n", r.ID)
 		return nil
 	}
-	_, err = f.WriteString(text)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	var what string
+	err = releaseToFile(*out, func() (string, error) {
+		res, err := a.svc.ExecuteApproval(ctx, op, fs.Arg(0))
+		if err != nil {
+			return "", err
+		}
+		var text string
+		text, what = releasedText(r, res)
+		return text, nil
+	})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "request %s executed: %s written to %s\n", r.ID, what, *out)
 	return nil
+}
+
+// releasedText is what executing r released, as the file's text, and a
+// phrase naming it.
+func releasedText(r *keyport.ApprovalRequest, res *keyport.ApprovalResult) (text, what string) {
+	switch {
+	case res.PSK != nil:
+		return hex.EncodeToString(res.PSK) + "\n", "the PSK of module " + r.Target
+	case res.Transport != nil:
+		b, _ := json.MarshalIndent(res.Transport, "", "  ")
+		return string(b) + "\n", fmt.Sprintf("batch %s created; its transport key (KCV %s), wrapped for the manufacturer,", r.Target, res.Transport.KCV)
+	case res.Token != "":
+		return res.Token + "\n", "the admin token " + r.Target
+	}
+	return "", ""
+}
+
+// releaseToFile writes what release returns to a new file at path, mode
+// 0600, never overwriting one. The file is made first, so that a secret that
+// cannot be written is not released; if release or the write fails, the
+// file goes.
+func releaseToFile(path string, release func() (string, error)) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w (the file is never overwritten)", err)
+	}
+	text, err := release()
+	if err == nil {
+		_, err = f.WriteString(text)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
 }
 
 // fileApproval is what a guarded command does under dual control: it files

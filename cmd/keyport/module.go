@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 
 	"github.com/keyport/keyport"
 )
@@ -39,26 +38,17 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 	}
 	defer a.Close()
 
-	// The file first: an export that cannot be written is not exported.
-	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("%w (a PSK file is never overwritten)", err)
-	}
-	psk, err := a.svc.ExportHandsetPSK(ctx, op, eid)
+	err = releaseToFile(*out, func() (string, error) {
+		psk, err := a.svc.ExportHandsetPSK(ctx, op, eid)
+		if err != nil {
+			return "", err
+		}
+		return hex.EncodeToString(psk) + "\n", nil
+	})
 	if errors.Is(err, keyport.ErrApprovalRequired) {
-		f.Close()
-		os.Remove(*out)
 		return fileApproval(ctx, a, op, keyport.ActionPSKExport, string(eid), nil)
 	}
-	if err == nil {
-		_, err = fmt.Fprintln(f, hex.EncodeToString(psk))
-	}
 	if err != nil {
-		f.Close()
-		os.Remove(*out)
-		return err
-	}
-	if err := f.Close(); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "PSK of module %s written to %s (identity %s); the export is in the audit log\n", eid, *out, eid)
