@@ -21,19 +21,15 @@ func (s *Server) approvalRoutes(admin *echo.Group) {
 	admin.POST("/approvals/:id/cancel", s.cancelAPI)
 }
 
-// approvalJSON is a request as the API shows it (never a released secret).
-func approvalJSON(r *keyport.ApprovalRequest, now func() keyport.ApprovalState) map[string]any {
+// approvalView is a request as the API shows it (never a released secret).
+func (s *Server) approvalView(r *keyport.ApprovalRequest) map[string]any {
 	params := maps.Clone(r.Params)
 	if params == nil {
 		params = map[string]string{}
 	}
 	return map[string]any{"id": r.ID, "operation": r.Action, "target": r.Target, "params": params, "reason": r.Reason,
 		"requested_by": r.RequestedBy, "approvers": append([]string{}, r.Approvers...), "admins_required": r.Required,
-		"state": now(), "error": r.Error, "created_at": r.CreatedAt, "expires_at": r.ExpiresAt}
-}
-
-func (s *Server) approvalView(r *keyport.ApprovalRequest) map[string]any {
-	return approvalJSON(r, func() keyport.ApprovalState { return r.StateAt(s.svc.Clock()) })
+		"state": r.StateAt(s.svc.Clock()), "error": r.Error, "created_at": r.CreatedAt, "expires_at": r.ExpiresAt}
 }
 
 func (s *Server) listApprovalsAPI(c echo.Context) error {
