@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 
@@ -54,6 +55,9 @@ type HSM struct {
 	pinErr  error // sticky once the token refused the PIN
 
 	createMu sync.Mutex // one key creation at a time in this process
+
+	// sealKeys: both sealing keys were found or made (ensureSealKeys).
+	sealKeys atomic.Bool
 
 	receiptMu  sync.Mutex
 	receiptKid string

@@ -175,8 +175,12 @@ func (h *HSM) generateSealKey(s *session, label string) error {
 }
 
 // ensureSealKeys creates the two sealing keys on first use (tokens that
-// Init made before it created them).
+// Init made before it created them). Once both exist it costs nothing: every
+// PSK an import seals would otherwise look them up twice first.
 func (h *HSM) ensureSealKeys(ctx context.Context) error {
+	if h.sealKeys.Load() {
+		return nil
+	}
 	for _, label := range []string{LabelSealEnc, LabelSealMAC} {
 		err := h.do(ctx, "find "+label, func(s *session) error {
 			_, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, label)
@@ -195,5 +199,6 @@ func (h *HSM) ensureSealKeys(ctx context.Context) error {
 			return err
 		}
 	}
+	h.sealKeys.Store(true)
 	return nil
 }
