@@ -157,12 +157,7 @@ func (s *Server) login(c echo.Context) error {
 	case err != nil:
 		return err
 	}
-	s.setCookie(c, s.sessionCookie(), res.Token, keyport.SessionLifetime, http.SameSiteLaxMode)
-	next := f.Next
-	if next == "" {
-		next = "/"
-	}
-	return c.Redirect(http.StatusSeeOther, next)
+	return s.signedIn(c, res.Token, f.Next)
 }
 
 func upperFirst(s string) string {
@@ -443,12 +438,7 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 	case err != nil:
 		return err
 	}
-	s.setCookie(c, s.sessionCookie(), res.Token, keyport.SessionLifetime, http.SameSiteLaxMode)
-	next := f.Next
-	if next == "" {
-		next = "/"
-	}
-	return c.Redirect(http.StatusSeeOther, next)
+	return s.signedIn(c, res.Token, f.Next)
 }
 
 // reauthForm is the current password and TOTP code a form that changes
@@ -521,4 +511,14 @@ func (s *Server) changePassword(c echo.Context) error {
 	}
 	s.flash(c, "good", "Your password is changed.")
 	return c.Redirect(http.StatusSeeOther, securityBase(c))
+}
+
+// signedIn hands the browser its new session and sends it on to next (a
+// path the sign-in form checked), or to / by default.
+func (s *Server) signedIn(c echo.Context, token, next string) error {
+	s.setCookie(c, s.sessionCookie(), token, keyport.SessionLifetime, http.SameSiteLaxMode)
+	if next == "" {
+		next = "/"
+	}
+	return c.Redirect(http.StatusSeeOther, next)
 }
