@@ -36,6 +36,17 @@
 //     the paged reads a handset's enforcer makes.
 //   - eid.go: byte-level EID (GET EID response) and AID helpers.
 //   - diversify.go: GPPro-style key diversification (emv, visa2, kdf3).
+//   - scp80.go: SCP80 secured packets (ETSI TS 102 225, SMS dialect of
+//     3GPP TS 31.115): SPI, CommandPacket.Seal, ParseCommandPacket and
+//     SecuredPacket.Open (a wrong checksum or cipher is a *PoRError with
+//     its PoR status), CheckCounter for the SPI counter modes, PoRs
+//     (ResponsePacket.SealSMS, OpenSMSPoR), and the KIc/KID keys behind
+//     OTACipher/OTAChecksum (OTAKey: AES-CBC/AES-CMAC, 3DES-CBC/CBC-MAC).
+//   - smspp.go: SMS-PP framing: user data headers (IEI 70, IEI 00
+//     concatenation: SMSPPSegments, JoinSMSPP), SMS-DELIVER TPDUs (PID 7F,
+//     DCS F6), the CAT objects around them (ENVELOPE SMS-PP DOWNLOAD D1,
+//     proactive OPEN CHANNEL D0, TERMINAL RESPONSE) and the Amendment B
+//     administration session trigger (81).
 //
 // Errors start with "gp: ". Decoders never panic; malformed input yields an
 // error that wraps ErrMalformed (or ErrTruncated when bytes are missing).
