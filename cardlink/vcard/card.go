@@ -48,6 +48,8 @@ type Card struct {
 	// every other channel.
 	chans [MaxChannels]*logicalChannel
 	ch    *logicalChannel
+	// cat is the toolkit state (ota.go), also volatile.
+	cat catState
 }
 
 // MaxChannels is how many logical channels the module offers: the basic
@@ -106,6 +108,7 @@ func New(eid string, cfg Config) (*Card, error) {
 		SD:         hexBytes(ISDAID),
 		SCPi:       defaultSCPParameter,
 		KeySets:    []*keySet{defaultKeySet()},
+		OTA:        []*otaKeySet{defaultOTAKeySet()},
 	}
 	st.Apps = []*app{
 		isd,
@@ -265,6 +268,7 @@ func (c *Card) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closeChannels()
+	c.catReset()
 }
 
 func (c *Card) resetSession() { c.ch.reset() }
@@ -367,6 +371,10 @@ func (c *Card) process(apdu []byte) rsp {
 		return status(gp.SWFunctionNotSupported)
 	}
 	switch {
+	case cla == 0x80 && n == 0 && (cmd.INS == 0xC2 || cmd.INS == 0x12 || cmd.INS == 0x14):
+		// Toolkit commands (ENVELOPE, FETCH, TERMINAL RESPONSE) go to the
+		// card, not to the selected application (ota.go).
+		return c.catCommand(cmd)
 	case cmd.INS == 0x70 && cla&0x80 == 0:
 		return c.manageChannel(n, cmd)
 	case cmd.INS == 0xA4:

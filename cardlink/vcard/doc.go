@@ -18,6 +18,13 @@
 // selectable], [for personalization] and [for extradition], STORE DATA (DGI
 // 00B9/8113 key loading and BER-TLV objects), PUT KEY, GET STATUS, GET DATA,
 // SET STATUS, DELETE, the ARA-M application and the ISD-R EID request.
+// OTA (ota.go; ETSI TS 102 225, 3GPP TS 31.115/31.111, TS 102 223):
+// ENVELOPE (SMS-PP DOWNLOAD) with SCP80 secured packets for the ISD's TAR
+// 000000, concatenated or not, checked against the ISD's OTA key sets
+// (KVN 1..F, KIc and KID, with the counter of the last accepted packet in
+// the state file) and answered with the PoR; an Amendment B session
+// trigger makes FETCH return a proactive OPEN CHANNEL for its connection
+// parameters, closed by TERMINAL RESPONSE.
 // Logical channels (ISO 7816-4 5.4, 7.1.2): MANAGE CHANNEL opens channels
 // 1..19 and closes them, the class byte in its first (0x-3x, 8x) or
 // further (4x-7x, Cx-Fx) coding picks the channel, and each channel has

@@ -113,6 +113,9 @@ type app struct {
 	// SCPi is the SCP03 "i" parameter of a security domain (Amd D Table 5-1).
 	SCPi    byte      `json:"scp_i,omitempty"`
 	KeySets []*keySet `json:"key_sets,omitempty"`
+	// OTA holds the ISD's TS 102 225 key sets (KIc, KID, counter) for
+	// SCP80 secured packets (ota.go).
+	OTA []*otaKeySet `json:"ota_key_sets,omitempty"`
 	// Data holds BER-TLV data objects stored with STORE DATA, by tag (hex).
 	Data map[string]hexBytes `json:"data,omitempty"`
 }
@@ -204,6 +207,9 @@ func (s *state) validate() error {
 	for _, a := range s.Apps {
 		if len(a.AID) < 5 || len(a.AID) > 16 || len(a.Privileges) != 3 {
 			return fmt.Errorf("bad registry entry %X", []byte(a.AID))
+		}
+		if err := validOTAKeySets(a); err != nil {
+			return fmt.Errorf("%X: %w", []byte(a.AID), err)
 		}
 		for _, ks := range a.KeySets {
 			for _, k := range ks.Keys {
