@@ -90,3 +90,17 @@ func keyportClientPSK(h C.uintptr_t, identity *C.char, maxIdentity C.uint, psk *
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(psk)), int(maxPSK)), ps.psk)
 	return C.uint(len(ps.psk))
 }
+
+// keyportClientIdentity returns the client's identity as a C string that
+// stays valid until the session is freed (OpenSSL's TLS 1.3 PSK callback
+// keeps the pointer), and its length.
+//
+//export keyportClientIdentity
+func keyportClientIdentity(h C.uintptr_t, n *C.size_t) *C.char {
+	ps := cgo.Handle(h).Value().(*pskState)
+	if ps.cIdentity == nil {
+		ps.cIdentity = C.CString(ps.identity)
+	}
+	*n = C.size_t(len(ps.identity))
+	return ps.cIdentity
+}

@@ -13,7 +13,16 @@ const (
 	VersionTLS10 uint16 = 0x0301
 	VersionTLS11 uint16 = 0x0302
 	VersionTLS12 uint16 = 0x0303
+	VersionTLS13 uint16 = 0x0304 // RFC 8446 (only with TLS13 set)
 )
+
+// DefaultCiphersuites is the TLS 1.3 suite list used when a config with
+// TLS13 leaves Ciphersuites empty: TLS_AES_128_GCM_SHA256 ('1301', RFC
+// 8446 B.4). TLS 1.3 suites are an OpenSSL list of their own
+// (SSL_CTX_set_ciphersuites); only SHA-256 suites can carry the external
+// PSK here (TLS_AES_128_GCM_SHA256, TLS_AES_128_CCM_SHA256,
+// TLS_CHACHA20_POLY1305_SHA256).
+const DefaultCiphersuites = "TLS_AES_128_GCM_SHA256"
 
 // DefaultCiphers is the cipher list used when a config leaves Ciphers
 // empty and Legacy off, in the server's order of preference:
@@ -72,10 +81,23 @@ type ServerConfig struct {
 	Ciphers string
 
 	// MinVersion and MaxVersion bound the protocol version (VersionTLS10
-	// to VersionTLS12); zero means VersionTLS12 (VersionTLS10 with Legacy)
-	// and VersionTLS12. A MinVersion below TLS 1.2 needs Legacy. TLS 1.3
-	// (GP Amd B v1.2) is not supported.
+	// to VersionTLS13); zero means VersionTLS12 (VersionTLS10 with Legacy)
+	// and VersionTLS12 (VersionTLS13 with TLS13). A MinVersion below TLS
+	// 1.2 needs Legacy; a MaxVersion of TLS 1.3 needs TLS13.
 	MinVersion, MaxVersion uint16
+
+	// TLS13 also offers TLS 1.3 with an external PSK (RFC 8446 2.2; GP
+	// Amd B v1.2), next to TLS 1.2: the identity is the one of the
+	// ClientHello's pre_shared_key extension, looked up with PSK as for
+	// TLS 1.2, and the key is used with a SHA-256 suite of Ciphersuites.
+	// No NewSessionTicket is sent; psk_ke (no (EC)DHE) is accepted from
+	// clients that offer only that. Off (the default), TLS 1.2 is the
+	// highest version.
+	TLS13 bool
+
+	// Ciphersuites is the OpenSSL TLS 1.3 suite list (used with TLS13);
+	// empty means DefaultCiphersuites. SHA-256 suites only.
+	Ciphersuites string
 
 	// Legacy allows TLS 1.0 and 1.1 and the CBC-SHA suites (LegacyCiphers)
 	// at OpenSSL security level 0, for modules whose profile needs them
@@ -99,23 +121,28 @@ type ClientConfig struct {
 	// PSK is the pre-shared key, 1 to 512 bytes. Required.
 	PSK []byte
 
-	// Ciphers, MinVersion, MaxVersion, Legacy and HandshakeTimeout mean
-	// what they mean in ServerConfig. The client offers Ciphers in this
-	// order.
+	// Ciphers, MinVersion, MaxVersion, Legacy, TLS13, Ciphersuites and
+	// HandshakeTimeout mean what they mean in ServerConfig. The client
+	// offers Ciphers in this order; with TLS13 it offers TLS 1.3 with its
+	// identity and key as an external PSK, and TLS 1.2 as well unless
+	// MinVersion is VersionTLS13.
 	Ciphers                string
 	MinVersion, MaxVersion uint16
 	Legacy                 bool
+	TLS13                  bool
+	Ciphersuites           string
 	HandshakeTimeout       time.Duration
 }
 
 // ctxKey names one OpenSSL SSL_CTX: everything the SSL_CTX is built from.
 // The PSK callback and key are per connection, not part of it.
 type ctxKey struct {
-	server     bool
-	ciphers    string
-	minVersion uint16
-	maxVersion uint16
-	hint       string
+	server       bool
+	ciphers      string
+	ciphersuites string
+	minVersion   uint16
+	maxVersion   uint16
+	hint         string
 }
 
 func (c *ServerConfig) key() (ctxKey, error) {
@@ -128,7 +155,7 @@ func (c *ServerConfig) key() (ctxKey, error) {
 	if strings.IndexByte(c.IdentityHint, 0) >= 0 {
 		return ctxKey{}, errors.New("tlspsk: ServerConfig.IdentityHint contains a NUL byte")
 	}
-	return buildKey(true, c.Legacy, c.Ciphers, c.MinVersion, c.MaxVersion, c.IdentityHint)
+	return buildKey(true, c.Legacy, c.TLS13, c.Ciphers, c.Ciphersuites, c.MinVersion, c.MaxVersion, c.IdentityHint)
 }
 
 func (c *ClientConfig) key() (ctxKey, error) {
@@ -141,10 +168,10 @@ func (c *ClientConfig) key() (ctxKey, error) {
 	if len(c.PSK) == 0 || len(c.PSK) > maxPSKLen {
 		return ctxKey{}, fmt.Errorf("tlspsk: ClientConfig.PSK must be 1 to %d bytes", maxPSKLen)
 	}
-	return buildKey(false, c.Legacy, c.Ciphers, c.MinVersion, c.MaxVersion, "")
+	return buildKey(false, c.Legacy, c.TLS13, c.Ciphers, c.Ciphersuites, c.MinVersion, c.MaxVersion, "")
 }
 
-func buildKey(server, legacy bool, ciphers string, minV, maxV uint16, hint string) (ctxKey, error) {
+func buildKey(server, legacy, tls13 bool, ciphers, suites string, minV, maxV uint16, hint string) (ctxKey, error) {
 	if minV == 0 {
 		minV = VersionTLS12
 		if legacy {
@@ -153,10 +180,17 @@ func buildKey(server, legacy bool, ciphers string, minV, maxV uint16, hint strin
 	}
 	if maxV == 0 {
 		maxV = VersionTLS12
+		if tls13 {
+			maxV = VersionTLS13
+		}
+	}
+	top, span := VersionTLS12, "TLS 1.0 to 1.2 (TLS 1.3 needs TLS13)"
+	if tls13 {
+		top, span = VersionTLS13, "TLS 1.0 to 1.3"
 	}
 	for _, v := range []uint16{minV, maxV} {
-		if v < VersionTLS10 || v > VersionTLS12 {
-			return ctxKey{}, fmt.Errorf("tlspsk: protocol version %#04x is outside TLS 1.0 to 1.2", v)
+		if v < VersionTLS10 || v > top {
+			return ctxKey{}, fmt.Errorf("tlspsk: protocol version %#04x is outside %s", v, span)
 		}
 	}
 	if minV > maxV {
@@ -176,7 +210,19 @@ func buildKey(server, legacy bool, ciphers string, minV, maxV uint16, hint strin
 	if strings.IndexByte(ciphers, 0) >= 0 {
 		return ctxKey{}, errors.New("tlspsk: cipher list contains a NUL byte")
 	}
-	return ctxKey{server: server, ciphers: ciphers, minVersion: minV, maxVersion: maxV, hint: hint}, nil
+	if maxV < VersionTLS13 {
+		suites = "" // not used below TLS 1.3
+	} else {
+		if suites == "" {
+			suites = DefaultCiphersuites
+		}
+		for _, s := range strings.Split(suites, ":") {
+			if !strings.HasPrefix(s, "TLS_") || !strings.HasSuffix(s, "_SHA256") {
+				return ctxKey{}, fmt.Errorf("tlspsk: TLS 1.3 suite %q: only SHA-256 suites can carry the PSK", s)
+			}
+		}
+	}
+	return ctxKey{server: server, ciphers: ciphers, ciphersuites: suites, minVersion: minV, maxVersion: maxV, hint: hint}, nil
 }
 
 func handshakeTimeout(d time.Duration) time.Duration {

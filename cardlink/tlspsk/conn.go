@@ -211,6 +211,11 @@ func (c *Conn) startSession() error {
 
 func (c *Conn) handshakeError(st status, flushErr error) error {
 	e := &Error{Op: "handshake", Identity: c.psk.identity, Kind: st.kind(), OpenSSL: st.text}
+	if e.Kind == nil && !c.key.server && c.key.maxVersion >= VersionTLS13 && st.has(reasonAlertIllegalParameter) {
+		// A TLS 1.3 server answers a PSK binder that does not verify
+		// with illegal_parameter: a wrong PSK (or an identity it refused).
+		e.Kind = ErrPSKMismatch
+	}
 	if c.key.server {
 		// A refused identity: keep the callback's cause, and the identity
 		// for the log (it is not secret; the PSK never appears).

@@ -37,6 +37,9 @@ type pskState struct {
 	identity string
 	err      error
 	psk      []byte
+	// cIdentity is the client's identity in C memory for OpenSSL's TLS
+	// 1.3 callback, which keeps the pointer; freed with the session.
+	cIdentity *C.char
 }
 
 // maxCachedCtx bounds the SSL_CTX cache; configs beyond it get an SSL_CTX
@@ -54,12 +57,14 @@ func newSSLCtx(k ctxKey) (*C.SSL_CTX, error) {
 	defer C.free(unsafe.Pointer(ciphers))
 	hint := C.CString(k.hint)
 	defer C.free(unsafe.Pointer(hint))
+	suites := C.CString(k.ciphersuites)
+	defer C.free(unsafe.Pointer(suites))
 	server := C.int(0)
 	if k.server {
 		server = 1
 	}
 	st := new(C.kp_status)
-	ctx := C.kp_ctx_new(server, ciphers, C.int(k.minVersion), C.int(k.maxVersion), hint, st)
+	ctx := C.kp_ctx_new(server, ciphers, suites, C.int(k.minVersion), C.int(k.maxVersion), hint, st)
 	if ctx == nil {
 		return nil, fmt.Errorf("tlspsk: configure OpenSSL (ciphers %q): %s", k.ciphers, C.GoString(&st.text[0]))
 	}
@@ -126,6 +131,10 @@ func (s *session) free() {
 	C.SSL_free(s.ssl) // OpenSSL cleanses its own copies of the key
 	if ps, ok := s.handle.Value().(*pskState); ok {
 		clear(ps.psk) // the client's copy of its PSK
+		if ps.cIdentity != nil {
+			C.free(unsafe.Pointer(ps.cIdentity))
+			ps.cIdentity = nil
+		}
 	}
 	s.ssl, s.rbio, s.wbio = nil, nil, nil
 	s.handle.Delete()
@@ -219,6 +228,10 @@ const (
 	reasonAlertBadRecordMAC       = 1020 // SSL_R_SSLV3_ALERT_BAD_RECORD_MAC
 	reasonAlertDecryptError       = 1051 // SSL_R_TLSV1_ALERT_DECRYPT_ERROR
 	reasonDigestCheckFailed       = 149  // SSL_R_DIGEST_CHECK_FAILED (Finished mismatch)
+	reasonBinderDoesNotVerify     = 253  // SSL_R_BINDER_DOES_NOT_VERIFY (TLS 1.3 server)
+	// SSL_R_SSLV3_ALERT_ILLEGAL_PARAMETER: what a TLS 1.3 client sees when
+	// the server finds its PSK binder wrong (RFC 8446 4.2.11).
+	reasonAlertIllegalParameter = 1047
 )
 
 // SSL_get_error values (openssl/ssl.h). With memory BIOs there is never
@@ -244,7 +257,7 @@ func (st status) kind() error {
 	switch {
 	case st.has(reasonPSKIdentityNotFound, reasonAlertUnknownPSKIdentity):
 		return ErrUnknownIdentity
-	case st.has(reasonBadRecordMAC, reasonAlertBadRecordMAC, reasonAlertDecryptError, reasonDigestCheckFailed):
+	case st.has(reasonBadRecordMAC, reasonAlertBadRecordMAC, reasonAlertDecryptError, reasonDigestCheckFailed, reasonBinderDoesNotVerify):
 		return ErrPSKMismatch
 	}
 	return nil

@@ -42,6 +42,87 @@ static unsigned int kp_psk_client_cb(SSL *ssl, const char *hint,
 				psk, max_psk_len);
 }
 
+// TLS 1.3 external PSKs (RFC 8446 2.2, 4.2.11) travel in an SSL_SESSION
+// holding the key as its master secret, bound to a SHA-256 suite: every
+// suite this package offers for TLS 1.3 hashes with SHA-256, so the PSK is
+// usable with any of them.
+static const unsigned char kp_tls13_aes128gcm[] = { 0x13, 0x01 };
+
+static SSL_SESSION *kp_psk_session(SSL *ssl, const unsigned char *psk,
+				   size_t n)
+{
+	const SSL_CIPHER *cipher = SSL_CIPHER_find(ssl, kp_tls13_aes128gcm);
+	SSL_SESSION *s;
+
+	if (cipher == NULL || (s = SSL_SESSION_new()) == NULL)
+		return NULL;
+	if (!SSL_SESSION_set1_master_key(s, psk, n) ||
+	    !SSL_SESSION_set_cipher(s, cipher) ||
+	    !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)) {
+		SSL_SESSION_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+// TLS 1.3 server: the identity from the ClientHello's pre_shared_key
+// extension is looked up as in TLS 1.2 (a refused identity gets the dummy
+// key, so its binder fails exactly like a wrong PSK's). An identity that
+// cannot be a C string aborts the handshake. OpenSSL owns the returned
+// session.
+static int kp_psk_find_session_cb(SSL *ssl, const unsigned char *identity,
+				  size_t identity_len, SSL_SESSION **sess)
+{
+	char id[PSK_MAX_IDENTITY_LEN + 1];
+	unsigned char psk[PSK_MAX_PSK_LEN];
+	unsigned int n;
+
+	*sess = NULL;
+	if (identity_len == 0 || identity_len > PSK_MAX_IDENTITY_LEN ||
+	    memchr(identity, 0, identity_len) != NULL)
+		return 0;
+	memcpy(id, identity, identity_len);
+	id[identity_len] = '\0';
+	ERR_set_mark();
+	n = keyportServerPSK(kp_handle(ssl), id, psk, sizeof(psk));
+	ERR_pop_to_mark();
+	if (n > 0)
+		*sess = kp_psk_session(ssl, psk, n);
+	OPENSSL_cleanse(psk, sizeof(psk));
+	return *sess != NULL;
+}
+
+// TLS 1.3 client: offer the configured identity and key. md is set on the
+// second call after a HelloRetryRequest; only a SHA-256 suite can use the
+// PSK. The identity stays valid until the SSL is freed (Go keeps it).
+static int kp_psk_use_session_cb(SSL *ssl, const EVP_MD *md,
+				 const unsigned char **id, size_t *idlen,
+				 SSL_SESSION **sess)
+{
+	char ident[PSK_MAX_IDENTITY_LEN + 1];
+	unsigned char psk[PSK_MAX_PSK_LEN];
+	unsigned int n;
+	size_t len = 0;
+	const char *stable;
+
+	*sess = NULL;
+	*id = NULL;
+	*idlen = 0;
+	if (md != NULL && EVP_MD_get_type(md) != NID_sha256)
+		return 1; // no PSK for this suite
+	n = keyportClientPSK(kp_handle(ssl), ident, PSK_MAX_IDENTITY_LEN, psk,
+			     sizeof(psk));
+	if (n > 0)
+		*sess = kp_psk_session(ssl, psk, n);
+	OPENSSL_cleanse(psk, sizeof(psk));
+	if (*sess == NULL)
+		return 0;
+	stable = keyportClientIdentity(kp_handle(ssl), &len);
+	*id = (const unsigned char *)stable;
+	*idlen = len;
+	return 1;
+}
+
 static void kp_collect(kp_status *st)
 {
 	size_t used = 0;
@@ -82,8 +163,9 @@ static void kp_finish(SSL *ssl, int ret, kp_status *st)
 	kp_collect(st);
 }
 
-SSL_CTX *kp_ctx_new(int server, const char *ciphers, int min_version,
-		    int max_version, const char *hint, kp_status *st)
+SSL_CTX *kp_ctx_new(int server, const char *ciphers,
+		    const char *ciphersuites, int min_version, int max_version,
+		    const char *hint, kp_status *st)
 {
 	SSL_CTX *ctx;
 	uint64_t opts;
@@ -120,6 +202,23 @@ SSL_CTX *kp_ctx_new(int server, const char *ciphers, int min_version,
 		goto fail;
 	if (!SSL_CTX_set_cipher_list(ctx, ciphers))
 		goto fail;
+	if (max_version >= TLS1_3_VERSION) {
+		if (!SSL_CTX_set_ciphersuites(ctx, ciphersuites))
+			goto fail;
+		// TLS 1.3 sends NewSessionTickets unless told not to, even with
+		// SSL_OP_NO_TICKET (then stateful ones): none at all.
+		if (!SSL_CTX_set_num_tickets(ctx, 0))
+			goto fail;
+		if (server) {
+			// Cards may offer psk_ke only (no (EC)DHE share).
+			SSL_CTX_set_options(ctx, SSL_OP_ALLOW_NO_DHE_KEX);
+			SSL_CTX_set_psk_find_session_callback(ctx,
+							      kp_psk_find_session_cb);
+		} else {
+			SSL_CTX_set_psk_use_session_callback(ctx,
+							     kp_psk_use_session_cb);
+		}
+	}
 	if (server) {
 		if (hint != NULL && *hint != '\0' &&
 		    !SSL_CTX_use_psk_identity_hint(ctx, hint))

@@ -23,8 +23,9 @@ typedef struct {
 	char text[1024];
 } kp_status;
 
-SSL_CTX *kp_ctx_new(int server, const char *ciphers, int min_version,
-		    int max_version, const char *hint, kp_status *st);
+SSL_CTX *kp_ctx_new(int server, const char *ciphers,
+		    const char *ciphersuites, int min_version, int max_version,
+		    const char *hint, kp_status *st);
 SSL *kp_ssl_new(SSL_CTX *ctx, int server, uintptr_t handle, BIO **rbio,
 		BIO **wbio, kp_status *st);
 void kp_handshake(SSL *ssl, kp_status *st);

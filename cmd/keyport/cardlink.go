@@ -69,7 +69,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 	var srv *cardlink.AdminServer
 	if a.cfg.AdminAddr != "" {
 		srv = cardlink.NewAdminServer(cardlink.AdminServerConfig{Service: a.svc, Wake: hub, Log: a.log,
-			TLS: tlspsk.ServerConfig{Legacy: a.cfg.AdminLegacyTLS}})
+			TLS: tlspsk.ServerConfig{Legacy: a.cfg.AdminLegacyTLS, TLS13: a.cfg.AdminTLS13}})
 		ln, err := tlspsk.Listen("tcp", a.cfg.AdminAddr, srv.TLSConfig())
 		if err != nil {
 			cancel()
@@ -77,7 +77,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 			return nil, nil, err
 		}
 		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol,
-			"legacy_tls", a.cfg.AdminLegacyTLS)
+			"legacy_tls", a.cfg.AdminLegacyTLS, "tls13", a.cfg.AdminTLS13)
 		accepting = srv.Accepting
 		wg.Add(1)
 		go func() {

@@ -20,7 +20,10 @@ type config struct {
 	// AdminLegacyTLS (KEYPORT_ADMIN_LEGACY_TLS) lets the admin server also
 	// speak TLS 1.0/1.1 and the CBC-SHA suites, for modules that need them.
 	AdminLegacyTLS bool
-	OAEPHash       string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
+	// AdminTLS13 (KEYPORT_ADMIN_TLS13) lets the admin server also speak
+	// TLS 1.3 with an external PSK (GP Amd B v1.2), next to TLS 1.2.
+	AdminTLS13 bool
+	OAEPHash   string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
 	// DualControl (KEYPORT_DUAL_CONTROL) is how many different admins an
 	// operation that releases a secret or custody needs; 1 is development.
 	DualControl int
@@ -68,6 +71,12 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	}
 	fs.BoolVar(&c.AdminLegacyTLS, "admin-legacy-tls", legacy,
 		"admin server: also accept TLS 1.0/1.1 and the CBC-SHA suites, for modules whose profile needs them (KEYPORT_ADMIN_LEGACY_TLS)")
+	tls13, terr := strconv.ParseBool(get("ADMIN_TLS13", "false"))
+	if terr != nil && err == nil {
+		err = fmt.Errorf("config: KEYPORT_ADMIN_TLS13: %w", terr)
+	}
+	fs.BoolVar(&c.AdminTLS13, "admin-tls13", tls13,
+		"admin server: also accept TLS 1.3 with an external PSK (TLS_AES_128_GCM_SHA256), for modules whose profile needs it (KEYPORT_ADMIN_TLS13)")
 	fs.StringVar(&c.OAEPHash, "oaep-hash", get("OAEP_HASH", "sha1"), "RSA-OAEP hash of the key wrap: sha1 or sha256 (KEYPORT_OAEP_HASH)")
 	dual, derr := strconv.Atoi(get("DUAL_CONTROL", "2"))
 	if derr != nil && err == nil {
