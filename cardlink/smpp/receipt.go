@@ -37,10 +37,17 @@ var receiptKeys = []string{"id:", "sub:", "dlvrd:", "submit date:", "done date:"
 // may be missing (SMSCs differ); a text without id and stat is not a
 // receipt.
 func ParseReceiptText(text string) (Receipt, error) {
-	lower := strings.ToLower(text)
+	// ASCII only, octet for octet: strings.ToLower can change a UTF-8
+	// sequence's length, and the offsets are used on text.
+	lower := []byte(text)
+	for i, c := range lower {
+		if 'A' <= c && c <= 'Z' {
+			lower[i] = c + 'a' - 'A'
+		}
+	}
 	fields := map[string]string{}
 	for _, k := range receiptKeys {
-		i := indexKey(lower, k)
+		i := indexKey(string(lower), k)
 		if i < 0 {
 			continue
 		}
