@@ -222,7 +222,15 @@ func (e *ESME) bound(ctx context.Context) (*session, error) {
 		s, ready, last := e.sess, e.ready, e.lastErr
 		e.mu.Unlock()
 		if s != nil {
-			return s, nil
+			select {
+			case <-s.dead:
+				// Dead but not yet taken down by run: take it down
+				// here, or a submit would spin on it.
+				e.drop(s)
+				continue
+			default:
+				return s, nil
+			}
 		}
 		select {
 		case <-ready:
@@ -268,10 +276,7 @@ func (e *ESME) run() {
 		e.mu.Unlock()
 
 		e.keepalive(ctx, s)
-
-		e.mu.Lock()
-		e.sess, e.ready = nil, make(chan struct{})
-		e.mu.Unlock()
+		e.drop(s)
 		select {
 		case <-e.stop:
 			e.unbind(s)
@@ -289,6 +294,15 @@ func (e *ESME) run() {
 	}
 }
 
+// drop takes s down as the bound link, once.
+func (e *ESME) drop(s *session) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sess == s {
+		e.sess, e.ready = nil, make(chan struct{})
+	}
+}
+
 // bind connects and sends bind_transceiver (§4.1.5).
 func (e *ESME) bind(ctx context.Context) (*session, error) {
 	d := net.Dialer{Timeout: e.cfg.ResponseTimeout}
@@ -296,6 +310,9 @@ func (e *ESME) bind(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("smpp: connect: %w", err)
 	}
+	// Close must not wait out the bind's deadline.
+	stopClosing := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stopClosing()
 	body, err := Bind{SystemID: e.cfg.SystemID, Password: e.cfg.Password, SystemType: e.cfg.SystemType}.Encode()
 	if err != nil {
 		conn.Close()
