@@ -207,6 +207,55 @@ func TestESMEBindsAgainAfterSMSCIsKilledAndNothingIsLostOrSentTwice(t *testing.T
 	}
 }
 
+func TestSubmitsInFlightWhenSMSCIsKilledAreSentOnTheNextLinkAndAcceptedOnce(t *testing.T) {
+	// This SMSC reads the submits to 333… and answers none; it is killed
+	// with three unanswered, and the next one answers everything.
+	s := startSMSC(t, "--hold-count", "100", "--hold-idle", "600")
+	e := newESME(t, s.url(""), smpp.Handlers{})
+	ctx := sendCtx(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sent := map[string]string{}
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			to := fmt.Sprintf("33310%02d", i)
+			ids, err := e.Send(ctx, to, packet(30, byte(i)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			sent[to] = ids[0]
+			mu.Unlock()
+		}()
+	}
+	s.waitFor("three held submits", func(evs []smscEvent) bool {
+		n := 0
+		for _, ev := range evs {
+			if ev.Event == "held" {
+				n++
+			}
+		}
+		return n == 3
+	})
+	port := s.port
+	s.kill()
+	s.startWith(port, "--hold-prefix", "")
+	wg.Wait()
+
+	accepted := s.eventsWhere("submit_sm", func(e smscEvent) bool { return e.Status == 0 && e.MessageID != "" })
+	if len(accepted) != 3 {
+		t.Fatalf("accepted %+v, want the three once each", accepted)
+	}
+	for _, a := range accepted {
+		if sent[a.DestinationAddr] != a.MessageID || a.PID == s.eventsWhere("held", nil)[0].PID {
+			t.Errorf("%s: accepted as %s by pid %d; Send returned %s", a.DestinationAddr, a.MessageID, a.PID, sent[a.DestinationAddr])
+		}
+	}
+}
+
 func TestSubmitRefusedForNowIsSentAgainWithBackoff(t *testing.T) {
 	s := startSMSC(t, "--fail-times", "2", "--fail-status", "0x58")
 	e := newESME(t, s.url(""), smpp.Handlers{})

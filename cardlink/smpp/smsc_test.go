@@ -54,8 +54,14 @@ func startSMSC(t testing.TB, args ...string) *testSMSC {
 
 func (s *testSMSC) start(port int) {
 	s.t.Helper()
+	s.startWith(port, s.args...)
+}
+
+// startWith starts the SMSC with other options than startSMSC's.
+func (s *testSMSC) startWith(port int, extra ...string) {
+	s.t.Helper()
 	args := append([]string{"testdata/smsc.pl", "--port", strconv.Itoa(port),
-		"--events", s.events, "--handset", s.handset}, s.args...)
+		"--events", s.events, "--handset", s.handset}, extra...)
 	cmd := exec.Command("perl", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its forked children die with it
 	stderr, err := os.OpenFile(filepath.Join(s.dir, "stderr"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -94,13 +100,6 @@ func (s *testSMSC) kill() {
 	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	_ = s.cmd.Wait()
 	s.cmd = nil
-}
-
-func (s *testSMSC) restart() {
-	s.t.Helper()
-	port := s.port
-	s.kill()
-	s.start(port)
 }
 
 // url is the ESME's configuration for this SMSC.

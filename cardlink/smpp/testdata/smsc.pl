@@ -15,7 +15,7 @@
 #   --mo-prefix P      accepted, then a mobile-originated message (a proof of receipt, --por HEX)
 #   --unknown-prefix P accepted, then a PDU with an unknown command_id, to be nacked
 #   --hold-prefix P    submits to P… are answered only once --hold-count of them wait, or
-#                      when nothing more arrives for a second; each release logs how many waited
+#                      when nothing more arrives for --hold-idle seconds; each release logs how many waited
 use strict;
 use warnings;
 use Getopt::Long;
@@ -42,6 +42,7 @@ my %o = (
 	por          => '0012B0000101020304000000000000009000',
 	hold_prefix  => '333',
 	hold_count   => 4,
+	hold_idle    => 1.0,
 );
 GetOptions(
 	'port=i' => \$o{port}, 'events=s' => \$o{events}, 'handset=s' => \$o{handset},
@@ -50,7 +51,7 @@ GetOptions(
 	'perm-prefix=s' => \$o{perm_prefix}, 'perm-status=o' => \$o{perm_status},
 	'nack-prefix=s' => \$o{nack_prefix}, 'undeliv-prefix=s' => \$o{undeliv_prefix},
 	'mo-prefix=s' => \$o{mo_prefix}, 'unknown-prefix=s' => \$o{unknown_prefix}, 'por=s' => \$o{por},
-	'hold-prefix=s' => \$o{hold_prefix}, 'hold-count=i' => \$o{hold_count},
+	'hold-prefix=s' => \$o{hold_prefix}, 'hold-count=i' => \$o{hold_count}, 'hold-idle=f' => \$o{hold_idle},
 ) or die "usage\n";
 die "--events and --handset are required\n" unless $o{events} && $o{handset};
 
@@ -99,7 +100,7 @@ sub release {
 	@held = ();
 }
 while (1) {
-	release() if @held && !$sel->can_read(1.0);
+	release() if @held && !$sel->can_read($o{hold_idle});
 	my $pdu = $c->read_pdu() or last;
 	my $cmd = $pdu->{cmd};
 	if ($cmd == 0x00000009) {    # bind_transceiver
@@ -131,6 +132,7 @@ while (1) {
 		}
 		if (prefixed($dest, $o{hold_prefix})) {
 			push @held, $pdu;
+			logline($ev, event => 'held', destination_addr => $dest, seq => $pdu->{seq});
 			release() if @held >= $o{hold_count};
 			next;
 		}
