@@ -109,7 +109,8 @@ func (e *ESME) Close() error {
 // download (TS 31.115: UDHI, PID 7F, DCS F6, the Command Packet Identifier
 // in the user data header), concatenated when it does not fit one message,
 // with a delivery receipt requested. It returns the SMSC's message ids,
-// one per segment in order; the receipts carry the same ids.
+// one per segment in order; the receipts carry the same ids. On an error
+// it returns the ids of the segments the SMSC had already accepted.
 func (e *ESME) Send(ctx context.Context, msisdn string, packet []byte) ([]string, error) {
 	if err := checkMSISDN(msisdn); err != nil {
 		return nil, err
@@ -450,7 +451,7 @@ func (e *ESME) deliver(p PDU) Status {
 		e.log.Warn("smpp: deliver_sm refused", "err", err)
 		return StatusPermAppErr
 	}
-	if m.ESMClass&esmClassTypeMask == ESMClassDeliveryReceipt {
+	if t := m.ESMClass & esmClassTypeMask; t == ESMClassDeliveryReceipt || t == esmClassIntermediate {
 		r, err := receiptFrom(m)
 		if err != nil {
 			e.log.Warn("smpp: delivery receipt refused", "err", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
@@ -130,5 +131,17 @@ func TestStatusTemporaryOnlyForQueueRateAndSMSCFailures(t *testing.T) {
 	}
 	if got := StatusThrottled.String(); got != "ESME_RTHROTTLED (0x00000058)" {
 		t.Errorf("String %q", got)
+	}
+}
+
+func TestIntermediateNotificationIsReadAsAReceipt(t *testing.T) {
+	var got []Receipt
+	e := &ESME{log: slog.New(slog.DiscardHandler), onReceipt: func(r Receipt) error { got = append(got, r); return nil }}
+	body, _ := ShortMessage{Source: "4917", ESMClass: 0x20, ShortMessage: []byte("id:9 stat:ENROUTE err:000")}.Encode()
+	if st := e.deliver(PDU{ID: DeliverSM, Body: body}); st != StatusOK || len(got) != 1 || got[0].State != "ENROUTE" {
+		t.Fatalf("%v %+v", st, got)
+	}
+	if st := e.deliver(PDU{ID: DeliverSM, Body: []byte{1, 2}}); st != StatusPermAppErr {
+		t.Fatalf("a malformed deliver_sm answered %v", st)
 	}
 }

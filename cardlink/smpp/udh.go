@@ -20,6 +20,9 @@ const (
 	// receipt in deliver_sm (§5.2.12 bits 5-2 = 0001).
 	ESMClassDeliveryReceipt byte = 0x04
 	esmClassTypeMask        byte = 0x3C
+	// esmClassIntermediate is an intermediate delivery notification
+	// (§5.2.12 bits 5-2 = 1000), read as a receipt (state ENROUTE…).
+	esmClassIntermediate byte = 0x20
 
 	// IEIConcat8 is the concatenation element with an 8-bit reference
 	// (TS 23.040 §9.2.3.24.1).
