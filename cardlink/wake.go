@@ -15,7 +15,8 @@ import (
 // opens the admin session. It implements keyport.Trigger.
 //
 // In the field the trigger is an SCP80-secured SMS to the ISD (GP Amd B,
-// PROTOCOLS.md §3.1); no SMS gateway is built yet. A module whose agent is
+// PROTOCOLS.md §3.1); its SMPP link is cardlink/smpp, which no Trigger
+// uses yet. A module whose agent is
 // not waiting on this replica is ErrUnreachable here; the job is retried
 // with backoff, and a waiting agent also finds its jobs by polling the
 // database (AdminServerConfig.WakeCheck), which covers other replicas.

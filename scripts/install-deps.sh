@@ -24,8 +24,9 @@ build=(gcc libc6-dev pkg-config libpcsclite-dev libssl-dev)
 # SMTP over TLS verify against the system roots.
 runtime=(libpcsclite1 libssl3 softhsm2 ca-certificates)
 # Tests: pkcs11-tool and openssl as independent checks, pcscd + vpcd and the
-# PC/SC tools, PostgreSQL, Chromium, unshare/setsid from util-linux.
-tests=(opensc openssl pcscd vsmartcard-vpcd pcsc-tools postgresql chromium util-linux)
+# PC/SC tools, PostgreSQL, Chromium, unshare/setsid from util-linux, Net::SMPP
+# (the SMSC the cardlink/smpp tests talk to).
+tests=(opensc openssl pcscd vsmartcard-vpcd pcsc-tools postgresql chromium util-linux libnet-smpp-perl)
 
 set_name=all list=0
 for a in "$@"; do

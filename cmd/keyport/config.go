@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/keyport/keyport/cardlink/smpp"
 )
 
 // config is keyport's one configuration: flags over KEYPORT_* environment
@@ -28,6 +30,11 @@ type config struct {
 	// operation that releases a secret or custody needs; 1 is development.
 	DualControl int
 	LogFormat   string // KEYPORT_LOG_FORMAT: text or json
+	// SMPP (KEYPORT_SMPP_URL or KEYPORT_SMPP_URL_FILE) is the SMS gateway
+	// account, smpp://system_id:password@host:port?source=…; nil: off. It
+	// has no flag: the URL holds a password, which a command line shows.
+	SMPP    *smpp.Config
+	smppURL string
 }
 
 // env returns KEYPORT_<name>, or the trimmed content of the file named by
@@ -85,6 +92,7 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	fs.IntVar(&c.DualControl, "dual-control", dual,
 		"admins needed to export a module PSK or a transport key, create an admin token or approve a provider; 1 turns dual control off, for development (KEYPORT_DUAL_CONTROL)")
 	fs.StringVar(&c.LogFormat, "log-format", get("LOG_FORMAT", "text"), "log format: text or json (KEYPORT_LOG_FORMAT)")
+	c.smppURL = get("SMPP_URL", "")
 	return err
 }
 
@@ -97,6 +105,13 @@ func (c *config) finish() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("config: --log-format must be text or json, got %q", c.LogFormat)
+	}
+	if c.smppURL != "" {
+		sc, err := smpp.ParseURL(c.smppURL)
+		if err != nil {
+			return fmt.Errorf("config: KEYPORT_SMPP_URL: %w", err)
+		}
+		c.SMPP = &sc
 	}
 	abs, err := filepath.Abs(c.DataDir)
 	if err != nil {

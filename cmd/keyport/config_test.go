@@ -91,3 +91,38 @@ func TestTheDefaultPublicURLNamesALoopbackAddressLocalhost(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigReadsTheSMPPURLFromAFileAndNeverShowsItsPassword(t *testing.T) {
+	t.Setenv("KEYPORT_DATA_DIR", t.TempDir())
+	f := filepath.Join(t.TempDir(), "smpp")
+	os.WriteFile(f, []byte("smpp://ota:Pw9zzq@127.0.0.1:2775?source=1234\n"), 0o600)
+	t.Setenv("KEYPORT_SMPP_URL_FILE", f)
+	var c config
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	if err := c.bind(fs); err != nil {
+		t.Fatal(err)
+	}
+	if err := parse(fs, &c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.SMPP == nil || c.SMPP.SystemID != "ota" || c.SMPP.Password != "Pw9zzq" || c.SMPP.Source != "1234" {
+		t.Fatalf("SMPP config %v", c.SMPP)
+	}
+	if s := c.SMPP.String(); strings.Contains(s, "Pw9zzq") {
+		t.Errorf("String shows the password: %s", s)
+	}
+	os.WriteFile(f, []byte("smpp://ota:Pw9zzq@127.0.0.1:99999"), 0o600)
+	c = config{}
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	if err := c.bind(fs); err != nil {
+		t.Fatal(err)
+	}
+	err := parse(fs, &c, nil)
+	if err == nil || !strings.Contains(err.Error(), "KEYPORT_SMPP_URL") || strings.Contains(err.Error(), "Pw9zzq") {
+		t.Fatalf("bad port: %v", err)
+	}
+	t.Setenv("KEYPORT_SMPP_URL", "smpp://ota:x@h")
+	if err := (&config{}).bind(flag.NewFlagSet("t", flag.ContinueOnError)); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both forms: %v", err)
+	}
+}

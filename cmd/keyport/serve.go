@@ -65,6 +65,11 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stopCardLink()
+	stopSMPP, err := startSMPP(a)
+	if err != nil {
+		return err
+	}
+	defer stopSMPP()
 	webOpts, err := portal.webOptions(a)
 	if err != nil {
 		return err
