@@ -1,11 +1,12 @@
 package hsm_test
 
 import (
-	"github.com/keyport/keyport/hsm/hsmtest"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/keyport/keyport/hsm/hsmtest"
 )
 
 // gather returns the registry's metrics by name.
