@@ -37,7 +37,7 @@ func mechanismName(m []*pkcs11.Mechanism) string {
 
 // Pool errors, by cause: the label values of keyport_hsm_session_errors_total.
 const (
-	errSessionLost = iota // a session the token no longer serves (sessionFatal), discarded
+	errSessionLost = iota // a session the token no longer serves (sessionFatal, or gone from an idle one), dropped
 	errStaleHandle        // a cached object handle went stale; looked up again
 	errOpen               // C_OpenSession or C_GetSessionInfo failed
 	errLogin              // C_Login failed
@@ -147,7 +147,7 @@ func (t *timedP11) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, bas
 var (
 	sessionsDesc = prometheus.NewDesc("keyport_hsm_sessions", "PKCS#11 sessions of the pool, by state: in use, idle, and the most in use at once (max).",
 		[]string{"state"}, nil)
-	sessionErrorsDesc = prometheus.NewDesc("keyport_hsm_session_errors_total", "Session pool errors by cause: session_lost (the token no longer served a session; it was discarded), stale_handle, open, login.",
+	sessionErrorsDesc = prometheus.NewDesc("keyport_hsm_session_errors_total", "Session pool errors by cause: session_lost (the token no longer served a session; it was dropped), stale_handle, open, login.",
 		[]string{"cause"}, nil)
 )
 

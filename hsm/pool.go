@@ -242,6 +242,7 @@ func (h *HSM) take(fresh bool) (*session, bool, error) {
 		if err != nil || info.SlotID != h.slot {
 			// Closed behind our back (C_CloseAllSessions, token removed):
 			// the handle may belong to someone else now, so do not close it.
+			h.poolErrs[errSessionLost].Add(1)
 			h.forget(s)
 			continue
 		}
