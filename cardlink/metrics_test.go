@@ -2,6 +2,9 @@ package cardlink_test
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 )
@@ -80,4 +84,43 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) []*dto.Metric
 	}
 	t.Fatalf("no metric %s", name)
 	return nil
+}
+
+// hookCounts is a keyport.Metrics that counts webhook deliveries only.
+type hookCounts struct {
+	mu sync.Mutex
+	n  map[keyport.Result]int
+}
+
+func (h *hookCounts) Claimed(keyport.Result)          {}
+func (h *hookCounts) KeyPackageServed(keyport.Result) {}
+func (h *hookCounts) ImportStarted()                  {}
+func (h *hookCounts) ImportLine()                     {}
+func (h *hookCounts) ImportEnded(keyport.Result, int) {}
+func (h *hookCounts) WebhookDelivered(r keyport.Result) {
+	h.mu.Lock()
+	h.n[r]++
+	h.mu.Unlock()
+}
+
+func TestWebhookDeliveriesAreCountedByResult(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }))
+	t.Cleanup(ok.Close)
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	t.Cleanup(broken.Close)
+	w := newHookWorld(t, true)
+	counts := &hookCounts{n: map[keyport.Result]int{}}
+	w.Svc.Metrics = counts
+	a := w.provider(t, "Bank A", ok.URL+"/hook")
+	b := w.provider(t, "Bank B", broken.URL+"/hook")
+	w.event(t, a, "evt_a")
+	w.event(t, b, "evt_b")
+	d := &cardlink.Dispatcher{Service: w.Svc}
+	if err := d.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait()
+	if counts.n[keyport.ResultOK] != 1 || counts.n[keyport.ResultError] != 1 || len(counts.n) != 2 {
+		t.Fatalf("webhook deliveries by result: %v, want one ok and one error", counts.n)
+	}
 }
