@@ -36,6 +36,13 @@ const MaxIdempotencyKey = 255
 // domain wins; the others get ErrConflict. created is false when an earlier
 // claim with the same idempotency key is returned.
 func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *Claim, created bool, err error) {
+	defer func() {
+		r := ResultOf(err)
+		if err == nil && !created {
+			r = ResultReplayed
+		}
+		s.metrics().Claimed(r)
+	}()
 	if p.ProviderID == "" {
 		return nil, false, fmt.Errorf("%w: only a provider can claim a domain", ErrForbidden)
 	}

@@ -236,7 +236,7 @@ const maxListedImportErrors = 100
 // and the error names every bad line (up to 100). It reads the file once,
 // streaming, in bounded memory whatever its size; lines are parsed on a
 // second goroutine so that parsing overlaps the database's inserts.
-func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, file io.Reader, verify VerifyMode) (int, error) {
+func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, file io.Reader, verify VerifyMode) (n int, err error) {
 	if !p.Admin {
 		return 0, ErrForbidden
 	}
@@ -258,6 +258,9 @@ func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, 
 	default:
 		return 0, Invalid("verify", "must be all, sample or none")
 	}
+	m := s.metrics()
+	m.ImportStarted()
+	defer func() { m.ImportEnded(ResultOf(err), n) }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lines := parseAhead(ctx, file)
@@ -276,6 +279,7 @@ func (s *Service) ImportModules(ctx context.Context, p Principal, batch string, 
 					pl.m.PSK, pl.err = link.NewModulePSK(ctx, pl.m.EID)
 				}
 				seen++
+				m.ImportLine()
 				var le *LineError
 				switch {
 				case errors.As(pl.err, &le):

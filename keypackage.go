@@ -193,7 +193,8 @@ func (s *Service) signPackage(ctx context.Context, p *KeyPackage) ([]byte, error
 
 // KeyPackage returns the signed key package of one of the caller's domains.
 // It can be downloaded again as often as needed; each download is audited.
-func (s *Service) KeyPackage(ctx context.Context, p Principal, eid EID, aid AID) ([]byte, error) {
+func (s *Service) KeyPackage(ctx context.Context, p Principal, eid EID, aid AID) (pkg []byte, err error) {
+	defer func() { s.metrics().KeyPackageServed(ResultOf(err)) }()
 	if p.ProviderID == "" {
 		return nil, ErrForbidden
 	}

@@ -447,3 +447,23 @@ type LegacyKeys struct {
 func (l *LegacyKeys) Empty() bool {
 	return !l.ISDMaster && len(l.Masters) == 0 && len(l.Transport) == 0
 }
+
+// Metrics counts what the use cases did, for monitoring. Every label is
+// from a fixed set (Result); nothing passed names a module, domain,
+// provider, token or key. Implementations are called on the request path:
+// they must be cheap and safe for concurrent use. Service.Metrics nil
+// counts nothing.
+type Metrics interface {
+	// Claimed counts one Claim by its result (ResultReplayed: an earlier
+	// claim returned for its idempotency key).
+	Claimed(r Result)
+	// KeyPackageServed counts one key-package download by its result.
+	KeyPackageServed(r Result)
+	// WebhookDelivered counts one webhook delivery attempt by its result.
+	WebhookDelivered(r Result)
+	// ImportStarted, ImportLine and ImportEnded follow a module import:
+	// each line checked, and how it ended with the modules it stored.
+	ImportStarted()
+	ImportLine()
+	ImportEnded(r Result, modules int)
+}

@@ -40,6 +40,9 @@ type Service struct {
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
 	Writes Committer
+	// Metrics counts claims, key-package downloads, webhook deliveries and
+	// imports (metrics.go); nil counts nothing.
+	Metrics Metrics
 
 	batches sync.Map // batch ID -> *Batch; batches never change
 }

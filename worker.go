@@ -126,6 +126,11 @@ func (s *Service) WebhookHealth(ctx context.Context, p Principal) ([]WebhookHeal
 func (s *Service) WebhookSent(ctx context.Context, d *WebhookDelivery, sendErr error) error {
 	j := d.Job
 	if sendErr == nil {
+		s.metrics().WebhookDelivered(ResultOK)
+	} else {
+		s.metrics().WebhookDelivered(ResultError)
+	}
+	if sendErr == nil {
 		j.State, j.LastError = JobDone, ""
 	} else {
 		j.LastError = sendErr.Error()

@@ -111,6 +111,8 @@ type AdminServer struct {
 	wg      sync.WaitGroup
 
 	refusedCap, refusedRate atomic.Uint64
+	active, sessions        atomic.Int64
+	handshakeFails          [numHandshakeCauses]atomic.Uint64
 	refusals, acceptErrs    logLimiter
 }
 
@@ -362,20 +364,31 @@ func (s *AdminServer) Accepting() error {
 	return s.stopErr
 }
 
-// AdminStats counts what the server refused.
+// AdminStats counts the server's connections, sessions and what it refused.
 type AdminStats struct {
 	Conns int // open connections
+	// Active counts the open sessions past their handshake; Sessions every
+	// handshake that succeeded.
+	Active, Sessions int64
 	// OverCap and OverRate count connections closed at accept because of
 	// MaxConns/MaxConnsPerAddr and of the handshake rate limit.
 	OverCap, OverRate uint64
+	// HandshakeFailures counts failed handshakes by cause: unknown_identity,
+	// psk_unavailable, psk_mismatch, timeout, other.
+	HandshakeFailures map[string]uint64
 }
 
-// Stats returns the open connections and the refusals so far.
+// Stats returns the open connections and sessions and the refusals so far.
 func (s *AdminServer) Stats() AdminStats {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	return AdminStats{Conns: n, OverCap: s.refusedCap.Load(), OverRate: s.refusedRate.Load()}
+	st := AdminStats{Conns: n, Active: s.active.Load(), Sessions: s.sessions.Load(), OverCap: s.refusedCap.Load(),
+		OverRate: s.refusedRate.Load(), HandshakeFailures: make(map[string]uint64, numHandshakeCauses)}
+	for i, cause := range handshakeCauses {
+		st.HandshakeFailures[cause] = s.handshakeFails[i].Load()
+	}
+	return st
 }
 
 // refused counts a refusal and logs, at most once per logEvery, how many
@@ -534,9 +547,13 @@ func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 	err := c.Handshake(hctx)
 	cancel()
 	if err != nil {
+		s.handshakeFails[handshakeCause(err)].Add(1)
 		s.log.Info("admin handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	s.sessions.Add(1)
+	s.active.Add(1)
+	defer s.active.Add(-1)
 	// The PSK callback looked the module up: this is the cache's answer.
 	mod, err := s.module(ctx, c.Identity())
 	if err != nil {

@@ -3,6 +3,7 @@ package hsm
 import (
 	"context"
 	"crypto/ecdsa"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -62,6 +63,11 @@ type HSM struct {
 	receiptMu  sync.Mutex
 	receiptKid string
 	receiptPub *ecdsa.PublicKey
+
+	// timing is set by Collector: from then on p times mechanism calls.
+	timing     atomic.Pointer[timing]
+	timingOnce sync.Once
+	poolErrs   [numPoolErrors]atomic.Uint64
 }
 
 // session is one PKCS#11 session with the object handles found on it.
@@ -120,7 +126,6 @@ func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 		return nil, opError("open", err)
 	}
 	h := &HSM{
-		p:     p,
 		slot:  slot,
 		token: u,
 		pin:   pin,
@@ -129,6 +134,7 @@ func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 		inUse: make(chan struct{}, cfg.PoolSize),
 		live:  map[pkcs11.SessionHandle]*session{},
 	}
+	h.p = &timedP11{p11: p, on: &h.timing}
 	// Log in now, so that a wrong PIN shows at start-up, not at the first claim.
 	if err := h.do(ctx, "open", func(*session) error { return nil }); err != nil {
 		return nil, err
@@ -173,9 +179,11 @@ func (h *HSM) do(ctx context.Context, op string, fn func(*session) error) error 
 			h.release(s)
 			return nil
 		case attempt == 0 && isStaleHandle(err):
+			h.poolErrs[errStaleHandle].Add(1)
 			s.objects = nil
 			h.release(s)
 		case isSessionFatal(err):
+			h.poolErrs[errSessionLost].Add(1)
 			rv, _ := ckr(err)
 			h.discard(s, rv == pkcs11.CKR_USER_NOT_LOGGED_IN)
 			<-h.inUse
@@ -199,8 +207,12 @@ func (h *HSM) acquire(ctx context.Context, fresh bool) (*session, error) {
 		return nil, ctx.Err()
 	}
 	s, loggedIn, err := h.take(fresh)
+	if err != nil && !errors.Is(err, ErrClosed) {
+		h.poolErrs[errOpen].Add(1)
+	}
 	if err == nil && !loggedIn {
 		if err = h.login(s); err != nil {
+			h.poolErrs[errLogin].Add(1)
 			h.discard(s, true)
 		}
 	}
@@ -230,6 +242,7 @@ func (h *HSM) take(fresh bool) (*session, bool, error) {
 		if err != nil || info.SlotID != h.slot {
 			// Closed behind our back (C_CloseAllSessions, token removed):
 			// the handle may belong to someone else now, so do not close it.
+			h.poolErrs[errSessionLost].Add(1)
 			h.forget(s)
 			continue
 		}

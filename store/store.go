@@ -19,10 +19,13 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/mattn/go-sqlite3"
+	"github.com/prometheus/client_golang/prometheus"
 	"gorm.io/driver/postgres"
 	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
@@ -55,6 +58,11 @@ type Store struct {
 	*repo
 	dialect dialect
 	pools   []*sql.DB
+
+	// timing is set by Collector: from then on statements are timed.
+	timing        atomic.Pointer[prometheus.HistogramVec]
+	timingOnce    sync.Once
+	jobScrapeErrs atomic.Uint64
 }
 
 var _ keyport.Store = (*Store)(nil)
@@ -119,10 +127,21 @@ func gormConfig() *gorm.Config {
 }
 
 func open(ctx context.Context, dsn string) (*Store, error) {
+	var s *Store
+	var err error
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return openPostgres(ctx, dsn)
+		s, err = openPostgres(ctx, dsn)
+	} else {
+		s, err = openSQLite(ctx, dsn)
 	}
-	return openSQLite(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.instrument(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 func openPostgres(ctx context.Context, dsn string) (*Store, error) {

@@ -38,15 +38,23 @@ type apiEnv struct {
 	admin string
 }
 
-func newAPI(t *testing.T) *apiEnv {
+func newAPI(t *testing.T) *apiEnv { t.Helper(); return newAPIWith(t, storetest.SQLitePath(t), nil) }
+
+// newAPIWith is newAPI on the database dsn, with the server's options (and
+// the world) set up by setup before the server starts.
+func newAPIWith(t *testing.T, dsn string, setup func(w *fixture.World, o *web.Options)) *apiEnv {
 	t.Helper()
-	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 2, 2)
+	w := fixture.New(t, storetest.Open(t, dsn), 2, 2)
 	_, token, wk := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
 	admin, _, err := w.Svc.CreateAdminToken(context.Background(), fixture.Admin, "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(web.New(w.Svc, web.Options{Log: slog.New(slog.NewTextHandler(testLog{t}, nil))}))
+	opts := web.Options{Log: slog.New(slog.NewTextHandler(testLog{t}, nil))}
+	if setup != nil {
+		setup(w, &opts)
+	}
+	srv := httptest.NewServer(web.New(w.Svc, opts))
 	t.Cleanup(srv.Close)
 	return &apiEnv{w: w, srv: srv, cl: newContractTransport(t).client(), token: token, wk: wk, admin: admin}
 }
@@ -232,8 +240,11 @@ func TestClaimsAnswer503WhileTheHSMIsDownAndSucceedAfterItRecoversWithoutRestart
 	if n := e.w.CountAudit(t, "claim"); n != 1 {
 		t.Errorf("%d claim events, want 1", n)
 	}
-	if resp, _ := e.do(t, "", "GET", "/healthz", "", nil); resp.StatusCode != 503 {
-		t.Errorf("healthz while down: %d", resp.StatusCode)
+	if resp, _ := e.do(t, "", "GET", "/readyz", "", nil); resp.StatusCode != 503 {
+		t.Errorf("readyz while down: %d", resp.StatusCode)
+	}
+	if resp, _ := e.do(t, "", "GET", "/healthz", "", nil); resp.StatusCode != 200 {
+		t.Errorf("healthz (liveness, no dependency) while the HSM is down: %d", resp.StatusCode)
 	}
 
 	// The module comes back: the same server serves again.

@@ -172,7 +172,8 @@ func (x exchange) err() error {
 }
 
 // contractTransport sends requests like http.DefaultTransport and checks each
-// /api/v1 exchange against the document, failing the test on a mismatch.
+// /api/v1 exchange, and each of the probes and /metrics, against the
+// document, failing the test on a mismatch.
 type contractTransport struct {
 	t testing.TB
 	c *contract
@@ -189,7 +190,7 @@ func newContractTransport(t testing.TB) *contractTransport {
 func (tr *contractTransport) client() *http.Client { return &http.Client{Transport: tr} }
 
 func (tr *contractTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !strings.HasPrefix(req.URL.Path, "/api/v1/") {
+	if !strings.HasPrefix(req.URL.Path, "/api/v1/") && !rootPaths[req.URL.Path] {
 		return http.DefaultTransport.RoundTrip(req)
 	}
 	var reqBody []byte
@@ -222,6 +223,10 @@ func (tr *contractTransport) RoundTrip(req *http.Request) (*http.Response, error
 	}
 	return resp, nil
 }
+
+// rootPaths are the documented paths outside /api/v1 (their own servers
+// in the document): the probes, and /metrics on the metrics listener.
+var rootPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // exchanges returns what the transport has checked so far.
 func (tr *contractTransport) exchanges() []exchange {

@@ -3,7 +3,6 @@ package web_test
 import (
 	"errors"
 	"io"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -24,9 +23,10 @@ func TestHealthAndReadinessFollowTheAdminListener(t *testing.T) {
 		return nil
 	}}))
 	t.Cleanup(srv.Close)
+	cl := newContractTransport(t).client()
 	get := func(path string) (int, string) {
 		t.Helper()
-		resp, err := http.Get(srv.URL + path)
+		resp, err := cl.Get(srv.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,17 +34,19 @@ func TestHealthAndReadinessFollowTheAdminListener(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	for _, path := range []string{"/healthz", "/readyz"} {
-		if code, body := get(path); code != 200 || !strings.Contains(body, `"admin_listener":"accepting"`) {
-			t.Errorf("%s while accepting: %d %s", path, code, body)
-		}
+	if code, body := get("/healthz"); code != 200 || !strings.Contains(body, `"admin_listener":"accepting"`) {
+		t.Errorf("/healthz while accepting: %d %s", code, body)
+	}
+	if code, body := get("/readyz"); code != 200 || !strings.Contains(body, `"admin_listener":"ok"`) {
+		t.Errorf("/readyz while accepting: %d %s", code, body)
 	}
 	stopped := errors.New("cardlink: accept: use of closed network connection")
 	down.Store(&stopped)
-	for _, path := range []string{"/healthz", "/readyz"} {
-		if code, body := get(path); code != 503 || !strings.Contains(body, `"admin_listener":"not accepting"`) {
-			t.Errorf("%s with the admin listener stopped: %d %s", path, code, body)
-		}
+	if code, body := get("/healthz"); code != 503 || !strings.Contains(body, `"admin_listener":"not accepting"`) {
+		t.Errorf("/healthz with the admin listener stopped: %d %s", code, body)
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, `"failing":["admin_listener"]`) {
+		t.Errorf("/readyz with the admin listener stopped: %d %s", code, body)
 	}
 }
 
@@ -52,8 +54,9 @@ func TestHealthWithoutAnAdminServerReportsOnlyTheHSM(t *testing.T) {
 	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{}))
 	t.Cleanup(srv.Close)
+	cl := newContractTransport(t).client()
 	for _, path := range []string{"/healthz", "/readyz"} {
-		resp, err := http.Get(srv.URL + path)
+		resp, err := cl.Get(srv.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}

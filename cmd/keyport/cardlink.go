@@ -43,11 +43,10 @@ func bindCardLinkFlags(fs *flag.FlagSet) (*cardLinkFlags, error) {
 // startCardLink wires card-link into `keyport serve`: module PSKs from the
 // HSM, the handset agents' wake-up channel as the push trigger, the delivery
 // worker (wake-ups, expiry, webhooks) and, when KEYPORT_ADMIN_ADDR is set,
-// the GP Amendment B admin server on it. stop ends them all. accepting
-// reports the admin server's listener for /healthz and /readyz (nil when
-// there is no admin server). Webhooks go to public addresses only, unless
+// the GP Amendment B admin server on it. stop ends them all. admin is the
+// admin server (nil when there is none), for the probes and metrics. Webhooks go to public addresses only, unless
 // cf allows a development receiver on loopback.
-func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(), accepting func() error, err error) {
+func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(), admin *cardlink.AdminServer, err error) {
 	if cf.webhookTimeout <= 0 {
 		return nil, nil, fmt.Errorf("serve: --webhook-timeout must be positive, got %s", cf.webhookTimeout)
 	}
@@ -78,7 +77,6 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 		}
 		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol,
 			"legacy_tls", a.cfg.AdminLegacyTLS, "tls13", a.cfg.AdminTLS13)
-		accepting = srv.Accepting
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -93,5 +91,5 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 			srv.Close()
 		}
 		wg.Wait()
-	}, accepting, nil
+	}, srv, nil
 }

@@ -19,6 +19,9 @@ type config struct {
 	HSM       string // KEYPORT_HSM: RFC 7512 URI; default the SoftHSM token under <data>/softhsm
 	Addr      string // KEYPORT_ADDR, default 127.0.0.1:8080
 	AdminAddr string // KEYPORT_ADMIN_ADDR: card-link admin server (TLS-PSK); empty: off
+	// MetricsAddr (KEYPORT_METRICS_ADDR) is where serve answers GET
+	// /metrics; empty: off. Never the public address.
+	MetricsAddr string
 	// AdminLegacyTLS (KEYPORT_ADMIN_LEGACY_TLS) lets the admin server also
 	// speak TLS 1.0/1.1 and the CBC-SHA suites, for modules that need them.
 	AdminLegacyTLS bool
@@ -72,6 +75,7 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	fs.StringVar(&c.HSM, "hsm", get("HSM", ""), "PKCS#11 URI, RFC 7512 (KEYPORT_HSM, KEYPORT_HSM_FILE); default a SoftHSM token in <data-dir>/softhsm")
 	fs.StringVar(&c.Addr, "addr", get("ADDR", "127.0.0.1:8080"), "HTTP listen address (KEYPORT_ADDR)")
 	fs.StringVar(&c.AdminAddr, "admin-addr", get("ADMIN_ADDR", ""), "card-link admin server address, TLS-PSK (KEYPORT_ADMIN_ADDR)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", get("METRICS_ADDR", ""), "Prometheus /metrics listen address, for a management network only; empty: off (KEYPORT_METRICS_ADDR)")
 	legacy, lerr := strconv.ParseBool(get("ADMIN_LEGACY_TLS", "false"))
 	if lerr != nil && err == nil {
 		err = fmt.Errorf("config: KEYPORT_ADMIN_LEGACY_TLS: %w", lerr)

@@ -60,7 +60,8 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
-	stopCardLink, adminAccepting, err := startCardLink(ctx, a, hooks)
+	a.svc.Metrics = web.NewServiceMetrics()
+	stopCardLink, admin, err := startCardLink(ctx, a, hooks)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,15 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	webOpts.AdminListener = adminAccepting
+	if admin != nil {
+		webOpts.AdminListener = admin.Accepting
+	}
+	webOpts.Ready = readyChecks(a)
+	stopMetrics, err := startMetrics(a, admin)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	srv := &http.Server{Handler: web.New(a.svc, webOpts), ReadHeaderTimeout: web.ReadHeaderTimeout,
 		ReadTimeout: web.ReadTimeout, WriteTimeout: web.WriteTimeout, IdleTimeout: web.IdleTimeout,
 		MaxHeaderBytes: web.MaxHeaderBytes}
