@@ -67,6 +67,10 @@ type Options struct {
 	// accepts connections (nil) or not (why): /healthz and /readyz answer
 	// 503 while it does not. Leave it nil when no admin server runs.
 	AdminListener func() error
+	// Demo marks everything the server serves as demo data (keyport demo):
+	// a banner on every portal page and "demo": true in the API's module
+	// and domain answers.
+	Demo bool
 }
 
 // Server is the HTTP edge over a Service.

@@ -79,6 +79,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol,
 			"legacy_tls", a.cfg.AdminLegacyTLS)
 		accepting = srv.Accepting
+		a.adminAddr = ln.Addr().String()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
