@@ -32,9 +32,9 @@ const chromiumPath = "/usr/bin/chromium"
 // the test's own), a newcomer signs in as the printed demo provider in
 // Chromium, looks up a printed EID, claims a domain, downloads the key
 // package, runs the printed `keyport sp script` line (the README's), and
-// sees the job go DONE in the portal. Screenshots go to the test's artifact
-// directory (or $KEYPORT_SCREENSHOT_DIR). Afterwards serve refuses the demo's
-// data directory.
+// sees the job go DONE in the portal. Run again, the demo serves the same
+// data; then serve refuses its data directory. Screenshots go to the test's
+// artifact directory (or $KEYPORT_SCREENSHOT_DIR).
 func TestDemoAsTheREADMESaysFromSignInToTheSecondKeysInChromium(t *testing.T) {
 	newTab := startChromium(t)
 	makefile, readme := repoFile(t, "Makefile"), repoFile(t, "README.md")
@@ -155,6 +155,16 @@ func TestDemoAsTheREADMESaysFromSignInToTheSecondKeysInChromium(t *testing.T) {
 
 	if err := demo.stop(); err != nil {
 		t.Fatalf("demo did not stop cleanly: %v\n%s", err, demo.stderr())
+	}
+	// The same command again serves the same demo and prints the same.
+	again := startCommand(t, work, append(env, "KEYPORT_ADDR="+addr), argv...)
+	banner2 := again.waitFor(t, "keyport demo started in", 2*time.Minute)
+	t.Logf("demo start (second run, nothing to set up): %s from exec to its banner", again.bannerAfter.Round(time.Millisecond))
+	if !strings.Contains(banner2, password) || !strings.Contains(banner2, "EID "+eid) || strings.Contains(again.stderr(), "module personalized") {
+		t.Fatalf("second run printed:\n%s\nlog:\n%s", banner2, again.stderr())
+	}
+	if err := again.stop(); err != nil {
+		t.Fatalf("demo did not stop cleanly: %v\n%s", err, again.stderr())
 	}
 	// keyport serve refuses the demo's data.
 	serve := exec.Command("./bin/keyport", "serve")
