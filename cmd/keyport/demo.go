@@ -122,7 +122,13 @@ func cmdDemo(ctx context.Context, args []string) error {
 	fset.IntVar(&d.domains, "domains", 4, "unassigned domains (SSDs) on each module")
 	fset.BoolVar(&d.pcsc, "pcsc", false, "reach the modules through pcscd and vpcd (one vpcd reader a module) instead of in this process")
 	fset.StringVar(&d.vpcd, "vpcd", vcard.DefaultVPCDAddr, "with --pcsc: vpcd address of the first reader; module n uses the port after module n-1's")
+	fset.SetOutput(stderr)
 	own, rest := splitDemoArgs(fset, args)
+	if slices.ContainsFunc(rest, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+		fmt.Fprintln(stderr, "usage: keyport demo [--modules N] [--domains N] [--pcsc [--vpcd HOST:PORT]] [the flags of keyport serve]")
+		fset.PrintDefaults()
+		fmt.Fprintln(stderr, "and those of keyport serve (default --data-dir "+demoDefaultDataDir+"):")
+	}
 	if err := fset.Parse(own); err != nil {
 		return exitError{2, err}
 	}
