@@ -180,9 +180,30 @@ func readDemoMarker(dir string) (*demoMarker, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, err := parseDemoMarker(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, demoMarkerName), err)
+	}
+	return m, nil
+}
+
+// parseDemoMarker reads a marker file's content; a marker of a finished
+// setup names as many modules as it has EIDs, each a valid EID.
+func parseDemoMarker(b []byte) (*demoMarker, error) {
 	var m demoMarker
 	if err := json.Unmarshal(b, &m); err != nil || !m.Demo {
-		return nil, fmt.Errorf("%s: not a keyport demo marker", filepath.Join(dir, demoMarkerName))
+		return nil, errors.New("not a keyport demo marker")
+	}
+	if m.Modules < 1 || m.Modules > 20 || m.Domains < 1 || m.Domains > perso.MaxDomains {
+		return nil, fmt.Errorf("the demo marker names %d modules of %d domains", m.Modules, m.Domains)
+	}
+	if m.Ready && len(m.EIDs) != m.Modules {
+		return nil, fmt.Errorf("the demo marker names %d modules but %d EIDs", m.Modules, len(m.EIDs))
+	}
+	for _, e := range m.EIDs {
+		if _, err := keyport.ParseEID(string(e)); err != nil {
+			return nil, fmt.Errorf("the demo marker: %w", err)
+		}
 	}
 	return &m, nil
 }
