@@ -1,14 +1,17 @@
 # keyport — two commands on a fresh Debian machine:
 #   make run    install what building and serving need, then serve keyport on its embedded defaults
 #               (SQLite + a SoftHSM token under ./var)
+#   make demo   the same with demo data under ./var/demo: virtual modules with free domains, a handset
+#               agent for each, a demo provider whose credentials and the modules' EIDs it prints
 #   make test   install what the tests need and run them all (SoftHSM, PostgreSQL, pcscd + vpcd included)
 # The Debian package lists are in scripts/install-deps.sh (as root it installs
 # what is missing; otherwise it prints the apt-get line and stops).
 GO        ?= go
 BIN       := bin/keyport
 DATA_DIR  ?= ./var
+DEMO_DIR  ?= ./var/demo
 
-.PHONY: all deps run-deps check-deps check-generated build run test test-short fuzz bench vet clean generate
+.PHONY: all deps run-deps check-deps check-generated build run demo test test-short fuzz bench vet clean generate
 
 all: build
 
@@ -26,6 +29,13 @@ build:
 # and one admin may run every operation (KEYPORT_DUAL_CONTROL=1; serve says so).
 run: run-deps build
 	KEYPORT_DATA_DIR=$(DATA_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 KEYPORT_DUAL_CONTROL=1 ./$(BIN) serve
+
+# make run with demo data (README, "Demo"): keyport demo makes the demo batch,
+# its modules and accounts the first time and prints what to try. The demo
+# directory is marked; serve refuses it and demo refuses any other data.
+# The cmd/keyport acceptance test runs this recipe's command line.
+demo: run-deps build
+	KEYPORT_DATA_DIR=$(DEMO_DIR) KEYPORT_DEV_INSECURE_COOKIES=1 ./$(BIN) demo
 
 # Regenerate the templ views (web/views/*_templ.go are committed; output is
 # deterministic, so a clean tree stays clean).

@@ -39,6 +39,8 @@ type DomainJSON struct {
 	SequenceCounter int                         `json:"sequence_counter"`
 	Mine            bool                        `json:"mine"`
 	UpdatedAt       time.Time                   `json:"updated_at"`
+	// Demo is true on a demo server (keyport demo): demo data.
+	Demo bool `json:"demo,omitempty"`
 }
 
 func domainJSON(p keyport.Principal, d keyport.Domain) DomainJSON {
@@ -66,9 +68,12 @@ func (s *Server) getModule(c echo.Context) error {
 		ISDAID   keyport.AID  `json:"isd_aid"`
 		LastSeen *time.Time   `json:"last_seen"`
 		Domains  []DomainJSON `json:"domains"`
-	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}}
+		Demo     bool         `json:"demo,omitempty"`
+	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}, Demo: s.opts.Demo}
 	for _, d := range v.Domains {
-		out.Domains = append(out.Domains, domainJSON(p, d))
+		j := domainJSON(p, d)
+		j.Demo = s.opts.Demo
+		out.Domains = append(out.Domains, j)
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -163,7 +168,9 @@ func (s *Server) getDomain(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, domainJSON(p, *d))
+	j := domainJSON(p, *d)
+	j.Demo = s.opts.Demo
+	return c.JSON(http.StatusOK, j)
 }
 
 func (s *Server) getKeyPackage(c echo.Context) error {

@@ -320,7 +320,7 @@ func emailKey(email string) string {
 
 // meta builds the page frame for this request.
 func (s *Server) meta(c echo.Context, title, active string) views.Meta {
-	m := views.Meta{Title: title, Active: active}
+	m := views.Meta{Title: title, Active: active, Demo: s.opts.Demo}
 	m.CSRF, _ = c.Get("csrf").(string)
 	if su := pageUser(c); su != nil {
 		m.Email = su.User.Email

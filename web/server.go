@@ -70,6 +70,10 @@ type Options struct {
 	// Ready lists /readyz's checks besides the HSM's and the admin
 	// listener's (readiness.go): e.g. the database and its schema version.
 	Ready []ReadyCheck
+	// Demo marks everything the server serves as demo data (keyport demo):
+	// a banner on every portal page and "demo": true in the API's module
+	// and domain answers.
+	Demo bool
 }
 
 // Server is the HTTP edge over a Service.

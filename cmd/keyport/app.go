@@ -25,6 +25,9 @@ type app struct {
 	svc   *keyport.Service
 	// tokenCreated is true when this run created the default SoftHSM token.
 	tokenCreated bool
+	// adminAddr is the address the card-link admin server listens on, once
+	// serve has started it ("" when there is none).
+	adminAddr string
 }
 
 // newFlags returns a flag set with the common flags bound to cfg.

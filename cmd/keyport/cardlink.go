@@ -77,6 +77,7 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 		}
 		a.log.Info("card-link admin server", "addr", ln.Addr().String(), "protocol", cardlink.Protocol,
 			"legacy_tls", a.cfg.AdminLegacyTLS, "tls13", a.cfg.AdminTLS13)
+		a.adminAddr = ln.Addr().String()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

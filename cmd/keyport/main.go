@@ -17,6 +17,8 @@ const usage = `keyport — security domains on secure modules, without a TSM
 usage: keyport <command> [flags]
 
   serve                      portal, REST API (and card-link) on --addr
+  demo [--modules 3 --domains 4] [--pcsc]
+                             serve demo data (default ./var/demo): virtual modules, agents, a demo provider
   migrate                    apply database migrations
   hsm init                   create the token's long-lived keys (idempotent)
   batch create NAME          create a batch; --export-to manufacturer.pem for an imported batch
@@ -91,6 +93,8 @@ func run(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "serve":
 		return cmdServe(ctx, args[1:])
+	case "demo":
+		return cmdDemo(ctx, args[1:])
 	case "migrate":
 		return cmdMigrate(ctx, args[1:])
 	case "hsm":

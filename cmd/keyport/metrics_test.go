@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -18,16 +17,6 @@ import (
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/hsm/hsmtest"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()

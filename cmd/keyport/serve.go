@@ -33,6 +33,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
+	demo := demoOf(ctx) // nil unless keyport demo runs serve
+	if err := demo.configure(&cfg); err != nil {
+		return err
+	}
 	a, err := open(ctx, cfg, *migrate)
 	if err != nil {
 		return err
@@ -49,6 +53,9 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	} else if !legacy.Empty() {
 		return errors.New("the token holds master keys that derive card keys (made before keys were wrapped at rest): run `keyport hsm init` once to migrate them, then serve")
+	}
+	if err := demo.setUp(ctx, a); err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -84,6 +91,12 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stopMetrics()
+	webOpts.Demo = demo.on()
+	stopDemo, err := demo.start(ctx, a, ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	defer stopDemo()
 	srv := &http.Server{Handler: web.New(a.svc, webOpts), ReadHeaderTimeout: web.ReadHeaderTimeout,
 		ReadTimeout: web.ReadTimeout, WriteTimeout: web.WriteTimeout, IdleTimeout: web.IdleTimeout,
 		MaxHeaderBytes: web.MaxHeaderBytes}

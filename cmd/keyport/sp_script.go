@@ -44,11 +44,23 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	newKVN := fs.Int("new-kvn", 0x31, "key version number of the new keys")
 	out := fs.String("out", "", "write the script (the POST body) here instead of standard output")
 	keysOut := fs.String("new-keys-out", "", "where --generate writes the new keys, wrapped to your public key (default <eid>-<aid>.keys.json)")
+	submitURL := fs.String("submit", "", "submit the script to the portal at this URL (e.g. http://localhost:8080) with the API token of --token-file; the counter and --jwks then default to the portal's")
+	tokenFile := fs.String("token-file", "", "with --submit: file holding your API token")
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	if *pkgPath == "" || *keyPath == "" || *counter < 0 || (*newKeysPath == "") == !*generate {
-		return exitError{2, errors.New("usage: keyport sp script --package P --key sp.pem (--new-keys FILE | --generate) --counter N [--jwks URL|FILE] [--out FILE]")}
+	if *pkgPath == "" || *keyPath == "" || (*counter < 0 && *submitURL == "") || (*newKeysPath == "") == !*generate {
+		return exitError{2, errors.New("usage: keyport sp script --package P --key sp.pem (--new-keys FILE | --generate) (--counter N | --submit URL --token-file F) [--jwks URL|FILE] [--out FILE]")}
+	}
+	var portal *portalClient
+	if *submitURL != "" {
+		var err error
+		if portal, err = newPortalClient(*submitURL, *tokenFile); err != nil {
+			return err
+		}
+		if *jwksSrc == "" {
+			*jwksSrc = portal.base
+		}
 	}
 	pkgData, err := os.ReadFile(*pkgPath)
 	if err != nil {
@@ -82,6 +94,11 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *counter < 0 {
+		if *counter, err = portal.counter(ctx, first.EID, first.AID); err != nil {
+			return err
+		}
+	}
 	req, err := keyport.SecondKeyScript(first.AID, first.KVN, *counter, *newKVN, firstKeys, second)
 	if err != nil {
 		return err
@@ -98,6 +115,20 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	}
 	b, _ := json.MarshalIndent(req, "", "  ")
 	b = append(b, '\n')
+	if portal != nil {
+		if *out != "" {
+			if err := os.WriteFile(*out, b, 0o644); err != nil {
+				return err
+			}
+		}
+		job, err := portal.submit(ctx, first.EID, first.AID, b)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "script for %s %s (counter %d) submitted: job %s %s\nfollow it in the portal: %s/portal/jobs/%s\n",
+			first.EID, first.AID, *counter, job.ID, job.State, portal.base, job.ID)
+		return nil
+	}
 	if *out == "" {
 		_, err = stdout.Write(b)
 		return err

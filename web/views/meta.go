@@ -34,6 +34,8 @@ type Meta struct {
 	FlashKind string // "good", "bad" or "info"
 	// Active is the path of the current section, for aria-current.
 	Active string
+	// Demo shows the demo-data banner (keyport demo).
+	Demo bool
 }
 
 // Errors maps a form field name to the message shown next to it; "" is a
