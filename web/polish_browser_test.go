@@ -211,7 +211,7 @@ func TestBrowserPortalPolishAtPhoneAndDesktopWidth(t *testing.T) {
 	if got := steadyText(t, prov, "dd.kvn"); got != "0x30" {
 		t.Errorf("domain page KVN %q, want 0x30", got)
 	}
-	want := "keyport sp script --package pkg.json --key sp.pem --generate --counter 0 --out script.json"
+	want := "keyport sp script --package pkg.json --key sp.pem --jwks jwks.json --generate --counter 0 --out script.json"
 	if got := steadyText(t, prov, "#script-command"); got != want {
 		t.Errorf("script command %q, want %q", got, want)
 	}

@@ -1159,11 +1159,11 @@ func DomainPage(m Meta, d *keyport.Domain, script string, e Errors) templ.Compon
 				return templ_7745c5c3_Err
 			}
 			if d.State == keyport.Assigned {
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 97, "<h2>Install your second keys</h2><p>Build the script with this command (pkg.json is the key package, sp.pem your private key): it authenticates with the first keys and replaces them with yours, which keyport never sees. keyport delivers it to the module and shows the card's answers.</p>")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 97, "<h2>Install your second keys</h2><p>Build the script with this command (pkg.json is the key package, sp.pem your private key, jwks.json the published keys): it authenticates with the first keys and replaces them with yours, which keyport never sees. keyport delivers it to the module and shows the card's answers.</p>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = Command("script-command", "keyport sp script --package pkg.json --key sp.pem --generate --counter "+itoa(int64(d.SeqCounter))+" --out script.json").Render(ctx, templ_7745c5c3_Buffer)
+				templ_7745c5c3_Err = Command("script-command", "keyport sp script --package pkg.json --key sp.pem --jwks jwks.json --generate --counter "+itoa(int64(d.SeqCounter))+" --out script.json").Render(ctx, templ_7745c5c3_Buffer)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
