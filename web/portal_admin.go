@@ -150,7 +150,7 @@ func (s *Server) importBatch(c echo.Context) error {
 	case err != nil:
 		return err
 	default:
-		s.flash(c, "good", fmt.Sprintf("Imported %d modules into batch %s.", n, name))
+		s.flash(c, "good", fmt.Sprintf("Imported %s into batch %s.", views.Plural(int64(n), "module", "modules"), name))
 	}
 	return c.Redirect(http.StatusSeeOther, "/admin/batches")
 }
