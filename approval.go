@@ -221,8 +221,7 @@ func (s *Service) checkApprovalTarget(ctx context.Context, action ApprovalAction
 			}
 		}
 	case ActionProviderApprove:
-		_, err := s.Store.GetProvider(ctx, target)
-		return err
+		return approvable(ctx, s.Store, target)
 	case ActionFactorReset:
 		_, err := s.Store.GetUserByEmail(ctx, strings.ToLower(target))
 		return err

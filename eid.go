@@ -10,6 +10,15 @@ import (
 // modulo 97 equals 1 (ISO 7064 MOD 97-10, as for IBANs).
 type EID string
 
+// The messages a person gets for a mistyped EID, from the server and, as
+// they type, from the portal's script (assets/portal.js), word for word.
+const (
+	eidLengthMessage = "An EID has 32 digits; this has %d."
+	eidDigitsMessage = "An EID holds digits only; character %d is %q."
+	// EIDCheckMessage: the check digits do not match the other 30.
+	EIDCheckMessage = "The check digits are wrong: please re-type the EID."
+)
+
 // ParseEID validates s as an EID. Spaces are ignored so that EIDs copied from a
 // printed card ("8904 9032 …") are accepted; the result holds digits only.
 func ParseEID(s string) (EID, error) {
@@ -18,15 +27,15 @@ func ParseEID(s string) (EID, error) {
 		return "", invalid("eid", "EID is empty")
 	}
 	if len(s) != 32 {
-		return "", invalid("eid", fmt.Sprintf("EID must have 32 digits, got %d characters", len(s)))
+		return "", invalid("eid", fmt.Sprintf(eidLengthMessage, len(s)))
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
-			return "", invalid("eid", fmt.Sprintf("EID may hold digits only; character %d is %q", i+1, s[i]))
+			return "", invalid("eid", fmt.Sprintf(eidDigitsMessage, i+1, s[i]))
 		}
 	}
 	if mod97(s) != 1 {
-		return "", invalid("eid", "EID check digits are wrong (the number modulo 97 must be 1)")
+		return "", invalid("eid", EIDCheckMessage)
 	}
 	return EID(s), nil
 }

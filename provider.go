@@ -392,6 +392,9 @@ func (s *Service) SetProviderStatus(ctx context.Context, p Principal, id string,
 		return invalid("status", "must be approved or suspended")
 	}
 	if status == ProviderApproved {
+		if err := approvable(ctx, s.Store, id); err != nil {
+			return fmt.Errorf("keyport: approve provider %s: %w", id, err)
+		}
 		// Approval and un-suspension let a provider claim keys: dual control.
 		if err := s.underDualControl(ctx, ActionProviderApprove, id); err != nil {
 			return err

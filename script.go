@@ -102,7 +102,7 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 				return nil, Invalid(field, "INITIALIZE UPDATE must be the first command")
 			}
 			if c.P1 != 0 && int(c.P1) != currentKVN {
-				return nil, Invalid(field, "INITIALIZE UPDATE asks for KVN %02X; the domain's keys are KVN %02X", c.P1, currentKVN)
+				return nil, Invalid(field, "INITIALIZE UPDATE asks for KVN 0x%02X; the domain's keys are KVN 0x%02X", c.P1, currentKVN)
 			}
 			p.InitUpdate = i
 		case gp.INSExternalAuthenticate:
@@ -120,7 +120,7 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 				return nil, Invalid(field, "PUT KEY without secure messaging")
 			}
 			if int(c.P1&0x7F) != currentKVN {
-				return nil, Invalid(field, "PUT KEY replaces KVN %02X; the domain's keys are KVN %02X", c.P1&0x7F, currentKVN)
+				return nil, Invalid(field, "PUT KEY replaces KVN 0x%02X; the domain's keys are KVN 0x%02X", c.P1&0x7F, currentKVN)
 			}
 			p.PutKey = i
 		}
@@ -264,7 +264,7 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 		}
 	}
 	if oldKVN < 1 || oldKVN > 0x7F || newKVN < 1 || newKVN > 0x7F || newKVN == oldKVN {
-		return ScriptRequest{}, Invalid("kvn", "old KVN %d and new KVN %d must differ and lie in 1..127", oldKVN, newKVN)
+		return ScriptRequest{}, Invalid("kvn", "old KVN 0x%02X and new KVN 0x%02X must differ and lie in 0x01..0x7F", oldKVN, newKVN)
 	}
 	if counter < 0 || counter >= 0xFFFFFF {
 		return ScriptRequest{}, Invalid("counter", "the sequence counter is 0..FFFFFE")

@@ -1,17 +1,20 @@
 // keyport portal enhancements. Everything but passkeys works without this
-// file; it adds EID checking as you type, an upload progress bar and the
+// file; it adds EID checking as you type, an upload progress bar, copy
+// buttons and the
 // WebAuthn calls of passkey enrolment and sign-in. Loaded as an external
 // script so the Content-Security-Policy can forbid inline script.
 (function () {
   "use strict";
 
   // ISO 7064 MOD 97-10 as keyport's EID check (eid.go): 32 digits whose
-  // value modulo 97 is 1. Spaces are ignored, as the server ignores them.
+  // value modulo 97 is 1. Spaces are ignored, as the server ignores them,
+  // and the messages are the server's, word for word.
   function eidProblem(raw) {
-    var s = raw.replace(/\s+/g, "");
+    var s = raw.trim().replace(/ /g, "");
     if (s === "") return "";
-    if (!/^[0-9]*$/.test(s)) return "An EID holds digits only.";
     if (s.length !== 32) return "An EID has 32 digits; this has " + s.length + ".";
+    var bad = s.search(/[^0-9]/);
+    if (bad >= 0) return "An EID holds digits only; character " + (bad + 1) + " is '" + s.charAt(bad) + "'.";
     var r = 0;
     for (var i = 0; i < s.length; i++) r = (r * 10 + (s.charCodeAt(i) - 48)) % 97;
     if (r !== 1) return "The check digits are wrong: please re-type the EID.";
@@ -50,6 +53,29 @@
       xhr.addEventListener("error", function () { if (status) status.textContent = "upload failed: check the connection and try again"; });
       if (bar) bar.hidden = false;
       xhr.send(new FormData(form));
+    });
+  }
+
+  // Copy buttons next to commands: select the command (so that Ctrl+C
+  // works without the clipboard API) and copy it where the browser lets us.
+  function wireCopy(btn) {
+    btn.addEventListener("click", function () {
+      var el = document.getElementById(btn.getAttribute("data-copy"));
+      if (!el) return;
+      var status = btn.parentNode.querySelector(".copy-status");
+      function say(msg) { if (status) status.textContent = msg; }
+      var range = document.createRange();
+      range.selectNodeContents(el);
+      var sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      var text = el.textContent.replace(/\s+/g, " ").trim();
+      var manual = "Selected: press Ctrl+C (\u2318C on a Mac) to copy.";
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(text).then(function () { say("Copied."); }, function () { say(manual); });
+      } else {
+        say(manual);
+      }
     });
   }
 
@@ -152,5 +178,6 @@
     Array.prototype.forEach.call(document.querySelectorAll("[data-job-events]"), wireJob);
     Array.prototype.forEach.call(document.querySelectorAll("input[data-eid]"), wireEID);
     Array.prototype.forEach.call(document.querySelectorAll("form[data-upload]"), wireUpload);
+    Array.prototype.forEach.call(document.querySelectorAll("button[data-copy]"), wireCopy);
   });
 })();

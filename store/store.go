@@ -58,6 +58,7 @@ type Store struct {
 	*repo
 	dialect dialect
 	pools   []*sql.DB
+	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
 
 	// timing is set by Collector: from then on statements are timed.
 	timing        atomic.Pointer[prometheus.HistogramVec]
@@ -162,7 +163,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		sqlDB.Close()
 		return nil, fmt.Errorf("store: open postgres: %w", redactURL(mapUnavailable(err), dsn))
 	}
-	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}}
+	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}, pgURL: dsn}
 	s.repo = &repo{dialect: dialectPostgres, w: db, r: db}
 	return s, nil
 }

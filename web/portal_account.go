@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -94,12 +95,22 @@ func (s *Server) signUp(c echo.Context) error {
 		}
 		return err
 	}
-	s.flash(c, "good", "Signed up. We sent a confirmation link to "+strings.ToLower(strings.TrimSpace(f.Email))+".")
+	// The next page names the address: carried in a one-minute cookie
+	// (not the URL, which ends up in history and access logs).
+	s.setCookie(c, signUpCookie, url.QueryEscape(strings.ToLower(strings.TrimSpace(f.Email))), time.Minute, http.SameSiteLaxMode)
 	return c.Redirect(http.StatusSeeOther, "/signup/done")
 }
 
+// signUpCookie carries the address just signed up with to /signup/done.
+const signUpCookie = "kp_signup"
+
 func (s *Server) signUpDone(c echo.Context) error {
-	return render(c, http.StatusOK, views.SignUpDone(s.meta(c, "Check your e-mail", ""), ""))
+	email := ""
+	if ck, err := c.Cookie(signUpCookie); err == nil {
+		email, _ = url.QueryUnescape(ck.Value)
+		s.setCookie(c, signUpCookie, "", -1, http.SameSiteLaxMode)
+	}
+	return render(c, http.StatusOK, views.SignUpDone(s.meta(c, "Check your e-mail", ""), email))
 }
 
 func (s *Server) verifyForm(c echo.Context) error {

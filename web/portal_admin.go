@@ -150,7 +150,7 @@ func (s *Server) importBatch(c echo.Context) error {
 	case err != nil:
 		return err
 	default:
-		s.flash(c, "good", fmt.Sprintf("Imported %d modules into batch %s.", n, name))
+		s.flash(c, "good", fmt.Sprintf("Imported %s into batch %s.", views.Plural(int64(n), "module", "modules"), name))
 	}
 	return c.Redirect(http.StatusSeeOther, "/admin/batches")
 }
@@ -159,13 +159,19 @@ func (s *Server) adminModulesPage(c echo.Context) error {
 	m := s.meta(c, "Modules", "/admin/modules")
 	raw := c.QueryParam("eid")
 	if raw == "" {
-		return render(c, http.StatusOK, views.AdminModulesPage(m, "", nil, nil))
+		return render(c, http.StatusOK, views.AdminModulesPage(m, "", nil, nil, nil))
 	}
 	v, status, e, err := s.lookup(c, raw)
 	if err != nil {
 		return err
 	}
-	return render(c, status, views.AdminModulesPage(m, raw, v, e))
+	var owners map[string]string
+	if v != nil {
+		if owners, err = s.providerNames(c.Request().Context()); err != nil {
+			return err
+		}
+	}
+	return render(c, status, views.AdminModulesPage(m, raw, v, owners, e))
 }
 
 func (s *Server) providersPage(c echo.Context) error {
@@ -182,26 +188,39 @@ func (s *Server) providersPage(c echo.Context) error {
 	for _, h := range hs {
 		health[h.ProviderID] = h
 	}
-	return render(c, http.StatusOK, views.ProvidersPage(s.meta(c, "Providers", "/admin/providers"), ps, health))
+	emails, err := s.svc.ProviderEmails(ctx, p, ps)
+	if err != nil {
+		return err
+	}
+	return render(c, http.StatusOK, views.ProvidersPage(s.meta(c, "Providers", "/admin/providers"), ps, emails, health))
 }
 
 func (s *Server) setProviderStatus(status keyport.ProviderStatus) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		id := c.Param("id")
-		err := s.svc.SetProviderStatus(c.Request().Context(), principal(c), id, status)
+		ctx, id := c.Request().Context(), c.Param("id")
+		prov, err := s.svc.GetProvider(ctx, principal(c), id)
+		if err != nil {
+			return err
+		}
+		name := prov.Name + " (" + id + ")"
+		err = s.svc.SetProviderStatus(ctx, principal(c), id, status)
+		if errors.Is(err, keyport.ErrEmailUnconfirmed) {
+			s.flash(c, "bad", prov.Name+" cannot be approved yet: "+prov.Email+" is not confirmed. The provider must follow the link keyport mailed to it (or ask for a new one by signing in).")
+			return c.Redirect(http.StatusSeeOther, "/admin/providers")
+		}
 		if errors.Is(err, keyport.ErrApprovalRequired) {
 			// Under dual control the button asks for the approval instead.
 			r, rerr := s.svc.RequestApproval(c.Request().Context(), principal(c), keyport.ActionProviderApprove, id, nil, "")
 			if rerr != nil {
 				return rerr
 			}
-			s.flash(c, "good", "Approving provider "+id+" needs another admin: request "+r.ID+" is waiting on the Dual control page.")
+			s.flash(c, "good", "Approving "+name+" needs another admin: request "+r.ID+" is waiting on the Dual control page.")
 			return c.Redirect(http.StatusSeeOther, "/admin/approvals")
 		}
 		if err != nil {
 			return err
 		}
-		s.flash(c, "good", "Provider "+id+" is now "+string(status)+".")
+		s.flash(c, "good", prov.Name+" is now "+string(status)+".")
 		return c.Redirect(http.StatusSeeOther, "/admin/providers")
 	}
 }
@@ -244,7 +263,24 @@ func (s *Server) outboxPage(c echo.Context) error {
 			emails[m.ID] = em
 		}
 	}
-	return render(c, http.StatusOK, views.OutboxPage(s.meta(c, "Outbox", "/admin/outbox"), msgs, emails))
+	// Each recipient links to where the console shows them.
+	ctx, p := c.Request().Context(), principal(c)
+	recipients := map[string]string{}
+	ps, err := s.svc.ListProviders(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, pr := range ps {
+		recipients[pr.Email] = "/admin/providers#provider-" + pr.ID
+	}
+	us, err := s.svc.ListAdminUsers(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, u := range us {
+		recipients[u.Email] = "/admin/users"
+	}
+	return render(c, http.StatusOK, views.OutboxPage(s.meta(c, "Outbox", "/admin/outbox"), msgs, emails, c.QueryParam("topic"), recipients))
 }
 
 func (s *Server) hsmPage(c echo.Context) error {
@@ -328,4 +364,18 @@ func (s *Server) setAdminUserDisabled(disabled bool) echo.HandlerFunc {
 		}
 		return c.Redirect(http.StatusSeeOther, "/admin/users")
 	}
+}
+
+// providerNames maps every provider's ID to its name, for pages that name
+// providers rather than show their IDs.
+func (s *Server) providerNames(ctx context.Context) (map[string]string, error) {
+	ps, err := s.svc.Store.ListProviders(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[string]string, len(ps))
+	for _, p := range ps {
+		names[p.ID] = p.Name
+	}
+	return names, nil
 }

@@ -29,7 +29,7 @@ func TestBrowserAdminImportsAManufacturerFileWithUploadProgressAndFindsTheNewMod
 		chromedp.Click(chromedp.CSS(`form[data-upload] button[type=submit]`)))
 	// The page's script uploads with XMLHttpRequest (progress bar) and
 	// shows the page the import redirects to.
-	waitText(t, admin, "body", "Imported 1 modules into batch b1")
+	waitText(t, admin, "body", "Imported 1 module into batch b1")
 	shot.take(admin, "imported")
 	if m, err := p.w.Store.GetModule(context.Background(), eid); err != nil || len(m.Domains) != 2 {
 		t.Fatalf("imported module: %+v %v", m, err)

@@ -31,11 +31,18 @@ func (s *Server) renderApprovals(c echo.Context, status int, f views.ApprovalFor
 	if err != nil {
 		return err
 	}
+	names, err := s.providerNames(ctx)
+	if err != nil {
+		return err
+	}
 	now := s.svc.Clock()
 	rows := make([]views.ApprovalRow, len(list))
 	for i, r := range list {
 		rows[i] = views.ApprovalRow{Request: r, State: r.StateAt(now), Mine: r.RequestedBy == p.Identity(),
 			Approved: slices.Contains(r.Approvers, p.Identity())}
+		if r.Action == keyport.ActionProviderApprove {
+			rows[i].TargetName = names[r.Target]
+		}
 	}
 	if result != "" {
 		// A released secret: never cached, never kept by the browser.

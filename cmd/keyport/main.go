@@ -31,6 +31,8 @@ usage: keyport <command> [flags]
   admin user disable|enable EMAIL
                              disable an admin user (signed out, tokens refused) or enable again
   audit verify               verify the audit chain and its HSM checkpoints
+  backup --out F             consistent copy of the database while the server runs (not the HSM token)
+  restore --from F [--force] restore a backup into the database (refuses an existing one unless --force)
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   sp script --package P --key K --counter N (--new-keys F | --generate)
@@ -154,6 +156,10 @@ func run(ctx context.Context, args []string) error {
 		}
 	case "approval":
 		return cmdApproval(ctx, args[1:])
+	case "backup":
+		return cmdBackup(ctx, args[1:])
+	case "restore":
+		return cmdRestore(ctx, args[1:])
 	case "vcard":
 		return cmdVCard(ctx, args[1:])
 	case "agent":

@@ -76,7 +76,7 @@ func printPersoReport(rep *perso.Report) {
 	default:
 		fmt.Fprintf(stdout, "module %s personalized: ISD %s", rep.EID, rep.ISDAID)
 		if rep.ISDKeysReplaced {
-			fmt.Fprintf(stdout, ", test keys replaced by derived key set %02X", keyport.PersoISDKVN)
+			fmt.Fprintf(stdout, ", test keys replaced by derived key set 0x%02X", keyport.PersoISDKVN)
 		}
 		fmt.Fprintln(stdout)
 	}
@@ -91,7 +91,7 @@ func printPersoReport(rep *perso.Report) {
 		if len(did) == 0 {
 			did = append(did, "present")
 		}
-		fmt.Fprintf(stdout, "  SSD %s  KVN %02X  KCV enc %s mac %s dek %s  counter %d  (%s)\n", d.AID, keyport.FirstKVN,
+		fmt.Fprintf(stdout, "  SSD %s  KVN 0x%02X  KCV enc %s mac %s dek %s  counter %d  (%s)\n", d.AID, keyport.FirstKVN,
 			d.KCV[keyport.UsageENC], d.KCV[keyport.UsageMAC], d.KCV[keyport.UsageDEK], d.SeqCounter, strings.Join(did, ", "))
 	}
 	fmt.Fprintf(stdout, "%d commands in %v\n", rep.APDUs, rep.Duration.Round(1e6))

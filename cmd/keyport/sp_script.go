@@ -41,7 +41,7 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	newKeysPath := fs.String("new-keys", "", "the new keys: a file written by an earlier --generate, or JSON {\"keys\":{\"enc\":hex,\"mac\":hex,\"dek\":hex}}")
 	generate := fs.Bool("generate", false, "generate random AES-128 second keys")
 	counter := fs.Int("counter", -1, "the domain's sequence counter as keyport reports it (GET /api/v1/domains/{eid}/{aid})")
-	newKVN := fs.Int("new-kvn", 0x31, "key version number of the new keys")
+	newKVN := fs.Int("new-kvn", 0x31, "key version number of the new keys: 0x31 is hex, as keyport shows KVNs; without 0x the number is decimal")
 	out := fs.String("out", "", "write the script (the POST body) here instead of standard output")
 	keysOut := fs.String("new-keys-out", "", "where --generate writes the new keys, wrapped to your public key (default <eid>-<aid>.keys.json)")
 	submitURL := fs.String("submit", "", "submit the script to the portal at this URL (e.g. http://localhost:8080) with the API token of --token-file; the counter and --jwks then default to the portal's")
@@ -111,7 +111,7 @@ func cmdSPScript(ctx context.Context, args []string) error {
 		if err := writeNewKeys(path, first, *newKVN, second, &priv.PublicKey, req.Expect.KCV); err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "new keys (KVN %02X) wrapped to your public key in %s\n", *newKVN, path)
+		fmt.Fprintf(stderr, "new keys (KVN 0x%02X) wrapped to your public key in %s\n", *newKVN, path)
 	}
 	b, _ := json.MarshalIndent(req, "", "  ")
 	b = append(b, '\n')

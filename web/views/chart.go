@@ -12,6 +12,11 @@ type Bar struct {
 	X, Y, W, H float64
 	Label      string // the day, for the tooltip (<title>)
 	Tick       string // an axis label under some bars
+	// TickX and TickAnchor place the label: from the bar's left edge, or
+	// for the last bar ending at its right edge, so that it stays inside
+	// the chart.
+	TickX      float64
+	TickAnchor string
 }
 
 // chart geometry (viewBox 0 0 chartW chartH).
@@ -41,10 +46,14 @@ func ClaimBars(days []keyport.DayCount) (bars []Bar, max int64) {
 	for i, d := range days {
 		h := plot * float64(d.Count) / float64(scale)
 		b := Bar{X: chartPadLeft + float64(i)*slot + slot*0.15, W: slot * 0.7, Y: chartH - chartPadBottom - h, H: h,
-			Label: fmt.Sprintf("%s: %d claims", d.Day.Format("2006-01-02"), d.Count)}
+			Label: d.Day.Format("2006-01-02") + ": " + Plural(d.Count, "claim", "claims")}
 		// A tick every week, and on the last day unless one is too close.
 		if i%7 == 0 && len(days)-1-i >= 4 || i == len(days)-1 {
 			b.Tick = d.Day.Format("01-02")
+			b.TickX, b.TickAnchor = b.X, "start"
+			if i == len(days)-1 {
+				b.TickX, b.TickAnchor = b.X+b.W, "end"
+			}
 		}
 		bars = append(bars, b)
 	}

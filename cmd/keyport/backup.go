@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/keyport/keyport/store"
+)
+
+// cmdBackup writes a consistent copy of the database to a new file while
+// the server runs (store.Backup). The HSM token is not in it.
+func cmdBackup(ctx context.Context, args []string) error {
+	var out *string
+	cfg, _, err := parseCommand("backup", args, func(fs *flag.FlagSet) {
+		out = fs.String("out", "", "the new backup file (never overwritten)")
+	})
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		return exitError{2, errors.New("backup: give --out FILE")}
+	}
+	st, err := store.Open(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	info, err := st.Backup(ctx, *out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup: %s, %d bytes, %s schema version %d\n", *out, info.Bytes, info.Dialect, info.SchemaVersion)
+	fmt.Fprintln(stdout, "backup: the HSM token is not in it; back the token up as well (README, \"Backup and restore\")")
+	return nil
+}
+
+// cmdRestore restores a backup into the configured database, which must
+// not exist unless --force; then the schema is checked as serve checks it.
+func cmdRestore(ctx context.Context, args []string) error {
+	var from *string
+	var force *bool
+	cfg, _, err := parseCommand("restore", args, func(fs *flag.FlagSet) {
+		from = fs.String("from", "", "the backup file made by keyport backup (or pg_dump --format=custom)")
+		force = fs.Bool("force", false, "overwrite a database that exists already (stop the server first)")
+	})
+	if err != nil {
+		return err
+	}
+	if *from == "" {
+		return exitError{2, errors.New("restore: give --from FILE")}
+	}
+	info, err := store.RestoreOptions{Force: *force}.Restore(ctx, *from, cfg.DB)
+	if errors.Is(err, store.ErrBackupExists) {
+		return exitError{4, err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "restore: %s schema version %d restored into %s\n", info.Dialect, info.SchemaVersion, redactDSN(cfg.DB))
+	if info.SchemaVersion < store.LatestVersion() {
+		fmt.Fprintf(stdout, "restore: this keyport needs version %d: run keyport migrate\n", store.LatestVersion())
+	}
+	fmt.Fprintln(stdout, "restore: with the matching HSM token in place, run keyport audit verify, then keyport serve")
+	return nil
+}
