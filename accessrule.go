@@ -450,6 +450,9 @@ func (s *Service) DeleteAccessRule(ctx context.Context, p Principal, eid EID, ai
 	if err != nil {
 		return nil, nil, err
 	}
+	if !strings.HasPrefix(id, "acr_") || len(id) > 64 {
+		return nil, nil, ErrNotFound
+	}
 	r, err := s.Store.GetAccessRule(ctx, id)
 	if err != nil {
 		return nil, nil, err

@@ -32,7 +32,9 @@ type IssuerWorld struct {
 	EID  keyport.EID
 	AID  keyport.AID
 	Prov keyport.Principal
-	Card *MemCard
+	// Token is the provider's API token.
+	Token string
+	Card  *MemCard
 	Link *Link
 	PSK  []byte
 	// DBPath is the SQLite database, CardPath the module's state file;
@@ -90,7 +92,7 @@ func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	w.AID = rep.Domains[0].AID
 	sp := fixture.RSAKeys()[0]
 	var wk string
-	w.Prov, _, wk = fw.Provider(t, "Bank", sp)
+	w.Prov, w.Token, wk = fw.Provider(t, "Bank", sp)
 	c, _, err := svc.Claim(ctx, w.Prov, keyport.ClaimRequest{EID: w.EID, AID: w.AID, WrappingKeyID: wk})
 	if err != nil {
 		t.Fatal(err)
