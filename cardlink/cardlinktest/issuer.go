@@ -35,8 +35,8 @@ type IssuerWorld struct {
 	// Token is the provider's API token.
 	Token string
 	Card  *MemCard
-	Link *Link
-	PSK  []byte
+	Link  *Link
+	PSK   []byte
 	// DBPath is the SQLite database, CardPath the module's state file;
 	// Logs collects what the service and the admin server logged.
 	DBPath, CardPath string
