@@ -269,7 +269,7 @@ func (s *Service) RetryIssuerJob(ctx context.Context, p Principal, ref string) (
 		return nil, err
 	}
 	if old.Kind != JobIssuer || old.Issuer == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("%w: job %s is a %s job; only issuer jobs are retried (a failed second-key job is followed by a new script)", ErrConflict, old.Ref, old.Kind)
 	}
 	if old.State != JobFailed && old.State != JobExpired {
 		return nil, fmt.Errorf("%w: job is %s; only a FAILED or EXPIRED issuer job is retried", ErrConflict, old.State)
