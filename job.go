@@ -60,10 +60,12 @@ type Job struct {
 	ExpiresAt *time.Time
 	// SecondKey is what a JobSecondKey job delivers.
 	SecondKey *SecondKeyPayload
+	// Data is what a JobData job delivers.
+	Data *DataPayload
 	// Event is the body a JobWebhook job posts, a WebhookEvent in JSON,
 	// kept byte for byte: its signature covers these bytes.
 	Event []byte
-	// Result is what the module answered to a second-key job; while the
+	// Result is what the module answered to a card job; while the
 	// job is SENT, only the session it went out in.
 	Result    *ScriptResult
 	LastError string
@@ -74,7 +76,9 @@ type Job struct {
 // JobFilter selects jobs for ListJobs. Zero fields do not filter. Jobs come
 // oldest first (by ID).
 type JobFilter struct {
-	Kind          JobKind
+	Kind JobKind
+	// Kinds selects any of these kinds (with Kind, either).
+	Kinds         []JobKind
 	States        []JobState
 	ModuleID      int64
 	DomainID      int64
@@ -176,7 +180,36 @@ func (j *Job) View() JobView {
 		}
 		v.Result = j.Result
 	}
+	if j.Kind == JobData {
+		if p := j.Data; p != nil {
+			v.EID, v.AID = p.EID, p.AID
+		}
+		v.Result = j.Result
+	}
 	return v
+}
+
+// cardScript is what a card job (CardJobKinds) sends: its domain, its
+// APDUs, and the state its domain must be in for it to go out.
+func (j *Job) cardScript() (eid EID, aid AID, apdus []string, needs DomainState, err error) {
+	switch {
+	case j.Kind == JobSecondKey && j.SecondKey != nil:
+		return j.SecondKey.EID, j.SecondKey.AID, j.SecondKey.APDUs, Assigned, nil
+	case j.Kind == JobData && j.Data != nil:
+		return j.Data.EID, j.Data.AID, j.Data.APDUs, Personalized, nil
+	}
+	return "", "", nil, "", fmt.Errorf("keyport: job %s (%s) carries no card script", j.Ref, j.Kind)
+}
+
+// isCardJob reports whether j is delivered to a module.
+func (j *Job) isCardJob() bool { return j.Kind == JobSecondKey || j.Kind == JobData }
+
+// failedAction is the audit action of a card job that failed.
+func (j *Job) failedAction() string {
+	if j.Kind == JobData {
+		return "data.failed"
+	}
+	return "second-key.failed"
 }
 
 // secondKey is the script of a second-key job; an error for a job of
@@ -209,7 +242,7 @@ func (s *Service) GetJob(ctx context.Context, p Principal, ref string) (*Job, er
 	if err != nil {
 		return nil, err
 	}
-	if !p.Admin && j.ProviderID != p.ProviderID || j.Kind != JobSecondKey {
+	if !p.Admin && j.ProviderID != p.ProviderID || !j.isCardJob() {
 		return nil, ErrNotFound
 	}
 	return j, nil
@@ -265,6 +298,9 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 	next.State, next.LastError = e.to, e.cause
 	obj := "job:" + next.Ref
 	if p := next.SecondKey; p != nil {
+		obj = domainObject(p.EID, p.AID)
+	}
+	if p := next.Data; p != nil {
 		obj = domainObject(p.EID, p.AID)
 	}
 	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {
