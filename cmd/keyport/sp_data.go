@@ -94,6 +94,7 @@ func (f keysFlags) load() (*providerKeys, error) {
 	if pk.KVN == 0 {
 		pk.KVN = 0x31
 	}
+	pk.AID = keyport.AID(strings.ToUpper(string(pk.AID)))
 	if pk.AID == "" {
 		return nil, exitError{2, errors.New("the domain's AID: give --aid (the keys file names none)")}
 	}
