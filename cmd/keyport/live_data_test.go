@@ -110,7 +110,9 @@ func newLiveHandset(t *testing.T) *liveHandset {
 	lh.socket = filepath.Join(dir, "run", "se.sock")
 	actx, cancelAgent := context.WithCancel(context.Background())
 	agentDone := make(chan error, 1)
-	go func() { agentDone <- run(actx, []string{"agent", "--reader", lh.hs.Env.Reader, "--app-socket", lh.socket}) }()
+	go func() {
+		agentDone <- run(actx, []string{"agent", "--reader", lh.hs.Env.Reader, "--app-socket", lh.socket})
+	}()
 	lh.stopAgent = sync1(func() {
 		cancelAgent()
 		if err := <-agentDone; err != nil {
