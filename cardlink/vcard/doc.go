@@ -16,7 +16,9 @@
 // 00/01/03/11/13/33 with a pseudo-random or random card challenge, secure
 // messaging on every later command, INSTALL [for install], [for make
 // selectable], [for personalization] and [for extradition], STORE DATA (DGI
-// 00B9/8113 key loading and BER-TLV objects), PUT KEY, GET STATUS, GET DATA,
+// 00B9/8113 key loading, BER-TLV objects, and an SSD's provider data
+// objects: DGIs 0100..1FFF at level 33 in a PERSONALIZED SSD's own session,
+// see dataobj.go and gp/dataobj.go), PUT KEY, GET STATUS, GET DATA,
 // SET STATUS, DELETE, the ARA-M application and the ISD-R EID request.
 // Logical channels (ISO 7816-4 5.4, 7.1.2): MANAGE CHANNEL opens channels
 // 1..19 and closes them, the class byte in its first (0x-3x, 8x) or
