@@ -18,10 +18,6 @@ import (
 // it (ReadDataAnswers).
 const JobData JobKind = "data"
 
-// CardJobKinds are the kinds of job an admin session delivers to a module,
-// in one queue per module (oldest first).
-var CardJobKinds = []JobKind{JobSecondKey, JobData}
-
 // DataLevel is the security level a data script must open: C-MAC, C-DEC,
 // R-MAC, R-ENC (AmdD Table 7-3), so that the data travels encrypted both
 // ways and the card's answers prove themselves to the provider.

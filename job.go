@@ -19,6 +19,11 @@ const (
 	JobWebhook JobKind = "webhook"
 )
 
+// CardJobKinds are the kinds of job an admin session delivers to a module,
+// in one per-module order (JobIssuer is in issuerjob.go, JobData in
+// data.go).
+var CardJobKinds = []JobKind{JobSecondKey, JobIssuer, JobData}
+
 // JobState is where a job is in its delivery.
 //
 //	QUEUED --session opens--> SENT --module answers as expected--> DONE
@@ -62,6 +67,8 @@ type Job struct {
 	SecondKey *SecondKeyPayload
 	// Data is what a JobData job delivers.
 	Data *DataPayload
+	// Issuer is what a JobIssuer job runs (issuerjob.go).
+	Issuer *IssuerPayload
 	// Event is the body a JobWebhook job posts, a WebhookEvent in JSON,
 	// kept byte for byte: its signature covers these bytes.
 	Event []byte
@@ -77,7 +84,7 @@ type Job struct {
 // oldest first (by ID).
 type JobFilter struct {
 	Kind JobKind
-	// Kinds selects any of these kinds (with Kind, either).
+	// Kinds, when set, selects any of these kinds (with Kind empty).
 	Kinds         []JobKind
 	States        []JobState
 	ModuleID      int64
@@ -159,6 +166,7 @@ type JobView struct {
 	Attempts      int           `json:"attempts"`
 	NextAttemptAt *time.Time    `json:"next_attempt_at,omitempty"`
 	ExpiresAt     *time.Time    `json:"expires_at,omitempty"`
+	Operation     IssuerOp      `json:"operation,omitempty"`
 	Expect        *Expectation  `json:"expect,omitempty"`
 	Result        *ScriptResult `json:"result,omitempty"`
 	LastError     string        `json:"last_error,omitempty"`
@@ -186,6 +194,9 @@ func (j *Job) View() JobView {
 		}
 		v.Result = j.Result
 	}
+	if p := j.Issuer; j.Kind == JobIssuer && p != nil {
+		v.EID, v.AID, v.Operation, v.Result = p.EID, p.AID, p.Op, j.Result
+	}
 	return v
 }
 
@@ -202,7 +213,9 @@ func (j *Job) cardScript() (eid EID, aid AID, apdus []string, needs DomainState,
 }
 
 // isCardJob reports whether j is delivered to a module.
-func (j *Job) isCardJob() bool { return j.Kind == JobSecondKey || j.Kind == JobData }
+func (j *Job) isCardJob() bool {
+	return j.Kind == JobSecondKey || j.Kind == JobData || j.Kind == JobIssuer
+}
 
 // failedAction is the audit action of a card job that failed.
 func (j *Job) failedAction() string {
@@ -210,6 +223,19 @@ func (j *Job) failedAction() string {
 		return "data.failed"
 	}
 	return "second-key.failed"
+}
+
+// eid is the module a card job is for.
+func (j *Job) eid() (EID, error) {
+	if j.Kind == JobIssuer {
+		p, err := j.issuer()
+		if err != nil {
+			return "", err
+		}
+		return p.EID, nil
+	}
+	eid, _, _, _, err := j.cardScript()
+	return eid, err
 }
 
 // secondKey is the script of a second-key job; an error for a job of
@@ -253,7 +279,9 @@ func (s *Service) ListJobs(ctx context.Context, p Principal, f JobFilter) ([]Job
 	if !p.Admin {
 		return nil, ErrForbidden
 	}
-	f.Kind = JobSecondKey
+	if f.Kind != JobSecondKey && f.Kind != JobIssuer && f.Kind != JobData {
+		f.Kind, f.Kinds = "", CardJobKinds
+	}
 	return s.Store.ListJobs(ctx, f)
 }
 
@@ -283,6 +311,9 @@ type jobEnd struct {
 	// in, if set, runs in the transaction and returns the domain's state
 	// for the webhook.
 	in func(ctx context.Context, tx Repo) (DomainState, error)
+	// verdict is an issuer job's end as its operation's Finish sees it;
+	// nil means failed with cause.
+	verdict *IssuerVerdict
 }
 
 // finish moves j from its state to e.to in one transaction with e.in, the
@@ -302,6 +333,17 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 	}
 	if p := next.Data; p != nil {
 		obj = domainObject(p.EID, p.AID)
+	}
+	if next.Kind == JobIssuer {
+		obj = issuerObject(&next)
+		if e.in == nil {
+			// Whatever ends an issuer job, its operation records what is true.
+			v := IssuerVerdict{Outcome: IssuerFailed, Cause: e.cause}
+			if e.verdict != nil {
+				v = *e.verdict
+			}
+			e.in = func(ctx context.Context, tx Repo) (DomainState, error) { return s.issuerFinish(ctx, tx, &next, v) }
+		}
 	}
 	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {
 		if err := tx.UpdateJob(ctx, &next, j.State, j.Attempts); err != nil {

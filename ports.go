@@ -90,6 +90,23 @@ type Repo interface {
 	AuditRepo
 	JobRepo
 	ApprovalRepo
+	AccessRuleRepo
+}
+
+// AccessRuleRepo stores providers' access rules (accessrule.go): hashes
+// and filters only, nothing secret.
+type AccessRuleRepo interface {
+	// CreateAccessRule inserts r (its ID set by the caller).
+	CreateAccessRule(ctx context.Context, r *AccessRule) error
+	// GetAccessRule returns the rule; ErrNotFound if none.
+	GetAccessRule(ctx context.Context, id string) (*AccessRule, error)
+	// ListAccessRules returns the domain's rules that are not REMOVED,
+	// oldest first.
+	ListAccessRules(ctx context.Context, domainID int64) ([]AccessRule, error)
+	// SetAccessRuleState moves rule id, unless it is REMOVED, to state to
+	// with job, cause and sw; with onlyJob set, only if the rule's job is
+	// onlyJob. It reports whether the rule changed.
+	SetAccessRuleState(ctx context.Context, id, onlyJob string, to AccessRuleState, job, cause, sw string) (bool, error)
 }
 
 // Store is a Repo that can run a function in one transaction. If fn returns
@@ -305,7 +322,7 @@ type JobRepo interface {
 	// ErrConflict (another replica or session moved the job first).
 	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
 
-	// PendingModuleJobs returns up to limit of the module's second-key jobs
+	// PendingModuleJobs returns up to limit of the module's card jobs (CardJobKinds)
 	// that are QUEUED or SENT, oldest first, each with its domain's state
 	// and its provider's webhook URL: what an admin session reads before
 	// it writes, in one query.
@@ -323,7 +340,7 @@ type JobRepo interface {
 	// the lease whoever holds it.
 	ReleaseLease(ctx context.Context, moduleID int64, holder string) error
 	// ReleaseIdleLease ends holder's lease only if the module has no
-	// second-key job QUEUED or SENT, and reports whether it did: in the
+	// card job (CardJobKinds) QUEUED or SENT, and reports whether it did: in the
 	// transaction that records a session's last answer, the session ends
 	// exactly when there is nothing more to send.
 	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)

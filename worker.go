@@ -161,7 +161,7 @@ func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 		}
 		werr, done := woken[j.ModuleID]
 		if !done {
-			eid, _, _, _, err := j.cardScript()
+			eid, err := j.eid()
 			if err != nil {
 				return i, err
 			}
