@@ -34,11 +34,7 @@ func (s *Server) postAccessRule(c echo.Context) error {
 	if err := readJSON(c, &req); err != nil {
 		return err
 	}
-	r, err := req.Rule()
-	if err != nil {
-		return err
-	}
-	rule, j, err := s.svc.AddAccessRule(c.Request().Context(), principal(c), eid, aid, r)
+	rule, j, err := s.svc.RequestAccessRule(c.Request().Context(), principal(c), eid, aid, req)
 	if err != nil {
 		return err
 	}

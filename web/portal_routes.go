@@ -60,6 +60,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	pr.GET("/domains/:eid/:aid", s.domainPage)
 	pr.GET("/domains/:eid/:aid/key-package", s.getKeyPackage)
 	pr.POST("/domains/:eid/:aid/script", s.submitScript)
+	s.accessRulePages(pr)
 	pr.GET("/jobs/:id", s.jobPage)
 	pr.GET("/jobs/:id/events", s.jobEvents)
 	pr.POST("/jobs/:id/cancel", s.cancelJobPage(""))
