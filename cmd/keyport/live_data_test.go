@@ -63,17 +63,16 @@ func testCA(t *testing.T, dir, name string) (caFile, certFile, keyFile string) {
 // liveHandset is a handset whose SSD holds the provider's keys and data,
 // with `keyport agent --app-socket` and `keyport sp serve` running.
 type liveHandset struct {
-	hs            *acetest.Handset
-	keys          acetest.ProviderKeys
-	data          []byte
-	socket, url   string
-	ca, dataOut   string
-	appA, appB    acetest.App
-	certA, certB  string
-	logs          *syncBuffer
-	stopAgent     func()
-	stopSPServe   func()
-	spServeResult chan error
+	hs           *acetest.Handset
+	keys         acetest.ProviderKeys
+	data         []byte
+	socket, url  string
+	ca, dataOut  string
+	appA, appB   acetest.App
+	certA, certB string
+	logs         *syncBuffer
+	stopAgent    func()
+	stopSPServe  func()
 }
 
 func newLiveHandset(t *testing.T) *liveHandset {
@@ -102,52 +101,73 @@ func newLiveHandset(t *testing.T) *liveHandset {
 	kj, _ := json.Marshal(map[string]any{"aid": hex.EncodeToString(acetest.SSDAID), "kvn": 0x31, "keys": map[string]string{
 		"enc": hex.EncodeToString(lh.keys.ENC), "mac": hex.EncodeToString(lh.keys.MAC), "dek": hex.EncodeToString(lh.keys.DEK)}})
 	os.WriteFile(keysFile, kj, 0o600)
-	var cert, key string
-	lh.ca, cert, key = testCA(t, dir, "sp")
-	lh.dataOut = filepath.Join(dir, "read")
-	os.Mkdir(lh.dataOut, 0o700)
+	lh.url, lh.ca, lh.dataOut, lh.stopSPServe = startSPServe(t, lh.logs, keysFile, 3)
 
 	lh.socket = filepath.Join(dir, "run", "se.sock")
-	actx, cancelAgent := context.WithCancel(context.Background())
-	agentDone := make(chan error, 1)
-	go func() {
-		agentDone <- run(actx, []string{"agent", "--reader", lh.hs.Env.Reader, "--app-socket", lh.socket})
-	}()
-	lh.stopAgent = sync1(func() {
-		cancelAgent()
-		if err := <-agentDone; err != nil {
+	lh.stopAgent = startAgent(t, "--reader", lh.hs.Env.Reader, "--app-socket", lh.socket)
+	return lh
+}
+
+// startAgent runs `keyport agent` with args until the test ends or the
+// returned function is called; it waits for the app socket (the value of
+// --app-socket in args).
+func startAgent(t *testing.T, args ...string) func() {
+	t.Helper()
+	socket := ""
+	for i, a := range args {
+		if a == "--app-socket" && i+1 < len(args) {
+			socket = args[i+1]
+		}
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(actx, append([]string{"agent"}, args...)) }()
+	stop := sync1(func() {
+		cancel()
+		if err := <-done; err != nil {
 			t.Errorf("agent: %v", err)
 		}
 	})
-	t.Cleanup(lh.stopAgent)
-	waitSocket(t, lh.socket, agentDone)
+	t.Cleanup(stop)
+	waitSocket(t, socket, done)
+	return stop
+}
 
-	sctx, cancelSP := context.WithCancel(context.Background())
-	lh.spServeResult = make(chan error, 1)
+// startSPServe runs `keyport sp serve` with the keys file, reading count
+// objects from DGI 0101, on a loopback port with a certificate of a fresh
+// test CA; it returns the server's URL, the CA file, the directory it keeps
+// what it read in, and what stops it. It logs to logs (the commands'
+// stderr).
+func startSPServe(t *testing.T, logs *syncBuffer, keysFile string, count int) (url, ca, dataOut string, stop func()) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, cert, key := testCA(t, dir, "sp")
+	dataOut = filepath.Join(dir, "read")
+	os.Mkdir(dataOut, 0o700)
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
 	go func() {
-		lh.spServeResult <- run(sctx, []string{"sp", "serve", "--keys", keysFile, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key,
-			"--dgi", "0101", "--count", "3", "--data-out", lh.dataOut})
+		done <- run(sctx, []string{"sp", "serve", "--keys", keysFile, "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key,
+			"--dgi", "0101", "--count", fmt.Sprint(count), "--data-out", dataOut})
 	}()
-	lh.stopSPServe = sync1(func() {
-		cancelSP()
-		if err := <-lh.spServeResult; err != nil {
+	stop = sync1(func() {
+		cancel()
+		if err := <-done; err != nil {
 			t.Errorf("sp serve: %v", err)
 		}
 	})
-	t.Cleanup(lh.stopSPServe)
+	t.Cleanup(stop)
 	re := regexp.MustCompile(`url=(https://127\.0\.0\.1:[0-9]+)/v1/relay`)
-	for lh.url == "" {
-		if m := re.FindStringSubmatch(lh.logs.String()); m != nil {
-			lh.url = m[1]
-			break
+	for {
+		if m := re.FindStringSubmatch(logs.String()); m != nil {
+			return m[1], ca, dataOut, stop
 		}
 		select {
-		case err := <-lh.spServeResult:
-			t.Fatalf("sp serve exited: %v\n%s", err, lh.logs.String())
+		case err := <-done:
+			t.Fatalf("sp serve exited: %v\n%s", err, logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return lh
 }
 
 // sync1 runs f once, however often it is called.
