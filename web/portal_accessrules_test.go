@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
+	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/web"
 )
 
@@ -126,5 +127,52 @@ func TestPortalAccessRulePageAddsListsAndDeletesRulesAsTheCardConfirms(t *testin
 	}
 	if _, body := ps.get(page); !strings.Contains(body, "No app may reach this domain yet") {
 		t.Fatal("the deleted rule is still listed")
+	}
+}
+
+func TestAdminConsoleRetriesAFailedAccessRuleJob(t *testing.T) {
+	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	ctx := context.Background()
+	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, SpoolDir: t.TempDir()}))
+	t.Cleanup(srv.Close)
+	w.Card.SetFault(func(apdu []byte) []byte {
+		if len(apdu) > 4 && apdu[0]&0x84 == 0x84 && apdu[1] == 0xE2 && apdu[2] == 0x90 {
+			return []byte{0x6A, 0x84}
+		}
+		return nil
+	})
+	_, hash := appCertPEM(t)
+	r, err := keyport.AccessRuleRequest{CertificateSHA256: hash, APDU: []byte(`"always"`)}.Rule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, j, err := w.Svc.AddAccessRule(ctx, w.Prov, w.EID, w.AID, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Agent().Session(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.Card.SetFault(nil)
+	admin := signInPages(t, srv.URL, "admin@issuer.example", pw)
+	st, body := admin.get("/admin/jobs?state=FAILED")
+	if st != 200 || !strings.Contains(body, j.Ref) || !strings.Contains(body, "/admin/jobs/"+j.Ref+"/retry") || !strings.Contains(body, "access-rule.store") {
+		t.Fatalf("admin jobs page %d does not offer the retry", st)
+	}
+	if st, _ := admin.post("/admin/jobs/"+j.Ref+"/retry", url.Values{}); st != http.StatusSeeOther {
+		t.Fatalf("retry: %d", st)
+	}
+	if got, _ := w.Store.GetAccessRule(ctx, rule.ID); got.State != keyport.RulePending {
+		t.Fatalf("rule %s after the retry", got.State)
+	}
+	if _, err := w.Agent().Session(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.Store.GetAccessRule(ctx, rule.ID); got.State != keyport.RuleActive {
+		t.Fatalf("rule %s after the retried job", got.State)
 	}
 }

@@ -85,6 +85,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/audit/verify", s.adminVerifyAudit)
 	ad.GET("/jobs", s.adminJobsPage)
 	ad.POST("/jobs/:id/cancel", s.cancelJobPage("/admin/jobs"))
+	ad.POST("/jobs/:id/retry", s.retryJobPage)
 	ad.GET("/tokens", s.adminTokensPage)
 	ad.POST("/tokens", s.createAdminToken)
 	ad.POST("/tokens/:id/revoke", s.revokeAdminToken)
