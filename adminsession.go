@@ -156,10 +156,13 @@ func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, ta
 		return nil, nil, err
 	}
 	now := s.now().UTC()
-	if len(jobs) == 0 || jobs[0].Kind != JobSecondKey || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].DomainState != Assigned {
+	if len(jobs) == 0 || jobs[0].Kind == JobIssuer || jobs[0].State != JobQueued || jobs[0].expired(now) {
 		return nil, nil, nil
 	}
 	j := &jobs[0].Job
+	if _, _, _, needs, err := j.cardScript(); err != nil || jobs[0].DomainState != needs {
+		return nil, nil, err
+	}
 	del, err := delivery(j, opts)
 	if err != nil {
 		return nil, nil, err
@@ -257,20 +260,20 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			return delivery(j, opts)
 		case j.State == JobSent:
 			j.Result = &ScriptResult{ScriptStatus: "answer-lost", Cause: "the admin session broke after the script went out and the module never posted its answer"}
-			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: "second-key.failed"})
+			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: j.failedAction()})
 		case j.expired(now):
 			err = s.finish(ctx, j, jobEnd{to: JobExpired, cause: "expired before the module opened a session", actor: "system", action: "job.expire"})
 		default:
-			p, perr := j.secondKey()
+			eid, aid, _, needs, perr := j.cardScript()
 			if perr != nil {
 				return nil, perr
 			}
-			d, derr := s.Store.GetDomain(ctx, p.EID, p.AID)
+			d, derr := s.Store.GetDomain(ctx, eid, aid)
 			if derr != nil {
 				return nil, derr
 			}
-			if d.State != Assigned {
-				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not ASSIGNED", d.State), actor: "system", action: "second-key.failed"})
+			if d.State != needs {
+				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not %s", d.State, needs), actor: "system", action: j.failedAction()})
 				break
 			}
 			del, derr := delivery(j, opts)
@@ -297,15 +300,15 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 
 // delivery encodes j's script for an admin session.
 func delivery(j *Job, opts gp.ScriptOptions) (*Delivery, error) {
-	p, err := j.secondKey()
+	_, aid, apdus, _, err := j.cardScript()
 	if err != nil {
 		return nil, err
 	}
-	cmds, err := p.Commands()
+	cmds, err := decodeCommands(apdus)
 	if err != nil {
 		return nil, err
 	}
-	target, err := gp.TargetedApplication(p.AID.Bytes())
+	target, err := gp.TargetedApplication(aid.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("keyport: job %s: %w", j.Ref, err)
 	}
@@ -333,7 +336,7 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 	if err != nil {
 		return nil, err
 	}
-	if j.ModuleID != a.ModuleID || j.Kind != JobSecondKey && j.Kind != JobIssuer {
+	if j.ModuleID != a.ModuleID || !j.isCardJob() {
 		return nil, ErrNotFound
 	}
 	return j, nil
@@ -370,6 +373,9 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	}
 	if j.State != JobSent {
 		return nil, false, fmt.Errorf("%w: job %s was never sent", ErrConflict, ref)
+	}
+	if j.Kind == JobData {
+		return s.answerData(ctx, a, j, status, body)
 	}
 	if j.Kind == JobIssuer {
 		// The dialog goes on in NextScript (the next script, or the
@@ -460,4 +466,46 @@ func (s *Service) domainKeys(ctx context.Context, d *Domain) (gp.KeySet, error) 
 	}
 	return gp.KeySet{KVN: byte(d.KVN), ENC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageENC)),
 		MAC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageMAC))}, nil
+}
+
+// answerData is AnswerScript for a data job: JudgeData, then the job DONE
+// or FAILED with the answer kept as the card sent it, and the counter the
+// card reported recorded for the provider's next script, in one
+// transaction.
+func (s *Service) answerData(ctx context.Context, a *AdminSession, j *Job, status string, body []byte) (*Job, bool, error) {
+	res, err := j.Data.JudgeData(status, body)
+	if err != nil {
+		return nil, false, err
+	}
+	d, err := s.Store.GetDomain(ctx, j.Data.EID, j.Data.AID)
+	if err != nil {
+		return nil, false, err
+	}
+	j.Result = &res
+	var ended bool
+	end := jobEnd{actor: "module:" + string(a.EID), to: JobDone, action: "data.done"}
+	if !res.Confirmed {
+		end.to, end.cause, end.action = JobFailed, res.Cause, "data.failed"
+	}
+	end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
+		if res.SequenceCounter != nil {
+			if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
+				return "", err
+			}
+		}
+		var err error
+		ended, err = tx.ReleaseIdleLease(ctx, a.ModuleID, a.ID)
+		return d.State, err
+	}
+	err = s.finish(ctx, j, end)
+	if errors.Is(err, ErrConflict) {
+		j, err := s.moduleJob(ctx, a, j.Ref)
+		return j, false, err
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	a.sent = nil
+	s.log().Info("data answer", "job", j.Ref, "state", j.State, "cause", res.Cause)
+	return j, ended, nil
 }

@@ -20,8 +20,9 @@ const (
 )
 
 // CardJobKinds are the kinds of job an admin session delivers to a module,
-// in one per-module order (JobIssuer is in issuerjob.go).
-var CardJobKinds = []JobKind{JobSecondKey, JobIssuer}
+// in one per-module order (JobIssuer is in issuerjob.go, JobData in
+// data.go).
+var CardJobKinds = []JobKind{JobSecondKey, JobIssuer, JobData}
 
 // JobState is where a job is in its delivery.
 //
@@ -64,12 +65,14 @@ type Job struct {
 	ExpiresAt *time.Time
 	// SecondKey is what a JobSecondKey job delivers.
 	SecondKey *SecondKeyPayload
+	// Data is what a JobData job delivers.
+	Data *DataPayload
 	// Issuer is what a JobIssuer job runs (issuerjob.go).
 	Issuer *IssuerPayload
 	// Event is the body a JobWebhook job posts, a WebhookEvent in JSON,
 	// kept byte for byte: its signature covers these bytes.
 	Event []byte
-	// Result is what the module answered to a second-key job; while the
+	// Result is what the module answered to a card job; while the
 	// job is SENT, only the session it went out in.
 	Result    *ScriptResult
 	LastError string
@@ -185,10 +188,41 @@ func (j *Job) View() JobView {
 		}
 		v.Result = j.Result
 	}
+	if j.Kind == JobData {
+		if p := j.Data; p != nil {
+			v.EID, v.AID = p.EID, p.AID
+		}
+		v.Result = j.Result
+	}
 	if p := j.Issuer; j.Kind == JobIssuer && p != nil {
 		v.EID, v.AID, v.Operation, v.Result = p.EID, p.AID, p.Op, j.Result
 	}
 	return v
+}
+
+// cardScript is what a card job (CardJobKinds) sends: its domain, its
+// APDUs, and the state its domain must be in for it to go out.
+func (j *Job) cardScript() (eid EID, aid AID, apdus []string, needs DomainState, err error) {
+	switch {
+	case j.Kind == JobSecondKey && j.SecondKey != nil:
+		return j.SecondKey.EID, j.SecondKey.AID, j.SecondKey.APDUs, Assigned, nil
+	case j.Kind == JobData && j.Data != nil:
+		return j.Data.EID, j.Data.AID, j.Data.APDUs, Personalized, nil
+	}
+	return "", "", nil, "", fmt.Errorf("keyport: job %s (%s) carries no card script", j.Ref, j.Kind)
+}
+
+// isCardJob reports whether j is delivered to a module.
+func (j *Job) isCardJob() bool {
+	return j.Kind == JobSecondKey || j.Kind == JobData || j.Kind == JobIssuer
+}
+
+// failedAction is the audit action of a card job that failed.
+func (j *Job) failedAction() string {
+	if j.Kind == JobData {
+		return "data.failed"
+	}
+	return "second-key.failed"
 }
 
 // eid is the module a card job is for.
@@ -200,11 +234,8 @@ func (j *Job) eid() (EID, error) {
 		}
 		return p.EID, nil
 	}
-	p, err := j.secondKey()
-	if err != nil {
-		return "", err
-	}
-	return p.EID, nil
+	eid, _, _, _, err := j.cardScript()
+	return eid, err
 }
 
 // secondKey is the script of a second-key job; an error for a job of
@@ -237,7 +268,7 @@ func (s *Service) GetJob(ctx context.Context, p Principal, ref string) (*Job, er
 	if err != nil {
 		return nil, err
 	}
-	if !p.Admin && j.ProviderID != p.ProviderID || j.Kind != JobSecondKey && j.Kind != JobIssuer {
+	if !p.Admin && j.ProviderID != p.ProviderID || !j.isCardJob() {
 		return nil, ErrNotFound
 	}
 	return j, nil
@@ -248,7 +279,7 @@ func (s *Service) ListJobs(ctx context.Context, p Principal, f JobFilter) ([]Job
 	if !p.Admin {
 		return nil, ErrForbidden
 	}
-	if f.Kind != JobSecondKey && f.Kind != JobIssuer {
+	if f.Kind != JobSecondKey && f.Kind != JobIssuer && f.Kind != JobData {
 		f.Kind, f.Kinds = "", CardJobKinds
 	}
 	return s.Store.ListJobs(ctx, f)
@@ -298,6 +329,9 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 	next.State, next.LastError = e.to, e.cause
 	obj := "job:" + next.Ref
 	if p := next.SecondKey; p != nil {
+		obj = domainObject(p.EID, p.AID)
+	}
+	if p := next.Data; p != nil {
 		obj = domainObject(p.EID, p.AID)
 	}
 	if next.Kind == JobIssuer {

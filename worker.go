@@ -145,7 +145,7 @@ func (s *Service) WebhookSent(ctx context.Context, d *WebhookDelivery, sendErr e
 	return err
 }
 
-// WakeDue wakes the modules of due QUEUED second-key jobs (one wake per
+// WakeDue wakes the modules of due QUEUED card jobs (CardJobKinds) (one wake per
 // module) through the Trigger, and schedules each job's next wake-up with
 // backoff, whether the trigger reached the module or not: a woken module
 // that never calls is woken again later. It returns how many jobs it saw.

@@ -44,6 +44,11 @@ func (r jobRow) model() (keyport.Job, error) {
 		if err := json.Unmarshal([]byte(r.Payload), j.SecondKey); err != nil {
 			return j, fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
 		}
+	case keyport.JobData:
+		j.Data = new(keyport.DataPayload)
+		if err := json.Unmarshal([]byte(r.Payload), j.Data); err != nil {
+			return j, fmt.Errorf("store: job %s: data payload: %w", j.Ref, err)
+		}
 	case keyport.JobIssuer:
 		j.Issuer = new(keyport.IssuerPayload)
 		if err := json.Unmarshal([]byte(r.Payload), j.Issuer); err != nil {
@@ -73,6 +78,15 @@ func jobPayload(j *keyport.Job) (string, error) {
 		b, err := json.Marshal(j.SecondKey)
 		if err != nil {
 			return "", fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
+		}
+		return string(b), nil
+	case keyport.JobData:
+		if j.Data == nil {
+			return "", fmt.Errorf("store: job %s: a data job without its script: %w", j.Ref, keyport.ErrInvalid)
+		}
+		b, err := json.Marshal(j.Data)
+		if err != nil {
+			return "", fmt.Errorf("store: job %s: data payload: %w", j.Ref, err)
 		}
 		return string(b), nil
 	case keyport.JobIssuer:
@@ -216,8 +230,8 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at,
 		d.state AS domain_state, p.webhook_url AS webhook_url
 		FROM jobs j LEFT JOIN domains d ON d.id = j.domain_id LEFT JOIN providers p ON p.id = j.provider_id
-		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN (?, ?) ORDER BY j.id LIMIT ?`,
-		moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), string(keyport.JobIssuer), limit).Scan(&rows).Error
+		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN ? ORDER BY j.id LIMIT ?`,
+		moduleID, string(keyport.JobQueued), string(keyport.JobSent), kindStrings(keyport.CardJobKinds), limit).Scan(&rows).Error
 	if err != nil {
 		return nil, wrap("pending module jobs", err)
 	}
@@ -339,8 +353,8 @@ func (r *repo) ReleaseLease(ctx context.Context, moduleID int64, holder string) 
 // no pending card job (second-key or issuer), in one statement (jobs_module index).
 func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error) {
 	res := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND holder = ? AND NOT EXISTS
-		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind IN (?, ?))`,
-		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), string(keyport.JobIssuer))
+		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind IN ?)`,
+		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), kindStrings(keyport.CardJobKinds))
 	if res.Error != nil {
 		return false, wrap("release idle lease", res.Error)
 	}
@@ -364,4 +378,13 @@ func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv m
 func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
 	err := r.w.WithContext(ctx).Exec(`UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID).Error
 	return wrap("touch module", err)
+}
+
+// kindStrings is ks for an IN clause.
+func kindStrings(ks []keyport.JobKind) []string {
+	out := make([]string, len(ks))
+	for i, k := range ks {
+		out[i] = string(k)
+	}
+	return out
 }

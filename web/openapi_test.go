@@ -142,6 +142,8 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	call(tokA, http.MethodGet, "/domains/"+eid+"/"+string(fixture.AID(2)), "", 404)
 	call(tokA, http.MethodGet, "/domains/"+eid+"/"+aid+"/key-package", "", 200)
 	call(tokA, http.MethodPost, "/domains/"+eid+"/"+aid+"/scripts", `{"apdus":["00"],"expect":{"kvn":49,"kcv":{}}}`, 422)
+	call(tokA, http.MethodPost, "/domains/"+eid+"/"+aid+"/data-scripts", `{"apdus":["8050300008AABBCCDDEEFF0011","8482130010AABBCCDDEEFF00112233445566778899","84CA010100"]}`, 422)
+	reject(tokA, http.MethodPost, "/domains/"+eid+"/"+aid+"/data-scripts", `{"apdus":["8050"],"expect":{}}`, 422)
 	call(tokA, http.MethodGet, "/jobs/job_unknown", "", 404)
 	call(tokA, http.MethodPost, "/jobs/job_unknown/cancel", "", 404)
 	tokID, _ = call(tokA, http.MethodPost, "/tokens", `{"name":"second"}`, 201)["id"].(string)

@@ -127,6 +127,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	admin.GET("/audit", s.listAudit)
 	admin.POST("/audit/verify", s.verifyAudit)
 	s.jobRoutes(api, admin)
+	s.dataRoutes(api)
 	s.accessRuleRoutes(api, admin)
 	s.approvalRoutes(admin)
 

@@ -16,7 +16,9 @@
 // 00/01/03/11/13/33 with a pseudo-random or random card challenge, secure
 // messaging on every later command, INSTALL [for install], [for make
 // selectable], [for personalization] and [for extradition], STORE DATA (DGI
-// 00B9/8113 key loading and BER-TLV objects), PUT KEY, GET STATUS, GET DATA,
+// 00B9/8113 key loading, BER-TLV objects, and an SSD's provider data
+// objects: DGIs 0100..1FFF at level 33 in a PERSONALIZED SSD's own session,
+// see dataobj.go and gp/dataobj.go), PUT KEY, GET STATUS, GET DATA,
 // SET STATUS, DELETE, the ARA-M application and the ISD-R EID request.
 // OTA (ota.go; ETSI TS 102 225, 3GPP TS 31.115/31.111, TS 102 223):
 // ENVELOPE (SMS-PP DOWNLOAD) with SCP80 secured packets for the ISD's TAR

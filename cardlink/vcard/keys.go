@@ -253,9 +253,16 @@ func (c *Card) storeDGIs(target *app, data []byte, last bool) gp.SW {
 		dgis = dgis[:n-1]
 	}
 	var keys []newKey
+	var objs []gp.DGI
 	groups := map[string][]byte{}
 	for i := 0; i < len(dgis); i++ {
 		d := dgis[i]
+		if gp.IsDataObject(d.Tag) && target.isSD() {
+			// An SD's provider data objects (dataobj.go); for an
+			// application they are personalization data groups.
+			objs = append(objs, d)
+			continue
+		}
 		switch d.Tag {
 		case 0x00B9:
 			if i+1 >= len(dgis) || dgis[i+1].Tag != 0x8113 {
@@ -284,11 +291,16 @@ func (c *Card) storeDGIs(target *app, data []byte, last bool) gp.SW {
 	if sw := checkObjects(target, groups); sw != gp.SWOK {
 		return sw
 	}
+	putData, sw := c.checkProviderData(target, objs)
+	if sw != gp.SWOK {
+		return sw
+	}
 	if len(keys) > 0 {
 		if sw := applyKeys(target, keys, 0); sw != gp.SWOK {
 			return sw
 		}
 	}
+	putData()
 	putObjects(target, groups)
 	return gp.SWOK
 }

@@ -74,6 +74,9 @@ func (c *Card) getData(sd *app, cmd gp.Command) rsp {
 			gp.Encode(0x82, binary.BigEndian.AppendUint32(nil, 512*1024-uint32(n)*2048)),
 			gp.Encode(0x83, []byte{0x08, 0x00})))
 	}
+	if gp.IsDataObject(uint16(tag)) {
+		return c.getProviderData(sd, uint16(tag))
+	}
 	if v, found := sd.Data[tag.String()]; found {
 		if !c.authenticated() {
 			return status(gp.SWSecurityNotSatisfied)

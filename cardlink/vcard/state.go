@@ -118,6 +118,9 @@ type app struct {
 	OTA []*otaKeySet `json:"ota_key_sets,omitempty"`
 	// Data holds BER-TLV data objects stored with STORE DATA, by tag (hex).
 	Data map[string]hexBytes `json:"data,omitempty"`
+	// Objects holds an SSD's provider data objects (gp/dataobj.go) by DGI
+	// number in hex, stored and read at level 33 only (dataobj.go).
+	Objects map[string]hexBytes `json:"provider_data,omitempty"`
 }
 
 // keySet is one SCP03 key set of a security domain.

@@ -37,6 +37,12 @@ usage: keyport <command> [flags]
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   sp script --package P --key K --counter N (--new-keys F | --generate)
                              (provider tool) build the second-key SCP03 script
+  sp data put|get --keys K (--counter N | --portal URL) --dgi 0101 [--in F | --count N]
+                             (provider tool) store or read data objects through card-link, SCP03 level 33
+  sp data read --keys K --script S --job J
+                             (provider tool) verify and decrypt a data job's answer offline
+  sp serve --keys K --tls-cert C --tls-key K --dgi 0101 --count N
+                             (provider tool) the provider's server of the live data path (app relay)
   module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited, dual control)
   approval list|request OP TARGET|approve ID|execute ID [--out F]|cancel ID
                              dual control: one operator requests, another approves, the first executes
@@ -45,6 +51,8 @@ usage: keyport <command> [flags]
                              with --app-socket also the access control enforcer for apps
   app --socket PATH --cert app.pem --aid AID [--apdu HEX ...]
                              play a provider's mobile app: a channel through the enforcer
+  app relay --socket PATH --cert app.pem --aid AID --server URL --ca ca.pem
+                             play a provider's mobile app relaying sp serve's session to its domain
   vcard --state FILE         run a virtual secure module attached to vpcd
   bench claims|lookup        measure claims/s and EID lookups against same-run baselines
 
@@ -148,6 +156,10 @@ func run(ctx context.Context, args []string) error {
 				return cmdSPUnwrap(ctx, args[2:])
 			case "script":
 				return cmdSPScript(ctx, args[2:])
+			case "data":
+				return cmdSPData(ctx, args[2:])
+			case "serve":
+				return cmdSPServe(ctx, args[2:])
 			}
 		}
 	case "module":

@@ -23,6 +23,9 @@ const exitRefused = 3
 // each, then closes the channel. A refusal by the enforcer is printed as
 // the enforcer worded it and ends the command with status 3.
 func cmdApp(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "relay" {
+		return cmdAppRelay(ctx, args[1:])
+	}
 	fs := flag.NewFlagSet("keyport app", flag.ContinueOnError)
 	socket := fs.String("socket", "", "the enforcer's Unix socket (keyport agent --app-socket)")
 	certFile := fs.String("cert", "", "the app's signing certificate, PEM or DER")

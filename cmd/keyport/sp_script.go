@@ -55,7 +55,7 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	var portal *portalClient
 	if *submitURL != "" {
 		var err error
-		if portal, err = newPortalClient(*submitURL, *tokenFile); err != nil {
+		if portal, err = newPortalClient(*submitURL, *tokenFile, "--submit"); err != nil {
 			return err
 		}
 		if *jwksSrc == "" {

@@ -60,7 +60,7 @@ func TestSPScriptSubmitQueuesTheScriptAndRefusesBadArgumentsWithoutQueueing(t *t
 		says string
 	}{
 		{[]string{"--submit", "localhost:8080", "--token-file", tokenPath}, "give the portal's URL"},
-		{[]string{"--submit", srv.URL}, "needs --token-file"},
+		{[]string{"--submit", srv.URL}, "needs an API token"},
 		{[]string{"--submit", srv.URL, "--token-file", filepath.Join(dir, "missing")}, "no such file"},
 		{[]string{"--submit", srv.URL, "--token-file", wrongPath}, "401"},
 	} {

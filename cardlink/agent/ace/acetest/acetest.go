@@ -110,12 +110,18 @@ type Issuer struct {
 // the ISD, or the ARA-M, whose associated SD is the ISD).
 func (is *Issuer) session(aid []byte) *gp.Host {
 	is.t.Helper()
+	return is.sessionWith(aid, gp.KeySet{KVN: vcard.DefaultKVN, ENC: gp.AESKey(vcard.DefaultKey), MAC: gp.AESKey(vcard.DefaultKey)})
+}
+
+// sessionWith selects aid and opens SCP03 at level 33 with ks.
+func (is *Issuer) sessionWith(aid []byte, ks gp.KeySet) *gp.Host {
+	is.t.Helper()
 	ctx := context.Background()
 	h := gp.NewHost(is.card)
 	if _, found, err := h.Select(ctx, aid); err != nil || !found {
 		is.t.Fatalf("issuer: SELECT %X: found=%v %v", aid, found, err)
 	}
-	hs, err := gp.NewHostSession(gp.KeySet{KVN: vcard.DefaultKVN, ENC: gp.AESKey(vcard.DefaultKey), MAC: gp.AESKey(vcard.DefaultKey)}, nil)
+	hs, err := gp.NewHostSession(ks, nil)
 	if err != nil {
 		is.t.Fatal(err)
 	}
@@ -142,6 +148,54 @@ func (is *Issuer) CreateSSD(aid []byte) {
 	h := is.session(vcard.ISDAID)
 	params := gp.InstallParams{AppSpecific: gp.SCPParam(0x03, 0x70)}.Bytes()
 	is.send(h, gp.InstallForInstallCmd(ssdELF, ssdModule, aid, gp.PrivSecurityDomain|gp.PrivAuthorizedManagement, params, true))
+}
+
+// ProviderKeys is a provider's key set (ENC, MAC, DEK) at KVN.
+type ProviderKeys struct {
+	KVN           byte
+	ENC, MAC, DEK []byte
+}
+
+// KeySet is the provider's keys as an SCP03 static key set.
+func (k ProviderKeys) KeySet() gp.KeySet {
+	return gp.KeySet{KVN: k.KVN, ENC: gp.AESKey(k.ENC), MAC: gp.AESKey(k.MAC)}
+}
+
+// Personalize hands aid over to a provider, as its second-key script does
+// over the air: the issuer loads keys into it (INSTALL [for
+// personalization], STORE DATA DGI 00B9/8113 under the ISD's Key-DEK) and
+// the SSD, in a session under those keys, sets itself PERSONALIZED.
+func (is *Issuer) Personalize(aid []byte, keys ProviderKeys) {
+	is.t.Helper()
+	h := is.session(vcard.ISDAID)
+	is.send(h, gp.InstallForPersonalizationCmd(aid))
+	usage := []byte{gp.KeyUsageENC, gp.KeyUsageMAC, gp.KeyUsageDEK}
+	var loads []gp.KeyLoad
+	for i, k := range [][]byte{keys.ENC, keys.MAC, keys.DEK} {
+		ct, err := gp.EncryptKey(vcard.DefaultKey, k)
+		if err != nil {
+			is.t.Fatal(err)
+		}
+		kcv, _ := gp.KCV(k)
+		loads = append(loads, gp.KeyLoad{Usage: usage[i], Type: gp.KeyTypeAES, Length: len(k), KID: byte(i + 1), KVN: keys.KVN, KCV: kcv, Encrypted: ct})
+	}
+	is.send(h, gp.StoreData(gp.StoreDataLast|gp.StoreDataDGI, 0, gp.KeyLoadDGIs(loads)))
+	is.send(is.sessionWith(aid, keys.KeySet()), gp.SetStatus(gp.SetStatusApplication, gp.SetStatusPersonalized, aid))
+}
+
+// StoreDataObjects stores the provider's data objects in aid, in a session
+// at level 33 under the provider's keys (gp/dataobj.go), as its data
+// script does through card-link.
+func (is *Issuer) StoreDataObjects(aid []byte, keys ProviderKeys, objs []gp.DGI) {
+	is.t.Helper()
+	cmds, err := gp.StoreDataObjects(objs)
+	if err != nil {
+		is.t.Fatal(err)
+	}
+	h := is.sessionWith(aid, keys.KeySet())
+	for _, c := range cmds {
+		is.send(h, c)
+	}
 }
 
 // StoreRule stores rules in the ARA-M: STORE DATA Command-Store-REF-AR-DO

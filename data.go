@@ -1,0 +1,315 @@
+package keyport
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/keyport/keyport/gp"
+)
+
+// JobData delivers a provider's data script: an SCP03 session at level 33
+// under the provider's own keys that stores data objects in its domain or
+// reads them (DESIGN.md flow 9; the objects' coding is in gp/dataobj.go).
+// keyport holds none of those keys: it checks the script's structure,
+// delivers it, and keeps the card's answer as the card sent it, encrypted
+// (R-ENC) and MAC'd (R-MAC) for the provider, who alone can read and verify
+// it (ReadDataAnswers).
+const JobData JobKind = "data"
+
+// DataLevel is the security level a data script must open: C-MAC, C-DEC,
+// R-MAC, R-ENC (AmdD Table 7-3), so that the data travels encrypted both
+// ways and the card's answers prove themselves to the provider.
+const DataLevel = gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC | gp.LevelRENC
+
+// DataScriptRequest is the body of POST /api/v1/domains/{eid}/{aid}/data-scripts:
+// C-APDUs in hex, already protected by the provider's SCP03 session
+// (`keyport sp data put|get` builds it).
+type DataScriptRequest struct {
+	APDUs []string `json:"apdus"`
+}
+
+// DataPayload is the payload of a JobData job.
+type DataPayload struct {
+	EID   EID      `json:"eid"`
+	AID   AID      `json:"aid"`
+	APDUs []string `json:"apdus"` // upper-case hex
+}
+
+// CheckDataScript validates a data script for a domain whose keys are
+// currentKVN and returns the job payload. The script opens an SCP03
+// session (INITIALIZE UPDATE on currentKVN, then EXTERNAL AUTHENTICATE with
+// P1 = 33) and then holds only STORE DATA of DGIs and GET DATA of data
+// objects, each under secure messaging: nothing that manages the card.
+func CheckDataScript(eid EID, aid AID, currentKVN int, req DataScriptRequest) (*DataPayload, error) {
+	if len(req.APDUs) < 3 {
+		return nil, invalid("apdus", "a data script is INITIALIZE UPDATE, EXTERNAL AUTHENTICATE and at least one STORE DATA or GET DATA")
+	}
+	if len(req.APDUs) > MaxScriptAPDUs {
+		return nil, Invalid("apdus", "at most %d APDUs", MaxScriptAPDUs)
+	}
+	p := &DataPayload{EID: eid, AID: aid}
+	total := 0
+	for i, s := range req.APDUs {
+		field := fmt.Sprintf("apdus[%d]", i)
+		b, err := hex.DecodeString(strings.TrimSpace(s))
+		if err != nil {
+			return nil, Invalid(field, "not hex")
+		}
+		total += len(b)
+		if total > MaxScriptBytes {
+			return nil, Invalid("apdus", "the script is larger than %d bytes", MaxScriptBytes)
+		}
+		c, err := gp.ParseCommand(b)
+		if err != nil {
+			return nil, Invalid(field, "not a command APDU: %v", err)
+		}
+		switch {
+		case i == 0:
+			if c.INS != gp.INSInitializeUpdate {
+				return nil, Invalid(field, "a data script starts with INITIALIZE UPDATE (an SCP03 session with your keys)")
+			}
+			if c.P1 != 0 && int(c.P1) != currentKVN {
+				return nil, Invalid(field, "INITIALIZE UPDATE asks for KVN %02X; the domain's keys are KVN %02X", c.P1, currentKVN)
+			}
+		case i == 1:
+			if c.INS != gp.INSExternalAuthenticate {
+				return nil, Invalid(field, "EXTERNAL AUTHENTICATE must follow INITIALIZE UPDATE")
+			}
+			if gp.SecurityLevel(c.P1) != DataLevel {
+				return nil, Invalid(field, "EXTERNAL AUTHENTICATE asks for security level %02X: data needs level 33 (C-MAC, C-DEC, R-MAC, R-ENC), so that keyport and the handset see only ciphertext", c.P1)
+			}
+		default:
+			if c.CLA&0x04 == 0 {
+				return nil, Invalid(field, "%s without secure messaging", gp.INSName(c.INS))
+			}
+			switch {
+			case c.INS == gp.INSStoreData && c.P1&0x18 == gp.StoreDataDGI && c.P1&gp.StoreDataEncrypted == 0:
+			case c.INS == gp.INSGetData && gp.IsDataObject(uint16(c.P1)<<8|uint16(c.P2)):
+			default:
+				return nil, Invalid(field, "%s (INS %02X P1 %02X P2 %02X) is not allowed: a data script holds STORE DATA of DGIs and GET DATA of data objects %04X..%04X only",
+					gp.INSName(c.INS), c.INS, c.P1, c.P2, gp.DataObjectFirst, gp.DataObjectLast)
+			}
+		}
+		p.APDUs = append(p.APDUs, strings.ToUpper(hex.EncodeToString(b)))
+	}
+	return p, nil
+}
+
+// Commands decodes the payload's APDUs (validated by CheckDataScript).
+func (p *DataPayload) Commands() ([]gp.Command, error) { return decodeCommands(p.APDUs) }
+
+func decodeCommands(apdus []string) ([]gp.Command, error) {
+	out := make([]gp.Command, 0, len(apdus))
+	for i, s := range apdus {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
+		}
+		c, err := gp.ParseCommand(b)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// JudgeData records a module's answer to a data script. keyport has no key
+// to check it with: the job is confirmed when the module ran every command
+// and each answered 9000 (status words travel in clear); the R-APDUs are
+// kept as the card sent them, for the provider to decrypt and verify. The
+// sequence counter of the INITIALIZE UPDATE answer (in clear, AmdD
+// 6.2.2.1) is reported unverified: it only tells the provider where its
+// next script starts, and a wrong one only fails that script.
+func (p *DataPayload) JudgeData(status string, body []byte) (ScriptResult, error) {
+	r := ScriptResult{ScriptStatus: status}
+	if status != "ok" {
+		r.Cause = fmt.Sprintf("the module reported script status %q", status)
+		return r, nil
+	}
+	rs, err := gp.ParseResponseScript(body)
+	if err != nil {
+		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
+	}
+	if len(rs.Responses) > len(p.APDUs) {
+		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
+	}
+	cmds, err := p.Commands()
+	if err != nil {
+		return r, err
+	}
+	for _, x := range rs.Responses {
+		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
+	}
+	if len(rs.Responses) > 0 && rs.Responses[0].SW == gp.SWOK {
+		if d, err := gp.ParseInitUpdateResponse(rs.Responses[0].Data); err == nil && d.HasSequenceCounter {
+			n := int(d.SequenceCounter)
+			r.SequenceCounter = &n
+		}
+	}
+	for i, x := range rs.Responses {
+		if x.SW != gp.SWOK {
+			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
+			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
+			return r, nil
+		}
+	}
+	if len(rs.Responses) < len(p.APDUs) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(rs.Responses), len(p.APDUs))
+		return r, nil
+	}
+	r.Confirmed = true
+	return r, nil
+}
+
+// DataScript builds a provider's data script offline: the SSD's challenge
+// is pseudo-random (i=70), so from its keys (KVN kvn), its AID and the
+// sequence counter keyport reports (the card uses counter+1, AmdD 6.2.2.1)
+// the whole session is precomputed: INITIALIZE UPDATE, EXTERNAL
+// AUTHENTICATE at level 33, then cmds wrapped (C-MAC, C-DEC). It returns
+// the body of POST /api/v1/domains/{eid}/{aid}/data-scripts. Keep it: its
+// INITIALIZE UPDATE holds the host challenge ReadDataAnswers needs.
+func DataScript(aid AID, kvn, counter int, keys map[KeyUsage][]byte, cmds []gp.Command) (DataScriptRequest, error) {
+	for _, u := range []KeyUsage{UsageENC, UsageMAC} {
+		if n := len(keys[u]); n != 16 && n != 24 && n != 32 {
+			return DataScriptRequest{}, Invalid("keys."+string(u), "an AES key of 16, 24 or 32 bytes")
+		}
+	}
+	if kvn < 1 || kvn > 0x7F {
+		return DataScriptRequest{}, Invalid("kvn", "KVN %d is not in 1..127", kvn)
+	}
+	if counter < 0 || counter >= 0xFFFFFF {
+		return DataScriptRequest{}, Invalid("counter", "the sequence counter is 0..FFFFFE")
+	}
+	if len(cmds) == 0 || len(cmds)+2 > MaxScriptAPDUs {
+		return DataScriptRequest{}, Invalid("commands", "1 to %d commands", MaxScriptAPDUs-2)
+	}
+	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(kvn), ENC: gp.AESKey(keys[UsageENC]), MAC: gp.AESKey(keys[UsageMAC])}, nil)
+	if err != nil {
+		return DataScriptRequest{}, err
+	}
+	out := []gp.Command{hs.InitializeUpdate()}
+	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
+		return DataScriptRequest{}, err
+	}
+	ea, err := hs.ExternalAuthenticate(DataLevel)
+	if err != nil {
+		return DataScriptRequest{}, err
+	}
+	out = append(out, ea)
+	for _, c := range cmds {
+		w, err := hs.Wrap(c)
+		if err != nil {
+			return DataScriptRequest{}, err
+		}
+		out = append(out, w)
+	}
+	var req DataScriptRequest
+	for _, c := range out {
+		req.APDUs = append(req.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
+	}
+	return req, nil
+}
+
+// ReadDataAnswers is the provider's side of a data job's result: it checks,
+// under the provider's keys, that the answers res holds came from the card
+// for the script req (card cryptogram, pseudo-random challenge, R-MAC of
+// every answer; gp.CheckAnswers) at level 33, and returns the answers to
+// the commands after EXTERNAL AUTHENTICATE, R-ENC decrypted, one per
+// command. An answer that does not verify is an error: it was not the
+// card's.
+func ReadDataAnswers(aid AID, keys gp.KeySet, req DataScriptRequest, res ScriptResult) ([]gp.Response, error) {
+	cmds, err := decodeCommands(req.APDUs)
+	if err != nil {
+		return nil, err
+	}
+	var resps []gp.Response
+	for i, s := range res.Responses {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: answer %d is not hex", i+1)
+		}
+		r, err := gp.ParseResponse(b)
+		if err != nil {
+			return nil, fmt.Errorf("keyport: answer %d: %w", i+1, err)
+		}
+		resps = append(resps, r)
+	}
+	if len(resps) != len(cmds) {
+		return nil, fmt.Errorf("keyport: %d answers to %d commands (%s)", len(resps), len(cmds), res.Cause)
+	}
+	answers, level, err := gp.CheckAnswers(keys, aid.Bytes(), cmds, resps)
+	if err != nil {
+		return nil, fmt.Errorf("keyport: the answers did not come from a card holding your keys: %w", err)
+	}
+	if level != DataLevel {
+		return nil, fmt.Errorf("keyport: the script ran at level %02X, not 33", byte(level))
+	}
+	for i, a := range answers {
+		if a.SW != gp.SWOK {
+			return nil, fmt.Errorf("keyport: command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), a.SW)
+		}
+	}
+	return answers[2:], nil
+}
+
+// SubmitDataScript queues a provider's data script for one of its
+// PERSONALIZED domains: the job, its audit event and the provider's
+// "job.queued" webhook in one transaction. One data script per domain at a
+// time (each is computed from the sequence counter the previous one
+// leaves): ErrConflict while another is not final.
+func (s *Service) SubmitDataScript(ctx context.Context, p Principal, eid EID, aid AID, req DataScriptRequest) (*Job, error) {
+	if p.ProviderID == "" {
+		return nil, fmt.Errorf("%w: only the domain's provider submits its data scripts", ErrForbidden)
+	}
+	d, err := s.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		return nil, err
+	}
+	if d.OwnerID != p.ProviderID {
+		return nil, ErrNotFound
+	}
+	payload, err := CheckDataScript(eid, aid, d.KVN, req)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	exp := now.Add(s.Delivery.expiry())
+	j := &Job{Ref: NewID("job"), Kind: JobData, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: p.ProviderID,
+		State: JobQueued, NextRunAt: now, ExpiresAt: &exp, Data: payload}
+	hook, err := s.webhookURL(ctx, p.ProviderID)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		d, err := tx.GetDomain(ctx, eid, aid) // re-read inside the transaction
+		if err != nil {
+			return err
+		}
+		if d.State != Personalized || d.OwnerID != p.ProviderID {
+			return fmt.Errorf("%w: domain is %s; a data script needs a PERSONALIZED domain (your own keys on it)", ErrConflict, d.State)
+		}
+		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobData, States: []JobState{JobQueued, JobSent}, Limit: 1})
+		if err != nil {
+			return err
+		}
+		if len(active) > 0 {
+			return fmt.Errorf("%w: data job %s for this domain is still %s", ErrConflict, active[0].Ref, active[0].State)
+		}
+		if err := tx.CreateJob(ctx, j); err != nil {
+			return err
+		}
+		if err := s.audit(ctx, tx, p.Actor(), "data.submit", domainObject(eid, aid),
+			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs)}); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, j, d.State, hook)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log().Info("data script queued", "job", j.Ref, "eid", eid, "aid", aid)
+	return j, nil
+}
