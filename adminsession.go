@@ -156,7 +156,7 @@ func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, ta
 		return nil, nil, err
 	}
 	now := s.now().UTC()
-	if len(jobs) == 0 || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].DomainState != Assigned {
+	if len(jobs) == 0 || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].SecondKey == nil || jobs[0].DomainState != jobs[0].SecondKey.DomainState() {
 		return nil, nil, nil
 	}
 	j := &jobs[0].Job
@@ -255,8 +255,8 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			if derr != nil {
 				return nil, derr
 			}
-			if d.State != Assigned {
-				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not ASSIGNED", d.State), actor: "system", action: "second-key.failed"})
+			if want := p.DomainState(); d.State != want {
+				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not %s", d.State, want), actor: "system", action: p.action("failed")})
 				break
 			}
 			del, derr := delivery(j, opts)
@@ -356,17 +356,23 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if err != nil {
 		return nil, false, err
 	}
-	// The domain's current keys check the card's proof; on failure the
-	// domain keeps its KVN.
+	// The domain's current keys check the card's proof (a rotation's
+	// proof is the R-MAC its provider declared); on failure the domain
+	// keeps its KVN.
 	d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
 	if err != nil {
 		return nil, false, err
 	}
-	keys, err := s.domainKeys(ctx, d)
-	if err != nil {
-		return nil, false, err
+	var res ScriptResult
+	if p.Rotate {
+		res, err = p.JudgeRotation(status, body)
+	} else {
+		var keys gp.KeySet
+		if keys, err = s.domainKeys(ctx, d); err != nil {
+			return nil, false, err
+		}
+		res, err = p.Judge(status, body, keys)
 	}
-	res, err := p.Judge(status, body, keys)
 	if err != nil {
 		return nil, false, err
 	}
@@ -380,9 +386,14 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	end := jobEnd{actor: "module:" + string(a.EID)}
 	if res.Confirmed {
 		// The transition is conditional (ASSIGNED → PERSONALIZED).
-		end.to, end.action = JobDone, "second-key.confirmed"
+		end.to, end.action = JobDone, p.action("confirmed")
+		from := From(EventSecondKeyConfirmed)
+		if p.Rotate {
+			// The domain stays PERSONALIZED, conditionally.
+			from = []DomainState{Personalized}
+		}
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
-			if err := tx.TransitionDomain(ctx, j.DomainID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
+			if err := tx.TransitionDomain(ctx, j.DomainID, from, Personalized, nil); err != nil {
 				return "", err
 			}
 			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, 0); err != nil {
@@ -391,7 +402,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 			return Personalized, release(ctx, tx)
 		}
 	} else {
-		end.to, end.cause, end.action = JobFailed, res.Cause, "second-key.failed"
+		end.to, end.cause, end.action = JobFailed, res.Cause, p.action("failed")
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 			if res.SequenceCounter != nil {
 				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
