@@ -156,7 +156,7 @@ func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, ta
 		return nil, nil, err
 	}
 	now := s.now().UTC()
-	if len(jobs) == 0 || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].SecondKey == nil || jobs[0].DomainState != jobs[0].SecondKey.DomainState() {
+	if len(jobs) == 0 || jobs[0].Kind != JobSecondKey || jobs[0].State != JobQueued || jobs[0].expired(now) || jobs[0].SecondKey == nil || jobs[0].DomainState != jobs[0].SecondKey.DomainState() {
 		return nil, nil, nil
 	}
 	j := &jobs[0].Job
@@ -231,13 +231,27 @@ type Delivery struct {
 // key change.
 func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.ScriptOptions, resumed bool) (*Delivery, error) {
 	for range 16 {
-		jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: a.ModuleID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
+		jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: a.ModuleID, Kinds: CardJobKinds, States: []JobState{JobQueued, JobSent}, Limit: 1})
 		if err != nil || len(jobs) == 0 {
 			return nil, err
 		}
 		j := &jobs[0]
 		now := s.now().UTC()
 		switch {
+		case j.Kind == JobIssuer && j.State == JobSent && !resumed && j.sentIn(a.ID):
+			// The dialog goes on: the script its progress says is next.
+			a.sent = j
+			return s.issuerDelivery(ctx, j, opts)
+		case j.Kind == JobIssuer && j.expired(now):
+			err = s.finish(ctx, j, jobEnd{to: JobExpired, cause: "expired before the module completed the dialog", actor: "system", action: "job.expire"})
+		case j.Kind == JobIssuer:
+			// Not started, or broken off in an earlier session or before
+			// the resume: start over from INITIALIZE UPDATE.
+			del, serr := s.startIssuer(ctx, a, j, opts)
+			if serr == nil && del != nil {
+				return del, nil
+			}
+			err = serr
 		case j.State == JobSent && (resumed || j.sentIn(a.ID)):
 			a.sent = j
 			return delivery(j, opts)
@@ -306,6 +320,11 @@ func (s *Service) PendingScript(ctx context.Context, a *AdminSession, ref string
 	if err != nil || j.State != JobSent {
 		return nil, err
 	}
+	if j.Kind == JobIssuer {
+		// The module did not get the next script: the dialog starts over
+		// (NextScript then sends script 1).
+		return s.NextScript(ctx, a, opts, true)
+	}
 	return delivery(j, opts)
 }
 
@@ -314,7 +333,7 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 	if err != nil {
 		return nil, err
 	}
-	if j.ModuleID != a.ModuleID || j.Kind != JobSecondKey {
+	if j.ModuleID != a.ModuleID || j.Kind != JobSecondKey && j.Kind != JobIssuer {
 		return nil, ErrNotFound
 	}
 	return j, nil
@@ -351,6 +370,23 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	}
 	if j.State != JobSent {
 		return nil, false, fmt.Errorf("%w: job %s was never sent", ErrConflict, ref)
+	}
+	if j.Kind == JobIssuer {
+		// The dialog goes on in NextScript (the next script, or the
+		// module's next job, or the end).
+		j, err = s.answerIssuer(ctx, a, j, status, body)
+		if errors.Is(err, ErrConflict) {
+			j, err = s.moduleJob(ctx, a, ref)
+			return j, false, err
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		a.sent = nil
+		if j.State == JobSent {
+			a.sent = j
+		}
+		return j, false, nil
 	}
 	p, err := j.secondKey()
 	if err != nil {

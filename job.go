@@ -19,6 +19,10 @@ const (
 	JobWebhook JobKind = "webhook"
 )
 
+// CardJobKinds are the kinds of job an admin session delivers to a module,
+// in one per-module order (JobIssuer is in issuerjob.go).
+var CardJobKinds = []JobKind{JobSecondKey, JobIssuer}
+
 // JobState is where a job is in its delivery.
 //
 //	QUEUED --session opens--> SENT --module answers as expected--> DONE
@@ -60,6 +64,8 @@ type Job struct {
 	ExpiresAt *time.Time
 	// SecondKey is what a JobSecondKey job delivers.
 	SecondKey *SecondKeyPayload
+	// Issuer is what a JobIssuer job runs (issuerjob.go).
+	Issuer *IssuerPayload
 	// Event is the body a JobWebhook job posts, a WebhookEvent in JSON,
 	// kept byte for byte: its signature covers these bytes.
 	Event []byte
@@ -74,7 +80,9 @@ type Job struct {
 // JobFilter selects jobs for ListJobs. Zero fields do not filter. Jobs come
 // oldest first (by ID).
 type JobFilter struct {
-	Kind          JobKind
+	Kind JobKind
+	// Kinds, when set, selects any of these kinds (with Kind empty).
+	Kinds         []JobKind
 	States        []JobState
 	ModuleID      int64
 	DomainID      int64
@@ -155,6 +163,7 @@ type JobView struct {
 	Attempts      int           `json:"attempts"`
 	NextAttemptAt *time.Time    `json:"next_attempt_at,omitempty"`
 	ExpiresAt     *time.Time    `json:"expires_at,omitempty"`
+	Operation     IssuerOp      `json:"operation,omitempty"`
 	Expect        *Expectation  `json:"expect,omitempty"`
 	Result        *ScriptResult `json:"result,omitempty"`
 	LastError     string        `json:"last_error,omitempty"`
@@ -176,7 +185,26 @@ func (j *Job) View() JobView {
 		}
 		v.Result = j.Result
 	}
+	if p := j.Issuer; j.Kind == JobIssuer && p != nil {
+		v.EID, v.AID, v.Operation, v.Result = p.EID, p.AID, p.Op, j.Result
+	}
 	return v
+}
+
+// eid is the module a card job is for.
+func (j *Job) eid() (EID, error) {
+	if j.Kind == JobIssuer {
+		p, err := j.issuer()
+		if err != nil {
+			return "", err
+		}
+		return p.EID, nil
+	}
+	p, err := j.secondKey()
+	if err != nil {
+		return "", err
+	}
+	return p.EID, nil
 }
 
 // secondKey is the script of a second-key job; an error for a job of
@@ -209,7 +237,7 @@ func (s *Service) GetJob(ctx context.Context, p Principal, ref string) (*Job, er
 	if err != nil {
 		return nil, err
 	}
-	if !p.Admin && j.ProviderID != p.ProviderID || j.Kind != JobSecondKey {
+	if !p.Admin && j.ProviderID != p.ProviderID || j.Kind != JobSecondKey && j.Kind != JobIssuer {
 		return nil, ErrNotFound
 	}
 	return j, nil
@@ -220,7 +248,9 @@ func (s *Service) ListJobs(ctx context.Context, p Principal, f JobFilter) ([]Job
 	if !p.Admin {
 		return nil, ErrForbidden
 	}
-	f.Kind = JobSecondKey
+	if f.Kind != JobSecondKey && f.Kind != JobIssuer {
+		f.Kind, f.Kinds = "", CardJobKinds
+	}
 	return s.Store.ListJobs(ctx, f)
 }
 
@@ -250,6 +280,9 @@ type jobEnd struct {
 	// in, if set, runs in the transaction and returns the domain's state
 	// for the webhook.
 	in func(ctx context.Context, tx Repo) (DomainState, error)
+	// verdict is an issuer job's end as its operation's Finish sees it;
+	// nil means failed with cause.
+	verdict *IssuerVerdict
 }
 
 // finish moves j from its state to e.to in one transaction with e.in, the
@@ -266,6 +299,17 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 	obj := "job:" + next.Ref
 	if p := next.SecondKey; p != nil {
 		obj = domainObject(p.EID, p.AID)
+	}
+	if next.Kind == JobIssuer {
+		obj = issuerObject(&next)
+		if e.in == nil {
+			// Whatever ends an issuer job, its operation records what is true.
+			v := IssuerVerdict{Outcome: IssuerFailed, Cause: e.cause}
+			if e.verdict != nil {
+				v = *e.verdict
+			}
+			e.in = func(ctx context.Context, tx Repo) (DomainState, error) { return s.issuerFinish(ctx, tx, &next, v) }
+		}
 	}
 	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {
 		if err := tx.UpdateJob(ctx, &next, j.State, j.Attempts); err != nil {

@@ -305,7 +305,7 @@ type JobRepo interface {
 	// ErrConflict (another replica or session moved the job first).
 	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
 
-	// PendingModuleJobs returns up to limit of the module's second-key jobs
+	// PendingModuleJobs returns up to limit of the module's card jobs (CardJobKinds)
 	// that are QUEUED or SENT, oldest first, each with its domain's state
 	// and its provider's webhook URL: what an admin session reads before
 	// it writes, in one query.
@@ -323,7 +323,7 @@ type JobRepo interface {
 	// the lease whoever holds it.
 	ReleaseLease(ctx context.Context, moduleID int64, holder string) error
 	// ReleaseIdleLease ends holder's lease only if the module has no
-	// second-key job QUEUED or SENT, and reports whether it did: in the
+	// card job (CardJobKinds) QUEUED or SENT, and reports whether it did: in the
 	// transaction that records a session's last answer, the session ends
 	// exactly when there is nothing more to send.
 	ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error)

@@ -88,6 +88,8 @@ type ScriptResult struct {
 	Confirmed bool `json:"confirmed"`
 	// Session is the admin session the script went out in (while SENT).
 	Session string `json:"session,omitempty"`
+	// Issuer is where an issuer job's dialog stands (issuerjob.go).
+	Issuer *IssuerProgress `json:"issuer,omitempty"`
 }
 
 // CheckScript validates a second-key script for a domain whose current key

@@ -146,7 +146,7 @@ func (s *Service) WebhookSent(ctx context.Context, d *WebhookDelivery, sendErr e
 // that never calls is woken again later. It returns how many jobs it saw.
 func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 	now := s.now().UTC()
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kind: JobSecondKey, States: []JobState{JobQueued}, DueBefore: now, Limit: limit})
+	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kinds: CardJobKinds, States: []JobState{JobQueued}, DueBefore: now, Limit: limit})
 	if err != nil {
 		return 0, err
 	}
@@ -161,13 +161,13 @@ func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 		}
 		werr, done := woken[j.ModuleID]
 		if !done {
-			p, err := j.secondKey()
+			eid, err := j.eid()
 			if err != nil {
 				return i, err
 			}
 			werr = ErrUnreachable
 			if s.Trigger != nil {
-				werr = s.Trigger.Wake(ctx, p.EID)
+				werr = s.Trigger.Wake(ctx, eid)
 			}
 			woken[j.ModuleID] = werr
 		}
@@ -189,7 +189,7 @@ func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 // to answer (no resume within the expiry).
 func (s *Service) ExpireSent(ctx context.Context, limit int) (int, error) {
 	now := s.now().UTC()
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kind: JobSecondKey, States: []JobState{JobSent}, ExpiresBefore: now, Limit: limit})
+	jobs, err := s.Store.ListJobs(ctx, JobFilter{Kinds: CardJobKinds, States: []JobState{JobSent}, ExpiresBefore: now, Limit: limit})
 	if err != nil {
 		return 0, err
 	}
@@ -208,6 +208,6 @@ func (s *Service) ModuleHasWork(ctx context.Context, eid EID) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: m.ID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
+	jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: m.ID, Kinds: CardJobKinds, States: []JobState{JobQueued, JobSent}, Limit: 1})
 	return len(jobs) > 0, err
 }

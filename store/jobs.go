@@ -44,6 +44,11 @@ func (r jobRow) model() (keyport.Job, error) {
 		if err := json.Unmarshal([]byte(r.Payload), j.SecondKey); err != nil {
 			return j, fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
 		}
+	case keyport.JobIssuer:
+		j.Issuer = new(keyport.IssuerPayload)
+		if err := json.Unmarshal([]byte(r.Payload), j.Issuer); err != nil {
+			return j, fmt.Errorf("store: job %s: issuer payload: %w", j.Ref, err)
+		}
 	case keyport.JobWebhook:
 		j.Event = []byte(r.Payload)
 	default:
@@ -68,6 +73,15 @@ func jobPayload(j *keyport.Job) (string, error) {
 		b, err := json.Marshal(j.SecondKey)
 		if err != nil {
 			return "", fmt.Errorf("store: job %s: second-key payload: %w", j.Ref, err)
+		}
+		return string(b), nil
+	case keyport.JobIssuer:
+		if j.Issuer == nil {
+			return "", fmt.Errorf("store: job %s: an issuer job without its operation: %w", j.Ref, keyport.ErrInvalid)
+		}
+		b, err := json.Marshal(j.Issuer)
+		if err != nil {
+			return "", fmt.Errorf("store: job %s: issuer payload: %w", j.Ref, err)
 		}
 		return string(b), nil
 	case keyport.JobWebhook:
@@ -135,6 +149,12 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	q := r.r.WithContext(ctx).Model(&jobRow{})
 	if f.Kind != "" {
 		q = q.Where("kind = ?", string(f.Kind))
+	} else if len(f.Kinds) > 0 {
+		kinds := make([]string, len(f.Kinds))
+		for i, k := range f.Kinds {
+			kinds[i] = string(k)
+		}
+		q = q.Where("kind IN ?", kinds)
 	}
 	if len(f.States) > 0 {
 		states := make([]string, len(f.States))
@@ -182,7 +202,7 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	return out, nil
 }
 
-// PendingModuleJobs returns the module's QUEUED and SENT second-key jobs,
+// PendingModuleJobs returns the module's QUEUED and SENT card jobs,
 // oldest first, joined with their domain's state and their provider's
 // webhook URL (jobs_module index): one read where an admin session would
 // otherwise queue three times for a connection.
@@ -196,8 +216,8 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at,
 		d.state AS domain_state, p.webhook_url AS webhook_url
 		FROM jobs j LEFT JOIN domains d ON d.id = j.domain_id LEFT JOIN providers p ON p.id = j.provider_id
-		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind = ? ORDER BY j.id LIMIT ?`,
-		moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), limit).Scan(&rows).Error
+		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN (?, ?) ORDER BY j.id LIMIT ?`,
+		moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), string(keyport.JobIssuer), limit).Scan(&rows).Error
 	if err != nil {
 		return nil, wrap("pending module jobs", err)
 	}
@@ -316,11 +336,11 @@ func (r *repo) ReleaseLease(ctx context.Context, moduleID int64, holder string) 
 }
 
 // ReleaseIdleLease deletes holder's lease of the module if the module has
-// no pending second-key job, in one statement (jobs_module index).
+// no pending card job (second-key or issuer), in one statement (jobs_module index).
 func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error) {
 	res := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND holder = ? AND NOT EXISTS
-		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind = ?)`,
-		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey))
+		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind IN (?, ?))`,
+		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), string(keyport.JobSecondKey), string(keyport.JobIssuer))
 	if res.Error != nil {
 		return false, wrap("release idle lease", res.Error)
 	}

@@ -1,0 +1,131 @@
+package cardlinktest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/agent"
+	"github.com/keyport/keyport/cardlink/vcard"
+	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/hsm/hsmtest"
+	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/keywrap"
+	"github.com/keyport/keyport/perso"
+	"github.com/keyport/keyport/store/storetest"
+)
+
+// IssuerWorld is a module that keyport personalized (so keyport holds its
+// ISD keys in the HSM), one domain of it claimed by a provider and made
+// PERSONALIZED over card-link with the provider's second keys, and
+// card-link running on SQLite and SoftHSM.
+type IssuerWorld struct {
+	*fixture.World
+	EID  keyport.EID
+	AID  keyport.AID
+	Prov keyport.Principal
+	Card *MemCard
+	Link *Link
+	PSK  []byte
+}
+
+// NewIssuerWorld builds an IssuerWorld (batch "p1", 2 domains; the first
+// is the provider's).
+func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
+	t.Helper()
+	ctx := context.Background()
+	st := storetest.Open(t, storetest.SQLitePath(t))
+	h := hsmtest.Open(t)
+	svc := &keyport.Service{Store: st, Custody: h, Link: h, CheckpointEvery: 4, Writes: st.Group(), DualControl: keyport.DualControl{Admins: 1}}
+	svc.Delivery = keyport.DeliveryPolicy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, Lease: 3 * time.Second}
+	fw := &fixture.World{Svc: svc, Store: st, HSM: h, Mail: &fixture.Mailbox{}}
+	svc.Mailer = fw.Mail
+	if _, _, err := svc.CreateBatch(ctx, fixture.Admin, "p1", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	w := &IssuerWorld{World: fw, EID: fixture.EID(t, 3)}
+	card, err := vcard.New(string(w.EID), vcard.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Card = &MemCard{Card: card}
+	rep, err := (&perso.Station{Service: svc, Keys: h}).Personalize(ctx, fixture.Admin, w.Card, perso.Request{Batch: "p1", Domains: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.AID = rep.Domains[0].AID
+	sp := fixture.RSAKeys()[0]
+	var wk string
+	w.Prov, _, wk = fw.Provider(t, "Bank", sp)
+	c, _, err := svc.Claim(ctx, w.Prov, keyport.ClaimRequest{EID: w.EID, AID: w.AID, WrappingKeyID: wk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, _ := svc.JWKS(ctx)
+	pkg, err := keyport.VerifyKeyPackage(c.Package, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := map[keyport.KeyUsage][]byte{}
+	for _, k := range pkg.Keys {
+		if first[k.Usage], err = keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second := map[keyport.KeyUsage][]byte{}
+	for _, u := range keyport.Usages {
+		second[u] = make([]byte, 16)
+		for i := range second[u] {
+			second[u][i] = byte(i*7) + byte(len(u))
+		}
+	}
+	req, err := keyport.SecondKeyScript(w.AID, pkg.KVN, pkg.SequenceCounter, 0x31, first, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.GetModule(ctx, w.EID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.PSK, err = h.ModulePSK(ctx, w.EID, m.PSK); err != nil {
+		t.Fatal(err)
+	}
+	w.Link = StartLink(t, svc, opts)
+	if _, err := w.Agent().Session(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j, err = svc.GetJob(ctx, w.Prov, j.Ref); err != nil || j.State != keyport.JobDone {
+		t.Fatalf("cardlinktest: second-key job: %+v %v", j, err)
+	}
+	return w
+}
+
+// Agent is the module's handset agent, relaying to the card.
+func (w *IssuerWorld) Agent() *agent.Agent {
+	return agent.New(agent.Config{Server: w.Link.Addr, Identity: string(w.EID), PSK: w.PSK, Retry: 10 * time.Millisecond}, w.Card)
+}
+
+// CardRules reads the access rules from the card's ARA-M, as a handset
+// does (no secure channel), and its refresh tag.
+func (w *IssuerWorld) CardRules(t testing.TB) ([]gp.AccessRule, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	h := gp.NewHost(w.Card)
+	if _, found, err := h.Select(ctx, gp.ARAMAID); err != nil || !found {
+		t.Fatalf("cardlinktest: SELECT ARA-M: %v %v", found, err)
+	}
+	rules, err := h.AccessRules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := h.RefreshTag(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules, tag
+}
