@@ -269,7 +269,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			if derr != nil {
 				return nil, derr
 			}
-			if want := p.DomainState(); d.State != want {
+			if want := p.DomainState(); d.State != want && (d.State != Locked || d.PriorState != want) {
 				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not %s", d.State, want), actor: "system", action: p.action("failed")})
 				break
 			}

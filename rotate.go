@@ -110,8 +110,7 @@ func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*Se
 func (p *SecondKeyPayload) JudgeRotation(status string, body []byte) (ScriptResult, error) {
 	r := ScriptResult{ScriptStatus: status}
 	if status != "ok" {
-		r.Cause = fmt.Sprintf("the module reported script status %q", status)
-		return r, nil
+		return notRun(status, body), nil
 	}
 	rs, err := gp.ParseResponseScript(body)
 	if err != nil {
@@ -190,4 +189,22 @@ func (p *SecondKeyPayload) action(what string) string {
 		return "rotation." + what
 	}
 	return "second-key." + what
+}
+
+// notRun is the result of a script the module reports it did not run
+// (X-Admin-Script-Status other than ok): with the module's R-APDU when the
+// answer carries one, e.g. the SW of the SELECT a locked SSD refuses.
+func notRun(status string, body []byte) ScriptResult {
+	r := ScriptResult{ScriptStatus: status, Cause: fmt.Sprintf("the module reported script status %q", status)}
+	rs, err := gp.ParseResponseScript(body)
+	if err != nil || len(rs.Responses) == 0 {
+		return r
+	}
+	for _, x := range rs.Responses {
+		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
+	}
+	last := rs.Responses[len(rs.Responses)-1]
+	r.SW = fmt.Sprintf("%04X", uint16(last.SW))
+	r.Cause += fmt.Sprintf(": the module answered %s to the SELECT of the domain", last.SW)
+	return r
 }

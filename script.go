@@ -217,8 +217,7 @@ func (p *SecondKeyPayload) Commands() ([]gp.Command, error) {
 func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (ScriptResult, error) {
 	r := ScriptResult{ScriptStatus: status}
 	if status != "ok" {
-		r.Cause = fmt.Sprintf("the module reported script status %q", status)
-		return r, nil
+		return notRun(status, body), nil
 	}
 	rs, err := gp.ParseResponseScript(body)
 	if err != nil {
@@ -339,6 +338,9 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 func scriptFits(d *Domain, p *SecondKeyPayload) error {
 	switch want := p.DomainState(); {
 	case d.State == want:
+	case d.State == Locked && d.PriorState == want:
+		// Queued all the same: the card, which refuses a locked SSD, says
+		// so in the job's result (its SW).
 	case d.State == Personalized:
 		return fmt.Errorf("%w: domain is PERSONALIZED: its keys are replaced by a rotation script (`keyport sp script --rotate`, \"rotate\": true)", ErrConflict)
 	case p.Rotate:
