@@ -407,7 +407,11 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		if keys, err = s.domainKeys(ctx, d); err != nil {
 			return nil, false, err
 		}
-		res, err = p.Judge(status, body, keys)
+		if p.Verify {
+			res, err = p.JudgeVerify(status, body, keys)
+		} else {
+			res, err = p.Judge(status, body, keys)
+		}
 	}
 	if err != nil {
 		return nil, false, err
@@ -423,19 +427,28 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if res.Confirmed {
 		// The transition is conditional (ASSIGNED → PERSONALIZED).
 		end.to, end.action = JobDone, p.action("confirmed")
-		from := From(EventSecondKeyConfirmed)
-		if p.Rotate {
+		from, to, owner, seq := From(EventSecondKeyConfirmed), Personalized, (*string)(nil), 0
+		switch {
+		case p.Rotate:
 			// The domain stays PERSONALIZED, conditionally.
 			from = []DomainState{Personalized}
+		case p.Verify:
+			// The release is proven: the domain is free again, with the
+			// new first keys and the counter the card reported.
+			none := ""
+			from, to, owner = From(EventReleaseConfirmed), Unassigned, &none
+			if res.SequenceCounter != nil {
+				seq = *res.SequenceCounter
+			}
 		}
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
-			if err := tx.TransitionDomain(ctx, j.DomainID, from, Personalized, nil); err != nil {
+			if err := tx.TransitionDomain(ctx, j.DomainID, from, to, owner); err != nil {
 				return "", err
 			}
-			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, 0); err != nil {
+			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, seq); err != nil {
 				return "", err
 			}
-			return Personalized, release(ctx, tx)
+			return to, release(ctx, tx)
 		}
 	} else {
 		end.to, end.cause, end.action = JobFailed, res.Cause, p.action("failed")

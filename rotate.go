@@ -185,8 +185,13 @@ func LearnCounter(cmds []gp.Command, resps []gp.Response) *int {
 // action names the audit events of the payload's job: "second-key.*" or
 // "rotation.*".
 func (p *SecondKeyPayload) action(what string) string {
-	if p.Rotate {
+	switch {
+	case p.Rotate:
 		return "rotation." + what
+	case p.Verify && what == "confirmed":
+		return "release.confirmed"
+	case p.Verify:
+		return "release.verify-" + what
 	}
 	return "second-key." + what
 }

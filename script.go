@@ -59,13 +59,19 @@ type SecondKeyPayload struct {
 	// Rotate marks a rotation of a PERSONALIZED domain's keys
 	// (CheckRotateScript); its answer is judged by JudgeRotation.
 	Rotate bool `json:"rotate,omitempty"`
+	// Verify marks keyport's own proof of a release: a session with the
+	// new SSD under its new first keys (releaseVerifyScript, JudgeVerify).
+	Verify bool `json:"verify,omitempty"`
 }
 
 // DomainState is the state the payload's domain must be in for the script
 // to go out: ASSIGNED for a second-key script, PERSONALIZED for a rotation.
 func (p *SecondKeyPayload) DomainState() DomainState {
-	if p.Rotate {
+	switch {
+	case p.Rotate:
 		return Personalized
+	case p.Verify:
+		return Releasing
 	}
 	return Assigned
 }
