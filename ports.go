@@ -90,6 +90,23 @@ type Repo interface {
 	AuditRepo
 	JobRepo
 	ApprovalRepo
+	AccessRuleRepo
+}
+
+// AccessRuleRepo stores providers' access rules (accessrule.go): hashes
+// and filters only, nothing secret.
+type AccessRuleRepo interface {
+	// CreateAccessRule inserts r (its ID set by the caller).
+	CreateAccessRule(ctx context.Context, r *AccessRule) error
+	// GetAccessRule returns the rule; ErrNotFound if none.
+	GetAccessRule(ctx context.Context, id string) (*AccessRule, error)
+	// ListAccessRules returns the domain's rules that are not REMOVED,
+	// oldest first.
+	ListAccessRules(ctx context.Context, domainID int64) ([]AccessRule, error)
+	// SetAccessRuleState moves rule id, unless it is REMOVED, to state to
+	// with job, cause and sw; with onlyJob set, only if the rule's job is
+	// onlyJob. It reports whether the rule changed.
+	SetAccessRuleState(ctx context.Context, id, onlyJob string, to AccessRuleState, job, cause, sw string) (bool, error)
 }
 
 // Store is a Repo that can run a function in one transaction. If fn returns

@@ -89,6 +89,17 @@ func DeleteAccessRule(r AccessRule) Command {
 	return StoreData(StoreDataLast|StoreDataBERTLV, 0x00, Encode(0xF1, r.RefDO()))
 }
 
+// DeleteAccessRulesOf builds the ARA-M Command-Delete of every rule for
+// the application aid: 80 E2 90 00 Lc F1 { 4F aid } (PROTOCOLS.md §4).
+func DeleteAccessRulesOf(aid []byte) Command {
+	return StoreData(StoreDataLast|StoreDataBERTLV, 0x00, Encode(0xF1, Encode(0x4F, aid)))
+}
+
+// AccessRulesSize returns the encoded size of the FF40 object a GET DATA
+// All answer starts (tag, BER length, value): how many bytes Get-Next
+// (FF60) answers must bring in all. At most MaxAccessRulesLength.
+func AccessRulesSize(first []byte) (int, error) { return accessRulesLength(first) }
+
 // ARA-M GET DATA tags besides DataAccessRulesAll (PROTOCOLS.md §4).
 const (
 	DataAccessRulesNext uint16 = 0xFF60 // Get-Next: the rest of a Get-All answer

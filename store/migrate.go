@@ -337,6 +337,33 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX approvals_created_at ON approvals (created_at)`,
 	}},
+	// Providers' ARA-M access rules (accessrule.go): the certificate hash,
+	// package and AR-DO of each, its state on the card and the issuer job
+	// that last changed it. One live rule per domain and app; REMOVED rows
+	// stay as history.
+	{10, "access rules", []string{
+		`CREATE TABLE access_rules (
+			id TEXT PRIMARY KEY,
+			domain_id BIGINT NOT NULL REFERENCES domains (id),
+			provider_id TEXT NOT NULL,
+			eid TEXT NOT NULL,
+			aid TEXT NOT NULL,
+			hash_alg TEXT NOT NULL,
+			hash TEXT NOT NULL,
+			package TEXT NOT NULL DEFAULT '',
+			apdu TEXT NOT NULL,
+			nfc INTEGER,
+			carrier_privileges {{bool}} NOT NULL DEFAULT FALSE,
+			state TEXT NOT NULL,
+			cause TEXT NOT NULL DEFAULT '',
+			sw TEXT NOT NULL DEFAULT '',
+			job_ref TEXT NOT NULL DEFAULT '',
+			created_at {{time}} NOT NULL,
+			updated_at {{time}} NOT NULL
+		)`,
+		`CREATE INDEX access_rules_domain ON access_rules (domain_id, created_at)`,
+		`CREATE UNIQUE INDEX access_rules_app ON access_rules (domain_id, hash, package) WHERE state <> 'REMOVED'`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -1,7 +1,14 @@
 package cardlinktest
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +35,29 @@ type IssuerWorld struct {
 	Card *MemCard
 	Link *Link
 	PSK  []byte
+	// DBPath is the SQLite database, CardPath the module's state file;
+	// Logs collects what the service and the admin server logged.
+	DBPath, CardPath string
+	Logs             *LogBuffer
+}
+
+// LogBuffer is a log sink safe for concurrent use.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns what was logged so far.
+func (b *LogBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
 
 // NewIssuerWorld builds an IssuerWorld (batch "p1", 2 domains; the first
@@ -35,17 +65,20 @@ type IssuerWorld struct {
 func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	t.Helper()
 	ctx := context.Background()
-	st := storetest.Open(t, storetest.SQLitePath(t))
+	dbPath := storetest.SQLitePath(t)
+	st := storetest.Open(t, dbPath)
 	h := hsmtest.Open(t)
-	svc := &keyport.Service{Store: st, Custody: h, Link: h, CheckpointEvery: 4, Writes: st.Group(), DualControl: keyport.DualControl{Admins: 1}}
+	logs := &LogBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	svc := &keyport.Service{Store: st, Custody: h, Link: h, CheckpointEvery: 4, Writes: st.Group(), DualControl: keyport.DualControl{Admins: 1}, Log: log}
 	svc.Delivery = keyport.DeliveryPolicy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, Lease: 3 * time.Second}
 	fw := &fixture.World{Svc: svc, Store: st, HSM: h, Mail: &fixture.Mailbox{}}
 	svc.Mailer = fw.Mail
 	if _, _, err := svc.CreateBatch(ctx, fixture.Admin, "p1", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	w := &IssuerWorld{World: fw, EID: fixture.EID(t, 3)}
-	card, err := vcard.New(string(w.EID), vcard.Config{})
+	w := &IssuerWorld{World: fw, EID: fixture.EID(t, 3), DBPath: dbPath, Logs: logs, CardPath: filepath.Join(t.TempDir(), "module.json")}
+	card, err := vcard.New(string(w.EID), vcard.Config{StatePath: w.CardPath})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +128,9 @@ func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	if w.PSK, err = h.ModulePSK(ctx, w.EID, m.PSK); err != nil {
 		t.Fatal(err)
 	}
+	if opts.Server.Log == nil {
+		opts.Server.Log = log
+	}
 	w.Link = StartLink(t, svc, opts)
 	if _, err := w.Agent().Session(ctx); err != nil {
 		t.Fatal(err)
@@ -128,4 +164,85 @@ func (w *IssuerWorld) CardRules(t testing.TB) ([]gp.AccessRule, []byte) {
 		t.Fatal(err)
 	}
 	return rules, tag
+}
+
+// CardKeys returns every key value the module holds (ISD and SSD key
+// sets), read from its state file: what a leak scan looks for.
+func (w *IssuerWorld) CardKeys(t testing.TB) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(w.CardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Apps []struct {
+			KeySets []struct {
+				Keys []struct {
+					Value string `json:"value"`
+				} `json:"keys"`
+			} `json:"key_sets"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, a := range st.Apps {
+		for _, ks := range a.KeySets {
+			for _, k := range ks.Keys {
+				v, err := hex.DecodeString(k.Value)
+				if err != nil {
+					t.Fatalf("cardlinktest: key value in the module state: %v", err)
+				}
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+// ISDKeys returns the module's ISD key set of KVN PersoISDKVN (ENC, MAC,
+// DEK), read from its state file, for a test that checks what keyport did
+// with them.
+func (w *IssuerWorld) ISDKeys(t testing.TB) [3][]byte {
+	t.Helper()
+	b, err := os.ReadFile(w.CardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Apps []struct {
+			AID     string `json:"aid"`
+			KeySets []struct {
+				KVN  byte `json:"kvn"`
+				Keys []struct {
+					ID    byte   `json:"id"`
+					Value string `json:"value"`
+				} `json:"keys"`
+			} `json:"key_sets"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	var out [3][]byte
+	for _, a := range st.Apps {
+		if a.AID != string(keyport.AID("A000000151000000")) {
+			continue
+		}
+		for _, ks := range a.KeySets {
+			if ks.KVN != keyport.PersoISDKVN {
+				continue
+			}
+			for _, k := range ks.Keys {
+				if k.ID >= 1 && k.ID <= 3 {
+					out[k.ID-1], _ = hex.DecodeString(k.Value)
+				}
+			}
+		}
+	}
+	if out[0] == nil || out[1] == nil {
+		t.Fatal("cardlinktest: the module has no ISD key set 31")
+	}
+	return out
 }
