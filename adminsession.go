@@ -409,6 +409,15 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		}
 		if p.Verify {
 			res, err = p.JudgeVerify(status, body, keys)
+			if err == nil && res.Confirmed {
+				why, rerr := releaseRulesRemoved(ctx, s.Store, d)
+				if rerr != nil {
+					return nil, false, rerr
+				}
+				if why != "" {
+					res.Confirmed, res.Cause = false, why
+				}
+			}
 		} else {
 			res, err = p.Judge(status, body, keys)
 		}

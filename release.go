@@ -346,8 +346,51 @@ func (s *Service) RequestRelease(ctx context.Context, p Principal, eid EID, aid 
 		}
 		return tx.TransitionDomain(ctx, cur.ID, From(EventRelease), Releasing, nil)
 	}
-	return s.QueueIssuerJob(ctx, IssuerJobRequest{EID: eid, Domain: d, Op: OpRelease, Params: params,
+	j, err := s.QueueIssuerJob(ctx, IssuerJobRequest{EID: eid, Domain: d, Op: OpRelease, Params: params,
 		Actor: p.Actor(), Action: "domain.release.request", In: check})
+	if err != nil {
+		return nil, err
+	}
+	return j, s.removeRulesForRelease(ctx, p, d)
+}
+
+// removeRulesForRelease queues the removal of the owner's access rules
+// after a release job (the module runs its jobs in order: the SSD is
+// re-created, the rules of its AID deleted, then the proof runs). The
+// proof does not free the domain unless that removal is DONE
+// (releaseRulesRemoved); if queueing it fails, the release goes on and
+// its proof fails, and the admin's retry queues both again.
+func (s *Service) removeRulesForRelease(ctx context.Context, p Principal, d *Domain) error {
+	if _, err := s.RemoveDomainAccessRules(ctx, p.Actor(), d); err != nil {
+		return fmt.Errorf("keyport: release queued, but not the removal of the access rules (retry the release): %w", err)
+	}
+	return nil
+}
+
+// releaseRulesRemoved says why domain d may not be freed yet, "" when it
+// may: a removal of its access rules queued after its last release job
+// must be DONE.
+func releaseRulesRemoved(ctx context.Context, repo Repo, d *Domain) (string, error) {
+	jobs, err := repo.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobIssuer, Limit: 500})
+	if err != nil {
+		return "", err
+	}
+	last := -1
+	for i, j := range jobs {
+		if j.Issuer != nil && j.Issuer.Op == OpRelease {
+			last = i
+		}
+	}
+	state := "not queued"
+	for _, j := range jobs[last+1:] {
+		if j.Issuer != nil && j.Issuer.Op == OpRemoveDomainAccessRules {
+			if j.State == JobDone {
+				return "", nil
+			}
+			state = fmt.Sprintf("job %s is %s", j.Ref, j.State)
+		}
+	}
+	return "the owner's access rules were not removed (" + state + "): the admin retries the release", nil
 }
 
 // newReleaseKeys generates a release's new first keys in the HSM.
@@ -433,6 +476,10 @@ func (s *Service) RetryRelease(ctx context.Context, p Principal, eid EID, aid AI
 		}
 		return nil
 	}
-	return s.QueueIssuerJob(ctx, IssuerJobRequest{EID: eid, Domain: d, Op: OpRelease, Params: params,
+	j, err := s.QueueIssuerJob(ctx, IssuerJobRequest{EID: eid, Domain: d, Op: OpRelease, Params: params,
 		Actor: p.Actor(), Action: "domain.release.retry", In: check})
+	if err != nil {
+		return nil, err
+	}
+	return j, s.removeRulesForRelease(ctx, p, d)
 }

@@ -2,9 +2,11 @@ package cardlink_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
@@ -73,6 +75,16 @@ func rotationFor(t *testing.T, w *cardlinktest.IssuerWorld, keys map[keyport.Key
 
 func TestLockIsConfirmedByTheCardThenScriptsFailWithTheCardsSWAndUnlockRestoresTheDomain(t *testing.T) {
 	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	// The provider's app has a rule and opens its channel.
+	app := newTestApp(t, "bank-app")
+	_, rj := addRule(t, w, app)
+	if j := runJob(t, w, rj.Ref); j.State != keyport.JobDone {
+		t.Fatalf("rule job %s: %s", j.State, j.LastError)
+	}
+	enf := ace.NewEnforcer(w.Card, nil)
+	if err := openAs(t, w, enf, app); err != nil {
+		t.Fatalf("app before the lock: %v", err)
+	}
 	lock, err := w.Svc.LockDomain(ctx, fixture.Admin, w.EID, w.AID, true)
 	if err != nil {
 		t.Fatal(err)
@@ -97,6 +109,11 @@ func TestLockIsConfirmedByTheCardThenScriptsFailWithTheCardsSWAndUnlockRestoresT
 	}
 	if sw := selectSW(t, w); sw != gp.SWNotFound {
 		t.Fatalf("SELECT of the locked SSD: %s, want 6A82", sw)
+	}
+	// The enforcer refuses the app: the card does not select the SSD.
+	var refused *ace.AppError
+	if err := openAs(t, w, enf, app); !errors.As(err, &refused) || refused.Code != ace.CodeCard || !strings.Contains(refused.Message, "6A82") {
+		t.Fatalf("app while locked: %v", err)
 	}
 	// The provider's script goes to the card, which refuses it.
 	req, _ := rotationFor(t, w, issuerWorldSecond())
@@ -125,6 +142,9 @@ func TestLockIsConfirmedByTheCardThenScriptsFailWithTheCardsSWAndUnlockRestoresT
 	}
 	if sw := selectSW(t, w); sw != gp.SWOK {
 		t.Fatalf("SELECT after the unlock: %s", sw)
+	}
+	if err := openAs(t, w, enf, app); err != nil {
+		t.Fatalf("app after the unlock: %v", err)
 	}
 	w.Card.Card.Reset()
 	req, _ = rotationFor(t, w, issuerWorldSecond())

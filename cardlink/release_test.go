@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
@@ -60,6 +61,11 @@ func TestReleaseRecreatesTheSSDWithFreshFirstKeysAndASecondProviderClaimsAndUses
 	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
 	oldFirst := firstKeysOfWorld(t, w)
 	before := issuerDomain(t, w)
+	app := newTestApp(t, "bank-app")
+	_, rj := addRule(t, w, app)
+	if j := runJob(t, w, rj.Ref); j.State != keyport.JobDone {
+		t.Fatalf("rule job %s: %s", j.State, j.LastError)
+	}
 	rel, err := w.Svc.RequestRelease(ctx, w.Prov, w.EID, w.AID)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +95,19 @@ func TestReleaseRecreatesTheSSDWithFreshFirstKeysAndASecondProviderClaimsAndUses
 	}
 	if _, sw, _ := scptest.Authenticate(t, w.Card, w.AID.Bytes(), gp.KeySet{KVN: 0x30, ENC: gp.AESKey(oldFirst[keyport.UsageENC]), MAC: gp.AESKey(oldFirst[keyport.UsageMAC])}); sw == gp.SWOK {
 		t.Fatalf("the previous key package's keys still authenticate")
+	}
+	w.Card.Card.Reset()
+	// The first provider's app lost its rule: no rule names the AID, and
+	// the enforcer refuses it.
+	rules, _ := w.CardRules(t)
+	for _, r := range rules {
+		if string(r.AID) == string(w.AID.Bytes()) {
+			t.Fatalf("a rule for the released AID is left on the card: %+v", r)
+		}
+	}
+	var denied *ace.AppError
+	if err := openAs(t, w, ace.NewEnforcer(w.Card, nil), app); !errors.As(err, &denied) || denied.Code != ace.CodeDenied {
+		t.Fatalf("the first provider's app after the release: %v", err)
 	}
 	w.Card.Card.Reset()
 	// The first provider sees nothing of the domain.
@@ -136,7 +155,7 @@ func TestReleaseRecreatesTheSSDWithFreshFirstKeysAndASecondProviderClaimsAndUses
 	if _, err := w.Svc.GetDomain(ctx, w.Prov, w.EID, w.AID); !errors.Is(err, keyport.ErrNotFound) {
 		t.Fatalf("first provider sees the second's domain: %v", err)
 	}
-	for _, a := range []string{"domain.release.request", "issuer.start", "domain.release.done", "release.verify-queued", "release.confirmed"} {
+	for _, a := range []string{"domain.release.request", "issuer.start", "domain.release.done", "access-rule.remove-all", "release.verify-queued", "release.confirmed"} {
 		if n := w.CountAudit(t, a); n < 1 {
 			t.Errorf("audit %s: %d events", a, n)
 		}
