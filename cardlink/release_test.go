@@ -1,12 +1,18 @@
 package cardlink_test
 
 import (
+	"context"
 	"errors"
+	"net"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink/agent"
 	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
+	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/internal/scptest"
@@ -222,5 +228,75 @@ func TestAReleaseTheCardRefusesFailsWithTheSWStaysReleasingAndTheAdminsRetryComp
 	}
 	if n := w.CountAudit(t, "domain.release.failed"); n != 1 {
 		t.Fatalf("%d domain.release.failed events", n)
+	}
+}
+
+func TestAReleaseWhoseAnswerIsLostAfterTheCardRecreatedTheSSDIsRedoneAndCompletesOnce(t *testing.T) {
+	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	rel, err := w.Svc.RequestRelease(ctx, w.Prov, w.EID, w.AID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int32
+	dials := 0
+	// Request 4 carries the answer to script 3 (DELETE, INSTALL, STORE
+	// DATA, which the card ran); the connection breaks there.
+	a := agent.New(agent.Config{Server: w.Link.Addr, Identity: string(w.EID), PSK: w.PSK, Retries: 1, Retry: time.Millisecond,
+		Dial: func(ctx2 context.Context) (net.Conn, error) {
+			if dials++; dials > 1 {
+				return nil, errors.New("test: no network")
+			}
+			c, err := tlspsk.Dial(ctx2, "tcp", w.Link.Addr, &tlspsk.ClientConfig{Identity: string(w.EID), PSK: w.PSK})
+			if err != nil {
+				return nil, err
+			}
+			return dropConn{Conn: c, writes: &writes, at: 4}, nil
+		}}, w.Card)
+	if _, err := a.Session(ctx); err == nil {
+		t.Fatal("the broken session succeeded")
+	}
+	if j := job(t, w, rel.Ref); j.State != keyport.JobSent {
+		t.Fatalf("release job %s after the lost answer", j.State)
+	}
+	if d := issuerDomain(t, w); d.State != keyport.Releasing {
+		t.Fatalf("domain %s after the lost answer", d.State)
+	}
+	m, _ := w.Svc.Store.GetModule(ctx, w.EID)
+	if err := w.Svc.Store.ReleaseLease(ctx, m.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	j := runJob(t, w, rel.Ref)
+	if j.State != keyport.JobDone || j.Result.Issuer == nil || j.Result.Issuer.Runs != 2 {
+		t.Fatalf("release job %s %+v", j.State, j.Result)
+	}
+	if d := issuerDomain(t, w); d.State != keyport.Unassigned {
+		t.Fatalf("domain %s", d.State)
+	}
+	for _, a := range []string{"domain.release.done", "release.confirmed"} {
+		if n := w.CountAudit(t, a); n != 1 {
+			t.Errorf("%s: %d events, want exactly 1", a, n)
+		}
+	}
+	// The card holds the SSD once, SELECTABLE, under the keys keyport has.
+	_, sw, isd := scptest.Authenticate(t, w.Card, m.ISDAID.Bytes(), scptest.ISDKeys(w.HSM, m))
+	if sw != gp.SWOK {
+		t.Fatalf("ISD: %s", sw)
+	}
+	n := 0
+	for _, e := range isd.SecurityDomains() {
+		if string(e.AID) == string(w.AID.Bytes()) {
+			n++
+			if e.LifeCycle != gp.LifeCycleSelectable {
+				t.Errorf("SSD %s", e.LifeCycle)
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the card lists the SSD %d times", n)
+	}
+	w.Card.Card.Reset()
+	d := issuerDomain(t, w)
+	if _, sw, _ := scptest.Authenticate(t, w.Card, w.AID.Bytes(), scptest.StoredFirstKeys(t, w.Store, w.HSM, "p1", w.EID, w.AID)); sw != gp.SWOK {
+		t.Fatalf("the stored first keys (KCV %v) on the new SSD: %s", d.KCV, sw)
 	}
 }
