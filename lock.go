@@ -171,6 +171,9 @@ func (s *Service) LockDomain(ctx context.Context, p Principal, eid EID, aid AID,
 	if !lock {
 		op, ev, action = OpUnlock, EventUnlock, "domain.unlock.request"
 	}
+	if _, err := Next(d.State, ev, d.PriorState); err != nil {
+		return nil, err
+	}
 	check := func(ctx context.Context, tx Repo) error {
 		d, err := tx.GetDomain(ctx, eid, aid)
 		if err != nil {
