@@ -64,9 +64,10 @@ func (s *Server) getModule(c echo.Context) error {
 	out := struct {
 		EID      keyport.EID  `json:"eid"`
 		ISDAID   keyport.AID  `json:"isd_aid"`
-		LastSeen *time.Time   `json:"last_seen"`
-		Domains  []DomainJSON `json:"domains"`
-	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}}
+		LastSeen    *time.Time   `json:"last_seen"`
+		PendingJobs int          `json:"pending_jobs"`
+		Domains     []DomainJSON `json:"domains"`
+	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, PendingJobs: v.PendingJobs, Domains: []DomainJSON{}}
 	for _, d := range v.Domains {
 		out.Domains = append(out.Domains, domainJSON(p, d))
 	}
