@@ -62,8 +62,8 @@ func (s *Server) getModule(c echo.Context) error {
 		return err
 	}
 	out := struct {
-		EID      keyport.EID  `json:"eid"`
-		ISDAID   keyport.AID  `json:"isd_aid"`
+		EID         keyport.EID  `json:"eid"`
+		ISDAID      keyport.AID  `json:"isd_aid"`
 		LastSeen    *time.Time   `json:"last_seen"`
 		PendingJobs int          `json:"pending_jobs"`
 		Domains     []DomainJSON `json:"domains"`
