@@ -175,3 +175,46 @@ func TestLearnCounterReadsTheCountersOfInitializeUpdateAnswersOnly(t *testing.T)
 		t.Fatalf("counter from a refusal: %d", *n)
 	}
 }
+
+func FuzzCheckRotateScript(f *testing.F) {
+	good := rotation(f)
+	f.Add(good.APDUs[0], good.APDUs[1], good.APDUs[2], 0x32, good.Expect.PutKeyRMAC)
+	f.Add("8050310008AABBCCDDEEFF001100", "84821300100102030405060708090A0B0C0D0E0F10", "84D8318103AABBCC", 0x32, "0102030405060708")
+	f.Fuzz(func(t *testing.T, a, b, c string, kvn int, rmac string) {
+		req := keyport.ScriptRequest{Rotate: true, APDUs: []string{a, b, c}, Expect: keyport.Expectation{KVN: kvn, PutKeyRMAC: rmac,
+			KCV: good.Expect.KCV}}
+		p, err := keyport.CheckRotateScript(testEID, testSSD, 0x31, req)
+		if err != nil {
+			if !errors.Is(err, keyport.ErrInvalid) {
+				t.Fatalf("error not ErrInvalid: %v", err)
+			}
+			return
+		}
+		if !p.Rotate || p.Expect.KVN != 0x32 || len(p.Expect.PutKeyRMAC) != 16 || p.PutKey != 2 {
+			t.Fatalf("accepted %+v", p)
+		}
+	})
+}
+
+func FuzzJudgeRotation(f *testing.F) {
+	req := rotation(f)
+	p, err := keyport.CheckRotateScript(testEID, testSSD, 0x31, req)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(playCard(f, req, secondKeys, nil))
+	f.Add(unhex("AF8023026A880000"))
+	f.Add([]byte{0xAF, 0x80, 0x23, 0x05, 0x90})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := p.JudgeRotation("ok", body)
+		if err != nil {
+			if !errors.Is(err, keyport.ErrInvalid) {
+				t.Fatalf("error not ErrInvalid: %v", err)
+			}
+			return
+		}
+		if r.Confirmed && len(r.Responses) != 3 {
+			t.Fatalf("confirmed a short answer: %+v", r)
+		}
+	})
+}
