@@ -257,7 +257,11 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			return delivery(j, opts)
 		case j.State == JobSent:
 			j.Result = &ScriptResult{ScriptStatus: "answer-lost", Cause: "the admin session broke after the script went out and the module never posted its answer"}
-			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: "second-key.failed"})
+			action := "second-key.failed"
+			if p, perr := j.secondKey(); perr == nil {
+				action = p.action("failed")
+			}
+			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: action})
 		case j.expired(now):
 			err = s.finish(ctx, j, jobEnd{to: JobExpired, cause: "expired before the module opened a session", actor: "system", action: "job.expire"})
 		default:

@@ -184,6 +184,15 @@ func (j *Job) View() JobView {
 			v.EID, v.AID, v.Expect = p.EID, p.AID, &p.Expect
 		}
 		v.Result = j.Result
+		if p := j.SecondKey; p != nil && p.Verify {
+			// The proof of a release is shown to the domain's former
+			// owner: its verdict, never the new keys' KCVs or the card's
+			// answers under them.
+			v.Expect = nil
+			if r := j.Result; r != nil {
+				v.Result = &ScriptResult{ScriptStatus: r.ScriptStatus, SW: r.SW, Cause: r.Cause, Confirmed: r.Confirmed}
+			}
+		}
 	}
 	if p := j.Issuer; j.Kind == JobIssuer && p != nil {
 		v.EID, v.AID, v.Operation, v.Result = p.EID, p.AID, p.Op, j.Result

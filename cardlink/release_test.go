@@ -123,6 +123,20 @@ func TestReleaseRecreatesTheSSDWithFreshFirstKeysAndASecondProviderClaimsAndUses
 	if _, err := w.Svc.KeyPackage(ctx, w.Prov, w.EID, w.AID); !errors.Is(err, keyport.ErrNotFound) {
 		t.Fatalf("first provider's key package: %v", err)
 	}
+	// Its jobs about the release say they are done, and show nothing of
+	// the new keys.
+	verify, _ := w.Store.ListJobs(ctx, keyport.JobFilter{DomainID: d.ID, Kind: keyport.JobSecondKey, States: []keyport.JobState{keyport.JobDone}})
+	last := verify[len(verify)-1]
+	if last.SecondKey == nil || !last.SecondKey.Verify {
+		t.Fatalf("last done job %+v", last.SecondKey)
+	}
+	vj, err := w.Svc.GetJob(ctx, w.Prov, last.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := vj.View(); v.Expect != nil || v.Result == nil || !v.Result.Confirmed || len(v.Result.Responses) != 0 {
+		t.Fatalf("the proof job as the first provider sees it: %+v %+v", v.Expect, v.Result)
+	}
 	// A second provider claims, personalizes and uses the domain. Its
 	// counter is the one keyport learned from the proof session.
 	shop, _, wk := w.Provider(t, "Shop", fixture.RSAKeys()[0])
