@@ -407,6 +407,20 @@ func (s *Service) AddAccessRule(ctx context.Context, p Principal, eid EID, aid A
 	return &rule, j, nil
 }
 
+// RequestAccessRule is AddAccessRule for a request as the API and the
+// portal take it: the domain is checked first (another provider's is
+// ErrNotFound whatever the body says), then the request.
+func (s *Service) RequestAccessRule(ctx context.Context, p Principal, eid EID, aid AID, req AccessRuleRequest) (*AccessRule, *Job, error) {
+	if _, err := s.ownDomain(ctx, p, eid, aid); err != nil {
+		return nil, nil, err
+	}
+	r, err := req.Rule()
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.AddAccessRule(ctx, p, eid, aid, r)
+}
+
 // ownDomain is the caller's PERSONALIZED domain; another provider's is
 // ErrNotFound, one in another state ErrConflict.
 func (s *Service) ownDomain(ctx context.Context, p Principal, eid EID, aid AID) (*Domain, error) {
@@ -449,6 +463,9 @@ func (s *Service) DeleteAccessRule(ctx context.Context, p Principal, eid EID, ai
 	d, err := s.ownDomain(ctx, p, eid, aid)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !strings.HasPrefix(id, "acr_") || len(id) > 64 {
+		return nil, nil, ErrNotFound
 	}
 	r, err := s.Store.GetAccessRule(ctx, id)
 	if err != nil {

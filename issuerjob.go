@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/keyport/keyport/gp"
 )
@@ -269,7 +270,7 @@ func (s *Service) RetryIssuerJob(ctx context.Context, p Principal, ref string) (
 		return nil, err
 	}
 	if old.Kind != JobIssuer || old.Issuer == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("%w: job %s is a %s job; only issuer jobs are retried (a failed second-key job is followed by a new script)", ErrConflict, old.Ref, old.Kind)
 	}
 	if old.State != JobFailed && old.State != JobExpired {
 		return nil, fmt.Errorf("%w: job is %s; only a FAILED or EXPIRED issuer job is retried", ErrConflict, old.State)
@@ -536,13 +537,20 @@ func (s *Service) issuerStep(ctx context.Context, j, next *Job, action, actor st
 	return nil
 }
 
-// notifyType is notify with an event type of its own.
+// notifyType is notify with an event type of its own ("job.step"): the
+// job's state stays what it is (SENT) in the event.
 func (s *Service) notifyType(ctx context.Context, tx Repo, j *Job, typ string, ds DomainState, hook string) error {
 	if hook == "" {
 		return nil
 	}
-	return s.notify(ctx, tx, &Job{ProviderID: j.ProviderID, State: JobState(strings.TrimPrefix(typ, "job.")), Ref: j.Ref,
-		Kind: j.Kind, Issuer: j.Issuer, Result: j.Result, Attempts: j.Attempts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}, ds, hook)
+	now := s.now().UTC()
+	b, err := json.Marshal(WebhookEvent{ID: NewID("evt"), Type: typ, At: now, Job: j.View(), DomainState: ds})
+	if err != nil {
+		return err
+	}
+	exp := now.Add(72 * time.Hour)
+	return tx.CreateJob(ctx, &Job{Ref: NewID("job"), Kind: JobWebhook, ProviderID: j.ProviderID, State: JobQueued,
+		NextRunAt: now, ExpiresAt: &exp, Event: b})
 }
 
 // endIssuer ends issuer job j as v says (DONE or FAILED), with the

@@ -314,6 +314,9 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 		if e.in == nil {
 			// Whatever ends an issuer job, its operation records what is true.
 			v := IssuerVerdict{Outcome: IssuerFailed, Cause: e.cause}
+			if v.Cause == "" {
+				v.Cause = "the job was " + strings.ToLower(string(e.to))
+			}
 			if e.verdict != nil {
 				v = *e.verdict
 			}

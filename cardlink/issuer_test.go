@@ -2,7 +2,9 @@ package cardlink_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/keyport/keyport"
@@ -53,6 +55,10 @@ func queueProbe(t *testing.T, w *cardlinktest.IssuerWorld) *keyport.Job {
 
 func TestAnIssuerJobOpensSCP03WithTheISDKeysInTheHSMAndCompletesOverTwoScripts(t *testing.T) {
 	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	// Events are queued (no worker sends them here).
+	if err := w.Store.SetWebhookURL(ctx, w.Prov.ProviderID, "https://bank.example/keyport"); err != nil {
+		t.Fatal(err)
+	}
 	j := queueProbe(t, w)
 	rep, err := w.Agent().Session(ctx)
 	if err != nil {
@@ -73,6 +79,23 @@ func TestAnIssuerJobOpensSCP03WithTheISDKeysInTheHSMAndCompletesOverTwoScripts(t
 	}
 	if v := got.View(); v.Operation != opProbe || v.AID != w.AID {
 		t.Errorf("view %+v", v)
+	}
+	hooks, err := w.Store.ListJobs(ctx, keyport.JobFilter{Kind: keyport.JobWebhook, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, h := range hooks {
+		var ev keyport.WebhookEvent
+		if err := json.Unmarshal(h.Event, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Job.ID == j.Ref {
+			types = append(types, ev.Type+"/"+string(ev.Job.State))
+		}
+	}
+	if got := strings.Join(types, " "); got != "job.queued/QUEUED job.step/SENT job.step/SENT job.done/DONE" {
+		t.Errorf("webhook events %s", got)
 	}
 	for _, a := range []string{"probe.queue", "issuer.start", "issuer.authenticated", string(opProbe) + ".done"} {
 		if w.CountAudit(t, a) != 1 {

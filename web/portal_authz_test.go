@@ -283,7 +283,7 @@ func expect(method, path string, r role) (access, bool) {
 			// The issuer reads any module, domain and job; provider-only
 			// actions (claim, keys, tokens, webhook, scripts) are refused.
 			if method == http.MethodGet && (strings.HasPrefix(path, "/api/v1/modules/") || path == "/api/v1/domains/:eid/:aid" ||
-				strings.HasPrefix(path, "/api/v1/jobs/")) || path == "/api/v1/jobs/:id/cancel" {
+				strings.HasPrefix(path, "/api/v1/jobs/") || path == "/api/v1/domains/:eid/:aid/access-rules") || path == "/api/v1/jobs/:id/cancel" {
 				return adminAllowed, true
 			}
 			// The issuer releases, locks and unlocks any domain.

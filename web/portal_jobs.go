@@ -174,6 +174,20 @@ func (s *Server) cancelJobPage(back string) echo.HandlerFunc {
 	}
 }
 
+// retryJobPage queues a failed issuer job again and goes back to the list.
+func (s *Server) retryJobPage(c echo.Context) error {
+	j, err := s.svc.RetryIssuerJob(c.Request().Context(), principal(c), c.Param("id"))
+	switch {
+	case errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrNotFound):
+		s.flash(c, "bad", "Not retried: "+strings.TrimPrefix(conflictMessage(err), "Nothing was changed: "))
+	case err != nil:
+		return err
+	default:
+		s.flash(c, "good", "Queued again as job "+j.Ref+".")
+	}
+	return c.Redirect(http.StatusSeeOther, "/admin/jobs")
+}
+
 func (s *Server) adminJobsPage(c echo.Context) error {
 	f := keyport.JobFilter{Limit: 200}
 	state := strings.ToUpper(c.QueryParam("state"))

@@ -3,11 +3,13 @@ package cardlinktest
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,9 +34,12 @@ type IssuerWorld struct {
 	EID  keyport.EID
 	AID  keyport.AID
 	Prov keyport.Principal
-	Card *MemCard
-	Link *Link
-	PSK  []byte
+	// Token is the provider's API token; its portal user signs in with
+	// Email and Password.
+	Token, Email, Password string
+	Card                   *MemCard
+	Link                   *Link
+	PSK                    []byte
 	// DBPath is the SQLite database, CardPath the module's state file;
 	// Logs collects what the service and the admin server logged.
 	DBPath, CardPath string
@@ -89,8 +94,7 @@ func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	}
 	w.AID = rep.Domains[0].AID
 	sp := fixture.RSAKeys()[0]
-	var wk string
-	w.Prov, _, wk = fw.Provider(t, "Bank", sp)
+	wk := w.signUp(t, sp)
 	c, _, err := svc.Claim(ctx, w.Prov, keyport.ClaimRequest{EID: w.EID, AID: w.AID, WrappingKeyID: wk})
 	if err != nil {
 		t.Fatal(err)
@@ -245,4 +249,45 @@ func (w *IssuerWorld) ISDKeys(t testing.TB) [3][]byte {
 		t.Fatal("cardlinktest: the module has no ISD key set 31")
 	}
 	return out
+}
+
+// signUp makes the provider as a bank signs up (a portal user with a
+// password), approved, with an API token and sp's public key as its
+// wrapping key, whose ID it returns.
+func (w *IssuerWorld) signUp(t testing.TB, sp *rsa.PrivateKey) string {
+	t.Helper()
+	ctx := context.Background()
+	w.Email, w.Password = "ops@bank.example", "a bank's long password"
+	prov, err := w.Svc.SignUpProvider(ctx, keyport.SignUp{Organisation: "Bank", Kind: keyport.KindBank, Contact: "Test Person",
+		Email: w.Email, Password: w.Password}, "http://keyport.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, ok := w.Mail.Newest(w.Email)
+	i := strings.Index(msg.Body, "token=")
+	if !ok || i < 0 {
+		t.Fatal("cardlinktest: no verification e-mail")
+	}
+	tok := msg.Body[i+len("token="):]
+	if j := strings.IndexAny(tok, " \r\n"); j >= 0 {
+		tok = tok[:j]
+	}
+	if _, err := w.Svc.VerifyEmail(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Svc.SetProviderStatus(ctx, fixture.Admin, prov.ID, keyport.ProviderApproved); err != nil {
+		t.Fatal(err)
+	}
+	w.Prov = keyport.Principal{ProviderID: prov.ID, Name: w.Email}
+	if w.Token, _, err = w.Svc.CreateAPIToken(ctx, w.Prov, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if w.Prov, err = w.Svc.Authenticate(ctx, w.Token); err != nil {
+		t.Fatal(err)
+	}
+	wk, err := w.Svc.RegisterWrappingKey(ctx, w.Prov, fixture.PublicPEM(sp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wk.ID
 }
