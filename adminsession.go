@@ -272,7 +272,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			if derr != nil {
 				return nil, derr
 			}
-			if d.State != needs {
+			if d.State != needs && (d.State != Locked || d.PriorState != needs) {
 				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not %s", d.State, needs), actor: "system", action: j.failedAction()})
 				break
 			}
@@ -398,17 +398,36 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if err != nil {
 		return nil, false, err
 	}
-	// The domain's current keys check the card's proof; on failure the
-	// domain keeps its KVN.
+	// The domain's current keys check the card's proof (a rotation's
+	// proof is the R-MAC its provider declared); on failure the domain
+	// keeps its KVN.
 	d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
 	if err != nil {
 		return nil, false, err
 	}
-	keys, err := s.domainKeys(ctx, d)
-	if err != nil {
-		return nil, false, err
+	var res ScriptResult
+	if p.Rotate {
+		res, err = p.JudgeRotation(status, body)
+	} else {
+		var keys gp.KeySet
+		if keys, err = s.domainKeys(ctx, d); err != nil {
+			return nil, false, err
+		}
+		if p.Verify {
+			res, err = p.JudgeVerify(status, body, keys)
+			if err == nil && res.Confirmed {
+				why, rerr := releaseRulesRemoved(ctx, s.Store, d)
+				if rerr != nil {
+					return nil, false, rerr
+				}
+				if why != "" {
+					res.Confirmed, res.Cause = false, why
+				}
+			}
+		} else {
+			res, err = p.Judge(status, body, keys)
+		}
 	}
-	res, err := p.Judge(status, body, keys)
 	if err != nil {
 		return nil, false, err
 	}
@@ -422,18 +441,32 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	end := jobEnd{actor: "module:" + string(a.EID)}
 	if res.Confirmed {
 		// The transition is conditional (ASSIGNED → PERSONALIZED).
-		end.to, end.action = JobDone, "second-key.confirmed"
+		end.to, end.action = JobDone, p.action("confirmed")
+		from, to, owner, seq := From(EventSecondKeyConfirmed), Personalized, (*string)(nil), 0
+		switch {
+		case p.Rotate:
+			// The domain stays PERSONALIZED, conditionally.
+			from = []DomainState{Personalized}
+		case p.Verify:
+			// The release is proven: the domain is free again, with the
+			// new first keys and the counter the card reported.
+			none := ""
+			from, to, owner = From(EventReleaseConfirmed), Unassigned, &none
+			if res.SequenceCounter != nil {
+				seq = *res.SequenceCounter
+			}
+		}
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
-			if err := tx.TransitionDomain(ctx, j.DomainID, From(EventSecondKeyConfirmed), Personalized, nil); err != nil {
+			if err := tx.TransitionDomain(ctx, j.DomainID, from, to, owner); err != nil {
 				return "", err
 			}
-			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, 0); err != nil {
+			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, seq); err != nil {
 				return "", err
 			}
-			return Personalized, release(ctx, tx)
+			return to, release(ctx, tx)
 		}
 	} else {
-		end.to, end.cause, end.action = JobFailed, res.Cause, "second-key.failed"
+		end.to, end.cause, end.action = JobFailed, res.Cause, p.action("failed")
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 			if res.SequenceCounter != nil {
 				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {

@@ -187,6 +187,15 @@ func (j *Job) View() JobView {
 			v.EID, v.AID, v.Expect = p.EID, p.AID, &p.Expect
 		}
 		v.Result = j.Result
+		if p := j.SecondKey; p != nil && p.Verify {
+			// The proof of a release is shown to the domain's former
+			// owner: its verdict, never the new keys' KCVs or the card's
+			// answers under them.
+			v.Expect = nil
+			if r := j.Result; r != nil {
+				v.Result = &ScriptResult{ScriptStatus: r.ScriptStatus, SW: r.SW, Cause: r.Cause, Confirmed: r.Confirmed}
+			}
+		}
 	}
 	if j.Kind == JobData {
 		if p := j.Data; p != nil {
@@ -205,7 +214,7 @@ func (j *Job) View() JobView {
 func (j *Job) cardScript() (eid EID, aid AID, apdus []string, needs DomainState, err error) {
 	switch {
 	case j.Kind == JobSecondKey && j.SecondKey != nil:
-		return j.SecondKey.EID, j.SecondKey.AID, j.SecondKey.APDUs, Assigned, nil
+		return j.SecondKey.EID, j.SecondKey.AID, j.SecondKey.APDUs, j.SecondKey.DomainState(), nil
 	case j.Kind == JobData && j.Data != nil:
 		return j.Data.EID, j.Data.AID, j.Data.APDUs, Personalized, nil
 	}
@@ -221,6 +230,9 @@ func (j *Job) isCardJob() bool {
 func (j *Job) failedAction() string {
 	if j.Kind == JobData {
 		return "data.failed"
+	}
+	if j.SecondKey != nil {
+		return j.SecondKey.action("failed")
 	}
 	return "second-key.failed"
 }

@@ -202,7 +202,9 @@ func (s *Service) KeyPackage(ctx context.Context, p Principal, eid EID, aid AID)
 	if err != nil {
 		return nil, err
 	}
-	if d.OwnerID != p.ProviderID {
+	if d.OwnerID != p.ProviderID || d.State == Releasing {
+		// A domain being released has new first keys coming: the old
+		// package names keys the card is losing.
 		return nil, ErrNotFound
 	}
 	c, err := s.Store.GetClaimForDomain(ctx, p.ProviderID, d.ID)

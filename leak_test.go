@@ -12,7 +12,7 @@ import (
 	"github.com/keyport/keyport/store/storetest"
 )
 
-func TestProvidersSeeNeitherLastSeenNorTheStateOfAnotherProvidersDomain(t *testing.T) {
+func TestProvidersSeeNeitherLastSeenNorTheStateOfAnotherProvidersDomainButOwnersSeeReachability(t *testing.T) {
 	ctx := context.Background()
 	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
 	a, _, wkA := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
@@ -39,6 +39,25 @@ func TestProvidersSeeNeitherLastSeenNorTheStateOfAnotherProvidersDomain(t *testi
 	if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "not available") ||
 		strings.Contains(err.Error(), string(keyport.Assigned)) {
 		t.Fatalf("claiming another provider's domain: %v", err)
+	}
+	// Reachability (flow 4): a provider with a domain on the module sees
+	// the last admin session and its own pending jobs; another sees
+	// neither.
+	req, err := keyport.SecondKeyScript(c.AID, 0x30, 0, 0x31, w.Keys[eid][c.AID], w.Keys[eid][c.AID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.SubmitScript(ctx, a, eid, c.AID, req); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.Svc.LookupModule(ctx, a, eid); err != nil || v.LastSeen == nil || v.PendingJobs != 1 {
+		t.Fatalf("owner's lookup: %+v %v", v, err)
+	}
+	if v, err := w.Svc.LookupModule(ctx, b, eid); err != nil || v.LastSeen != nil || v.PendingJobs != 0 {
+		t.Fatalf("another provider's lookup: %+v %v", v, err)
+	}
+	if v, err := w.Svc.LookupModule(ctx, keyport.Principal{Admin: true, Name: "admin"}, eid); err != nil || v.PendingJobs != 1 {
+		t.Fatalf("admin lookup: %+v %v", v, err)
 	}
 }
 

@@ -55,12 +55,15 @@ type Domain struct {
 
 // ModuleView is what a provider may see of a module: the domains it can
 // claim and the ones it owns, never another provider's; LastSeen only for
-// admins.
+// admins and providers that own a domain on it.
 type ModuleView struct {
 	EID      EID
 	ISDAID   AID
 	LastSeen *time.Time
 	Domains  []Domain
+	// PendingJobs counts the card-link jobs (QUEUED or SENT) waiting for
+	// the module: all of them for an admin, a provider's own for it.
+	PendingJobs int
 }
 
 // LookupModule finds a module by EID for the caller.
@@ -81,6 +84,20 @@ func (s *Service) LookupModule(ctx context.Context, p Principal, eid EID) (*Modu
 	for _, d := range m.Domains {
 		if p.Admin || d.State == Unassigned || d.OwnerID == p.ProviderID {
 			v.Domains = append(v.Domains, redactDomain(d))
+		}
+		if !p.Admin && d.OwnerID == p.ProviderID {
+			// A provider with a domain here needs the module's
+			// reachability (flow 4): whether its jobs can run soon.
+			v.LastSeen = m.LastSeen
+		}
+	}
+	jobs, err := s.Store.ListJobs(ctx, JobFilter{ModuleID: m.ID, Kinds: CardJobKinds, States: []JobState{JobQueued, JobSent}, Limit: 500})
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range jobs {
+		if p.Admin || j.ProviderID == p.ProviderID {
+			v.PendingJobs++
 		}
 	}
 	return v, nil

@@ -23,6 +23,16 @@ const (
 type Expectation struct {
 	KVN int                 `json:"kvn"`
 	KCV map[KeyUsage]string `json:"kcv"`
+	// SequenceCounter is the counter the script was built on, as keyport
+	// reported it (the card will use the next value). When it is given,
+	// keyport refuses a script built on a counter that is no longer the
+	// card's (ErrConflict) instead of sending it to fail on the card.
+	SequenceCounter *int `json:"sequence_counter,omitempty"`
+	// PutKeyRMAC is, for a rotation script, the R-MAC (8 bytes, hex) the
+	// card's PUT KEY answer must carry: keyport does not hold a personalized
+	// domain's keys, so the provider, who precomputed the session, declares
+	// it, and only a card holding the current keys can produce it.
+	PutKeyRMAC string `json:"put_key_rmac,omitempty"`
 }
 
 // ScriptRequest is a provider's second-key script: C-APDUs in hex, already
@@ -31,6 +41,9 @@ type Expectation struct {
 type ScriptRequest struct {
 	APDUs  []string    `json:"apdus"`
 	Expect Expectation `json:"expect"`
+	// Rotate marks a rotation script for a PERSONALIZED domain (the
+	// provider replaces its current keys by the next KVN; RotateScript).
+	Rotate bool `json:"rotate,omitempty"`
 }
 
 // SecondKeyPayload is the payload of a JobSecondKey job.
@@ -43,6 +56,24 @@ type SecondKeyPayload struct {
 	PutKey int `json:"put_key"`
 	// InitUpdate is the index of INITIALIZE UPDATE, -1 if none.
 	InitUpdate int `json:"init_update"`
+	// Rotate marks a rotation of a PERSONALIZED domain's keys
+	// (CheckRotateScript); its answer is judged by JudgeRotation.
+	Rotate bool `json:"rotate,omitempty"`
+	// Verify marks keyport's own proof of a release: a session with the
+	// new SSD under its new first keys (releaseVerifyScript, JudgeVerify).
+	Verify bool `json:"verify,omitempty"`
+}
+
+// DomainState is the state the payload's domain must be in for the script
+// to go out: ASSIGNED for a second-key script, PERSONALIZED for a rotation.
+func (p *SecondKeyPayload) DomainState() DomainState {
+	switch {
+	case p.Rotate:
+		return Personalized
+	case p.Verify:
+		return Releasing
+	}
+	return Assigned
 }
 
 // ScriptResult is what the module answered to a second-key script.
@@ -142,6 +173,13 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 		return nil, invalid("expect.kcv", "give the KCV of enc, mac and dek")
 	}
 	p.Expect = Expectation{KVN: e.KVN, KCV: map[KeyUsage]string{}}
+	if c := e.SequenceCounter; c != nil {
+		if *c < 0 || *c >= 0xFFFFFF {
+			return nil, invalid("expect.sequence_counter", "the sequence counter is 0..FFFFFE")
+		}
+		n := *c
+		p.Expect.SequenceCounter = &n
+	}
 	for _, u := range Usages {
 		k, ok := e.KCV[u]
 		b, err := hex.DecodeString(k)
@@ -185,8 +223,7 @@ func (p *SecondKeyPayload) Commands() ([]gp.Command, error) {
 func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (ScriptResult, error) {
 	r := ScriptResult{ScriptStatus: status}
 	if status != "ok" {
-		r.Cause = fmt.Sprintf("the module reported script status %q", status)
-		return r, nil
+		return notRun(status, body), nil
 	}
 	rs, err := gp.ParseResponseScript(body)
 	if err != nil {
@@ -257,19 +294,8 @@ func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (Sc
 // SET STATUS PERSONALIZED of the SSD by itself (GPCS 11.10). It returns the
 // request body of POST /api/v1/domains/{eid}/{aid}/scripts.
 func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[KeyUsage][]byte) (ScriptRequest, error) {
-	for _, u := range Usages {
-		if len(first[u]) != 16 && len(first[u]) != 24 && len(first[u]) != 32 {
-			return ScriptRequest{}, Invalid("first."+string(u), "an AES key of 16, 24 or 32 bytes")
-		}
-		if len(second[u]) != 16 && len(second[u]) != 24 && len(second[u]) != 32 {
-			return ScriptRequest{}, Invalid("second."+string(u), "an AES key of 16, 24 or 32 bytes")
-		}
-	}
-	if oldKVN < 1 || oldKVN > 0x7F || newKVN < 1 || newKVN > 0x7F || newKVN == oldKVN {
-		return ScriptRequest{}, Invalid("kvn", "old KVN 0x%02X and new KVN 0x%02X must differ and lie in 0x01..0x7F", oldKVN, newKVN)
-	}
-	if counter < 0 || counter >= 0xFFFFFF {
-		return ScriptRequest{}, Invalid("counter", "the sequence counter is 0..FFFFFE")
+	if err := checkScriptKeys(oldKVN, counter, newKVN, first, second); err != nil {
+		return ScriptRequest{}, err
 	}
 	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(oldKVN), ENC: gp.AESKey(first[UsageENC]), MAC: gp.AESKey(first[UsageMAC])}, nil)
 	if err != nil {
@@ -284,7 +310,7 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 		return ScriptRequest{}, err
 	}
 	pk := gp.PutKey{OldKVN: byte(oldKVN), NewKVN: byte(newKVN), FirstKID: 1}
-	req := ScriptRequest{Expect: Expectation{KVN: newKVN, KCV: map[KeyUsage]string{}}}
+	req := ScriptRequest{Expect: Expectation{KVN: newKVN, KCV: map[KeyUsage]string{}, SequenceCounter: &counter}}
 	for _, u := range Usages {
 		kc, err := gp.AESKeyComponent(first[UsageDEK], second[u])
 		if err != nil {
@@ -311,6 +337,51 @@ func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[Key
 	return req, nil
 }
 
+// scriptFits says whether a checked script fits its domain as it is now:
+// a second-key script an ASSIGNED domain, a rotation a PERSONALIZED one,
+// each on the domain's current KVN and, when the script names the counter
+// it was built on, on the counter keyport last learned from the card.
+func scriptFits(d *Domain, p *SecondKeyPayload) error {
+	switch want := p.DomainState(); {
+	case d.State == want:
+	case d.State == Locked && d.PriorState == want:
+		// Queued all the same: the card, which refuses a locked SSD, says
+		// so in the job's result (its SW).
+	case d.State == Personalized:
+		return fmt.Errorf("%w: domain is PERSONALIZED: its keys are replaced by a rotation script (`keyport sp script --rotate`, \"rotate\": true)", ErrConflict)
+	case p.Rotate:
+		return fmt.Errorf("%w: domain is %s; a rotation script needs a PERSONALIZED domain", ErrConflict, d.State)
+	default:
+		return fmt.Errorf("%w: domain is %s; a second-key script needs an ASSIGNED domain", ErrConflict, d.State)
+	}
+	if p.Rotate && p.Expect.KVN != d.KVN+1 {
+		return fmt.Errorf("%w: the domain's keys are KVN %02X now; the rotation was built for KVN %02X", ErrConflict, d.KVN, p.Expect.KVN-1)
+	}
+	if c := p.Expect.SequenceCounter; c != nil && *c != d.SeqCounter {
+		return fmt.Errorf("%w: the script was built on sequence counter %d, but the card's counter is %d (GET /api/v1/domains/{eid}/{aid}): build it again on %d", ErrConflict, *c, d.SeqCounter, d.SeqCounter)
+	}
+	return nil
+}
+
+// checkScriptKeys validates what a precomputed script is built from.
+func checkScriptKeys(oldKVN, counter, newKVN int, first, second map[KeyUsage][]byte) error {
+	for _, u := range Usages {
+		if len(first[u]) != 16 && len(first[u]) != 24 && len(first[u]) != 32 {
+			return Invalid("first."+string(u), "an AES key of 16, 24 or 32 bytes")
+		}
+		if len(second[u]) != 16 && len(second[u]) != 24 && len(second[u]) != 32 {
+			return Invalid("second."+string(u), "an AES key of 16, 24 or 32 bytes")
+		}
+	}
+	if oldKVN < 1 || oldKVN > 0x7F || newKVN < 1 || newKVN > 0x7F || newKVN == oldKVN {
+		return Invalid("kvn", "old KVN 0x%02X and new KVN 0x%02X must differ and lie in 0x01..0x7F", oldKVN, newKVN)
+	}
+	if counter < 0 || counter >= 0xFFFFFF {
+		return Invalid("counter", "the sequence counter is 0..FFFFFE")
+	}
+	return nil
+}
+
 // SubmitScript queues a provider's second-key script for one of its
 // ASSIGNED domains (flow 7): the job, its audit event and the provider's
 // "job.queued" webhook are written in one transaction. One script per
@@ -326,7 +397,11 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	if d.OwnerID != p.ProviderID {
 		return nil, ErrNotFound
 	}
-	payload, err := CheckScript(eid, aid, d.KVN, req)
+	check := CheckScript
+	if req.Rotate {
+		check = CheckRotateScript
+	}
+	payload, err := check(eid, aid, d.KVN, req)
 	if err != nil {
 		return nil, err
 	}
@@ -343,8 +418,11 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 		if err != nil {
 			return err
 		}
-		if d.State != Assigned || d.OwnerID != p.ProviderID {
-			return fmt.Errorf("%w: domain is %s; a second-key script needs an ASSIGNED domain", ErrConflict, d.State)
+		if d.OwnerID != p.ProviderID {
+			return ErrNotFound
+		}
+		if err := scriptFits(d, payload); err != nil {
+			return err
 		}
 		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
 		if err != nil {
@@ -356,8 +434,12 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 		if err := tx.CreateJob(ctx, j); err != nil {
 			return err
 		}
-		if err := s.audit(ctx, tx, p.Actor(), "script.submit", domainObject(eid, aid),
-			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs), "expect": payload.Expect}); err != nil {
+		action := "script.submit"
+		if payload.Rotate {
+			action = "rotation.submit"
+		}
+		if err := s.audit(ctx, tx, p.Actor(), action, domainObject(eid, aid),
+			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs), "kvn": payload.Expect.KVN, "kcv": payload.Expect.KCV}); err != nil {
 			return err
 		}
 		return s.notify(ctx, tx, j, d.State, hook)

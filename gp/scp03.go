@@ -612,6 +612,28 @@ func (h *HostSession) Wrap(c Command) (Command, error) {
 	return Command{CLA: wireCLA, INS: c.INS, P1: c.P1, P2: c.P2, Data: out, Ne: c.Ne}, nil
 }
 
+// ExpectedRMAC returns the R-MAC (macLen bytes) a card holding the
+// session's keys puts on its clear answer data ‖ sw to the command wrapped
+// last (AmdD 6.2.5): what a host that precomputed a script can declare in
+// advance, so that a party without the keys can tell the card's answer by
+// comparing. nil when sw carries no R-MAC (an error status, PROTOCOLS.md
+// §7.4). The session must be open at a level with R-MAC and without R-ENC
+// (whose ciphertext the host could predict too, but need not).
+func (h *HostSession) ExpectedRMAC(data []byte, sw SW) ([]byte, error) {
+	if h.state != stateOpen {
+		return nil, fmt.Errorf("gp: expected R-MAC before EXTERNAL AUTHENTICATE: %w", ErrState)
+	}
+	ch := h.ch
+	if ch.level&LevelRMAC == 0 || ch.level&LevelRENC != 0 {
+		return nil, malformed("expected R-MAC at level %02X: needs R-MAC without R-ENC", byte(ch.level))
+	}
+	if !rmacApplies(sw) {
+		return nil, nil
+	}
+	m := ch.responseMAC(data, sw)
+	return append([]byte(nil), m[:ch.macLen]...), nil
+}
+
 // Unwrap checks and removes the R-MAC and decrypts R-ENC data (AmdD 6.2.5,
 // 6.2.7). Responses with an error status carry no R-MAC and are returned as
 // they are. A failed R-MAC closes the session.

@@ -265,3 +265,34 @@ func BenchmarkSCP03Unwrap(b *testing.B) {
 		}
 	}
 }
+
+func TestExpectedRMACIsTheOneTheCardPutsOnItsAnswer(t *testing.T) {
+	h, c := openPair(t, testKeys, 0x70, 0x13, nil)
+	w, _ := h.Wrap(Command{CLA: 0x80, INS: 0xD8, P1: 0x30, P2: 0x81, Data: []byte{0x31}, Ne: 256})
+	if _, err := c.Unwrap(w); err != nil {
+		t.Fatal(err)
+	}
+	answer := []byte{0x31, 0xEE, 0x72, 0xCB}
+	want, err := h.ExpectedRMAC(answer, SWOK)
+	if err != nil || len(want) != 8 {
+		t.Fatalf("expected R-MAC %X: %v", want, err)
+	}
+	r, _ := c.Wrap(Response{Data: answer, SW: SWOK})
+	if !bytes.Equal(r.Data[len(answer):], want) {
+		t.Fatalf("card's R-MAC %X, expected %X", r.Data[len(answer):], want)
+	}
+	if other, _ := h.ExpectedRMAC([]byte{0x32, 0xEE, 0x72, 0xCB}, SWOK); bytes.Equal(other, want) {
+		t.Fatal("another answer has the same R-MAC")
+	}
+	if m, err := h.ExpectedRMAC(nil, 0x6A88); m != nil || err != nil {
+		t.Fatalf("an error status has an R-MAC: %X %v", m, err)
+	}
+	h33, _ := openPair(t, testKeys, 0x70, 0x33, nil)
+	h33.Wrap(Command{CLA: 0x80, INS: 0xCA, P2: 0x66})
+	if _, err := h33.ExpectedRMAC(answer, SWOK); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("level 33: %v", err)
+	}
+	if _, err := (&HostSession{}).ExpectedRMAC(answer, SWOK); !errors.Is(err, ErrState) {
+		t.Fatalf("closed session: %v", err)
+	}
+}

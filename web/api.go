@@ -64,12 +64,13 @@ func (s *Server) getModule(c echo.Context) error {
 		return err
 	}
 	out := struct {
-		EID      keyport.EID  `json:"eid"`
-		ISDAID   keyport.AID  `json:"isd_aid"`
-		LastSeen *time.Time   `json:"last_seen"`
-		Domains  []DomainJSON `json:"domains"`
-		Demo     bool         `json:"demo,omitempty"`
-	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}, Demo: s.opts.Demo}
+		EID         keyport.EID  `json:"eid"`
+		ISDAID      keyport.AID  `json:"isd_aid"`
+		LastSeen    *time.Time   `json:"last_seen"`
+		PendingJobs int          `json:"pending_jobs"`
+		Domains     []DomainJSON `json:"domains"`
+		Demo        bool         `json:"demo,omitempty"`
+	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, PendingJobs: v.PendingJobs, Domains: []DomainJSON{}, Demo: s.opts.Demo}
 	for _, d := range v.Domains {
 		j := domainJSON(p, d)
 		j.Demo = s.opts.Demo

@@ -286,6 +286,11 @@ func expect(method, path string, r role) (access, bool) {
 				strings.HasPrefix(path, "/api/v1/jobs/") || path == "/api/v1/domains/:eid/:aid/access-rules") || path == "/api/v1/jobs/:id/cancel" {
 				return adminAllowed, true
 			}
+			// The issuer releases, locks and unlocks any domain.
+			switch path {
+			case "/api/v1/domains/:eid/:aid/release", "/api/v1/domains/:eid/:aid/lock", "/api/v1/domains/:eid/:aid/unlock":
+				return adminAllowed, true
+			}
 			return forbidden, true
 		case providerB:
 			if withObjectOfA {

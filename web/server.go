@@ -128,6 +128,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	admin.POST("/audit/verify", s.verifyAudit)
 	s.jobRoutes(api, admin)
 	s.dataRoutes(api)
+	s.lifecycleRoutes(api, admin)
 	s.accessRuleRoutes(api, admin)
 	s.approvalRoutes(admin)
 

@@ -309,9 +309,16 @@ func (a *Agent) runScript(ctx context.Context, target string, script []byte) (st
 		if err != nil {
 			return cardlink.StatusUnknownApplication, nil
 		}
-		if _, found, err := host.Select(ctx, aid); err != nil || !found {
-			a.log.Info("targeted application not selectable", "target", target, "err", err)
-			return cardlink.StatusUnknownApplication, nil
+		r, err := host.Send(ctx, gp.Select(aid))
+		if err != nil || r.SW != gp.SWOK {
+			// A locked or deleted SSD is not selectable: the answer
+			// carries the module's R-APDU, so that the server can tell
+			// what the card said.
+			a.log.Info("targeted application not selectable", "target", target, "sw", r.SW, "err", err)
+			if err != nil {
+				return cardlink.StatusUnknownApplication, nil
+			}
+			return cardlink.StatusUnknownApplication, gp.ResponseScript{HasExecuted: true, Executed: 1, Responses: []gp.Response{r}}.Bytes()
 		}
 	}
 	out := gp.ResponseScript{HasExecuted: true}

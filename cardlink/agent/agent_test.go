@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -216,11 +217,19 @@ func TestModuleAnsweringAnErrorStatusFailsTheJobWithTheSWAndLeavesTheDomainAssig
 	if sw := w.keysOpen(t, 0x30, w.Keys[w.EID][w.AID]); sw != gp.SWOK {
 		t.Fatalf("first keys still open the SSD: %v", sw)
 	}
-	// The provider builds a new script on the counter keyport reports,
-	// plus one: the test's own check above opened a session keyport did
-	// not see.
+	// The test's own check above opened a session keyport did not see:
+	// the card is one ahead, and keyport is told so (a script built on
+	// the counter it reports would be refused by the card; one built on
+	// another counter is refused by keyport).
 	w.Card.SetFault(nil)
-	j2, err := w.Svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, w.Script(t, w.domain(t).SeqCounter+1))
+	d = w.domain(t)
+	if err := w.Store.SetDomainKeys(ctx, d.ID, d.KVN, nil, d.SeqCounter+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, w.Script(t, d.SeqCounter)); !errors.Is(err, keyport.ErrConflict) {
+		t.Fatalf("a script on a stale counter: %v", err)
+	}
+	j2, err := w.Svc.SubmitScript(ctx, w.Prov, w.EID, w.AID, w.Script(t, d.SeqCounter+1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -324,4 +324,27 @@ func TestSPScriptReusesTheKeysFileOfAnEarlierGenerateAndRefusesBadArguments(t *t
 			t.Errorf("sp script %v succeeded", args)
 		}
 	}
+	// A rotation from the keys file --generate wrote (KVN 31) to KVN 32,
+	// whose next keys go to a file of their own.
+	nextPath := filepath.Join(dir, "next.json")
+	var r keyport.ScriptRequest
+	json.Unmarshal([]byte(kp(t, o, nil, "sp", "script", "--rotate", "--key", keyPath, "--current-keys", keysPath, "--generate",
+		"--counter", "3", "--new-keys-out", nextPath)), &r)
+	if _, err := keyport.CheckRotateScript(eid, aid, 0x31, r); err != nil || !r.Rotate || r.Expect.KVN != 0x32 {
+		t.Fatalf("rotation script %+v: %v", r.Expect, err)
+	}
+	var next NewKeysFile
+	if b, err := os.ReadFile(nextPath); err != nil || json.Unmarshal(b, &next) != nil || next.KVN != 0x32 || next.KCV[keyport.UsageDEK] != r.Expect.KCV[keyport.UsageDEK] {
+		t.Fatalf("next keys file %+v: %v", next, err)
+	}
+	for _, args := range [][]string{
+		{"--rotate", "--key", keyPath, "--generate", "--counter", "0"},                                                         // no current keys
+		{"--rotate", "--key", keyPath, "--current-keys", pkgPath, "--generate", "--counter", "0"},                              // not a keys file
+		{"--rotate", "--key", keyPath, "--current-keys", keysPath, "--generate"},                                               // no counter
+		{"--rotate", "--key", keyPath, "--current-keys", keysPath, "--new-keys-out", nextPath, "--generate", "--counter", "0"}, // never overwrites
+	} {
+		if err := run(ctx, append([]string{"sp", "script"}, args...)); err == nil {
+			t.Errorf("sp script %v succeeded", args)
+		}
+	}
 }

@@ -46,8 +46,13 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	keysOut := fs.String("new-keys-out", "", "where --generate writes the new keys, wrapped to your public key (default <eid>-<aid>.keys.json)")
 	submitURL := fs.String("submit", "", "submit the script to the portal at this URL (e.g. http://localhost:8080) with the API token of --token-file; the counter and --jwks then default to the portal's")
 	tokenFile := fs.String("token-file", "", "with --submit: file holding your API token")
+	rotate := fs.Bool("rotate", false, "build a rotation of a PERSONALIZED domain: from the keys of --current-keys (a file --generate wrote) to the next KVN")
+	currentPath := fs.String("current-keys", "", "with --rotate: the domain's current keys, a file an earlier --generate wrote")
 	if err := parseArgs(fs, args); err != nil {
 		return err
+	}
+	if *rotate {
+		return spRotate(*keyPath, *currentPath, *newKeysPath, *generate, *counter, *out, *keysOut)
 	}
 	if *pkgPath == "" || *keyPath == "" || (*counter < 0 && *submitURL == "") || (*newKeysPath == "") == !*generate {
 		return exitError{2, errors.New("usage: keyport sp script --package P --key sp.pem (--new-keys FILE | --generate) (--counter N | --submit URL --token-file F) [--jwks URL|FILE] [--out FILE]")}
@@ -129,11 +134,63 @@ func cmdSPScript(ctx context.Context, args []string) error {
 			first.EID, first.AID, *counter, job.ID, job.State, portal.base, job.ID)
 		return nil
 	}
-	if *out == "" {
-		_, err = stdout.Write(b)
+	return writeScript(req, *out)
+}
+
+// spRotate builds a rotation script (keyport.RotateScript): the current
+// keys and their KVN, EID and AID come from a keys file --generate wrote,
+// the next keys from --new-keys or --generate (written, wrapped, to
+// <eid>-<aid>-<kvn>.keys.json by default).
+func spRotate(keyPath, currentPath, newKeysPath string, generate bool, counter int, out, keysOut string) error {
+	if keyPath == "" || currentPath == "" || counter < 0 || (newKeysPath == "") == !generate {
+		return exitError{2, errors.New("usage: keyport sp script --rotate --key sp.pem --current-keys FILE (--new-keys FILE | --generate) --counter N [--out FILE]")}
+	}
+	priv, err := loadPrivateKey(keyPath)
+	if err != nil {
 		return err
 	}
-	return os.WriteFile(*out, b, 0o644)
+	b, err := os.ReadFile(currentPath)
+	if err != nil {
+		return err
+	}
+	var cur NewKeysFile
+	if err := json.Unmarshal(b, &cur); err != nil || cur.KVN == 0 || cur.EID == "" || cur.AID == "" {
+		return fmt.Errorf("%s: not a keys file written by `keyport sp script --generate` (eid, aid, kvn, wrapped keys)", currentPath)
+	}
+	current, err := secondKeys(currentPath, false, priv)
+	if err != nil {
+		return err
+	}
+	next, err := secondKeys(newKeysPath, generate, priv)
+	if err != nil {
+		return err
+	}
+	req, err := keyport.RotateScript(cur.AID, cur.KVN, counter, current, next)
+	if err != nil {
+		return err
+	}
+	if generate {
+		path := keysOut
+		if path == "" {
+			path = fmt.Sprintf("%s-%s-%02X.keys.json", cur.EID, cur.AID, cur.KVN+1)
+		}
+		first := &UnwrappedKeys{EID: cur.EID, AID: cur.AID}
+		if err := writeNewKeys(path, first, cur.KVN+1, next, &priv.PublicKey, req.Expect.KCV); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "next keys (KVN 0x%02X) wrapped to your public key in %s\n", cur.KVN+1, path)
+	}
+	return writeScript(req, out)
+}
+
+func writeScript(req keyport.ScriptRequest, out string) error {
+	b, _ := json.MarshalIndent(req, "", "  ")
+	b = append(b, '\n')
+	if out == "" {
+		_, err := stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(out, b, 0o644)
 }
 
 // unwrapUnverified unwraps a key package without its signature, checking

@@ -19,6 +19,15 @@ func Plural(n int64, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
+// Noun is one or many, by n: the noun alone, for text around a number
+// shown apart.
+func Noun(n int64, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
 // KindLabel names a provider kind for people.
 func KindLabel(k keyport.ProviderKind) string {
 	switch k {
