@@ -337,6 +337,19 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX approvals_created_at ON approvals (created_at)`,
 	}},
+	// SMS reach (ota.go in the root package): a module's MSISDN, its OTA
+	// (SCP80) key set as KWP blobs under the ISD KEK, and the last SCP80
+	// counter allocated for it. One row per module, made on first use.
+	{14, "module MSISDN, OTA keys and SCP80 counter", []string{
+		`CREATE TABLE module_ota (
+			module_id BIGINT PRIMARY KEY REFERENCES modules (id),
+			msisdn TEXT NOT NULL DEFAULT '',
+			ota_kvn INTEGER NOT NULL DEFAULT 0,
+			ota_keys TEXT,
+			ota_counter BIGINT NOT NULL DEFAULT 0
+		)`,
+		`CREATE INDEX module_ota_msisdn ON module_ota (msisdn) WHERE msisdn <> ''`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.
@@ -378,7 +391,10 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if err := db.Exec(typeMacros[s.dialect].Replace(createMigrationsTable)).Error; err != nil {
 		return wrap("migrate: create schema_migrations", err)
 	}
+	prev := 0
 	for _, m := range migrations {
+		after := prev // the step before m in this code's history
+		prev = m.version
 		err := db.Transaction(func(tx *gorm.DB) error {
 			if s.dialect == dialectPostgres {
 				if err := tx.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(migrationLockKey)).Error; err != nil {
@@ -396,7 +412,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 			if v >= m.version {
 				return nil
 			}
-			if v != m.version-1 {
+			// Step numbers are handed out ahead of merging, so the history
+			// may skip one; what counts is that m follows the step before it.
+			if v != after {
 				return fmt.Errorf("database at version %d cannot take step %d", v, m.version)
 			}
 			for i, stmt := range m.statements {

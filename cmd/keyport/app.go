@@ -25,6 +25,8 @@ type app struct {
 	svc   *keyport.Service
 	// tokenCreated is true when this run created the default SoftHSM token.
 	tokenCreated bool
+	// sms is the SMS trigger once the SMPP link is configured (smpp.go).
+	sms *smsTriggerBox
 }
 
 // newFlags returns a flag set with the common flags bound to cfg.

@@ -60,16 +60,17 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
-	stopCardLink, adminAccepting, err := startCardLink(ctx, a, hooks)
-	if err != nil {
-		return err
-	}
-	defer stopCardLink()
+	// The SMPP link first: card-link's delivery worker triggers through it.
 	stopSMPP, err := startSMPP(a)
 	if err != nil {
 		return err
 	}
 	defer stopSMPP()
+	stopCardLink, adminAccepting, err := startCardLink(ctx, a, hooks)
+	if err != nil {
+		return err
+	}
+	defer stopCardLink()
 	webOpts, err := portal.webOptions(a)
 	if err != nil {
 		return err
