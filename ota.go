@@ -158,6 +158,11 @@ func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error
 	return s.Store.ModuleByMSISDN(ctx, msisdn)
 }
 
+// TriggerErrorPrefix starts a job's last error that TriggerFailed wrote: a
+// later wake-up that is sent does not clear it (only the card's answer, or
+// the job's end, tells more).
+const TriggerErrorPrefix = "trigger: "
+
 // TriggerFailed records why a module's trigger did not get through (a
 // delivery receipt of failure, a PoR with an error status) on each of its
 // QUEUED second-key jobs, and schedules each for a retry with backoff.
@@ -180,7 +185,7 @@ func (s *Service) TriggerFailed(ctx context.Context, eid EID, reason string) err
 			continue
 		}
 		from, attempts := j.State, j.Attempts
-		j.LastError = "wake-up: " + reason
+		j.LastError = TriggerErrorPrefix + reason
 		if next := now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64())); next.After(j.NextRunAt) {
 			j.NextRunAt = next
 		}

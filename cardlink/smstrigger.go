@@ -69,10 +69,12 @@ var _ keyport.Trigger = (*SMSTrigger)(nil)
 // maxTracked bounds the message ids kept for receipts.
 const maxTracked = 10000
 
-// PoR security the trigger asks for: a checksum, a counter higher than the
-// card's, ciphering; a PoR always, checksummed and ciphered (TS 102 225).
+// Security the trigger asks for (TS 102 225): a checksum, a counter higher
+// than the card's, ciphering; a PoR always, checksummed but not ciphered
+// (it holds a counter and a status, and keyport's card keys only encrypt:
+// the HSM gives none of them decryption).
 var triggerSPI = gp.SPI{Integrity: gp.IntegrityCC, Ciphered: true, Counter: gp.CounterHigher,
-	PoR: gp.PoRAlways, PoRIntegrity: gp.IntegrityCC, PoRCiphered: true}
+	PoR: gp.PoRAlways, PoRIntegrity: gp.IntegrityCC}
 
 // PSK key reference named in the trigger (keyport's TLS-PSK: KVN 40, KID 01).
 const (

@@ -13,8 +13,11 @@ import (
 // OTAKey returns the module's SCP80 key ref (KIc: AES-CBC, KID: AES-CMAC)
 // as a gp.OTACipher and gp.OTAChecksum whose operations run in the HSM: for
 // each call the blob is unwrapped under its KEK into a non-extractable
-// session object that can only encrypt and decrypt (or only sign), used and
-// destroyed. The raw key never leaves the token. ctx is kept for the calls.
+// session object that can only encrypt (or only sign), used and destroyed.
+// The raw key never leaves the token. Decryption is refused: the KEKs'
+// unwrap policy gives no card key CKA_DECRYPT (a card key that decrypts
+// would open what was wrapped under it), so keyport asks for proofs of
+// receipt that are checksummed, not ciphered. ctx is kept for the calls.
 func (h *HSM) OTAKey(ctx context.Context, ref keyport.KeyRef) keyport.OTAKey {
 	return &otaKey{ctx: ctx, h: h, ref: ref}
 }
@@ -32,45 +35,28 @@ func (k *otaKey) String() string { return "OTA " + k.ref.String() }
 
 func (k *otaKey) BlockSize() int { return 16 }
 
-func (k *otaKey) EncryptCBC(plain []byte) ([]byte, error) { return k.cbc(plain, true) }
+// DecryptCBC is refused (see OTAKey).
+func (k *otaKey) DecryptCBC([]byte) ([]byte, error) {
+	return nil, fmt.Errorf("hsm: %s: card keys do not decrypt (ask for an unciphered PoR): %w", k, keyport.ErrForbidden)
+}
 
-func (k *otaKey) DecryptCBC(ciphered []byte) ([]byte, error) { return k.cbc(ciphered, false) }
-
-func (k *otaKey) cbc(in []byte, encrypt bool) ([]byte, error) {
+func (k *otaKey) EncryptCBC(in []byte) ([]byte, error) {
 	if len(in)%16 != 0 {
 		return nil, fmt.Errorf("hsm: OTA AES-CBC of %d bytes: not whole blocks", len(in))
 	}
-	op, attr := "OTA decrypt under "+k.ref.String(), uint(pkcs11.CKA_DECRYPT)
-	if encrypt {
-		op, attr = "OTA encrypt under "+k.ref.String(), pkcs11.CKA_ENCRYPT
-	}
 	var out []byte
-	err := k.h.do(k.ctx, op, func(s *session) error {
-		key, bits, err := k.h.unwrapCardKey(s, k.ref, false, attr)
+	err := k.h.do(k.ctx, "OTA encrypt under "+k.ref.String(), func(s *session) error {
+		key, _, err := k.h.unwrapCardKey(s, k.ref, false, pkcs11.CKA_ENCRYPT)
 		if err != nil {
 			return err
 		}
 		defer k.h.destroy(s, key)
-		if bits != 128 && bits != 192 && bits != 256 {
-			return fmt.Errorf("%s: %d-bit key is no AES key", k.ref, bits)
+		if err := k.h.p.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}, key); err != nil {
+			return fmt.Errorf("C_EncryptInit: %w", err)
 		}
-		mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, make([]byte, 16))}
-		if encrypt {
-			if err := k.h.p.EncryptInit(s.h, mech, key); err != nil {
-				return fmt.Errorf("C_EncryptInit: %w", err)
-			}
-			out, err = k.h.p.Encrypt(s.h, in)
-			if err != nil {
-				return fmt.Errorf("C_Encrypt: %w", err)
-			}
-			return nil
-		}
-		if err := k.h.p.DecryptInit(s.h, mech, key); err != nil {
-			return fmt.Errorf("C_DecryptInit: %w", err)
-		}
-		out, err = k.h.p.Decrypt(s.h, in)
+		out, err = k.h.p.Encrypt(s.h, in)
 		if err != nil {
-			return fmt.Errorf("C_Decrypt: %w", err)
+			return fmt.Errorf("C_Encrypt: %w", err)
 		}
 		return nil
 	})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"errors"
 	"testing"
 
 	"github.com/keyport/keyport"
@@ -48,9 +49,9 @@ func TestOTAKeyRunsAESCBCAndCMACInTheHSM(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("EncryptCBC = %X, %v; want %X", got, err, want)
 	}
-	back, err := hkic.DecryptCBC(got)
-	if err != nil || !bytes.Equal(back, msg) {
-		t.Fatalf("DecryptCBC = %X, %v", back, err)
+	// Card keys never decrypt (the KEKs' unwrap policy).
+	if back, err := hkic.DecryptCBC(got); !errors.Is(err, keyport.ErrForbidden) || back != nil {
+		t.Fatalf("DecryptCBC = %X, %v; want ErrForbidden", back, err)
 	}
 	if _, err := hkic.EncryptCBC(msg[:20]); err == nil {
 		t.Fatal("a partial block was ciphered")
@@ -63,7 +64,7 @@ func TestOTAKeyRunsAESCBCAndCMACInTheHSM(t *testing.T) {
 
 	// A packet sealed with the HSM's handles opens with the software keys.
 	spi := gp.SPI{Integrity: gp.IntegrityCC, Ciphered: true, Counter: gp.CounterHigher, PoR: gp.PoRAlways,
-		PoRIntegrity: gp.IntegrityCC, PoRCiphered: true}
+		PoRIntegrity: gp.IntegrityCC}
 	coding := byte(keyport.OTAKVN<<4) | gp.OTAAlgAES
 	p := gp.CommandPacket{SPI: spi, KIc: coding, KID: coding, TAR: gp.ISDTAR, Counter: 7, Data: []byte("trigger")}
 	sealed, err := p.Seal(gp.OTAKeys{Cipher: hkic, MAC: hkid})
