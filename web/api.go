@@ -66,7 +66,8 @@ func (s *Server) getModule(c echo.Context) error {
 		ISDAID   keyport.AID  `json:"isd_aid"`
 		LastSeen *time.Time   `json:"last_seen"`
 		Domains  []DomainJSON `json:"domains"`
-	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}}
+		MSISDN   string       `json:"msisdn,omitempty"`
+	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, Domains: []DomainJSON{}, MSISDN: v.MSISDN}
 	for _, d := range v.Domains {
 		out.Domains = append(out.Domains, domainJSON(p, d))
 	}

@@ -121,6 +121,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	admin.POST("/audit/verify", s.verifyAudit)
 	s.jobRoutes(api, admin)
 	s.approvalRoutes(admin)
+	s.msisdnRoutes(admin)
 
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
 	s.portalAPIRoutes(api)
