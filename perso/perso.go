@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -172,6 +173,11 @@ func (st *Station) Personalize(ctx context.Context, p keyport.Principal, card gp
 	case ISDKeysDefault, ISDKeysDerived:
 	default:
 		return nil, keyport.Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
+	}
+	for _, n := range append(slices.Collect(maps.Values(req.MSISDNs)), req.MSISDN) {
+		if _, err := keyport.NormalizeMSISDN(n); err != nil {
+			return nil, err
+		}
 	}
 	b, err := st.Service.GetBatch(ctx, p, req.Batch)
 	if err != nil {
