@@ -44,3 +44,7 @@ func ColumnsForTest(s *Store) (map[string][]string, error) {
 	}
 	return out, nil
 }
+
+// MigrationSteps is how many steps the history has (step numbers may skip
+// one handed out to another branch).
+func MigrationSteps() int { return len(migrations) }
