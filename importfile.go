@@ -20,11 +20,16 @@ const MaxImportLine = 64 << 10
 // importLine is one line of a manufacturer's output file (JSON Lines):
 //
 //	{"eid":"…","isd_aid":"A000000151000000","domains":[{"aid":"…","kvn":48,
-//	  "keys":{"enc":"<b64 KWP>","mac":"…","dek":"…"},"kcv":{"enc":"EE72CB","mac":"…","dek":"…"}}]}
+//	  "keys":{"enc":"<b64 KWP>","mac":"…","dek":"…"},"kcv":{"enc":"EE72CB","mac":"…","dek":"…"}}],
+//	  "msisdn":"+4915200000001"}
+//
+// msisdn is optional (E.164; module_ota, migration 11).
 type importLine struct {
 	EID     string         `json:"eid"`
 	ISDAID  string         `json:"isd_aid"`
 	Domains []importDomain `json:"domains"`
+	// MSISDN is optional: the module's E.164 number, for SMS reach.
+	MSISDN string `json:"msisdn,omitempty"`
 }
 
 type importDomain struct {
@@ -80,7 +85,11 @@ func ParseImportLine(line []byte) (*ModuleImport, error) {
 	if len(in.Domains) > 64 {
 		return nil, invalid("domains", fmt.Sprintf("at most 64 domains per module, got %d", len(in.Domains)))
 	}
-	m := &ModuleImport{EID: eid, ISDAID: isd}
+	msisdn, err := NormalizeMSISDN(in.MSISDN)
+	if err != nil {
+		return nil, err
+	}
+	m := &ModuleImport{EID: eid, ISDAID: isd, MSISDN: msisdn}
 	seen := map[AID]bool{isd: true}
 	for i, d := range in.Domains {
 		field := fmt.Sprintf("domains[%d]", i)
@@ -405,4 +414,9 @@ type ModuleImport struct {
 	// ISDKeys and PSK as Module has them.
 	ISDKeys KeyBlobs
 	PSK     []byte
+	// MSISDN (E.164 digits, optional) and the OTA key set (perso's, as
+	// blobs under the ISD KEK, at OTAKVN) for SMS reach (ota.go).
+	MSISDN  string
+	OTAKVN  int
+	OTAKeys KeyBlobs
 }

@@ -64,6 +64,9 @@ type ModuleView struct {
 	// PendingJobs counts the card-link jobs (QUEUED or SENT) waiting for
 	// the module: all of them for an admin, a provider's own for it.
 	PendingJobs int
+	// MSISDN is the module's E.164 number for SMS reach (ota.go), for
+	// admins only; "" when it has none.
+	MSISDN string
 }
 
 // LookupModule finds a module by EID for the caller.
@@ -80,6 +83,11 @@ func (s *Service) LookupModule(ctx context.Context, p Principal, eid EID) (*Modu
 		// When the card last had an admin session says something about a
 		// customer's device: the issuer's business, not a provider's.
 		v.LastSeen = m.LastSeen
+		o, err := s.Store.GetModuleOTA(ctx, m.ID)
+		if err != nil {
+			return nil, err
+		}
+		v.MSISDN = o.MSISDN
 	}
 	for _, d := range m.Domains {
 		if p.Admin || d.State == Unassigned || d.OwnerID == p.ProviderID {

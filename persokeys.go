@@ -21,6 +21,8 @@ type PersoKeys struct {
 	ISD     KeyBlobs
 	PSK     []byte
 	SSD     map[AID]KeyBlobs
+	// OTA is the ISD's OTA (SCP80) key set at OTAKVN, under the ISD KEK.
+	OTA KeyBlobs
 	// UpdatedAt is when the record was last stored.
 	UpdatedAt time.Time
 }

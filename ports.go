@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"time"
+
+	"github.com/keyport/keyport/gp"
 )
 
 // OAEPHash names the hash of RSA-OAEP in the RSA-AES wrap. SoftHSM offers
@@ -91,6 +93,7 @@ type Repo interface {
 	JobRepo
 	ApprovalRepo
 	AccessRuleRepo
+	OTARepo
 }
 
 // AccessRuleRepo stores providers' access rules (accessrule.go): hashes
@@ -415,6 +418,12 @@ type PersoCustody interface {
 	// DEK (AES-CBC, zero IV: the PUT KEY of a blank ISD whose DEK is the
 	// public GP test key).
 	GenerateKeys(ctx context.Context, batch string, clearDEK []byte) ([]GeneratedKey, error)
+	// GenerateKeysUnder is GenerateKeys with the key set encrypted (in
+	// GeneratedKey.UnderDEK) under the DEK dek the HSM keeps (an ISD's
+	// Key-DEK): how perso loads a key set, such as the ISD's OTA keys, that
+	// is kept under the ISD KEK, whose blobs unwrap only into keys that
+	// cannot be exported afterwards.
+	GenerateKeysUnder(ctx context.Context, batch string, dek KeyRef) ([]GeneratedKey, error)
 	// EncryptUnderKey returns target encrypted under the DEK dek (AES-CBC,
 	// zero IV: AmdD 7.2.1, 7.3) and target's KCV.
 	EncryptUnderKey(ctx context.Context, dek, target KeyRef) (cipher []byte, kcv string, err error)
@@ -483,4 +492,36 @@ type Metrics interface {
 	ImportStarted()
 	ImportLine()
 	ImportEnded(r Result, modules int)
+}
+
+// OTARepo stores modules' MSISDNs, OTA key sets and SCP80 counters.
+type OTARepo interface {
+	// GetModuleOTA returns the module's SMS reach (a zero ModuleOTA with
+	// the ID when nothing is stored).
+	GetModuleOTA(ctx context.Context, moduleID int64) (*ModuleOTA, error)
+	// SetModuleMSISDN sets the module's MSISDN ("": clears it).
+	SetModuleMSISDN(ctx context.Context, moduleID int64, msisdn string) error
+	// SetModuleOTAKeys stores the OTA key set the card accepted.
+	SetModuleOTAKeys(ctx context.Context, moduleID int64, kvn int, keys KeyBlobs) error
+	// NextOTACounter increments the module's SCP80 counter in one
+	// conditional statement and returns the new value: strictly increasing
+	// across every caller. ErrConflict past the 5-byte maximum.
+	NextOTACounter(ctx context.Context, moduleID int64) (uint64, error)
+	// ModuleByMSISDN returns the EID of the module with that MSISDN;
+	// ErrNotFound if none.
+	ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error)
+}
+
+// OTACustody is the HSM part of SMS reach: the module's OTA keys as
+// handles whose operations run in the HSM.
+type OTACustody interface {
+	// OTAKey returns the key ref as an AES KIc/KID: every call unwraps the
+	// blob into a session object inside the HSM, uses it and destroys it.
+	OTAKey(ctx context.Context, ref KeyRef) OTAKey
+}
+
+// OTAKey is an SCP80 key held in the HSM.
+type OTAKey interface {
+	gp.OTACipher
+	gp.OTAChecksum
 }

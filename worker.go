@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"time"
 )
 
@@ -179,9 +180,10 @@ func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 		from, attempts := j.State, j.Attempts
 		j.Attempts++
 		j.NextRunAt = now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64()))
-		j.LastError = ""
 		if werr != nil {
 			j.LastError = "wake-up: " + werr.Error()
+		} else if !strings.HasPrefix(j.LastError, TriggerErrorPrefix) {
+			j.LastError = ""
 		}
 		if err := s.Store.UpdateJob(ctx, j, from, attempts); err != nil && !errors.Is(err, ErrConflict) {
 			return i, err

@@ -160,6 +160,44 @@ func (h *HSM) GenerateKeys(ctx context.Context, batch string, clearDEK []byte) (
 	return out, nil
 }
 
+// GenerateKeysUnder generates a key set as GenerateKeys does, each key
+// also encrypted (AES-CBC, zero IV) under the DEK ref, which is unwrapped
+// from its blob as a session object that can only wrap.
+func (h *HSM) GenerateKeysUnder(ctx context.Context, batch string, dekRef keyport.KeyRef) ([]keyport.GeneratedKey, error) {
+	label := LabelISDKEK
+	if batch != "" {
+		if err := checkBatch(batch); err != nil {
+			return nil, fmt.Errorf("hsm: generate keys: %w", err)
+		}
+		label = BatchKEKLabel(batch)
+	}
+	var out []keyport.GeneratedKey
+	err := h.do(ctx, "generate keys under "+label+" for "+dekRef.String(), func(s *session) error {
+		out = out[:0]
+		kek, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, label)
+		if err != nil {
+			return err
+		}
+		dek, _, err := h.unwrapCardKey(s, dekRef, false, pkcs11.CKA_WRAP)
+		if err != nil {
+			return err
+		}
+		defer h.destroy(s, dek)
+		for _, u := range keyport.Usages {
+			g, err := h.generateCardKey(s, kek, dek, u)
+			if err != nil {
+				return err
+			}
+			out = append(out, g)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // generateCardKey makes one key of GenerateKeys; the key object lives only
 // inside this call.
 func (h *HSM) generateCardKey(s *session, kek, dek pkcs11.ObjectHandle, u keyport.KeyUsage) (keyport.GeneratedKey, error) {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -87,6 +88,10 @@ type Request struct {
 	Domains int
 	// ISDKeys is the ISD's key set before perso; "" means ISDKeysDefault.
 	ISDKeys ISDKeys
+	// MSISDN is the module's E.164 number (optional), for SMS reach;
+	// MSISDNs, when it names the module's EID, takes precedence.
+	MSISDN  string
+	MSISDNs map[keyport.EID]string
 }
 
 // SSD is what perso did to one SSD.
@@ -111,6 +116,10 @@ type Report struct {
 	// key set keyport.PersoISDKVN.
 	ISDKeysReplaced bool
 	Domains         []SSD
+	// OTAKeysLoaded: this run loaded the ISD's OTA key set
+	// (keyport.OTAKVN) generated in the HSM. OTAKeys: the module is
+	// registered with one (loaded now or by an interrupted run).
+	OTAKeysLoaded, OTAKeys bool
 	// Registered: this run stored the module. AlreadyRegistered: the store
 	// had it already (a finished perso run again); card and store were
 	// compared and nothing was changed.
@@ -164,6 +173,11 @@ func (st *Station) Personalize(ctx context.Context, p keyport.Principal, card gp
 	case ISDKeysDefault, ISDKeysDerived:
 	default:
 		return nil, keyport.Invalid("isd_keys", "must be default or derived, not %q", req.ISDKeys)
+	}
+	for _, n := range append(slices.Collect(maps.Values(req.MSISDNs)), req.MSISDN) {
+		if _, err := keyport.NormalizeMSISDN(n); err != nil {
+			return nil, err
+		}
 	}
 	b, err := st.Service.GetBatch(ctx, p, req.Batch)
 	if err != nil {
@@ -291,6 +305,11 @@ func (r *run) personalize(ctx context.Context) error {
 		return err
 	}
 
+	// 3b. The ISD's OTA key set, for SMS reach.
+	if err := r.loadOTAKeys(ctx, isdKVNs); err != nil {
+		return err
+	}
+
 	// 4. Registry: the SSDs that exist must be keyport's.
 	r.step = "GET STATUS"
 	reg, err := r.getStatus(ctx)
@@ -382,8 +401,72 @@ func (r *run) personalize(ctx context.Context) error {
 
 	// 8. Register, last and in one transaction.
 	r.step = "register the module"
-	return r.register(ctx, &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains,
-		ISDKeys: r.rec.ISD, PSK: r.rec.PSK})
+	msisdn := r.req.MSISDN
+	if n, ok := r.req.MSISDNs[r.eid]; ok {
+		msisdn = n
+	}
+	if msisdn, err = keyport.NormalizeMSISDN(msisdn); err != nil {
+		return err
+	}
+	m := &keyport.ModuleImport{Line: 1, EID: r.eid, ISDAID: r.isd, Domains: domains,
+		ISDKeys: r.rec.ISD, PSK: r.rec.PSK, MSISDN: msisdn}
+	if r.rep.OTAKeys {
+		m.OTAKVN, m.OTAKeys = keyport.OTAKVN, r.rec.OTA
+	}
+	return r.register(ctx, m)
+}
+
+// loadOTAKeys loads the ISD's OTA (SCP80) key set keyport.OTAKVN with PUT
+// KEY through the ISD session: KIc, KID and DEK (key IDs 1-3) generated in
+// the HSM, kept under the ISD KEK, stored in the record first, and
+// encrypted there under the ISD DEK. An ISD that holds that key set already keeps it:
+// with keyport's record of it (an interrupted run) the module gets it;
+// without (the manufacturer's keys), the module has no SMS reach.
+func (r *run) loadOTAKeys(ctx context.Context, isdKVNs []byte) error {
+	if slices.Contains(isdKVNs, keyport.OTAKVN) {
+		r.rep.OTAKeys = r.rec.OTA.Complete()
+		return nil
+	}
+	// The card does not hold the key set, so none of an earlier run
+	// reached it: a new set replaces any in the record. The keys come
+	// encrypted under the ISD DEK from their generation: blobs under the
+	// ISD KEK never unwrap into exportable keys.
+	r.step = "generate the OTA keys"
+	gen, err := r.keys.GenerateKeysUnder(ctx, "", r.isdKey(keyport.UsageDEK))
+	if err != nil {
+		return err
+	}
+	r.rec.OTA = blobs(gen)
+	r.step = "store the generated OTA keys"
+	if err := r.save(ctx, []string{"ota"}); err != nil {
+		return err
+	}
+	r.step = fmt.Sprintf("load the OTA key set %02X", keyport.OTAKVN)
+	pk := gp.PutKey{OldKVN: 0, NewKVN: keyport.OTAKVN, FirstKID: 1}
+	for _, g := range gen {
+		kc, err := keyComponent(g.UnderDEK, g.KCV)
+		if err != nil {
+			return err
+		}
+		pk.Keys = append(pk.Keys, kc)
+	}
+	cmd, err := pk.Command()
+	if err != nil {
+		return err
+	}
+	data, err := r.host.SendOK(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	pr, err := gp.ParsePutKeyResponse(data)
+	if err != nil {
+		return err
+	}
+	if err := pr.Confirms(pk); err != nil {
+		return err
+	}
+	r.rep.OTAKeysLoaded, r.rep.OTAKeys = true, true
+	return nil
 }
 
 // loadRecord reads what earlier runs generated for this module, or starts a

@@ -179,7 +179,32 @@ func (im *importer) flush(chunk []keyport.ModuleImport) error {
 		}
 	}
 	if im.rows.n > 0 {
-		return im.insertDomains()
+		if err := im.insertDomains(); err != nil {
+			return err
+		}
+	}
+	return im.insertOTA(chunk)
+}
+
+// insertOTA writes the module_ota rows (migration 11) of the modules that
+// come with an MSISDN or an OTA key set: few, so one statement each.
+func (im *importer) insertOTA(chunk []keyport.ModuleImport) error {
+	query := `INSERT INTO module_ota (module_id, msisdn, ota_kvn, ota_keys) VALUES (?, ?, ?, ?)`
+	if im.dialect != dialectSQLite {
+		query = `INSERT INTO module_ota (module_id, msisdn, ota_kvn, ota_keys) VALUES ($1, $2, $3, $4)`
+	}
+	for i := range chunk {
+		m := &chunk[i]
+		if m.MSISDN == "" && len(m.OTAKeys) == 0 {
+			continue
+		}
+		var keys sql.NullString
+		if len(m.OTAKeys) > 0 {
+			keys = sql.NullString{String: string(appendWrapped(nil, m.OTAKeys)), Valid: true}
+		}
+		if _, err := im.conn.ExecContext(im.ctx, query, im.ids[string(m.EID)], m.MSISDN, m.OTAKVN, keys); err != nil {
+			return wrap("import modules: MSISDN and OTA keys", err)
+		}
 	}
 	return nil
 }

@@ -32,6 +32,7 @@ type persoKeysJSON struct {
 	ISD keyport.KeyBlobs                 `json:"isd,omitempty"`
 	PSK []byte                           `json:"psk,omitempty"`
 	SSD map[keyport.AID]keyport.KeyBlobs `json:"ssd,omitempty"`
+	OTA keyport.KeyBlobs                 `json:"ota,omitempty"`
 }
 
 // GetPersoKeys returns the perso record of eid; ErrNotFound if none.
@@ -46,12 +47,12 @@ func (r *repo) GetPersoKeys(ctx context.Context, eid keyport.EID) (*keyport.Pers
 		return nil, fmt.Errorf("store: get perso keys of %s: the stored keys are not valid JSON", eid)
 	}
 	return &keyport.PersoKeys{EID: eid, BatchID: row.BatchID, ISDAID: keyport.AID(row.ISDAID),
-		ISD: j.ISD, PSK: j.PSK, SSD: j.SSD, UpdatedAt: row.UpdatedAt.UTC()}, nil
+		ISD: j.ISD, PSK: j.PSK, SSD: j.SSD, OTA: j.OTA, UpdatedAt: row.UpdatedAt.UTC()}, nil
 }
 
 // PutPersoKeys stores k, replacing the record of its EID.
 func (r *repo) PutPersoKeys(ctx context.Context, k *keyport.PersoKeys) error {
-	b, err := json.Marshal(persoKeysJSON{ISD: k.ISD, PSK: k.PSK, SSD: k.SSD})
+	b, err := json.Marshal(persoKeysJSON{ISD: k.ISD, PSK: k.PSK, SSD: k.SSD, OTA: k.OTA})
 	if err != nil {
 		return fmt.Errorf("store: put perso keys: %w", err)
 	}

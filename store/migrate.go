@@ -364,6 +364,19 @@ var migrations = []migration{
 		`CREATE INDEX access_rules_domain ON access_rules (domain_id, created_at)`,
 		`CREATE UNIQUE INDEX access_rules_app ON access_rules (domain_id, hash, package) WHERE state <> 'REMOVED'`,
 	}},
+	// SMS reach (ota.go in the root package): a module's MSISDN, its OTA
+	// (SCP80) key set as KWP blobs under the ISD KEK, and the last SCP80
+	// counter allocated for it. One row per module, made on first use.
+	{11, "module MSISDN, OTA keys and SCP80 counter", []string{
+		`CREATE TABLE module_ota (
+			module_id BIGINT PRIMARY KEY REFERENCES modules (id),
+			msisdn TEXT NOT NULL DEFAULT '',
+			ota_kvn INTEGER NOT NULL DEFAULT 0,
+			ota_keys TEXT,
+			ota_counter BIGINT NOT NULL DEFAULT 0
+		)`,
+		`CREATE INDEX module_ota_msisdn ON module_ota (msisdn) WHERE msisdn <> ''`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -70,7 +70,8 @@ func (s *Server) getModule(c echo.Context) error {
 		PendingJobs int          `json:"pending_jobs"`
 		Domains     []DomainJSON `json:"domains"`
 		Demo        bool         `json:"demo,omitempty"`
-	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, PendingJobs: v.PendingJobs, Domains: []DomainJSON{}, Demo: s.opts.Demo}
+		MSISDN      string       `json:"msisdn,omitempty"`
+	}{EID: v.EID, ISDAID: v.ISDAID, LastSeen: v.LastSeen, PendingJobs: v.PendingJobs, Domains: []DomainJSON{}, Demo: s.opts.Demo, MSISDN: v.MSISDN}
 	for _, d := range v.Domains {
 		j := domainJSON(p, d)
 		j.Demo = s.opts.Demo

@@ -157,6 +157,19 @@ func TestRealAPIResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	call(tokA, http.MethodGet, "/audit", "", 200)
 	call(admin, http.MethodGet, "/webhook", "", 403)
 	call(admin, http.MethodGet, "/admin/audit", "", 200)
+	call(tokA, http.MethodPut, "/admin/modules/"+eid+"/msisdn", `{"msisdn":"+4915200000001"}`, 403)
+	call(admin, http.MethodPut, "/admin/modules/"+eid+"/msisdn", `{"msisdn":"+4915200000001"}`, 204)
+	call(admin, http.MethodPut, "/admin/modules/"+eid+"/msisdn", `{"msisdn":"12ab"}`, 422)
+	if v := call(admin, http.MethodGet, "/modules/"+eid, "", 200); v["msisdn"] != "4915200000001" {
+		t.Errorf("module lookup after PUT msisdn: %v", v["msisdn"])
+	}
+	if v := call(tokA, http.MethodGet, "/modules/"+eid, "", 200); v["msisdn"] != nil {
+		t.Errorf("a provider sees the MSISDN: %v", v["msisdn"])
+	}
+	call(admin, http.MethodDelete, "/admin/modules/"+eid+"/msisdn", "", 204)
+	if v := call(admin, http.MethodGet, "/modules/"+eid, "", 200); v["msisdn"] != nil {
+		t.Errorf("module lookup after DELETE msisdn: %v", v["msisdn"])
+	}
 	call(admin, http.MethodPost, "/admin/audit/verify", "", 200)
 	call(admin, http.MethodGet, "/admin/jobs", "", 200)
 	call(admin, http.MethodGet, "/admin/jobs?state=NOPE", "", 422)

@@ -131,6 +131,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	s.lifecycleRoutes(api, admin)
 	s.accessRuleRoutes(api, admin)
 	s.approvalRoutes(admin)
+	s.msisdnRoutes(admin)
 
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
 	s.portalAPIRoutes(api)

@@ -138,6 +138,10 @@ type LinkOptions struct {
 	// Link, if set, is the module-PSK custody NewWorld gives the service
 	// in place of its HSM (which it gets), e.g. to count derivations.
 	Link func(keyport.LinkCustody) keyport.LinkCustody
+	// Trigger, if set, is the service's trigger in place of the wake-up
+	// hub, given the hub and the admin server's address (an SMS trigger
+	// with the hub as its fallback).
+	Trigger func(hub *cardlink.WakeHub, adminAddr string) keyport.Trigger
 }
 
 // StartLink starts card-link over svc (whose Link custody must be set);
@@ -158,6 +162,9 @@ func StartLink(t testing.TB, svc *keyport.Service, opts LinkOptions) *Link {
 		t.Fatal(err)
 	}
 	l := &Link{Addr: ln.Addr().String(), Server: srv, Hub: hub}
+	if opts.Trigger != nil {
+		svc.Trigger = opts.Trigger(hub, l.Addr)
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

@@ -270,8 +270,8 @@ func TestSubmitRefusedForNowIsSentAgainWithBackoff(t *testing.T) {
 	}
 	// min_backoff=50ms, doubling: the second wait is at least 100 ms. The
 	// SMSC stamps each submit as it reads it.
-	gap1 := tries[1].seconds(t) - tries[0].seconds(t)
-	gap2 := tries[2].seconds(t) - tries[1].seconds(t)
+	gap1 := tries[1].Seconds(t) - tries[0].Seconds(t)
+	gap2 := tries[2].Seconds(t) - tries[1].Seconds(t)
 	if gap1 < 0.050 || gap2 < 0.100 {
 		t.Errorf("sent again after %.3fs and %.3fs; want at least 0.050 and 0.100 (backoff)", gap1, gap2)
 	}

@@ -31,6 +31,11 @@ type Config struct {
 	// Rand supplies random card challenges (key sets whose SD has i without
 	// the pseudo-random bit). Nil means crypto/rand.
 	Rand io.Reader
+	// TestOTAKeys gives a new module's ISD the fixed test OTA key set
+	// (DefaultOTAKVN: DefaultOTAKIc, DefaultOTAKID). Without it the ISD
+	// has no OTA key set until one is loaded with PUT KEY (KVN 01-0F), as
+	// keyport perso does.
+	TestOTAKeys bool
 }
 
 // Card is a virtual GlobalPlatform UICC. Its methods are safe for concurrent
@@ -108,7 +113,6 @@ func New(eid string, cfg Config) (*Card, error) {
 		SD:         hexBytes(ISDAID),
 		SCPi:       defaultSCPParameter,
 		KeySets:    []*keySet{defaultKeySet()},
-		OTA:        []*otaKeySet{defaultOTAKeySet()},
 	}
 	st.Apps = []*app{
 		isd,
@@ -120,6 +124,9 @@ func New(eid string, cfg Config) (*Card, error) {
 			AID: hexBytes(ISDRAID), Module: hexBytes(isdrModule),
 			LCS: AppSelectable, Privileges: hexBytes{0, 0, 0}, SD: hexBytes(ISDAID),
 		},
+	}
+	if cfg.TestOTAKeys {
+		isd.OTA = []*otaKeySet{defaultOTAKeySet()}
 	}
 	st.RefreshTag = hexBytes(make([]byte, 8))
 	c := newCard(cfg, st)

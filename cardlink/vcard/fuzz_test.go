@@ -44,7 +44,7 @@ func FuzzCardProcess(f *testing.F) {
 
 func fuzzOne(t *testing.T, in []byte) {
 	{
-		card, err := vcard.New(vcard.DefaultEID, vcard.Config{})
+		card, err := vcard.New(vcard.DefaultEID, vcard.Config{TestOTAKeys: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -140,6 +140,9 @@ func (c *Card) putKey(sd *app, cmd gp.Command) rsp {
 	if pk.More {
 		return status(gp.SWIncorrectP1P2) // key sets come in one command here
 	}
+	if pk.NewKVN >= 0x01 && pk.NewKVN <= 0x0F && sd == c.st.isd() {
+		return c.putOTAKey(sd, pk)
+	}
 	if pk.FirstKID < 1 || int(pk.FirstKID)+len(pk.Keys)-1 > 3 {
 		return status(gp.SWIncorrectP1P2)
 	}

@@ -43,6 +43,7 @@ type otaKeySet struct {
 	KVN     byte   `json:"kvn"`
 	KIc     key    `json:"kic"`
 	KID     key    `json:"kid"`
+	DEK     *key   `json:"dek,omitempty"`
 	Counter uint64 `json:"counter"`
 }
 
@@ -324,4 +325,62 @@ func validOTAKeySets(a *app) error {
 		}
 	}
 	return nil
+}
+
+func (ks *otaKeySet) keys() []key {
+	out := []key{ks.KIc, ks.KID}
+	if ks.DEK != nil {
+		out = append(out, *ks.DEK)
+	}
+	return out
+}
+
+// putOTAKey loads an SCP80 key set into the ISD with PUT KEY (GPCS 11.8;
+// KVN 01-0F are OTA key sets): key ID 1 is KIc, 2 KID, 3 the DEK, AES,
+// encrypted under the session's Key-DEK. P1 0 adds a key set (the KVN must
+// be new; KIc and KID at least); P1 = P2's KVN replaces it. A new or
+// replaced key set starts with counter 0.
+func (c *Card) putOTAKey(sd *app, pk gp.PutKey) rsp {
+	if pk.FirstKID != 1 || len(pk.Keys) < 2 || len(pk.Keys) > 3 {
+		return status(gp.SWIncorrectData)
+	}
+	existing := sd.otaKeySet(pk.NewKVN)
+	switch {
+	case pk.OldKVN == 0 && existing != nil:
+		return status(gp.SWIncorrectData)
+	case pk.OldKVN != 0 && pk.OldKVN != pk.NewKVN:
+		return status(gp.SWIncorrectP1P2)
+	case pk.OldKVN != 0 && existing == nil:
+		return status(gp.SWReferencedDataNotFound)
+	}
+	ks := &otaKeySet{KVN: pk.NewKVN}
+	resp := []byte{pk.NewKVN}
+	for i, kc := range pk.Keys {
+		n := kc.Length
+		if n == 0 {
+			n = len(kc.Encrypted)
+		}
+		v, sw := c.decryptKey(kc.Type, n, kc.Encrypted, kc.KCV)
+		if sw != gp.SWOK {
+			return status(sw)
+		}
+		kcv, _ := gp.KCV(v)
+		resp = append(resp, kcv...)
+		k := key{ID: byte(i + 1), Type: keyTypeAES, Value: hexBytes(v)}
+		switch i {
+		case 0:
+			ks.KIc = k
+		case 1:
+			ks.KID = k
+		default:
+			ks.DEK = &k
+		}
+	}
+	if existing != nil {
+		*existing = *ks
+	} else {
+		sd.OTA = append(sd.OTA, ks)
+	}
+	c.dirty = true
+	return ok(resp)
 }

@@ -84,7 +84,7 @@ func sendPacket(t *testing.T, c *vcard.Card, p gp.CommandPacket, keys gp.OTAKeys
 }
 
 func TestOTATriggerOpensChannel(t *testing.T) {
-	card := newCard(t, vcard.Config{})
+	card := newCard(t, vcard.Config{TestOTAKeys: true})
 	keys := otaKeys(t, vcard.DefaultOTAKIc, vcard.DefaultOTAKID)
 	p := gp.CommandPacket{SPI: fullSecurity, KIc: keys.KIc, KID: keys.KID, TAR: gp.ISDTAR, Counter: 1, Data: triggerTLV}
 	r := sendPacket(t, card, p, keys)
@@ -201,7 +201,7 @@ func TestOTARefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			card := newCard(t, vcard.Config{})
+			card := newCard(t, vcard.Config{TestOTAKeys: true})
 			for _, s := range tt.steps {
 				r := sendPacket(t, card, s.p, s.keys)
 				spi := s.p.SPI
@@ -242,7 +242,7 @@ func TestOTARefusals(t *testing.T) {
 
 func TestOTACounterSurvivesReload(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "module.json")
-	card := newCard(t, vcard.Config{StatePath: path})
+	card := newCard(t, vcard.Config{StatePath: path, TestOTAKeys: true})
 	keys := otaKeys(t, vcard.DefaultOTAKIc, vcard.DefaultOTAKID)
 	p := gp.CommandPacket{SPI: fullSecurity, KIc: keys.KIc, KID: keys.KID, TAR: gp.ISDTAR, Counter: 41, Data: triggerTLV}
 	if r := sendPacket(t, card, p, keys); r.SW>>8 != 0x91 {
@@ -265,7 +265,7 @@ func TestOTACounterSurvivesReload(t *testing.T) {
 }
 
 func TestOTAConcatenatedAndNoPoR(t *testing.T) {
-	card := newCard(t, vcard.Config{})
+	card := newCard(t, vcard.Config{TestOTAKeys: true})
 	keys := otaKeys(t, vcard.DefaultOTAKIc, vcard.DefaultOTAKID)
 	long := bytes.Repeat(h("00A4040008A000000151000000"), 25) // 325 bytes: three SMS
 	p := gp.CommandPacket{SPI: fullSecurity, KIc: keys.KIc, KID: keys.KID, TAR: gp.ISDTAR, Counter: 1, Data: long}

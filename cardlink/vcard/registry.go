@@ -52,6 +52,11 @@ func (c *Card) getData(sd *app, cmd gp.Command) rsp {
 				v = append(v, gp.Encode(0xC0, []byte{k.ID, ks.KVN, k.Type, byte(len(k.Value))})...)
 			}
 		}
+		for _, ks := range sd.OTA { // SCP80 key sets (KVN 01-0F): KIc, KID, DEK
+			for _, k := range ks.keys() {
+				v = append(v, gp.Encode(0xC0, []byte{k.ID, ks.KVN, k.Type, byte(len(k.Value))})...)
+			}
+		}
 		return ok(gp.Encode(0xE0, v))
 	case 0x0066: // Card Recognition Data (GPCS H.2)
 		return ok(cardRecognitionData(sd.SCPi))

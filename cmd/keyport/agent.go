@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/agent"
 	"github.com/keyport/keyport/cardlink/agent/ace"
 	"github.com/keyport/keyport/cardlink/pcsc"
@@ -31,25 +32,27 @@ func cmdAgent(ctx context.Context, args []string) error {
 	once := fs.Bool("once", false, "run one admin session now and exit")
 	uri := fs.String("uri", agent.DefaultAdminURI, "admin URI of the first POST (session parameter 8C)")
 	appSocket := fs.String("app-socket", "", "also serve apps' channel requests (access control enforcer) on this Unix socket; its directory must be mode 0700")
+	smsFrom := fs.String("sms-from", "", "play the handset's modem: take the module's SMS from this handset file (the test SMSC's --handset) instead of long-polling; the admin server is the one the card's OPEN CHANNEL names")
+	smsMO := fs.String("sms-mo", "", "with --sms-from: append the card's proofs of receipt to this spool (the test SMSC's --mo-spool)")
+	msisdn := fs.String("msisdn", "", "with --sms-from: the module's MSISDN (E.164)")
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
+	if *smsFrom != "" {
+		return agentSMS(ctx, *reader, *identity, *pskFile, *msisdn, *smsFrom, *smsMO, *uri)
+	}
 	admin := *server != "" || *identity != "" || *pskFile != ""
 	if *reader == "" || (admin && (*server == "" || *identity == "" || *pskFile == "")) || (!admin && *appSocket == "") {
-		return exitError{2, errors.New("usage: keyport agent --reader NAME [--server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]] [--app-socket PATH]")}
+		return exitError{2, errors.New("usage: keyport agent --reader NAME [--server HOST:PORT --psk-identity ID --psk-file F [--poll 30s | --once]] [--app-socket PATH]\n       keyport agent --reader NAME --psk-identity ID --psk-file F --sms-from FILE --msisdn N [--sms-mo FILE]")}
 	}
 	if *once && *appSocket != "" {
 		return exitError{2, errors.New("--once runs one admin session and exits; it does not go with --app-socket")}
 	}
 	var psk []byte
 	if admin {
-		raw, err := os.ReadFile(*pskFile)
-		if err != nil {
+		var err error
+		if psk, err = readPSKFile(*pskFile); err != nil {
 			return err
-		}
-		psk, err = hex.DecodeString(strings.TrimSpace(string(raw)))
-		if err != nil || len(psk) == 0 {
-			return fmt.Errorf("%s: the PSK file must hold the key in hex", *pskFile)
 		}
 	}
 	card, err := pcsc.Open(ctx, *reader)
@@ -87,4 +90,48 @@ func cmdAgent(ctx context.Context, args []string) error {
 	fmt.Fprintf(stderr, "keyport agent: module %s in %q, admin server %s (%s)\n", *identity, card.Name(), *server,
 		map[bool]string{true: "polling every " + poll.String(), false: "waiting for wake-ups"}[*poll > 0])
 	return a.Run(ctx)
+}
+
+func readPSKFile(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	psk, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(psk) == 0 {
+		return nil, fmt.Errorf("%s: the PSK file must hold the key in hex", path)
+	}
+	return psk, nil
+}
+
+// agentSMS is `keyport agent --sms-from`: the handset's modem and BIP stack
+// for a module reached by SMS. Each OTA SMS for the MSISDN goes to the card
+// as ENVELOPE (SMS-PP DOWNLOAD), its proof of receipt back as a
+// mobile-originated SMS; an OPEN CHANNEL the card then asks for opens the
+// TLS-PSK session to the admin server it names. No long poll.
+func agentSMS(ctx context.Context, reader, identity, pskFile, msisdn, from, mo, uri string) error {
+	n, err := keyport.NormalizeMSISDN(msisdn)
+	if reader == "" || identity == "" || pskFile == "" || msisdn == "" {
+		return exitError{2, errors.New("usage: keyport agent --reader NAME --psk-identity ID --psk-file F --sms-from FILE --msisdn N [--sms-mo FILE]")}
+	}
+	if err != nil {
+		return exitError{2, err}
+	}
+	psk, err := readPSKFile(pskFile)
+	if err != nil {
+		return err
+	}
+	card, err := pcsc.Open(ctx, reader)
+	if err != nil {
+		return err
+	}
+	defer card.Close()
+	log := newLogger(config{LogFormat: "text"}, stderr)
+	a := agent.New(agent.Config{Identity: identity, PSK: psk, AdminURI: uri, Log: log}, card)
+	var sink agent.SMSSink
+	if mo != "" {
+		sink = agent.MOFile{Path: mo, MSISDN: n}
+	}
+	fmt.Fprintf(stderr, "keyport agent: module %s in %q, SMS for %s from %s\n", identity, card.Name(), n, from)
+	return a.RunSMS(ctx, &agent.HandsetFile{Path: from, MSISDN: n}, sink)
 }

@@ -28,6 +28,8 @@ type app struct {
 	// adminAddr is the address the card-link admin server listens on, once
 	// serve has started it ("" when there is none).
 	adminAddr string
+	// sms is the SMS trigger once the SMPP link is configured (smpp.go).
+	sms *smsTriggerBox
 }
 
 // newFlags returns a flag set with the common flags bound to cfg.

@@ -53,6 +53,9 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 	hub := cardlink.NewWakeHub()
 
 	a.svc.Trigger = hub
+	if a.sms != nil {
+		a.svc.Trigger = cardlink.Triggers{SMS: a.sms, Fallback: hub}
+	}
 	a.svc.Delivery.DevLoopbackWebhooks = cf.loopbackHooks
 	if cf.loopbackHooks {
 		a.log.Warn("development mode: webhooks may go to loopback addresses (--dev-allow-loopback-webhooks)")
@@ -71,6 +74,12 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 			TLS: tlspsk.ServerConfig{Legacy: a.cfg.AdminLegacyTLS, TLS13: a.cfg.AdminTLS13}})
 		ln, err := tlspsk.Listen("tcp", a.cfg.AdminAddr, srv.TLSConfig())
 		if err != nil {
+			cancel()
+			wg.Wait()
+			return nil, nil, err
+		}
+		if err := a.armSMS(ln.Addr()); err != nil {
+			ln.Close()
 			cancel()
 			wg.Wait()
 			return nil, nil, err

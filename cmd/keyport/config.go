@@ -38,6 +38,10 @@ type config struct {
 	// has no flag: the URL holds a password, which a command line shows.
 	SMPP    *smpp.Config
 	smppURL string
+	// SMSAdminAddr (KEYPORT_SMS_ADMIN_ADDR) is the admin server's IP:port
+	// as handsets reach it, named in the trigger SMS; default the admin
+	// server's listening address.
+	SMSAdminAddr string
 }
 
 // env returns KEYPORT_<name>, or the trimmed content of the file named by
@@ -97,6 +101,7 @@ func (c *config) bind(fs *flag.FlagSet) error {
 		"admins needed to export a module PSK or a transport key, create an admin token or approve a provider; 1 turns dual control off, for development (KEYPORT_DUAL_CONTROL)")
 	fs.StringVar(&c.LogFormat, "log-format", get("LOG_FORMAT", "text"), "log format: text or json (KEYPORT_LOG_FORMAT)")
 	c.smppURL = get("SMPP_URL", "")
+	fs.StringVar(&c.SMSAdminAddr, "sms-admin-addr", get("SMS_ADMIN_ADDR", ""), "admin server IP:port the trigger SMS names, as handsets reach it; default the admin server's address (KEYPORT_SMS_ADMIN_ADDR)")
 	return err
 }
 

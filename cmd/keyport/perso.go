@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/keyport/keyport"
@@ -27,11 +28,22 @@ func cmdPerso(ctx context.Context, args []string) error {
 	opName := operatorFlag(fs)
 	isdKeys := fs.String("isd-keys", string(perso.ISDKeysDefault),
 		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
+	msisdn := fs.String("msisdn", "", "the module's MSISDN (E.164), by which keyport reaches it with a trigger SMS")
+	msisdnFile := fs.String("msisdn-file", "", "file of \"EID MSISDN\" lines: the MSISDN of whichever module is in the reader (over --msisdn)")
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return exitError{2, fmt.Errorf("perso: unexpected argument %q", fs.Arg(0))}
+	}
+	if _, err := keyport.NormalizeMSISDN(*msisdn); err != nil {
+		return exitError{2, fmt.Errorf("perso: --msisdn: %w", err)}
+	}
+	var msisdns map[keyport.EID]string
+	if *msisdnFile != "" {
+		if msisdns, err = readMSISDNFile(*msisdnFile); err != nil {
+			return exitError{2, err}
+		}
 	}
 	op, err := operator(*opName)
 	if err != nil {
@@ -58,7 +70,7 @@ func cmdPerso(ctx context.Context, args []string) error {
 	}
 	defer card.Close()
 	rep, err := a.station().Personalize(ctx, op, card, perso.Request{
-		Batch: *batch, Domains: *domains, ISDKeys: perso.ISDKeys(*isdKeys)})
+		Batch: *batch, Domains: *domains, ISDKeys: perso.ISDKeys(*isdKeys), MSISDN: *msisdn, MSISDNs: msisdns})
 	if err != nil {
 		if rep != nil && rep.APDUs > 0 {
 			fmt.Fprintf(stderr, "perso stopped after %d commands; run it again to finish the module\n", rep.APDUs)
@@ -80,6 +92,9 @@ func printPersoReport(rep *perso.Report) {
 		}
 		fmt.Fprintln(stdout)
 	}
+	if rep.OTAKeysLoaded {
+		fmt.Fprintf(stdout, "  OTA key set %02X loaded (KIc, KID, DEK generated in the HSM)\n", keyport.OTAKVN)
+	}
 	for _, d := range rep.Domains {
 		var did []string
 		if d.Created {
@@ -100,3 +115,36 @@ func printPersoReport(rep *perso.Report) {
 // station is the personalization station wired to the app's use cases and
 // HSM; it logs where the service does.
 func (a *app) station() *perso.Station { return &perso.Station{Service: a.svc, Keys: a.hsm} }
+
+// readMSISDNFile reads "EID MSISDN" lines (blank lines and # comments
+// skipped); every EID and MSISDN is checked.
+func readMSISDNFile(path string) (map[keyport.EID]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[keyport.EID]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("%s:%d: want \"EID MSISDN\"", path, i+1)
+		}
+		eid, err := keyport.ParseEID(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, i+1, err)
+		}
+		n, err := keyport.NormalizeMSISDN(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, i+1, err)
+		}
+		if _, dup := out[eid]; dup {
+			return nil, fmt.Errorf("%s:%d: EID %s appears twice", path, i+1, eid)
+		}
+		out[eid] = n
+	}
+	return out, nil
+}

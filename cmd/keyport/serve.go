@@ -68,16 +68,17 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	a.svc.Metrics = web.NewServiceMetrics()
-	stopCardLink, admin, err := startCardLink(ctx, a, hooks)
-	if err != nil {
-		return err
-	}
-	defer stopCardLink()
+	// The SMPP link first: card-link's delivery worker triggers through it.
 	stopSMPP, err := startSMPP(a)
 	if err != nil {
 		return err
 	}
 	defer stopSMPP()
+	stopCardLink, admin, err := startCardLink(ctx, a, hooks)
+	if err != nil {
+		return err
+	}
+	defer stopCardLink()
 	webOpts, err := portal.webOptions(a)
 	if err != nil {
 		return err

@@ -16,6 +16,8 @@
 #   --unknown-prefix P accepted, then a PDU with an unknown command_id, to be nacked
 #   --hold-prefix P    submits to P… are answered only once --hold-count of them wait, or
 #                      when nothing more arrives for --hold-idle seconds; each release logs how many waited
+#   --mo-spool FILE    the handset side's mobile-originated messages: JSON lines {"from", "ud" hex}
+#                      appended after the ESME bound are delivered to it as deliver_sm (PID 7F, DCS F6, UDHI)
 use strict;
 use warnings;
 use Getopt::Long;
@@ -52,6 +54,7 @@ GetOptions(
 	'nack-prefix=s' => \$o{nack_prefix}, 'undeliv-prefix=s' => \$o{undeliv_prefix},
 	'mo-prefix=s' => \$o{mo_prefix}, 'unknown-prefix=s' => \$o{unknown_prefix}, 'por=s' => \$o{por},
 	'hold-prefix=s' => \$o{hold_prefix}, 'hold-count=i' => \$o{hold_count}, 'hold-idle=f' => \$o{hold_idle},
+	'mo-spool=s' => \$o{mo_spool},
 ) or die "usage\n";
 die "--events and --handset are required\n" unless $o{events} && $o{handset};
 
@@ -99,8 +102,35 @@ sub release {
 	}
 	@held = ();
 }
+# The spool is read from its end at connect: what the handset sent
+# before this link is not delivered again.
+my ($spool_off, $bound) = (0, 0);
+$spool_off = -s $o{mo_spool} || 0 if $o{mo_spool};
+sub spool {
+	return unless $bound && open(my $fh, '<', $o{mo_spool});
+	seek($fh, $spool_off, 0);
+	while (my $l = <$fh>) {
+		last unless $l =~ /\n\z/;
+		$spool_off += length $l;
+		my $m = eval { $json->decode($l) } or next;
+		my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $m->{from},
+			destination_addr => ($m->{to} || $o{system_id}), esm_class => 0x40, protocol_id => 0x7F,
+			data_coding => 0xF6, short_message => pack('H*', $m->{ud}));
+		logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $m->{from}, spooled => JSON::PP::true);
+	}
+	close $fh;
+}
 while (1) {
-	release() if @held && !$sel->can_read($o{hold_idle});
+	if ($o{mo_spool}) {
+		my $waited = 0;
+		until ($sel->can_read(0.05)) {
+			spool();
+			$waited += 0.05;
+			release() if @held && $waited >= $o{hold_idle};
+		}
+	} else {
+		release() if @held && !$sel->can_read($o{hold_idle});
+	}
 	my $pdu = $c->read_pdu() or last;
 	my $cmd = $pdu->{cmd};
 	if ($cmd == 0x00000009) {    # bind_transceiver
@@ -109,6 +139,7 @@ while (1) {
 			interface_version => $pdu->{interface_version}, ok => $ok ? JSON::PP::true : JSON::PP::false);
 		$c->bind_transceiver_resp(system_id => 'perlsmsc', seq => $pdu->{seq}, status => $ok ? 0 : 0x0E);
 		exit 0 unless $ok;
+		$bound = 1;
 	} elsif ($cmd == 0x00000015) {    # enquire_link
 		logline($ev, event => 'enquire_link', seq => $pdu->{seq});
 		$c->enquire_link_resp(seq => $pdu->{seq});

@@ -1,0 +1,233 @@
+package cardlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
+)
+
+// SMSSender submits a secured command packet to a handset as SIM data
+// download SMS (cardlink/smpp's ESME) and returns the SMSC's message ids.
+type SMSSender interface {
+	Send(ctx context.Context, msisdn string, packet []byte) ([]string, error)
+}
+
+// SMSReach is what the SMS trigger needs of keyport (Service.SMSTarget,
+// SMSKeys and TriggerFailed, with the HSM's OTA custody bound).
+type SMSReach interface {
+	// Target allocates a fresh SCP80 counter and returns the module's
+	// MSISDN and OTA key handles; keyport.ErrNoSMSReach when it has none.
+	Target(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error)
+	// Keys returns the same without a counter, to open a proof of receipt.
+	Keys(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error)
+	// ModuleByMSISDN finds the module a proof of receipt came from.
+	ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error)
+	// Failed records on the module's waiting jobs why its trigger failed.
+	Failed(ctx context.Context, eid keyport.EID, reason string) error
+}
+
+// SMSTriggerConfig configures an SMSTrigger.
+type SMSTriggerConfig struct {
+	Sender SMSSender
+	Reach  SMSReach
+	// Admin is the admin server's address as the module's OPEN CHANNEL
+	// names it (an IP address and TCP port the handset reaches).
+	Admin netip.AddrPort
+	// Host and URI are the HTTP POST parameters (8A, 8C); URI defaults to
+	// the agent's first POST, "/server/adminagent?cmd=1".
+	Host, URI string
+	// SendTimeout bounds one submission (default 20 s): an SMSC that does
+	// not take it by then leaves the job to its retry.
+	SendTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// SMSTrigger wakes a module by an SCP80-secured OTA SMS to its ISD's TAR
+// holding the GP Amendment B Administration Session Triggering parameters
+// (PROTOCOLS.md §3.1, §3.2): the card checks it, answers a proof of
+// receipt, and opens a BIP channel and a TLS-PSK session to the admin
+// server. It implements keyport.Trigger for modules with an MSISDN and an
+// OTA key set; for others Wake returns keyport.ErrNoSMSReach.
+type SMSTrigger struct {
+	cfg SMSTriggerConfig
+	log *slog.Logger
+
+	mu   sync.Mutex
+	sent map[string]keyport.EID // SMSC message id -> module, for receipts
+	ids  []string               // sent's keys, oldest first
+}
+
+var _ keyport.Trigger = (*SMSTrigger)(nil)
+
+// maxTracked bounds the message ids kept for receipts.
+const maxTracked = 10000
+
+// Security the trigger asks for (TS 102 225): a checksum, a counter higher
+// than the card's, ciphering; a PoR always, checksummed but not ciphered
+// (it holds a counter and a status, and keyport's card keys only encrypt:
+// the HSM gives none of them decryption).
+var triggerSPI = gp.SPI{Integrity: gp.IntegrityCC, Ciphered: true, Counter: gp.CounterHigher,
+	PoR: gp.PoRAlways, PoRIntegrity: gp.IntegrityCC}
+
+// PSK key reference named in the trigger (keyport's TLS-PSK: KVN 40, KID 01).
+const (
+	pskKVN = 0x40
+	pskKID = 0x01
+)
+
+// NewSMSTrigger returns the trigger.
+func NewSMSTrigger(cfg SMSTriggerConfig) (*SMSTrigger, error) {
+	if cfg.Sender == nil || cfg.Reach == nil {
+		return nil, errors.New("cardlink: SMS trigger needs a sender and keyport's SMS reach")
+	}
+	if _, err := gp.TCPConnection(cfg.Admin); err != nil {
+		return nil, fmt.Errorf("cardlink: SMS trigger: %w", err)
+	}
+	if cfg.URI == "" {
+		cfg.URI = "/server/adminagent?cmd=1"
+	}
+	if cfg.SendTimeout <= 0 {
+		cfg.SendTimeout = 20 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &SMSTrigger{cfg: cfg, log: cfg.Log, sent: map[string]keyport.EID{}}, nil
+}
+
+// Packet builds the secured command packet that triggers module eid's
+// admin session, under a freshly allocated counter.
+func (t *SMSTrigger) Packet(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, []byte, error) {
+	target, err := t.cfg.Reach.Target(ctx, eid)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := gp.TCPConnection(t.cfg.Admin)
+	if err != nil {
+		return nil, nil, err
+	}
+	sec, err := gp.PSKSecurity(string(eid), pskKVN, pskKID)
+	if err != nil {
+		return nil, nil, err
+	}
+	trig := gp.AdminTrigger{Connection: conn, Security: sec, Host: []byte(t.cfg.Host),
+		AgentID: []byte(eid), URI: []byte(t.cfg.URI)}
+	p := gp.CommandPacket{SPI: triggerSPI, KIc: target.KIc, KID: target.KID, TAR: gp.ISDTAR,
+		Counter: target.Counter, Data: trig.Bytes()}
+	b, err := p.Seal(target.Keys)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cardlink: seal the trigger of %s: %w", eid, err)
+	}
+	return target, b, nil
+}
+
+// Wake sends module eid its trigger SMS. An SMSC that does not accept it
+// within SendTimeout makes it keyport.ErrUnreachable (retried with
+// backoff); the counter it used is not used again.
+func (t *SMSTrigger) Wake(ctx context.Context, eid keyport.EID) error {
+	target, packet, err := t.Packet(ctx, eid)
+	if err != nil {
+		if errors.Is(err, keyport.ErrNoSMSReach) {
+			return err
+		}
+		return fmt.Errorf("cardlink: SMS trigger for %s: %v: %w", eid, err, keyport.ErrUnreachable)
+	}
+	sctx, cancel := context.WithTimeout(ctx, t.cfg.SendTimeout)
+	defer cancel()
+	ids, err := t.cfg.Sender.Send(sctx, target.MSISDN, packet)
+	t.track(ids, eid)
+	if err != nil {
+		return fmt.Errorf("cardlink: SMS trigger for %s: %v: %w", eid, err, keyport.ErrUnreachable)
+	}
+	t.log.Info("trigger SMS submitted", "eid", eid, "counter", target.Counter, "message_ids", ids)
+	return nil
+}
+
+func (t *SMSTrigger) track(ids []string, eid keyport.EID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if _, dup := t.sent[id]; !dup {
+			t.ids = append(t.ids, id)
+		}
+		t.sent[id] = eid
+	}
+	for len(t.ids) > maxTracked {
+		delete(t.sent, t.ids[0])
+		t.ids = t.ids[1:]
+	}
+}
+
+// Receipt takes a delivery receipt: a final state other than DELIVRD is
+// recorded on the module's waiting jobs (retried with backoff). A receipt
+// for a message this process did not send is ignored.
+func (t *SMSTrigger) Receipt(ctx context.Context, messageID, state, errCode string) error {
+	t.mu.Lock()
+	eid, ok := t.sent[messageID]
+	t.mu.Unlock()
+	if !ok || state == "DELIVRD" || state == "ACCEPTD" || state == "ENROUTE" {
+		return nil
+	}
+	return t.cfg.Reach.Failed(ctx, eid, fmt.Sprintf("trigger SMS %s: delivery receipt %s (error %s)", messageID, state, errCode))
+}
+
+// ProofOfReceipt takes a mobile-originated response packet (user data
+// with its header) from msisdn: it is opened under the module's OTA keys
+// (or, for a card that could not verify the packet, without security) and
+// an error status is recorded on the module's waiting jobs.
+func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byte) (gp.PoRStatus, error) {
+	eid, err := t.cfg.Reach.ModuleByMSISDN(ctx, msisdn)
+	if err != nil {
+		return 0, err
+	}
+	keys, err := t.cfg.Reach.Keys(ctx, eid)
+	if err != nil {
+		return 0, err
+	}
+	r, err := gp.OpenSMSPoR(ud, triggerSPI, keys.Keys)
+	if err != nil {
+		plain := triggerSPI
+		plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
+		var perr error
+		if r, perr = gp.OpenSMSPoR(ud, plain, gp.OTAKeys{}); perr != nil || r.Status == gp.PoROK {
+			return 0, fmt.Errorf("cardlink: proof of receipt from %s: %w", eid, err)
+		}
+	}
+	if r.Status != gp.PoROK {
+		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)
+		if err := t.cfg.Reach.Failed(ctx, eid, fmt.Sprintf("proof of receipt for counter %d: %v (%02X)", r.Counter, r.Status, byte(r.Status))); err != nil {
+			return r.Status, err
+		}
+	}
+	return r.Status, nil
+}
+
+// Triggers wakes a module over SMS when it has SMS reach, and through
+// Fallback (the agents' wake-up channel) otherwise.
+type Triggers struct {
+	SMS      keyport.Trigger
+	Fallback keyport.Trigger
+}
+
+var _ keyport.Trigger = Triggers{}
+
+// Wake implements keyport.Trigger.
+func (t Triggers) Wake(ctx context.Context, eid keyport.EID) error {
+	if t.SMS != nil {
+		err := t.SMS.Wake(ctx, eid)
+		if !errors.Is(err, keyport.ErrNoSMSReach) {
+			return err
+		}
+	}
+	if t.Fallback == nil {
+		return fmt.Errorf("cardlink: wake %s: %w", eid, keyport.ErrUnreachable)
+	}
+	return t.Fallback.Wake(ctx, eid)
+}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/cardlink"
+	"github.com/keyport/keyport/cardlink/cardlinktest"
+	"github.com/keyport/keyport/cardlink/pcsctest"
+	"github.com/keyport/keyport/cardlink/smpp"
+	"github.com/keyport/keyport/cardlink/smpp/smpptest"
+	"github.com/keyport/keyport/cardlink/vcard"
+	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/fixture"
+)
+
+// smsWorld is a cardlinktest.World whose module is reached by SMS only: an
+// MSISDN, an OTA key set generated in the HSM and loaded onto the card,
+// keyport's ESME bound to the Net::SMPP test SMSC, and the SMS trigger in
+// front of the wake-up hub. No agent long-polls.
+type smsWorld struct {
+	*cardlinktest.World
+	SMSC   *smpptest.SMSC
+	MSISDN string
+	trig   atomic.Pointer[cardlink.SMSTrigger]
+	world  atomic.Pointer[cardlinktest.World] // for the worker, which starts inside NewWorld
+	// OTA is the key set the card holds (blobs under the ISD KEK).
+	OTA keyport.KeyBlobs
+}
+
+func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
+	t.Helper()
+	ctx := context.Background()
+	sw := &smsWorld{MSISDN: msisdn, SMSC: smpptest.Start(t, smscArgs...)}
+	cfg, err := smpp.ParseURL(sw.SMSC.URL(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	esme, err := smpp.New(cfg, smpp.Handlers{
+		Receipt: func(r smpp.Receipt) error {
+			if tr := sw.trig.Load(); tr != nil {
+				return tr.Receipt(ctx, r.MessageID, r.State, r.Err)
+			}
+			return nil
+		},
+		MO: func(m smpp.MO) error {
+			if tr := sw.trig.Load(); tr != nil {
+				if st, err := tr.ProofOfReceipt(ctx, m.From, m.UserData); err != nil {
+					t.Logf("PoR from %s: %X: %v (%v)", m.From, m.UserData, err, st)
+				}
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { esme.Close() })
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{Trigger: func(hub *cardlink.WakeHub, addr string) keyport.Trigger {
+		tr, err := cardlink.NewSMSTrigger(cardlink.SMSTriggerConfig{Sender: esme,
+			Reach: lazyReach{&sw.world}, Admin: netip.MustParseAddrPort(addr), SendTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sw.trig.Store(tr)
+		return cardlink.Triggers{SMS: tr, Fallback: hub}
+	}})
+	sw.World = w
+	sw.world.Store(w)
+
+	// The OTA key set: generated in the HSM (under the ISD KEK), loaded
+	// onto the ISD with PUT KEY as perso does, recorded with the MSISDN.
+	gen, err := w.HSM.GenerateKeys(ctx, "", keyport.GPTestKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := cardlinktest.NewHost(t, cardlinktest.ProcessTx(w.Card.Card))
+	if sw := host.Authenticate(vcard.ISDAID, vcard.DefaultKVN, [3][]byte{vcard.DefaultKey, vcard.DefaultKey, vcard.DefaultKey}); sw != gp.SWOK {
+		t.Fatalf("ISD: %v", sw)
+	}
+	pk := gp.PutKey{NewKVN: keyport.OTAKVN, FirstKID: 1}
+	sw.OTA = keyport.KeyBlobs{}
+	for _, g := range gen {
+		kcv, _ := hex.DecodeString(g.KCV)
+		pk.Keys = append(pk.Keys, gp.KeyComponent{Type: gp.KeyTypeAES, Length: 16, Encrypted: g.UnderDEK, KCV: kcv})
+		sw.OTA[g.Usage] = g.Wrapped
+	}
+	cmd, err := pk.Command()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.Sec(cmd)
+	sw.setOTAKeys(t, sw.OTA)
+	if err := w.Svc.SetMSISDN(ctx, fixture.Admin, w.EID, msisdn); err != nil {
+		t.Fatal(err)
+	}
+	return sw
+}
+
+// lazyReach is keyport's SMS reach once the world exists; before, no
+// module has any.
+type lazyReach struct {
+	w *atomic.Pointer[cardlinktest.World]
+}
+
+func (l lazyReach) reach() (keyport.SMSReach, error) {
+	w := l.w.Load()
+	if w == nil {
+		return keyport.SMSReach{}, keyport.ErrNoSMSReach
+	}
+	return keyport.SMSReach{Service: w.Svc, OTA: w.HSM}, nil
+}
+
+func (l lazyReach) Target(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error) {
+	r, err := l.reach()
+	if err != nil {
+		return nil, err
+	}
+	return r.Target(ctx, eid)
+}
+
+func (l lazyReach) Keys(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error) {
+	r, err := l.reach()
+	if err != nil {
+		return nil, err
+	}
+	return r.Keys(ctx, eid)
+}
+
+func (l lazyReach) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
+	r, err := l.reach()
+	if err != nil {
+		return "", err
+	}
+	return r.ModuleByMSISDN(ctx, msisdn)
+}
+
+func (l lazyReach) Failed(ctx context.Context, eid keyport.EID, reason string) error {
+	r, err := l.reach()
+	if err != nil {
+		return err
+	}
+	return r.Failed(ctx, eid, reason)
+}
+
+func (sw *smsWorld) setOTAKeys(t *testing.T, keys keyport.KeyBlobs) {
+	t.Helper()
+	m, err := sw.Svc.Store.GetModule(context.Background(), sw.EID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Svc.Store.SetModuleOTAKeys(context.Background(), m.ID, keyport.OTAKVN, keys); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startAgent runs `keyport agent --sms-from` on the pcscd reader holding
+// the module, until the test ends.
+func (sw *smsWorld) startAgent(t *testing.T, env *pcsctest.Env) {
+	t.Helper()
+	pskFile := filepath.Join(t.TempDir(), "module.psk")
+	if err := os.WriteFile(pskFile, []byte(hex.EncodeToString(sw.PSK)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"agent", "--reader", env.Reader, "--psk-identity", string(sw.EID), "--psk-file", pskFile,
+			"--sms-from", sw.SMSC.HandsetPath, "--sms-mo", sw.SMSC.MOSpoolPath, "--msisdn", "+" + sw.MSISDN})
+	}()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("keyport agent: %v", err)
+		}
+	})
+}
+
+// The second key reaches a module that never long-polls: keyport submits
+// the SCP80 trigger over SMPP, the Net::SMPP SMSC hands it to the handset,
+// `keyport agent` delivers it to the module in pcscd (SMS-PP DOWNLOAD), the
+// card verifies it, opens the channel, and the TLS-PSK admin session runs
+// the script: PERSONALIZED.
+func TestSecondKeyOverSMSWithNoLongPoll(t *testing.T) {
+	capture(t)
+	env := pcsctest.Start(t, pcsctest.Options{})
+	sw := newSMSWorld(t, "4915200000017")
+	env.StartCard(t, sw.Card.Card)
+	sw.startAgent(t, env)
+
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
+	if j.State != keyport.JobDone || j.Result == nil || !j.Result.Confirmed {
+		t.Fatalf("job %s (%s), result %+v", j.State, j.LastError, j.Result)
+	}
+	d, err := sw.Svc.Store.GetDomain(context.Background(), sw.EID, sw.AID)
+	if err != nil || d.State != keyport.Personalized || d.KVN != 0x31 {
+		t.Fatalf("domain %+v, %v", d, err)
+	}
+	if n := sw.Link.Hub.Waiting(sw.EID); n != 0 {
+		t.Fatalf("%d agents long-poll", n)
+	}
+
+	// What the SMSC decoded: SIM data download to the MSISDN (UDHI, PID
+	// 7F, DCS F6) with the command packet identifier (IEI 70).
+	subs := sw.SMSC.EventsWhere("submit_sm", func(e smpptest.Event) bool { return e.Status == 0 })
+	if len(subs) == 0 {
+		t.Fatal("the SMSC accepted no submit")
+	}
+	for _, s := range subs {
+		if s.DestinationAddr != sw.MSISDN || s.ProtocolID != 0x7F || s.DataCoding != 0xF6 || s.ESMClass&0x40 == 0 {
+			t.Fatalf("submit_sm %+v", s)
+		}
+	}
+	// The packet takes two concatenated messages (IEI 00); the first
+	// carries the command packet identifier.
+	hs := sw.SMSC.HandsetMessages()
+	cpi := false
+	for _, ie := range hs[0].UDH {
+		cpi = cpi || (ie.IEI == 0x70 && ie.Data == "")
+	}
+	if len(hs) < 2 || !cpi || hs[0].ProtocolID != 0x7F || hs[0].DataCoding != 0xF6 || hs[0].To != sw.MSISDN {
+		t.Fatalf("handset side %+v", hs)
+	}
+	// The card's proof of receipt went back as an MO message.
+	// (The SMSC delivers the spool when its link is idle: possibly after
+	// the session.)
+	sw.SMSC.WaitFor("the proof of receipt going to keyport", func(evs []smpptest.Event) bool {
+		for _, e := range evs {
+			if e.Event == "deliver_sm" && e.Kind == "mo" && e.From == sw.MSISDN {
+				return true
+			}
+		}
+		return false
+	})
+	// Every packet had its own counter, from the database.
+	m, _ := sw.Svc.Store.GetModule(context.Background(), sw.EID)
+	o, err := sw.Svc.Store.GetModuleOTA(context.Background(), m.ID)
+	packets := 0
+	for _, h := range hs {
+		for _, ie := range h.UDH {
+			if ie.IEI == 0x70 {
+				packets++
+			}
+		}
+	}
+	if err != nil || packets == 0 || o.Counter < uint64(packets) {
+		t.Fatalf("counter %d after %d packets (%v)", o.Counter, packets, err)
+	}
+}
+
+// A packet under a wrong KID is refused by the card (PoR status 01, RC/CC/DS
+// failed): the status is recorded on the job, which waits and is retried;
+// with the right keys the next trigger gets through.
+func TestSMSTriggerWithAWrongKIDIsRefusedAndRetried(t *testing.T) {
+	capture(t)
+	env := pcsctest.Start(t, pcsctest.Options{})
+	sw := newSMSWorld(t, "4915200000018")
+	other, err := sw.HSM.GenerateKeys(context.Background(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := keyport.KeyBlobs{keyport.UsageENC: sw.OTA[keyport.UsageENC], keyport.UsageMAC: other[1].Wrapped, keyport.UsageDEK: sw.OTA[keyport.UsageDEK]}
+	sw.setOTAKeys(t, wrong)
+	env.StartCard(t, sw.Card.Card)
+	sw.startAgent(t, env)
+
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "RC/CC/DS failed")
+	})
+	if j.State != keyport.JobQueued {
+		t.Fatalf("job %s after a refused trigger", j.State)
+	}
+	sw.setOTAKeys(t, sw.OTA)
+	j = cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
+	if j.State != keyport.JobDone {
+		t.Fatalf("job %s (%s) with the right keys", j.State, j.LastError)
+	}
+}
+
+// A counter the card has seen is refused (PoR status 02, counter low, in a
+// PoR secured under the OTA keys, which keyport opens in the HSM).
+func TestSMSTriggerWithAReplayedCounterIsRefused(t *testing.T) {
+	capture(t)
+	env := pcsctest.Start(t, pcsctest.Options{})
+	sw := newSMSWorld(t, "4915200000019")
+	// The card has accepted counter 1000 already (an earlier packet).
+	m, _ := sw.Svc.Store.GetModule(context.Background(), sw.EID)
+	for i := 0; i < 3; i++ { // counters 1..3: below what the card holds once 1000 is in
+		if _, err := sw.Svc.Store.NextOTACounter(context.Background(), m.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target, err := sw.Svc.SMSKeys(context.Background(), sw.EID, sw.HSM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := gp.CommandPacket{SPI: gp.SPI{Integrity: gp.IntegrityCC, Ciphered: true, Counter: gp.CounterHigher},
+		KIc: target.KIc, KID: target.KID, TAR: gp.ISDTAR, Counter: 1000, Data: []byte{0x01}}
+	sealed, err := p.Seal(target.Keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCard := cardlinktest.ProcessTx(sw.Card.Card)
+	uds, _ := gp.SMSPPSegments(sealed, 1)
+	tpdu, _ := gp.OTADeliver(gp.Address{TOA: 0x91, Digits: "1234"}, [7]byte{}, uds[0]).Bytes()
+	if r, err := agentCard.Transmit(context.Background(), gp.SMSPPDownload{TPDU: tpdu}.Envelope().Bytes()); err != nil || len(r) < 2 {
+		t.Fatalf("ENVELOPE: %X %v", r, err)
+	}
+	if _, err := sw.Svc.Store.GetModuleOTA(context.Background(), m.ID); err != nil {
+		t.Fatal(err)
+	}
+	env.StartCard(t, sw.Card.Card)
+	sw.startAgent(t, env)
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "counter low")
+	})
+	if j.State != keyport.JobQueued {
+		t.Fatalf("job %s after a replayed counter", j.State)
+	}
+}
+
+// A delivery receipt of failure (UNDELIV) is recorded on the job, which
+// stays queued for its retry.
+func TestSMSDeliveryReceiptOfFailureIsRecordedOnTheJob(t *testing.T) {
+	capture(t)
+	sw := newSMSWorld(t, "8885550100") // the test SMSC's --undeliv-prefix 888
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "delivery receipt UNDELIV")
+	})
+	if j.State != keyport.JobQueued {
+		t.Fatalf("job %s after an undelivered trigger", j.State)
+	}
+}
+
+// With the SMSC down the job waits (the trigger is unreachable, retried with
+// backoff); once the SMSC is back the ESME rebinds and the job is done.
+func TestSMSCDownJobsWaitAndTheESMERebinds(t *testing.T) {
+	capture(t)
+	env := pcsctest.Start(t, pcsctest.Options{})
+	sw := newSMSWorld(t, "4915200000020")
+	port := sw.SMSC.Port
+	sw.SMSC.Kill()
+	env.StartCard(t, sw.Card.Card)
+	sw.startAgent(t, env)
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "SMS trigger") && strings.Contains(j.LastError, keyport.ErrUnreachable.Error())
+	})
+	if j.State != keyport.JobQueued {
+		t.Fatalf("job %s with the SMSC down", j.State)
+	}
+	sw.SMSC.Restart(port)
+	j = cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
+	if j.State != keyport.JobDone {
+		t.Fatalf("job %s (%s) after the SMSC came back", j.State, j.LastError)
+	}
+}

@@ -1,0 +1,224 @@
+package keyport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+
+	"github.com/keyport/keyport/gp"
+)
+
+// SMS reach (GP Amendment B administration session triggering over SCP80,
+// PROTOCOLS.md §3.1): a module with an MSISDN is woken by an OTA SMS to its
+// ISD, secured under the module's OTA key set (KIc: AES-CBC, KID:
+// AES-CMAC), which perso generates in the HSM and keeps wrapped under the
+// ISD KEK like the ISD keys. The packet's counter is allocated in the
+// database before the SMS is sent, so that no two sends (on any replica)
+// reuse one.
+
+// OTAKVN is the key version number of the OTA key set perso loads (GPCS:
+// KVN 01-0F are SCP80 key sets); KIc and KID are key IDs 1 and 2 of it.
+const OTAKVN = 0x01
+
+// ModuleOTA is what keyport keeps to reach a module by SMS.
+type ModuleOTA struct {
+	ModuleID int64
+	// MSISDN is the module's E.164 number without "+"; "" when it has none.
+	MSISDN string
+	// KVN and Keys are the module's OTA key set: KIc as UsageENC, KID as
+	// UsageMAC (and its DEK), each a KWP blob under the ISD KEK. Keys is
+	// nil when perso did not load one.
+	KVN  int
+	Keys KeyBlobs
+	// Counter is the last SCP80 counter allocated (NextOTACounter).
+	Counter uint64
+}
+
+// NormalizeMSISDN checks an E.164 number ("+" optional; 1 to 15 digits,
+// the first not 0) and returns its digits; "" stays "" (no number).
+func NormalizeMSISDN(s string) (string, error) {
+	d := strings.TrimPrefix(strings.TrimSpace(s), "+")
+	if s == "" {
+		return "", nil
+	}
+	if d == "" || len(d) > 15 || d[0] == '0' {
+		return "", Invalid("msisdn", "must be an E.164 number: 1 to 15 digits, not starting with 0")
+	}
+	for i := 0; i < len(d); i++ {
+		if d[i] < '0' || d[i] > '9' {
+			return "", Invalid("msisdn", "must be an E.164 number: digits only, after an optional +")
+		}
+	}
+	return d, nil
+}
+
+// SetMSISDN sets (or, with "", clears) a module's MSISDN (admins only).
+func (s *Service) SetMSISDN(ctx context.Context, p Principal, eid EID, msisdn string) error {
+	if !p.Admin {
+		return ErrForbidden
+	}
+	n, err := NormalizeMSISDN(msisdn)
+	if err != nil {
+		return err
+	}
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return err
+	}
+	return s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.SetModuleMSISDN(ctx, m.ID, n); err != nil {
+			return err
+		}
+		action := "module.msisdn.set"
+		if n == "" {
+			action = "module.msisdn.clear"
+		}
+		return s.audit(ctx, tx, p.Actor(), action, string(eid), map[string]any{})
+	})
+}
+
+// ModuleMSISDN returns a module's MSISDN ("" when none; admins only).
+func (s *Service) ModuleMSISDN(ctx context.Context, p Principal, eid EID) (string, error) {
+	if !p.Admin {
+		return "", ErrForbidden
+	}
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return "", err
+	}
+	o, err := s.Store.GetModuleOTA(ctx, m.ID)
+	if err != nil {
+		return "", err
+	}
+	return o.MSISDN, nil
+}
+
+// ErrNoSMSReach: the module has no MSISDN or no OTA key set.
+var ErrNoSMSReach = errors.New("module has no MSISDN or OTA keys")
+
+// SMSTarget is what an SMS trigger needs to secure and address one packet.
+type SMSTarget struct {
+	EID    EID
+	MSISDN string
+	// Counter is freshly allocated for this packet.
+	Counter uint64
+	// KIc and KID are the key coding bytes (KVN b8-b5, AES b4-b1).
+	KIc, KID byte
+	Keys     gp.OTAKeys
+}
+
+// SMSTarget allocates the next SCP80 counter of module eid and returns the
+// HSM handles of its OTA keys. ErrNoSMSReach (wrapped) when the module has
+// no MSISDN or no OTA keys; then no counter is used.
+func (s *Service) SMSTarget(ctx context.Context, eid EID, custody OTACustody) (*SMSTarget, error) {
+	return s.smsTarget(ctx, eid, custody, true)
+}
+
+// SMSKeys is SMSTarget without a counter: to open a module's proofs of
+// receipt.
+func (s *Service) SMSKeys(ctx context.Context, eid EID, custody OTACustody) (*SMSTarget, error) {
+	return s.smsTarget(ctx, eid, custody, false)
+}
+
+func (s *Service) smsTarget(ctx context.Context, eid EID, custody OTACustody, allocate bool) (*SMSTarget, error) {
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return nil, err
+	}
+	o, err := s.Store.GetModuleOTA(ctx, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	if o.MSISDN == "" || o.Keys[UsageENC] == nil || o.Keys[UsageMAC] == nil || o.KVN < 1 || o.KVN > 0x0F || custody == nil {
+		return nil, fmt.Errorf("keyport: module %s: %w", eid, ErrNoSMSReach)
+	}
+	coding := byte(o.KVN<<4) | gp.OTAAlgAES
+	t := &SMSTarget{EID: eid, MSISDN: o.MSISDN, Counter: o.Counter, KIc: coding, KID: coding}
+	if allocate {
+		// Its own transaction, committed before the packet is sealed: a
+		// counter is used at most once, whatever happens to the send.
+		if err := s.Store.Tx(ctx, func(tx Repo) error {
+			c, err := tx.NextOTACounter(ctx, m.ID)
+			t.Counter = c
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+	t.Keys = gp.OTAKeys{KIc: coding, KID: coding,
+		Cipher: custody.OTAKey(ctx, ISDKey(eid, m.ISDAID, UsageENC, o.Keys[UsageENC])),
+		MAC:    custody.OTAKey(ctx, ISDKey(eid, m.ISDAID, UsageMAC, o.Keys[UsageMAC]))}
+	return t, nil
+}
+
+// ModuleByMSISDN returns the EID of the module with the MSISDN.
+func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error) {
+	return s.Store.ModuleByMSISDN(ctx, msisdn)
+}
+
+// TriggerErrorPrefix starts a job's last error that TriggerFailed wrote: a
+// later wake-up that is sent does not clear it (only the card's answer, or
+// the job's end, tells more).
+const TriggerErrorPrefix = "trigger: "
+
+// TriggerFailed records why a module's trigger did not get through (a
+// delivery receipt of failure, a PoR with an error status) on each of its
+// QUEUED second-key jobs, and schedules each for a retry with backoff.
+func (s *Service) TriggerFailed(ctx context.Context, eid EID, reason string) error {
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return err
+	}
+	now := s.now().UTC()
+	jobs, err := s.Store.PendingModuleJobs(ctx, m.ID, 50)
+	if err != nil {
+		return err
+	}
+	if len(reason) > 500 {
+		reason = reason[:500]
+	}
+	for _, pj := range jobs {
+		j := pj.Job
+		if j.State != JobQueued {
+			continue
+		}
+		from, attempts := j.State, j.Attempts
+		j.LastError = TriggerErrorPrefix + reason
+		if next := now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64())); next.After(j.NextRunAt) {
+			j.NextRunAt = next
+		}
+		if err := s.Store.UpdateJob(ctx, &j, from, attempts); err != nil && !errors.Is(err, ErrConflict) {
+			return err
+		}
+	}
+	return nil
+}
+
+// SMSReach binds the service's SMS-reach use cases to the HSM's OTA
+// custody, for an SMS trigger adapter.
+type SMSReach struct {
+	Service *Service
+	OTA     OTACustody
+}
+
+// Target allocates a counter and returns the module's SMS target.
+func (r SMSReach) Target(ctx context.Context, eid EID) (*SMSTarget, error) {
+	return r.Service.SMSTarget(ctx, eid, r.OTA)
+}
+
+// Keys returns the module's SMS target without allocating a counter.
+func (r SMSReach) Keys(ctx context.Context, eid EID) (*SMSTarget, error) {
+	return r.Service.SMSKeys(ctx, eid, r.OTA)
+}
+
+// ModuleByMSISDN finds a module by its MSISDN.
+func (r SMSReach) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error) {
+	return r.Service.ModuleByMSISDN(ctx, msisdn)
+}
+
+// Failed records a trigger failure on the module's waiting jobs.
+func (r SMSReach) Failed(ctx context.Context, eid EID, reason string) error {
+	return r.Service.TriggerFailed(ctx, eid, reason)
+}

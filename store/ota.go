@@ -1,0 +1,95 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+
+	"gorm.io/gorm"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
+)
+
+// SMS reach (migration 11): one module_ota row per module, made by the
+// first write that needs it.
+
+const ensureOTARow = `INSERT INTO module_ota (module_id) VALUES (?) ON CONFLICT (module_id) DO NOTHING`
+
+// GetModuleOTA returns the module's MSISDN, OTA key set and counter.
+func (r *repo) GetModuleOTA(ctx context.Context, moduleID int64) (*keyport.ModuleOTA, error) {
+	var row struct {
+		MSISDN  string         `gorm:"column:msisdn"`
+		KVN     int            `gorm:"column:ota_kvn"`
+		Keys    sql.NullString `gorm:"column:ota_keys"`
+		Counter int64          `gorm:"column:ota_counter"`
+	}
+	res := r.r.WithContext(ctx).Raw(`SELECT msisdn, ota_kvn, ota_keys, ota_counter FROM module_ota WHERE module_id = ?`, moduleID).Scan(&row)
+	if res.Error != nil {
+		return nil, wrap("get module OTA", res.Error)
+	}
+	o := &keyport.ModuleOTA{ModuleID: moduleID, MSISDN: row.MSISDN, KVN: row.KVN, Counter: uint64(row.Counter)}
+	if row.Keys.Valid && row.Keys.String != "" {
+		if err := json.Unmarshal([]byte(row.Keys.String), &o.Keys); err != nil {
+			// The text is wrapped key material: name the module, not the value.
+			return nil, fmt.Errorf("store: module %d: OTA keys are not valid JSON", moduleID)
+		}
+	}
+	return o, nil
+}
+
+// SetModuleMSISDN sets or clears the module's MSISDN.
+func (r *repo) SetModuleMSISDN(ctx context.Context, moduleID int64, msisdn string) error {
+	return r.writeTx(ctx, "set module MSISDN", func(db *gorm.DB) error {
+		if err := db.Exec(ensureOTARow, moduleID).Error; err != nil {
+			return wrap("set module MSISDN", err)
+		}
+		return wrap("set module MSISDN", db.Exec(`UPDATE module_ota SET msisdn = ? WHERE module_id = ?`, msisdn, moduleID).Error)
+	})
+}
+
+// SetModuleOTAKeys stores the module's OTA key set.
+func (r *repo) SetModuleOTAKeys(ctx context.Context, moduleID int64, kvn int, keys keyport.KeyBlobs) error {
+	return r.writeTx(ctx, "set module OTA keys", func(db *gorm.DB) error {
+		if err := db.Exec(ensureOTARow, moduleID).Error; err != nil {
+			return wrap("set module OTA keys", err)
+		}
+		return wrap("set module OTA keys", db.Exec(`UPDATE module_ota SET ota_kvn = ?, ota_keys = ? WHERE module_id = ?`,
+			kvn, string(appendWrapped(nil, keys)), moduleID).Error)
+	})
+}
+
+// NextOTACounter increments the counter in one UPDATE … RETURNING: two
+// callers never get the same value, on any replica.
+func (r *repo) NextOTACounter(ctx context.Context, moduleID int64) (uint64, error) {
+	var next []int64
+	err := r.writeTx(ctx, "next OTA counter", func(db *gorm.DB) error {
+		if err := db.Exec(ensureOTARow, moduleID).Error; err != nil {
+			return wrap("next OTA counter", err)
+		}
+		return wrap("next OTA counter", db.Raw(`UPDATE module_ota SET ota_counter = ota_counter + 1
+			WHERE module_id = ? AND ota_counter < ? RETURNING ota_counter`, moduleID, int64(gp.MaxCounter)).Scan(&next).Error)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if len(next) != 1 {
+		return 0, fmt.Errorf("store: module %d: the SCP80 counter is exhausted: %w", moduleID, keyport.ErrConflict)
+	}
+	return uint64(next[0]), nil
+}
+
+// ModuleByMSISDN returns the EID of the module with the MSISDN.
+func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
+	var eids []string
+	err := r.r.WithContext(ctx).Raw(`SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
+		WHERE o.msisdn = ? AND o.msisdn <> '' ORDER BY m.id LIMIT 1`, msisdn).Scan(&eids).Error
+	if err != nil {
+		return "", wrap("module by MSISDN", err)
+	}
+	if len(eids) == 0 {
+		return "", fmt.Errorf("store: module by MSISDN: %w", keyport.ErrNotFound)
+	}
+	return keyport.EID(eids[0]), nil
+}
