@@ -131,7 +131,11 @@ $GO list -deps -f '{{with .Module}}{{if .Main}}{{range $.GoFiles}}{{$.Dir}}/{{.}
 	grep . >"$tmp/sources"
 while IFS=: read -r file line text; do
 	prog=$(sed -nE 's/.*exec\.(Command|LookPath)\("([^"]+)".*/\2/p; s/.*exec\.CommandContext\([^,]+, *"([^"]+)".*/\1/p' <<<"$text")
-	if [ -z "$prog" ]; then
+	if [[ "$text" == *"deps: optional"* ]]; then
+		# A tool only some deployments use (named in the comment), which the
+		# code looks up on PATH and explains when it is missing.
+		echo "  optional   ${file#"$PWD"/}:$line: ${text##*deps: optional}"
+	elif [ -z "$prog" ]; then
 		echo "${file#"$PWD"/}:$line runs a program whose name is not a literal; cannot tell its package" >>"$tmp/errors"
 	elif path=$(command -v "$prog"); then
 		need runtime "$path" "${file#"$PWD"/}:$line runs $prog"

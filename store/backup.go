@@ -289,11 +289,11 @@ func pgTool(ctx context.Context, dsn, name string, args ...string) error {
 		env = append(env, "PGPASSWORD="+pw)
 		u.User = url.User(u.User.Username())
 	}
-	bin, err := exec.LookPath(name)
+	bin, err := exec.LookPath(name) // deps: optional (pg_dump, pg_restore: postgresql-client, for PostgreSQL only)
 	if err != nil {
 		return fmt.Errorf("%s is not on PATH: install the PostgreSQL client tools (apt-get install postgresql-client)", name)
 	}
-	cmd := exec.CommandContext(ctx, bin, append(args, "--dbname="+u.String())...)
+	cmd := exec.CommandContext(ctx, bin, append(args, "--dbname="+u.String())...) // deps: optional (the tool found above)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		msg := strings.TrimSpace(string(out))
