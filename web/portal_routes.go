@@ -100,6 +100,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/approvals/:id/execute", s.executeApproval)
 	ad.POST("/approvals/:id/cancel", s.cancelApproval)
 	s.securityRoutes(ad.Group("/security"))
+	s.lifecyclePages(pr, ad)
 }
 
 // securityRoutes are the sign-in security pages of a provider's user

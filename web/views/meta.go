@@ -97,6 +97,11 @@ func domainURL(d keyport.Domain) string {
 	return "/portal/domains/" + string(d.EID) + "/" + string(d.AID)
 }
 
+// adminDomainURL is where the issuer's forms for domain d post.
+func adminDomainURL(d keyport.Domain) string {
+	return "/admin/domains/" + string(d.EID) + "/" + string(d.AID)
+}
+
 func itoa(n int64) string { return fmt.Sprint(n) }
 
 func kinds() []keyport.ProviderKind {
