@@ -118,52 +118,33 @@ func (h *HSM) KeyKCV(ctx context.Context, ref keyport.KeyRef) (string, error) {
 // (keyport.GPTestKey): imported as a session object that can only wrap, used
 // and destroyed. Every object is destroyed before return.
 func (h *HSM) GenerateKeys(ctx context.Context, batch string, clearDEK []byte) ([]keyport.GeneratedKey, error) {
-	label := LabelISDKEK
-	if batch != "" {
-		if err := checkBatch(batch); err != nil {
-			return nil, fmt.Errorf("hsm: generate keys: %w", err)
-		}
-		label = BatchKEKLabel(batch)
-	}
-	op := "generate keys under " + label
 	switch len(clearDEK) {
 	case 0, 16, 24, 32:
 	default:
-		return nil, fmt.Errorf("hsm: %s: %w", op, keyport.Invalid("dek", "an AES DEK has 16, 24 or 32 bytes, not %d", len(clearDEK)))
+		return nil, fmt.Errorf("hsm: generate keys: %w", keyport.Invalid("dek", "an AES DEK has 16, 24 or 32 bytes, not %d", len(clearDEK)))
 	}
-	var out []keyport.GeneratedKey
-	err := h.do(ctx, op, func(s *session) error {
-		out = out[:0]
-		kek, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, label)
-		if err != nil {
-			return err
+	return h.generateKeySet(ctx, batch, "", func(s *session) (pkcs11.ObjectHandle, error) {
+		if clearDEK == nil {
+			return 0, nil
 		}
-		var dek pkcs11.ObjectHandle
-		if clearDEK != nil {
-			if dek, err = h.importClearKey(s, clearDEK, pkcs11.CKA_WRAP); err != nil {
-				return err
-			}
-			defer h.destroy(s, dek)
-		}
-		for _, u := range keyport.Usages {
-			g, err := h.generateCardKey(s, kek, dek, u)
-			if err != nil {
-				return err
-			}
-			out = append(out, g)
-		}
-		return nil
+		return h.importClearKey(s, clearDEK, pkcs11.CKA_WRAP)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // GenerateKeysUnder generates a key set as GenerateKeys does, each key
 // also encrypted (AES-CBC, zero IV) under the DEK ref, which is unwrapped
 // from its blob as a session object that can only wrap.
 func (h *HSM) GenerateKeysUnder(ctx context.Context, batch string, dekRef keyport.KeyRef) ([]keyport.GeneratedKey, error) {
+	return h.generateKeySet(ctx, batch, " for "+dekRef.String(), func(s *session) (pkcs11.ObjectHandle, error) {
+		dek, _, err := h.unwrapCardKey(s, dekRef, false, pkcs11.CKA_WRAP)
+		return dek, err
+	})
+}
+
+// generateKeySet is GenerateKeys and GenerateKeysUnder: in one session, the
+// batch's KEK (batch "": the ISD KEK) found, the DEK made by dekFor (0: no
+// DEK) and destroyed after, and one generated key per usage.
+func (h *HSM) generateKeySet(ctx context.Context, batch, what string, dekFor func(s *session) (pkcs11.ObjectHandle, error)) ([]keyport.GeneratedKey, error) {
 	label := LabelISDKEK
 	if batch != "" {
 		if err := checkBatch(batch); err != nil {
@@ -172,17 +153,19 @@ func (h *HSM) GenerateKeysUnder(ctx context.Context, batch string, dekRef keypor
 		label = BatchKEKLabel(batch)
 	}
 	var out []keyport.GeneratedKey
-	err := h.do(ctx, "generate keys under "+label+" for "+dekRef.String(), func(s *session) error {
+	err := h.do(ctx, "generate keys under "+label+what, func(s *session) error {
 		out = out[:0]
 		kek, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, label)
 		if err != nil {
 			return err
 		}
-		dek, _, err := h.unwrapCardKey(s, dekRef, false, pkcs11.CKA_WRAP)
+		dek, err := dekFor(s)
 		if err != nil {
 			return err
 		}
-		defer h.destroy(s, dek)
+		if dek != 0 {
+			defer h.destroy(s, dek)
+		}
 		for _, u := range keyport.Usages {
 			g, err := h.generateCardKey(s, kek, dek, u)
 			if err != nil {
