@@ -442,27 +442,7 @@ func (r *run) loadOTAKeys(ctx context.Context, isdKVNs []byte) error {
 		return err
 	}
 	r.step = fmt.Sprintf("load the OTA key set %02X", keyport.OTAKVN)
-	pk := gp.PutKey{OldKVN: 0, NewKVN: keyport.OTAKVN, FirstKID: 1}
-	for _, g := range gen {
-		kc, err := keyComponent(g.UnderDEK, g.KCV)
-		if err != nil {
-			return err
-		}
-		pk.Keys = append(pk.Keys, kc)
-	}
-	cmd, err := pk.Command()
-	if err != nil {
-		return err
-	}
-	data, err := r.host.SendOK(ctx, cmd)
-	if err != nil {
-		return err
-	}
-	pr, err := gp.ParsePutKeyResponse(data)
-	if err != nil {
-		return err
-	}
-	if err := pr.Confirms(pk); err != nil {
+	if err := r.putKeys(ctx, 0, keyport.OTAKVN, gen); err != nil {
 		return err
 	}
 	r.rep.OTAKeysLoaded, r.rep.OTAKeys = true, true
@@ -639,27 +619,7 @@ func (r *run) openISD(ctx context.Context, kvns []byte) error {
 			return err
 		}
 		r.step = fmt.Sprintf("replace the ISD key set %02X by %02X", old, keyport.PersoISDKVN)
-		pk := gp.PutKey{OldKVN: old, NewKVN: keyport.PersoISDKVN, FirstKID: 1}
-		for _, g := range gen {
-			kc, err := keyComponent(g.UnderDEK, g.KCV)
-			if err != nil {
-				return err
-			}
-			pk.Keys = append(pk.Keys, kc)
-		}
-		cmd, err := pk.Command()
-		if err != nil {
-			return err
-		}
-		data, err := r.host.SendOK(ctx, cmd)
-		if err != nil {
-			return err
-		}
-		pr, err := gp.ParsePutKeyResponse(data)
-		if err != nil {
-			return err
-		}
-		if err := pr.Confirms(pk); err != nil {
+		if err := r.putKeys(ctx, old, keyport.PersoISDKVN, gen); err != nil {
 			return err
 		}
 		r.rep.ISDKeysReplaced = true
@@ -857,4 +817,31 @@ func (r *run) getStatus(ctx context.Context) (map[keyport.AID]gp.RegistryEntry, 
 		out[keyport.AID(strings.ToUpper(hex.EncodeToString(e.AID)))] = e
 	}
 	return out, nil
+}
+
+// putKeys sends one PUT KEY of the generated keys (encrypted under the
+// session's DEK by the HSM) replacing key set oldKVN (0: a new one) by
+// newKVN, and checks that the card's answer confirms each key's KCV.
+func (r *run) putKeys(ctx context.Context, oldKVN, newKVN byte, gen []keyport.GeneratedKey) error {
+	pk := gp.PutKey{OldKVN: oldKVN, NewKVN: newKVN, FirstKID: 1}
+	for _, g := range gen {
+		kc, err := keyComponent(g.UnderDEK, g.KCV)
+		if err != nil {
+			return err
+		}
+		pk.Keys = append(pk.Keys, kc)
+	}
+	cmd, err := pk.Command()
+	if err != nil {
+		return err
+	}
+	data, err := r.host.SendOK(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	pr, err := gp.ParsePutKeyResponse(data)
+	if err != nil {
+		return err
+	}
+	return pr.Confirms(pk)
 }
