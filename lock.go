@@ -153,19 +153,9 @@ func (o lockOp) Finish(ctx context.Context, tx Repo, env *IssuerEnv, v IssuerVer
 // event cannot start from (RELEASING, FAILED, already LOCKED, …) or another
 // issuer job for it is pending; nothing is stored then.
 func (s *Service) LockDomain(ctx context.Context, p Principal, eid EID, aid AID, lock bool) (*Job, error) {
-	if !p.Admin && p.ProviderID == "" {
-		return nil, ErrForbidden
-	}
-	d, err := s.Store.GetDomain(ctx, eid, aid)
+	d, by, err := s.domainForCardChange(ctx, p, eid, aid)
 	if err != nil {
 		return nil, err
-	}
-	by := "admin"
-	if !p.Admin {
-		if d.OwnerID != p.ProviderID {
-			return nil, ErrNotFound
-		}
-		by = "provider"
 	}
 	op, ev, action := OpLock, EventLock, "domain.lock.request"
 	if !lock {
@@ -233,4 +223,24 @@ func lockedBy(ctx context.Context, tx Repo, d *Domain) (string, error) {
 		}
 	}
 	return "admin", nil
+}
+
+// domainForCardChange is the domain an issuer job of p's changes, and who
+// asks ("admin" or "provider"): an admin's any domain, a provider's only
+// its own (another's is ErrNotFound).
+func (s *Service) domainForCardChange(ctx context.Context, p Principal, eid EID, aid AID) (*Domain, string, error) {
+	if !p.Admin && p.ProviderID == "" {
+		return nil, "", ErrForbidden
+	}
+	d, err := s.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		return nil, "", err
+	}
+	if p.Admin {
+		return d, "admin", nil
+	}
+	if d.OwnerID != p.ProviderID {
+		return nil, "", ErrNotFound
+	}
+	return d, "provider", nil
 }

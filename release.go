@@ -311,19 +311,9 @@ func (p *SecondKeyPayload) JudgeVerify(status string, body []byte, keys gp.KeySe
 // issuer job pending, or a module keyport holds no ISD keys of (imported);
 // nothing is stored then.
 func (s *Service) RequestRelease(ctx context.Context, p Principal, eid EID, aid AID) (*Job, error) {
-	if !p.Admin && p.ProviderID == "" {
-		return nil, ErrForbidden
-	}
-	d, err := s.Store.GetDomain(ctx, eid, aid)
+	d, by, err := s.domainForCardChange(ctx, p, eid, aid)
 	if err != nil {
 		return nil, err
-	}
-	by := "admin"
-	if !p.Admin {
-		if d.OwnerID != p.ProviderID {
-			return nil, ErrNotFound
-		}
-		by = "provider"
 	}
 	if _, err := Next(d.State, EventRelease, ""); err != nil {
 		return nil, err
