@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/web"
 )
 
 func TestADomainWhoseCounterIsUnverifiedReportsNoCounterAndRefusesScripts(t *testing.T) {
@@ -52,5 +55,26 @@ func TestADomainWhoseCounterIsUnverifiedReportsNoCounterAndRefusesScripts(t *tes
 	resp, b = e.do(t, e.token, "GET", domainPath, "", nil)
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"sequence_counter":7,"sequence_counter_state":"known"`) {
 		t.Fatalf("domain after the read: %d %s", resp.StatusCode, b)
+	}
+}
+
+func TestTheDomainPageSaysTheCounterIsBeingReReadInsteadOfAStaleOne(t *testing.T) {
+	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, SpoolDir: t.TempDir()}))
+	t.Cleanup(srv.Close)
+	ps := signInPages(t, srv.URL, w.Email, w.Password)
+	page := "/portal/domains/" + string(w.EID) + "/" + string(w.AID)
+	if st, body := ps.get(page); st != 200 || strings.Contains(body, `id="counter-resync"`) {
+		t.Fatalf("domain page %d says the counter is re-read", st)
+	}
+	d, err := w.Store.GetDomain(context.Background(), w.EID, w.AID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Store.SetCounterUnverified(context.Background(), d.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := ps.get(page); st != 200 || !strings.Contains(body, `id="counter-resync"`) || !strings.Contains(body, "next admin session") {
+		t.Fatalf("domain page %d does not say the counter is re-read", st)
 	}
 }
