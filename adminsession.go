@@ -260,7 +260,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			return delivery(j, opts)
 		case j.State == JobSent:
 			j.Result = &ScriptResult{ScriptStatus: "answer-lost", Cause: "the admin session broke after the script went out and the module never posted its answer"}
-			err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: j.failedAction()})
+			err = s.finish(ctx, j, s.answerLost(j, jobEnd{to: JobFailed, cause: "answer lost", actor: "system", action: j.failedAction()}))
 		case j.expired(now):
 			err = s.finish(ctx, j, jobEnd{to: JobExpired, cause: "expired before the module opened a session", actor: "system", action: "job.expire"})
 		default:
@@ -517,12 +517,29 @@ func (s *Service) answerData(ctx context.Context, a *AdminSession, j *Job, statu
 	j.Result = &res
 	var ended bool
 	end := jobEnd{actor: "module:" + string(a.EID), to: JobDone, action: "data.done"}
+	probe := j.Data.Probe
+	if probe {
+		// keyport's own counter probe (resync.go): done when the card
+		// told the counter.
+		end.action = ActionCounterResync
+		if res.SequenceCounter == nil {
+			res.Confirmed = false
+			if res.Cause == "" {
+				res.Cause = "the INITIALIZE UPDATE answer holds no sequence counter"
+			}
+		}
+	}
 	if !res.Confirmed {
-		end.to, end.cause, end.action = JobFailed, res.Cause, "data.failed"
+		end.to, end.cause, end.action = JobFailed, res.Cause, j.failedAction()
 	}
 	end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 		if res.SequenceCounter != nil {
 			if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
+				return "", err
+			}
+		} else if probe {
+			// Nothing better to report than the last counter known.
+			if err := tx.SetCounterUnverified(ctx, d.ID, false); err != nil {
 				return "", err
 			}
 		}

@@ -35,6 +35,10 @@ type DataPayload struct {
 	EID   EID      `json:"eid"`
 	AID   AID      `json:"aid"`
 	APDUs []string `json:"apdus"` // upper-case hex
+	// Probe marks keyport's own counter probe (resync.go), queued when
+	// the domain was in ProbeState; it is no provider's script.
+	Probe      bool        `json:"probe,omitempty"`
+	ProbeState DomainState `json:"probe_state,omitempty"`
 }
 
 // CheckDataScript validates a data script for a domain whose keys are
@@ -290,6 +294,9 @@ func (s *Service) SubmitDataScript(ctx context.Context, p Principal, eid EID, ai
 		}
 		if d.State != Personalized || d.OwnerID != p.ProviderID {
 			return fmt.Errorf("%w: domain is %s; a data script needs a PERSONALIZED domain (your own keys on it)", ErrConflict, d.State)
+		}
+		if d.SeqUnverified {
+			return ErrCounterResync
 		}
 		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobData, States: []JobState{JobQueued, JobSent}, Limit: 1})
 		if err != nil {

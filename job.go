@@ -215,6 +215,8 @@ func (j *Job) cardScript() (eid EID, aid AID, apdus []string, needs DomainState,
 	switch {
 	case j.Kind == JobSecondKey && j.SecondKey != nil:
 		return j.SecondKey.EID, j.SecondKey.AID, j.SecondKey.APDUs, j.SecondKey.DomainState(), nil
+	case j.Kind == JobData && j.Data != nil && j.Data.Probe:
+		return j.Data.EID, j.Data.AID, j.Data.APDUs, j.Data.ProbeState, nil
 	case j.Kind == JobData && j.Data != nil:
 		return j.Data.EID, j.Data.AID, j.Data.APDUs, Personalized, nil
 	}
@@ -228,6 +230,9 @@ func (j *Job) isCardJob() bool {
 
 // failedAction is the audit action of a card job that failed.
 func (j *Job) failedAction() string {
+	if j.Kind == JobData && j.Data != nil && j.Data.Probe {
+		return ActionCounterResync + ".failed"
+	}
 	if j.Kind == JobData {
 		return "data.failed"
 	}
@@ -358,6 +363,17 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 				v = *e.verdict
 			}
 			e.in = func(ctx context.Context, tx Repo) (DomainState, error) { return s.issuerFinish(ctx, tx, &next, v) }
+		}
+	}
+	if p := next.Data; p != nil && p.Probe && e.in == nil {
+		// A counter probe that ends unanswered (cancelled, expired, its
+		// domain moved on) leaves the last counter known.
+		e.in = func(ctx context.Context, tx Repo) (DomainState, error) {
+			d, err := tx.GetDomain(ctx, p.EID, p.AID)
+			if err != nil {
+				return "", err
+			}
+			return d.State, tx.SetCounterUnverified(ctx, d.ID, false)
 		}
 	}
 	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {

@@ -50,7 +50,11 @@ type Domain struct {
 	// SeqCounter is the SCP03 sequence counter keyport believes the card has
 	// for this key set; a precomputed script uses it.
 	SeqCounter int
-	UpdatedAt  time.Time
+	// SeqUnverified: keyport lost track of the counter (an answer was
+	// lost after the script went out) and reads it again in the module's
+	// next admin session (resync.go); SeqCounter is stale meanwhile.
+	SeqUnverified bool
+	UpdatedAt     time.Time
 }
 
 // ModuleView is what a provider may see of a module: the domains it can

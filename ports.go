@@ -158,6 +158,9 @@ type ModuleRepo interface {
 	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
 	// unchanged) and the SCP03 sequence counter.
 	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
+	// SetCounterUnverified sets or clears Domain.SeqUnverified
+	// (SetDomainKeys clears it too).
+	SetCounterUnverified(ctx context.Context, domainID int64, unverified bool) error
 
 	// GetPersoKeys returns what a personalization run generated for module
 	// eid before writing it to the card; ErrNotFound if nothing.

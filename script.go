@@ -357,6 +357,9 @@ func scriptFits(d *Domain, p *SecondKeyPayload) error {
 	if p.Rotate && p.Expect.KVN != d.KVN+1 {
 		return fmt.Errorf("%w: the domain's keys are KVN %02X now; the rotation was built for KVN %02X", ErrConflict, d.KVN, p.Expect.KVN-1)
 	}
+	if d.SeqUnverified {
+		return ErrCounterResync
+	}
 	if c := p.Expect.SequenceCounter; c != nil && *c != d.SeqCounter {
 		return fmt.Errorf("%w: the script was built on sequence counter %d, but the card's counter is %d (GET /api/v1/domains/{eid}/{aid}): build it again on %d", ErrConflict, *c, d.SeqCounter, d.SeqCounter)
 	}

@@ -201,7 +201,8 @@ func (s *Service) ExpireSent(ctx context.Context, limit int) (int, error) {
 		return 0, err
 	}
 	for i := range jobs {
-		if err := s.finish(ctx, &jobs[i], jobEnd{to: JobExpired, cause: "the module never answered the script", actor: "system", action: "job.expire"}); err != nil && !errors.Is(err, ErrConflict) {
+		e := s.answerLost(&jobs[i], jobEnd{to: JobExpired, cause: "the module never answered the script", actor: "system", action: "job.expire"})
+		if err := s.finish(ctx, &jobs[i], e); err != nil && !errors.Is(err, ErrConflict) {
 			return i, err
 		}
 	}

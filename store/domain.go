@@ -69,19 +69,20 @@ type moduleRow struct {
 func (moduleRow) TableName() string { return "modules" }
 
 type domainRow struct {
-	ID         int64          `gorm:"column:id;primaryKey"`
-	ModuleID   int64          `gorm:"column:module_id"`
-	EID        string         `gorm:"column:eid"`
-	AID        string         `gorm:"column:aid"`
-	KVN        int            `gorm:"column:kvn"`
-	State      string         `gorm:"column:state"`
-	PriorState string         `gorm:"column:prior_state"`
-	OwnerID    sql.NullString `gorm:"column:owner_id"`
-	KeySource  string         `gorm:"column:key_source"`
-	Wrapped    sql.NullString `gorm:"column:wrapped"`
-	KCV        sql.NullString `gorm:"column:kcv"`
-	SeqCounter int            `gorm:"column:seq_counter"`
-	UpdatedAt  time.Time      `gorm:"column:updated_at"`
+	ID            int64          `gorm:"column:id;primaryKey"`
+	ModuleID      int64          `gorm:"column:module_id"`
+	EID           string         `gorm:"column:eid"`
+	AID           string         `gorm:"column:aid"`
+	KVN           int            `gorm:"column:kvn"`
+	State         string         `gorm:"column:state"`
+	PriorState    string         `gorm:"column:prior_state"`
+	OwnerID       sql.NullString `gorm:"column:owner_id"`
+	KeySource     string         `gorm:"column:key_source"`
+	Wrapped       sql.NullString `gorm:"column:wrapped"`
+	KCV           sql.NullString `gorm:"column:kcv"`
+	SeqCounter    int            `gorm:"column:seq_counter"`
+	SeqUnverified bool           `gorm:"column:seq_unverified"`
+	UpdatedAt     time.Time      `gorm:"column:updated_at"`
 }
 
 func (domainRow) TableName() string { return "domains" }
@@ -90,7 +91,7 @@ func (d domainRow) model() (keyport.Domain, error) {
 	m := keyport.Domain{ID: d.ID, ModuleID: d.ModuleID, EID: keyport.EID(d.EID), AID: keyport.AID(d.AID),
 		KVN: d.KVN, State: keyport.DomainState(d.State), PriorState: keyport.DomainState(d.PriorState),
 		OwnerID: d.OwnerID.String, KeySource: keyport.KeySource(d.KeySource), SeqCounter: d.SeqCounter,
-		UpdatedAt: d.UpdatedAt.UTC()}
+		SeqUnverified: d.SeqUnverified, UpdatedAt: d.UpdatedAt.UTC()}
 	if d.Wrapped.Valid && d.Wrapped.String != "" {
 		if err := json.Unmarshal([]byte(d.Wrapped.String), &m.Wrapped); err != nil {
 			// The text may be wrapped key material: name the domain, not the value.
@@ -105,7 +106,7 @@ func (d domainRow) model() (keyport.Domain, error) {
 	return m, nil
 }
 
-const domainColumns = `id, module_id, eid, aid, kvn, state, prior_state, owner_id, key_source, wrapped, kcv, seq_counter, updated_at`
+const domainColumns = `id, module_id, eid, aid, kvn, state, prior_state, owner_id, key_source, wrapped, kcv, seq_counter, seq_unverified, updated_at`
 
 // scanDomains reads rows of domainColumns, prefixed by the values in pre for
 // the first row only (GetModule's module columns), without gorm's reflection:
@@ -120,7 +121,7 @@ func scanDomains(rows *sql.Rows, pre ...any) ([]keyport.Domain, error) {
 		var kvn, seq sql.NullInt64
 		var updated sql.NullTime
 		dest := append(pre[:len(pre):len(pre)], &id, &moduleID, &eid, &aid, &kvn, &state, &prior, &d.OwnerID,
-			&keySource, &d.Wrapped, &d.KCV, &seq, &updated)
+			&keySource, &d.Wrapped, &d.KCV, &seq, &d.SeqUnverified, &updated)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}

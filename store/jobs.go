@@ -361,9 +361,10 @@ func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder stri
 	return res.RowsAffected == 1, nil
 }
 
-// SetDomainKeys records the key set the card confirmed.
+// SetDomainKeys records the key set the card confirmed; the counter it
+// records is known again (seq_unverified cleared).
 func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
-	set := map[string]any{"kvn": kvn, "seq_counter": seq, "updated_at": now()}
+	set := map[string]any{"kvn": kvn, "seq_counter": seq, "seq_unverified": false, "updated_at": now()}
 	if kcv != nil {
 		b, err := json.Marshal(kcv)
 		if err != nil {
@@ -372,6 +373,11 @@ func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv m
 		set["kcv"] = string(b)
 	}
 	return r.updateRow(ctx, "set domain keys", "domains", domainID, set)
+}
+
+// SetCounterUnverified sets or clears the domain's unverified-counter mark.
+func (r *repo) SetCounterUnverified(ctx context.Context, domainID int64, unverified bool) error {
+	return r.updateRow(ctx, "set counter unverified", "domains", domainID, map[string]any{"seq_unverified": unverified, "updated_at": now()})
 }
 
 // TouchModule records the module's last admin session.

@@ -377,6 +377,12 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX module_ota_msisdn ON module_ota (msisdn) WHERE msisdn <> ''`,
 	}},
+	// A domain whose counter keyport no longer knows (an answer lost after
+	// the script went out): it reads it again in the module's next session
+	// (resync.go in the root package). SetDomainKeys clears the mark.
+	{12, "domain sequence counter unverified mark", []string{
+		`ALTER TABLE domains ADD COLUMN seq_unverified BOOLEAN NOT NULL DEFAULT FALSE`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -30,22 +30,30 @@ func pathDomain(c echo.Context) (keyport.EID, keyport.AID, error) {
 
 // DomainJSON is a domain as the API shows it.
 type DomainJSON struct {
-	EID             keyport.EID                 `json:"eid"`
-	AID             keyport.AID                 `json:"aid"`
-	KVN             int                         `json:"kvn"`
-	State           keyport.DomainState         `json:"state"`
-	KeySource       keyport.KeySource           `json:"key_source"`
-	KCV             map[keyport.KeyUsage]string `json:"kcv,omitempty"`
-	SequenceCounter int                         `json:"sequence_counter"`
-	Mine            bool                        `json:"mine"`
-	UpdatedAt       time.Time                   `json:"updated_at"`
+	EID       keyport.EID                 `json:"eid"`
+	AID       keyport.AID                 `json:"aid"`
+	KVN       int                         `json:"kvn"`
+	State     keyport.DomainState         `json:"state"`
+	KeySource keyport.KeySource           `json:"key_source"`
+	KCV       map[keyport.KeyUsage]string `json:"kcv,omitempty"`
+	// SequenceCounter is null while the counter is resynchronizing.
+	SequenceCounter *int `json:"sequence_counter"`
+	// SequenceCounterState is "known", or "resynchronizing" while keyport
+	// re-reads the counter in the module's next admin session.
+	SequenceCounterState string    `json:"sequence_counter_state"`
+	Mine                 bool      `json:"mine"`
+	UpdatedAt            time.Time `json:"updated_at"`
 	// Demo is true on a demo server (keyport demo): demo data.
 	Demo bool `json:"demo,omitempty"`
 }
 
 func domainJSON(p keyport.Principal, d keyport.Domain) DomainJSON {
 	j := DomainJSON{EID: d.EID, AID: d.AID, KVN: d.KVN, State: d.State, KeySource: d.KeySource,
-		SequenceCounter: d.SeqCounter, Mine: d.OwnerID != "" && d.OwnerID == p.ProviderID, UpdatedAt: d.UpdatedAt}
+		SequenceCounterState: d.CounterState(), Mine: d.OwnerID != "" && d.OwnerID == p.ProviderID, UpdatedAt: d.UpdatedAt}
+	if !d.SeqUnverified {
+		n := d.SeqCounter
+		j.SequenceCounter = &n
+	}
 	// KCVs identify the first keys; only their holder (or the issuer) sees them.
 	if j.Mine || p.Admin {
 		j.KCV = d.KCV

@@ -116,7 +116,7 @@ func TestSecondKeyFromClaimToPersonalizedThroughPCSCWithTheProvidersOwnTools(t *
 
 	// keyport sp script, with the provider's package, key and counter.
 	kp(t, o, nil, "sp", "script", "--package", filepath.Join(dir, "pkg.json"), "--key", filepath.Join(dir, "sp.pem"),
-		"--jwks", portal.URL, "--generate", "--counter", fmt.Sprint(dom.SequenceCounter),
+		"--jwks", portal.URL, "--generate", "--counter", fmt.Sprint(*dom.SequenceCounter),
 		"--out", filepath.Join(dir, "script.json"), "--new-keys-out", filepath.Join(dir, "new-keys.json"))
 	script, _ := os.ReadFile(filepath.Join(dir, "script.json"))
 	st3, rb := call("POST", domainPath+"/scripts", script)

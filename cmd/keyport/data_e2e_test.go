@@ -181,7 +181,7 @@ func TestProviderDataPushedThroughCardLinkIsReadBackOnlyByTheProvidersTool(t *te
 	_, _, b := call("GET", domainPath, nil)
 	json.Unmarshal(b, &dom)
 	scriptFile := filepath.Join(dir, "get.json")
-	kp(t, o, nil, "sp", "data", "get", "--keys", keysFile, "--counter", fmt.Sprint(dom.SequenceCounter), "--count", "3", "--out", scriptFile)
+	kp(t, o, nil, "sp", "data", "get", "--keys", keysFile, "--counter", fmt.Sprint(*dom.SequenceCounter), "--count", "3", "--out", scriptFile)
 	script, _ := os.ReadFile(scriptFile)
 	st, _, b := call("POST", domainPath+"/data-scripts", script)
 	var job keyport.JobView

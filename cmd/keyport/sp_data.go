@@ -199,13 +199,9 @@ func cmdSPDataScript(ctx context.Context, op string, args []string) error {
 			return err
 		}
 		if *counter < 0 {
-			var dom struct {
-				SequenceCounter int `json:"sequence_counter"`
-			}
-			if err := pc.call(ctx, http.MethodGet, domainPath, nil, &dom, http.StatusOK); err != nil {
+			if *counter, err = pc.counter(ctx, pk.EID, pk.AID); err != nil {
 				return err
 			}
-			*counter = dom.SequenceCounter
 		}
 	} else if *counter < 0 {
 		return exitError{2, errors.New("give --counter (the domain's sequence counter keyport reports) or --portal")}
@@ -220,7 +216,7 @@ func cmdSPDataScript(ctx context.Context, op string, args []string) error {
 	}
 	var job keyport.JobView
 	if err := pc.call(ctx, http.MethodPost, domainPath+"/data-scripts", req, &job, http.StatusCreated); err != nil {
-		return err
+		return resync(err)
 	}
 	fmt.Fprintf(stderr, "data job %s queued; waiting for the module\n", job.ID)
 	deadline := time.Now().Add(*wait)
