@@ -133,35 +133,20 @@ func (p *DataPayload) JudgeData(status string, body []byte) (ScriptResult, error
 		r.Cause = fmt.Sprintf("the module reported script status %q", status)
 		return r, nil
 	}
-	rs, err := gp.ParseResponseScript(body)
-	if err != nil {
-		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
-	}
-	if len(rs.Responses) > len(p.APDUs) {
-		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
-	}
-	cmds, err := p.Commands()
+	resps, cmds, err := readAnswer(p.APDUs, body, &r)
 	if err != nil {
 		return r, err
 	}
-	for _, x := range rs.Responses {
-		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
-	}
-	if len(rs.Responses) > 0 && rs.Responses[0].SW == gp.SWOK {
-		if d, err := gp.ParseInitUpdateResponse(rs.Responses[0].Data); err == nil && d.HasSequenceCounter {
-			n := int(d.SequenceCounter)
-			r.SequenceCounter = &n
-		}
-	}
-	for i, x := range rs.Responses {
+	r.SequenceCounter = LearnCounter(cmds, resps)
+	for i, x := range resps {
 		if x.SW != gp.SWOK {
 			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
 			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
 			return r, nil
 		}
 	}
-	if len(rs.Responses) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(rs.Responses), len(p.APDUs))
+	if len(resps) < len(p.APDUs) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(resps), len(p.APDUs))
 		return r, nil
 	}
 	r.Confirmed = true

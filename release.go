@@ -251,21 +251,11 @@ func (p *SecondKeyPayload) JudgeVerify(status string, body []byte, keys gp.KeySe
 	if status != "ok" {
 		return notRun(status, body), nil
 	}
-	rs, err := gp.ParseResponseScript(body)
-	if err != nil {
-		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
-	}
-	if len(rs.Responses) > len(p.APDUs) {
-		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
-	}
-	for _, x := range rs.Responses {
-		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
-	}
-	cmds, err := p.Commands()
+	resps, cmds, err := readAnswer(p.APDUs, body, &r)
 	if err != nil {
 		return r, err
 	}
-	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, rs.Responses)
+	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, resps)
 	if err != nil {
 		r.Cause = fmt.Sprintf("the answer did not come from a card holding the new first keys: %v", err)
 		return r, nil
@@ -275,7 +265,7 @@ func (p *SecondKeyPayload) JudgeVerify(status string, body []byte, keys gp.KeySe
 		return r, nil
 	}
 	if len(answers) > 0 && answers[0].SW == gp.SWOK {
-		r.SequenceCounter = LearnCounter(cmds, rs.Responses)
+		r.SequenceCounter = LearnCounter(cmds, resps)
 	}
 	for i, x := range answers {
 		if x.SW != gp.SWOK {

@@ -112,35 +112,25 @@ func (p *SecondKeyPayload) JudgeRotation(status string, body []byte) (ScriptResu
 	if status != "ok" {
 		return notRun(status, body), nil
 	}
-	rs, err := gp.ParseResponseScript(body)
-	if err != nil {
-		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
-	}
-	if len(rs.Responses) > len(p.APDUs) {
-		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
-	}
-	for _, x := range rs.Responses {
-		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
-	}
-	cmds, err := p.Commands()
+	resps, cmds, err := readAnswer(p.APDUs, body, &r)
 	if err != nil {
 		return r, err
 	}
-	if n := LearnCounter(cmds, rs.Responses); n != nil {
+	if n := LearnCounter(cmds, resps); n != nil {
 		r.SequenceCounter = n
 	}
-	for i, x := range rs.Responses {
+	for i, x := range resps {
 		if x.SW != gp.SWOK {
 			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
 			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
 			return r, nil
 		}
 	}
-	if len(rs.Responses) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(rs.Responses), len(p.APDUs))
+	if len(resps) < len(p.APDUs) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(resps), len(p.APDUs))
 		return r, nil
 	}
-	data := rs.Responses[p.PutKey].Data
+	data := resps[p.PutKey].Data
 	want, _ := hex.DecodeString(p.Expect.PutKeyRMAC)
 	if len(data) < len(want) || subtle.ConstantTimeCompare(data[len(data)-len(want):], want) != 1 {
 		r.Cause = "the PUT KEY answer does not carry the declared R-MAC: it is not the card's answer to this session"

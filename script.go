@@ -192,21 +192,7 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 }
 
 // Commands decodes the payload's APDUs (validated by CheckScript).
-func (p *SecondKeyPayload) Commands() ([]gp.Command, error) {
-	out := make([]gp.Command, 0, len(p.APDUs))
-	for i, s := range p.APDUs {
-		b, err := hex.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
-		}
-		c, err := gp.ParseCommand(b)
-		if err != nil {
-			return nil, fmt.Errorf("keyport: stored APDU %d: %w", i, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
-}
+func (p *SecondKeyPayload) Commands() ([]gp.Command, error) { return decodeCommands(p.APDUs) }
 
 // Judge compares a module's answer with the script and decides whether the
 // card proved the key replacement: the job is confirmed only if the answer
@@ -225,21 +211,11 @@ func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (Sc
 	if status != "ok" {
 		return notRun(status, body), nil
 	}
-	rs, err := gp.ParseResponseScript(body)
-	if err != nil {
-		return r, Invalid("body", "not a TS 102 226 response script: %v", err)
-	}
-	for _, x := range rs.Responses {
-		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
-	}
-	if len(rs.Responses) > len(p.APDUs) {
-		return r, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(p.APDUs))
-	}
-	cmds, err := p.Commands()
+	resps, cmds, err := readAnswer(p.APDUs, body, &r)
 	if err != nil {
 		return r, err
 	}
-	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, rs.Responses)
+	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, resps)
 	if err != nil {
 		r.Cause = fmt.Sprintf("the answer did not come from a card holding the domain's keys: %v", err)
 		return r, nil
@@ -452,4 +428,27 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	}
 	s.log().Info("script queued", "job", j.Ref, "eid", eid, "aid", aid)
 	return j, nil
+}
+
+// readAnswer reads a module's answer to a script of apdus: body is the TS
+// 102 226 response script, whose R-APDUs go into r.Responses in hex as the
+// card sent them (R-MACs included, for the provider to check too); it
+// returns them with the script's commands. A body that does not parse, or
+// holds more R-APDUs than the script has commands, is an *InvalidError.
+func readAnswer(apdus []string, body []byte, r *ScriptResult) ([]gp.Response, []gp.Command, error) {
+	rs, err := gp.ParseResponseScript(body)
+	if err != nil {
+		return nil, nil, Invalid("body", "not a TS 102 226 response script: %v", err)
+	}
+	if len(rs.Responses) > len(apdus) {
+		return nil, nil, Invalid("body", "%d R-APDUs answer %d C-APDUs", len(rs.Responses), len(apdus))
+	}
+	cmds, err := decodeCommands(apdus)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, x := range rs.Responses {
+		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
+	}
+	return rs.Responses, cmds, nil
 }
