@@ -250,58 +250,26 @@ func ReadDataAnswers(aid AID, keys gp.KeySet, req DataScriptRequest, res ScriptR
 // time (each is computed from the sequence counter the previous one
 // leaves): ErrConflict while another is not final.
 func (s *Service) SubmitDataScript(ctx context.Context, p Principal, eid EID, aid AID, req DataScriptRequest) (*Job, error) {
-	if p.ProviderID == "" {
-		return nil, fmt.Errorf("%w: only the domain's provider submits its data scripts", ErrForbidden)
-	}
-	d, err := s.Store.GetDomain(ctx, eid, aid)
+	d, err := s.providerDomain(ctx, p, eid, aid, "data scripts")
 	if err != nil {
 		return nil, err
-	}
-	if d.OwnerID != p.ProviderID {
-		return nil, ErrNotFound
 	}
 	payload, err := CheckDataScript(eid, aid, d.KVN, req)
 	if err != nil {
 		return nil, err
 	}
-	now := s.now().UTC()
-	exp := now.Add(s.Delivery.expiry())
-	j := &Job{Ref: NewID("job"), Kind: JobData, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: p.ProviderID,
-		State: JobQueued, NextRunAt: now, ExpiresAt: &exp, Data: payload}
-	hook, err := s.webhookURL(ctx, p.ProviderID)
-	if err != nil {
-		return nil, err
-	}
-	err = s.Store.Tx(ctx, func(tx Repo) error {
-		d, err := tx.GetDomain(ctx, eid, aid) // re-read inside the transaction
-		if err != nil {
-			return err
-		}
-		if d.State != Personalized || d.OwnerID != p.ProviderID {
-			return fmt.Errorf("%w: domain is %s; a data script needs a PERSONALIZED domain (your own keys on it)", ErrConflict, d.State)
-		}
-		if d.SeqUnverified {
-			return ErrCounterResync
-		}
-		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobData, States: []JobState{JobQueued, JobSent}, Limit: 1})
-		if err != nil {
-			return err
-		}
-		if len(active) > 0 {
-			return fmt.Errorf("%w: data job %s for this domain is still %s", ErrConflict, active[0].Ref, active[0].State)
-		}
-		if err := tx.CreateJob(ctx, j); err != nil {
-			return err
-		}
-		if err := s.audit(ctx, tx, p.Actor(), "data.submit", domainObject(eid, aid),
-			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs)}); err != nil {
-			return err
-		}
-		return s.notify(ctx, tx, j, d.State, hook)
+	return s.queueProviderScript(ctx, p, d, providerScript{
+		kind: JobData, what: "data script", action: "data.submit",
+		fits: func(d *Domain) error {
+			if d.State != Personalized {
+				return fmt.Errorf("%w: domain is %s; a data script needs a PERSONALIZED domain (your own keys on it)", ErrConflict, d.State)
+			}
+			if d.SeqUnverified {
+				return ErrCounterResync
+			}
+			return nil
+		},
+		attach: func(j *Job) { j.Data = payload },
+		audit:  map[string]any{"apdus": len(payload.APDUs)},
 	})
-	if err != nil {
-		return nil, err
-	}
-	s.log().Info("data script queued", "job", j.Ref, "eid", eid, "aid", aid)
-	return j, nil
 }

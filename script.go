@@ -366,15 +366,9 @@ func checkScriptKeys(oldKVN, counter, newKVN int, first, second map[KeyUsage][]b
 // "job.queued" webhook are written in one transaction. One script per
 // domain at a time: ErrConflict while another is not final.
 func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AID, req ScriptRequest) (*Job, error) {
-	if p.ProviderID == "" {
-		return nil, fmt.Errorf("%w: only the domain's provider submits its scripts", ErrForbidden)
-	}
-	d, err := s.Store.GetDomain(ctx, eid, aid)
+	d, err := s.providerDomain(ctx, p, eid, aid, "scripts")
 	if err != nil {
 		return nil, err
-	}
-	if d.OwnerID != p.ProviderID {
-		return nil, ErrNotFound
 	}
 	check := CheckScript
 	if req.Rotate {
@@ -384,14 +378,60 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	if err != nil {
 		return nil, err
 	}
+	action := "script.submit"
+	if payload.Rotate {
+		action = "rotation.submit"
+	}
+	return s.queueProviderScript(ctx, p, d, providerScript{
+		kind: JobSecondKey, what: "script", action: action,
+		fits:   func(d *Domain) error { return scriptFits(d, payload) },
+		attach: func(j *Job) { j.SecondKey = payload },
+		audit:  map[string]any{"apdus": len(payload.APDUs), "kvn": payload.Expect.KVN, "kcv": payload.Expect.KCV},
+	})
+}
+
+// providerDomain is the domain a provider's script is for: its own (another
+// provider's is ErrNotFound); what names the scripts for the error when p
+// is no provider.
+func (s *Service) providerDomain(ctx context.Context, p Principal, eid EID, aid AID, what string) (*Domain, error) {
+	if p.ProviderID == "" {
+		return nil, fmt.Errorf("%w: only the domain's provider submits its %s", ErrForbidden, what)
+	}
+	d, err := s.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		return nil, err
+	}
+	if d.OwnerID != p.ProviderID {
+		return nil, ErrNotFound
+	}
+	return d, nil
+}
+
+// providerScript is a checked provider script that queueProviderScript
+// queues as a job of its kind.
+type providerScript struct {
+	kind         JobKind
+	what, action string              // "script" for messages and logs; the audit action
+	fits         func(*Domain) error // the domain, re-read in the transaction, can take it
+	attach       func(*Job)          // sets the job's payload
+	audit        map[string]any      // the audit event's details besides the job
+}
+
+// queueProviderScript queues ps for p's domain d in one transaction with
+// its audit event and the provider's "job.queued" webhook: the domain
+// re-read there must still be p's and fit ps, and no other job of ps's kind
+// may be pending for it (ErrConflict; nothing is stored then).
+func (s *Service) queueProviderScript(ctx context.Context, p Principal, d *Domain, ps providerScript) (*Job, error) {
 	now := s.now().UTC()
 	exp := now.Add(s.Delivery.expiry())
-	j := &Job{Ref: NewID("job"), Kind: JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: p.ProviderID,
-		State: JobQueued, NextRunAt: now, ExpiresAt: &exp, SecondKey: payload}
+	j := &Job{Ref: NewID("job"), Kind: ps.kind, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: p.ProviderID,
+		State: JobQueued, NextRunAt: now, ExpiresAt: &exp}
+	ps.attach(j)
 	hook, err := s.webhookURL(ctx, p.ProviderID)
 	if err != nil {
 		return nil, err
 	}
+	eid, aid := d.EID, d.AID
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		d, err := tx.GetDomain(ctx, eid, aid) // re-read inside the transaction
 		if err != nil {
@@ -400,25 +440,24 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 		if d.OwnerID != p.ProviderID {
 			return ErrNotFound
 		}
-		if err := scriptFits(d, payload); err != nil {
+		if err := ps.fits(d); err != nil {
 			return err
 		}
-		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobSecondKey, States: []JobState{JobQueued, JobSent}, Limit: 1})
+		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: ps.kind, States: []JobState{JobQueued, JobSent}, Limit: 1})
 		if err != nil {
 			return err
 		}
 		if len(active) > 0 {
-			return fmt.Errorf("%w: job %s for this domain is still %s", ErrConflict, active[0].Ref, active[0].State)
+			return fmt.Errorf("%w: %s job %s for this domain is still %s", ErrConflict, ps.what, active[0].Ref, active[0].State)
 		}
 		if err := tx.CreateJob(ctx, j); err != nil {
 			return err
 		}
-		action := "script.submit"
-		if payload.Rotate {
-			action = "rotation.submit"
+		details := map[string]any{"job": j.Ref}
+		for k, v := range ps.audit {
+			details[k] = v
 		}
-		if err := s.audit(ctx, tx, p.Actor(), action, domainObject(eid, aid),
-			map[string]any{"job": j.Ref, "apdus": len(payload.APDUs), "kvn": payload.Expect.KVN, "kcv": payload.Expect.KCV}); err != nil {
+		if err := s.audit(ctx, tx, p.Actor(), ps.action, domainObject(eid, aid), details); err != nil {
 			return err
 		}
 		return s.notify(ctx, tx, j, d.State, hook)
@@ -426,7 +465,7 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	if err != nil {
 		return nil, err
 	}
-	s.log().Info("script queued", "job", j.Ref, "eid", eid, "aid", aid)
+	s.log().Info(ps.what+" queued", "job", j.Ref, "eid", eid, "aid", aid)
 	return j, nil
 }
 
