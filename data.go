@@ -138,15 +138,7 @@ func (p *DataPayload) JudgeData(status string, body []byte) (ScriptResult, error
 		return r, err
 	}
 	r.SequenceCounter = LearnCounter(cmds, resps)
-	for i, x := range resps {
-		if x.SW != gp.SWOK {
-			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
-			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
-			return r, nil
-		}
-	}
-	if len(resps) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(resps), len(p.APDUs))
+	if !allRan(&r, cmds, resps) {
 		return r, nil
 	}
 	r.Confirmed = true

@@ -267,15 +267,7 @@ func (p *SecondKeyPayload) JudgeVerify(status string, body []byte, keys gp.KeySe
 	if len(answers) > 0 && answers[0].SW == gp.SWOK {
 		r.SequenceCounter = LearnCounter(cmds, resps)
 	}
-	for i, x := range answers {
-		if x.SW != gp.SWOK {
-			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
-			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
-			return r, nil
-		}
-	}
-	if len(answers) < len(cmds) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(answers), len(cmds))
+	if !allRan(&r, cmds, answers) {
 		return r, nil
 	}
 	ki, err := gp.ParseKeyInformation(answers[len(answers)-1].Data)

@@ -116,18 +116,8 @@ func (p *SecondKeyPayload) JudgeRotation(status string, body []byte) (ScriptResu
 	if err != nil {
 		return r, err
 	}
-	if n := LearnCounter(cmds, resps); n != nil {
-		r.SequenceCounter = n
-	}
-	for i, x := range resps {
-		if x.SW != gp.SWOK {
-			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
-			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
-			return r, nil
-		}
-	}
-	if len(resps) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(resps), len(p.APDUs))
+	r.SequenceCounter = LearnCounter(cmds, resps)
+	if !allRan(&r, cmds, resps) {
 		return r, nil
 	}
 	data := resps[p.PutKey].Data
@@ -136,18 +126,7 @@ func (p *SecondKeyPayload) JudgeRotation(status string, body []byte) (ScriptResu
 		r.Cause = "the PUT KEY answer does not carry the declared R-MAC: it is not the card's answer to this session"
 		return r, nil
 	}
-	pk, err := gp.ParsePutKeyResponse(data[:len(data)-len(want)])
-	if err != nil {
-		r.Cause = fmt.Sprintf("PUT KEY answer is not KVN ‖ KCVs: %v", err)
-		return r, nil
-	}
-	exp := gp.PutKey{NewKVN: byte(p.Expect.KVN)}
-	for _, u := range Usages {
-		kcv, _ := hex.DecodeString(p.Expect.KCV[u])
-		exp.Keys = append(exp.Keys, gp.KeyComponent{KCV: kcv})
-	}
-	if err := pk.Confirms(exp); err != nil {
-		r.Cause = fmt.Sprintf("PUT KEY answer %X does not carry the declared KVN and KCVs: %v", pk.Bytes(), err)
+	if r.Cause = p.Expect.refutedBy(data[:len(data)-len(want)]); r.Cause != "" {
 		return r, nil
 	}
 	r.Confirmed = true

@@ -224,36 +224,12 @@ func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (Sc
 		r.Cause = fmt.Sprintf("the script ran at security level %02X, without R-MAC: the card's answers prove nothing", byte(level))
 		return r, nil
 	}
-	if len(answers) > 0 && answers[0].SW == gp.SWOK {
-		// The card cryptogram verified: the counter is the card's.
-		if d, err := gp.ParseInitUpdateResponse(answers[0].Data); err == nil && d.HasSequenceCounter {
-			n := int(d.SequenceCounter)
-			r.SequenceCounter = &n
-		}
-	}
-	for i, x := range answers {
-		if x.SW != gp.SWOK {
-			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
-			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
-			return r, nil
-		}
-	}
-	if len(answers) < len(p.APDUs) {
-		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(answers), len(p.APDUs))
+	// The card cryptogram verified: the counter is the card's.
+	r.SequenceCounter = LearnCounter(cmds, answers)
+	if !allRan(&r, cmds, answers) {
 		return r, nil
 	}
-	pk, err := gp.ParsePutKeyResponse(answers[p.PutKey].Data)
-	if err != nil {
-		r.Cause = fmt.Sprintf("PUT KEY answer is not KVN ‖ KCVs: %v", err)
-		return r, nil
-	}
-	want := gp.PutKey{NewKVN: byte(p.Expect.KVN)}
-	for _, u := range Usages {
-		kcv, _ := hex.DecodeString(p.Expect.KCV[u])
-		want.Keys = append(want.Keys, gp.KeyComponent{KCV: kcv})
-	}
-	if err := pk.Confirms(want); err != nil {
-		r.Cause = fmt.Sprintf("PUT KEY answer %X does not carry the declared KVN and KCVs: %v", pk.Bytes(), err)
+	if r.Cause = p.Expect.refutedBy(answers[p.PutKey].Data); r.Cause != "" {
 		return r, nil
 	}
 	r.Confirmed = true
@@ -490,4 +466,40 @@ func readAnswer(apdus []string, body []byte, r *ScriptResult) ([]gp.Response, []
 		r.Responses = append(r.Responses, strings.ToUpper(hex.EncodeToString(x.Bytes())))
 	}
 	return rs.Responses, cmds, nil
+}
+
+// allRan reports whether the card answered every one of the script's
+// commands with 9000; if not, it sets r's SW and cause: the first other
+// status, or how many of the commands ran.
+func allRan(r *ScriptResult, cmds []gp.Command, answers []gp.Response) bool {
+	for i, x := range answers {
+		if x.SW != gp.SWOK {
+			r.SW = fmt.Sprintf("%04X", uint16(x.SW))
+			r.Cause = fmt.Sprintf("command %d (%s) answered %s", i+1, gp.INSName(cmds[i].INS), x.SW)
+			return false
+		}
+	}
+	if len(answers) < len(cmds) {
+		r.Cause = fmt.Sprintf("the module ran %d of %d commands", len(answers), len(cmds))
+		return false
+	}
+	return true
+}
+
+// refutedBy returns why a PUT KEY answer (KVN ‖ KCVs, GPCS 11.8.3) does not
+// carry the KVN and KCVs e declares, "" when it does.
+func (e Expectation) refutedBy(data []byte) string {
+	pk, err := gp.ParsePutKeyResponse(data)
+	if err != nil {
+		return fmt.Sprintf("PUT KEY answer is not KVN ‖ KCVs: %v", err)
+	}
+	want := gp.PutKey{NewKVN: byte(e.KVN)}
+	for _, u := range Usages {
+		kcv, _ := hex.DecodeString(e.KCV[u])
+		want.Keys = append(want.Keys, gp.KeyComponent{KCV: kcv})
+	}
+	if err := pk.Confirms(want); err != nil {
+		return fmt.Sprintf("PUT KEY answer %X does not carry the declared KVN and KCVs: %v", pk.Bytes(), err)
+	}
+	return ""
 }
