@@ -50,25 +50,13 @@ func CheckDataScript(eid EID, aid AID, currentKVN int, req DataScriptRequest) (*
 	if len(req.APDUs) < 3 {
 		return nil, invalid("apdus", "a data script is INITIALIZE UPDATE, EXTERNAL AUTHENTICATE and at least one STORE DATA or GET DATA")
 	}
-	if len(req.APDUs) > MaxScriptAPDUs {
-		return nil, Invalid("apdus", "at most %d APDUs", MaxScriptAPDUs)
+	cmds, apdus, err := parseScriptAPDUs(req.APDUs)
+	if err != nil {
+		return nil, err
 	}
-	p := &DataPayload{EID: eid, AID: aid}
-	total := 0
-	for i, s := range req.APDUs {
+	p := &DataPayload{EID: eid, AID: aid, APDUs: apdus}
+	for i, c := range cmds {
 		field := fmt.Sprintf("apdus[%d]", i)
-		b, err := hex.DecodeString(strings.TrimSpace(s))
-		if err != nil {
-			return nil, Invalid(field, "not hex")
-		}
-		total += len(b)
-		if total > MaxScriptBytes {
-			return nil, Invalid("apdus", "the script is larger than %d bytes", MaxScriptBytes)
-		}
-		c, err := gp.ParseCommand(b)
-		if err != nil {
-			return nil, Invalid(field, "not a command APDU: %v", err)
-		}
 		switch {
 		case i == 0:
 			if c.INS != gp.INSInitializeUpdate {
@@ -96,7 +84,6 @@ func CheckDataScript(eid EID, aid AID, currentKVN int, req DataScriptRequest) (*
 					gp.INSName(c.INS), c.INS, c.P1, c.P2, gp.DataObjectFirst, gp.DataObjectLast)
 			}
 		}
-		p.APDUs = append(p.APDUs, strings.ToUpper(hex.EncodeToString(b)))
 	}
 	return p, nil
 }

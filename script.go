@@ -105,28 +105,13 @@ type ScriptResult struct {
 // (GPCS 11.8.2.1: P1 = KVN replaced). SELECT is refused: the admin server
 // targets the SSD with X-Admin-Targeted-Application (GP Amd B).
 func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKeyPayload, error) {
-	if len(req.APDUs) == 0 {
-		return nil, invalid("apdus", "the script holds no APDU")
+	cmds, apdus, err := parseScriptAPDUs(req.APDUs)
+	if err != nil {
+		return nil, err
 	}
-	if len(req.APDUs) > MaxScriptAPDUs {
-		return nil, Invalid("apdus", "at most %d APDUs", MaxScriptAPDUs)
-	}
-	p := &SecondKeyPayload{EID: eid, AID: aid, PutKey: -1, InitUpdate: -1}
-	total := 0
-	for i, s := range req.APDUs {
+	p := &SecondKeyPayload{EID: eid, AID: aid, APDUs: apdus, PutKey: -1, InitUpdate: -1}
+	for i, c := range cmds {
 		field := fmt.Sprintf("apdus[%d]", i)
-		b, err := hex.DecodeString(strings.TrimSpace(s))
-		if err != nil {
-			return nil, Invalid(field, "not hex")
-		}
-		total += len(b)
-		if total > MaxScriptBytes {
-			return nil, Invalid("apdus", "the script is larger than %d bytes", MaxScriptBytes)
-		}
-		c, err := gp.ParseCommand(b)
-		if err != nil {
-			return nil, Invalid(field, "not a command APDU: %v", err)
-		}
 		switch c.INS {
 		case gp.INSSelect:
 			return nil, Invalid(field, "SELECT is not allowed: keyport targets the domain itself (X-Admin-Targeted-Application)")
@@ -157,7 +142,6 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 			}
 			p.PutKey = i
 		}
-		p.APDUs = append(p.APDUs, strings.ToUpper(hex.EncodeToString(b)))
 	}
 	if p.InitUpdate != 0 {
 		return nil, invalid("apdus", "the script must start with INITIALIZE UPDATE (an SCP03 session with the first keys)")
@@ -189,6 +173,40 @@ func CheckScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKe
 		p.Expect.KCV[u] = strings.ToUpper(k)
 	}
 	return p, nil
+}
+
+// parseScriptAPDUs is the start every script check shares: at least one
+// and at most MaxScriptAPDUs commands, MaxScriptBytes in all, each hex and
+// a well-formed command APDU. It returns the commands and their canonical
+// (upper-case) hex, which is what a job stores.
+func parseScriptAPDUs(in []string) ([]gp.Command, []string, error) {
+	if len(in) == 0 {
+		return nil, nil, invalid("apdus", "the script holds no APDU")
+	}
+	if len(in) > MaxScriptAPDUs {
+		return nil, nil, Invalid("apdus", "at most %d APDUs", MaxScriptAPDUs)
+	}
+	cmds := make([]gp.Command, 0, len(in))
+	out := make([]string, 0, len(in))
+	total := 0
+	for i, s := range in {
+		field := fmt.Sprintf("apdus[%d]", i)
+		b, err := hex.DecodeString(strings.TrimSpace(s))
+		if err != nil {
+			return nil, nil, Invalid(field, "not hex")
+		}
+		total += len(b)
+		if total > MaxScriptBytes {
+			return nil, nil, Invalid("apdus", "the script is larger than %d bytes", MaxScriptBytes)
+		}
+		c, err := gp.ParseCommand(b)
+		if err != nil {
+			return nil, nil, Invalid(field, "not a command APDU: %v", err)
+		}
+		cmds = append(cmds, c)
+		out = append(out, strings.ToUpper(hex.EncodeToString(b)))
+	}
+	return cmds, out, nil
 }
 
 // Commands decodes the payload's APDUs (validated by CheckScript).
