@@ -646,7 +646,9 @@ func TestThreeReplicasOnPostgres(t *testing.T) {
 			err error
 		}
 		res := make(chan out, 1)
-		go func() { rep, err := a.Session(ctx); res <- out{rep, err} }()
+		sctx, stop := context.WithCancel(ctx)
+		defer stop() // a failure below must not leave the session blocked in the card
+		go func() { rep, err := a.Session(sctx); res <- out{rep, err} }()
 		select {
 		case <-card.blocked:
 		case o := <-res:
