@@ -769,5 +769,13 @@ func TestThreeReplicasOnPostgres(t *testing.T) {
 		if dom.State != string(keyport.Personalized) || dom.KVN != 0x31 {
 			t.Fatalf("domain after the session: %+v", dom)
 		}
+		// The card agrees: the provider's keys open the SSD, the first do not.
+		host := cardlinktest.NewHost(t, cards[m])
+		if sw := host.Authenticate(fixture.AID(1).Bytes(), 0x31, cardlinktest.Triple(second)); sw != gp.SWOK {
+			t.Fatalf("the provider's keys on the card: %v", sw)
+		}
+		if sw := host.Authenticate(fixture.AID(1).Bytes(), 0x30, cardlinktest.Triple(w.Keys[eids[m]][fixture.AID(1)])); sw != gp.SWReferencedDataNotFound {
+			t.Fatalf("the first keys on the card: %v, want 6A88", sw)
+		}
 	})
 }
