@@ -393,6 +393,20 @@ type Trigger interface {
 	Wake(ctx context.Context, eid EID) error
 }
 
+// WakeBus carries wake-ups between the replicas that share one database
+// (PostgreSQL LISTEN/NOTIFY): a replica where no handset agent of the
+// module waits publishes the wake-up, and every replica hands it to the
+// agents waiting on it. A published wake-up reaches the replicas listening
+// at that moment; one lost to a dropped connection is made good by the
+// agents' own polling of the database and by the job's next wake-up.
+type WakeBus interface {
+	PublishWake(ctx context.Context, eid EID) error
+	// ListenWakes calls fn with each wake-up published (by any replica,
+	// this one included) until ctx ends or the connection is lost, which
+	// it returns.
+	ListenWakes(ctx context.Context, fn func(EID)) error
+}
+
 // SecretSealer keeps small secrets (TOTP seeds) sealed by the HSM: the
 // database holds only what Seal returns.
 type SecretSealer interface {

@@ -17,9 +17,11 @@ import (
 // In the field the trigger is an SCP80-secured SMS to the ISD (GP Amd B,
 // PROTOCOLS.md §3.1); its SMPP link is cardlink/smpp, which no Trigger
 // uses yet. A module whose agent is
-// not waiting on this replica is ErrUnreachable here; the job is retried
-// with backoff, and a waiting agent also finds its jobs by polling the
-// database (AdminServerConfig.WakeCheck), which covers other replicas.
+// not waiting on this replica is ErrUnreachable here; ReplicaWake then
+// publishes the wake-up to the other replicas (PostgreSQL), the job is
+// retried with backoff, and a waiting agent also finds its jobs by polling
+// the database (AdminServerConfig.WakeCheck), which bounds a wake-up that
+// no bus carried.
 type WakeHub struct {
 	mu      sync.Mutex
 	waiters map[keyport.EID]map[chan struct{}]struct{}

@@ -17,6 +17,10 @@ import (
 type cardLinkFlags struct {
 	webhookTimeout time.Duration
 	loopbackHooks  bool
+	// lease is how long an admin session holds its module without a
+	// request; wakeWait and wakeCheck bound the agents' long poll and its
+	// database polling (replicas.go).
+	lease, wakeWait, wakeCheck time.Duration
 }
 
 // bindCardLinkFlags registers the webhook flags on serve's flag set.
@@ -35,6 +39,9 @@ func bindCardLinkFlags(fs *flag.FlagSet) (*cardLinkFlags, error) {
 		return nil, err
 	}
 	fs.DurationVar(&cf.webhookTimeout, "webhook-timeout", d, "bound of one webhook request (KEYPORT_WEBHOOK_TIMEOUT)")
+	if err := bindReplicaFlags(fs, cf); err != nil {
+		return nil, err
+	}
 	fs.BoolVar(&cf.loopbackHooks, "dev-allow-loopback-webhooks", loopback == "1" || loopback == "true",
 		"development only: providers may set webhook URLs to loopback addresses, plain http included, and webhooks are sent there (KEYPORT_DEV_ALLOW_LOOPBACK_WEBHOOKS=1); other non-public addresses stay refused")
 	return cf, nil
@@ -50,12 +57,18 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 	if cf.webhookTimeout <= 0 {
 		return nil, nil, fmt.Errorf("serve: --webhook-timeout must be positive, got %s", cf.webhookTimeout)
 	}
-	hub := cardlink.NewWakeHub()
-
-	a.svc.Trigger = hub
-	if a.sms != nil {
-		a.svc.Trigger = cardlink.Triggers{SMS: a.sms, Fallback: hub}
+	if cf.lease <= 0 || cf.wakeWait <= 0 || cf.wakeCheck <= 0 {
+		return nil, nil, fmt.Errorf("serve: --admin-lease, --wake-wait and --wake-check must be positive, got %s, %s, %s", cf.lease, cf.wakeWait, cf.wakeCheck)
 	}
+	hub := cardlink.NewWakeHub()
+	// Wake-ups cross replicas on the database's bus (PostgreSQL), nil on SQLite.
+	bus := a.store.WakeBus()
+	wake := cardlink.ReplicaWake{Hub: hub, Bus: bus}
+	a.svc.Trigger = wake
+	if a.sms != nil {
+		a.svc.Trigger = cardlink.Triggers{SMS: a.sms, Fallback: wake}
+	}
+	a.svc.Delivery.Lease = cf.lease
 	a.svc.Delivery.DevLoopbackWebhooks = cf.loopbackHooks
 	if cf.loopbackHooks {
 		a.log.Warn("development mode: webhooks may go to loopback addresses (--dev-allow-loopback-webhooks)")
@@ -68,9 +81,17 @@ func startCardLink(ctx context.Context, a *app, cf *cardLinkFlags) (stop func(),
 		defer wg.Done()
 		d.Run(ctx)
 	}()
+	if bus != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hub.Follow(ctx, bus, a.log)
+		}()
+	}
 	var srv *cardlink.AdminServer
 	if a.cfg.AdminAddr != "" {
 		srv = cardlink.NewAdminServer(cardlink.AdminServerConfig{Service: a.svc, Wake: hub, Log: a.log,
+			WakeWait: cf.wakeWait, WakeCheck: cf.wakeCheck,
 			TLS: tlspsk.ServerConfig{Legacy: a.cfg.AdminLegacyTLS, TLS13: a.cfg.AdminTLS13}})
 		ln, err := tlspsk.Listen("tcp", a.cfg.AdminAddr, srv.TLSConfig())
 		if err != nil {
