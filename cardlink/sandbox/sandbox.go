@@ -135,7 +135,7 @@ func (b *Book) SetFault(eid keyport.EID, f keyport.Fault) error {
 		return err
 	}
 	b.faults = next
-	b.state[eid] = &moduleState{}
+	b.state[eid] = &moduleState{fresh: true}
 	return nil
 }
 
