@@ -98,6 +98,9 @@ func cmdServe(ctx context.Context, args []string) error {
 		}
 		defer sb.Close()
 		webOpts.Sandbox = sb.sb
+		if demo.on() {
+			demo.sandboxEIDs = sb.eids
+		}
 	}
 	stopMetrics, err := startMetrics(a, admin)
 	if err != nil {
