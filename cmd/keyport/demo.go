@@ -598,9 +598,9 @@ func (d *demoRun) printBanner(a *app, httpAddr string) {
 	fmt.Fprintf(w, "  %s\n", demoScriptLine(displayPath(os.Args[0]), dir, base))
 	fmt.Fprintf(w, "(%s: the file your browser saved)\n", demoPackagePlaceholder)
 	if len(d.sandboxEIDs) > 0 {
-		fmt.Fprintf(w, "Provider sandbox: %s/portal/sandbox (faults per module; API /api/v1/sandbox), modules:\n", base)
+		fmt.Fprintf(w, "Provider sandbox (its own data; faults per module): %s/portal/sandbox, API /api/v1/sandbox\n", base)
 		for _, e := range d.sandboxEIDs {
-			fmt.Fprintf(w, "  EID %s\n", e)
+			fmt.Fprintf(w, "  sandbox module %s\n", e)
 		}
 	}
 	fmt.Fprintf(w, "keyport demo started in %s\n\n", time.Since(d.started).Round(time.Millisecond))
