@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // the read-only look at a PostgreSQL production database
+
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/hsm/hsmtest"
@@ -71,14 +73,20 @@ func (h *hookReceiver) final(t *testing.T, keys keyport.JWKS, ref string) (*keyp
 // rows, read through a read-only connection. api_tokens.last_used_at is
 // left out: authenticating any API call (sandbox or not) records it, at
 // most once a minute.
-func tableDigest(t *testing.T, path string) map[string]string {
+func tableDigest(t *testing.T, dsn string) map[string]string {
 	t.Helper()
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_query_only=1")
+	driver, source := "sqlite3", "file:"+dsn+"?mode=ro&_query_only=1"
+	list := `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`
+	if strings.HasPrefix(dsn, "postgres") {
+		driver, source = "pgx", dsn
+		list = `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`
+	}
+	db, err := sql.Open(driver, source)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+	rows, err := db.Query(list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +141,13 @@ func tableDigest(t *testing.T, path string) map[string]string {
 // the cause and the fault on the job and in its signed webhook, both
 // marked sandbox; every production table is as it was before.
 func TestSandboxFaultsShowOnTheJobAndInTheWebhookAndProductionIsUntouched(t *testing.T) {
+	storetest.EachDSN(t, testSandboxFaults)
+}
+
+// testSandboxFaults runs the sandbox test with production on dbPath
+// (SQLite or PostgreSQL); the sandbox keeps its SQLite file.
+func testSandboxFaults(t *testing.T, dbPath string) {
 	ctx := context.Background()
-	dbPath := storetest.SQLitePath(t)
 	st := storetest.Open(t, dbPath)
 	w := fixture.New(t, st, 1, 1)
 	w.Svc.Delivery.DevLoopbackWebhooks = true // the receiver listens on 127.0.0.1
