@@ -172,6 +172,8 @@ type JobView struct {
 	LastError     string        `json:"last_error,omitempty"`
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
+	// Sandbox marks a job of the provider sandbox.
+	Sandbox bool `json:"sandbox,omitempty"`
 }
 
 // View returns the job as providers see it.
@@ -343,7 +345,7 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 		return err
 	}
 	next := *j
-	next.State, next.LastError = e.to, e.cause
+	next.State, next.LastError = e.to, withSandboxNote(e.cause, s.sandboxNote(j))
 	obj := "job:" + next.Ref
 	if p := next.SecondKey; p != nil {
 		obj = domainObject(p.EID, p.AID)
@@ -387,7 +389,7 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 				return err
 			}
 		}
-		if err := s.audit(ctx, tx, e.actor, e.action, obj, map[string]any{"job": next.Ref, "state": e.to, "cause": e.cause}); err != nil {
+		if err := s.audit(ctx, tx, e.actor, e.action, obj, map[string]any{"job": next.Ref, "state": e.to, "cause": next.LastError}); err != nil {
 			return err
 		}
 		return s.notify(ctx, tx, &next, ds, hook)

@@ -542,3 +542,16 @@ type OTAKey interface {
 	gp.OTACipher
 	gp.OTAChecksum
 }
+
+// FaultBook keeps the sandbox modules' faults (sandbox.go) and what the
+// sandbox did to each module's traffic; the card-channel and transport
+// wrappers of the sandbox adapter read and write it.
+type FaultBook interface {
+	// Fault returns module eid's fault (FaultNone when none is set).
+	Fault(eid EID) Fault
+	// SetFault sets module eid's fault; FaultNone clears it.
+	SetFault(eid EID, f Fault) error
+	// TakeInjected returns, and forgets, what the faults did to module
+	// eid's traffic since the last call ("" when nothing).
+	TakeInjected(eid EID) string
+}

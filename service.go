@@ -43,6 +43,10 @@ type Service struct {
 	// Metrics counts claims, key-package downloads, webhook deliveries and
 	// imports (metrics.go); nil counts nothing.
 	Metrics Metrics
+	// SandboxFaults, when set, makes this the provider sandbox's service
+	// (sandbox.go): its jobs and webhooks say "sandbox": true, and a card
+	// job's cause names the fault the sandbox injected.
+	SandboxFaults FaultBook
 
 	batches sync.Map // batch ID -> *Batch; batches never change
 }

@@ -30,6 +30,8 @@ type WebhookEvent struct {
 	Job  JobView   `json:"job"`
 	// DomainState is the domain's state after the change, when known.
 	DomainState DomainState `json:"domain_state,omitempty"`
+	// Sandbox marks an event of the provider sandbox.
+	Sandbox bool `json:"sandbox,omitempty"`
 }
 
 // webhookURL reads, before a transaction, where the provider's events go:
@@ -51,7 +53,9 @@ func (s *Service) notify(ctx context.Context, tx Repo, j *Job, ds DomainState, h
 		return nil
 	}
 	now := s.now().UTC()
-	ev := WebhookEvent{ID: NewID("evt"), Type: "job." + strings.ToLower(string(j.State)), At: now, Job: j.View(), DomainState: ds}
+	ev := WebhookEvent{ID: NewID("evt"), Type: "job." + strings.ToLower(string(j.State)), At: now, Job: j.View(), DomainState: ds,
+		Sandbox: s.IsSandbox()}
+	ev.Job.Sandbox = ev.Sandbox
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return err

@@ -2,6 +2,8 @@ package cardlink
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +27,9 @@ type WebhookClientOptions struct {
 	// Resolve returns a host name's addresses (default the system
 	// resolver). Whatever it returns is checked when dialled.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+	// RootCAs, if set, are the only roots an HTTPS receiver's certificate
+	// may chain to (default the system's): a test receiver's own CA.
+	RootCAs *x509.CertPool
 }
 
 // ErrWebhookAddress is why a webhook connection was refused: the address
@@ -83,6 +88,7 @@ func NewWebhookClient(o WebhookClientOptions) *http.Client {
 			TLSHandshakeTimeout:   timeout,
 			ResponseHeaderTimeout: timeout,
 			MaxIdleConnsPerHost:   2,
+			TLSClientConfig:       &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
 			IdleConnTimeout:       90 * time.Second,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

@@ -320,7 +320,7 @@ func emailKey(email string) string {
 
 // meta builds the page frame for this request.
 func (s *Server) meta(c echo.Context, title, active string) views.Meta {
-	m := views.Meta{Title: title, Active: active, Demo: s.opts.Demo}
+	m := views.Meta{Title: title, Active: active, Demo: s.opts.Demo, Sandbox: s.opts.Sandbox != nil}
 	m.CSRF, _ = c.Get("csrf").(string)
 	if su := pageUser(c); su != nil {
 		m.Email = su.User.Email

@@ -71,6 +71,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	pr.POST("/webhook", s.setWebhook)
 	pr.GET("/audit", s.myAuditPage)
 	s.securityRoutes(pr.Group("/security"))
+	s.sandboxPageRoutes(pr, "/portal/sandbox")
 
 	ad := pg.Group("/admin", requirePageAdmin)
 	ad.GET("", s.adminDashboard)
@@ -100,6 +101,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/approvals/:id/execute", s.executeApproval)
 	ad.POST("/approvals/:id/cancel", s.cancelApproval)
 	s.securityRoutes(ad.Group("/security"))
+	s.sandboxPageRoutes(ad, "/admin/sandbox")
 	s.lifecyclePages(pr, ad)
 }
 

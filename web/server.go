@@ -74,6 +74,9 @@ type Options struct {
 	// a banner on every portal page and "demo": true in the API's module
 	// and domain answers.
 	Demo bool
+	// Sandbox, if set, serves the provider sandbox (sandbox.go) under
+	// /api/v1/sandbox and /portal/sandbox; nil: those routes are 404.
+	Sandbox *keyport.Sandbox
 }
 
 // Server is the HTTP edge over a Service.
@@ -112,6 +115,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	e.GET("/healthz", s.health)
 	e.GET("/readyz", s.ready)
 	e.GET("/.well-known/jwks.json", s.jwks)
+	e.GET("/sandbox/.well-known/jwks.json", s.sandboxJWKS)
 
 	api := e.Group("/api/v1", s.requireToken)
 	api.GET("/modules/:eid", s.getModule)
@@ -132,6 +136,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	s.accessRuleRoutes(api, admin)
 	s.approvalRoutes(admin)
 	s.msisdnRoutes(admin)
+	s.sandboxRoutes(api)
 
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
 	s.portalAPIRoutes(api)

@@ -98,9 +98,11 @@ type demoRun struct {
 	cards   []*vcard.Card
 	chans   []gp.Channel
 	readers []*pcsc.Reader
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// sandboxEIDs are the provider sandbox's modules (sandbox.go).
+	sandboxEIDs []keyport.EID
+	ctx         context.Context
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 type demoKey struct{}
@@ -595,6 +597,12 @@ func (d *demoRun) printBanner(a *app, httpAddr string) {
 	fmt.Fprintf(w, "install your second keys (builds the script from the package and submits it; the job page goes DONE):\n")
 	fmt.Fprintf(w, "  %s\n", demoScriptLine(displayPath(os.Args[0]), dir, base))
 	fmt.Fprintf(w, "(%s: the file your browser saved)\n", demoPackagePlaceholder)
+	if len(d.sandboxEIDs) > 0 {
+		fmt.Fprintf(w, "Provider sandbox (its own data; faults per module): %s/portal/sandbox, API /api/v1/sandbox\n", base)
+		for _, e := range d.sandboxEIDs {
+			fmt.Fprintf(w, "  sandbox module %s\n", e)
+		}
+	}
 	fmt.Fprintf(w, "keyport demo started in %s\n\n", time.Since(d.started).Round(time.Millisecond))
 }
 

@@ -30,6 +30,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	sandboxCfg, err := bindSandboxFlags(fs)
+	if err != nil {
+		return err
+	}
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
@@ -87,6 +91,17 @@ func cmdServe(ctx context.Context, args []string) error {
 		webOpts.AdminListener = admin.Accepting
 	}
 	webOpts.Ready = readyChecks(a)
+	if sandboxCfg.on || demo.on() {
+		sb, err := startSandbox(ctx, a, sandboxCfg, hooks, sandboxOptions{})
+		if err != nil {
+			return err
+		}
+		defer sb.Close()
+		webOpts.Sandbox = sb.sb
+		if demo.on() {
+			demo.sandboxEIDs = sb.eids
+		}
+	}
 	stopMetrics, err := startMetrics(a, admin)
 	if err != nil {
 		return err

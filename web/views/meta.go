@@ -36,6 +36,8 @@ type Meta struct {
 	Active string
 	// Demo shows the demo-data banner (keyport demo).
 	Demo bool
+	// Sandbox links the provider sandbox's page (keyport serve --sandbox).
+	Sandbox bool
 }
 
 // Errors maps a form field name to the message shown next to it; "" is a

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/hsm/hsmtest"
+	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/store/storetest"
+	"github.com/keyport/keyport/web"
+)
+
+// pages is a signed-in browser without a browser.
+type pages struct {
+	t    *testing.T
+	base string
+	cl   *http.Client
+	csrf string
+}
+
+func signInTo(t *testing.T, base, email, password string) *pages {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	p := &pages{t: t, base: base, cl: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	p.get("/login")
+	u, _ := url.Parse(base)
+	for _, ck := range jar.Cookies(u) {
+		if ck.Name == "kp_csrf" {
+			p.csrf = ck.Value
+		}
+	}
+	if st, body := p.post("/login", url.Values{"email": {email}, "password": {password}}); st != http.StatusSeeOther {
+		t.Fatalf("sign in %s: %d %s", email, st, body)
+	}
+	return p
+}
+
+func (p *pages) get(path string) (int, string) {
+	p.t.Helper()
+	resp, err := p.cl.Get(p.base + path)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (p *pages) post(path string, form url.Values) (int, string) {
+	p.t.Helper()
+	form.Set("csrf", p.csrf)
+	resp, err := p.cl.PostForm(p.base+path, form)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer drives the
+// provider's /portal/sandbox and the issuer's /admin/sandbox: a bad fault
+// comes back with its reason and changes nothing, a good one is set; the
+// provider claims a sandbox domain and downloads its package; production
+// holds no sandbox domain.
+func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.Open(t, storetest.SQLitePath(t))
+	w := fixture.New(t, st, 1, 1)
+	adminPW, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := w.Svc.SignUpProvider(ctx, keyport.SignUp{Organisation: "Page Bank", Kind: keyport.KindBank, Contact: "Pat",
+		Email: "pat@bank.example", Password: "correct horse battery staple"}, "http://x.invalid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	em, _ := w.Mail.Newest("pat@bank.example")
+	token := em.Body[strings.Index(em.Body, "token=")+len("token="):]
+	token = strings.Fields(token)[0]
+	tok, _ := url.QueryUnescape(token)
+	if _, err := w.Svc.VerifyEmail(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Svc.SetProviderStatus(ctx, fixture.Admin, prov.ID, keyport.ProviderApproved); err != nil {
+		t.Fatal(err)
+	}
+	pp := keyport.Principal{ProviderID: prov.ID, Name: "pat@bank.example"}
+	if _, err := w.Svc.RegisterWrappingKey(ctx, pp, fixture.PublicPEM(fixture.RSAKeys()[0])); err != nil {
+		t.Fatal(err)
+	}
+
+	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
+	run, err := startSandbox(ctx, prodApp, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
+		&cardLinkFlags{webhookTimeout: time.Second}, sandboxOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer run.Close()
+	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, Sandbox: run.sb}))
+	defer srv.Close()
+	eid := run.eids[0]
+
+	pr := signInTo(t, srv.URL, "pat@bank.example", "correct horse battery staple")
+	code, body := pr.get("/portal/sandbox")
+	if code != 200 || !strings.Contains(body, `id="sandbox-banner"`) || !strings.Contains(body, `href="/portal/sandbox"`) {
+		t.Fatalf("sandbox page: %d", code)
+	}
+	code, body = pr.post("/portal/sandbox/modules/"+string(eid)+"/fault", url.Values{"fault": {"sw"}, "command": {"2"}, "sw": {"9000"}})
+	if code != http.StatusUnprocessableEntity || !strings.Contains(body, "not an error status word") || run.book.Fault(eid).Active() {
+		t.Fatalf("a 9000 fault: %d, fault now %+v", code, run.book.Fault(eid))
+	}
+	if code, _ = pr.post("/portal/sandbox/modules/"+string(eid)+"/fault", url.Values{"fault": {"drift"}, "drift": {"2"}}); code != http.StatusSeeOther {
+		t.Fatalf("set drift: %d", code)
+	}
+	if f := run.book.Fault(eid); f.Kind != keyport.FaultDrift || f.Drift != 2 {
+		t.Fatalf("the page set %+v", f)
+	}
+	wk, _ := w.Svc.ListWrappingKeys(ctx, pp)
+	if code, _ = pr.post("/portal/sandbox/claim", url.Values{"eid": {string(eid)}, "wrapping_key_id": {wk[0].ID}}); code != http.StatusSeeOther {
+		t.Fatalf("claim: %d", code)
+	}
+	_, body = pr.get("/portal/sandbox")
+	if !strings.Contains(body, "counter drift: the card&#39;s sequence counter jumps by 2") || !strings.Contains(body, "/key-package") {
+		t.Fatalf("the page shows neither the fault nor the claimed domain:\n%s", body)
+	}
+	doms, _ := run.sb.Domains(ctx, pp)
+	if len(doms) != 1 {
+		t.Fatalf("sandbox domains: %+v", doms)
+	}
+	if code, pkg := pr.get("/portal/sandbox/domains/" + string(doms[0].EID) + "/" + string(doms[0].AID) + "/key-package"); code != 200 || !strings.Contains(pkg, "signatures") && !strings.Contains(pkg, "payload") {
+		t.Fatalf("key package: %d %s", code, pkg)
+	}
+	if prodDoms, _ := w.Svc.ListDomains(ctx, pp); len(prodDoms) != 0 {
+		t.Fatalf("production lists the sandbox claim: %+v", prodDoms)
+	}
+
+	ad := signInTo(t, srv.URL, "admin@issuer.example", adminPW)
+	if code, body = ad.get("/admin/sandbox"); code != 200 || !strings.Contains(body, "sandbox-modules") {
+		t.Fatalf("console: %d", code)
+	}
+	if code, _ = ad.post("/admin/sandbox/modules/"+string(run.eids[1])+"/fault", url.Values{"fault": {"offline"}}); code != http.StatusSeeOther {
+		t.Fatalf("console set offline: %d", code)
+	}
+	if run.book.Fault(run.eids[1]).Kind != keyport.FaultOffline {
+		t.Fatalf("console fault: %+v", run.book.Fault(run.eids[1]))
+	}
+	// A provider cannot claim through the console's path, nor an admin claim.
+	if code, _ = ad.post("/admin/sandbox/claim", url.Values{"eid": {string(eid)}}); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
+		t.Fatalf("console claim: %d", code)
+	}
+}

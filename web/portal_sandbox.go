@@ -1,0 +1,126 @@
+package web
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/web/views"
+)
+
+// sandboxPageRoutes registers the sandbox page on the provider's portal
+// (base /portal/sandbox) or the issuer's console (/admin/sandbox), through
+// the same use cases as /api/v1/sandbox.
+func (s *Server) sandboxPageRoutes(g *echo.Group, base string) {
+	sb := g.Group("/sandbox", s.requireSandbox)
+	sb.GET("", s.sandboxPage(base))
+	sb.POST("/modules/:eid/fault", s.setSandboxFaultPage(base))
+	if strings.HasPrefix(base, "/portal") {
+		sb.POST("/claim", s.sandboxClaimPage(base))
+		sb.GET("/domains/:eid/:aid/key-package", s.sandboxKeyPackage)
+	}
+}
+
+func (s *Server) renderSandbox(c echo.Context, base string, status int, e views.Errors) error {
+	ctx, p := c.Request().Context(), principal(c)
+	v := views.SandboxView{Base: base, Admin: p.Admin}
+	var err error
+	if v.Modules, err = s.opts.Sandbox.ListModules(ctx, p); err != nil {
+		return err
+	}
+	if !p.Admin {
+		if v.Domains, err = s.opts.Sandbox.Domains(ctx, p); err != nil {
+			return err
+		}
+		if v.Keys, err = s.svc.ListWrappingKeys(ctx, p); err != nil {
+			return err
+		}
+	}
+	jobs, err := s.opts.Sandbox.ListJobs(ctx, p)
+	if err != nil {
+		return err
+	}
+	for i := len(jobs) - 1; i >= 0; i-- { // newest first
+		v.Jobs = append(v.Jobs, sandboxJob(&jobs[i]))
+	}
+	return render(c, status, views.SandboxPage(s.meta(c, "Sandbox", base), v, e))
+}
+
+func (s *Server) sandboxPage(base string) echo.HandlerFunc {
+	return func(c echo.Context) error { return s.renderSandbox(c, base, http.StatusOK, nil) }
+}
+
+// faultFromForm turns the page's form into a fault spec and reads it with
+// the API's parser: empty fields are left out.
+func faultFromForm(c echo.Context) (keyport.Fault, error) {
+	spec := map[string]any{"fault": c.FormValue("fault")}
+	for _, name := range []string{"command", "delay_ms", "drift"} {
+		if v := strings.TrimSpace(c.FormValue(name)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return keyport.Fault{}, keyport.Invalid(name, "a whole number")
+			}
+			spec[name] = n
+		}
+	}
+	if v := strings.TrimSpace(c.FormValue("sw")); v != "" {
+		spec["sw"] = v
+	}
+	b, _ := json.Marshal(spec)
+	return keyport.ParseFault(b)
+}
+
+func (s *Server) setSandboxFaultPage(base string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		eid, err := pathEID(c)
+		if err != nil {
+			return err
+		}
+		f, err := faultFromForm(c)
+		if err == nil {
+			err = s.opts.Sandbox.SetFault(c.Request().Context(), principal(c), eid, f)
+		}
+		if e, ok := formErrors(err, nil); ok {
+			for k, msg := range e {
+				e[k] = fmt.Sprintf("Module %s: %s %s", eid, k, msg)
+			}
+			return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
+		}
+		if err != nil {
+			return err
+		}
+		s.flash(c, "good", fmt.Sprintf("Module %s: %s.", eid, f))
+		return c.Redirect(http.StatusSeeOther, base)
+	}
+}
+
+func firstKey(e views.Errors) string {
+	for k := range e {
+		return k
+	}
+	return ""
+}
+
+func (s *Server) sandboxClaimPage(base string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		eid, err := keyport.ParseEID(c.FormValue("eid"))
+		if err != nil {
+			return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": "The EID: " + err.Error()})
+		}
+		claim, _, err := s.opts.Sandbox.Claim(c.Request().Context(), principal(c),
+			keyport.ClaimRequest{EID: eid, WrappingKeyID: c.FormValue("wrapping_key_id")})
+		if e, ok := formErrors(err, nil); ok {
+			return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
+		}
+		if err != nil {
+			return err
+		}
+		s.flash(c, "good", fmt.Sprintf("Sandbox domain %s on %s claimed: download its key package below.", claim.AID, claim.EID))
+		return c.Redirect(http.StatusSeeOther, base)
+	}
+}
