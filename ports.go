@@ -297,6 +297,10 @@ type AuditRepo interface {
 	// AppendAudit chains e to the log: under a lock it reads the head, sets
 	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
 	AppendAudit(ctx context.Context, e *AuditEvent) error
+	// AppendAuditWithHead is AppendAudit followed, under the same lock, by
+	// SetAuditHead of the new head with the MAC headMAC gives for its seq
+	// and hash; event and head are written together.
+	AppendAuditWithHead(ctx context.Context, e *AuditEvent, headMAC func(seq int64, hash []byte) ([]byte, error)) error
 	// AuditEvents returns up to limit events with Seq > after, in Seq order.
 	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
 	// RecentAudit returns the newest limit audit events, newest first.
