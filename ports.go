@@ -193,6 +193,12 @@ type ClaimRepo interface {
 	ListWrappingKeys(ctx context.Context, providerID string) ([]WrappingKey, error)
 
 	CreateClaim(ctx context.Context, c *Claim) error // ErrConflict on a reused (provider, idempotency key)
+	// ClaimDomain is TransitionDomain of c.DomainID from one of `from` to
+	// ASSIGNED owned by c.ProviderID, CreateClaim(c) and AddOutbox(m) in one
+	// call (one statement where the database allows). A domain not in
+	// `from` fails with ErrDomainTaken, a reused idempotency key with
+	// ErrConflict; either way nothing is written.
+	ClaimDomain(ctx context.Context, c *Claim, from []DomainState, m *OutboxMessage) error
 	GetClaimByIdempotencyKey(ctx context.Context, providerID, key string) (*Claim, error)
 	// GetClaimForDomain returns the provider's current claim of a domain.
 	GetClaimForDomain(ctx context.Context, providerID string, domainID int64) (*Claim, error)

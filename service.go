@@ -40,11 +40,18 @@ type Service struct {
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
 	Writes Committer
+	// Claims commits the writes of claims; nil gives each a Store.Tx of
+	// its own. store.Store.ClaimCommits picks group commit on SQLite and a
+	// transaction each on PostgreSQL.
+	Claims Committer
 	// Metrics counts claims, key-package downloads, webhook deliveries and
 	// imports (metrics.go); nil counts nothing.
 	Metrics Metrics
 
 	batches sync.Map // batch ID -> *Batch; batches never change
+	// wrappingKeys: provider ID + "\x00" + key ID -> *wrappingKeyEntry;
+	// wrapping keys never change (wrappingkey.go).
+	wrappingKeys sync.Map
 }
 
 func (s *Service) now() time.Time {
