@@ -52,20 +52,29 @@ func (r *repo) AppendAuditWithHead(ctx context.Context, e *keyport.AuditEvent,
 
 func (r *repo) appendAudit(ctx context.Context, e *keyport.AuditEvent,
 	headMAC func(seq int64, hash []byte) ([]byte, error)) error {
-	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
-		if r.dialect == dialectPostgres {
+	tail := r.tail
+	if !r.inTx {
+		tail = &auditTail{} // a transaction of its own, below
+	}
+	err := r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
+		if r.dialect == dialectPostgres && !tail.locked {
 			if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
 				return wrap("append audit: lock", err)
 			}
-		}
-		var head []auditRow
-		if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
-			return wrap("append audit: head", err)
+			tail.locked = true
 		}
 		var prev []byte
 		e.Seq = 1
-		if len(head) == 1 {
-			e.Seq, prev = head[0].Seq+1, head[0].Hash
+		if tail.known {
+			e.Seq, prev = tail.seq+1, tail.hash
+		} else {
+			var head []auditRow
+			if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
+				return wrap("append audit: head", err)
+			}
+			if len(head) == 1 {
+				e.Seq, prev = head[0].Seq+1, head[0].Hash
+			}
 		}
 		e.PrevHash = prev
 		e.At = dbTime(e.At)
@@ -76,6 +85,7 @@ func (r *repo) appendAudit(ctx context.Context, e *keyport.AuditEvent,
 			if err := db.Create(&row).Error; err != nil {
 				return wrap("append audit", err)
 			}
+			tail.known, tail.seq, tail.hash = true, e.Seq, e.Hash
 			return nil
 		}
 		mac, err := headMAC(e.Seq, e.Hash)
@@ -92,8 +102,32 @@ func (r *repo) appendAudit(ctx context.Context, e *keyport.AuditEvent,
 		if err != nil {
 			return wrap("append audit", err)
 		}
+		tail.known, tail.seq, tail.hash = true, e.Seq, e.Hash
 		return nil
 	})
+	if err != nil {
+		tail.forget()
+	}
+	return err
+}
+
+// auditTail is what one transaction knows of the end of the audit log: that
+// it holds the append lock (PostgreSQL's advisory lock, held until the
+// transaction ends), and the last event it appended under it. While the
+// lock holds no one else appends, so a second append in the same
+// transaction (a group commit's next claim) needs neither the lock nor the
+// head again. A failed append, or a rollback to a savepoint (which may undo
+// both the append and the lock), forgets it all.
+type auditTail struct {
+	locked, known bool
+	seq           int64
+	hash          []byte
+}
+
+func (t *auditTail) forget() {
+	if t != nil {
+		*t = auditTail{}
+	}
 }
 
 const insertAuditEvent = `INSERT INTO audit_events (seq, at, actor, action, object, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`

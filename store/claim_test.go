@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -207,6 +208,60 @@ func TestAuditAppendWithHeadWhoseMACFailsWritesNothing(t *testing.T) {
 		}
 		if err := s.AppendAuditWithHead(ctx, e, nil); !errors.Is(err, keyport.ErrInvalid) {
 			t.Errorf("append without a MAC: %v, want ErrInvalid", err)
+		}
+	})
+}
+
+// TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain: in a
+// group commit the second append of a transaction reuses the lock and the
+// head the first left; when a function fails after its append, the group
+// runs again under savepoints and the rolled-back append is forgotten, so
+// the chain stays valid and ends on the head.
+func TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		g := s.Group()
+		mac := func(seq int64, hash []byte) ([]byte, error) { return []byte(fmt.Sprintf("%d", seq)), nil }
+		boom := errors.New("fails after its append")
+		const n = 60
+		var wg sync.WaitGroup
+		var kept atomic.Int32
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				err := g.Commit(ctx, func(ctx context.Context, tx keyport.Repo) error {
+					e := &keyport.AuditEvent{Actor: "system", Action: "grouped", Object: fmt.Sprintf("n:%d", i), Detail: "{}"}
+					if err := tx.AppendAuditWithHead(ctx, e, mac); err != nil {
+						return err
+					}
+					if i%7 == 3 {
+						return boom
+					}
+					return nil
+				})
+				switch {
+				case err == nil:
+					kept.Add(1)
+				case !errors.Is(err, boom):
+					t.Errorf("commit %d: %v", i, err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		all := verifyChain(t, s)
+		if len(all) != int(kept.Load()) || kept.Load() == 0 {
+			t.Fatalf("%d events for %d kept commits", len(all), kept.Load())
+		}
+		for _, e := range all {
+			var i int
+			fmt.Sscanf(e.Object, "n:%d", &i)
+			if i%7 == 3 {
+				t.Errorf("event %d of a failed function was kept", e.Seq)
+			}
+		}
+		h, err := s.AuditHead(ctx)
+		if last := all[len(all)-1]; err != nil || h.Seq != last.Seq || !bytes.Equal(h.Hash, last.Hash) {
+			t.Fatalf("head %+v %v, last event %d", h, err, last.Seq)
 		}
 	})
 }

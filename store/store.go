@@ -74,6 +74,9 @@ type repo struct {
 	dialect dialect
 	w, r    *gorm.DB
 	inTx    bool
+	// tail is what this transaction knows of the audit log's end (nil
+	// outside a transaction); see appendAudit.
+	tail *auditTail
 }
 
 // OpenOptions tune Open.
@@ -306,7 +309,7 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
 	var fnErr error
 	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
 		direct(db)
-		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
+		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true, tail: &auditTail{}})
 		return fnErr
 	})
 	if err != nil && fnErr == nil {
