@@ -40,9 +40,9 @@ type Service struct {
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
 	Writes Committer
-	// Claims commits the writes of claims; nil gives each a Store.Tx of
-	// its own. store.Store.ClaimCommits picks group commit on SQLite and a
-	// transaction each on PostgreSQL.
+	// Claims commits the writes of claims, possibly together with other
+	// claims' (store.Store.ClaimCommits); nil gives each a Store.Tx of its
+	// own.
 	Claims Committer
 	// Metrics counts claims, key-package downloads, webhook deliveries and
 	// imports (metrics.go); nil counts nothing.
