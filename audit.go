@@ -102,15 +102,15 @@ func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object stri
 		return err
 	}
 	e := &AuditEvent{At: AuditTime(s.now()), Actor: actor, Action: action, Object: object, Detail: string(d)}
-	if err := tx.AppendAudit(ctx, e); err != nil {
-		return fmt.Errorf("keyport: audit %s: %w", action, err)
-	}
-	mac, err := s.Custody.AuditMAC(ctx, headInput(e.Seq, e.Hash))
+	err = tx.AppendAuditWithHead(ctx, e, func(seq int64, hash []byte) ([]byte, error) {
+		mac, err := s.Custody.AuditMAC(ctx, headInput(seq, hash))
+		if err != nil {
+			return nil, fmt.Errorf("keyport: audit head: %w", err)
+		}
+		return mac, nil
+	})
 	if err != nil {
-		return fmt.Errorf("keyport: audit head: %w", err)
-	}
-	if err := tx.SetAuditHead(ctx, &AuditHead{Seq: e.Seq, Hash: e.Hash, MAC: mac, At: e.At}); err != nil {
-		return fmt.Errorf("keyport: audit head: %w", err)
+		return fmt.Errorf("keyport: audit %s: %w", action, err)
 	}
 	every := s.CheckpointEvery
 	if every <= 0 {

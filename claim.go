@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -54,21 +53,14 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 			return c, false, err
 		}
 	}
-	wk, err := s.Store.GetWrappingKey(ctx, p.ProviderID, req.WrappingKeyID)
-	if errors.Is(err, ErrNotFound) {
-		return nil, false, Invalid("wrapping_key_id", "no wrapping key %q is registered for you", req.WrappingKeyID)
-	}
+	wk, pub, err := s.wrappingKey(ctx, p.ProviderID, req.WrappingKeyID)
 	if err != nil {
 		return nil, false, err
-	}
-	pub, err := x509.ParsePKIXPublicKey(wk.PublicKeyDER)
-	if err != nil {
-		return nil, false, fmt.Errorf("keyport: stored wrapping key %s: %w", wk.ID, err)
 	}
 	// Without an AID, race for the lowest free domain; a lost race moves on
 	// to the next one a few times before giving up.
 	for attempt := 0; ; attempt++ {
-		c, err = s.claimOnce(ctx, p, req, wk, pub.(*rsa.PublicKey))
+		c, err = s.claimOnce(ctx, p, req, wk, pub)
 		if req.AID != "" || !errors.Is(err, errLostRace) || attempt == 4 {
 			break
 		}
@@ -90,6 +82,11 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 }
 
 var errLostRace = errors.New("lost race")
+
+// ErrDomainTaken is the ErrConflict of Repo.ClaimDomain when the domain is
+// not in a state a claim starts from: another claim (or a lock) got there
+// first. A reused idempotency key is a plain ErrConflict.
+var ErrDomainTaken = fmt.Errorf("%w: the domain is not in a claimable state", ErrConflict)
 
 func (s *Service) replay(ctx context.Context, p Principal, req ClaimRequest) (*Claim, error) {
 	c, err := s.Store.GetClaimByIdempotencyKey(ctx, p.ProviderID, req.IdempotencyKey)
@@ -164,28 +161,33 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 	if c.Package, err = s.signPackage(ctx, pkg); err != nil {
 		return nil, err
 	}
-	err = s.Store.Tx(ctx, func(tx Repo) error {
-		owner := p.ProviderID
-		if err := tx.TransitionDomain(ctx, d.ID, From(EventClaim), Assigned, &owner); err != nil {
-			if errors.Is(err, ErrConflict) && req.AID == "" {
+	msg, _ := json.Marshal(map[string]any{"event": "domain.assigned", "provider": p.ProviderID, "eid": d.EID, "aid": d.AID, "claim": c.ID})
+	detail := map[string]any{"claim": c.ID, "wrapping_key_sha256": wk.SHA256, "kcv": pkg.kcvs()}
+	err = s.commitClaim(ctx, func(ctx context.Context, tx Repo) error {
+		out := &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt}
+		if err := tx.ClaimDomain(ctx, c, From(EventClaim), out); err != nil {
+			if errors.Is(err, ErrDomainTaken) && req.AID == "" {
 				return errLostRace
 			}
 			return err
 		}
-		if err := tx.CreateClaim(ctx, c); err != nil {
-			return err
-		}
-		if err := s.audit(ctx, tx, p.Actor(), "claim", "domain:"+string(d.EID)+"/"+string(d.AID),
-			map[string]any{"claim": c.ID, "wrapping_key_sha256": wk.SHA256, "kcv": pkg.kcvs()}); err != nil {
-			return err
-		}
-		msg, _ := json.Marshal(map[string]any{"event": "domain.assigned", "provider": p.ProviderID, "eid": d.EID, "aid": d.AID, "claim": c.ID})
-		return tx.AddOutbox(ctx, &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt})
+		// The audit event last: its append holds the log's lock until
+		// the commit, so nothing else is done under it.
+		return s.audit(ctx, tx, p.Actor(), "claim", "domain:"+string(d.EID)+"/"+string(d.AID), detail)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// commitClaim runs a claim's write transaction through Claims, or Store.Tx
+// without one. fn may run more than once (Committer).
+func (s *Service) commitClaim(ctx context.Context, fn func(ctx context.Context, tx Repo) error) error {
+	if s.Claims != nil {
+		return s.Claims.Commit(ctx, fn)
+	}
+	return s.Store.Tx(ctx, func(tx Repo) error { return fn(ctx, tx) })
 }
 
 // Claim records that a provider took a domain, and holds the signed key

@@ -151,6 +151,16 @@ func (failingRepo) CreateClaim(context.Context, *keyport.Claim) error {
 	return errors.New("injected failure after the HSM wrap")
 }
 
+// ClaimDomain fails after the domain's UPDATE, as a failing claim insert
+// inside it would.
+func (f failingRepo) ClaimDomain(ctx context.Context, c *keyport.Claim, from []keyport.DomainState, _ *keyport.OutboxMessage) error {
+	owner := c.ProviderID
+	if err := f.Repo.TransitionDomain(ctx, c.DomainID, from, keyport.Assigned, &owner); err != nil {
+		return err
+	}
+	return f.CreateClaim(ctx, c)
+}
+
 func TestClaimThatFailsBetweenTheHSMWrapAndTheCommitLeavesTheDomainUnassigned(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()

@@ -193,6 +193,12 @@ type ClaimRepo interface {
 	ListWrappingKeys(ctx context.Context, providerID string) ([]WrappingKey, error)
 
 	CreateClaim(ctx context.Context, c *Claim) error // ErrConflict on a reused (provider, idempotency key)
+	// ClaimDomain is TransitionDomain of c.DomainID from one of `from` to
+	// ASSIGNED owned by c.ProviderID, CreateClaim(c) and AddOutbox(m) in one
+	// call (one statement where the database allows). A domain not in
+	// `from` fails with ErrDomainTaken, a reused idempotency key with
+	// ErrConflict; either way nothing is written.
+	ClaimDomain(ctx context.Context, c *Claim, from []DomainState, m *OutboxMessage) error
 	GetClaimByIdempotencyKey(ctx context.Context, providerID, key string) (*Claim, error)
 	// GetClaimForDomain returns the provider's current claim of a domain.
 	GetClaimForDomain(ctx context.Context, providerID string, domainID int64) (*Claim, error)
@@ -297,6 +303,10 @@ type AuditRepo interface {
 	// AppendAudit chains e to the log: under a lock it reads the head, sets
 	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
 	AppendAudit(ctx context.Context, e *AuditEvent) error
+	// AppendAuditWithHead is AppendAudit followed, under the same lock, by
+	// SetAuditHead of the new head with the MAC headMAC gives for its seq
+	// and hash; event and head are written together.
+	AppendAuditWithHead(ctx context.Context, e *AuditEvent, headMAC func(seq int64, hash []byte) ([]byte, error)) error
 	// AuditEvents returns up to limit events with Seq > after, in Seq order.
 	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
 	// RecentAudit returns the newest limit audit events, newest first.

@@ -40,6 +40,10 @@ type Service struct {
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
 	Writes Committer
+	// Claims commits the writes of claims, possibly together with other
+	// claims' (store.Store.ClaimCommits); nil gives each a Store.Tx of its
+	// own.
+	Claims Committer
 	// Metrics counts claims, key-package downloads, webhook deliveries and
 	// imports (metrics.go); nil counts nothing.
 	Metrics Metrics
@@ -49,6 +53,9 @@ type Service struct {
 	SandboxFaults FaultBook
 
 	batches sync.Map // batch ID -> *Batch; batches never change
+	// wrappingKeys: provider ID + "\x00" + key ID -> *wrappingKeyEntry;
+	// wrapping keys never change (wrappingkey.go).
+	wrappingKeys sync.Map
 }
 
 func (s *Service) now() time.Time {

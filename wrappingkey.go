@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -106,4 +108,41 @@ func (s *Service) ListWrappingKeys(ctx context.Context, p Principal) ([]Wrapping
 		return nil, ErrForbidden
 	}
 	return s.Store.ListWrappingKeys(ctx, p.ProviderID)
+}
+
+// wrappingKeyEntry is a wrapping key as a claim uses it: the row and its
+// parsed public key.
+type wrappingKeyEntry struct {
+	wk  *WrappingKey
+	pub *rsa.PublicKey
+}
+
+// wrappingKey returns the provider's wrapping key id with its public key,
+// parsed. A wrapping key row never changes and is never deleted once
+// registered (nothing in keyport updates or removes one), so what was read
+// once is cached for the life of the process; an unknown key is not cached,
+// so a key registered since (here or on another replica) is found.
+func (s *Service) wrappingKey(ctx context.Context, providerID, id string) (*WrappingKey, *rsa.PublicKey, error) {
+	key := providerID + "\x00" + id
+	if e, ok := s.wrappingKeys.Load(key); ok {
+		e := e.(*wrappingKeyEntry)
+		return e.wk, e.pub, nil
+	}
+	wk, err := s.Store.GetWrappingKey(ctx, providerID, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil, Invalid("wrapping_key_id", "no wrapping key %q is registered for you", id)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, err := x509.ParsePKIXPublicKey(wk.PublicKeyDER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keyport: stored wrapping key %s: %w", wk.ID, err)
+	}
+	rsaPub, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, nil, fmt.Errorf("keyport: stored wrapping key %s is a %T, not an RSA key", wk.ID, pub)
+	}
+	s.wrappingKeys.Store(key, &wrappingKeyEntry{wk: wk, pub: rsaPub})
+	return wk, rsaPub, nil
 }

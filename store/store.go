@@ -74,6 +74,9 @@ type repo struct {
 	dialect dialect
 	w, r    *gorm.DB
 	inTx    bool
+	// tail is what this transaction knows of the audit log's end (nil
+	// outside a transaction); see appendAudit.
+	tail *auditTail
 }
 
 // OpenOptions tune Open.
@@ -121,8 +124,8 @@ func gormConfig() *gorm.Config {
 		// Prepared statements are cached per connection, so that the hot
 		// read paths (claims, EID lookups) do not parse their statements
 		// on every call. (Not inside a transaction: gorm prepares a
-		// statement first met there anew on every execution; see
-		// ImportModules.)
+		// statement first met there anew on every execution, so
+		// transactions bypass it; see direct.)
 		PrepareStmt: true,
 	}
 }
@@ -305,7 +308,8 @@ func (s *Store) Tx(ctx context.Context, fn func(tx keyport.Repo) error) error {
 func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
 	var fnErr error
 	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
-		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
+		direct(db)
+		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true, tail: &auditTail{}})
 		return fnErr
 	})
 	if err != nil && fnErr == nil {
@@ -313,6 +317,20 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
 		return wrap("tx", err)
 	}
 	return err
+}
+
+// direct sends a transaction's statements to the transaction itself, past
+// gorm's statement cache. That cache only pays outside transactions: inside
+// one, gorm prepares each statement anew on the transaction's connection and
+// closes it at the end, which on PostgreSQL is two more round trips per
+// statement (Parse/Describe, then Close), most of them while the audit
+// append's lock is held. Sent directly, a statement is prepared once per
+// connection and kept by pgx's own statement cache; SQLite prepares in
+// process either way.
+func direct(db *gorm.DB) {
+	if p, ok := db.Statement.ConnPool.(*gorm.PreparedStmtTX); ok {
+		db.Statement.ConnPool = p.Tx
+	}
 }
 
 // updateRow sets the columns in set of the row of table whose id is id, in
@@ -338,6 +356,7 @@ func (r *repo) writeTx(ctx context.Context, op string, fn func(db *gorm.DB) erro
 	}
 	var fnErr error
 	err := r.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
+		direct(db)
 		fnErr = fn(db)
 		return fnErr
 	})

@@ -101,7 +101,7 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 	}
 	a.store, a.hsm = st, h
 	a.svc = &keyport.Service{Store: st, Custody: h, Link: h, Log: a.log, Writes: st.Group(),
-		DualControl: keyport.DualControl{Admins: cfg.DualControl}}
+		Claims: st.ClaimCommits(), DualControl: keyport.DualControl{Admins: cfg.DualControl}}
 	return a, nil
 }
 

@@ -1,0 +1,267 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/store"
+	"github.com/keyport/keyport/store/storetest"
+)
+
+// TestClaimDomainWritesDomainClaimAndOutboxOrNothing: one call moves the
+// domain, stores the claim and queues the outbox row; a domain already
+// taken, an unknown domain and a reused idempotency key each fail with the
+// error the port names and write nothing.
+func TestClaimDomainWritesDomainClaimAndOutboxOrNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		importModules(t, s, b.ID, 1, 1, 2)
+		p := createProvider(t, s, "a@x.example")
+		wk := createWrappingKey(t, s, p.ID)
+		d1, err := s.GetDomain(ctx, testEID(1), testAID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := time.Date(2026, 5, 6, 7, 8, 9, 123456789, time.UTC)
+		c := &keyport.Claim{ID: "clm_1", ProviderID: p.ID, DomainID: d1.ID, EID: d1.EID, AID: d1.AID, WrappingKeyID: wk.ID,
+			IdempotencyKey: "k1", RequestHash: "h1", Package: []byte("pkg"), CreatedAt: at}
+		m := &keyport.OutboxMessage{Topic: "domain.assigned", Payload: `{"claim":"clm_1"}`, CreatedAt: at}
+		if err := s.Tx(ctx, func(tx keyport.Repo) error { return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), m) }); err != nil {
+			t.Fatal(err)
+		}
+		if m.ID == 0 || !c.CreatedAt.Equal(keyport.AuditTime(at)) || !m.CreatedAt.Equal(keyport.AuditTime(at)) {
+			t.Errorf("claim %+v, outbox %+v: ID or times not set", c, m)
+		}
+		got, err := s.GetDomain(ctx, d1.EID, d1.AID)
+		if err != nil || got.State != keyport.Assigned || got.OwnerID != p.ID {
+			t.Fatalf("domain after the claim: %+v %v", got, err)
+		}
+		stored, err := s.GetClaimForDomain(ctx, p.ID, d1.ID)
+		if err != nil || stored.ID != "clm_1" || !bytes.Equal(stored.Package, []byte("pkg")) || stored.IdempotencyKey != "k1" ||
+			stored.RequestHash != "h1" || !stored.CreatedAt.Equal(c.CreatedAt) {
+			t.Fatalf("stored claim %+v %v", stored, err)
+		}
+		outbox, err := s.ListOutbox(ctx, "domain.assigned", 10)
+		if err != nil || len(outbox) != 1 || outbox[0].ID != m.ID || outbox[0].Payload != m.Payload || outbox[0].SentAt != nil {
+			t.Fatalf("outbox %+v %v", outbox, err)
+		}
+
+		// Taken: ErrDomainTaken, nothing written.
+		again := *c
+		again.ID, again.IdempotencyKey = "clm_2", "k2"
+		err = s.Tx(ctx, func(tx keyport.Repo) error {
+			return tx.ClaimDomain(ctx, &again, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+		})
+		if !errors.Is(err, keyport.ErrDomainTaken) || !errors.Is(err, keyport.ErrConflict) {
+			t.Errorf("claim of a taken domain: %v, want ErrDomainTaken", err)
+		}
+		// Unknown domain: ErrNotFound.
+		unknown := again
+		unknown.DomainID = d1.ID + 1000
+		err = s.Tx(ctx, func(tx keyport.Repo) error {
+			return tx.ClaimDomain(ctx, &unknown, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+		})
+		if !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("claim of an unknown domain: %v, want ErrNotFound", err)
+		}
+		// A reused idempotency key on a free domain: plain ErrConflict,
+		// and the domain stays free.
+		d2, err := s.GetDomain(ctx, testEID(1), testAID(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reused := *c
+		reused.ID, reused.DomainID, reused.AID = "clm_3", d2.ID, d2.AID
+		err = s.Tx(ctx, func(tx keyport.Repo) error {
+			return tx.ClaimDomain(ctx, &reused, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+		})
+		if !errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrDomainTaken) {
+			t.Errorf("reused idempotency key: %v, want ErrConflict but not ErrDomainTaken", err)
+		}
+		if got, err := s.GetDomain(ctx, d2.EID, d2.AID); err != nil || got.State != keyport.Unassigned || got.OwnerID != "" {
+			t.Errorf("domain after the failed claim: %+v %v", got, err)
+		}
+		if outbox, err := s.ListOutbox(ctx, "", 10); err != nil || len(outbox) != 1 {
+			t.Errorf("outbox after the failed claims: %d rows %v, want 1", len(outbox), err)
+		}
+	})
+}
+
+// TestFiftyConcurrentClaimDomainsHaveExactlyOneWinner is the claim race
+// through ClaimDomain, each in its own transaction.
+func TestFiftyConcurrentClaimDomainsHaveExactlyOneWinner(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		importModules(t, s, b.ID, 1, 1, 1)
+		d, err := s.FirstUnassigned(ctx, testEID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var claims []*keyport.Claim
+		for i := 0; i < 50; i++ {
+			p := createProvider(t, s, fmt.Sprintf("p%d@x.example", i))
+			wk := createWrappingKey(t, s, p.ID)
+			claims = append(claims, &keyport.Claim{ID: fmt.Sprintf("clm_%d", i), ProviderID: p.ID, DomainID: d.ID, EID: d.EID,
+				AID: d.AID, WrappingKeyID: wk.ID, RequestHash: "h", Package: []byte("p")})
+		}
+		var wins, taken atomic.Int32
+		var winner atomic.Value
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for _, c := range claims {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				err := s.Tx(ctx, func(tx keyport.Repo) error {
+					return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: c.ProviderID})
+				})
+				switch {
+				case err == nil:
+					wins.Add(1)
+					winner.Store(c.ProviderID)
+				case errors.Is(err, keyport.ErrDomainTaken):
+					taken.Add(1)
+				default:
+					t.Errorf("claim: %v", err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if wins.Load() != 1 || taken.Load() != 49 {
+			t.Fatalf("wins %d, taken %d; want 1 and 49", wins.Load(), taken.Load())
+		}
+		got, err := s.GetDomain(ctx, d.EID, d.AID)
+		if err != nil || got.OwnerID != winner.Load().(string) {
+			t.Fatalf("domain after the race: %+v %v, winner %v", got, err, winner.Load())
+		}
+		payloads, err := store.QueryStringsForTest(s, `SELECT payload FROM outbox`)
+		if err != nil || len(payloads) != 1 || payloads[0] != winner.Load().(string) {
+			t.Fatalf("outbox %v %v: only the winner's row may be kept", payloads, err)
+		}
+	})
+}
+
+// TestAuditAppendsWithHeadFromTwentyGoroutinesEndOnTheLastRow: appends
+// through AppendAuditWithHead, in and outside transactions, form one valid
+// chain, each MAC asked for its own event, and the head is the last row.
+func TestAuditAppendsWithHeadFromTwentyGoroutinesEndOnTheLastRow(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		const goroutines, each = 20, 5
+		mac := func(seq int64, hash []byte) ([]byte, error) { return []byte(fmt.Sprintf("%d/%x", seq, hash)), nil }
+		var wg sync.WaitGroup
+		for g := 0; g < goroutines; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					e := &keyport.AuditEvent{Actor: fmt.Sprintf("provider:%d", g), Action: "claim", Object: "x", Detail: "{}"}
+					var err error
+					if i%2 == 0 {
+						err = s.AppendAuditWithHead(ctx, e, mac)
+					} else {
+						err = s.Tx(ctx, func(tx keyport.Repo) error { return tx.AppendAuditWithHead(ctx, e, mac) })
+					}
+					if err != nil {
+						t.Errorf("append: %v", err)
+						return
+					}
+				}
+			}(g)
+		}
+		wg.Wait()
+		all := verifyChain(t, s)
+		h, err := s.AuditHead(ctx)
+		last := all[len(all)-1]
+		if err != nil || len(all) != goroutines*each || h.Seq != last.Seq || !bytes.Equal(h.Hash, last.Hash) || !h.At.Equal(last.At) {
+			t.Fatalf("head %+v %v after %d events", h, err, len(all))
+		}
+		if want, _ := mac(last.Seq, last.Hash); !bytes.Equal(h.MAC, want) {
+			t.Fatalf("head MAC %q, want %q", h.MAC, want)
+		}
+	})
+}
+
+// TestAuditAppendWithHeadWhoseMACFailsWritesNothing: the MAC's error is
+// returned as it is, and neither event nor head is written.
+func TestAuditAppendWithHeadWhoseMACFailsWritesNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		boom := errors.New("HSM down")
+		e := &keyport.AuditEvent{Actor: "system", Action: "x", Object: "y", Detail: "{}"}
+		err := s.AppendAuditWithHead(ctx, e, func(int64, []byte) ([]byte, error) { return nil, boom })
+		if !errors.Is(err, boom) {
+			t.Fatalf("append: %v, want the MAC's error", err)
+		}
+		if all := verifyChain(t, s); len(all) != 0 {
+			t.Errorf("%d events after a failed append", len(all))
+		}
+		if _, err := s.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("head after a failed append: %v, want ErrNotFound", err)
+		}
+		if err := s.AppendAuditWithHead(ctx, e, nil); !errors.Is(err, keyport.ErrInvalid) {
+			t.Errorf("append without a MAC: %v, want ErrInvalid", err)
+		}
+	})
+}
+
+// TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain: in a
+// group commit the second append of a transaction reuses the lock and the
+// head the first left; when a function fails after its append, the group
+// runs again under savepoints and the rolled-back append is forgotten, so
+// the chain stays valid and ends on the head.
+func TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		g := s.Group()
+		mac := func(seq int64, hash []byte) ([]byte, error) { return []byte(fmt.Sprintf("%d", seq)), nil }
+		boom := errors.New("fails after its append")
+		const n = 60
+		var wg sync.WaitGroup
+		var kept atomic.Int32
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				err := g.Commit(ctx, func(ctx context.Context, tx keyport.Repo) error {
+					e := &keyport.AuditEvent{Actor: "system", Action: "grouped", Object: fmt.Sprintf("n:%d", i), Detail: "{}"}
+					if err := tx.AppendAuditWithHead(ctx, e, mac); err != nil {
+						return err
+					}
+					if i%7 == 3 {
+						return boom
+					}
+					return nil
+				})
+				switch {
+				case err == nil:
+					kept.Add(1)
+				case !errors.Is(err, boom):
+					t.Errorf("commit %d: %v", i, err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		all := verifyChain(t, s)
+		if len(all) != int(kept.Load()) || kept.Load() == 0 {
+			t.Fatalf("%d events for %d kept commits", len(all), kept.Load())
+		}
+		for _, e := range all {
+			var i int
+			fmt.Sscanf(e.Object, "n:%d", &i)
+			if i%7 == 3 {
+				t.Errorf("event %d of a failed function was kept", e.Seq)
+			}
+		}
+		h, err := s.AuditHead(ctx)
+		if last := all[len(all)-1]; err != nil || h.Seq != last.Seq || !bytes.Equal(h.Hash, last.Hash) {
+			t.Fatalf("head %+v %v, last event %d", h, err, last.Seq)
+		}
+	})
+}
