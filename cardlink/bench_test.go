@@ -215,16 +215,20 @@ func BenchmarkAdminSessions1000Concurrent(b *testing.B) {
 		b.StopTimer()
 		cards := bw.queue(b, r, allModules())
 		b.StartTimer()
-		if path := os.Getenv("KEYPORT_BENCH_CPUPROFILE"); path != "" && r == 1 {
-			f, err := os.Create(path)
+		profile := os.Getenv("KEYPORT_BENCH_CPUPROFILE")
+		if profile != "" && r == 1 {
+			f, err := os.Create(profile)
 			if err != nil {
 				b.Fatal(err)
 			}
+			defer f.Close()
 			pprof.StartCPUProfile(f)
-			defer pprof.StopCPUProfile()
 		}
 		sessions += bw.sessions(b, bw.link.Addr, cards)
 		b.StopTimer()
+		if profile != "" && r == 1 {
+			pprof.StopCPUProfile()
+		}
 		for _, c := range cards {
 			c.n = 0
 		}
