@@ -409,12 +409,18 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if p.Rotate {
 		res, err = p.JudgeRotation(status, body)
 	} else {
-		var keys gp.KeySet
-		if keys, err = s.domainKeys(ctx, d); err != nil {
-			return nil, false, err
-		}
+		// The judgement's CMACs under one HSM session, each key unwrapped
+		// once; the database is read only after it.
+		err = s.withDomainKeys(ctx, d, func(keys gp.KeySet) error {
+			var jerr error
+			if p.Verify {
+				res, jerr = p.JudgeVerify(status, body, keys)
+			} else {
+				res, jerr = p.Judge(status, body, keys)
+			}
+			return jerr
+		})
 		if p.Verify {
-			res, err = p.JudgeVerify(status, body, keys)
 			if err == nil && res.Confirmed {
 				why, rerr := releaseRulesRemoved(ctx, s.Store, d)
 				if rerr != nil {
@@ -424,8 +430,6 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 					res.Confirmed, res.Cause = false, why
 				}
 			}
-		} else {
-			res, err = p.Judge(status, body, keys)
 		}
 	}
 	if err != nil {
@@ -490,15 +494,19 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	return j, ended, nil
 }
 
-// domainKeys is domain d's current key set, the first keys (KVN 30) while
-// it is ASSIGNED, as static keys that stay in the HSM.
-func (s *Service) domainKeys(ctx context.Context, d *Domain) (gp.KeySet, error) {
+// withDomainKeys runs fn with domain d's current key set, the first keys
+// (KVN 30) while it is ASSIGNED, as static keys that stay in the HSM
+// (withStaticKeys: one HSM session for all of fn's CMACs, when the custody
+// offers it). fn may run twice and must not keep the keys.
+func (s *Service) withDomainKeys(ctx context.Context, d *Domain, fn func(gp.KeySet) error) error {
 	b, err := s.batch(ctx, d.BatchID)
 	if err != nil {
-		return gp.KeySet{}, err
+		return err
 	}
-	return gp.KeySet{KVN: byte(d.KVN), ENC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageENC)),
-		MAC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageMAC))}, nil
+	refs := []KeyRef{DomainKey(b.Name, d, UsageENC), DomainKey(b.Name, d, UsageMAC)}
+	return withStaticKeys(ctx, s.Custody, refs, func(ks []gp.StaticKey) error {
+		return fn(gp.KeySet{KVN: byte(d.KVN), ENC: ks[0], MAC: ks[1]})
+	})
 }
 
 // answerData is AnswerScript for a data job: JudgeData, then the job DONE

@@ -408,6 +408,19 @@ type CardKeys interface {
 	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
 }
 
+// CardKeyScope is CardKeys for a run of CMACs under a few keys, such as
+// checking what a card answered in one SCP03 session (its challenge and
+// three session keys: four CMACs under two keys): fn runs on one HSM
+// session, each of refs is unwrapped there at its first use, only once, and
+// destroyed when fn returns. cmac(i, data) is AES-CMAC of data under
+// refs[i]; it fails once fn has returned. fn may run a second time after
+// the HSM lost the session, so it must be safe to repeat; it should do
+// nothing slow but CMACs (no database). The HSM implements it; CardKeys
+// without it get one HSM call per CMAC (withStaticKeys).
+type CardKeyScope interface {
+	WithCardKeys(ctx context.Context, refs []KeyRef, fn func(cmac func(i int, data []byte) ([]byte, error)) error) error
+}
+
 // PersoCustody is what the personalization station asks of the HSM. Card
 // keys are generated there and leave it only wrapped: as KWP blobs under a
 // KEK for the database, encrypted under a DEK as PUT KEY and STORE DATA

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,7 +210,7 @@ func BenchmarkAdminSessions1000Concurrent(b *testing.B) {
 	transcript := bw.record(b, rounds+1)
 	replay := replayServer(b, bw, transcript)
 	bare := baselineServer(b)
-	var sessions, baseline, old time.Duration
+	var sessions, baseline, old, sessionsCPU, baselineCPU time.Duration
 	b.ResetTimer()
 	for r := 1; r <= b.N; r++ {
 		b.StopTimer()
@@ -224,7 +225,9 @@ func BenchmarkAdminSessions1000Concurrent(b *testing.B) {
 			defer f.Close()
 			pprof.StartCPUProfile(f)
 		}
+		cpu0 := processCPU()
 		sessions += bw.sessions(b, bw.link.Addr, cards)
+		sessionsCPU += processCPU() - cpu0
 		b.StopTimer()
 		if profile != "" && r == 1 {
 			pprof.StopCPUProfile()
@@ -232,7 +235,9 @@ func BenchmarkAdminSessions1000Concurrent(b *testing.B) {
 		for _, c := range cards {
 			c.n = 0
 		}
+		cpu0 = processCPU()
 		baseline += bw.sessions(b, replay.addr, cards)
+		baselineCPU += processCPU() - cpu0
 		if n := replay.requests.Swap(0); n != int64(benchModules*len(transcript)) {
 			b.Fatalf("baseline: %d requests, want %d", n, benchModules*len(transcript))
 		}
@@ -244,6 +249,10 @@ func BenchmarkAdminSessions1000Concurrent(b *testing.B) {
 	b.ReportMetric(n/sessions.Seconds(), "sessions/s")
 	b.ReportMetric(n/baseline.Seconds(), "baseline-sessions/s")
 	b.ReportMetric(baseline.Seconds()/sessions.Seconds()*100, "%-of-baseline")
+	// CPU time, server and agents together (both run in this process): on a
+	// shared machine it varies less than the wall clock.
+	b.ReportMetric(float64(sessionsCPU.Microseconds())/1000/n, "cpu-ms/session")
+	b.ReportMetric(float64(baselineCPU.Microseconds())/1000/n, "baseline-cpu-ms/session")
 	b.ReportMetric(n/old.Seconds(), "handshake+1rt/s")
 	b.ReportMetric(old.Seconds()/sessions.Seconds()*100, "%-of-handshake+1rt")
 }
@@ -472,6 +481,15 @@ func BenchmarkOpenAdminSessionMemory(b *testing.B) {
 	for _, c := range conns {
 		c.Close()
 	}
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // rssBytes is the process's resident set (Go heap and OpenSSL's C heap).

@@ -61,6 +61,10 @@ type Store struct {
 	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
 
 	// timing is set by Collector: from then on statements are timed.
+	// txStmts are the write transactions' prepared statements (tx).
+	txStmts     *txStmts
+	txStmtsOnce sync.Once
+
 	timing        atomic.Pointer[prometheus.HistogramVec]
 	timingOnce    sync.Once
 	jobScrapeErrs atomic.Uint64
@@ -302,17 +306,36 @@ func (s *Store) Tx(ctx context.Context, fn func(tx keyport.Repo) error) error {
 
 // tx is Tx for the store's own callers (Group), which need the repo's
 // savepoints.
-func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
-	var fnErr error
-	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
-		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
-		return fnErr
-	})
-	if err != nil && fnErr == nil {
-		// Begin or commit failed: the database, not fn, is the cause.
+//
+// The transaction runs its statements through txStmts, prepared once on
+// the writer pool, not once per transaction.
+func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
+	s.txStmtsOnce.Do(func() { s.txStmts = newTxStmts(s.pools[0]) })
+	sqlTx, err := s.pools[0].BeginTx(ctx, nil)
+	if err != nil {
+		// The database, not fn, is the cause.
 		return wrap("tx", err)
 	}
-	return err
+	db := s.w.Session(&gorm.Session{Context: ctx, NewDB: true})
+	db.Statement.ConnPool = &stmtTx{Tx: sqlTx, stmts: s.txStmts}
+	done := false
+	defer func() {
+		if !done {
+			// fn panicked: roll back, and let the panic go on.
+			_ = sqlTx.Rollback()
+		}
+	}()
+	fnErr := fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
+	done = true
+	if fnErr != nil {
+		_ = sqlTx.Rollback()
+		return fnErr
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return wrap("tx", err)
+	}
+	s.txStmts.prepareWanted(ctx)
+	return nil
 }
 
 // updateRow sets the columns in set of the row of table whose id is id, in
