@@ -26,7 +26,14 @@ type AdminSession struct {
 	// the answer's conditional update (state SENT, same attempts) fails if
 	// the row moved on, and the row is then read.
 	sent *Job
+	// sentHook is where the provider's events went when this session
+	// sent the job sentHook.ref (webhookURL, read then). The job's end
+	// goes there too: a URL read before the answer's transaction, as
+	// finish would read it.
+	sentHook *sentHook
 }
+
+type sentHook struct{ ref, url string }
 
 // AdminModule is what an admin session needs of a module. Imported modules
 // never change, so the admin server may keep it across sessions.
@@ -175,7 +182,7 @@ func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, ta
 	switch {
 	case err == nil:
 		a := s.adminSession(m, id, now)
-		a.sent, del.Job = sent, sent
+		a.sent, a.sentHook, del.Job = sent, &sentHook{ref: sent.Ref, url: jobs[0].WebhookURL}, sent
 		return a, del, nil
 	case leaseErr != nil || !errors.Is(err, ErrConflict):
 		return nil, nil, err
@@ -286,7 +293,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			}
 			sent, serr := s.send(ctx, j, a.ID, d.State, hook, nil)
 			if serr == nil {
-				a.sent, del.Job = sent, sent
+				a.sent, a.sentHook, del.Job = sent, &sentHook{ref: sent.Ref, url: hook}, sent
 				return del, nil
 			}
 			err = serr
@@ -360,11 +367,15 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 // follows without NextScript). Otherwise, or when the answer changed
 // nothing, ended is false and the session goes on.
 func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status string, body []byte) (j *Job, ended bool, err error) {
+	var hook *string
 	if a.sent != nil && a.sent.Ref == ref {
 		// This session sent it: the conditional update below checks that
 		// it is still so.
 		c := *a.sent
 		j = &c
+		if h := a.sentHook; h != nil && h.ref == ref {
+			hook = &h.url
+		}
 	} else if j, err = s.moduleJob(ctx, a, ref); err != nil {
 		return nil, false, err
 	}
@@ -442,7 +453,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		ended, err = tx.ReleaseIdleLease(ctx, a.ModuleID, a.ID)
 		return err
 	}
-	end := jobEnd{actor: "module:" + string(a.EID)}
+	end := jobEnd{actor: "module:" + string(a.EID), hook: hook}
 	if res.Confirmed {
 		// The transition is conditional (ASSIGNED → PERSONALIZED).
 		end.to, end.action = JobDone, p.action("confirmed")
