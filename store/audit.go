@@ -35,13 +35,17 @@ func (auditRow) TableName() string { return "audit_events" }
 // stored, so the chain verifies after reading back.
 func (r *repo) AppendAudit(ctx context.Context, e *keyport.AuditEvent) error {
 	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
-		if r.dialect == dialectPostgres {
+		if r.dialect == dialectPostgres && !(r.inTx && r.auditLocked) {
 			if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
 				return wrap("append audit: lock", err)
 			}
+			r.auditLocked = r.inTx
 		}
+		// Under the lock, what this transaction appended last is the head.
 		var head []auditRow
-		if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
+		if r.inTx && r.auditHead != nil {
+			head = []auditRow{*r.auditHead}
+		} else if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
 			return wrap("append audit: head", err)
 		}
 		var prev []byte
@@ -56,6 +60,9 @@ func (r *repo) AppendAudit(ctx context.Context, e *keyport.AuditEvent) error {
 			PrevHash: e.PrevHash, Hash: e.Hash}
 		if err := db.Create(&row).Error; err != nil {
 			return wrap("append audit", err)
+		}
+		if r.inTx {
+			r.auditHead = &auditRow{Seq: e.Seq, Hash: e.Hash}
 		}
 		return nil
 	})

@@ -173,6 +173,9 @@ func (r *repo) savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (f
 		return nil, wrap("savepoint", err)
 	}
 	if fnErr = fn(r); fnErr != nil {
+		// What fn appended to the audit chain, and the lock it took for
+		// it, may be gone with the rollback: read them again.
+		r.auditLocked, r.auditHead = false, nil
 		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
 			return fnErr, wrap("rollback to savepoint", err)
 		}

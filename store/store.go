@@ -78,6 +78,14 @@ type repo struct {
 	dialect dialect
 	w, r    *gorm.DB
 	inTx    bool
+
+	// In a transaction: the audit append lock is held (PostgreSQL's
+	// advisory lock), and the chain's head as this transaction's last
+	// append left it, so that the next append in it (a group commit's
+	// next caller) neither locks nor reads the head again. Both are
+	// forgotten when a savepoint rolls back.
+	auditLocked bool
+	auditHead   *auditRow
 }
 
 // OpenOptions tune Open.
