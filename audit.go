@@ -93,9 +93,10 @@ type AuditHead struct {
 }
 
 // audit appends an event to the chain inside tx, moves the keyed head to it
-// and, every CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx
-// must be a transaction (Store.Tx): the store's append lock then holds until
-// the head is written, so heads follow the chain's order.
+// (before tx commits, once for all of tx's events: BeforeCommit) and, every
+// CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx must be a
+// transaction (Store.Tx): the store's append lock then holds until the head
+// is written, so heads follow the chain's order.
 func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object string, detail any) error {
 	d, err := json.Marshal(detail)
 	if err != nil {
@@ -105,12 +106,26 @@ func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object stri
 	if err := tx.AppendAudit(ctx, e); err != nil {
 		return fmt.Errorf("keyport: audit %s: %w", action, err)
 	}
-	mac, err := s.Custody.AuditMAC(ctx, headInput(e.Seq, e.Hash))
-	if err != nil {
-		return fmt.Errorf("keyport: audit head: %w", err)
+	// The head is written once per transaction, for its last event, when
+	// the store can defer it (BeforeCommit): the heads of the events
+	// before it in the same transaction would be overwritten unseen.
+	seq, hash, at := e.Seq, e.Hash, e.At
+	setHead := func(ctx context.Context, tx Repo) error {
+		mac, err := s.Custody.AuditMAC(ctx, headInput(seq, hash))
+		if err != nil {
+			return fmt.Errorf("keyport: audit head: %w", err)
+		}
+		if err := tx.SetAuditHead(ctx, &AuditHead{Seq: seq, Hash: hash, MAC: mac, At: at}); err != nil {
+			return fmt.Errorf("keyport: audit head: %w", err)
+		}
+		return nil
 	}
-	if err := tx.SetAuditHead(ctx, &AuditHead{Seq: e.Seq, Hash: e.Hash, MAC: mac, At: e.At}); err != nil {
-		return fmt.Errorf("keyport: audit head: %w", err)
+	if bc, ok := tx.(BeforeCommit); ok {
+		if err := bc.BeforeCommit(ctx, "audit-head", setHead); err != nil {
+			return err
+		}
+	} else if err := setHead(ctx, tx); err != nil {
+		return err
 	}
 	every := s.CheckpointEvery
 	if every <= 0 {

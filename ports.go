@@ -314,6 +314,19 @@ type AuditRepo interface {
 	AuditHead(ctx context.Context) (*AuditHead, error)
 }
 
+// BeforeCommit is a Repo that can defer a write to the end of its
+// transaction. The store's repos implement it; audit uses it so that a
+// transaction holding many appends (a group commit) writes the keyed head,
+// and has the HSM MAC it, once, for its last event.
+type BeforeCommit interface {
+	// BeforeCommit runs fn in the transaction just before it commits;
+	// a later fn with the same key replaces it (in a group commit, a
+	// caller rolled back to its savepoint gets back the fn set before
+	// it). An error of fn fails the commit. Outside a transaction fn runs
+	// at once and its error is returned.
+	BeforeCommit(ctx context.Context, key string, fn func(ctx context.Context, tx Repo) error) error
+}
+
 // JobRepo stores card-link jobs and the admin-session lease of each module.
 type JobRepo interface {
 	// CreateJob inserts j and sets its ID, CreatedAt and UpdatedAt.

@@ -86,6 +86,39 @@ type repo struct {
 	// forgotten when a savepoint rolls back.
 	auditLocked bool
 	auditHead   *auditRow
+	// hooks are the transaction's BeforeCommit functions, in the order
+	// their keys were first set.
+	hooks []commitHook
+}
+
+type commitHook struct {
+	key string
+	fn  func(ctx context.Context, tx keyport.Repo) error
+}
+
+// BeforeCommit implements keyport.BeforeCommit.
+func (r *repo) BeforeCommit(ctx context.Context, key string, fn func(ctx context.Context, tx keyport.Repo) error) error {
+	if !r.inTx {
+		return fn(ctx, r)
+	}
+	for i := range r.hooks {
+		if r.hooks[i].key == key {
+			r.hooks[i].fn = fn
+			return nil
+		}
+	}
+	r.hooks = append(r.hooks, commitHook{key: key, fn: fn})
+	return nil
+}
+
+// runHooks runs the BeforeCommit functions; the first error is returned.
+func (r *repo) runHooks(ctx context.Context) error {
+	for _, h := range r.hooks {
+		if err := h.fn(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // OpenOptions tune Open.
@@ -333,7 +366,11 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
 			_ = sqlTx.Rollback()
 		}
 	}()
-	fnErr := fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true})
+	r := &repo{dialect: s.dialect, w: db, r: db, inTx: true}
+	fnErr := fn(r)
+	if fnErr == nil {
+		fnErr = r.runHooks(ctx)
+	}
 	done = true
 	if fnErr != nil {
 		_ = sqlTx.Rollback()
