@@ -26,7 +26,14 @@ type AdminSession struct {
 	// the answer's conditional update (state SENT, same attempts) fails if
 	// the row moved on, and the row is then read.
 	sent *Job
+	// sentHook is where the provider's events went when this session
+	// sent the job sentHook.ref (webhookURL, read then). The job's end
+	// goes there too: a URL read before the answer's transaction, as
+	// finish would read it.
+	sentHook *sentHook
 }
+
+type sentHook struct{ ref, url string }
 
 // AdminModule is what an admin session needs of a module. Imported modules
 // never change, so the admin server may keep it across sessions.
@@ -175,7 +182,7 @@ func (s *Service) startQueued(ctx context.Context, m *AdminModule, id string, ta
 	switch {
 	case err == nil:
 		a := s.adminSession(m, id, now)
-		a.sent, del.Job = sent, sent
+		a.sent, a.sentHook, del.Job = sent, &sentHook{ref: sent.Ref, url: jobs[0].WebhookURL}, sent
 		return a, del, nil
 	case leaseErr != nil || !errors.Is(err, ErrConflict):
 		return nil, nil, err
@@ -286,7 +293,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			}
 			sent, serr := s.send(ctx, j, a.ID, d.State, hook, nil)
 			if serr == nil {
-				a.sent, del.Job = sent, sent
+				a.sent, a.sentHook, del.Job = sent, &sentHook{ref: sent.Ref, url: hook}, sent
 				return del, nil
 			}
 			err = serr
@@ -360,11 +367,15 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 // follows without NextScript). Otherwise, or when the answer changed
 // nothing, ended is false and the session goes on.
 func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status string, body []byte) (j *Job, ended bool, err error) {
+	var hook *string
 	if a.sent != nil && a.sent.Ref == ref {
 		// This session sent it: the conditional update below checks that
 		// it is still so.
 		c := *a.sent
 		j = &c
+		if h := a.sentHook; h != nil && h.ref == ref {
+			hook = &h.url
+		}
 	} else if j, err = s.moduleJob(ctx, a, ref); err != nil {
 		return nil, false, err
 	}
@@ -409,12 +420,18 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	if p.Rotate {
 		res, err = p.JudgeRotation(status, body)
 	} else {
-		var keys gp.KeySet
-		if keys, err = s.domainKeys(ctx, d); err != nil {
-			return nil, false, err
-		}
+		// The judgement's CMACs under one HSM session, each key unwrapped
+		// once; the database is read only after it.
+		err = s.withDomainKeys(ctx, d, func(keys gp.KeySet) error {
+			var jerr error
+			if p.Verify {
+				res, jerr = p.JudgeVerify(status, body, keys)
+			} else {
+				res, jerr = p.Judge(status, body, keys)
+			}
+			return jerr
+		})
 		if p.Verify {
-			res, err = p.JudgeVerify(status, body, keys)
 			if err == nil && res.Confirmed {
 				why, rerr := releaseRulesRemoved(ctx, s.Store, d)
 				if rerr != nil {
@@ -424,8 +441,6 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 					res.Confirmed, res.Cause = false, why
 				}
 			}
-		} else {
-			res, err = p.Judge(status, body, keys)
 		}
 	}
 	if err != nil {
@@ -438,7 +453,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		ended, err = tx.ReleaseIdleLease(ctx, a.ModuleID, a.ID)
 		return err
 	}
-	end := jobEnd{actor: "module:" + string(a.EID)}
+	end := jobEnd{actor: "module:" + string(a.EID), hook: hook}
 	if res.Confirmed {
 		// The transition is conditional (ASSIGNED → PERSONALIZED).
 		end.to, end.action = JobDone, p.action("confirmed")
@@ -490,15 +505,19 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	return j, ended, nil
 }
 
-// domainKeys is domain d's current key set, the first keys (KVN 30) while
-// it is ASSIGNED, as static keys that stay in the HSM.
-func (s *Service) domainKeys(ctx context.Context, d *Domain) (gp.KeySet, error) {
+// withDomainKeys runs fn with domain d's current key set, the first keys
+// (KVN 30) while it is ASSIGNED, as static keys that stay in the HSM
+// (withStaticKeys: one HSM session for all of fn's CMACs, when the custody
+// offers it). fn may run twice and must not keep the keys.
+func (s *Service) withDomainKeys(ctx context.Context, d *Domain, fn func(gp.KeySet) error) error {
 	b, err := s.batch(ctx, d.BatchID)
 	if err != nil {
-		return gp.KeySet{}, err
+		return err
 	}
-	return gp.KeySet{KVN: byte(d.KVN), ENC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageENC)),
-		MAC: StaticKey(ctx, s.Custody, DomainKey(b.Name, d, UsageMAC))}, nil
+	refs := []KeyRef{DomainKey(b.Name, d, UsageENC), DomainKey(b.Name, d, UsageMAC)}
+	return withStaticKeys(ctx, s.Custody, refs, func(ks []gp.StaticKey) error {
+		return fn(gp.KeySet{KVN: byte(d.KVN), ENC: ks[0], MAC: ks[1]})
+	})
 }
 
 // answerData is AnswerScript for a data job: JudgeData, then the job DONE

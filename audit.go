@@ -93,24 +93,39 @@ type AuditHead struct {
 }
 
 // audit appends an event to the chain inside tx, moves the keyed head to it
-// and, every CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx
-// must be a transaction (Store.Tx): the store's append lock then holds until
-// the head is written, so heads follow the chain's order.
+// (before tx commits, once for all of tx's events: BeforeCommit) and, every
+// CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx must be a
+// transaction (Store.Tx): the store's append lock then holds until the head
+// is written, so heads follow the chain's order.
 func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object string, detail any) error {
 	d, err := json.Marshal(detail)
 	if err != nil {
 		return err
 	}
 	e := &AuditEvent{At: AuditTime(s.now()), Actor: actor, Action: action, Object: object, Detail: string(d)}
-	err = tx.AppendAuditWithHead(ctx, e, func(seq int64, hash []byte) ([]byte, error) {
+	if err := tx.AppendAudit(ctx, e); err != nil {
+		return fmt.Errorf("keyport: audit %s: %w", action, err)
+	}
+	// The head is written once per transaction, for its last event, when
+	// the store can defer it (BeforeCommit): the heads of the events
+	// before it in the same transaction would be overwritten unseen.
+	seq, hash, at := e.Seq, e.Hash, e.At
+	setHead := func(ctx context.Context, tx Repo) error {
 		mac, err := s.Custody.AuditMAC(ctx, headInput(seq, hash))
 		if err != nil {
-			return nil, fmt.Errorf("keyport: audit head: %w", err)
+			return fmt.Errorf("keyport: audit head: %w", err)
 		}
-		return mac, nil
-	})
-	if err != nil {
-		return fmt.Errorf("keyport: audit %s: %w", action, err)
+		if err := tx.SetAuditHead(ctx, &AuditHead{Seq: seq, Hash: hash, MAC: mac, At: at}); err != nil {
+			return fmt.Errorf("keyport: audit head: %w", err)
+		}
+		return nil
+	}
+	if bc, ok := tx.(BeforeCommit); ok {
+		if err := bc.BeforeCommit(ctx, "audit-head", setHead); err != nil {
+			return err
+		}
+	} else if err := setHead(ctx, tx); err != nil {
+		return err
 	}
 	every := s.CheckpointEvery
 	if every <= 0 {

@@ -333,6 +333,10 @@ type jobEnd struct {
 	// verdict is an issuer job's end as its operation's Finish sees it;
 	// nil means failed with cause.
 	verdict *IssuerVerdict
+	// hook, if set, is the provider's webhook URL as the caller read it
+	// before (webhookURL; the session that sent the job); nil: finish
+	// reads it.
+	hook *string
 }
 
 // finish moves j from its state to e.to in one transaction with e.in, the
@@ -340,9 +344,14 @@ type jobEnd struct {
 // state with its attempts: ErrConflict otherwise, changing nothing). On
 // success *j is the job as finished.
 func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
-	hook, err := s.webhookURL(ctx, j.ProviderID)
-	if err != nil {
-		return err
+	var hook string
+	if e.hook != nil {
+		hook = *e.hook
+	} else {
+		var err error
+		if hook, err = s.webhookURL(ctx, j.ProviderID); err != nil {
+			return err
+		}
 	}
 	next := *j
 	next.State, next.LastError = e.to, withSandboxNote(e.cause, s.sandboxNote(j))
@@ -378,7 +387,7 @@ func (s *Service) finish(ctx context.Context, j *Job, e jobEnd) error {
 			return d.State, tx.SetCounterUnverified(ctx, d.ID, false)
 		}
 	}
-	err = s.commit(ctx, func(ctx context.Context, tx Repo) error {
+	err := s.commit(ctx, func(ctx context.Context, tx Repo) error {
 		if err := tx.UpdateJob(ctx, &next, j.State, j.Attempts); err != nil {
 			return err
 		}

@@ -80,6 +80,35 @@ type hsmStaticKey struct {
 func (k hsmStaticKey) CMAC(data []byte) ([]byte, error) { return k.keys.SCP03CMAC(k.ctx, k.ref, data) }
 func (k hsmStaticKey) Size() int                        { return 16 }
 
+// withStaticKeys runs fn with refs as gp.StaticKeys, in order: in one
+// CardKeyScope when keys has it (each key unwrapped once for all of fn's
+// CMACs), otherwise as StaticKey does. fn must not keep the keys.
+func withStaticKeys(ctx context.Context, keys CardKeys, refs []KeyRef, fn func([]gp.StaticKey) error) error {
+	ks := make([]gp.StaticKey, len(refs))
+	sc, ok := keys.(CardKeyScope)
+	if !ok {
+		for i, ref := range refs {
+			ks[i] = StaticKey(ctx, keys, ref)
+		}
+		return fn(ks)
+	}
+	return sc.WithCardKeys(ctx, refs, func(cmac func(int, []byte) ([]byte, error)) error {
+		for i := range refs {
+			ks[i] = scopedKey{i: i, cmac: cmac}
+		}
+		return fn(ks)
+	})
+}
+
+// scopedKey is key i of a CardKeyScope.
+type scopedKey struct {
+	i    int
+	cmac func(int, []byte) ([]byte, error)
+}
+
+func (k scopedKey) CMAC(data []byte) ([]byte, error) { return k.cmac(k.i, data) }
+func (k scopedKey) Size() int                        { return 16 }
+
 // ISDKey names the usage key of the ISD isdAID of module eid, whose blob
 // under the ISD KEK is wrapped.
 func ISDKey(eid EID, isdAID AID, usage KeyUsage, wrapped []byte) KeyRef {

@@ -303,10 +303,6 @@ type AuditRepo interface {
 	// AppendAudit chains e to the log: under a lock it reads the head, sets
 	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
 	AppendAudit(ctx context.Context, e *AuditEvent) error
-	// AppendAuditWithHead is AppendAudit followed, under the same lock, by
-	// SetAuditHead of the new head with the MAC headMAC gives for its seq
-	// and hash; event and head are written together.
-	AppendAuditWithHead(ctx context.Context, e *AuditEvent, headMAC func(seq int64, hash []byte) ([]byte, error)) error
 	// AuditEvents returns up to limit events with Seq > after, in Seq order.
 	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
 	// RecentAudit returns the newest limit audit events, newest first.
@@ -322,6 +318,19 @@ type AuditRepo interface {
 	SetAuditHead(ctx context.Context, h *AuditHead) error
 	// AuditHead returns the keyed head, ErrNotFound if none was written yet.
 	AuditHead(ctx context.Context) (*AuditHead, error)
+}
+
+// BeforeCommit is a Repo that can defer a write to the end of its
+// transaction. The store's repos implement it; audit uses it so that a
+// transaction holding many appends (a group commit) writes the keyed head,
+// and has the HSM MAC it, once, for its last event.
+type BeforeCommit interface {
+	// BeforeCommit runs fn in the transaction just before it commits;
+	// a later fn with the same key replaces it (in a group commit, a
+	// caller rolled back to its savepoint gets back the fn set before
+	// it). An error of fn fails the commit. Outside a transaction fn runs
+	// at once and its error is returned.
+	BeforeCommit(ctx context.Context, key string, fn func(ctx context.Context, tx Repo) error) error
 }
 
 // JobRepo stores card-link jobs and the admin-session lease of each module.
@@ -430,6 +439,19 @@ type SecretSealer interface {
 // leaves the HSM; session keys exist outside it for one session only.
 type CardKeys interface {
 	SCP03CMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, error)
+}
+
+// CardKeyScope is CardKeys for a run of CMACs under a few keys, such as
+// checking what a card answered in one SCP03 session (its challenge and
+// three session keys: four CMACs under two keys): fn runs on one HSM
+// session, each of refs is unwrapped there at its first use, only once, and
+// destroyed when fn returns. cmac(i, data) is AES-CMAC of data under
+// refs[i]; it fails once fn has returned. fn may run a second time after
+// the HSM lost the session, so it must be safe to repeat; it should do
+// nothing slow but CMACs (no database). The HSM implements it; CardKeys
+// without it get one HSM call per CMAC (withStaticKeys).
+type CardKeyScope interface {
+	WithCardKeys(ctx context.Context, refs []KeyRef, fn func(cmac func(i int, data []byte) ([]byte, error)) error) error
 }
 
 // PersoCustody is what the personalization station asks of the HSM. Card

@@ -183,9 +183,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	h.mu.Lock()
 	idle := len(h.idle)
 	h.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(len(h.inUse)), "in_use")
+	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(len(h.inUse)+len(h.locked)), "in_use")
 	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(idle), "idle")
-	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(cap(h.inUse)), "max")
+	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(cap(h.inUse)+cap(h.locked)), "max")
 	for i, cause := range poolErrorCauses {
 		ch <- prometheus.MustNewConstMetric(sessionErrorsDesc, prometheus.CounterValue, float64(h.poolErrs[i].Load()), cause)
 	}

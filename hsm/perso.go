@@ -2,6 +2,7 @@ package hsm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
@@ -9,7 +10,10 @@ import (
 	"github.com/keyport/keyport"
 )
 
-var _ keyport.PersoCustody = (*HSM)(nil)
+var (
+	_ keyport.PersoCustody = (*HSM)(nil)
+	_ keyport.CardKeyScope = (*HSM)(nil)
+)
 
 // unwrapCardKey unwraps ref's blob under its KEK (kekLabel) into a sensitive
 // AES session object that can do the usages in on, and may be wrapped again
@@ -57,6 +61,66 @@ func (h *HSM) SCP03CMAC(ctx context.Context, ref keyport.KeyRef, data []byte) ([
 		return nil, err
 	}
 	return mac, nil
+}
+
+// WithCardKeys runs fn on one pooled session, where cmac(i, data) is
+// SCP03CMAC under refs[i]: each key is unwrapped, as SCP03CMAC does, at its
+// first use only, and every key unwrapped is destroyed when fn returns, after
+// which cmac fails. Checking a card's SCP03 answers (the card challenge and
+// three session keys) so costs two unwraps and one turn in the pool, not
+// four of each. fn's own error is returned as it is; an HSM error of cmac
+// that loses the session runs fn once more on a new one, as do does. It
+// implements keyport.CardKeyScope.
+func (h *HSM) WithCardKeys(ctx context.Context, refs []keyport.KeyRef, fn func(cmac func(i int, data []byte) ([]byte, error)) error) error {
+	var fnErr error
+	err := h.do(ctx, fmt.Sprintf("CMACs under %d card keys", len(refs)), func(s *session) error {
+		keys := make([]pkcs11.ObjectHandle, len(refs))
+		have := make([]bool, len(refs))
+		var hsmErr error
+		done := false
+		defer func() {
+			done = true
+			for i, k := range keys {
+				if have[i] {
+					h.destroy(s, k)
+				}
+			}
+		}()
+		cmac := func(i int, data []byte) ([]byte, error) {
+			switch {
+			case done:
+				return nil, errors.New("hsm: card key used after its scope ended")
+			case i < 0 || i >= len(refs):
+				return nil, fmt.Errorf("hsm: card key %d of %d", i, len(refs))
+			case hsmErr != nil:
+				return nil, hsmErr
+			}
+			if !have[i] {
+				k, _, err := h.unwrapCardKey(s, refs[i], false, pkcs11.CKA_SIGN)
+				if err != nil {
+					hsmErr = err
+					return nil, err
+				}
+				keys[i], have[i] = k, true
+			}
+			if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CMAC, nil)}, keys[i]); err != nil {
+				hsmErr = fmt.Errorf("C_SignInit: %w", err)
+				return nil, hsmErr
+			}
+			mac, err := h.p.Sign(s.h, data)
+			if err != nil {
+				hsmErr = fmt.Errorf("C_Sign: %w", err)
+				return nil, hsmErr
+			}
+			return mac, nil
+		}
+		fnErr = fn(cmac)
+		return hsmErr
+	})
+	if err != nil {
+		return err
+	}
+	return fnErr
 }
 
 // cbcZeroIV is the GP key-data encryption: AES-CBC with a zero IV (GPCS

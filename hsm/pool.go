@@ -46,6 +46,11 @@ type HSM struct {
 	oaep  keyport.OAEPHash
 
 	inUse chan struct{} // semaphore: one slot per borrowed session
+	// locked is a semaphore of its own for the calls made while a write
+	// transaction holds the audit lock (AuditMAC): one session beside
+	// PoolSize, so that they do not queue behind handshakes and
+	// judgements for the pool while every other writer waits for them.
+	locked chan struct{}
 
 	mu     sync.Mutex // guards the fields below and every C_OpenSession
 	idle   []*session
@@ -126,13 +131,14 @@ func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 		return nil, opError("open", err)
 	}
 	h := &HSM{
-		slot:  slot,
-		token: u,
-		pin:   pin,
-		uri:   u.String(),
-		oaep:  cfg.OAEPHash,
-		inUse: make(chan struct{}, cfg.PoolSize),
-		live:  map[pkcs11.SessionHandle]*session{},
+		slot:   slot,
+		token:  u,
+		pin:    pin,
+		uri:    u.String(),
+		oaep:   cfg.OAEPHash,
+		inUse:  make(chan struct{}, cfg.PoolSize),
+		locked: make(chan struct{}, 1),
+		live:   map[pkcs11.SessionHandle]*session{},
 	}
 	h.p = &timedP11{p11: p, on: &h.timing}
 	// Log in now, so that a wrong PIN shows at start-up, not at the first claim.
@@ -164,35 +170,41 @@ func (h *HSM) Close() error {
 // cached object handle is stale, the session's cache is cleared and fn runs
 // once more. fn must therefore be safe to repeat after a failure.
 func (h *HSM) do(ctx context.Context, op string, fn func(*session) error) error {
+	return h.doOn(ctx, h.inUse, op, fn)
+}
+
+// doOn is do with the session counted on semaphore sem (h.inUse, or
+// h.locked for the calls made under the audit lock).
+func (h *HSM) doOn(ctx context.Context, sem chan struct{}, op string, fn func(*session) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("hsm: %s: %w", op, err)
 	}
 	fresh := false
 	for attempt := 0; ; attempt++ {
-		s, err := h.acquire(ctx, fresh)
+		s, err := h.acquire(ctx, sem, fresh)
 		if err != nil {
 			return opError(op, err)
 		}
 		err = fn(s)
 		switch {
 		case err == nil:
-			h.release(s)
+			h.release(s, sem)
 			return nil
 		case attempt == 0 && isStaleHandle(err):
 			h.poolErrs[errStaleHandle].Add(1)
 			s.objects = nil
-			h.release(s)
+			h.release(s, sem)
 		case isSessionFatal(err):
 			h.poolErrs[errSessionLost].Add(1)
 			rv, _ := ckr(err)
 			h.discard(s, rv == pkcs11.CKR_USER_NOT_LOGGED_IN)
-			<-h.inUse
+			<-sem
 			if attempt > 0 {
 				return opError(op, err)
 			}
 			fresh = true
 		default:
-			h.release(s)
+			h.release(s, sem)
 			return opError(op, err)
 		}
 	}
@@ -200,9 +212,9 @@ func (h *HSM) do(ctx context.Context, op string, fn func(*session) error) error 
 
 // acquire borrows a session, waiting while PoolSize are in use. With fresh,
 // it opens a new session instead of reusing an idle one.
-func (h *HSM) acquire(ctx context.Context, fresh bool) (*session, error) {
+func (h *HSM) acquire(ctx context.Context, sem chan struct{}, fresh bool) (*session, error) {
 	select {
-	case h.inUse <- struct{}{}:
+	case sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -217,7 +229,7 @@ func (h *HSM) acquire(ctx context.Context, fresh bool) (*session, error) {
 		}
 	}
 	if err != nil {
-		<-h.inUse
+		<-sem
 		return nil, err
 	}
 	return s, nil
@@ -304,7 +316,7 @@ func (h *HSM) login(s *session) error {
 }
 
 // release returns a healthy session to the pool.
-func (h *HSM) release(s *session) {
+func (h *HSM) release(s *session, sem chan struct{}) {
 	h.mu.Lock()
 	switch {
 	case s.dead:
@@ -315,7 +327,7 @@ func (h *HSM) release(s *session) {
 		h.idle = append(h.idle, s)
 	}
 	h.mu.Unlock()
-	<-h.inUse
+	<-sem
 }
 
 // discard drops a broken session. It is closed only when the caller knows the

@@ -99,7 +99,10 @@ func parseECPoint(v []byte) (*ecdsa.PublicKey, error) {
 // RFC 2104).
 func (h *HSM) AuditMAC(ctx context.Context, data []byte) ([]byte, error) {
 	var mac []byte
-	err := h.do(ctx, "audit MAC", func(s *session) error {
+	// The append's transaction holds the audit lock (and, on SQLite, the
+	// one writer) while it waits for this MAC: it takes the session kept
+	// for that, not a turn in the pool's queue.
+	err := h.doOn(ctx, h.locked, "audit MAC", func(s *session) error {
 		k, err := h.findObject(s, pkcs11.CKO_SECRET_KEY, LabelAudit)
 		if err != nil {
 			return err

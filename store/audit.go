@@ -34,109 +34,39 @@ func (auditRow) TableName() string { return "audit_events" }
 // keyport.AuditTime (now if zero) before hashing, which is exactly what is
 // stored, so the chain verifies after reading back.
 func (r *repo) AppendAudit(ctx context.Context, e *keyport.AuditEvent) error {
-	return r.appendAudit(ctx, e, nil)
-}
-
-// AppendAuditWithHead appends e as AppendAudit does and, under the same
-// lock, moves the keyed head to it with the MAC headMAC returns for the new
-// (seq, hash), as SetAuditHead would. On PostgreSQL event and head are
-// written by one statement: the lock is held for three round trips (lock,
-// head, write) and the commit, instead of one more for the head.
-func (r *repo) AppendAuditWithHead(ctx context.Context, e *keyport.AuditEvent,
-	headMAC func(seq int64, hash []byte) ([]byte, error)) error {
-	if headMAC == nil {
-		return fmt.Errorf("store: append audit: no head MAC: %w", keyport.ErrInvalid)
-	}
-	return r.appendAudit(ctx, e, headMAC)
-}
-
-func (r *repo) appendAudit(ctx context.Context, e *keyport.AuditEvent,
-	headMAC func(seq int64, hash []byte) ([]byte, error)) error {
-	tail := r.tail
-	if !r.inTx {
-		tail = &auditTail{} // a transaction of its own, below
-	}
-	err := r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
-		if r.dialect == dialectPostgres && !tail.locked {
+	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
+		if r.dialect == dialectPostgres && !(r.inTx && r.auditLocked) {
 			if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
 				return wrap("append audit: lock", err)
 			}
-			tail.locked = true
+			r.auditLocked = r.inTx
+		}
+		// Under the lock, what this transaction appended last is the head.
+		var head []auditRow
+		if r.inTx && r.auditHead != nil {
+			head = []auditRow{*r.auditHead}
+		} else if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
+			return wrap("append audit: head", err)
 		}
 		var prev []byte
 		e.Seq = 1
-		if tail.known {
-			e.Seq, prev = tail.seq+1, tail.hash
-		} else {
-			var head []auditRow
-			if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
-				return wrap("append audit: head", err)
-			}
-			if len(head) == 1 {
-				e.Seq, prev = head[0].Seq+1, head[0].Hash
-			}
+		if len(head) == 1 {
+			e.Seq, prev = head[0].Seq+1, head[0].Hash
 		}
 		e.PrevHash = prev
 		e.At = dbTime(e.At)
 		e.Hash = keyport.ChainHash(prev, *e)
-		if headMAC == nil {
-			row := auditRow{Seq: e.Seq, At: e.At, Actor: e.Actor, Action: e.Action, Object: e.Object, Detail: e.Detail,
-				PrevHash: e.PrevHash, Hash: e.Hash}
-			if err := db.Create(&row).Error; err != nil {
-				return wrap("append audit", err)
-			}
-			tail.known, tail.seq, tail.hash = true, e.Seq, e.Hash
-			return nil
-		}
-		mac, err := headMAC(e.Seq, e.Hash)
-		if err != nil {
-			return err
-		}
-		event := []any{e.Seq, e.At, e.Actor, e.Action, e.Object, e.Detail, e.PrevHash, e.Hash}
-		headArgs := []any{e.Seq, e.Hash, mac, e.At}
-		if r.dialect == dialectPostgres {
-			err = db.Exec(`WITH event AS (`+insertAuditEvent+`) `+upsertAuditHead, append(event, headArgs...)...).Error
-		} else if err = db.Exec(insertAuditEvent, event...).Error; err == nil {
-			err = db.Exec(upsertAuditHead, headArgs...).Error
-		}
-		if err != nil {
+		row := auditRow{Seq: e.Seq, At: e.At, Actor: e.Actor, Action: e.Action, Object: e.Object, Detail: e.Detail,
+			PrevHash: e.PrevHash, Hash: e.Hash}
+		if err := db.Create(&row).Error; err != nil {
 			return wrap("append audit", err)
 		}
-		tail.known, tail.seq, tail.hash = true, e.Seq, e.Hash
+		if r.inTx {
+			r.auditHead = &auditRow{Seq: e.Seq, Hash: e.Hash}
+		}
 		return nil
 	})
-	if err != nil {
-		tail.forget()
-	}
-	return err
 }
-
-// auditTail is what one transaction knows of the end of the audit log: that
-// it holds the append lock (PostgreSQL's advisory lock, held until the
-// transaction ends), and the last event it appended under it. While the
-// lock holds no one else appends, so a second append in the same
-// transaction (a group commit's next claim) needs neither the lock nor the
-// head again. A failed append, or a rollback to a savepoint (which may undo
-// both the append and the lock), forgets it all.
-type auditTail struct {
-	locked, known bool
-	seq           int64
-	hash          []byte
-}
-
-func (t *auditTail) forget() {
-	if t != nil {
-		*t = auditTail{}
-	}
-}
-
-const insertAuditEvent = `INSERT INTO audit_events (seq, at, actor, action, object, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
-
-// upsertAuditHead writes the keyed head unless the stored one is at its seq
-// or later (SetAuditHead).
-const upsertAuditHead = `INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, at = excluded.at
-		WHERE audit_head.seq < excluded.seq`
 
 // AuditEvents returns up to limit events with Seq > after, in Seq order.
 func (r *repo) AuditEvents(ctx context.Context, after int64, limit int) ([]keyport.AuditEvent, error) {
@@ -214,7 +144,9 @@ func (auditHeadRow) TableName() string { return "audit_head" }
 // transaction on SQLite) still holds, so heads are written in chain order.
 func (r *repo) SetAuditHead(ctx context.Context, h *keyport.AuditHead) error {
 	at := dbTime(h.At)
-	err := r.w.WithContext(ctx).Exec(upsertAuditHead, h.Seq, h.Hash, h.MAC, at).Error
+	err := r.w.WithContext(ctx).Exec(`INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, at = excluded.at
+		WHERE audit_head.seq < excluded.seq`, h.Seq, h.Hash, h.MAC, at).Error
 	if err != nil {
 		return wrap("set audit head", err)
 	}

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -146,122 +145,6 @@ func TestFiftyConcurrentClaimDomainsHaveExactlyOneWinner(t *testing.T) {
 		payloads, err := store.QueryStringsForTest(s, `SELECT payload FROM outbox`)
 		if err != nil || len(payloads) != 1 || payloads[0] != winner.Load().(string) {
 			t.Fatalf("outbox %v %v: only the winner's row may be kept", payloads, err)
-		}
-	})
-}
-
-// TestAuditAppendsWithHeadFromTwentyGoroutinesEndOnTheLastRow: appends
-// through AppendAuditWithHead, in and outside transactions, form one valid
-// chain, each MAC asked for its own event, and the head is the last row.
-func TestAuditAppendsWithHeadFromTwentyGoroutinesEndOnTheLastRow(t *testing.T) {
-	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		const goroutines, each = 20, 5
-		mac := func(seq int64, hash []byte) ([]byte, error) { return []byte(fmt.Sprintf("%d/%x", seq, hash)), nil }
-		var wg sync.WaitGroup
-		for g := 0; g < goroutines; g++ {
-			wg.Add(1)
-			go func(g int) {
-				defer wg.Done()
-				for i := 0; i < each; i++ {
-					e := &keyport.AuditEvent{Actor: fmt.Sprintf("provider:%d", g), Action: "claim", Object: "x", Detail: "{}"}
-					var err error
-					if i%2 == 0 {
-						err = s.AppendAuditWithHead(ctx, e, mac)
-					} else {
-						err = s.Tx(ctx, func(tx keyport.Repo) error { return tx.AppendAuditWithHead(ctx, e, mac) })
-					}
-					if err != nil {
-						t.Errorf("append: %v", err)
-						return
-					}
-				}
-			}(g)
-		}
-		wg.Wait()
-		all := verifyChain(t, s)
-		h, err := s.AuditHead(ctx)
-		last := all[len(all)-1]
-		if err != nil || len(all) != goroutines*each || h.Seq != last.Seq || !bytes.Equal(h.Hash, last.Hash) || !h.At.Equal(last.At) {
-			t.Fatalf("head %+v %v after %d events", h, err, len(all))
-		}
-		if want, _ := mac(last.Seq, last.Hash); !bytes.Equal(h.MAC, want) {
-			t.Fatalf("head MAC %q, want %q", h.MAC, want)
-		}
-	})
-}
-
-// TestAuditAppendWithHeadWhoseMACFailsWritesNothing: the MAC's error is
-// returned as it is, and neither event nor head is written.
-func TestAuditAppendWithHeadWhoseMACFailsWritesNothing(t *testing.T) {
-	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		boom := errors.New("HSM down")
-		e := &keyport.AuditEvent{Actor: "system", Action: "x", Object: "y", Detail: "{}"}
-		err := s.AppendAuditWithHead(ctx, e, func(int64, []byte) ([]byte, error) { return nil, boom })
-		if !errors.Is(err, boom) {
-			t.Fatalf("append: %v, want the MAC's error", err)
-		}
-		if all := verifyChain(t, s); len(all) != 0 {
-			t.Errorf("%d events after a failed append", len(all))
-		}
-		if _, err := s.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
-			t.Errorf("head after a failed append: %v, want ErrNotFound", err)
-		}
-		if err := s.AppendAuditWithHead(ctx, e, nil); !errors.Is(err, keyport.ErrInvalid) {
-			t.Errorf("append without a MAC: %v, want ErrInvalid", err)
-		}
-	})
-}
-
-// TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain: in a
-// group commit the second append of a transaction reuses the lock and the
-// head the first left; when a function fails after its append, the group
-// runs again under savepoints and the rolled-back append is forgotten, so
-// the chain stays valid and ends on the head.
-func TestGroupedAuditAppendsThatFailAfterAppendingLeaveOneValidChain(t *testing.T) {
-	storetest.Each(t, func(t *testing.T, s *store.Store) {
-		g := s.Group()
-		mac := func(seq int64, hash []byte) ([]byte, error) { return []byte(fmt.Sprintf("%d", seq)), nil }
-		boom := errors.New("fails after its append")
-		const n = 60
-		var wg sync.WaitGroup
-		var kept atomic.Int32
-		for i := 0; i < n; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				err := g.Commit(ctx, func(ctx context.Context, tx keyport.Repo) error {
-					e := &keyport.AuditEvent{Actor: "system", Action: "grouped", Object: fmt.Sprintf("n:%d", i), Detail: "{}"}
-					if err := tx.AppendAuditWithHead(ctx, e, mac); err != nil {
-						return err
-					}
-					if i%7 == 3 {
-						return boom
-					}
-					return nil
-				})
-				switch {
-				case err == nil:
-					kept.Add(1)
-				case !errors.Is(err, boom):
-					t.Errorf("commit %d: %v", i, err)
-				}
-			}(i)
-		}
-		wg.Wait()
-		all := verifyChain(t, s)
-		if len(all) != int(kept.Load()) || kept.Load() == 0 {
-			t.Fatalf("%d events for %d kept commits", len(all), kept.Load())
-		}
-		for _, e := range all {
-			var i int
-			fmt.Sscanf(e.Object, "n:%d", &i)
-			if i%7 == 3 {
-				t.Errorf("event %d of a failed function was kept", e.Seq)
-			}
-		}
-		h, err := s.AuditHead(ctx)
-		if last := all[len(all)-1]; err != nil || h.Seq != last.Seq || !bytes.Equal(h.Hash, last.Hash) {
-			t.Fatalf("head %+v %v, last event %d", h, err, last.Seq)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/keyport/keyport"
@@ -172,10 +173,12 @@ func (r *repo) savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (f
 	if err := db.Exec(`SAVEPOINT keyport_op`).Error; err != nil {
 		return nil, wrap("savepoint", err)
 	}
+	hooks := slices.Clone(r.hooks)
 	if fnErr = fn(r); fnErr != nil {
-		// What fn appended to the audit log is undone, and with it
-		// perhaps the append's lock.
-		r.tail.forget()
+		// What fn appended to the audit chain, and the lock it took for
+		// it, may be gone with the rollback: read them again. What fn set
+		// to run before the commit goes too.
+		r.auditLocked, r.auditHead, r.hooks = false, nil, hooks
 		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
 			return fnErr, wrap("rollback to savepoint", err)
 		}

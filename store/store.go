@@ -61,6 +61,10 @@ type Store struct {
 	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
 
 	// timing is set by Collector: from then on statements are timed.
+	// txStmts are the write transactions' prepared statements (tx).
+	txStmts     *txStmts
+	txStmtsOnce sync.Once
+
 	timing        atomic.Pointer[prometheus.HistogramVec]
 	timingOnce    sync.Once
 	jobScrapeErrs atomic.Uint64
@@ -74,9 +78,47 @@ type repo struct {
 	dialect dialect
 	w, r    *gorm.DB
 	inTx    bool
-	// tail is what this transaction knows of the audit log's end (nil
-	// outside a transaction); see appendAudit.
-	tail *auditTail
+
+	// In a transaction: the audit append lock is held (PostgreSQL's
+	// advisory lock), and the chain's head as this transaction's last
+	// append left it, so that the next append in it (a group commit's
+	// next caller) neither locks nor reads the head again. Both are
+	// forgotten when a savepoint rolls back.
+	auditLocked bool
+	auditHead   *auditRow
+	// hooks are the transaction's BeforeCommit functions, in the order
+	// their keys were first set.
+	hooks []commitHook
+}
+
+type commitHook struct {
+	key string
+	fn  func(ctx context.Context, tx keyport.Repo) error
+}
+
+// BeforeCommit implements keyport.BeforeCommit.
+func (r *repo) BeforeCommit(ctx context.Context, key string, fn func(ctx context.Context, tx keyport.Repo) error) error {
+	if !r.inTx {
+		return fn(ctx, r)
+	}
+	for i := range r.hooks {
+		if r.hooks[i].key == key {
+			r.hooks[i].fn = fn
+			return nil
+		}
+	}
+	r.hooks = append(r.hooks, commitHook{key: key, fn: fn})
+	return nil
+}
+
+// runHooks runs the BeforeCommit functions; the first error is returned.
+func (r *repo) runHooks(ctx context.Context) error {
+	for _, h := range r.hooks {
+		if err := h.fn(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // OpenOptions tune Open.
@@ -124,8 +166,8 @@ func gormConfig() *gorm.Config {
 		// Prepared statements are cached per connection, so that the hot
 		// read paths (claims, EID lookups) do not parse their statements
 		// on every call. (Not inside a transaction: gorm prepares a
-		// statement first met there anew on every execution, so
-		// transactions bypass it; see direct.)
+		// statement first met there anew on every execution; see
+		// ImportModules.)
 		PrepareStmt: true,
 	}
 }
@@ -305,32 +347,40 @@ func (s *Store) Tx(ctx context.Context, fn func(tx keyport.Repo) error) error {
 
 // tx is Tx for the store's own callers (Group), which need the repo's
 // savepoints.
-func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) error {
-	var fnErr error
-	err := s.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
-		direct(db)
-		fnErr = fn(&repo{dialect: s.dialect, w: db, r: db, inTx: true, tail: &auditTail{}})
-		return fnErr
-	})
-	if err != nil && fnErr == nil {
-		// Begin or commit failed: the database, not fn, is the cause.
+//
+// The transaction runs its statements through txStmts, prepared once on
+// the writer pool, not once per transaction.
+func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
+	s.txStmtsOnce.Do(func() { s.txStmts = newTxStmts(s.pools[0]) })
+	sqlTx, err := s.pools[0].BeginTx(ctx, nil)
+	if err != nil {
+		// The database, not fn, is the cause.
 		return wrap("tx", err)
 	}
-	return err
-}
-
-// direct sends a transaction's statements to the transaction itself, past
-// gorm's statement cache. That cache only pays outside transactions: inside
-// one, gorm prepares each statement anew on the transaction's connection and
-// closes it at the end, which on PostgreSQL is two more round trips per
-// statement (Parse/Describe, then Close), most of them while the audit
-// append's lock is held. Sent directly, a statement is prepared once per
-// connection and kept by pgx's own statement cache; SQLite prepares in
-// process either way.
-func direct(db *gorm.DB) {
-	if p, ok := db.Statement.ConnPool.(*gorm.PreparedStmtTX); ok {
-		db.Statement.ConnPool = p.Tx
+	db := s.w.Session(&gorm.Session{Context: ctx, NewDB: true})
+	db.Statement.ConnPool = &stmtTx{Tx: sqlTx, stmts: s.txStmts}
+	done := false
+	defer func() {
+		if !done {
+			// fn panicked: roll back, and let the panic go on.
+			_ = sqlTx.Rollback()
+		}
+	}()
+	r := &repo{dialect: s.dialect, w: db, r: db, inTx: true}
+	fnErr := fn(r)
+	if fnErr == nil {
+		fnErr = r.runHooks(ctx)
 	}
+	done = true
+	if fnErr != nil {
+		_ = sqlTx.Rollback()
+		return fnErr
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return wrap("tx", err)
+	}
+	s.txStmts.prepareWanted(ctx)
+	return nil
 }
 
 // updateRow sets the columns in set of the row of table whose id is id, in
@@ -356,7 +406,6 @@ func (r *repo) writeTx(ctx context.Context, op string, fn func(db *gorm.DB) erro
 	}
 	var fnErr error
 	err := r.w.WithContext(ctx).Transaction(func(db *gorm.DB) error {
-		direct(db)
 		fnErr = fn(db)
 		return fnErr
 	})
