@@ -458,11 +458,11 @@ func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignR
 	if !p.Admin && p.ProviderID == "" {
 		return nil, ErrForbidden
 	}
-	if err := req.check(); err != nil {
-		return nil, err
-	}
 	if p.Admin && req.Op.providerOnly() {
 		return nil, Invalid("op", "%s is a provider's operation on its own domains", req.Op)
+	}
+	if err := req.check(); err != nil {
+		return nil, err
 	}
 	if req.Op.scripted() != (scripts != nil) {
 		if scripts == nil {

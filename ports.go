@@ -126,7 +126,7 @@ type CampaignRepo interface {
 	// (PostgreSQL: FOR SHARE; SQLite serializes writers anyway).
 	CampaignStateForQueue(ctx context.Context, id string) (CampaignState, error)
 	// LockModuleForQueue locks the module's row until the transaction ends
-	// (PostgreSQL: FOR UPDATE), so that two transactions counting its
+	// (PostgreSQL: FOR NO KEY UPDATE), so that two transactions counting its
 	// pending jobs do so one after the other.
 	LockModuleForQueue(ctx context.Context, moduleID int64) error
 

@@ -186,13 +186,15 @@ func (r *repo) CampaignStateForQueue(ctx context.Context, id string) (keyport.Ca
 	return keyport.CampaignState(st.String), nil
 }
 
-// LockModuleForQueue locks the module row FOR UPDATE on PostgreSQL.
+// LockModuleForQueue locks the module row FOR NO KEY UPDATE on PostgreSQL
+// (the job insert holds FOR KEY SHARE on it already, through its foreign
+// key; FOR UPDATE would deadlock two transactions that both hold that).
 func (r *repo) LockModuleForQueue(ctx context.Context, moduleID int64) error {
 	if r.dialect != dialectPostgres {
 		return nil // one writer at a time
 	}
 	var id int64
-	return wrap("lock module", r.w.WithContext(ctx).Raw(`SELECT id FROM modules WHERE id = ? FOR UPDATE`, moduleID).Scan(&id).Error)
+	return wrap("lock module", r.w.WithContext(ctx).Raw(`SELECT id FROM modules WHERE id = ? FOR NO KEY UPDATE`, moduleID).Scan(&id).Error)
 }
 
 // AddCampaignTargets inserts ts in one multi-row statement.
