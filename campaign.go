@@ -37,13 +37,13 @@ const (
 var CampaignOps = []CampaignOp{CampaignLock, CampaignUnlock, CampaignRelease, CampaignRuleAdd, CampaignRuleRemove,
 	CampaignRotation, CampaignData}
 
-// scripted reports whether op takes one pre-built script per domain (an
+// Scripted reports whether op takes one pre-built script per domain (an
 // NDJSON upload) instead of a target selection.
-func (op CampaignOp) scripted() bool { return op == CampaignRotation || op == CampaignData }
+func (op CampaignOp) Scripted() bool { return op == CampaignRotation || op == CampaignData }
 
 // providerOnly reports whether only a domain's provider may run op.
 func (op CampaignOp) providerOnly() bool {
-	return op == CampaignRuleAdd || op == CampaignRuleRemove || op.scripted()
+	return op == CampaignRuleAdd || op == CampaignRuleRemove || op.Scripted()
 }
 
 func (op CampaignOp) known() bool {
@@ -283,7 +283,7 @@ func (req *CampaignRequest) check() error {
 		return Invalid("params", "operation %s takes no parameters", req.Op)
 	}
 	t := req.Targets
-	if req.Op.scripted() {
+	if req.Op.Scripted() {
 		if t.Batch != "" || len(t.EIDs) > 0 || t.AllPersonalized {
 			return invalid("targets", "a script campaign's targets are the lines of its NDJSON upload")
 		}
@@ -464,7 +464,7 @@ func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignR
 	if err := req.check(); err != nil {
 		return nil, err
 	}
-	if req.Op.scripted() != (scripts != nil) {
+	if req.Op.Scripted() != (scripts != nil) {
 		if scripts == nil {
 			return nil, invalid("", "a script campaign takes an NDJSON upload (application/x-ndjson), one script a line")
 		}

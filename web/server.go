@@ -132,6 +132,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	s.accessRuleRoutes(api, admin)
 	s.approvalRoutes(admin)
 	s.msisdnRoutes(admin)
+	s.campaignRoutes(api, admin)
 
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
 	s.portalAPIRoutes(api)
