@@ -63,6 +63,15 @@ func newCampaignWorld(t testing.TB, st *store.Store, modules, others int) *campa
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.apdus = dataAPDUs(t)
+	w.runner = &keyport.CampaignRunner{Service: w.Svc, Holder: "replica-1"}
+	return w
+}
+
+// dataAPDUs is a data script (one STORE DATA) that CheckDataScript passes
+// for a domain with keys KVN 30, under made-up keys.
+func dataAPDUs(t testing.TB) []string {
+	t.Helper()
 	cmds, err := gp.StoreDataObjects([]gp.DGI{{Tag: 0x0101, Data: []byte("campaign")}})
 	if err != nil {
 		t.Fatal(err)
@@ -72,9 +81,7 @@ func newCampaignWorld(t testing.TB, st *store.Store, modules, others int) *campa
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.apdus = req.APDUs
-	w.runner = &keyport.CampaignRunner{Service: w.Svc, Holder: "replica-1"}
-	return w
+	return req.APDUs
 }
 
 // upload is the NDJSON of one data script for each domain 1 of eids.
