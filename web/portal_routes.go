@@ -101,6 +101,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	ad.POST("/approvals/:id/cancel", s.cancelApproval)
 	s.securityRoutes(ad.Group("/security"))
 	s.lifecyclePages(pr, ad)
+	s.campaignPages(pr, ad)
 }
 
 // securityRoutes are the sign-in security pages of a provider's user
