@@ -113,7 +113,8 @@ const (
 	MaxCampaignTargets  = 100_000 // EID list entries or script lines of one campaign
 	MaxCampaignRate     = 1000    // jobs queued per second
 	DefaultCampaignRate = 50
-	MaxCampaignBody     = 8 << 20 // an EID list or NDJSON upload
+	MaxCampaignBody     = 8 << 20   // a JSON request (an EID list)
+	MaxCampaignUpload   = 128 << 20 // an NDJSON upload, read as a stream
 	MaxCampaignLine     = 64 << 10
 )
 
@@ -345,7 +346,7 @@ func parseTargetEntry(s string) (EID, AID, error) {
 // MaxCampaignTargets lines is an *InvalidError naming the line; fn's error
 // stops the reading and is returned as it is.
 func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) error) (int, error) {
-	sc := bufio.NewScanner(io.LimitReader(r, MaxCampaignBody+1))
+	sc := bufio.NewScanner(io.LimitReader(r, MaxCampaignUpload+1))
 	sc.Buffer(make([]byte, 0, 4096), MaxCampaignLine)
 	seen := map[string]struct{}{}
 	n, line, read := 0, 0, 0
@@ -353,8 +354,8 @@ func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) erro
 		line++
 		b := sc.Bytes()
 		read += len(b) + 1
-		if read > MaxCampaignBody {
-			return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignBody)
+		if read > MaxCampaignUpload {
+			return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignUpload)
 		}
 		if len(bytes.TrimSpace(b)) == 0 {
 			continue
@@ -399,8 +400,8 @@ func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) erro
 		}
 		return n, err
 	}
-	if read > MaxCampaignBody {
-		return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignBody)
+	if read > MaxCampaignUpload {
+		return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignUpload)
 	}
 	if n == 0 {
 		return 0, invalid("", "the upload holds no script")

@@ -55,8 +55,12 @@ func (s *Server) postCampaign(c echo.Context) error {
 		return err
 	}
 	r := c.Request()
-	body := http.MaxBytesReader(c.Response(), r.Body, keyport.MaxCampaignBody)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType))
+	limit := int64(keyport.MaxCampaignBody)
+	if mt == "application/x-ndjson" {
+		limit = keyport.MaxCampaignUpload
+	}
+	body := http.MaxBytesReader(c.Response(), r.Body, limit)
 	var req *keyport.CampaignRequest
 	var scripts io.Reader
 	switch mt {

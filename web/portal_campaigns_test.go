@@ -62,11 +62,7 @@ func TestCampaignPagesShowProgressAndControlOnlyOwnCampaigns(t *testing.T) {
 	if v, _ := p.w.Svc.GetCampaign(ctx, a, mine.ID); v.State != keyport.CampaignCancelled {
 		t.Fatalf("after cancel: %s", v.State)
 	}
-	pw, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ad := signInPages(t, p.srv.URL, "admin@issuer.example", pw)
+	ad := signInPages(t, p.srv.URL, p.adminEmail, p.adminPW)
 	if st, body := ad.get("/admin/campaigns"); st != 200 || !strings.Contains(body, mine.ID) || !strings.Contains(body, theirs.ID) {
 		t.Fatalf("console list %d", st)
 	}
