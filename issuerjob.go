@@ -240,6 +240,9 @@ func (s *Service) createIssuerJob(ctx context.Context, j *Job, op IssuerOperatio
 		if err := tx.CreateJob(ctx, j); err != nil {
 			return err
 		}
+		if err := runQueueHook(ctx, tx, j); err != nil { // a campaign's target (campaignrun.go)
+			return err
+		}
 		if err := op.Queued(ctx, tx, env); err != nil {
 			return err
 		}

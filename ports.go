@@ -94,6 +94,70 @@ type Repo interface {
 	ApprovalRepo
 	AccessRuleRepo
 	OTARepo
+	CampaignRepo
+}
+
+// CampaignRepo stores campaigns (campaign.go) and their targets, one row
+// each, paged by ID (keyset) so that no caller holds more than a page.
+type CampaignRepo interface {
+	CreateCampaign(ctx context.Context, c *Campaign) error
+	// GetCampaign returns the campaign; ErrNotFound if unknown.
+	GetCampaign(ctx context.Context, id string) (*Campaign, error)
+	// ListCampaigns returns the provider's campaigns ("": every one),
+	// newest first.
+	ListCampaigns(ctx context.Context, providerID string, limit int) ([]Campaign, error)
+	// RunnableCampaigns returns up to limit campaigns without a finish
+	// time, oldest first: RUNNING, PAUSED and CANCELLED ones (whose sent
+	// jobs may still end).
+	RunnableCampaigns(ctx context.Context, limit int) ([]Campaign, error)
+	SetCampaignTotal(ctx context.Context, id string, total int) error
+	// SetCampaignState moves the campaign from one of from to to with a
+	// conditional update (ErrConflict, changing nothing, otherwise).
+	SetCampaignState(ctx context.Context, id string, from []CampaignState, to CampaignState) error
+	// EndCampaign sets the campaign's finish time unless it is set; it
+	// reports whether it did.
+	EndCampaign(ctx context.Context, id string, at time.Time) (bool, error)
+	// ClaimCampaign takes or renews holder's lease of the campaign until
+	// until, only while it is free, expired at now, or holder's already: of
+	// two runners exactly one gets it.
+	ClaimCampaign(ctx context.Context, id, holder string, now, until time.Time) (bool, error)
+	// CampaignStateForQueue reads the campaign's state inside a queueing
+	// transaction, locking the row against a concurrent state change
+	// (PostgreSQL: FOR SHARE; SQLite serializes writers anyway).
+	CampaignStateForQueue(ctx context.Context, id string) (CampaignState, error)
+	// LockModuleForQueue locks the module's row until the transaction ends
+	// (PostgreSQL: FOR NO KEY UPDATE), so that two transactions counting its
+	// pending jobs do so one after the other.
+	LockModuleForQueue(ctx context.Context, moduleID int64) error
+
+	// AddCampaignTargets inserts targets (IDs set by the store).
+	AddCampaignTargets(ctx context.Context, ts []CampaignTarget) error
+	// AddCampaignBatchTargets inserts, PENDING, every claimed domain (one
+	// with an owner) of the batch's modules, only those with AID aid when
+	// aid is set, in one statement; it returns how many.
+	AddCampaignBatchTargets(ctx context.Context, campaignID string, batchID int64, aid AID) (int, error)
+	// AddCampaignProviderTargets inserts, PENDING, every domain of the
+	// provider in state, in one statement; it returns how many.
+	AddCampaignProviderTargets(ctx context.Context, campaignID, providerID string, state DomainState) (int, error)
+	// CampaignTargetsAfter returns up to limit of the campaign's targets in
+	// state with an ID above afterID, in ID order.
+	CampaignTargetsAfter(ctx context.Context, campaignID string, state TargetState, afterID int64, limit int) ([]CampaignTarget, error)
+	// MarkCampaignTarget moves target id from state from to to with the job
+	// (0 and "": the target's job is left as it is), cause and detail,
+	// conditionally; it reports whether it moved.
+	MarkCampaignTarget(ctx context.Context, id int64, from, to TargetState, jobID int64, jobRef, cause, detail string) (bool, error)
+	// CancelPendingTargets moves the campaign's PENDING targets to
+	// CANCELLED, in one statement.
+	CancelPendingTargets(ctx context.Context, campaignID string) error
+	// CampaignEnds returns up to limit QUEUED targets above afterID whose
+	// job has ended, in ID order, with the job's end.
+	CampaignEnds(ctx context.Context, campaignID string, afterID int64, limit int) ([]CampaignEnd, error)
+	// CampaignCounts counts the campaign's targets by state.
+	CampaignCounts(ctx context.Context, campaignID string) (map[TargetState]int, error)
+	// CampaignCauses groups the campaign's targets that ended otherwise
+	// than DONE by state and cause, largest group first, each with one
+	// example detail.
+	CampaignCauses(ctx context.Context, campaignID string) ([]CampaignCause, error)
 }
 
 // AccessRuleRepo stores providers' access rules (accessrule.go): hashes

@@ -447,6 +447,9 @@ func (s *Service) queueProviderScript(ctx context.Context, p Principal, d *Domai
 		if err := tx.CreateJob(ctx, j); err != nil {
 			return err
 		}
+		if err := runQueueHook(ctx, tx, j); err != nil { // a campaign's target (campaignrun.go)
+			return err
+		}
 		details := map[string]any{"job": j.Ref}
 		for k, v := range ps.audit {
 			details[k] = v

@@ -383,6 +383,49 @@ var migrations = []migration{
 	{12, "domain sequence counter unverified mark", []string{
 		`ALTER TABLE domains ADD COLUMN seq_unverified BOOLEAN NOT NULL DEFAULT FALSE`,
 	}},
+	// Campaigns (campaign.go in the root package): one operation over many
+	// domains, its targets materialized one row each (the job each one
+	// queued, its state and the cause of its end), paged by id; the
+	// runner's lease on the campaign row keeps two replicas from working
+	// the same campaign at once.
+	{13, "campaigns and their targets", []string{
+		`CREATE TABLE campaigns (
+			id TEXT PRIMARY KEY,
+			provider_id TEXT REFERENCES providers (id),
+			op TEXT NOT NULL,
+			params TEXT NOT NULL DEFAULT '',
+			state TEXT NOT NULL,
+			rate INTEGER NOT NULL,
+			module_cap INTEGER NOT NULL,
+			busy TEXT NOT NULL,
+			actor TEXT NOT NULL,
+			actor_name TEXT NOT NULL,
+			total INTEGER NOT NULL DEFAULT 0,
+			lease_holder TEXT NOT NULL DEFAULT '',
+			lease_until {{time}},
+			created_at {{time}} NOT NULL,
+			updated_at {{time}} NOT NULL,
+			finished_at {{time}}
+		)`,
+		`CREATE INDEX campaigns_provider ON campaigns (provider_id, created_at)`,
+		`CREATE INDEX campaigns_state ON campaigns (state)`,
+		`CREATE TABLE campaign_targets (
+			id {{id}},
+			campaign_id TEXT NOT NULL REFERENCES campaigns (id),
+			domain_id BIGINT,
+			module_id BIGINT,
+			eid TEXT NOT NULL,
+			aid TEXT NOT NULL,
+			state TEXT NOT NULL,
+			job_id BIGINT,
+			job_ref TEXT NOT NULL DEFAULT '',
+			cause TEXT NOT NULL DEFAULT '',
+			detail TEXT NOT NULL DEFAULT '',
+			params TEXT NOT NULL DEFAULT '',
+			updated_at {{time}} NOT NULL
+		)`,
+		`CREATE INDEX campaign_targets_state ON campaign_targets (campaign_id, state, id)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -46,6 +46,7 @@ type matrixWorld struct {
 	wrappingKeyA, tokenA string
 	credentials          map[role][2]string
 	adminTokenID         string
+	campaignID           string
 }
 
 func newMatrixWorld(t *testing.T) *matrixWorld {
@@ -109,7 +110,13 @@ func newMatrixWorld(t *testing.T) *matrixWorld {
 		t.Fatal(err)
 	}
 	m.tokenID, m.provID, m.jobRef, m.wrappingKeyA, m.tokenA = spare.ID, a.ProviderID, job.Ref, wk.ID, m.apiTokens[providerA]
-	m.secretsOfA = []string{a.ProviderID, wk.ID, c.ID, spare.ID, job.Ref, "Alpha Bank", "ops@alpha.example", m.apiTokens[providerA]}
+	cmp, err := p.w.Svc.CreateCampaign(ctx, a, keyport.CampaignRequest{Op: keyport.CampaignLock,
+		Targets: keyport.CampaignTargets{EIDs: []string{string(m.eid)}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.campaignID = cmp.ID
+	m.secretsOfA = []string{a.ProviderID, wk.ID, c.ID, spare.ID, job.Ref, "Alpha Bank", "ops@alpha.example", m.apiTokens[providerA], cmp.ID}
 
 	m.credentials = map[role][2]string{anonymous: {}, providerA: {"ops@alpha.example", "alpha password 123"},
 		providerB: {"ops@beta.example", "beta password 123"}, adminRole: {p.adminEmail, p.adminPW}}
@@ -158,6 +165,8 @@ func (m *matrixWorld) concrete(path string) string {
 	switch {
 	case strings.Contains(path, "/jobs/:id"):
 		path = strings.Replace(path, ":id", m.jobRef, 1)
+	case strings.Contains(path, "/campaigns/:id"):
+		path = strings.Replace(path, ":id", m.campaignID, 1)
 	case strings.HasPrefix(path, "/admin/tokens/:id"):
 		path = strings.Replace(path, ":id", m.adminTokenID, 1)
 	case strings.Contains(path, "/tokens/:id"):
@@ -224,7 +233,8 @@ func expect(method, path string, r role) (access, bool) {
 		"/api/v1/openapi.json": true}
 	// Any provider may look a module up by EID (to claim a free domain);
 	// what it sees of the module is checked by the leak check below.
-	withObjectOfA := strings.Contains(path, ":eid") && !strings.HasPrefix(path, "/api/v1/modules/") || strings.Contains(path, "/tokens/:id") || strings.Contains(path, "/jobs/:id")
+	withObjectOfA := strings.Contains(path, ":eid") && !strings.HasPrefix(path, "/api/v1/modules/") || strings.Contains(path, "/tokens/:id") || strings.Contains(path, "/jobs/:id") ||
+		strings.Contains(path, "/campaigns/:id")
 	// A passkey ID the matrix leaves as ":id" names none of the caller's
 	// passkeys: 404 to whoever may reach the route (store tests show that
 	// another user's is refused the same way).

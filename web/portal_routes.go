@@ -103,6 +103,7 @@ func (s *Server) pageRoutes(e *echo.Echo) {
 	s.securityRoutes(ad.Group("/security"))
 	s.sandboxPageRoutes(ad, "/admin/sandbox")
 	s.lifecyclePages(pr, ad)
+	s.campaignPages(pr, ad)
 }
 
 // securityRoutes are the sign-in security pages of a provider's user

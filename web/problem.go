@@ -42,6 +42,14 @@ func problemFor(err error) Problem {
 	var imp *keyport.ImportErrors
 	var mbe *http.MaxBytesError
 	switch {
+	case errors.As(err, new(badRequest)):
+		// A campaign's input (web/campaigns.go): 400, nothing stored.
+		var inv *keyport.InvalidError
+		p := Problem{Type: problemPrefix + "invalid-campaign", Title: "Campaign rejected", Status: http.StatusBadRequest, Detail: err.Error()}
+		if errors.As(err, &inv) {
+			p.Field = inv.Field
+		}
+		return p
 	case errors.As(err, &imp):
 		p := Problem{Type: problemPrefix + "invalid-import", Title: "Import file rejected", Status: http.StatusUnprocessableEntity, Detail: err.Error()}
 		for _, l := range imp.Lines {

@@ -137,6 +137,7 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	s.approvalRoutes(admin)
 	s.msisdnRoutes(admin)
 	s.sandboxRoutes(api)
+	s.campaignRoutes(api, admin)
 
 	e.GET("/api/v1/openapi.json", serveOpenAPI)
 	s.portalAPIRoutes(api)

@@ -83,6 +83,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stopCardLink()
+	defer startCampaigns(ctx, a)()
 	webOpts, err := portal.webOptions(a)
 	if err != nil {
 		return err
