@@ -27,12 +27,12 @@ func (s *Server) campaignRoutes(api, admin *echo.Group) {
 	}
 }
 
-// badRequest marks an error of a campaign's input: 400, whatever its
+// rejectedCampaign marks an error of a campaign's input: 422, whatever its
 // class (problemFor).
-type badRequest struct{ err error }
+type rejectedCampaign struct{ err error }
 
-func (e badRequest) Error() string { return e.err.Error() }
-func (e badRequest) Unwrap() error { return e.err }
+func (e rejectedCampaign) Error() string { return e.err.Error() }
+func (e rejectedCampaign) Unwrap() error { return e.err }
 
 // campaignPrincipal is the caller, which must be an admin under /admin and
 // a provider elsewhere.
@@ -70,11 +70,11 @@ func (s *Server) postCampaign(c echo.Context) error {
 			return err
 		}
 		if req, err = keyport.ParseCampaignRequest(b); err != nil {
-			return badRequest{err}
+			return rejectedCampaign{err}
 		}
 	case "application/x-ndjson":
 		if req, err = campaignQuery(c); err != nil {
-			return badRequest{err}
+			return rejectedCampaign{err}
 		}
 		scripts = body
 	default:
@@ -83,7 +83,7 @@ func (s *Server) postCampaign(c echo.Context) error {
 	cm, err := s.svc.CreateCampaign(r.Context(), p, *req, scripts)
 	var mbe *http.MaxBytesError
 	if errors.Is(err, keyport.ErrInvalid) && !errors.As(err, &mbe) {
-		return badRequest{err}
+		return rejectedCampaign{err}
 	}
 	if err != nil {
 		return err

@@ -11,12 +11,12 @@ import (
 	"github.com/keyport/keyport/internal/fixture"
 )
 
-// TestCampaignAPIConformsAndRefusesBadInputWith400: the campaign routes,
-// every exchange checked against web/openapi.json: bad input is 400 with
+// TestCampaignAPIConformsAndRefusesBadInputWith422: the campaign routes,
+// every exchange checked against web/openapi.json: bad input is 422 with
 // nothing stored, a provider's campaign naming a module it has no domain
 // on counts the target "not yours", pause/resume/cancel answer the
 // campaign, and each side stays on its own routes.
-func TestCampaignAPIConformsAndRefusesBadInputWith400(t *testing.T) {
+func TestCampaignAPIConformsAndRefusesBadInputWith422(t *testing.T) {
 	tr := newContractTransport(t)
 	cl := tr.client()
 	p := startPortal(t, 2, 1)
@@ -53,14 +53,14 @@ func TestCampaignAPIConformsAndRefusesBadInputWith400(t *testing.T) {
 	}
 	const js = "application/json"
 	// Requests 0, 1, 3 and 4 are ones the document itself refuses.
-	if v := do(tokA, "POST", "/campaigns", js, `{"op":"erase","targets":{"all_personalized":true}}`, 400); v["field"] != "op" || v["type"] != "urn:keyport:problem:invalid-campaign" {
+	if v := do(tokA, "POST", "/campaigns", js, `{"op":"erase","targets":{"all_personalized":true}}`, 422); v["field"] != "op" || v["type"] != "urn:keyport:problem:invalid-campaign" {
 		t.Fatalf("unknown op: %v", v)
 	}
-	do(tokA, "POST", "/campaigns", js, `{"op":"lock","targets":{"eids":["`+eid+`"]},"extra":1}`, 400)
-	if v := do(tokA, "POST", "/campaigns?op=data-script", "application/x-ndjson", "{\"eid\":\"x\"\n", 400); v["field"] != "line 1" {
+	do(tokA, "POST", "/campaigns", js, `{"op":"lock","targets":{"eids":["`+eid+`"]},"extra":1}`, 422)
+	if v := do(tokA, "POST", "/campaigns?op=data-script", "application/x-ndjson", "{\"eid\":\"x\"\n", 422); v["field"] != "line 1" {
 		t.Fatalf("bad NDJSON line: %v", v)
 	}
-	do(tokA, "POST", "/campaigns?op=lock", "application/x-ndjson", "{}\n", 400)
+	do(tokA, "POST", "/campaigns?op=lock", "application/x-ndjson", "{}\n", 422)
 	do(tokA, "POST", "/campaigns", "text/plain", "x", 415)
 	if v := do(tokA, "GET", "/campaigns", "", "", 200); len(v["campaigns"].([]any)) != 0 {
 		t.Fatalf("bad input stored a campaign: %v", v)
@@ -86,7 +86,7 @@ func TestCampaignAPIConformsAndRefusesBadInputWith400(t *testing.T) {
 	}
 	do(admin, "GET", "/admin/campaigns/"+id, "", "", 200)
 	do(admin, "GET", "/admin/campaigns/cmp_nope", "", "", 404)
-	do(admin, "POST", "/admin/campaigns", js, `{"op":"lock","targets":{"batch":"b1"}}`, 400) // no claimed domain
+	do(admin, "POST", "/admin/campaigns", js, `{"op":"lock","targets":{"batch":"b1"}}`, 422) // no claimed domain
 	for i, x := range tr.exchanges() {
 		if x.route == nil || x.responseErr != nil || (x.requestErr != nil) != (i < 5 && i != 2) {
 			t.Errorf("%v: route %v, request %v, response %v", x, x.routeErr, x.requestErr, x.responseErr)

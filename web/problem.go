@@ -42,10 +42,10 @@ func problemFor(err error) Problem {
 	var imp *keyport.ImportErrors
 	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, new(badRequest)):
-		// A campaign's input (web/campaigns.go): 400, nothing stored.
+	case errors.As(err, new(rejectedCampaign)):
+		// A campaign's input (web/campaigns.go): 422, nothing stored.
 		var inv *keyport.InvalidError
-		p := Problem{Type: problemPrefix + "invalid-campaign", Title: "Campaign rejected", Status: http.StatusBadRequest, Detail: err.Error()}
+		p := Problem{Type: problemPrefix + "invalid-campaign", Title: "Campaign rejected", Status: http.StatusUnprocessableEntity, Detail: err.Error()}
 		if errors.As(err, &inv) {
 			p.Field = inv.Field
 		}
