@@ -116,30 +116,40 @@ func (s *Server) postWrappingKey(c echo.Context) error {
 	return c.JSON(http.StatusCreated, map[string]any{"id": k.ID, "sha256": k.SHA256, "bits": k.Bits, "created_at": k.CreatedAt})
 }
 
-func (s *Server) postClaim(c echo.Context) error {
-	if principal(c).ProviderID == "" {
-		return keyport.ErrForbidden // before the body: an admin token cannot claim
-	}
+// readClaimRequest reads the body of a claim (POST /api/v1/claims and its
+// sandbox twin) and its Idempotency-Key header.
+func readClaimRequest(c echo.Context) (keyport.ClaimRequest, error) {
 	var in struct {
 		EID           string `json:"eid"`
 		AID           string `json:"aid"`
 		WrappingKeyID string `json:"wrapping_key_id"`
 	}
 	if err := readJSON(c, &in); err != nil {
-		return err
+		return keyport.ClaimRequest{}, err
 	}
 	req := keyport.ClaimRequest{WrappingKeyID: in.WrappingKeyID, IdempotencyKey: c.Request().Header.Get("Idempotency-Key")}
 	var err error
 	if req.EID, err = keyport.ParseEID(in.EID); err != nil {
-		return err
+		return keyport.ClaimRequest{}, err
 	}
 	if in.AID != "" {
 		if req.AID, err = keyport.ParseAID(in.AID); err != nil {
-			return err
+			return keyport.ClaimRequest{}, err
 		}
 	}
 	if req.WrappingKeyID == "" {
-		return keyport.Invalid("wrapping_key_id", "missing: register a key at /api/v1/wrapping-keys first")
+		return keyport.ClaimRequest{}, keyport.Invalid("wrapping_key_id", "missing: register a key at /api/v1/wrapping-keys first")
+	}
+	return req, nil
+}
+
+func (s *Server) postClaim(c echo.Context) error {
+	if principal(c).ProviderID == "" {
+		return keyport.ErrForbidden // before the body: an admin token cannot claim
+	}
+	req, err := readClaimRequest(c)
+	if err != nil {
+		return err
 	}
 	claim, created, err := s.svc.Claim(c.Request().Context(), principal(c), req)
 	if err != nil {

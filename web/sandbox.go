@@ -113,26 +113,9 @@ func (s *Server) postSandboxClaim(c echo.Context) error {
 	if principal(c).ProviderID == "" {
 		return keyport.ErrForbidden
 	}
-	var in struct {
-		EID           string `json:"eid"`
-		AID           string `json:"aid"`
-		WrappingKeyID string `json:"wrapping_key_id"`
-	}
-	if err := readJSON(c, &in); err != nil {
+	req, err := readClaimRequest(c)
+	if err != nil {
 		return err
-	}
-	req := keyport.ClaimRequest{WrappingKeyID: in.WrappingKeyID, IdempotencyKey: c.Request().Header.Get("Idempotency-Key")}
-	var err error
-	if req.EID, err = keyport.ParseEID(in.EID); err != nil {
-		return err
-	}
-	if in.AID != "" {
-		if req.AID, err = keyport.ParseAID(in.AID); err != nil {
-			return err
-		}
-	}
-	if req.WrappingKeyID == "" {
-		return keyport.Invalid("wrapping_key_id", "missing: register a key at /api/v1/wrapping-keys first")
 	}
 	claim, created, err := s.opts.Sandbox.Claim(c.Request().Context(), principal(c), req)
 	if err != nil {
