@@ -526,13 +526,17 @@ func demoPassword() string {
 
 // demoEID is the EID of demo module n: 89049032, zeros, n in six digits
 // and the two check digits that make it valid (mod 97 == 1).
-func demoEID(n int) string {
-	base := fmt.Sprintf("890490320000000000000000%06d", n)
-	r := 0
-	for _, c := range base + "00" {
-		r = (r*10 + int(c-'0')) % 97
+func demoEID(n int) string { return numberedEID("890490320000000000000000", n) }
+
+// numberedEID is the EID of module n of a synthetic series: the 24-digit
+// prefix, n in six digits, and the check digits.
+func numberedEID(prefix string, n int) string {
+	base := fmt.Sprintf("%s%06d", prefix, n)
+	cd, err := keyport.EIDCheckDigits(base)
+	if err != nil {
+		panic(err) // a constant prefix of the wrong length
 	}
-	return base + fmt.Sprintf("%02d", 98-r)
+	return base + cd
 }
 
 // start runs a handset agent for every module, connected to the admin

@@ -261,14 +261,7 @@ func (r *sandboxRun) setUp(ctx context.Context, sf *sandboxFlags) error {
 
 // sandboxEID is the EID of sandbox module n: 89049032, 9s, n in six digits
 // and the check digits (mod 97 == 1); demo EIDs have zeros instead.
-func sandboxEID(n int) string {
-	base := fmt.Sprintf("890490329999999999999999%06d", n)
-	rem := 0
-	for _, c := range base + "00" {
-		rem = (rem*10 + int(c-'0')) % 97
-	}
-	return base + fmt.Sprintf("%02d", 98-rem)
-}
+func sandboxEID(n int) string { return numberedEID("890490329999999999999999", n) }
 
 // start runs the sandbox's admin server, delivery worker and agents.
 func (r *sandboxRun) start(ctx context.Context, hooks *cardLinkFlags, o sandboxOptions) error {
