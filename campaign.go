@@ -1,7 +1,6 @@
 package keyport
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -346,20 +345,25 @@ func parseTargetEntry(s string) (EID, AID, error) {
 // MaxCampaignTargets lines is an *InvalidError naming the line; fn's error
 // stops the reading and is returned as it is.
 func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) error) (int, error) {
-	sc := bufio.NewScanner(io.LimitReader(r, MaxCampaignUpload+1))
-	sc.Buffer(make([]byte, 0, 4096), MaxCampaignLine)
+	sc := newLineScanner(io.LimitReader(r, MaxCampaignUpload+1), MaxCampaignLine)
 	seen := map[string]struct{}{}
-	n, line, read := 0, 0, 0
-	for sc.Scan() {
-		line++
-		b := sc.Bytes()
-		read += len(b) + 1
-		if read > MaxCampaignUpload {
+	n := 0
+	for {
+		b, err := sc.next()
+		if sc.read > MaxCampaignUpload {
 			return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignUpload)
 		}
-		if len(bytes.TrimSpace(b)) == 0 {
-			continue
+		if err == io.EOF {
+			break
 		}
+		var le *LineError
+		if errors.As(err, &le) {
+			return n, Invalid(fmt.Sprintf("line %d", le.Line), "longer than %d bytes", MaxCampaignLine)
+		}
+		if err != nil {
+			return n, err
+		}
+		line := sc.line
 		if n == MaxCampaignTargets {
 			return n, Invalid(fmt.Sprintf("line %d", line), "at most %d scripts in one campaign", MaxCampaignTargets)
 		}
@@ -393,15 +397,6 @@ func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) erro
 		if err := fn(line, &s); err != nil {
 			return n, err
 		}
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return n, Invalid(fmt.Sprintf("line %d", line+1), "longer than %d bytes", MaxCampaignLine)
-		}
-		return n, err
-	}
-	if read > MaxCampaignUpload {
-		return n, Invalid("", "the upload is larger than %d bytes", MaxCampaignUpload)
 	}
 	if n == 0 {
 		return 0, invalid("", "the upload holds no script")

@@ -206,23 +206,29 @@ func (e *ImportErrors) Error() string {
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *ImportErrors) Is(target error) bool { return target == ErrInvalid }
 
-// importScanner reads an import file line by line with 1-based line numbers,
-// skipping blank lines.
-type importScanner struct {
+// lineScanner reads a JSON Lines upload (an import file, a campaign's
+// scripts) line by line with 1-based line numbers, skipping blank lines. A
+// line longer than max is a *LineError naming it.
+type lineScanner struct {
 	sc   *bufio.Scanner
+	max  int
 	line int
+	// read counts the bytes scanned so far, blank lines and newlines
+	// included.
+	read int
 }
 
-func newImportScanner(r io.Reader) *importScanner {
+func newLineScanner(r io.Reader, max int) *lineScanner {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), MaxImportLine)
-	return &importScanner{sc: sc}
+	sc.Buffer(make([]byte, 0, min(64<<10, max)), max)
+	return &lineScanner{sc: sc, max: max}
 }
 
 // next returns the next non-blank line, or io.EOF.
-func (s *importScanner) next() ([]byte, error) {
+func (s *lineScanner) next() ([]byte, error) {
 	for s.sc.Scan() {
 		s.line++
+		s.read += len(s.sc.Bytes()) + 1
 		b := bytes.TrimSpace(s.sc.Bytes())
 		if len(b) > 0 {
 			return b, nil
@@ -230,7 +236,7 @@ func (s *importScanner) next() ([]byte, error) {
 	}
 	if err := s.sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, &LineError{Line: s.line + 1, Err: invalid("", fmt.Sprintf("line longer than %d bytes", MaxImportLine))}
+			return nil, &LineError{Line: s.line + 1, Err: invalid("", fmt.Sprintf("line longer than %d bytes", s.max))}
 		}
 		return nil, err
 	}
@@ -345,7 +351,7 @@ func parseAhead(ctx context.Context, file io.Reader) <-chan parsedLine {
 	out := make(chan parsedLine, 1024)
 	go func() {
 		defer close(out)
-		sc := newImportScanner(file)
+		sc := newLineScanner(file, MaxImportLine)
 		for {
 			line, err := sc.next()
 			if err == io.EOF {

@@ -56,8 +56,8 @@ func TestParseImportLineNamesTheBadField(t *testing.T) {
 	}
 }
 
-func TestImportScannerNumbersLinesAndRefusesOverlongOnes(t *testing.T) {
-	sc := newImportScanner(strings.NewReader("\n a \n\nb\n"))
+func TestLineScannerNumbersLinesAndRefusesOverlongOnes(t *testing.T) {
+	sc := newLineScanner(strings.NewReader("\n a \n\nb\n"), MaxImportLine)
 	l, _ := sc.next()
 	if string(l) != "a" || sc.line != 2 {
 		t.Errorf("first: %q at %d", l, sc.line)
@@ -66,7 +66,7 @@ func TestImportScannerNumbersLinesAndRefusesOverlongOnes(t *testing.T) {
 	if string(l) != "b" || sc.line != 4 {
 		t.Errorf("second: %q at %d", l, sc.line)
 	}
-	sc = newImportScanner(strings.NewReader("x\n" + strings.Repeat("y", MaxImportLine+1)))
+	sc = newLineScanner(strings.NewReader("x\n"+strings.Repeat("y", MaxImportLine+1)), MaxImportLine)
 	sc.next()
 	_, err := sc.next()
 	var le *LineError
