@@ -93,10 +93,11 @@ type AuditHead struct {
 }
 
 // audit appends an event to the chain inside tx, moves the keyed head to it
-// (before tx commits, once for all of tx's events: BeforeCommit) and, every
-// CheckpointEvery events, adds an HSM HMAC checkpoint over it. tx must be a
-// transaction (Store.Tx): the store's append lock then holds until the head
-// is written, so heads follow the chain's order.
+// and, every CheckpointEvery events, adds an HSM HMAC checkpoint over it.
+// tx must be a transaction (Store.Tx): the store queues the event and, just
+// before tx commits (BeforeCommit), chains all of tx's events under its
+// lock (AuditSealer), for which the HSM MACs the head once; the lock holds
+// until the commit, so heads follow the chain's order.
 func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object string, detail any) error {
 	d, err := json.Marshal(detail)
 	if err != nil {
@@ -106,41 +107,59 @@ func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object stri
 	if err := tx.AppendAudit(ctx, e); err != nil {
 		return fmt.Errorf("keyport: audit %s: %w", action, err)
 	}
-	// The head is written once per transaction, for its last event, when
-	// the store can defer it (BeforeCommit): the heads of the events
-	// before it in the same transaction would be overwritten unseen.
-	seq, hash, at := e.Seq, e.Hash, e.At
-	setHead := func(ctx context.Context, tx Repo) error {
-		mac, err := s.Custody.AuditMAC(ctx, headInput(seq, hash))
-		if err != nil {
-			return fmt.Errorf("keyport: audit head: %w", err)
+	if e.Seq == 0 {
+		// Queued: the store chains the transaction's events when it
+		// commits, and the HSM keys the head (and checkpoints) once for
+		// all of them.
+		bc, ok := tx.(BeforeCommit)
+		if _, seals := tx.(AuditSealer); !ok || !seals {
+			return fmt.Errorf("keyport: audit %s: the store queued the event but cannot seal it", action)
 		}
-		if err := tx.SetAuditHead(ctx, &AuditHead{Seq: seq, Hash: hash, MAC: mac, At: at}); err != nil {
-			return fmt.Errorf("keyport: audit head: %w", err)
-		}
-		return nil
+		return bc.BeforeCommit(ctx, "audit-seal", func(ctx context.Context, tx Repo) error {
+			return tx.(AuditSealer).SealAudit(ctx, func(chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error) {
+				return s.auditKeys(ctx, chained)
+			})
+		})
 	}
-	if bc, ok := tx.(BeforeCommit); ok {
-		if err := bc.BeforeCommit(ctx, "audit-head", setHead); err != nil {
-			return err
-		}
-	} else if err := setHead(ctx, tx); err != nil {
+	h, cps, err := s.auditKeys(ctx, []AuditEvent{*e})
+	if err != nil {
 		return err
 	}
+	for i := range cps {
+		if err := tx.AddCheckpoint(ctx, &cps[i]); err != nil {
+			return fmt.Errorf("keyport: audit checkpoint: %w", err)
+		}
+	}
+	if err := tx.SetAuditHead(ctx, h); err != nil {
+		return fmt.Errorf("keyport: audit head: %w", err)
+	}
+	return nil
+}
+
+// auditKeys has the HSM MAC the head at the last of chained, and a
+// checkpoint at every CheckpointEvery-th event among them.
+func (s *Service) auditKeys(ctx context.Context, chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error) {
 	every := s.CheckpointEvery
 	if every <= 0 {
 		every = 16
 	}
-	if e.Seq%every == 0 {
+	var cps []AuditCheckpoint
+	for _, e := range chained {
+		if e.Seq%every != 0 {
+			continue
+		}
 		mac, err := s.Custody.AuditMAC(ctx, checkpointInput(e.Seq, e.Hash))
 		if err != nil {
-			return fmt.Errorf("keyport: audit checkpoint: %w", err)
+			return nil, nil, fmt.Errorf("keyport: audit checkpoint: %w", err)
 		}
-		if err := tx.AddCheckpoint(ctx, &AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, MAC: mac, At: e.At}); err != nil {
-			return fmt.Errorf("keyport: audit checkpoint: %w", err)
-		}
+		cps = append(cps, AuditCheckpoint{Seq: e.Seq, Hash: e.Hash, MAC: mac, At: e.At})
 	}
-	return nil
+	last := chained[len(chained)-1]
+	mac, err := s.Custody.AuditMAC(ctx, headInput(last.Seq, last.Hash))
+	if err != nil {
+		return nil, nil, fmt.Errorf("keyport: audit head: %w", err)
+	}
+	return &AuditHead{Seq: last.Seq, Hash: last.Hash, MAC: mac, At: last.At}, cps, nil
 }
 
 // The three MAC inputs are kept apart by their prefixes, so that no MAC in

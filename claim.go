@@ -171,8 +171,8 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 			}
 			return err
 		}
-		// The audit event last: its append holds the log's lock until
-		// the commit, so nothing else is done under it.
+		// The audit event is chained when the transaction commits (the
+		// store's seal takes the log's lock then, after these writes).
 		return s.audit(ctx, tx, p.Actor(), "claim", "domain:"+string(d.EID)+"/"+string(d.AID), detail)
 	})
 	if err != nil {

@@ -366,6 +366,8 @@ type AccountRepo interface {
 type AuditRepo interface {
 	// AppendAudit chains e to the log: under a lock it reads the head, sets
 	// e.Seq, e.PrevHash and e.Hash = ChainHash(head, *e), and inserts it.
+	// A store may instead queue e in a transaction (e.Seq stays 0) and
+	// chain it when the transaction commits (AuditSealer).
 	AppendAudit(ctx context.Context, e *AuditEvent) error
 	// AuditEvents returns up to limit events with Seq > after, in Seq order.
 	AuditEvents(ctx context.Context, after int64, limit int) ([]AuditEvent, error)
@@ -383,6 +385,20 @@ type AuditRepo interface {
 	// AuditHead returns the keyed head, ErrNotFound if none was written yet.
 	AuditHead(ctx context.Context) (*AuditHead, error)
 }
+
+// AuditSealer is a transaction's Repo that queues its audit appends and
+// chains them at the end: SealAudit, called from a BeforeCommit function,
+// takes the chain's lock, chains the queued events in order and stores
+// them with the head and checkpoints keys returns for them, so that the
+// lock is held only from the seal to the commit. What no one sealed is
+// chained at the commit, without a keyed head.
+type AuditSealer interface {
+	SealAudit(ctx context.Context, keys AuditKeys) error
+}
+
+// AuditKeys returns the keyed head and the checkpoints for events just
+// chained (Seq, PrevHash and Hash set), under the chain's lock.
+type AuditKeys func(chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error)
 
 // BeforeCommit is a Repo that can defer a write to the end of its
 // transaction. The store's repos implement it; audit uses it so that a

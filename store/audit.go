@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -27,46 +28,166 @@ type auditRow struct {
 
 func (auditRow) TableName() string { return "audit_events" }
 
-// AppendAudit chains e to the log. The head is read and the event inserted
-// under one lock: on PostgreSQL a transaction-scoped advisory lock (which
-// holds until the caller's transaction ends, so the chain follows commit
-// order), on SQLite the write transaction itself. e.At is normalised to
-// keyport.AuditTime (now if zero) before hashing, which is exactly what is
-// stored, so the chain verifies after reading back.
+// AppendAudit chains e to the log. Outside a transaction the head is read
+// and the event inserted at once, under the chain's lock (on PostgreSQL a
+// transaction-scoped advisory lock, on SQLite the write transaction itself).
+// In a transaction e is queued, and chained when the transaction commits
+// (SealAudit, or the commit itself when no one sealed): its Seq, PrevHash
+// and Hash are set then. The lock is so taken after everything else the
+// transaction did, and held only from the seal to the commit, so the chain
+// follows commit order, and a transaction that waits for the chain never
+// holds it while it waits for a row. e.At is normalised to the database's
+// precision before hashing, which is exactly what is stored, so the chain
+// verifies after reading back.
 func (r *repo) AppendAudit(ctx context.Context, e *keyport.AuditEvent) error {
-	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
-		if r.dialect == dialectPostgres && !(r.inTx && r.auditLocked) {
-			if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
-				return wrap("append audit: lock", err)
-			}
-			r.auditLocked = r.inTx
-		}
-		// Under the lock, what this transaction appended last is the head.
-		var head []auditRow
-		if r.inTx && r.auditHead != nil {
-			head = []auditRow{*r.auditHead}
-		} else if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
-			return wrap("append audit: head", err)
-		}
-		var prev []byte
-		e.Seq = 1
-		if len(head) == 1 {
-			e.Seq, prev = head[0].Seq+1, head[0].Hash
-		}
-		e.PrevHash = prev
-		e.At = dbTime(e.At)
-		e.Hash = keyport.ChainHash(prev, *e)
-		row := auditRow{Seq: e.Seq, At: e.At, Actor: e.Actor, Action: e.Action, Object: e.Object, Detail: e.Detail,
-			PrevHash: e.PrevHash, Hash: e.Hash}
-		if err := db.Create(&row).Error; err != nil {
-			return wrap("append audit", err)
-		}
-		if r.inTx {
-			r.auditHead = &auditRow{Seq: e.Seq, Hash: e.Hash}
-		}
+	if r.inTx {
+		e.Seq, e.PrevHash, e.Hash = 0, nil, nil
+		r.auditQueue = append(r.auditQueue, e)
 		return nil
+	}
+	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
+		tx := &repo{dialect: r.dialect, w: db, r: db, inTx: true, auditQueue: []*keyport.AuditEvent{e}}
+		return tx.SealAudit(ctx, nil)
 	})
 }
+
+// SealAudit implements keyport.AuditSealer: under the chain's lock it reads
+// the head, chains the events this transaction queued, and writes them,
+// with the head and checkpoints keys returns for them (none if keys is nil),
+// in one statement on PostgreSQL.
+func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
+	if !r.inTx {
+		return fmt.Errorf("store: seal audit outside a transaction: %w", keyport.ErrInvalid)
+	}
+	if len(r.auditQueue) == 0 {
+		return nil
+	}
+	db := r.w.WithContext(ctx)
+	if r.dialect == dialectPostgres {
+		if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
+			return wrap("append audit: lock", err)
+		}
+	}
+	var head []auditRow
+	if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
+		return wrap("append audit: head", err)
+	}
+	var seq int64
+	var prev []byte
+	if len(head) == 1 {
+		seq, prev = head[0].Seq, head[0].Hash
+	}
+	chained := make([]keyport.AuditEvent, len(r.auditQueue))
+	for i, e := range r.auditQueue {
+		seq++
+		c := *e
+		c.Seq, c.PrevHash, c.At = seq, prev, dbTime(e.At)
+		c.Hash = keyport.ChainHash(prev, c)
+		chained[i], prev = c, c.Hash
+	}
+	var h *keyport.AuditHead
+	var cps []keyport.AuditCheckpoint
+	if keys != nil {
+		var err error
+		if h, cps, err = keys(chained); err != nil {
+			return err
+		}
+	}
+	if err := r.writeSeal(db, chained, cps, h); err != nil {
+		return err
+	}
+	for i, e := range r.auditQueue {
+		*e = chained[i]
+	}
+	r.auditQueue = nil
+	if h != nil {
+		h.At = dbTime(h.At)
+	}
+	for i := range cps {
+		cps[i].At = dbTime(cps[i].At)
+	}
+	return nil
+}
+
+// writeSeal inserts chained events, their checkpoints and the head (if
+// any): one statement on PostgreSQL (data-modifying CTEs), three at most on
+// SQLite, where a statement costs no round trip.
+func (r *repo) writeSeal(db *gorm.DB, events []keyport.AuditEvent, cps []keyport.AuditCheckpoint, h *keyport.AuditHead) error {
+	var q strings.Builder
+	args := make([]any, 0, 8*len(events)+4*len(cps)+4)
+	q.WriteString(`INSERT INTO audit_events (seq, at, actor, action, object, detail, prev_hash, hash) VALUES `)
+	for i, e := range events {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+		args = append(args, e.Seq, e.At, e.Actor, e.Action, e.Object, e.Detail, e.PrevHash, e.Hash)
+	}
+	insertEvents := q.String()
+	q.Reset()
+	var insertCps string
+	if len(cps) > 0 {
+		q.WriteString(`INSERT INTO audit_checkpoints (seq, hash, mac, at) VALUES `)
+		for i := range cps {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?, ?, ?)")
+		}
+		insertCps = q.String()
+	}
+	cpArgs := make([]any, 0, 4*len(cps))
+	for _, c := range cps {
+		cpArgs = append(cpArgs, c.Seq, c.Hash, c.MAC, dbTime(c.At))
+	}
+	var headArgs []any
+	if h != nil {
+		headArgs = []any{h.Seq, h.Hash, h.MAC, dbTime(h.At)}
+	}
+	if r.dialect == dialectPostgres {
+		// One round trip for all of it, under the lock.
+		stmt, all := insertEvents, args
+		if insertCps != "" || h != nil {
+			q.Reset()
+			q.WriteString("WITH e AS (" + insertEvents + " RETURNING seq)")
+			if insertCps != "" {
+				q.WriteString(", c AS (" + insertCps + " RETURNING seq)")
+				all = append(all, cpArgs...)
+			}
+			if h != nil {
+				q.WriteString(" " + setHeadSQL)
+				all = append(all, headArgs...)
+			} else {
+				q.WriteString(" SELECT 1")
+			}
+			stmt = q.String()
+		}
+		if err := db.Exec(stmt, all...).Error; err != nil {
+			return wrap("append audit", err)
+		}
+		return nil
+	}
+	if err := db.Exec(insertEvents, args...).Error; err != nil {
+		return wrap("append audit", err)
+	}
+	if insertCps != "" {
+		if err := db.Exec(insertCps, cpArgs...).Error; err != nil {
+			return wrap("add checkpoint", err)
+		}
+	}
+	if h != nil {
+		if err := db.Exec(setHeadSQL, headArgs...).Error; err != nil {
+			return wrap("set audit head", err)
+		}
+	}
+	return nil
+}
+
+// setHeadSQL stores the keyed head unless the stored one is at its Seq or
+// later (SetAuditHead).
+const setHeadSQL = `INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, at = excluded.at
+		WHERE audit_head.seq < excluded.seq`
 
 // AuditEvents returns up to limit events with Seq > after, in Seq order.
 func (r *repo) AuditEvents(ctx context.Context, after int64, limit int) ([]keyport.AuditEvent, error) {
@@ -139,14 +260,12 @@ type auditHeadRow struct {
 func (auditHeadRow) TableName() string { return "audit_head" }
 
 // SetAuditHead stores h as the keyed head, one UPSERT that never moves the
-// head back: a stored head at h.Seq or later is kept. Inside the append's
-// transaction the append's lock (the advisory lock on PostgreSQL, the write
-// transaction on SQLite) still holds, so heads are written in chain order.
+// head back: a stored head at h.Seq or later is kept. (A sealed
+// transaction writes its head with its events, under the chain's lock:
+// SealAudit.)
 func (r *repo) SetAuditHead(ctx context.Context, h *keyport.AuditHead) error {
 	at := dbTime(h.At)
-	err := r.w.WithContext(ctx).Exec(`INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, at = excluded.at
-		WHERE audit_head.seq < excluded.seq`, h.Seq, h.Hash, h.MAC, at).Error
+	err := r.w.WithContext(ctx).Exec(setHeadSQL, h.Seq, h.Hash, h.MAC, at).Error
 	if err != nil {
 		return wrap("set audit head", err)
 	}

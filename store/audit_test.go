@@ -166,8 +166,8 @@ func TestAuditHeadIsAbsentThenOneRowThatNeverMovesBack(t *testing.T) {
 	})
 }
 
-// Appends from many goroutines, each setting the head in its transaction as
-// keyport.Service does, leave the head on the last row.
+// Appends from many goroutines, each sealing its transaction's event with a
+// head as keyport.Service does, leave the head on the last row.
 func TestAuditHeadSetInTheAppendsTransactionEndsOnTheLastRow(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		const goroutines, each = 20, 5
@@ -182,7 +182,9 @@ func TestAuditHeadSetInTheAppendsTransactionEndsOnTheLastRow(t *testing.T) {
 						if err := tx.AppendAudit(ctx, e); err != nil {
 							return err
 						}
-						return tx.SetAuditHead(ctx, &keyport.AuditHead{Seq: e.Seq, Hash: e.Hash, MAC: []byte("m"), At: e.At})
+						return tx.(keyport.AuditSealer).SealAudit(ctx, func(c []keyport.AuditEvent) (*keyport.AuditHead, []keyport.AuditCheckpoint, error) {
+							return &keyport.AuditHead{Seq: c[0].Seq, Hash: c[0].Hash, MAC: []byte("m"), At: c[0].At}, nil, nil
+						})
 					})
 					if err != nil {
 						t.Errorf("append: %v", err)

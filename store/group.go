@@ -173,12 +173,11 @@ func (r *repo) savepoint(ctx context.Context, fn func(tx keyport.Repo) error) (f
 	if err := db.Exec(`SAVEPOINT keyport_op`).Error; err != nil {
 		return nil, wrap("savepoint", err)
 	}
-	hooks := slices.Clone(r.hooks)
+	hooks, queued := slices.Clone(r.hooks), len(r.auditQueue)
 	if fnErr = fn(r); fnErr != nil {
-		// What fn appended to the audit chain, and the lock it took for
-		// it, may be gone with the rollback: read them again. What fn set
-		// to run before the commit goes too.
-		r.auditLocked, r.auditHead, r.hooks = false, nil, hooks
+		// What fn queued for the audit chain, and what it set to run
+		// before the commit, go with the rollback.
+		r.auditQueue, r.hooks = r.auditQueue[:queued], hooks
 		if err := db.Exec(`ROLLBACK TO SAVEPOINT keyport_op`).Error; err != nil {
 			return fnErr, wrap("rollback to savepoint", err)
 		}

@@ -79,13 +79,9 @@ type repo struct {
 	w, r    *gorm.DB
 	inTx    bool
 
-	// In a transaction: the audit append lock is held (PostgreSQL's
-	// advisory lock), and the chain's head as this transaction's last
-	// append left it, so that the next append in it (a group commit's
-	// next caller) neither locks nor reads the head again. Both are
-	// forgotten when a savepoint rolls back.
-	auditLocked bool
-	auditHead   *auditRow
+	// In a transaction: the audit events appended and not yet chained
+	// (SealAudit); a savepoint rolled back drops those appended under it.
+	auditQueue []*keyport.AuditEvent
 	// hooks are the transaction's BeforeCommit functions, in the order
 	// their keys were first set.
 	hooks []commitHook
@@ -370,6 +366,10 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
 	fnErr := fn(r)
 	if fnErr == nil {
 		fnErr = r.runHooks(ctx)
+	}
+	if fnErr == nil {
+		// Events no BeforeCommit function sealed are chained now, unkeyed.
+		fnErr = r.SealAudit(ctx, nil)
 	}
 	done = true
 	if fnErr != nil {
