@@ -94,7 +94,7 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash)})
+	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash), PoolSize: cfg.HSMSessions})
 	if err != nil {
 		st.Close()
 		return nil, err

@@ -29,6 +29,9 @@ type config struct {
 	// TLS 1.3 with an external PSK (GP Amd B v1.2), next to TLS 1.2.
 	AdminTLS13 bool
 	OAEPHash   string // KEYPORT_OAEP_HASH: sha1 (SoftHSM) or sha256
+	// HSMSessions (KEYPORT_HSM_SESSIONS) bounds the PKCS#11 sessions in
+	// use at once; 0: twice the CPUs, at least 4 (hsm.Config.PoolSize).
+	HSMSessions int
 	// DualControl (KEYPORT_DUAL_CONTROL) is how many different admins an
 	// operation that releases a secret or custody needs; 1 is development.
 	DualControl int
@@ -93,6 +96,12 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	fs.BoolVar(&c.AdminTLS13, "admin-tls13", tls13,
 		"admin server: also accept TLS 1.3 with an external PSK (TLS_AES_128_GCM_SHA256), for modules whose profile needs it (KEYPORT_ADMIN_TLS13)")
 	fs.StringVar(&c.OAEPHash, "oaep-hash", get("OAEP_HASH", "sha1"), "RSA-OAEP hash of the key wrap: sha1 or sha256 (KEYPORT_OAEP_HASH)")
+	sessions, serr := strconv.Atoi(get("HSM_SESSIONS", "0"))
+	if serr != nil && err == nil {
+		err = fmt.Errorf("config: KEYPORT_HSM_SESSIONS: %w", serr)
+	}
+	fs.IntVar(&c.HSMSessions, "hsm-sessions", sessions,
+		"PKCS#11 sessions in use at once; 0: twice the CPUs, at least 4. A software token on few cores may do more with one per core (KEYPORT_HSM_SESSIONS)")
 	dual, derr := strconv.Atoi(get("DUAL_CONTROL", "2"))
 	if derr != nil && err == nil {
 		err = fmt.Errorf("config: KEYPORT_DUAL_CONTROL: %w", derr)
@@ -108,6 +117,9 @@ func (c *config) bind(fs *flag.FlagSet) error {
 func (c *config) finish() error {
 	if c.OAEPHash != "sha1" && c.OAEPHash != "sha256" {
 		return fmt.Errorf("config: --oaep-hash must be sha1 or sha256, got %q", c.OAEPHash)
+	}
+	if c.HSMSessions < 0 || c.HSMSessions > 1024 {
+		return fmt.Errorf("config: --hsm-sessions must be 0 (automatic) to 1024, got %d", c.HSMSessions)
 	}
 	if c.DualControl < 1 || c.DualControl > 9 {
 		return fmt.Errorf("config: --dual-control must be 1 to 9 admins, got %d", c.DualControl)

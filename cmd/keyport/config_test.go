@@ -126,3 +126,30 @@ func TestConfigReadsTheSMPPURLFromAFileAndNeverShowsItsPassword(t *testing.T) {
 		t.Errorf("both forms: %v", err)
 	}
 }
+
+// TestHSMSessionsComesFromTheEnvironmentOrTheFlagWithinBounds: 0 is the
+// pool's own default; a number outside 0–1024, or not a number, is refused.
+func TestHSMSessionsComesFromTheEnvironmentOrTheFlagWithinBounds(t *testing.T) {
+	t.Setenv("KEYPORT_DATA_DIR", t.TempDir())
+	t.Setenv("KEYPORT_HSM_SESSIONS", "2")
+	var c config
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	if err := c.bind(fs); err != nil {
+		t.Fatal(err)
+	}
+	if err := parse(fs, &c, nil); err != nil || c.HSMSessions != 2 {
+		t.Fatalf("KEYPORT_HSM_SESSIONS=2: %d, %v", c.HSMSessions, err)
+	}
+	var f config
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	if err := f.bind(fs); err != nil {
+		t.Fatal(err)
+	}
+	if err := parse(fs, &f, []string{"--hsm-sessions", "1025"}); err == nil || !strings.Contains(err.Error(), "--hsm-sessions") {
+		t.Errorf("--hsm-sessions 1025: %v", err)
+	}
+	t.Setenv("KEYPORT_HSM_SESSIONS", "many")
+	if err := (&config{}).bind(flag.NewFlagSet("t", flag.ContinueOnError)); err == nil || !strings.Contains(err.Error(), "KEYPORT_HSM_SESSIONS") {
+		t.Errorf("KEYPORT_HSM_SESSIONS=many: %v", err)
+	}
+}
