@@ -34,6 +34,10 @@ type User struct {
 	VerifiedAt   *time.Time
 	CreatedAt    time.Time
 	DisabledAt   *time.Time // set: the user may not sign in (admin users, DisableAdminUser)
+	// PasswordChangeRequired: the password was made for the user (keyport
+	// admin user add), so someone else saw it; the user must choose their
+	// own before acting. Setting a password clears it.
+	PasswordChangeRequired bool
 }
 
 // UserToken is a one-time token sent by e-mail (verify an address, reset a
@@ -460,8 +464,12 @@ type SessionUser struct {
 	User     *User
 	Provider *Provider // nil for an admin
 	// Principal is what the user may act as: a provider principal only
-	// when the provider is approved, an admin principal for admins.
+	// when the provider is approved, an admin principal for admins; none
+	// while MustChangePassword.
 	Principal Principal
+	// MustChangePassword: the user's password was made for them; they may
+	// only change it (ChangePassword) or sign out until they have.
+	MustChangePassword bool
 }
 
 // ResolveSession returns the user of a live session; ErrUnauthenticated for
@@ -501,6 +509,10 @@ func (s *Service) ResolveSession(ctx context.Context, token string) (*SessionUse
 		return nil, ErrUnauthenticated
 	}
 	su := &SessionUser{User: u}
+	if u.PasswordChangeRequired {
+		su.MustChangePassword = true
+		return su, nil
+	}
 	if u.Admin {
 		su.Principal = Principal{Admin: true, Name: u.Email, UserID: u.ID}
 		return su, nil
@@ -613,7 +625,9 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 }
 
 // AddAdminUser creates a verified issuer-admin user with a random password,
-// returned once for the operator p to pass on (the command line route).
+// returned once for the operator p to pass on (the command line route). The
+// operator has seen it, so the user must choose their own at the first
+// sign-in before acting as an admin (PasswordChangeRequired).
 func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (password string, err error) {
 	if !p.Admin {
 		return "", ErrForbidden
@@ -624,7 +638,8 @@ func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (
 	}
 	password = base64.RawURLEncoding.EncodeToString(randomBytes(15))
 	now := s.now().UTC()
-	u := &User{ID: NewID("usr"), Email: email, Admin: true, PasswordHash: HashPassword(password), VerifiedAt: &now, CreatedAt: now}
+	u := &User{ID: NewID("usr"), Email: email, Admin: true, PasswordHash: HashPassword(password), VerifiedAt: &now, CreatedAt: now,
+		PasswordChangeRequired: true}
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateUser(ctx, u); err != nil {
 			if errors.Is(err, ErrConflict) {
@@ -717,6 +732,9 @@ func (s *Service) ChangePassword(ctx context.Context, userID, session string, r 
 	}
 	if u, err = s.reauthenticate(ctx, userID, "password", r); err != nil {
 		return fmt.Errorf("keyport: change password: %w", err)
+	}
+	if u.PasswordChangeRequired && CheckPassword(u.PasswordHash, password) {
+		return Invalid("password", "choose a password of your own, not the one you were given")
 	}
 	err = s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.SetUserPassword(ctx, u.ID, HashPassword(password)); err != nil {

@@ -151,8 +151,15 @@ func TestDisabledAdminCannotSignInLosesSessionsAndTokensUntilEnabled(t *testing.
 	if err != nil {
 		t.Fatal(err)
 	}
+	const own = "root's own password"
 	su, err := w.Svc.ResolveSession(ctx, res.Token)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Svc.ChangePassword(ctx, su.User.ID, res.Token, keyport.Reauth{Password: pw}, own); err != nil {
+		t.Fatal(err)
+	}
+	if su, err = w.Svc.ResolveSession(ctx, res.Token); err != nil {
 		t.Fatal(err)
 	}
 	token, _, err := w.Svc.CreateAdminToken(ctx, su.Principal, "mine", 0)
@@ -175,7 +182,7 @@ func TestDisabledAdminCannotSignInLosesSessionsAndTokensUntilEnabled(t *testing.
 	if _, err := w.Svc.Authenticate(ctx, token); !errors.Is(err, keyport.ErrUnauthenticated) {
 		t.Fatalf("token of a disabled admin: %v", err)
 	}
-	if _, err := w.Svc.Login(ctx, "root@issuer.example", pw, ""); !errors.Is(err, keyport.ErrForbidden) {
+	if _, err := w.Svc.Login(ctx, "root@issuer.example", own, ""); !errors.Is(err, keyport.ErrForbidden) {
 		t.Fatalf("sign-in of a disabled admin: %v", err)
 	}
 	if _, err := w.Svc.SetAdminUserDisabled(ctx, bob, "nobody@issuer.example", true); !errors.Is(err, keyport.ErrInvalid) {
@@ -187,7 +194,7 @@ func TestDisabledAdminCannotSignInLosesSessionsAndTokensUntilEnabled(t *testing.
 	if _, err := w.Svc.Authenticate(ctx, token); err != nil {
 		t.Fatalf("token after enabling: %v", err)
 	}
-	if _, err := w.Svc.Login(ctx, "root@issuer.example", pw, ""); err != nil {
+	if _, err := w.Svc.Login(ctx, "root@issuer.example", own, ""); err != nil {
 		t.Fatalf("sign-in after enabling: %v", err)
 	}
 }
@@ -236,5 +243,42 @@ func TestAPasswordChangeNeedsTheCurrentPasswordAndEndsPendingResetLinks(t *testi
 	}
 	if _, err := w.Svc.Login(ctx, "a@bank.example", "a new passphrase here", ""); err != nil {
 		t.Fatalf("sign-in with the new password: %v", err)
+	}
+}
+
+// TestAGivenPasswordOpensASessionThatActsAsNoOneUntilChanged: the session
+// of an admin who has not chosen their own password carries no principal,
+// so no use case takes it for an admin's; the change keeps the session and
+// gives it the admin's principal.
+func TestAGivenPasswordOpensASessionThatActsAsNoOneUntilChanged(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	given, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "fresh@issuer.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := w.Svc.Login(ctx, "fresh@issuer.example", given, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, err := w.Svc.ResolveSession(ctx, res.Token)
+	if err != nil || !su.MustChangePassword || su.Principal.Admin || su.Principal.UserID != "" {
+		t.Fatalf("session before the change: %+v, %v", su, err)
+	}
+	if _, _, err := w.Svc.CreateAdminToken(ctx, su.Principal, "early", 0); !errors.Is(err, keyport.ErrForbidden) {
+		t.Fatalf("admin token from a session without a principal: %v", err)
+	}
+	if err := w.Svc.ChangePassword(ctx, su.User.ID, res.Token, keyport.Reauth{Password: given}, given); !errors.Is(err, keyport.ErrInvalid) {
+		t.Fatalf("the given password kept: %v", err)
+	}
+	if err := w.Svc.ChangePassword(ctx, su.User.ID, res.Token, keyport.Reauth{Password: given}, "fresh's own password"); err != nil {
+		t.Fatal(err)
+	}
+	su, err = w.Svc.ResolveSession(ctx, res.Token)
+	if err != nil || su.MustChangePassword || !su.Principal.Admin || su.Principal.UserID != su.User.ID {
+		t.Fatalf("session after the change: %+v, %v", su, err)
+	}
+	if u, err := w.Store.GetUserByEmail(ctx, "fresh@issuer.example"); err != nil || u.PasswordChangeRequired {
+		t.Fatalf("stored user after the change: %+v, %v", u, err)
 	}
 }

@@ -313,6 +313,8 @@ type AccountRepo interface {
 	// ResetFailedLogins clears the count and any lock.
 	ResetFailedLogins(ctx context.Context, id string) error
 	SetUserVerified(ctx context.Context, id string, at time.Time) error
+	// SetUserPassword replaces the password hash and clears
+	// PasswordChangeRequired.
 	SetUserPassword(ctx context.Context, id, hash string) error
 	// SetUserTOTP stores a sealed TOTP secret (nil: off) and the time step
 	// of the code that confirmed it.

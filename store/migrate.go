@@ -426,6 +426,11 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX campaign_targets_state ON campaign_targets (campaign_id, state, id)`,
 	}},
+	// An admin user made with a generated password must choose their own
+	// before acting (keyport.User.PasswordChangeRequired).
+	{14, "users: password change required", []string{
+		`ALTER TABLE users ADD COLUMN password_change_required BOOLEAN NOT NULL DEFAULT FALSE`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -27,6 +27,7 @@ type userRow struct {
 	VerifiedAt        *time.Time     `gorm:"column:verified_at"`
 	CreatedAt         time.Time      `gorm:"column:created_at"`
 	DisabledAt        *time.Time     `gorm:"column:disabled_at"`
+	ChangePassword    bool           `gorm:"column:password_change_required"`
 }
 
 func (userRow) TableName() string { return "users" }
@@ -35,7 +36,7 @@ func (u userRow) model() *keyport.User {
 	return &keyport.User{ID: u.ID, ProviderID: u.ProviderID.String, Email: u.Email, Contact: u.Contact,
 		PasswordHash: u.PasswordHash, TOTPSealed: nonEmpty(u.TOTPSecretWrapped), FailedLogins: u.FailedLogins,
 		LockedUntil: utcPtr(u.LockedUntil), TOTPLastStep: u.TOTPLastStep, Admin: u.Admin, VerifiedAt: utcPtr(u.VerifiedAt), CreatedAt: u.CreatedAt.UTC(),
-		DisabledAt: utcPtr(u.DisabledAt)}
+		DisabledAt: utcPtr(u.DisabledAt), PasswordChangeRequired: u.ChangePassword}
 }
 
 func dbTimePtr(t *time.Time) *time.Time {
@@ -51,7 +52,7 @@ func (r *repo) CreateUser(ctx context.Context, u *keyport.User) error {
 	row := userRow{ID: u.ID, ProviderID: sql.NullString{String: u.ProviderID, Valid: u.ProviderID != ""},
 		Email: u.Email, Contact: u.Contact, PasswordHash: u.PasswordHash, TOTPSecretWrapped: u.TOTPSealed,
 		FailedLogins: u.FailedLogins, LockedUntil: dbTimePtr(u.LockedUntil), Admin: u.Admin,
-		VerifiedAt: dbTimePtr(u.VerifiedAt), CreatedAt: dbTime(u.CreatedAt)}
+		VerifiedAt: dbTimePtr(u.VerifiedAt), CreatedAt: dbTime(u.CreatedAt), ChangePassword: u.PasswordChangeRequired}
 	if row.ID == "" {
 		row.ID = newID()
 	}
@@ -122,9 +123,10 @@ func (r *repo) SetUserVerified(ctx context.Context, id string, at time.Time) err
 	return r.updateUser(ctx, "set user verified", id, map[string]any{"verified_at": dbTime(at)})
 }
 
-// SetUserPassword replaces the password hash.
+// SetUserPassword replaces the password hash and clears
+// PasswordChangeRequired: the user chose this one.
 func (r *repo) SetUserPassword(ctx context.Context, id, hash string) error {
-	return r.updateUser(ctx, "set user password", id, map[string]any{"password_hash": hash})
+	return r.updateUser(ctx, "set user password", id, map[string]any{"password_hash": hash, "password_change_required": false})
 }
 
 // SetUserTOTP stores the HSM-sealed TOTP secret (nil turns TOTP off) and

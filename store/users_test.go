@@ -231,3 +231,24 @@ func TestSessionLastSeenStartsAtCreationAndTouchSessionMovesIt(t *testing.T) {
 		}
 	})
 }
+
+func TestPasswordChangeRequiredIsStoredAndClearedBySettingAPassword(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		u := &keyport.User{ID: keyport.NewID("usr"), Email: "given@example.com", PasswordHash: "h", Admin: true, PasswordChangeRequired: true}
+		if err := s.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.GetUser(ctx, u.ID); err != nil || !got.PasswordChangeRequired {
+			t.Fatalf("stored: %+v %v", got, err)
+		}
+		if err := s.SetUserPassword(ctx, u.ID, "h2"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.GetUserByEmail(ctx, "given@example.com"); err != nil || got.PasswordChangeRequired || got.PasswordHash != "h2" {
+			t.Fatalf("after SetUserPassword: %+v %v", got, err)
+		}
+		if got, err := s.GetUser(ctx, addUser(t, s, "plain@example.com").ID); err != nil || got.PasswordChangeRequired {
+			t.Fatalf("a user made without the mark: %+v %v", got, err)
+		}
+	})
+}

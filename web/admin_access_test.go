@@ -100,10 +100,7 @@ func TestAdminDisabledInTheConsoleIsSignedOutAndTheirTokensAreRefused(t *testing
 	p := startPortal(t, 1, 1)
 	base := p.srv.URL
 	ctx := context.Background()
-	pw2, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw2 := fixture.AdminUser(ctx, t, p.w.Svc, "second@issuer.example")
 	second, csrf2 := signedIn(t, base, "second@issuer.example", pw2)
 	_, _, body := postForm(t, second, base+"/admin/tokens", url.Values{"csrf": {csrf2}, "name": {"seconds"}, "ttl_days": {"90"}})
 	m := newTokenRE.FindStringSubmatch(body)
@@ -166,5 +163,52 @@ func TestAnAnonymousPostWithTheCSRFTokenGets401AndABrowserGetIsSentToSignIn(t *t
 	}
 	if status, loc, _ := getPage(t, cl, base+"/portal/tokens"); status != http.StatusSeeOther || loc != "/login?next=%2Fportal%2Ftokens" {
 		t.Errorf("anonymous browser GET: %d %s", status, loc)
+	}
+}
+
+// TestAnAdminMustReplaceTheGivenPasswordBeforeTheConsoleLetsThemAct: the
+// password `keyport admin user add` printed signs in, but every console
+// page leads to the password page and every other form is refused until
+// the admin has chosen their own (not the given one again).
+func TestAnAdminMustReplaceTheGivenPasswordBeforeTheConsoleLetsThemAct(t *testing.T) {
+	p := startPortal(t, 1, 1)
+	base := p.srv.URL
+	given, err := p.w.Svc.AddAdminUser(context.Background(), fixture.Admin, "new@issuer.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, csrf := signedIn(t, base, "new@issuer.example", given)
+	for _, path := range []string{"/", "/admin", "/admin/batches", "/admin/security"} {
+		status, loc, _ := getPage(t, cl, base+path)
+		if path == "/" && status == http.StatusSeeOther && loc == "/admin" {
+			continue
+		}
+		if status != http.StatusSeeOther || loc != "/admin/security/password" {
+			t.Fatalf("GET %s before the change: %d %s", path, status, loc)
+		}
+	}
+	if status, _, page := getPage(t, cl, base+"/admin/security/password"); status != http.StatusOK || !strings.Contains(page, "Choose your own") {
+		t.Fatalf("password page: %d %s", status, page)
+	}
+	if status, _, _ := postForm(t, cl, base+"/admin/tokens", url.Values{"csrf": {csrf}, "name": {"early"}, "ttl_days": {"90"}}); status != http.StatusForbidden {
+		t.Fatalf("token created before the change: %d", status)
+	}
+	if status, _, page := postForm(t, cl, base+"/admin/security/password", url.Values{"csrf": {csrf}, "current_password": {given}, "password": {given}}); status != http.StatusUnprocessableEntity || !strings.Contains(page, "of your own") {
+		t.Fatalf("the given password again: %d %s", status, page)
+	}
+	if status, loc, _ := getPage(t, cl, base+"/admin"); status != http.StatusSeeOther || loc != "/admin/security/password" {
+		t.Fatalf("after a refused change: %d %s", status, loc)
+	}
+	if status, loc, _ := postForm(t, cl, base+"/admin/security/password", url.Values{"csrf": {csrf}, "current_password": {given}, "password": {"a password of my own choosing"}}); status != http.StatusSeeOther || loc != "/admin/security" {
+		t.Fatalf("change: %d %s", status, loc)
+	}
+	if status, _, _ := getPage(t, cl, base+"/admin"); status != http.StatusOK {
+		t.Fatalf("console after the change: %d", status)
+	}
+	if _, _, body := postForm(t, cl, base+"/admin/tokens", url.Values{"csrf": {csrf}, "name": {"later"}, "ttl_days": {"90"}}); newTokenRE.FindStringSubmatch(body) == nil {
+		t.Fatalf("token after the change: %s", body)
+	}
+	if _, err := p.w.Svc.Login(context.Background(), "new@issuer.example", given, ""); err == nil {
+		t.Fatal("the given password still signs in")
 	}
 }

@@ -22,10 +22,7 @@ func TestBrowserAPSKExportNeedsASecondAdminAndIsShownOnceToTheRequester(t *testi
 	shot := newShots(t)
 	ctx := context.Background()
 	p.w.Svc.DualControl = keyport.DualControl{Admins: 2}
-	pwB, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pwB := fixture.AdminUser(ctx, t, p.w.Svc, "second@issuer.example")
 	eid := string(fixture.EID(t, 0))
 
 	a := newTab()

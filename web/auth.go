@@ -152,6 +152,8 @@ func requirePageProvider(next echo.HandlerFunc) echo.HandlerFunc {
 		switch {
 		case su == nil:
 			return redirectToLogin(c)
+		case su.MustChangePassword && !su.User.Admin:
+			return passwordFirst(c, next)
 		case su.Principal.ProviderID == "":
 			return echo.NewHTTPError(http.StatusForbidden, "this page is for providers whose sign-up the issuer has approved")
 		}
@@ -162,8 +164,12 @@ func requirePageProvider(next echo.HandlerFunc) echo.HandlerFunc {
 // requirePageUser lets through any signed-in user (pending providers too).
 func requirePageUser(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if pageUser(c) == nil {
+		su := pageUser(c)
+		switch {
+		case su == nil:
 			return redirectToLogin(c)
+		case su.MustChangePassword:
+			return passwordFirst(c, next)
 		}
 		return next(c)
 	}
@@ -176,11 +182,29 @@ func requirePageAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 		switch {
 		case su == nil:
 			return redirectToLogin(c)
+		case su.MustChangePassword && su.User.Admin:
+			return passwordFirst(c, next)
 		case !su.Principal.Admin:
 			return echo.NewHTTPError(http.StatusForbidden, "this page is for the issuer's administrators")
 		}
 		return next(c)
 	}
+}
+
+// passwordFirst serves a user whose password was made for them
+// (keyport.SessionUser.MustChangePassword) only their password page: a page
+// asked for sends the browser there, anything else is refused. They act as
+// no one until they have chosen their own (the session has no principal).
+func passwordFirst(c echo.Context, next echo.HandlerFunc) error {
+	page := securityBase(c) + "/password"
+	if c.Path() == page {
+		return next(c)
+	}
+	r := c.Request()
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header.Get(csrfHeader) == "" {
+		return c.Redirect(http.StatusSeeOther, page)
+	}
+	return echo.NewHTTPError(http.StatusForbidden, "choose your own password first, at "+page)
 }
 
 // errSignIn answers an anonymous request that a redirect cannot serve.
@@ -325,7 +349,7 @@ func (s *Server) meta(c echo.Context, title, active string) views.Meta {
 	if su := pageUser(c); su != nil {
 		m.Email = su.User.Email
 		switch {
-		case su.Principal.Admin:
+		case su.Principal.Admin, su.MustChangePassword && su.User.Admin:
 			m.Role = views.AdminRole
 		case su.Principal.ProviderID != "":
 			m.Role = views.ProviderRole

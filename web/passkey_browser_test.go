@@ -259,10 +259,7 @@ func TestBrowserPasskeyAssertionOfAnotherUserACopiedAuthenticatorAndAReplayAreRe
 	newTab := browser(t)
 	p := startPortalAt(t, 1, 1, true)
 	ctx := context.Background()
-	pw2, err := p.w.Svc.AddAdminUser(ctx, fixture.Admin, "second@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw2 := fixture.AdminUser(ctx, t, p.w.Svc, "second@issuer.example")
 	first, _ := p.w.Store.GetUserByEmail(ctx, p.adminEmail)
 	second, _ := p.w.Store.GetUserByEmail(ctx, "second@issuer.example")
 

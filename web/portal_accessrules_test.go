@@ -133,10 +133,7 @@ func TestPortalAccessRulePageAddsListsAndDeletesRulesAsTheCardConfirms(t *testin
 func TestAdminConsoleRetriesAFailedAccessRuleJob(t *testing.T) {
 	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
 	ctx := context.Background()
-	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw := fixture.AdminUser(ctx, t, w.Svc, "admin@issuer.example")
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, SpoolDir: t.TempDir()}))
 	t.Cleanup(srv.Close)
 	w.Card.SetFault(func(apdu []byte) []byte {

@@ -507,7 +507,11 @@ func (s *Server) totpDisable(c echo.Context) error {
 }
 
 func (s *Server) passwordPage(c echo.Context) error {
-	return render(c, http.StatusOK, views.PasswordPage(s.meta(c, "Change your password", securityBase(c)), securityBase(c), pageUser(c).User.TOTPSealed != nil, nil))
+	m := s.meta(c, "Change your password", securityBase(c))
+	if pageUser(c).MustChangePassword {
+		m.FlashKind, m.Flash = "bad", "Your password was made for you when your account was created, so someone else has seen it. Choose your own to go on."
+	}
+	return render(c, http.StatusOK, views.PasswordPage(m, securityBase(c), pageUser(c).User.TOTPSealed != nil, nil))
 }
 
 func (s *Server) changePassword(c echo.Context) error {

@@ -63,10 +63,7 @@ func startPortalOnAt(t *testing.T, s *store.Store, modules, domains int, onLocal
 	t.Helper()
 	w := fixture.New(t, s, modules, domains)
 	w.Svc.Sealer = w.HSM
-	pw, err := w.Svc.AddAdminUser(context.Background(), fixture.Admin, "admin@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw := fixture.AdminUser(context.Background(), t, w.Svc, "admin@issuer.example")
 	// Plain HTTP on 127.0.0.1: the documented development override of the
 	// Secure cookie flag (Chromium would keep Secure cookies on loopback
 	// anyway, but the __Host- prefix needs https).

@@ -90,10 +90,7 @@ func TestPortalLockUnlockAndReleaseButtonsQueueIssuerJobsTheCardConfirms(t *test
 
 	// The issuer locks the provider's domain from the module page; the
 	// provider cannot unlock the issuer's lock.
-	pw, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw := fixture.AdminUser(ctx, t, w.Svc, "admin@issuer.example")
 	admin := signInPages(t, srv.URL, "admin@issuer.example", pw)
 	if _, body := admin.get("/admin/modules?eid=" + string(w.EID)); !strings.Contains(body, "/admin/domains/"+string(w.EID)+"/"+string(w.AID)+"/lock") {
 		t.Fatal("the module page offers no lock for the domain")

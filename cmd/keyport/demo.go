@@ -591,7 +591,7 @@ func (d *demoRun) printBanner(a *app, httpAddr string) {
 	fmt.Fprintf(w, "Portal:         %s\n", base)
 	fmt.Fprintf(w, "Provider:       %s  password %s  (Demo Bank, approved)\n", d.creds.ProviderEmail, d.creds.ProviderPassword)
 	fmt.Fprintf(w, "Provider API token: %s  (also in %s)\n", d.creds.ProviderToken, filepath.Join(dir, demoTokenName))
-	fmt.Fprintf(w, "Issuer admin:   %s  password %s  (console at %s/admin)\n", d.creds.AdminEmail, d.creds.AdminPassword, base)
+	fmt.Fprintf(w, "Issuer admin:   %s  password %s  (console at %s/admin; choose your own at the first sign-in)\n", d.creds.AdminEmail, d.creds.AdminPassword, base)
 	fmt.Fprintf(w, "Credentials:    %s (mode 0600)\n", filepath.Join(dir, demoCredentialsName))
 	fmt.Fprintf(w, "Modules of batch %q, %d unassigned domains each, a handset agent each (%s):\n", DemoBatch, d.domains, how)
 	for _, e := range d.mark.EIDs {

@@ -27,7 +27,7 @@ usage: keyport <command> [flags]
   provider add NAME --email  create an approved provider and print its API token
   admin token [--ttl D]      create an issuer-admin API token (default 90 days)
   admin token list|revoke ID list issuer-admin tokens (owner, expiry, last use) or revoke one
-  admin user add EMAIL       create an issuer-admin portal user; prints its password once
+  admin user add EMAIL       create an issuer-admin portal user; prints its password once (replaced at first sign-in)
   admin user disable|enable EMAIL
                              disable an admin user (signed out, tokens refused) or enable again
   audit verify               verify the audit chain and its HSM checkpoints

@@ -76,10 +76,7 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.Open(t, storetest.SQLitePath(t))
 	w := fixture.New(t, st, 1, 1)
-	adminPW, err := w.Svc.AddAdminUser(ctx, fixture.Admin, "admin@issuer.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminPW := fixture.AdminUser(ctx, t, w.Svc, "admin@issuer.example")
 	prov, err := w.Svc.SignUpProvider(ctx, keyport.SignUp{Organisation: "Page Bank", Kind: keyport.KindBank, Contact: "Pat",
 		Email: "pat@bank.example", Password: "correct horse battery staple"}, "http://x.invalid")
 	if err != nil {
