@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -174,17 +175,30 @@ type SandboxModule struct {
 	EID   EID   `json:"eid"`
 	Fault Fault `json:"fault"`
 	// Free counts its UNASSIGNED domains.
-	Free    int  `json:"free_domains"`
+	Free int `json:"free_domains"`
+	// Yours: the caller holds a domain of it, so it is the caller's to
+	// test on (set its fault, claim its other domains). Taken: another
+	// provider does (for an admin: any provider does).
+	Yours   bool `json:"yours"`
+	Taken   bool `json:"taken"`
 	Sandbox bool `json:"sandbox"`
 }
 
 // Sandbox is the provider sandbox: Box is the sandbox Service (its own
 // store and HSM token; Box.SandboxFaults set), Prod the production Service,
 // which the sandbox only reads.
+//
+// The pool is shared, but a module is one provider's once it holds a domain
+// of it: only that provider (or an admin) sets its fault, and other
+// providers' claims of its domains are refused, so that no provider changes
+// the module under another's test.
 type Sandbox struct {
 	Prod, Box *Service
 	// Modules lists the sandbox modules' EIDs (the shared pool).
 	Modules func() []EID
+	// claimMu makes a claim's check that the module is free or the
+	// caller's one with the claim (the sandbox's store is this process's).
+	claimMu sync.Mutex
 }
 
 // Faults is the fault book of the sandbox.
@@ -266,8 +280,14 @@ func (sb *Sandbox) ListModules(ctx context.Context, p Principal) ([]SandboxModul
 		}
 		sm := SandboxModule{EID: eid, Fault: sb.Faults().Fault(eid), Sandbox: true}
 		for _, d := range m.Domains {
-			if d.State == Unassigned {
+			switch {
+			case d.State == Unassigned:
 				sm.Free++
+			case d.OwnerID == "":
+			case d.OwnerID == p.ProviderID && !p.Admin:
+				sm.Yours = true
+			default:
+				sm.Taken = true
 			}
 		}
 		out = append(out, sm)
@@ -285,9 +305,29 @@ func (sb *Sandbox) module(eid EID) error {
 	return fmt.Errorf("%w: %s is no sandbox module", ErrNotFound, eid)
 }
 
-// SetFault sets module eid's fault (FaultNone clears it): any approved
-// provider or an admin may, since the pool is shared. Audited in the
-// sandbox's trail.
+// holders returns the providers holding a domain of module eid.
+func (sb *Sandbox) holders(ctx context.Context, eid EID) (map[string]bool, error) {
+	m, err := sb.Box.Store.GetModule(ctx, eid)
+	if err != nil {
+		return nil, err
+	}
+	h := map[string]bool{}
+	for _, d := range m.Domains {
+		if d.OwnerID != "" {
+			h[d.OwnerID] = true
+		}
+	}
+	return h, nil
+}
+
+// errOthersModule refuses a provider a module another provider tests on.
+func errOthersModule(eid EID) error {
+	return fmt.Errorf("%w: sandbox module %s is another provider's test module; pick one with free domains that no one else holds", ErrConflict, eid)
+}
+
+// SetFault sets module eid's fault (FaultNone clears it): an admin, or the
+// provider whose test module it is (it holds a domain of it and no other
+// provider does). Audited in the sandbox's trail.
 func (sb *Sandbox) SetFault(ctx context.Context, p Principal, eid EID, f Fault) error {
 	if !p.Admin {
 		if err := sb.enter(ctx, p); err != nil {
@@ -296,6 +336,18 @@ func (sb *Sandbox) SetFault(ctx context.Context, p Principal, eid EID, f Fault) 
 	}
 	if err := sb.module(eid); err != nil {
 		return err
+	}
+	if !p.Admin {
+		h, err := sb.holders(ctx, eid)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(h) > 1 || len(h) == 1 && !h[p.ProviderID]:
+			return errOthersModule(eid)
+		case !h[p.ProviderID]:
+			return fmt.Errorf("%w: claim a domain of sandbox module %s first: a module's fault is set by the provider testing on it", ErrForbidden, eid)
+		}
 	}
 	if err := sb.Faults().SetFault(eid, f); err != nil {
 		return err
@@ -312,6 +364,16 @@ func (sb *Sandbox) Claim(ctx context.Context, p Principal, req ClaimRequest) (*C
 	}
 	if err := sb.module(req.EID); err != nil {
 		return nil, false, err
+	}
+	sb.claimMu.Lock()
+	defer sb.claimMu.Unlock()
+	h, err := sb.holders(ctx, req.EID)
+	if err != nil {
+		return nil, false, err
+	}
+	delete(h, p.ProviderID)
+	if len(h) > 0 {
+		return nil, false, errOthersModule(req.EID)
 	}
 	return sb.Box.Claim(ctx, p, req)
 }

@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -91,12 +92,22 @@ func (s *Server) setSandboxFaultPage(base string) echo.HandlerFunc {
 			}
 			return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
 		}
+		if refused(err) {
+			s.flash(c, "bad", "Not done: "+refusal(err)+".")
+			return c.Redirect(http.StatusSeeOther, base)
+		}
 		if err != nil {
 			return err
 		}
 		s.flash(c, "good", fmt.Sprintf("Module %s: %s.", eid, f))
 		return c.Redirect(http.StatusSeeOther, base)
 	}
+}
+
+// refused reports a refusal the page explains in a notice (another
+// provider's module, not the caller's yet) rather than an error page.
+func refused(err error) bool {
+	return errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrForbidden)
 }
 
 func firstKey(e views.Errors) string {
@@ -116,6 +127,10 @@ func (s *Server) sandboxClaimPage(base string) echo.HandlerFunc {
 			keyport.ClaimRequest{EID: eid, WrappingKeyID: c.FormValue("wrapping_key_id")})
 		if e, ok := formErrors(err, nil); ok {
 			return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
+		}
+		if refused(err) {
+			s.flash(c, "bad", "Not done: "+refusal(err)+".")
+			return c.Redirect(http.StatusSeeOther, base)
 		}
 		if err != nil {
 			return err

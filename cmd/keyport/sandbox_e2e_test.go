@@ -241,12 +241,15 @@ func testSandboxFaults(t *testing.T, dbPath string) {
 	for i, f := range faults {
 		eid := mods.Modules[i].EID
 		var set map[string]any
-		if code := call("PUT", "/api/v1/sandbox/modules/"+string(eid)+"/fault", f.spec, &set); code != 200 || set["sandbox"] != true {
-			t.Fatalf("%s: set fault: %d %v", f.name, code, set)
+		if code := call("PUT", "/api/v1/sandbox/modules/"+string(eid)+"/fault", f.spec, &set); code != 403 {
+			t.Fatalf("%s: fault set on a module the provider holds no domain of: %d %v", f.name, code, set)
 		}
 		var claim map[string]any
 		if code := call("POST", "/api/v1/sandbox/claims", fmt.Sprintf(`{"eid":"%s","wrapping_key_id":"%s"}`, eid, wk), &claim); code != 201 || claim["sandbox"] != true {
 			t.Fatalf("%s: claim: %d %v", f.name, code, claim)
+		}
+		if code := call("PUT", "/api/v1/sandbox/modules/"+string(eid)+"/fault", f.spec, &set); code != 200 || set["sandbox"] != true {
+			t.Fatalf("%s: set fault: %d %v", f.name, code, set)
 		}
 		aid := keyport.AID(claim["aid"].(string))
 		req, _ := http.NewRequest("GET", portal.URL+fmt.Sprintf("/api/v1/sandbox/domains/%s/%s/key-package", eid, aid), nil)

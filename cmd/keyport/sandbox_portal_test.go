@@ -117,15 +117,21 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if code != http.StatusUnprocessableEntity || !strings.Contains(body, "not an error status word") || run.book.Fault(eid).Active() {
 		t.Fatalf("a 9000 fault: %d, fault now %+v", code, run.book.Fault(eid))
 	}
+	if code, _ = pr.post("/portal/sandbox/modules/"+string(eid)+"/fault", url.Values{"fault": {"drift"}, "drift": {"2"}}); code != http.StatusSeeOther || run.book.Fault(eid).Active() {
+		t.Fatalf("drift set on a module the provider holds no domain of: %d, fault %+v", code, run.book.Fault(eid))
+	}
+	if _, body = pr.get("/portal/sandbox"); !strings.Contains(body, "claim a domain of sandbox module") {
+		t.Fatalf("the refusal is not shown: %s", body)
+	}
+	wk, _ := w.Svc.ListWrappingKeys(ctx, pp)
+	if code, _ = pr.post("/portal/sandbox/claim", url.Values{"eid": {string(eid)}, "wrapping_key_id": {wk[0].ID}}); code != http.StatusSeeOther {
+		t.Fatalf("claim: %d", code)
+	}
 	if code, _ = pr.post("/portal/sandbox/modules/"+string(eid)+"/fault", url.Values{"fault": {"drift"}, "drift": {"2"}}); code != http.StatusSeeOther {
 		t.Fatalf("set drift: %d", code)
 	}
 	if f := run.book.Fault(eid); f.Kind != keyport.FaultDrift || f.Drift != 2 {
 		t.Fatalf("the page set %+v", f)
-	}
-	wk, _ := w.Svc.ListWrappingKeys(ctx, pp)
-	if code, _ = pr.post("/portal/sandbox/claim", url.Values{"eid": {string(eid)}, "wrapping_key_id": {wk[0].ID}}); code != http.StatusSeeOther {
-		t.Fatalf("claim: %d", code)
 	}
 	_, body = pr.get("/portal/sandbox")
 	if !strings.Contains(body, "counter drift: the card&#39;s sequence counter jumps by 2") || !strings.Contains(body, "/key-package") {
