@@ -2,8 +2,14 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
 
 	"github.com/labstack/echo/v4"
 
@@ -17,6 +23,7 @@ import (
 func (s *Server) campaignPages(pr, ad *echo.Group) {
 	for area, g := range map[string]*echo.Group{"/portal": pr, "/admin": ad} {
 		g.GET("/campaigns", s.campaignsPage(area))
+		g.POST("/campaigns", s.startCampaignPage(area))
 		g.GET("/campaigns/:id", s.campaignPage(area))
 		g.POST("/campaigns/:id/pause", s.campaignForm(area, (*keyport.Service).PauseCampaign, "Paused: nothing more is queued."))
 		g.POST("/campaigns/:id/resume", s.campaignForm(area, (*keyport.Service).ResumeCampaign, "Resumed."))
@@ -26,12 +33,102 @@ func (s *Server) campaignPages(pr, ad *echo.Group) {
 
 func (s *Server) campaignsPage(area string) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		list, err := s.svc.ListCampaigns(c.Request().Context(), principal(c), 0)
+		return s.renderCampaigns(c, area, http.StatusOK, views.CampaignForm{}, nil)
+	}
+}
+
+func (s *Server) renderCampaigns(c echo.Context, area string, status int, f views.CampaignForm, e views.Errors) error {
+	list, err := s.svc.ListCampaigns(c.Request().Context(), principal(c), 0)
+	if err != nil {
+		return err
+	}
+	return render(c, status, views.CampaignsPage(s.meta(c, "Campaigns", area+"/campaigns"), area, list, f, e))
+}
+
+// campaignFormFields maps the use case's field names to the form's; a
+// field the form does not show is reported above the form.
+var campaignFormFields = map[string]string{"op": "op", "rate": "rate", "module_cap": "module_cap", "busy": "busy",
+	"targets": "target", "targets.all_personalized": "target", "targets.eids": "eids", "targets.batch": "batch",
+	"targets.aid": "aid", "params": "rule", "certificate_sha256": "hash", "certificate_sha1": "hash", "certificate": "hash",
+	"certificate_pem": "certificate_pem", "android_package": "android_package", "apdu": "apdu", "eids": "eids"}
+
+// startCampaignPage starts a campaign from the form (CreateCampaign, as
+// POST …/campaigns does) and shows it; bad input comes back with the form
+// as it was sent, and nothing is stored.
+func (s *Server) startCampaignPage(area string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		f := views.CampaignForm{Op: c.FormValue("op"), Target: c.FormValue("target"), EIDs: c.FormValue("eids"),
+			Batch: strings.TrimSpace(c.FormValue("batch")), AID: strings.TrimSpace(c.FormValue("aid")),
+			Rate: strings.TrimSpace(c.FormValue("rate")), ModuleCap: strings.TrimSpace(c.FormValue("module_cap")), Busy: c.FormValue("busy")}
+		req, err := campaignFromForm(c, &f)
+		var camp *keyport.Campaign
+		if err == nil {
+			camp, err = s.svc.CreateCampaign(c.Request().Context(), principal(c), req, nil)
+		}
+		if e, ok := formErrors(err, campaignFormFields); ok {
+			for k, msg := range e {
+				if k != "" && !slices.Contains([]string{"op", "target", "eids", "batch", "aid", "rate", "module_cap", "rule", "hash", "certificate_pem", "android_package", "apdu"}, k) {
+					delete(e, k)
+					e[""] = k + ": " + msg
+				}
+			}
+			return s.renderCampaigns(c, area, http.StatusUnprocessableEntity, f, e)
+		}
+		if refused(err) {
+			s.flash(c, "bad", "Not started: "+refusal(err)+".")
+			return c.Redirect(http.StatusSeeOther, area+"/campaigns")
+		}
 		if err != nil {
 			return err
 		}
-		return render(c, http.StatusOK, views.CampaignsPage(s.meta(c, "Campaigns", area+"/campaigns"), area, list))
+		s.flash(c, "good", fmt.Sprintf("Campaign %s started over %s.", camp.ID, views.Plural(int64(camp.Total), "domain", "domains")))
+		return c.Redirect(http.StatusSeeOther, area+"/campaigns/"+camp.ID)
 	}
+}
+
+// campaignFromForm reads the form into the API's request.
+func campaignFromForm(c echo.Context, f *views.CampaignForm) (keyport.CampaignRequest, error) {
+	req := keyport.CampaignRequest{Op: keyport.CampaignOp(f.Op), Busy: f.Busy}
+	for _, n := range []struct {
+		field, v string
+		to       *int
+	}{{"rate", f.Rate, &req.Rate}, {"module_cap", f.ModuleCap, &req.ModuleCap}} {
+		if n.v == "" {
+			continue
+		}
+		v, err := strconv.Atoi(n.v)
+		if err != nil {
+			return req, keyport.Invalid(n.field, "a whole number")
+		}
+		*n.to = v
+	}
+	switch f.Target {
+	case "", "eids":
+		req.Targets.EIDs = strings.FieldsFunc(f.EIDs, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
+		if len(req.Targets.EIDs) == 0 {
+			return req, keyport.Invalid("eids", "name at least one EID, one a line")
+		}
+	case "batch":
+		req.Targets.Batch, req.Targets.AID = f.Batch, keyport.AID(strings.ToUpper(f.AID))
+		if f.Batch == "" {
+			return req, keyport.Invalid("batch", "name the batch")
+		}
+	case "all":
+		req.Targets.AllPersonalized = true
+	default:
+		return req, keyport.Invalid("target", "choose which domains")
+	}
+	if req.Op == keyport.CampaignRuleAdd || req.Op == keyport.CampaignRuleRemove {
+		rf, rule, err := accessRuleForm(c)
+		f.Rule = rf
+		if err != nil {
+			return req, err
+		}
+		if req.Params, err = json.Marshal(rule); err != nil {
+			return req, err
+		}
+	}
+	return req, nil
 }
 
 func (s *Server) campaignPage(area string) echo.HandlerFunc {
