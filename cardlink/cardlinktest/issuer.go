@@ -72,12 +72,12 @@ func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	ctx := context.Background()
 	dbPath := storetest.SQLitePath(t)
 	st := storetest.Open(t, dbPath)
-	h := hsmtest.Open(t)
+	h, tok := hsmtest.OpenToken(t)
 	logs := &LogBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	svc := &keyport.Service{Store: st, Custody: h, Link: h, CheckpointEvery: 4, Writes: st.Group(), DualControl: keyport.DualControl{Admins: 1}, Log: log}
 	svc.Delivery = keyport.DeliveryPolicy{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, Lease: 3 * time.Second}
-	fw := &fixture.World{Svc: svc, Store: st, HSM: h, Mail: &fixture.Mailbox{}}
+	fw := &fixture.World{Svc: svc, Store: st, HSM: h, Token: tok, Mail: &fixture.Mailbox{}}
 	svc.Mailer = fw.Mail
 	if _, _, err := svc.CreateBatch(ctx, fixture.Admin, "p1", "", nil); err != nil {
 		t.Fatal(err)

@@ -43,6 +43,8 @@ usage: keyport <command> [flags]
                              (provider tool) verify and decrypt a data job's answer offline
   sp serve --keys K --tls-cert C --tls-key K --dgi 0101 --count N
                              (provider tool) the provider's server of the live data path (app relay)
+  domain lock|unlock|release EID AID
+                             queue the issuer's lock, unlock or release of a domain; the card confirms it
   module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited, dual control)
   approval list|request OP TARGET|approve ID|execute ID [--out F]|cancel ID
                              dual control: one operator requests, another approves, the first executes
@@ -161,6 +163,10 @@ func run(ctx context.Context, args []string) error {
 			case "serve":
 				return cmdSPServe(ctx, args[2:])
 			}
+		}
+	case "domain":
+		if len(args) >= 2 && (args[1] == "lock" || args[1] == "unlock" || args[1] == "release") {
+			return cmdDomain(ctx, args[1], args[2:])
 		}
 	case "module":
 		if len(args) >= 2 && args[1] == "psk" {

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/keyport/keyport"
+)
+
+// cmdDomain is "keyport domain lock|unlock|release EID AID": the issuer's
+// card changes of one domain, as the console's buttons and the API do
+// (Service.LockDomain, Service.RequestRelease). The job is queued; the card
+// confirms it in the module's next admin session, run by keyport serve.
+func cmdDomain(ctx context.Context, verb string, args []string) error {
+	var opName *string
+	cfg, fs, err := parseCommand("domain "+verb, args, func(fs *flag.FlagSet) { opName = operatorFlag(fs) })
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return exitError{2, fmt.Errorf("usage: keyport domain %s EID AID [--operator NAME]", verb)}
+	}
+	eid, err := keyport.ParseEID(fs.Arg(0))
+	if err != nil {
+		return exitError{2, err}
+	}
+	aid, err := keyport.ParseAID(fs.Arg(1))
+	if err != nil {
+		return exitError{2, err}
+	}
+	op, err := operator(*opName)
+	if err != nil {
+		return err
+	}
+	a, err := open(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	var j *keyport.Job
+	switch verb {
+	case "lock", "unlock":
+		j, err = a.svc.LockDomain(ctx, op, eid, aid, verb == "lock")
+	case "release":
+		j, err = a.svc.RequestRelease(ctx, op, eid, aid)
+	default:
+		return exitError{2, errors.New("usage: keyport domain lock|unlock|release EID AID")}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s of %s/%s queued as job %s; the card confirms it in the module's next admin session (the job page or GET /api/v1/admin/jobs/%s shows it)\n",
+		verb, eid, aid, j.Ref, j.Ref)
+	return nil
+}
