@@ -44,3 +44,12 @@ func ColumnsForTest(s *Store) (map[string][]string, error) {
 	}
 	return out, nil
 }
+
+// CheckpointedFramesForTest is how many WAL frames the SQLite checkpointer
+// copied into the database file so far (-1 without one).
+func CheckpointedFramesForTest(s *Store) int64 {
+	if s.checkpoints == nil {
+		return -1
+	}
+	return s.checkpoints.frames.Load()
+}

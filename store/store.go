@@ -59,6 +59,9 @@ type Store struct {
 	dialect dialect
 	pools   []*sql.DB
 	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
+	// checkpoints copies SQLite's WAL into the database file (nil on
+	// PostgreSQL).
+	checkpoints *checkpointer
 
 	// timing is set by Collector: from then on statements are timed.
 	// txStmts are the write transactions' prepared statements (tx).
@@ -269,6 +272,11 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 		wDB.Close()
 		return nil, fmt.Errorf("store: open sqlite: %w", err)
 	}
+	// Checkpoints run beside the writer, not in its commits (checkpointer).
+	if _, err := wDB.ExecContext(ctx, `PRAGMA wal_autocheckpoint = 0`); err != nil {
+		wDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
 
 	// Readers: query_only so that a write sent to this pool by mistake
 	// fails loudly instead of bypassing the writer queue.
@@ -285,8 +293,21 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 	}
 	rDB.SetMaxOpenConns(4)
 	rDB.SetMaxIdleConns(4)
+	ck, err := gorm.Open(sqliteDialector(path, userQuery, common, false), gormConfig())
+	if err != nil {
+		wDB.Close()
+		rDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	ckDB, err := ck.DB()
+	if err != nil {
+		wDB.Close()
+		rDB.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	ckDB.SetMaxOpenConns(1)
 
-	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}}
+	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB)}
 	s.repo = &repo{dialect: dialectSQLite, w: w, r: r}
 	return s, nil
 }
@@ -321,6 +342,9 @@ func sqliteDialector(path, userQuery string, pragmas []sqlitePragma, immediate b
 // Close closes the database connections.
 func (s *Store) Close() error {
 	var errs []error
+	if s.checkpoints != nil {
+		errs = append(errs, s.checkpoints.Close())
+	}
 	for _, p := range s.pools {
 		errs = append(errs, p.Close())
 	}
