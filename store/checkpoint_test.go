@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
@@ -39,6 +41,21 @@ func TestSQLiteCheckpointsRunBesideTheWriterNotInItsCommits(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Size() < 300*3000 {
 		t.Fatalf("database file after the checkpoints: %v, %v", fi, err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(s.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]float64{}
+	for _, mf := range mfs {
+		if len(mf.Metric) == 1 && mf.Metric[0].Counter != nil {
+			exported[mf.GetName()] = mf.Metric[0].Counter.GetValue()
+		}
+	}
+	if exported["keyport_db_wal_checkpointed_frames_total"] < 300 || exported["keyport_db_wal_checkpoint_failures_total"] != 0 {
+		t.Fatalf("checkpoint metrics: %v", exported)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -75,6 +75,8 @@ var (
 	jobsDesc = prometheus.NewDesc("keyport_jobs", "Card-link jobs by kind and state, counted in the database at scrape time (every replica reports the same totals).",
 		[]string{"kind", "state"}, nil)
 	jobsScrapeErrorsDesc = prometheus.NewDesc("keyport_jobs_scrape_errors_total", "Scrapes whose count of jobs failed or timed out (keyport_jobs is then left out).", nil, nil)
+	walFramesDesc        = prometheus.NewDesc("keyport_db_wal_checkpointed_frames_total", "SQLite: WAL frames the background checkpointer copied into the database file.", nil, nil)
+	walFailuresDesc      = prometheus.NewDesc("keyport_db_wal_checkpoint_failures_total", "SQLite: background checkpoints that failed (the WAL then grows until one succeeds).", nil, nil)
 	jobKinds             = []keyport.JobKind{keyport.JobSecondKey, keyport.JobWebhook}
 	jobStates            = []keyport.JobState{keyport.JobQueued, keyport.JobSent, keyport.JobDone, keyport.JobFailed, keyport.JobCancelled, keyport.JobExpired}
 )
@@ -102,11 +104,17 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- jobsDesc
 	ch <- jobsScrapeErrorsDesc
+	ch <- walFramesDesc
+	ch <- walFailuresDesc
 	c.h.Describe(ch)
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.h.Collect(ch)
+	if ck := c.s.checkpoints; ck != nil {
+		ch <- prometheus.MustNewConstMetric(walFramesDesc, prometheus.CounterValue, float64(ck.frames.Load()))
+		ch <- prometheus.MustNewConstMetric(walFailuresDesc, prometheus.CounterValue, float64(ck.fails.Load()))
+	}
 	counts, err := c.s.jobCounts()
 	if err != nil {
 		c.s.jobScrapeErrs.Add(1)
