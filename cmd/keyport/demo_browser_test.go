@@ -135,6 +135,13 @@ func TestDemoAsTheREADMESaysFromSignInToTheSecondKeysInChromium(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		state, _ = chromedp.Run(tab, chromedp.Text(chromedp.ID("job-state")))
 	}
+	// The page saw DONE live and now reloads itself to show the final
+	// state: a screenshot taken during that reload finds no page. Load it
+	// once more and wait for it, then take the picture.
+	browse(t, tab, chromedp.Navigate(string(jobURL[1])))
+	if state, err := chromedp.Run(tab, chromedp.Text(chromedp.ID("job-state"))); err != nil || state != "DONE" {
+		t.Fatalf("the job page after its reload: %q %v", state, err)
+	}
 	shot.take(tab, "job-done")
 	browse(t, tab, chromedp.Navigate(base+"/portal"))
 	shot.take(tab, "dashboard-after")
