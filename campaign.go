@@ -40,8 +40,8 @@ var CampaignOps = []CampaignOp{CampaignLock, CampaignUnlock, CampaignRelease, Ca
 // NDJSON upload) instead of a target selection.
 func (op CampaignOp) Scripted() bool { return op == CampaignRotation || op == CampaignData }
 
-// providerOnly reports whether only a domain's provider may run op.
-func (op CampaignOp) providerOnly() bool {
+// ProviderOnly reports whether only a domain's provider may run op.
+func (op CampaignOp) ProviderOnly() bool {
 	return op == CampaignRuleAdd || op == CampaignRuleRemove || op.Scripted()
 }
 
@@ -454,7 +454,7 @@ func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignR
 	if !p.Admin && p.ProviderID == "" {
 		return nil, ErrForbidden
 	}
-	if p.Admin && req.Op.providerOnly() {
+	if p.Admin && req.Op.ProviderOnly() {
 		return nil, Invalid("op", "%s is a provider's operation on its own domains", req.Op)
 	}
 	if err := req.check(); err != nil {

@@ -52,6 +52,10 @@ var campaignFormFields = map[string]string{"op": "op", "rate": "rate", "module_c
 	"targets.aid": "aid", "params": "rule", "certificate_sha256": "hash", "certificate_sha1": "hash", "certificate": "hash",
 	"certificate_pem": "certificate_pem", "android_package": "android_package", "apdu": "apdu", "eids": "eids"}
 
+// campaignShownFields are the form's fields that show their own message.
+var campaignShownFields = []string{"op", "target", "eids", "batch", "aid", "rate", "module_cap", "rule", "hash",
+	"certificate_pem", "android_package", "apdu"}
+
 // startCampaignPage starts a campaign from the form (CreateCampaign, as
 // POST …/campaigns does) and shows it; bad input comes back with the form
 // as it was sent, and nothing is stored.
@@ -67,7 +71,7 @@ func (s *Server) startCampaignPage(area string) echo.HandlerFunc {
 		}
 		if e, ok := formErrors(err, campaignFormFields); ok {
 			for k, msg := range e {
-				if k != "" && !slices.Contains([]string{"op", "target", "eids", "batch", "aid", "rate", "module_cap", "rule", "hash", "certificate_pem", "android_package", "apdu"}, k) {
+				if k != "" && !slices.Contains(campaignShownFields, k) {
 					delete(e, k)
 					e[""] = k + ": " + msg
 				}

@@ -1301,13 +1301,17 @@ func NewCampaignForm(m Meta, area string, f CampaignForm, e Errors) templ.Compon
 	})
 }
 
-// campaignOps are the operations the area's form offers: an issuer's
-// (lock, unlock, release) or also a provider's own (access rules).
+// campaignOps are the operations the area's form offers: those the caller
+// may run (a provider's own only in the portal) that take a selection of
+// domains rather than an upload of scripts.
 func campaignOps(area string) []keyport.CampaignOp {
-	if area == "/admin" {
-		return []keyport.CampaignOp{keyport.CampaignLock, keyport.CampaignUnlock, keyport.CampaignRelease}
+	var ops []keyport.CampaignOp
+	for _, op := range keyport.CampaignOps {
+		if !op.Scripted() && (area != "/admin" || !op.ProviderOnly()) {
+			ops = append(ops, op)
+		}
 	}
-	return []keyport.CampaignOp{keyport.CampaignLock, keyport.CampaignUnlock, keyport.CampaignRelease, keyport.CampaignRuleAdd, keyport.CampaignRuleRemove}
+	return ops
 }
 
 func campaignOpName(op keyport.CampaignOp) string {
