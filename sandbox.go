@@ -280,16 +280,14 @@ func (sb *Sandbox) ListModules(ctx context.Context, p Principal) ([]SandboxModul
 		}
 		sm := SandboxModule{EID: eid, Fault: sb.Faults().Fault(eid), Sandbox: true}
 		for _, d := range m.Domains {
-			switch {
-			case d.State == Unassigned:
+			if d.State == Unassigned {
 				sm.Free++
-			case d.OwnerID == "":
-			case d.OwnerID == p.ProviderID && !p.Admin:
-				sm.Yours = true
-			default:
-				sm.Taken = true
 			}
 		}
+		h := moduleHolders(m)
+		sm.Yours = p.ProviderID != "" && h[p.ProviderID]
+		delete(h, p.ProviderID)
+		sm.Taken = len(h) > 0
 		out = append(out, sm)
 	}
 	return out, nil
@@ -311,13 +309,18 @@ func (sb *Sandbox) holders(ctx context.Context, eid EID) (map[string]bool, error
 	if err != nil {
 		return nil, err
 	}
+	return moduleHolders(m), nil
+}
+
+// moduleHolders returns the providers holding a domain of m.
+func moduleHolders(m *Module) map[string]bool {
 	h := map[string]bool{}
 	for _, d := range m.Domains {
 		if d.OwnerID != "" {
 			h[d.OwnerID] = true
 		}
 	}
-	return h, nil
+	return h
 }
 
 // errOthersModule refuses a provider a module another provider tests on.
