@@ -100,12 +100,6 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 		*e = chained[i]
 	}
 	r.auditQueue = nil
-	if h != nil {
-		h.At = dbTime(h.At)
-	}
-	for i := range cps {
-		cps[i].At = dbTime(cps[i].At)
-	}
 	return nil
 }
 
