@@ -104,10 +104,12 @@ func (s *Server) setSandboxFaultPage(base string) echo.HandlerFunc {
 	}
 }
 
-// refused reports a refusal the page explains in a notice (another
-// provider's module, not the caller's yet) rather than an error page.
+// refused reports a refusal a page explains in a notice rather than an
+// error page: the caller may not do this (yet), e.g. set the fault of a
+// sandbox module it holds no domain of. A conflict (another provider's
+// module) is already one of formErrors' and comes back with the page.
 func refused(err error) bool {
-	return errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrForbidden)
+	return errors.Is(err, keyport.ErrForbidden)
 }
 
 func firstKey(e views.Errors) string {
