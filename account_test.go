@@ -152,9 +152,12 @@ func TestTOTPAccountNeedsTheCurrentCodeAfterThePasswordAndTheSeedIsStoredSealed(
 	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, "000000x"); !errors.Is(err, keyport.ErrInvalid) {
 		t.Fatalf("confirm with a wrong code: %v", err)
 	}
-	// Confirmed with the previous step's code: the code that confirms
-	// enrolment may not sign in as well.
-	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
+	// Confirmed with the current step's code. Later codes are the next
+	// step's: accepted while the server is in this step or the two after
+	// it, so a step edge crossed between making a code and checking it
+	// changes nothing (a previous step's code would fail across one).
+	confirming := keyport.TOTPCode(seed, time.Now())
+	if err := w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: "a passphrase of words"}, en.Sealed, confirming); err != nil {
 		t.Fatal(err)
 	}
 	stored, _ := w.Store.GetUser(ctx, u.ID)
@@ -168,7 +171,11 @@ func TestTOTPAccountNeedsTheCurrentCodeAfterThePasswordAndTheSeedIsStoredSealed(
 		keyport.TOTPCode(seed, time.Now()) != "123456" {
 		t.Fatalf("login with a wrong code: %v", err)
 	}
-	if _, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", keyport.TOTPCode(seed, time.Now())); err != nil {
+	// The code that confirmed enrolment does not sign in as well.
+	if _, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", confirming); !errors.Is(err, keyport.ErrUnauthenticated) {
+		t.Fatalf("login with the code that confirmed enrolment: %v", err)
+	}
+	if _, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", keyport.TOTPCode(seed, time.Now().Add(30*time.Second))); err != nil {
 		t.Fatalf("login with the code: %v", err)
 	}
 }

@@ -183,10 +183,13 @@ func TestBrowserProviderTurnsOnTOTPAndThenSignInAsksForTheCode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("secret %q: %v", secret, err)
 	}
-	// The previous step's code (still accepted for clock drift): the code
-	// that confirms enrolment may not sign in as well.
+	// The current step's code confirms; the sign-in below uses the next
+	// step's (accepted for clock drift), because the code that confirms
+	// enrolment may not sign in as well. A code of the next step stays
+	// good across a step edge crossed while the browser types it; one of
+	// the previous step would not.
 	// Turning it on takes the current password in the same form.
-	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))),
+	do(t, tab, chromedp.SendKeys(chromedp.ID("code"), keyport.TOTPCode(seed, time.Now())),
 		chromedp.SendKeys(chromedp.ID("current_password"), password))
 	clickAndLoad(t, tab, "main form.stack button[type=submit]")
 	if got := bodyText(t, tab); !strings.Contains(got, "authenticator app is required") {
@@ -198,7 +201,7 @@ func TestBrowserProviderTurnsOnTOTPAndThenSignInAsksForTheCode(t *testing.T) {
 		t.Fatalf("sign-in without the code says %q", got)
 	}
 	shot.take(tab, "totp-asked")
-	do(t, tab, chromedp.SendKeys(chromedp.ID("password"), password), chromedp.SendKeys(chromedp.ID("totp"), keyport.TOTPCode(seed, time.Now())))
+	do(t, tab, chromedp.SendKeys(chromedp.ID("password"), password), chromedp.SendKeys(chromedp.ID("totp"), keyport.TOTPCode(seed, time.Now().Add(30*time.Second))))
 	clickAndLoad(t, tab, "#signin")
 	if got := location(t, tab); !strings.HasSuffix(got, "/portal") {
 		t.Fatalf("with the code: %s %q", got, bodyText(t, tab))

@@ -47,7 +47,10 @@ func (r *reauthPortal) user(t *testing.T) *keyport.User {
 }
 
 // enrolTOTP turns TOTP on through the service (with the password) and
-// returns the seed; the enrolment used the previous step's code.
+// returns the seed. The enrolment used the current step's code, so a code
+// the test expects to be accepted later is the next step's (time.Now()+30 s):
+// accepted while the server is in this step or the two after it, so a step
+// edge crossed on the way changes nothing.
 func (r *reauthPortal) enrolTOTP(t *testing.T) []byte {
 	t.Helper()
 	ctx := context.Background()
@@ -57,7 +60,7 @@ func (r *reauthPortal) enrolTOTP(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	seed, _ := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(en.Secret)
-	if err := r.w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: r.pw}, en.Sealed, keyport.TOTPCode(seed, time.Now().Add(-30*time.Second))); err != nil {
+	if err := r.w.Svc.ConfirmTOTP(ctx, u, keyport.Reauth{Password: r.pw}, en.Sealed, keyport.TOTPCode(seed, time.Now())); err != nil {
 		t.Fatal(err)
 	}
 	return seed
@@ -125,17 +128,17 @@ func TestChangingThePasswordTakesTheCurrentOneAndTheTOTPCodeWhenEnrolled(t *test
 		t.Fatalf("without the code: %d", status)
 	}
 	if status, _ := r.post(t, "/portal/security/password", url.Values{"current_password": {"wrong one here"},
-		"current_code": {keyport.TOTPCode(seed, time.Now())}, "password": {next}}); status != http.StatusUnprocessableEntity {
+		"current_code": {keyport.TOTPCode(seed, time.Now().Add(30*time.Second))}, "password": {next}}); status != http.StatusUnprocessableEntity {
 		t.Fatalf("wrong password with a code: %d", status)
 	}
 	if status, _ := r.post(t, "/portal/security/password", url.Values{"current_password": {r.pw}, "current_code": {"000000"}, "password": {next}}); status != http.StatusUnprocessableEntity {
 		t.Fatalf("wrong code: %d", status)
 	}
-	if _, err := r.w.Svc.Login(context.Background(), r.email, next, keyport.TOTPCode(seed, time.Now())); err == nil {
+	if _, err := r.w.Svc.Login(context.Background(), r.email, next, keyport.TOTPCode(seed, time.Now().Add(30*time.Second))); err == nil {
 		t.Fatal("the password changed without the right password and code")
 	}
 	if status, _ := r.post(t, "/portal/security/password", url.Values{"current_password": {r.pw},
-		"current_code": {keyport.TOTPCode(seed, time.Now())}, "password": {next}}); status != http.StatusSeeOther {
+		"current_code": {keyport.TOTPCode(seed, time.Now().Add(30*time.Second))}, "password": {next}}); status != http.StatusSeeOther {
 		t.Fatalf("right password and code: %d", status)
 	}
 	if !keyport.CheckPassword(r.user(t).PasswordHash, next) {
@@ -177,13 +180,13 @@ func TestTurningTOTPOnOrOffTakesTheCurrentPasswordAndCodeAndLocksAfterTooManyWro
 		t.Fatalf("after %d wrong attempts: %d", keyport.MaxFailedLogins, status)
 	}
 	// Locked: even the right password and code are refused, here and at sign-in.
-	if status, _ := r.post(t, "/portal/security/totp/disable", url.Values{"current_password": {r.pw}, "current_code": {keyport.TOTPCode(seed, time.Now())}}); status != http.StatusForbidden {
+	if status, _ := r.post(t, "/portal/security/totp/disable", url.Values{"current_password": {r.pw}, "current_code": {keyport.TOTPCode(seed, time.Now().Add(30*time.Second))}}); status != http.StatusForbidden {
 		t.Fatalf("locked account, right password and code: %d", status)
 	}
 	if r.user(t).TOTPSealed == nil {
 		t.Fatal("TOTP went off on a locked account")
 	}
-	if _, err := r.w.Svc.Login(context.Background(), r.email, r.pw, keyport.TOTPCode(seed, time.Now())); err == nil {
+	if _, err := r.w.Svc.Login(context.Background(), r.email, r.pw, keyport.TOTPCode(seed, time.Now().Add(30*time.Second))); err == nil {
 		t.Fatal("sign-in works on the account re-authentication locked")
 	}
 	// Unlocked (as a reset would): the right password and code turn it off.
