@@ -99,29 +99,45 @@ type AuditHead struct {
 // lock (AuditSealer), for which the HSM MACs the head once; the lock holds
 // until the commit, so heads follow the chain's order.
 func (s *Service) audit(ctx context.Context, tx Repo, actor, action, object string, detail any) error {
-	d, err := json.Marshal(detail)
+	e, err := s.auditEvent(actor, action, object, detail)
 	if err != nil {
 		return err
 	}
-	e := &AuditEvent{At: AuditTime(s.now()), Actor: actor, Action: action, Object: object, Detail: string(d)}
+	return appendAudit(ctx, tx, e, s.keysFor(ctx))
+}
+
+// auditEvent is the event of an action done now, its detail as JSON.
+func (s *Service) auditEvent(actor, action, object string, detail any) (*AuditEvent, error) {
+	d, err := json.Marshal(detail)
+	if err != nil {
+		return nil, fmt.Errorf("keyport: audit %s: %w", action, err)
+	}
+	return &AuditEvent{At: AuditTime(s.now()), Actor: actor, Action: action, Object: object, Detail: string(d)}, nil
+}
+
+// keysFor is auditKeys as the AuditKeys of a seal done for ctx.
+func (s *Service) keysFor(ctx context.Context) AuditKeys {
+	return func(chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error) { return s.auditKeys(ctx, chained) }
+}
+
+// appendAudit appends e inside tx. A store that queued it (e.Seq still 0)
+// chains it, and the rest of tx's events, just before tx commits, with the
+// head keyed by keys once for all of them; one that chained it at once has
+// its head and checkpoints keyed and written here.
+func appendAudit(ctx context.Context, tx Repo, e *AuditEvent, keys AuditKeys) error {
 	if err := tx.AppendAudit(ctx, e); err != nil {
-		return fmt.Errorf("keyport: audit %s: %w", action, err)
+		return fmt.Errorf("keyport: audit %s: %w", e.Action, err)
 	}
 	if e.Seq == 0 {
-		// Queued: the store chains the transaction's events when it
-		// commits, and the HSM keys the head (and checkpoints) once for
-		// all of them.
 		bc, ok := tx.(BeforeCommit)
 		if _, seals := tx.(AuditSealer); !ok || !seals {
-			return fmt.Errorf("keyport: audit %s: the store queued the event but cannot seal it", action)
+			return fmt.Errorf("keyport: audit %s: the store queued the event but cannot seal it", e.Action)
 		}
 		return bc.BeforeCommit(ctx, "audit-seal", func(ctx context.Context, tx Repo) error {
-			return tx.(AuditSealer).SealAudit(ctx, func(chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error) {
-				return s.auditKeys(ctx, chained)
-			})
+			return tx.(AuditSealer).SealAudit(ctx, keys)
 		})
 	}
-	h, cps, err := s.auditKeys(ctx, []AuditEvent{*e})
+	h, cps, err := keys([]AuditEvent{*e})
 	if err != nil {
 		return err
 	}

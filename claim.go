@@ -162,32 +162,50 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 		return nil, err
 	}
 	msg, _ := json.Marshal(map[string]any{"event": "domain.assigned", "provider": p.ProviderID, "eid": d.EID, "aid": d.AID, "claim": c.ID})
-	detail := map[string]any{"claim": c.ID, "wrapping_key_sha256": wk.SHA256, "kcv": pkg.kcvs()}
-	err = s.commitClaim(ctx, func(ctx context.Context, tx Repo) error {
-		out := &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt}
-		if err := tx.ClaimDomain(ctx, c, From(EventClaim), out); err != nil {
-			if errors.Is(err, ErrDomainTaken) && req.AID == "" {
-				return errLostRace
-			}
-			return err
-		}
-		// The audit event is chained when the transaction commits (the
-		// store's seal takes the log's lock then, after these writes).
-		return s.audit(ctx, tx, p.Actor(), "claim", "domain:"+string(d.EID)+"/"+string(d.AID), detail)
-	})
+	ev, err := s.auditEvent(p.Actor(), "claim", "domain:"+string(d.EID)+"/"+string(d.AID),
+		map[string]any{"claim": c.ID, "wrapping_key_sha256": wk.SHA256, "kcv": pkg.kcvs()})
 	if err != nil {
+		return nil, err
+	}
+	w := ClaimWrite{Claim: c, From: From(EventClaim), Outbox: &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt},
+		Audit: ev}
+	if err := s.writeClaim(ctx, w); err != nil {
+		if errors.Is(err, ErrDomainTaken) && req.AID == "" {
+			return nil, errLostRace
+		}
 		return nil, err
 	}
 	return c, nil
 }
 
-// commitClaim runs a claim's write transaction through Claims, or Store.Tx
-// without one. fn may run more than once (Committer).
-func (s *Service) commitClaim(ctx context.Context, fn func(ctx context.Context, tx Repo) error) error {
+// writeClaim stores w through Claims, or in a Store.Tx of its own without.
+func (s *Service) writeClaim(ctx context.Context, w ClaimWrite) error {
+	keys := s.keysFor(ctx)
 	if s.Claims != nil {
-		return s.Claims.Commit(ctx, fn)
+		return s.Claims.WriteClaim(ctx, w, keys)
 	}
-	return s.Store.Tx(ctx, func(tx Repo) error { return fn(ctx, tx) })
+	return s.Store.Tx(ctx, func(tx Repo) error { return w.Apply(ctx, tx, keys) })
+}
+
+// ClaimWrite is what a claim that wins stores: the domain's conditional
+// move from one of From to ASSIGNED, with the claim and its outbox row
+// (Repo.ClaimDomain), and the claim's audit event.
+type ClaimWrite struct {
+	Claim  *Claim
+	From   []DomainState
+	Outbox *OutboxMessage
+	Audit  *AuditEvent
+}
+
+// Apply does w inside the transaction tx: ClaimDomain, then the audit
+// event, which tx seals with keys when it commits. A ClaimWriter without a
+// pipeline of its own runs it; it may run more than once for one claim
+// (Committer), keeping only what the committed run wrote.
+func (w ClaimWrite) Apply(ctx context.Context, tx Repo, keys AuditKeys) error {
+	if err := tx.ClaimDomain(ctx, w.Claim, w.From, w.Outbox); err != nil {
+		return err
+	}
+	return appendAudit(ctx, tx, w.Audit, keys)
 }
 
 // Claim records that a provider took a domain, and holds the signed key

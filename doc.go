@@ -13,8 +13,9 @@
 // service.go holds the Service, whose fields are the ports it needs.
 //
 // Every port is in ports.go, and adapters implement them: hsm/ is Custody,
-// LinkCustody, SecretSealer and PersoCustody; store/ is Store and its
-// Committer (group commit); cardlink/ is a Trigger. web/ and cardlink/ drive
+// LinkCustody, SecretSealer and PersoCustody; store/ is Store, its
+// Committer (group commit) and its ClaimWriter (claims as data, pipelined
+// on PostgreSQL); cardlink/ is a Trigger. web/ and cardlink/ drive
 // the Service; the personalization station (perso/) drives it as a client
 // through the gp/ card dialog. cmd/keyport wires them together. The package
 // imports the standard library, gp/, the password hash (x/crypto/argon2) and

@@ -193,6 +193,17 @@ type Committer interface {
 	Commit(ctx context.Context, fn func(ctx context.Context, tx Repo) error) error
 }
 
+// ClaimWriter stores claims, possibly several callers' in one database
+// transaction (store.Store.ClaimCommits). A claim is given as data, not as
+// a function, so that a store can send a group of them to the database
+// without waiting for each statement (on PostgreSQL, pipelined).
+type ClaimWriter interface {
+	// WriteClaim does w.Apply in a transaction, and returns only once it
+	// is durably stored; keys keys the audit head (AuditSealer). A domain
+	// not in w.From fails with ErrDomainTaken and nothing of w is written.
+	WriteClaim(ctx context.Context, w ClaimWrite, keys AuditKeys) error
+}
+
 // ModuleRepo stores batches, modules and their domains.
 type ModuleRepo interface {
 	CreateBatch(ctx context.Context, b *Batch) error // ErrConflict on a taken name

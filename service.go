@@ -40,10 +40,9 @@ type Service struct {
 	// possibly together with other callers' (group commit, store.Group);
 	// nil gives each a Store.Tx of its own.
 	Writes Committer
-	// Claims commits the writes of claims, possibly together with other
-	// claims' (store.Store.ClaimCommits); nil gives each a Store.Tx of its
-	// own.
-	Claims Committer
+	// Claims stores claims, possibly together with other claims
+	// (store.Store.ClaimCommits); nil gives each a Store.Tx of its own.
+	Claims ClaimWriter
 	// Metrics counts claims, key-package downloads, webhook deliveries and
 	// imports (metrics.go); nil counts nothing.
 	Metrics Metrics

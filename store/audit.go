@@ -77,14 +77,7 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 	if len(head) == 1 {
 		seq, prev = head[0].Seq, head[0].Hash
 	}
-	chained := make([]keyport.AuditEvent, len(r.auditQueue))
-	for i, e := range r.auditQueue {
-		seq++
-		c := *e
-		c.Seq, c.PrevHash, c.At = seq, prev, dbTime(e.At)
-		c.Hash = keyport.ChainHash(prev, c)
-		chained[i], prev = c, c.Hash
-	}
+	chained := chain(seq, prev, r.auditQueue)
 	var h *keyport.AuditHead
 	var cps []keyport.AuditCheckpoint
 	if keys != nil {
@@ -100,81 +93,122 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 		*e = chained[i]
 	}
 	r.auditQueue = nil
+	last := chained[len(chained)-1]
+	r.sealed = &chainHead{seq: last.Seq, hash: last.Hash}
 	return nil
+}
+
+// chain links events after the event seq whose hash is prev: copies with
+// Seq, PrevHash and Hash set, At at the database's precision.
+func chain(seq int64, prev []byte, events []*keyport.AuditEvent) []keyport.AuditEvent {
+	chained := make([]keyport.AuditEvent, len(events))
+	for i, e := range events {
+		seq++
+		c := *e
+		c.Seq, c.PrevHash, c.At = seq, prev, dbTime(e.At)
+		c.Hash = keyport.ChainHash(prev, c)
+		chained[i], prev = c, c.Hash
+	}
+	return chained
 }
 
 // writeSeal inserts chained events, their checkpoints and the head (if
 // any): one statement on PostgreSQL (data-modifying CTEs), three at most on
 // SQLite, where a statement costs no round trip.
 func (r *repo) writeSeal(db *gorm.DB, events []keyport.AuditEvent, cps []keyport.AuditCheckpoint, h *keyport.AuditHead) error {
+	sl := sealStatements(events, cps, h)
+	if r.dialect == dialectPostgres {
+		// One round trip for all of it, under the lock.
+		stmt, args := sl.one()
+		if err := db.Exec(stmt, args...).Error; err != nil {
+			return wrap("append audit", err)
+		}
+		return nil
+	}
+	if err := db.Exec(sl.events, sl.eventArgs...).Error; err != nil {
+		return wrap("append audit", err)
+	}
+	if sl.cps != "" {
+		if err := db.Exec(sl.cps, sl.cpArgs...).Error; err != nil {
+			return wrap("add checkpoint", err)
+		}
+	}
+	if h != nil {
+		if err := db.Exec(setHeadSQL, sl.headArgs...).Error; err != nil {
+			return wrap("set audit head", err)
+		}
+	}
+	return nil
+}
+
+// seal is the statements that write a seal: the events, their checkpoints
+// (cps "" when none) and the head (headArgs nil when none).
+type seal struct {
+	events, cps                 string
+	eventArgs, cpArgs, headArgs []any
+}
+
+// With claims (one claim ID per event), each event's seq is read from its
+// claim's row, written earlier in the same transaction: if a claim is not
+// there, its event's seq is NULL, which the primary key refuses, so the
+// statement, and with it the transaction, fails instead of storing a chain
+// with an event for a claim that did not happen (claimpipe.go).
+func sealStatements(events []keyport.AuditEvent, cps []keyport.AuditCheckpoint, h *keyport.AuditHead, claims ...string) seal {
+	var sl seal
 	var q strings.Builder
-	args := make([]any, 0, 8*len(events)+4*len(cps)+4)
+	sl.eventArgs = make([]any, 0, 9*len(events))
 	q.WriteString(`INSERT INTO audit_events (seq, at, actor, action, object, detail, prev_hash, hash) VALUES `)
 	for i, e := range events {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
-		args = append(args, e.Seq, e.At, e.Actor, e.Action, e.Object, e.Detail, e.PrevHash, e.Hash)
+		if claims != nil {
+			q.WriteString("((SELECT ?::bigint FROM claims WHERE id = ?), ?, ?, ?, ?, ?, ?, ?)")
+			sl.eventArgs = append(sl.eventArgs, e.Seq, claims[i])
+		} else {
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+			sl.eventArgs = append(sl.eventArgs, e.Seq)
+		}
+		sl.eventArgs = append(sl.eventArgs, e.At, e.Actor, e.Action, e.Object, e.Detail, e.PrevHash, e.Hash)
 	}
-	insertEvents := q.String()
-	q.Reset()
-	var insertCps string
+	sl.events = q.String()
 	if len(cps) > 0 {
+		q.Reset()
 		q.WriteString(`INSERT INTO audit_checkpoints (seq, hash, mac, at) VALUES `)
-		for i := range cps {
+		for i, c := range cps {
 			if i > 0 {
 				q.WriteString(", ")
 			}
 			q.WriteString("(?, ?, ?, ?)")
+			sl.cpArgs = append(sl.cpArgs, c.Seq, c.Hash, c.MAC, dbTime(c.At))
 		}
-		insertCps = q.String()
-	}
-	cpArgs := make([]any, 0, 4*len(cps))
-	for _, c := range cps {
-		cpArgs = append(cpArgs, c.Seq, c.Hash, c.MAC, dbTime(c.At))
-	}
-	var headArgs []any
-	if h != nil {
-		headArgs = []any{h.Seq, h.Hash, h.MAC, dbTime(h.At)}
-	}
-	if r.dialect == dialectPostgres {
-		// One round trip for all of it, under the lock.
-		stmt, all := insertEvents, args
-		if insertCps != "" || h != nil {
-			q.Reset()
-			q.WriteString("WITH e AS (" + insertEvents + " RETURNING seq)")
-			if insertCps != "" {
-				q.WriteString(", c AS (" + insertCps + " RETURNING seq)")
-				all = append(all, cpArgs...)
-			}
-			if h != nil {
-				q.WriteString(" " + setHeadSQL)
-				all = append(all, headArgs...)
-			} else {
-				q.WriteString(" SELECT 1")
-			}
-			stmt = q.String()
-		}
-		if err := db.Exec(stmt, all...).Error; err != nil {
-			return wrap("append audit", err)
-		}
-		return nil
-	}
-	if err := db.Exec(insertEvents, args...).Error; err != nil {
-		return wrap("append audit", err)
-	}
-	if insertCps != "" {
-		if err := db.Exec(insertCps, cpArgs...).Error; err != nil {
-			return wrap("add checkpoint", err)
-		}
+		sl.cps = q.String()
 	}
 	if h != nil {
-		if err := db.Exec(setHeadSQL, headArgs...).Error; err != nil {
-			return wrap("set audit head", err)
-		}
+		sl.headArgs = []any{h.Seq, h.Hash, h.MAC, dbTime(h.At)}
 	}
-	return nil
+	return sl
+}
+
+// one is the seal as one PostgreSQL statement (data-modifying CTEs).
+func (sl seal) one() (string, []any) {
+	if sl.cps == "" && sl.headArgs == nil {
+		return sl.events, sl.eventArgs
+	}
+	var q strings.Builder
+	args := append([]any(nil), sl.eventArgs...)
+	q.WriteString("WITH e AS (" + sl.events + " RETURNING seq)")
+	if sl.cps != "" {
+		q.WriteString(", c AS (" + sl.cps + " RETURNING seq)")
+		args = append(args, sl.cpArgs...)
+	}
+	if sl.headArgs != nil {
+		q.WriteString(" " + setHeadSQL)
+		args = append(args, sl.headArgs...)
+	} else {
+		q.WriteString(" SELECT 1")
+	}
+	return q.String(), args
 }
 
 // setHeadSQL stores the keyed head unless the stored one is at its Seq or

@@ -53,3 +53,12 @@ func CheckpointedFramesForTest(s *Store) int64 {
 	}
 	return s.checkpoints.frames.Load()
 }
+
+// ClaimGuessesForTest returns how many claim batches were committed on a
+// guessed audit head, and how many guesses were wrong (PostgreSQL).
+func ClaimGuessesForTest(s *Store) (hits, misses uint64) {
+	return s.guesses[0].Load(), s.guesses[1].Load()
+}
+
+// GuessSkip is how many batches read the head after a wrong guess.
+const GuessSkip = guessSkip

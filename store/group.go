@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 
 	"github.com/keyport/keyport"
 )
@@ -36,9 +35,7 @@ type Group struct {
 	// waiting, for long.
 	Max int
 
-	mu    sync.Mutex
-	queue []*groupOp
-	busy  bool // a leader is running a group
+	ops batcher[groupOp]
 }
 
 var _ keyport.Committer = (*Group)(nil)
@@ -46,10 +43,6 @@ var _ keyport.Committer = (*Group)(nil)
 type groupOp struct {
 	ctx context.Context
 	fn  func(ctx context.Context, tx keyport.Repo) error
-	err error
-	// wake says true: lead the next group (this op is its first), or
-	// false: this op's group is committed (or failed), err is its result.
-	wake chan bool
 }
 
 // Group returns a new group committing into s.
@@ -58,39 +51,15 @@ func (s *Store) Group() *Group { return &Group{st: s} }
 // Commit runs fn as Store.Tx would, possibly in one database transaction
 // with other callers' functions.
 func (g *Group) Commit(ctx context.Context, fn func(ctx context.Context, tx keyport.Repo) error) error {
-	op := &groupOp{ctx: context.WithoutCancel(ctx), fn: recoverTo(fn), wake: make(chan bool, 1)}
-	g.mu.Lock()
-	g.queue = append(g.queue, op)
-	lead := !g.busy
-	g.busy = true
-	g.mu.Unlock()
-	if !lead && !<-op.wake {
-		return op.err
+	return g.ops.do(groupOp{ctx: context.WithoutCancel(ctx), fn: recoverTo(fn)}, batchLimit(g.Max), g.commit)
+}
+
+// batchLimit is max, or 64 when max is not set.
+func batchLimit(max int) int {
+	if max <= 0 {
+		return 64
 	}
-	// Leader: op is first in the queue (it arrived when no group ran, or
-	// the previous leader handed over to it). Commit a group, then hand
-	// over to the first caller left waiting, if any.
-	limit := g.Max
-	if limit <= 0 {
-		limit = 64
-	}
-	g.mu.Lock()
-	n := min(len(g.queue), limit)
-	batch := g.queue[:n:n]
-	g.queue = append([]*groupOp(nil), g.queue[n:]...)
-	g.mu.Unlock()
-	g.commit(batch)
-	g.mu.Lock()
-	if len(g.queue) > 0 {
-		g.queue[0].wake <- true
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
-	for _, o := range batch[1:] {
-		o.wake <- false
-	}
-	return op.err
+	return max
 }
 
 // recoverTo makes a panic in fn that function's error: one caller's bug must
@@ -111,16 +80,16 @@ func recoverTo(fn func(ctx context.Context, tx keyport.Repo) error) func(ctx con
 var errGroupRetry = errors.New("store: a function of the group failed; run again with savepoints")
 
 // commit runs the group's functions in one transaction.
-func (g *Group) commit(batch []*groupOp) {
+func (g *Group) commit(batch []*batched[groupOp]) {
 	if len(batch) == 1 {
 		o := batch[0]
-		o.err = g.st.tx(o.ctx, func(tx *repo) error { return o.fn(o.ctx, tx) })
+		o.err = g.st.tx(o.op.ctx, func(tx *repo) error { return o.op.fn(o.op.ctx, tx) })
 		return
 	}
 	// The usual case: no function fails, and none needs a savepoint.
-	err := g.st.tx(batch[0].ctx, func(tx *repo) error {
+	err := g.st.tx(batch[0].op.ctx, func(tx *repo) error {
 		for _, o := range batch {
-			if o.err = o.fn(o.ctx, tx); o.err != nil {
+			if o.err = o.op.fn(o.op.ctx, tx); o.err != nil {
 				return errGroupRetry
 			}
 		}
@@ -138,9 +107,9 @@ func (g *Group) commit(batch []*groupOp) {
 		}
 		return
 	}
-	err = g.st.tx(batch[0].ctx, func(tx *repo) error {
+	err = g.st.tx(batch[0].op.ctx, func(tx *repo) error {
 		for _, o := range batch {
-			fnErr, err := tx.savepoint(o.ctx, func(tx keyport.Repo) error { return o.fn(o.ctx, tx) })
+			fnErr, err := tx.savepoint(o.op.ctx, func(tx keyport.Repo) error { return o.op.fn(o.op.ctx, tx) })
 			if err != nil {
 				return err
 			}

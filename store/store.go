@@ -68,6 +68,17 @@ type Store struct {
 	txStmts     *txStmts
 	txStmtsOnce sync.Once
 
+	// head is the newest audit event this process saw committed, where
+	// the claim pipeline chains a batch without reading the head first
+	// (claimpipe.go); nil until then.
+	head atomic.Pointer[chainHead]
+	// skipGuess is how many more claim batches read the head instead of
+	// guessing it, after a guess was wrong.
+	skipGuess atomic.Int32
+	// guesses counts the batches committed on a guessed head [0] and the
+	// guesses that were wrong [1].
+	guesses [2]atomic.Uint64
+
 	timing        atomic.Pointer[prometheus.HistogramVec]
 	timingOnce    sync.Once
 	jobScrapeErrs atomic.Uint64
@@ -88,6 +99,8 @@ type repo struct {
 	// hooks are the transaction's BeforeCommit functions, in the order
 	// their keys were first set.
 	hooks []commitHook
+	// sealed is the last event SealAudit chained in this transaction.
+	sealed *chainHead
 }
 
 type commitHook struct {
@@ -403,6 +416,7 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
 	if err := sqlTx.Commit(); err != nil {
 		return wrap("tx", err)
 	}
+	s.committedHead(r.sealed)
 	s.txStmts.prepareWanted(ctx)
 	return nil
 }

@@ -1,0 +1,330 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/keyport/keyport"
+)
+
+// pipelineClaims commits a batch of claims on PostgreSQL in one transaction
+// sent without waiting for each statement, where statements one after
+// another would take 5 round trips and one more per claim (each, on a
+// machine whose cores the HSM keeps busy, a wait for the database's process
+// to be scheduled). Usually it takes one round trip:
+//
+//	BEGIN; each claim's claimSQL; the audit lock; the seal; COMMIT
+//
+// chaining the claims' events onto the newest event this process saw
+// committed (Store.head), with the head and checkpoints the HSM MACed
+// before sending. The seal's statement fails, and so nothing is kept, if
+// that guess is wrong (another process appended: the first event's seq is
+// taken) or a claim did not win (its event's seq is read from its claim's
+// row: sealStatements). Then, or without a guess, it takes two round trips:
+//
+//  1. BEGIN; each claim's claimSQL; the audit lock; the head read;
+//  2. the seal of the claims that won; COMMIT.
+//
+// Either way the lock is taken after the claims' writes and held to the
+// commit, as in SealAudit, so the chain follows commit order across
+// replicas and the lock is never held while waiting for a row. A claim
+// whose domain was taken gets ErrDomainTaken and writes nothing, and the
+// others go on. pipelineClaims returns true, having written nothing, when
+// a statement of the first round trip failed (a reused idempotency key,
+// say): the caller then commits the batch another way, in which each claim
+// gets its own result. Otherwise every claim's err is set.
+func (s *Store) pipelineClaims(batch []*batched[claimOp]) (retry bool) {
+	ctx := batch[0].op.ctx
+	conn, err := s.pools[0].Conn(ctx)
+	if err != nil {
+		setErr(batch, wrap("claim", err))
+		return false
+	}
+	defer conn.Close()
+	err = conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		done, err := s.guessedSeal(ctx, pc, batch)
+		if !done {
+			if err == nil {
+				retry = s.readSeal(ctx, pc, batch)
+			}
+			if err != nil {
+				setErr(batch, wrap("claim", err))
+			}
+		}
+		// Whatever happened, the connection goes back to the pool idle, or
+		// not at all (ErrBadConn makes database/sql close it).
+		if err := idle(ctx, pc); err != nil {
+			return driver.ErrBadConn
+		}
+		return nil
+	})
+	if err != nil && !retry {
+		for _, o := range batch {
+			if o.err == nil {
+				o.err = wrap("claim", err)
+			}
+		}
+	}
+	return retry
+}
+
+// idle rolls back what pc has open, if anything.
+func idle(ctx context.Context, pc *pgx.Conn) error {
+	if pc.PgConn().TxStatus() == 'I' {
+		return nil
+	}
+	if _, err := pc.Exec(ctx, "ROLLBACK"); err != nil {
+		return err
+	}
+	if pc.PgConn().TxStatus() != 'I' {
+		return errors.New("store: the connection is still in a transaction after ROLLBACK")
+	}
+	return nil
+}
+
+func setErr(batch []*batched[claimOp], err error) {
+	for _, o := range batch {
+		o.err = err
+	}
+}
+
+// chainHead is an audit event's place in the chain.
+type chainHead struct {
+	seq  int64
+	hash []byte
+}
+
+// committedHead notes h, an event just committed, as the newest one this
+// process saw, unless a newer one was noted already.
+func (s *Store) committedHead(h *chainHead) {
+	if h == nil {
+		return
+	}
+	for {
+		cur := s.head.Load()
+		if cur != nil && cur.seq >= h.seq {
+			return
+		}
+		if s.head.CompareAndSwap(cur, h) {
+			return
+		}
+	}
+}
+
+// guessSkip is how many batches read the head after a guess was wrong
+// (another process appends too, or claims lose races, so the next guess
+// would likely be wrong as well).
+const guessSkip = 8
+
+// guessedSeal tries the one-round-trip commit. done reports that every
+// claim's err is set (committed, or failed for good); err, with done
+// false, that the connection failed and nothing is known. Otherwise the
+// batch is untouched and pc idle or in a failed transaction.
+func (s *Store) guessedSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[claimOp]) (done bool, err error) {
+	head := s.head.Load()
+	if head == nil || s.skipGuess.Load() > 0 {
+		if head != nil {
+			s.skipGuess.Add(-1)
+		}
+		return false, nil
+	}
+	claims := make([]*pgClaim, len(batch))
+	events := make([]*keyport.AuditEvent, len(batch))
+	ids := make([]string, len(batch))
+	for i, o := range batch {
+		if claims[i], err = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); err != nil {
+			return false, nil // the two-round-trip path gives it its error
+		}
+		events[i], ids[i] = o.op.w.Audit, claims[i].id
+	}
+	chained := chain(head.seq, head.hash, events)
+	h, cps, err := batch[0].op.keys(chained)
+	if err != nil {
+		setErr(batch, err)
+		return true, nil
+	}
+	stmt, args := sealStatements(chained, cps, h, ids...).one()
+	start := time.Now()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	for _, c := range claims {
+		b.Queue(claimSQLNumbered, c.args...)
+	}
+	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
+	b.Queue(numbered(stmt), args...)
+	b.Queue("COMMIT")
+	res := pc.SendBatch(ctx, b)
+	_, err = res.Exec()
+	results := make([]error, len(batch))
+	for i, o := range batch {
+		if err != nil {
+			break
+		}
+		var outboxID sql.NullInt64
+		var exists bool
+		if err = res.QueryRow().Scan(&outboxID, &exists); err == nil {
+			results[i] = claims[i].result(o.op.w.Claim, o.op.w.Outbox, outboxID, exists)
+		}
+	}
+	for range 2 { // the lock, the seal
+		if err == nil {
+			_, err = res.Exec()
+		}
+	}
+	committed := false
+	if err == nil {
+		var ct pgconn.CommandTag
+		ct, err = res.Exec()
+		committed = err == nil && ct.String() == "COMMIT"
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	s.observe("pipeline", start)
+	if !committed {
+		s.guesses[1].Add(1)
+		s.skipGuess.Store(guessSkip)
+		var pgErr *pgconn.PgError
+		if err != nil && !errors.As(err, &pgErr) && pc.IsClosed() {
+			return false, err // the connection, not the guess, failed
+		}
+		return false, nil
+	}
+	for i, o := range batch {
+		o.err = results[i] // nil: had one failed, the seal would have
+		*o.op.w.Audit = chained[i]
+	}
+	last := chained[len(chained)-1]
+	s.committedHead(&chainHead{seq: last.Seq, hash: last.Hash})
+	s.guesses[0].Add(1)
+	return true, nil
+}
+
+// readSeal is the two-round-trip commit: the head is read under the lock.
+// It returns true when a statement of the first round trip failed.
+func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[claimOp]) (retry bool) {
+	if err := idle(ctx, pc); err != nil {
+		setErr(batch, wrap("claim", err))
+		return false
+	}
+	start := time.Now()
+	claims := make([]*pgClaim, len(batch))
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	for i, o := range batch {
+		var err error
+		if claims[i], err = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); err != nil {
+			o.err = err
+			continue
+		}
+		b.Queue(claimSQLNumbered, claims[i].args...)
+	}
+	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
+	b.Queue("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+	res := pc.SendBatch(ctx, b)
+	_, err := res.Exec()
+	var won []*batched[claimOp]
+	for i, o := range batch {
+		if err != nil || claims[i] == nil {
+			continue
+		}
+		var outboxID sql.NullInt64
+		var exists bool
+		if err = res.QueryRow().Scan(&outboxID, &exists); err == nil {
+			if o.err = claims[i].result(o.op.w.Claim, o.op.w.Outbox, outboxID, exists); o.err == nil {
+				won = append(won, o)
+			}
+		}
+	}
+	var seq int64
+	var prev []byte
+	if err == nil {
+		if _, err = res.Exec(); err == nil {
+			if err = res.QueryRow().Scan(&seq, &prev); errors.Is(err, pgx.ErrNoRows) {
+				seq, prev, err = 0, nil, nil
+			}
+		}
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	s.observe("pipeline", start)
+	if err != nil {
+		// Nothing of the batch is kept; the caller tries again claim by claim.
+		for _, o := range batch {
+			o.err = nil
+		}
+		return true
+	}
+	if len(won) == 0 {
+		return false // the caller rolls the transaction back
+	}
+	events := make([]*keyport.AuditEvent, len(won))
+	for i, o := range won {
+		events[i] = o.op.w.Audit
+	}
+	chained := chain(seq, prev, events)
+	h, cps, err := won[0].op.keys(chained)
+	if err != nil {
+		setErr(won, err)
+		return false
+	}
+	stmt, args := sealStatements(chained, cps, h).one()
+	start = time.Now()
+	b = &pgx.Batch{}
+	b.Queue(numbered(stmt), args...)
+	b.Queue("COMMIT")
+	res = pc.SendBatch(ctx, b)
+	_, err = res.Exec()
+	if err == nil {
+		var ct pgconn.CommandTag
+		if ct, err = res.Exec(); err == nil && ct.String() != "COMMIT" {
+			err = fmt.Errorf("the commit ended in %s", ct.String())
+		}
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	s.observe("pipeline", start)
+	if err != nil {
+		setErr(won, wrap("claim", err))
+		return false
+	}
+	for i, o := range won {
+		*o.op.w.Audit = chained[i]
+	}
+	last := chained[len(chained)-1]
+	s.committedHead(&chainHead{seq: last.Seq, hash: last.Hash})
+	return false
+}
+
+// claimSQLNumbered is claimSQL with PostgreSQL's numbered parameters, as
+// pgx takes them.
+var claimSQLNumbered = numbered(claimSQL)
+
+// numbered turns the ? parameters of a statement into $1, $2, …; the
+// statements it is given have no other question mark.
+func numbered(q string) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
