@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/internal/peakrss"
 	"github.com/keyport/keyport/store/storetest"
 )
 
@@ -86,7 +86,7 @@ func BenchmarkCampaign100k(b *testing.B) {
 	var baseRSS, campRSS string
 	for b.Loop() {
 		// Baseline: the use case in a loop, domain 2.
-		resetPeakRSS()
+		peakrss.Reset()
 		start := time.Now()
 		req := keyport.DataScriptRequest{APDUs: fresh}
 		for m := range n {
@@ -95,9 +95,9 @@ func BenchmarkCampaign100k(b *testing.B) {
 			}
 		}
 		base = time.Since(start)
-		baseRSS = peakRSS()
+		baseRSS = peakrss.Get()
 		// Campaign: domain 1 of every module.
-		resetPeakRSS()
+		peakrss.Reset()
 		start = time.Now()
 		r, wr := pipeUpload(b, n, fresh)
 		c, err := w.Svc.CreateCampaign(ctx, w.a, keyport.CampaignRequest{Op: keyport.CampaignData, Rate: keyport.MaxCampaignRate, ModuleCap: 2}, r)
@@ -117,7 +117,7 @@ func BenchmarkCampaign100k(b *testing.B) {
 			queued += k
 		}
 		camp = time.Since(start)
-		campRSS = peakRSS()
+		campRSS = peakrss.Get()
 		v, err := w.Svc.GetCampaign(ctx, w.a, c.ID)
 		if err != nil || v.Counts[keyport.TargetQueued] != n {
 			b.Fatalf("campaign counts %v: %v", v.Counts, err)
@@ -155,25 +155,4 @@ func pipeUpload(b *testing.B, n int, apdus []string) (*os.File, <-chan struct{})
 	}()
 	b.Cleanup(func() { r.Close() })
 	return r, done
-}
-
-// resetPeakRSS returns the memory the setup freed to the OS, then resets
-// the process's VmHWM to what is left (Linux: clear_refs 5).
-func resetPeakRSS() {
-	debug.FreeOSMemory()
-	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-}
-
-// peakRSS is the process's VmHWM.
-func peakRSS() string {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return "unknown"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/peakrss"
 	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/web"
 )
@@ -357,7 +358,7 @@ func benchLookup(ctx context.Context, a *app, modules, domains, requests int, pr
 	took := time.Since(start)
 	os.Remove(path)
 	fmt.Fprintf(stdout, "import            %d modules x %d domains (%.0f MB file) in %.1f s = %.0f modules/s; peak RSS of this process %s\n",
-		imported, domains, float64(size)/1e6, took.Seconds(), float64(imported)/took.Seconds(), peakRSS())
+		imported, domains, float64(size)/1e6, took.Seconds(), float64(imported)/took.Seconds(), peakrss.Get())
 	_, token, err := a.svc.AddProvider(ctx, cli, "Bench Bank", "bench@example.com", keyport.KindBank)
 	if err != nil {
 		return err
@@ -414,18 +415,4 @@ func benchLookup(ctx context.Context, a *app, modules, domains, requests int, pr
 	fmt.Fprintf(stdout, "EID lookup, HTTP API    p50 %s  p99 %s\n", q(httpLat, .5), q(httpLat, .99))
 	fmt.Fprintf(stdout, "baseline: JWKS, HTTP    p50 %s  p99 %s  (same server, no database)\n", q(jwks, .5), q(jwks, .99))
 	return nil
-}
-
-// peakRSS is this process's peak resident set (VmHWM), from /proc.
-func peakRSS() string {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return "unknown"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
 }
