@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/keyport/keyport/gp"
 )
@@ -174,11 +173,7 @@ func DataScript(aid AID, kvn, counter int, keys map[KeyUsage][]byte, cmds []gp.C
 		}
 		out = append(out, w)
 	}
-	var req DataScriptRequest
-	for _, c := range out {
-		req.APDUs = append(req.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
-	}
-	return req, nil
+	return DataScriptRequest{APDUs: apduHex(out)}, nil
 }
 
 // ReadDataAnswers is the provider's side of a data job's result: it checks,

@@ -234,12 +234,8 @@ func (s *Service) releaseVerifyScript(ctx context.Context, batch string, d *Doma
 	if err != nil {
 		return nil, err
 	}
-	p := &SecondKeyPayload{EID: d.EID, AID: d.AID, PutKey: -1, InitUpdate: 0, Verify: true,
-		Expect: Expectation{KVN: int(FirstKVN), KCV: d.KCV}}
-	for _, c := range []gp.Command{iu, ea, gd} {
-		p.APDUs = append(p.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
-	}
-	return p, nil
+	return &SecondKeyPayload{EID: d.EID, AID: d.AID, PutKey: -1, InitUpdate: 0, Verify: true, APDUs: apduHex([]gp.Command{iu, ea, gd}),
+		Expect: Expectation{KVN: int(FirstKVN), KCV: d.KCV}}, nil
 }
 
 // JudgeVerify decides whether the card proved a release: the answer is the
@@ -251,26 +247,17 @@ func (p *SecondKeyPayload) JudgeVerify(status string, body []byte, keys gp.KeySe
 	if status != "ok" {
 		return notRun(status, body), nil
 	}
-	resps, cmds, err := readAnswer(p.APDUs, body, &r)
-	if err != nil {
+	a, ok, err := p.provenAnswer(&r, body, keys, "the new first keys")
+	if !ok {
 		return r, err
 	}
-	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, resps)
-	if err != nil {
-		r.Cause = fmt.Sprintf("the answer did not come from a card holding the new first keys: %v", err)
+	if len(a.answers) > 0 && a.answers[0].SW == gp.SWOK {
+		r.SequenceCounter = LearnCounter(a.cmds, a.resps)
+	}
+	if !allRan(&r, a.cmds, a.answers) {
 		return r, nil
 	}
-	if level&gp.LevelRMAC == 0 {
-		r.Cause = "the proof ran without R-MAC"
-		return r, nil
-	}
-	if len(answers) > 0 && answers[0].SW == gp.SWOK {
-		r.SequenceCounter = LearnCounter(cmds, resps)
-	}
-	if !allRan(&r, cmds, answers) {
-		return r, nil
-	}
-	ki, err := gp.ParseKeyInformation(answers[len(answers)-1].Data)
+	ki, err := gp.ParseKeyInformation(a.answers[len(a.answers)-1].Data)
 	n := 0
 	for _, k := range ki {
 		if k.KVN == FirstKVN {

@@ -3,9 +3,7 @@ package keyport
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/keyport/keyport/gp"
 )
@@ -51,7 +49,7 @@ func counterProbe(eid EID, d *Domain) (*DataPayload, error) {
 		return nil, err
 	}
 	iu := gp.InitializeUpdate(byte(d.KVN), hc)
-	return &DataPayload{EID: eid, AID: d.AID, APDUs: []string{strings.ToUpper(hex.EncodeToString(iu.Bytes()))},
+	return &DataPayload{EID: eid, AID: d.AID, APDUs: apduHex([]gp.Command{iu}),
 		Probe: true, ProbeState: d.State}, nil
 }
 

@@ -25,50 +25,16 @@ func RotateScript(aid AID, kvn, counter int, current, next map[KeyUsage][]byte) 
 	if kvn < 1 || kvn >= 0x7F {
 		return ScriptRequest{}, Invalid("kvn", "the current KVN %d must lie in 1..126 so that it has a next", kvn)
 	}
-	if err := checkScriptKeys(kvn, counter, kvn+1, current, next); err != nil {
-		return ScriptRequest{}, err
-	}
-	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(kvn), ENC: gp.AESKey(current[UsageENC]), MAC: gp.AESKey(current[UsageMAC])}, nil)
+	ks, err := newKeyScript(aid, kvn, counter, kvn+1, current, next)
 	if err != nil {
 		return ScriptRequest{}, err
 	}
-	iu := hs.InitializeUpdate()
-	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
-		return ScriptRequest{}, err
-	}
-	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC)
+	rmac, err := ks.hs.ExpectedRMAC(ks.putAnswer, gp.SWOK)
 	if err != nil {
 		return ScriptRequest{}, err
 	}
-	pk := gp.PutKey{OldKVN: byte(kvn), NewKVN: byte(kvn + 1), FirstKID: 1}
-	out := ScriptRequest{Rotate: true, Expect: Expectation{KVN: kvn + 1, KCV: map[KeyUsage]string{}, SequenceCounter: &counter}}
-	answer := []byte{byte(kvn + 1)}
-	for _, u := range Usages {
-		kc, err := gp.AESKeyComponent(current[UsageDEK], next[u])
-		if err != nil {
-			return ScriptRequest{}, err
-		}
-		pk.Keys = append(pk.Keys, kc)
-		answer = append(answer, kc.KCV...)
-		out.Expect.KCV[u] = strings.ToUpper(hex.EncodeToString(kc.KCV))
-	}
-	put, err := pk.Command()
-	if err != nil {
-		return ScriptRequest{}, err
-	}
-	wput, err := hs.Wrap(put)
-	if err != nil {
-		return ScriptRequest{}, err
-	}
-	rmac, err := hs.ExpectedRMAC(answer, gp.SWOK)
-	if err != nil {
-		return ScriptRequest{}, err
-	}
-	for _, c := range []gp.Command{iu, ea, wput} {
-		out.APDUs = append(out.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
-	}
-	out.Expect.PutKeyRMAC = strings.ToUpper(hex.EncodeToString(rmac))
-	return out, nil
+	return ScriptRequest{Rotate: true, APDUs: apduHex(ks.cmds), Expect: Expectation{KVN: kvn + 1, KCV: ks.kcv, SequenceCounter: &counter,
+		PutKeyRMAC: strings.ToUpper(hex.EncodeToString(rmac))}}, nil
 }
 
 // CheckRotateScript validates a rotation script for a PERSONALIZED domain

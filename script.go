@@ -229,29 +229,49 @@ func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (Sc
 	if status != "ok" {
 		return notRun(status, body), nil
 	}
-	resps, cmds, err := readAnswer(p.APDUs, body, &r)
-	if err != nil {
+	a, ok, err := p.provenAnswer(&r, body, keys, "the domain's keys")
+	if !ok {
 		return r, err
 	}
-	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), cmds, resps)
-	if err != nil {
-		r.Cause = fmt.Sprintf("the answer did not come from a card holding the domain's keys: %v", err)
-		return r, nil
-	}
-	if level&gp.LevelRMAC == 0 {
-		r.Cause = fmt.Sprintf("the script ran at security level %02X, without R-MAC: the card's answers prove nothing", byte(level))
-		return r, nil
-	}
 	// The card cryptogram verified: the counter is the card's.
-	r.SequenceCounter = LearnCounter(cmds, answers)
-	if !allRan(&r, cmds, answers) {
+	r.SequenceCounter = LearnCounter(a.cmds, a.answers)
+	if !allRan(&r, a.cmds, a.answers) {
 		return r, nil
 	}
-	if r.Cause = p.Expect.refutedBy(answers[p.PutKey].Data); r.Cause != "" {
+	if r.Cause = p.Expect.refutedBy(a.answers[p.PutKey].Data); r.Cause != "" {
 		return r, nil
 	}
 	r.Confirmed = true
 	return r, nil
+}
+
+// cardAnswer is a card's answer to a script's commands: resps as the module
+// returned them, answers unwrapped and checked (gp.CheckAnswers).
+type cardAnswer struct {
+	cmds           []gp.Command
+	resps, answers []gp.Response
+}
+
+// provenAnswer reads the module's answer to p (status "ok") and checks that
+// it came from a card holding keys (whose names them in a cause), under
+// R-MAC: where each judgement of a script keyport holds the keys of starts.
+// ok is false when r's Cause already says why the answer proves nothing, or
+// when err says the body does not parse (*InvalidError).
+func (p *SecondKeyPayload) provenAnswer(r *ScriptResult, body []byte, keys gp.KeySet, whose string) (a cardAnswer, ok bool, err error) {
+	if a.resps, a.cmds, err = readAnswer(p.APDUs, body, r); err != nil {
+		return a, false, err
+	}
+	answers, level, err := gp.CheckAnswers(keys, p.AID.Bytes(), a.cmds, a.resps)
+	if err != nil {
+		r.Cause = fmt.Sprintf("the answer did not come from a card holding %s: %v", whose, err)
+		return a, false, nil
+	}
+	if level&gp.LevelRMAC == 0 {
+		r.Cause = fmt.Sprintf("the script ran at security level %02X, without R-MAC: the card's answers prove nothing", byte(level))
+		return a, false, nil
+	}
+	a.answers = answers
+	return a, true, nil
 }
 
 // SecondKeyScript builds a provider's second-key script offline (flow 7;
@@ -264,47 +284,79 @@ func (p *SecondKeyPayload) Judge(status string, body []byte, keys gp.KeySet) (Sc
 // SET STATUS PERSONALIZED of the SSD by itself (GPCS 11.10). It returns the
 // request body of POST /api/v1/domains/{eid}/{aid}/scripts.
 func SecondKeyScript(aid AID, oldKVN, counter, newKVN int, first, second map[KeyUsage][]byte) (ScriptRequest, error) {
-	if err := checkScriptKeys(oldKVN, counter, newKVN, first, second); err != nil {
-		return ScriptRequest{}, err
-	}
-	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(oldKVN), ENC: gp.AESKey(first[UsageENC]), MAC: gp.AESKey(first[UsageMAC])}, nil)
+	ks, err := newKeyScript(aid, oldKVN, counter, newKVN, first, second)
 	if err != nil {
 		return ScriptRequest{}, err
+	}
+	wset, err := ks.hs.Wrap(gp.SetStatus(gp.SetStatusApplication, gp.SetStatusPersonalized, aid.Bytes()))
+	if err != nil {
+		return ScriptRequest{}, err
+	}
+	return ScriptRequest{APDUs: apduHex(append(ks.cmds, wset)),
+		Expect: Expectation{KVN: newKVN, KCV: ks.kcv, SequenceCounter: &counter}}, nil
+}
+
+// keyScript is the part a second-key script and a rotation share, built
+// offline: the precomputed SCP03 session on counter+1 (i=70) under the
+// keys set oldKVN (current), opened at level 13 (C-MAC + C-DEC + R-MAC),
+// and PUT KEY replacing oldKVN by newKVN with next encrypted under the
+// current Key-DEK. hs goes on from there, for the commands that follow.
+type keyScript struct {
+	hs *gp.HostSession
+	// cmds: INITIALIZE UPDATE, EXTERNAL AUTHENTICATE, the wrapped PUT KEY.
+	cmds []gp.Command
+	kcv  map[KeyUsage]string
+	// putAnswer is the data the card's PUT KEY answer carries: the new
+	// KVN and each key's KCV (GPCS 11.8.3).
+	putAnswer []byte
+}
+
+func newKeyScript(aid AID, oldKVN, counter, newKVN int, current, next map[KeyUsage][]byte) (*keyScript, error) {
+	if err := checkScriptKeys(oldKVN, counter, newKVN, current, next); err != nil {
+		return nil, err
+	}
+	hs, err := gp.NewHostSession(gp.KeySet{KVN: byte(oldKVN), ENC: gp.AESKey(current[UsageENC]), MAC: gp.AESKey(current[UsageMAC])}, nil)
+	if err != nil {
+		return nil, err
 	}
 	iu := hs.InitializeUpdate()
 	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
-		return ScriptRequest{}, err
+		return nil, err
 	}
 	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC)
 	if err != nil {
-		return ScriptRequest{}, err
+		return nil, err
 	}
+	ks := &keyScript{hs: hs, kcv: map[KeyUsage]string{}, putAnswer: []byte{byte(newKVN)}}
 	pk := gp.PutKey{OldKVN: byte(oldKVN), NewKVN: byte(newKVN), FirstKID: 1}
-	req := ScriptRequest{Expect: Expectation{KVN: newKVN, KCV: map[KeyUsage]string{}, SequenceCounter: &counter}}
 	for _, u := range Usages {
-		kc, err := gp.AESKeyComponent(first[UsageDEK], second[u])
+		kc, err := gp.AESKeyComponent(current[UsageDEK], next[u])
 		if err != nil {
-			return ScriptRequest{}, err
+			return nil, err
 		}
 		pk.Keys = append(pk.Keys, kc)
-		req.Expect.KCV[u] = strings.ToUpper(hex.EncodeToString(kc.KCV))
+		ks.putAnswer = append(ks.putAnswer, kc.KCV...)
+		ks.kcv[u] = strings.ToUpper(hex.EncodeToString(kc.KCV))
 	}
 	put, err := pk.Command()
 	if err != nil {
-		return ScriptRequest{}, err
+		return nil, err
 	}
 	wput, err := hs.Wrap(put)
 	if err != nil {
-		return ScriptRequest{}, err
+		return nil, err
 	}
-	wset, err := hs.Wrap(gp.SetStatus(gp.SetStatusApplication, gp.SetStatusPersonalized, aid.Bytes()))
-	if err != nil {
-		return ScriptRequest{}, err
+	ks.cmds = []gp.Command{iu, ea, wput}
+	return ks, nil
+}
+
+// apduHex is cmds as the upper-case hex strings of a ScriptRequest.
+func apduHex(cmds []gp.Command) []string {
+	out := make([]string, len(cmds))
+	for i, c := range cmds {
+		out[i] = strings.ToUpper(hex.EncodeToString(c.Bytes()))
 	}
-	for _, c := range []gp.Command{iu, ea, wput, wset} {
-		req.APDUs = append(req.APDUs, strings.ToUpper(hex.EncodeToString(c.Bytes())))
-	}
-	return req, nil
+	return out
 }
 
 // scriptFits says whether a checked script fits its domain as it is now:
