@@ -48,14 +48,8 @@ func (h *HSM) SCP03CMAC(ctx context.Context, ref keyport.KeyRef, data []byte) ([
 			return err
 		}
 		defer h.destroy(s, k)
-		if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CMAC, nil)}, k); err != nil {
-			return fmt.Errorf("C_SignInit: %w", err)
-		}
-		mac, err = h.p.Sign(s.h, data)
-		if err != nil {
-			return fmt.Errorf("C_Sign: %w", err)
-		}
-		return nil
+		mac, err = h.sign(s, pkcs11.CKM_AES_CMAC, k, data)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -103,14 +97,10 @@ func (h *HSM) WithCardKeys(ctx context.Context, refs []keyport.KeyRef, fn func(c
 				}
 				keys[i], have[i] = k, true
 			}
-			if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CMAC, nil)}, keys[i]); err != nil {
-				hsmErr = fmt.Errorf("C_SignInit: %w", err)
-				return nil, hsmErr
-			}
-			mac, err := h.p.Sign(s.h, data)
+			mac, err := h.sign(s, pkcs11.CKM_AES_CMAC, keys[i], data)
 			if err != nil {
-				hsmErr = fmt.Errorf("C_Sign: %w", err)
-				return nil, hsmErr
+				hsmErr = err
+				return nil, err
 			}
 			return mac, nil
 		}

@@ -146,17 +146,14 @@ func (h *HSM) sealTag(s *session, aad string, data []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CMAC, nil)}, key); err != nil {
-		return nil, fmt.Errorf("C_SignInit: %w", err)
-	}
 	in := []byte("keyport/seal/v1|")
 	if aad != "" {
 		in = binary.BigEndian.AppendUint16([]byte("keyport/seal/v1+aad|"), uint16(len(aad)))
 		in = append(in, aad...)
 	}
-	tag, err := h.p.Sign(s.h, append(in, data...))
+	tag, err := h.sign(s, pkcs11.CKM_AES_CMAC, key, append(in, data...))
 	if err != nil {
-		return nil, fmt.Errorf("C_Sign: %w", err)
+		return nil, err
 	}
 	return tag, nil
 }

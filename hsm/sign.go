@@ -25,11 +25,8 @@ func (h *HSM) SignES256(ctx context.Context, data []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, k); err != nil {
-			return fmt.Errorf("C_SignInit: %w", err)
-		}
-		if sig, err = h.p.Sign(s.h, digest[:]); err != nil {
-			return fmt.Errorf("C_Sign: %w", err)
+		if sig, err = h.sign(s, pkcs11.CKM_ECDSA, k, digest[:]); err != nil {
+			return err
 		}
 		if len(sig) != 64 {
 			return fmt.Errorf("ECDSA signature has %d bytes, want r‖s of 64", len(sig))
@@ -95,6 +92,19 @@ func parseECPoint(v []byte) (*ecdsa.PublicKey, error) {
 	return pub, nil
 }
 
+// sign is C_SignInit with mechanism mech and key, then C_Sign of data: the
+// one-part signature or MAC every signing call of this package makes.
+func (h *HSM) sign(s *session, mech uint, key pkcs11.ObjectHandle, data []byte) ([]byte, error) {
+	if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, key); err != nil {
+		return nil, fmt.Errorf("C_SignInit: %w", err)
+	}
+	out, err := h.p.Sign(s.h, data)
+	if err != nil {
+		return nil, fmt.Errorf("C_Sign: %w", err)
+	}
+	return out, nil
+}
+
 // AuditMAC returns HMAC-SHA256 of data under the audit key (CKM_SHA256_HMAC,
 // RFC 2104).
 func (h *HSM) AuditMAC(ctx context.Context, data []byte) ([]byte, error) {
@@ -107,14 +117,8 @@ func (h *HSM) AuditMAC(ctx context.Context, data []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		if err := h.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
-			return fmt.Errorf("C_SignInit: %w", err)
-		}
-		mac, err = h.p.Sign(s.h, data)
-		if err != nil {
-			return fmt.Errorf("C_Sign: %w", err)
-		}
-		return nil
+		mac, err = h.sign(s, pkcs11.CKM_SHA256_HMAC, k, data)
+		return err
 	})
 	if err != nil {
 		return nil, err
