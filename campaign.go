@@ -407,20 +407,24 @@ func ParseCampaignScripts(r io.Reader, fn func(line int, s *CampaignScript) erro
 // CampaignView is a campaign as the API shows it: its settings and live
 // progress (targets by state).
 type CampaignView struct {
-	ID         string              `json:"id"`
-	Provider   string              `json:"provider,omitempty"`
-	Op         CampaignOp          `json:"op"`
-	State      CampaignState       `json:"state"`
-	Rate       int                 `json:"rate"`
-	ModuleCap  int                 `json:"module_cap"`
-	Busy       string              `json:"busy"`
-	Total      int                 `json:"total"`
-	Counts     map[TargetState]int `json:"counts"`
-	Causes     []CampaignCause     `json:"causes,omitempty"`
-	CreatedBy  string              `json:"created_by"`
-	CreatedAt  time.Time           `json:"created_at"`
-	UpdatedAt  time.Time           `json:"updated_at"`
-	FinishedAt *time.Time          `json:"finished_at,omitempty"`
+	ID        string              `json:"id"`
+	Provider  string              `json:"provider,omitempty"`
+	Op        CampaignOp          `json:"op"`
+	State     CampaignState       `json:"state"`
+	Rate      int                 `json:"rate"`
+	ModuleCap int                 `json:"module_cap"`
+	Busy      string              `json:"busy"`
+	Total     int                 `json:"total"`
+	Counts    map[TargetState]int `json:"counts"`
+	Causes    []CampaignCause     `json:"causes,omitempty"`
+	CreatedBy string              `json:"created_by"`
+	// CreatedByName is the name the one who started it signed in with:
+	// an admin's or portal user's e-mail address, an operator's name or an
+	// API token's name ("" when none was recorded).
+	CreatedByName string     `json:"created_by_name,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+	FinishedAt    *time.Time `json:"finished_at,omitempty"`
 }
 
 // principal is who the runner queues the campaign's jobs as.
@@ -699,7 +703,7 @@ func (s *Service) campaignView(ctx context.Context, c *Campaign, causes bool) (*
 		return nil, err
 	}
 	v := &CampaignView{ID: c.ID, Provider: c.ProviderID, Op: c.Op, State: c.State, Rate: c.Rate, ModuleCap: c.ModuleCap,
-		Busy: c.Busy, Total: c.Total, Counts: map[TargetState]int{}, CreatedBy: c.Actor, CreatedAt: c.CreatedAt,
+		Busy: c.Busy, Total: c.Total, Counts: map[TargetState]int{}, CreatedBy: c.Actor, CreatedByName: c.ActorName, CreatedAt: c.CreatedAt,
 		UpdatedAt: c.UpdatedAt, FinishedAt: c.FinishedAt}
 	for _, st := range TargetStates {
 		v.Counts[st] = counts[st]

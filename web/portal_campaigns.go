@@ -137,11 +137,24 @@ func campaignFromForm(c echo.Context, f *views.CampaignForm) (keyport.CampaignRe
 
 func (s *Server) campaignPage(area string) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		v, err := s.svc.GetCampaign(c.Request().Context(), principal(c), c.Param("id"))
+		ctx := c.Request().Context()
+		v, err := s.svc.GetCampaign(ctx, principal(c), c.Param("id"))
 		if err != nil {
 			return err
 		}
-		return render(c, http.StatusOK, views.CampaignPage(s.meta(c, "Campaign", area+"/campaigns"), area, *v))
+		// The console names the provider whose campaign it is; the portal
+		// shows only its own.
+		var owner string
+		if area == "/admin" && v.Provider != "" {
+			names, err := s.providerNames(ctx)
+			if err != nil {
+				return err
+			}
+			if owner = names[v.Provider]; owner == "" {
+				owner = v.Provider
+			}
+		}
+		return render(c, http.StatusOK, views.CampaignPage(s.meta(c, "Campaign", area+"/campaigns"), area, *v, owner))
 	}
 }
 

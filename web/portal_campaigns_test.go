@@ -37,6 +37,10 @@ func TestCampaignPagesShowProgressAndControlOnlyOwnCampaigns(t *testing.T) {
 	if st != 200 || !strings.Contains(body, `id="count-REFUSED">1<`) || !strings.Contains(body, "not yours") || !strings.Contains(body, `id="pause"`) {
 		t.Fatalf("campaign page %d: %.2000s", st, body)
 	}
+	// Started by the address the provider signed in with, not an ID.
+	if !strings.Contains(body, `id="campaign-started-by">ops@campaign.example, `) {
+		t.Fatalf("the portal's campaign page does not name who started it: %.2000s", body)
+	}
 	if st, _ := ps.get("/portal/campaigns/" + theirs.ID); st != http.StatusNotFound {
 		t.Fatalf("another's campaign: %d", st)
 	}
@@ -66,8 +70,9 @@ func TestCampaignPagesShowProgressAndControlOnlyOwnCampaigns(t *testing.T) {
 	if st, body := ad.get("/admin/campaigns"); st != 200 || !strings.Contains(body, mine.ID) || !strings.Contains(body, theirs.ID) {
 		t.Fatalf("console list %d", st)
 	}
-	if st, body := ad.get("/admin/campaigns/" + theirs.ID); st != 200 || !strings.Contains(body, `id="campaign-op">unlock<`) {
-		t.Fatalf("console campaign %d", st)
+	if st, body := ad.get("/admin/campaigns/" + theirs.ID); st != 200 || !strings.Contains(body, `id="campaign-op">unlock<`) ||
+		!strings.Contains(body, `id="campaign-started-by">Other Bank, ops@other.example, `) {
+		t.Fatalf("console campaign %d (the provider named by name?): %.2000s", st, body)
 	}
 }
 
