@@ -14,9 +14,8 @@ import (
 )
 
 func cmdBatchCreate(ctx context.Context, args []string) error {
-	var exportTo, out, prefix, opName *string
-	cfg, fs, err := parseCommand("batch create", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var exportTo, out, prefix *string
+	cfg, fs, op, err := parseOperatorCommand("batch create", args, func(fs *flag.FlagSet) {
 		exportTo = fs.String("export-to", "", "manufacturer's RSA public key (PEM): makes an imported batch and exports its transport key")
 		out = fs.String("out", "", "where to write the wrapped transport key JSON (default NAME-transport.json)")
 		prefix = fs.String("aid-prefix", "", "SSD AID prefix for a batch keyport personalizes (hex)")
@@ -27,10 +26,6 @@ func cmdBatchCreate(ctx context.Context, args []string) error {
 	name := fs.Arg(0)
 	if name == "" || fs.NArg() > 1 {
 		return exitError{2, errors.New("usage: keyport batch create NAME [--export-to manufacturer.pem] [--out FILE]")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	var aidPrefix keyport.AID
 	if *prefix != "" {
@@ -83,9 +78,8 @@ func cmdBatchCreate(ctx context.Context, args []string) error {
 }
 
 func cmdImport(ctx context.Context, args []string) error {
-	var batch, verify, opName *string
-	cfg, fs, err := parseCommand("import", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var batch, verify *string
+	cfg, fs, op, err := parseOperatorCommand("import", args, func(fs *flag.FlagSet) {
 		batch = fs.String("batch", "", "batch name (required)")
 		verify = fs.String("verify", "sample", "check KCVs in the HSM: all, sample or none")
 	})
@@ -94,10 +88,6 @@ func cmdImport(ctx context.Context, args []string) error {
 	}
 	if *batch == "" || fs.NArg() != 1 {
 		return exitError{2, errors.New("usage: keyport import --batch NAME [--verify all|sample|none] FILE")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	f, err := os.Open(fs.Arg(0))
 	if err != nil {
@@ -125,9 +115,8 @@ func cmdImport(ctx context.Context, args []string) error {
 }
 
 func cmdProviderAdd(ctx context.Context, args []string) error {
-	var email, kind, opName *string
-	cfg, fs, err := parseCommand("provider add", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var email, kind *string
+	cfg, fs, op, err := parseOperatorCommand("provider add", args, func(fs *flag.FlagSet) {
 		email = fs.String("email", "", "contact e-mail (required)")
 		kind = fs.String("kind", "other", "bank, retailer, transit or other")
 	})
@@ -137,10 +126,6 @@ func cmdProviderAdd(ctx context.Context, args []string) error {
 	name := fs.Arg(0)
 	if name == "" || fs.NArg() > 1 || *email == "" {
 		return exitError{2, errors.New(`usage: keyport provider add NAME --email E [--kind bank|retailer|transit|other]`)}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
@@ -160,22 +145,17 @@ func cmdProviderAdd(ctx context.Context, args []string) error {
 }
 
 func cmdAdminToken(ctx context.Context, args []string) error {
-	var name, opName *string
+	var name *string
 	var ttl *time.Duration
-	cfg, fs, err := parseCommand("admin token", args, func(fs *flag.FlagSet) {
+	cfg, fs, op, err := parseOperatorCommand("admin token", args, func(fs *flag.FlagSet) {
 		name = fs.String("name", "cli", "a name for the token, shown in the token list and the audit log")
 		ttl = fs.Duration("ttl", keyport.DefaultAdminTokenTTL, "how long the token works (e.g. 720h); expired tokens are refused")
-		opName = operatorFlag(fs)
 	})
 	if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return exitError{2, errors.New("usage: keyport admin token [--name N] [--ttl D] [--operator NAME] | admin token list | admin token revoke ID")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
@@ -225,17 +205,12 @@ func cmdAdminTokenList(ctx context.Context, args []string) error {
 
 // cmdAdminTokenRevoke revokes one issuer-admin token by ID.
 func cmdAdminTokenRevoke(ctx context.Context, args []string) error {
-	var opName *string
-	cfg, fs, err := parseCommand("admin token revoke", args, func(fs *flag.FlagSet) { opName = operatorFlag(fs) })
+	cfg, fs, op, err := parseOperatorCommand("admin token revoke", args, nil)
 	if err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return exitError{2, errors.New("usage: keyport admin token revoke ID [--operator NAME]")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
@@ -252,17 +227,12 @@ func cmdAdminTokenRevoke(ctx context.Context, args []string) error {
 // cmdAdminUserDisable disables (or enables) an issuer-admin user.
 func cmdAdminUserDisable(ctx context.Context, args []string, disabled bool) error {
 	verb := map[bool]string{true: "disable", false: "enable"}[disabled]
-	var opName *string
-	cfg, fs, err := parseCommand("admin user "+verb, args, func(fs *flag.FlagSet) { opName = operatorFlag(fs) })
+	cfg, fs, op, err := parseOperatorCommand("admin user "+verb, args, nil)
 	if err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return exitError{2, fmt.Errorf("usage: keyport admin user %s EMAIL [--operator NAME]", verb)}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {

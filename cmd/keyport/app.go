@@ -154,6 +154,23 @@ func operatorFlag(fs *flag.FlagSet) *string {
 	return fs.String("operator", def, "who runs this command, recorded in the audit trail (default: the OS user)")
 }
 
+// parseOperatorCommand is parseCommand for a command that changes state:
+// it registers --operator beside flags and returns the operator's principal.
+func parseOperatorCommand(name string, args []string, flags func(*flag.FlagSet)) (config, *flag.FlagSet, keyport.Principal, error) {
+	var opName *string
+	cfg, fs, err := parseCommand(name, args, func(fs *flag.FlagSet) {
+		opName = operatorFlag(fs)
+		if flags != nil {
+			flags(fs)
+		}
+	})
+	if err != nil {
+		return cfg, fs, keyport.Principal{}, err
+	}
+	op, err := operator(*opName)
+	return cfg, fs, op, err
+}
+
 // operator is the principal of a command run by the named operator on the
 // server itself.
 func operator(name string) (keyport.Principal, error) {

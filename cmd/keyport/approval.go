@@ -61,9 +61,8 @@ func cmdApprovalList(ctx context.Context, args []string) error {
 }
 
 func cmdApprovalRequest(ctx context.Context, args []string) error {
-	var opName, reason, maker, prefix, ttl *string
-	cfg, fs, err := parseCommand("approval request", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var reason, maker, prefix, ttl *string
+	cfg, fs, op, err := parseOperatorCommand("approval request", args, func(fs *flag.FlagSet) {
 		reason = fs.String("reason", "", "why (shown to the approvers, kept in the audit trail)")
 		maker = fs.String("manufacturer-pem", "", "batch.transport-export: the manufacturer's RSA public key (PEM file)")
 		prefix = fs.String("aid-prefix", "", "batch.transport-export: SSD AID prefix (hex)")
@@ -74,10 +73,6 @@ func cmdApprovalRequest(ctx context.Context, args []string) error {
 	}
 	if fs.NArg() != 2 {
 		return exitError{2, fmt.Errorf("usage: keyport approval request OPERATION TARGET [--reason R] (operations: %s)", actionList())}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	params := map[string]string{}
 	if *maker != "" {
@@ -124,17 +119,12 @@ func printRequested(r *keyport.ApprovalRequest) {
 }
 
 func cmdApprovalStep(ctx context.Context, step string, args []string) error {
-	var opName *string
-	cfg, fs, err := parseCommand("approval "+step, args, func(fs *flag.FlagSet) { opName = operatorFlag(fs) })
+	cfg, fs, op, err := parseOperatorCommand("approval "+step, args, nil)
 	if err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return exitError{2, fmt.Errorf("usage: keyport approval %s ID [--operator NAME]", step)}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, false)
 	if err != nil {
@@ -167,9 +157,8 @@ func cmdApprovalStep(ctx context.Context, step string, args []string) error {
 // to --out (mode 0600, never overwritten), which a PSK and a transport key
 // need; a token goes to stdout when --out is not given.
 func cmdApprovalExecute(ctx context.Context, args []string) error {
-	var opName, out *string
-	cfg, fs, err := parseCommand("approval execute", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var out *string
+	cfg, fs, op, err := parseOperatorCommand("approval execute", args, func(fs *flag.FlagSet) {
 		out = fs.String("out", "", "file for the released PSK (hex), transport key (JSON) or token; mode 0600, never overwritten")
 	})
 	if err != nil {
@@ -177,10 +166,6 @@ func cmdApprovalExecute(ctx context.Context, args []string) error {
 	}
 	if fs.NArg() != 1 {
 		return exitError{2, errors.New("usage: keyport approval execute ID [--out FILE] [--operator NAME]")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, false)
 	if err != nil {

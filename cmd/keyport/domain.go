@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 
 	"github.com/keyport/keyport"
@@ -14,8 +13,7 @@ import (
 // (Service.LockDomain, Service.RequestRelease). The job is queued; the card
 // confirms it in the module's next admin session, run by keyport serve.
 func cmdDomain(ctx context.Context, verb string, args []string) error {
-	var opName *string
-	cfg, fs, err := parseCommand("domain "+verb, args, func(fs *flag.FlagSet) { opName = operatorFlag(fs) })
+	cfg, fs, op, err := parseOperatorCommand("domain "+verb, args, nil)
 	if err != nil {
 		return err
 	}
@@ -29,10 +27,6 @@ func cmdDomain(ctx context.Context, verb string, args []string) error {
 	aid, err := keyport.ParseAID(fs.Arg(1))
 	if err != nil {
 		return exitError{2, err}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, false)
 	if err != nil {

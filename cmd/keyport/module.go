@@ -13,9 +13,8 @@ import (
 // cmdModulePSK writes a module's TLS-PSK for the handset agent
 // (keyport.ExportHandsetPSK says why that file exists at all).
 func cmdModulePSK(ctx context.Context, args []string) error {
-	var out, opName *string
-	cfg, fs, err := parseCommand("module psk", args, func(fs *flag.FlagSet) {
-		opName = operatorFlag(fs)
+	var out *string
+	cfg, fs, op, err := parseOperatorCommand("module psk", args, func(fs *flag.FlagSet) {
 		out = fs.String("out", "", "file to write the PSK to, hex, mode 0600 (required; never overwritten)")
 	})
 	if err != nil {
@@ -25,10 +24,6 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 		return exitError{2, errors.New("usage: keyport module psk EID --out FILE")}
 	}
 	eid, err := keyport.ParseEID(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	op, err := operator(*opName)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -17,20 +18,18 @@ import (
 // Running it again on the same module finishes an interrupted run and does
 // nothing on a finished one.
 func cmdPerso(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("perso", &cfg)
+	var reader, batch, isdKeys, msisdn, msisdnFile *string
+	var domains *int
+	cfg, fs, op, err := parseOperatorCommand("perso", args, func(fs *flag.FlagSet) {
+		reader = fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
+		batch = fs.String("batch", "", "batch the module joins (keyport batch create NAME, without --export-to)")
+		domains = fs.Int("domains", 8, "number of SSDs to create")
+		isdKeys = fs.String("isd-keys", string(perso.ISDKeysDefault),
+			"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
+		msisdn = fs.String("msisdn", "", "the module's MSISDN (E.164), by which keyport reaches it with a trigger SMS")
+		msisdnFile = fs.String("msisdn-file", "", "file of \"EID MSISDN\" lines: the MSISDN of whichever module is in the reader (over --msisdn)")
+	})
 	if err != nil {
-		return err
-	}
-	reader := fs.String("reader", "", "PC/SC reader holding the module (its full name, or the start of exactly one name)")
-	batch := fs.String("batch", "", "batch the module joins (keyport batch create NAME, without --export-to)")
-	domains := fs.Int("domains", 8, "number of SSDs to create")
-	opName := operatorFlag(fs)
-	isdKeys := fs.String("isd-keys", string(perso.ISDKeysDefault),
-		"the ISD's keys before perso: default (the public GP test keys, replaced by HSM-derived ones) or derived (already replaced)")
-	msisdn := fs.String("msisdn", "", "the module's MSISDN (E.164), by which keyport reaches it with a trigger SMS")
-	msisdnFile := fs.String("msisdn-file", "", "file of \"EID MSISDN\" lines: the MSISDN of whichever module is in the reader (over --msisdn)")
-	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -44,10 +43,6 @@ func cmdPerso(ctx context.Context, args []string) error {
 		if msisdns, err = readMSISDNFile(*msisdnFile); err != nil {
 			return exitError{2, err}
 		}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	if *batch == "" {
 		return exitError{2, errors.New("usage: keyport perso --reader NAME --batch B [--domains N] [--isd-keys default|derived]")}

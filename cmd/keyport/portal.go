@@ -195,21 +195,12 @@ func (m *smtpMailer) Send(ctx context.Context, to, subject, body string) error {
 // prints its generated password once. The admin can change it with
 // "Forgot your password?" (which needs SMTP, or development mode).
 func cmdAdminUserAdd(ctx context.Context, args []string) error {
-	var cfg config
-	fs, err := newFlags("admin user add", &cfg)
+	cfg, fs, op, err := parseOperatorCommand("admin user add", args, nil)
 	if err != nil {
-		return err
-	}
-	opName := operatorFlag(fs)
-	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return exitError{2, errors.New("usage: keyport admin user add EMAIL [--operator NAME]")}
-	}
-	op, err := operator(*opName)
-	if err != nil {
-		return err
 	}
 	a, err := open(ctx, cfg, true)
 	if err != nil {
