@@ -25,6 +25,9 @@ func (s *Server) sandboxRoutes(api *echo.Group) {
 	sb.GET("/domains", s.sandboxDomains)
 	sb.GET("/domains/:eid/:aid/key-package", s.sandboxKeyPackage)
 	sb.POST("/domains/:eid/:aid/scripts", s.postSandboxScript)
+	sb.POST("/domains/:eid/:aid/release", s.postSandboxLifecycle("release"))
+	sb.POST("/domains/:eid/:aid/lock", s.postSandboxLifecycle("lock"))
+	sb.POST("/domains/:eid/:aid/unlock", s.postSandboxLifecycle("unlock"))
 	sb.GET("/jobs", s.sandboxJobs)
 	sb.GET("/jobs/:id", s.getSandboxJob)
 }
@@ -179,6 +182,30 @@ func (s *Server) postSandboxScript(c echo.Context) error {
 	}
 	c.Response().Header().Set("Location", "/api/v1/sandbox/jobs/"+j.Ref)
 	return c.JSON(http.StatusCreated, sandboxJob(j))
+}
+
+// postSandboxLifecycle queues a sandbox domain's release, lock or unlock
+// and answers as production does: 202 with the job, which changes the
+// domain only when the virtual card confirms.
+func (s *Server) postSandboxLifecycle(op string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		eid, aid, err := pathDomain(c)
+		if err != nil {
+			return err
+		}
+		ctx, p := c.Request().Context(), principal(c)
+		var j *keyport.Job
+		if op == "release" {
+			j, err = s.opts.Sandbox.Release(ctx, p, eid, aid)
+		} else {
+			j, err = s.opts.Sandbox.Lock(ctx, p, eid, aid, op == "lock")
+		}
+		if err != nil && j == nil {
+			return err
+		}
+		c.Response().Header().Set("Location", "/api/v1/sandbox/jobs/"+j.Ref)
+		return c.JSON(http.StatusAccepted, sandboxJob(j))
+	}
 }
 
 func (s *Server) sandboxJobs(c echo.Context) error {

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 	"github.com/keyport/keyport/hsm/hsmtest"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/store/storetest"
+	"github.com/keyport/keyport/web"
 )
 
 // TestASandboxModuleIsTheTestModuleOfTheProviderHoldingItsDomains: in the
@@ -123,5 +128,152 @@ func TestASandboxModuleIsTheTestModuleOfTheProviderHoldingItsDomains(t *testing.
 	}
 	if list(a)[m2].Taken || list(b)[m2].Taken {
 		t.Fatal("an unclaimed module is taken")
+	}
+}
+
+// TestASandboxModuleItsProviderReleasesIsFreeForAnother: the sandbox API
+// releases, locks and unlocks a provider's sandbox domains through the
+// virtual module, as production does (202, the job marked sandbox), and
+// each domain changes state only when its job is DONE. While provider A
+// holds one domain of a module, provider B may not claim the other; once A
+// has released both, B can, and B's domain locks and unlocks. Another
+// provider's domain, or a domain outside the pool, is 404.
+func TestASandboxModuleItsProviderReleasesIsFreeForAnother(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.Open(t, storetest.SQLitePath(t))
+	w := fixture.New(t, st, 1, 1)
+	type provider struct {
+		p     keyport.Principal
+		token string
+		wk    string
+	}
+	newProvider := func(name string) provider {
+		prov, token, wk := w.Provider(t, name, fixture.RSAKeys()[0])
+		return provider{prov, token, wk}
+	}
+	a, b := newProvider("alpha"), newProvider("beta")
+	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
+	run, err := startSandbox(ctx, prodApp, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
+		&cardLinkFlags{webhookTimeout: time.Second}, sandboxOptions{Tick: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer run.Close()
+	sb := run.sb
+	srv := httptest.NewServer(web.New(w.Svc, web.Options{Sandbox: sb}))
+	defer srv.Close()
+	post := func(who provider, path string) (int, keyport.JobView) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+who.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var v keyport.JobView
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode == http.StatusAccepted {
+			if err := json.Unmarshal(body, &v); err != nil || !v.Sandbox || resp.Header.Get("Location") != "/api/v1/sandbox/jobs/"+v.ID {
+				t.Fatalf("POST %s: %s, Location %q (%v)", path, body, resp.Header.Get("Location"), err)
+			}
+		}
+		return resp.StatusCode, v
+	}
+	done := func(who provider, v keyport.JobView) {
+		t.Helper()
+		giveUp := time.Now().Add(2 * time.Minute) // a hang, not a timing
+		for {
+			j, err := sb.GetJob(ctx, who.p, v.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.State.Final() {
+				if j.State != keyport.JobDone {
+					t.Fatalf("job %s (%s) ended %s: %s", j.Ref, j.Kind, j.State, j.LastError)
+				}
+				return
+			}
+			if time.Now().After(giveUp) {
+				t.Fatalf("job %s still %s", j.Ref, j.State)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	state := func(eid keyport.EID, aid keyport.AID) keyport.DomainState {
+		t.Helper()
+		d, err := sb.Box.Store.GetDomain(ctx, eid, aid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.State
+	}
+	// becomes waits until the domain is in state want: a release ends with
+	// its proof, a job of its own that the release job queues.
+	becomes := func(who provider, eid keyport.EID, aid keyport.AID, want keyport.DomainState) {
+		t.Helper()
+		giveUp := time.Now().Add(2 * time.Minute) // a hang, not a timing
+		for state(eid, aid) != want {
+			if time.Now().After(giveUp) {
+				jobs, _ := sb.ListJobs(ctx, who.p)
+				t.Fatalf("domain %s/%s is %s, want %s; jobs %+v", eid, aid, state(eid, aid), want, jobs)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	m := run.eids[0]
+	var aids []keyport.AID
+	for range 2 {
+		c, _, err := sb.Claim(ctx, a.p, keyport.ClaimRequest{EID: m, WrappingKeyID: a.wk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		aids = append(aids, c.AID)
+	}
+	domain := func(aid keyport.AID) string { return "/api/v1/sandbox/domains/" + string(m) + "/" + string(aid) }
+
+	if st, _ := post(b, domain(aids[0])+"/release"); st != http.StatusNotFound {
+		t.Fatalf("B releases A's domain: %d", st)
+	}
+	if st, _ := post(a, "/api/v1/sandbox/domains/"+string(fixture.EID(t, 0))+"/"+string(aids[0])+"/release"); st != http.StatusNotFound {
+		t.Fatalf("a release outside the sandbox pool: %d", st)
+	}
+	st0, j := post(a, domain(aids[0])+"/release")
+	if st0 != http.StatusAccepted || state(m, aids[0]) != keyport.Releasing {
+		t.Fatalf("release: %d, domain %s", st0, state(m, aids[0]))
+	}
+	done(a, j)
+	becomes(a, m, aids[0], keyport.Unassigned)
+	if _, _, err := sb.Claim(ctx, b.p, keyport.ClaimRequest{EID: m, AID: aids[0], WrappingKeyID: b.wk}); !errors.Is(err, keyport.ErrConflict) {
+		t.Fatalf("B claims a domain of a module A still holds one of: %v", err)
+	}
+	_, j = post(a, domain(aids[1])+"/release")
+	done(a, j)
+	becomes(a, m, aids[1], keyport.Unassigned)
+	mods, err := sb.ListModules(ctx, b.p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mod := range mods {
+		if mod.EID == m && (mod.Taken || mod.Free != 2) {
+			t.Fatalf("after A released both domains, B sees %+v", mod)
+		}
+	}
+	c, _, err := sb.Claim(ctx, b.p, keyport.ClaimRequest{EID: m, WrappingKeyID: b.wk})
+	if err != nil {
+		t.Fatalf("B claims the module A released: %v", err)
+	}
+	if _, err := sb.KeyPackage(ctx, b.p, m, c.AID); err != nil {
+		t.Fatalf("B's key package of the released domain: %v", err)
+	}
+	_, j = post(b, domain(c.AID)+"/lock")
+	done(b, j)
+	if s := state(m, c.AID); s != keyport.Locked {
+		t.Fatalf("after the lock: %s", s)
+	}
+	_, j = post(b, domain(c.AID)+"/unlock")
+	done(b, j)
+	if s := state(m, c.AID); s != keyport.Assigned {
+		t.Fatalf("after the unlock: %s", s)
 	}
 }
