@@ -24,6 +24,7 @@ func (s *Server) sandboxPageRoutes(g *echo.Group, base string) {
 	if strings.HasPrefix(base, "/portal") {
 		sb.POST("/claim", s.sandboxClaimPage(base))
 		sb.GET("/domains/:eid/:aid/key-package", s.sandboxKeyPackage)
+		sb.POST("/domains/:eid/:aid/release", s.sandboxReleasePage(base))
 	}
 }
 
@@ -138,6 +139,30 @@ func (s *Server) sandboxClaimPage(base string) echo.HandlerFunc {
 			return err
 		}
 		s.flash(c, "good", fmt.Sprintf("Sandbox domain %s on %s claimed: download its key package below.", claim.AID, claim.EID))
+		return c.Redirect(http.StatusSeeOther, base)
+	}
+}
+
+// sandboxReleasePage queues the release of one of the provider's sandbox
+// domains (Sandbox.Release, as POST /api/v1/sandbox/…/release does).
+func (s *Server) sandboxReleasePage(base string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		eid, aid, err := pathDomain(c)
+		if err != nil {
+			return err
+		}
+		j, err := s.opts.Sandbox.Release(c.Request().Context(), principal(c), eid, aid)
+		if j == nil {
+			if e, ok := formErrors(err, nil); ok {
+				return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
+			}
+			if refused(err) {
+				s.flash(c, "bad", "Not done: "+refusal(err)+".")
+				return c.Redirect(http.StatusSeeOther, base)
+			}
+			return err
+		}
+		s.flash(c, "good", fmt.Sprintf("Release of sandbox domain %s on %s queued (job %s): it is UNASSIGNED once the module has proved its fresh first keys.", aid, eid, j.Ref))
 		return c.Redirect(http.StatusSeeOther, base)
 	}
 }

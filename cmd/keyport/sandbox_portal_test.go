@@ -147,6 +147,23 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if prodDoms, _ := w.Svc.ListDomains(ctx, pp); len(prodDoms) != 0 {
 		t.Fatalf("production lists the sandbox claim: %+v", prodDoms)
 	}
+	// Release from the page: the domain is RELEASING until its proof.
+	release := "/portal/sandbox/domains/" + string(doms[0].EID) + "/" + string(doms[0].AID) + "/release"
+	if !strings.Contains(body, `action="`+release+`"`) {
+		t.Fatalf("no release button for the ASSIGNED sandbox domain:\n%s", body)
+	}
+	if code, _ = pr.post(release, url.Values{}); code != http.StatusSeeOther {
+		t.Fatalf("release: %d", code)
+	}
+	if d, err := run.sb.Box.Store.GetDomain(ctx, doms[0].EID, doms[0].AID); err != nil || d.State != keyport.Releasing {
+		t.Fatalf("after the page's release: %+v %v", d, err)
+	}
+	if _, body = pr.get("/portal/sandbox"); !strings.Contains(body, "Release of sandbox domain "+string(doms[0].AID)) || strings.Contains(body, `action="`+release+`"`) {
+		t.Fatalf("after the release the page has no notice, or still a release button:\n%s", body)
+	}
+	if code, body = pr.post(release, url.Values{}); code != http.StatusUnprocessableEntity || !strings.Contains(body, "RELEASING") {
+		t.Fatalf("a second release: %d\n%s", code, body)
+	}
 
 	ad := signInTo(t, srv.URL, "admin@issuer.example", adminPW)
 	if code, body = ad.get("/admin/sandbox"); code != 200 || !strings.Contains(body, "sandbox-modules") {
@@ -158,8 +175,12 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if run.book.Fault(run.eids[1]).Kind != keyport.FaultOffline {
 		t.Fatalf("console fault: %+v", run.book.Fault(run.eids[1]))
 	}
-	// A provider cannot claim through the console's path, nor an admin claim.
+	// A provider cannot claim through the console's path, nor an admin
+	// claim or release.
 	if code, _ = ad.post("/admin/sandbox/claim", url.Values{"eid": {string(eid)}}); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
 		t.Fatalf("console claim: %d", code)
+	}
+	if code, _ = ad.post("/admin/sandbox/domains/"+string(doms[0].EID)+"/"+string(doms[0].AID)+"/release", url.Values{}); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
+		t.Fatalf("console release: %d", code)
 	}
 }
