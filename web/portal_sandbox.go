@@ -24,7 +24,9 @@ func (s *Server) sandboxPageRoutes(g *echo.Group, base string) {
 	if strings.HasPrefix(base, "/portal") {
 		sb.POST("/claim", s.sandboxClaimPage(base))
 		sb.GET("/domains/:eid/:aid/key-package", s.sandboxKeyPackage)
-		sb.POST("/domains/:eid/:aid/release", s.sandboxReleasePage(base))
+		sb.POST("/domains/:eid/:aid/release", s.sandboxCardChangePage(base, "release"))
+		sb.POST("/domains/:eid/:aid/lock", s.sandboxCardChangePage(base, "lock"))
+		sb.POST("/domains/:eid/:aid/unlock", s.sandboxCardChangePage(base, "unlock"))
 	}
 }
 
@@ -143,15 +145,16 @@ func (s *Server) sandboxClaimPage(base string) echo.HandlerFunc {
 	}
 }
 
-// sandboxReleasePage queues the release of one of the provider's sandbox
-// domains (Sandbox.Release, as POST /api/v1/sandbox/…/release does).
-func (s *Server) sandboxReleasePage(base string) echo.HandlerFunc {
+// sandboxCardChangePage queues the release, lock or unlock (op) of one of
+// the provider's sandbox domains, through the use cases the API's
+// /api/v1/sandbox/…/release, …/lock and …/unlock use.
+func (s *Server) sandboxCardChangePage(base, op string) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		eid, aid, err := pathDomain(c)
 		if err != nil {
 			return err
 		}
-		j, err := s.opts.Sandbox.Release(c.Request().Context(), principal(c), eid, aid)
+		j, err := s.sandboxCardChange(c, op, eid, aid)
 		if j == nil {
 			if e, ok := formErrors(err, nil); ok {
 				return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})
@@ -162,7 +165,12 @@ func (s *Server) sandboxReleasePage(base string) echo.HandlerFunc {
 			}
 			return err
 		}
-		s.flash(c, "good", fmt.Sprintf("Release of sandbox domain %s on %s queued (job %s): it is UNASSIGNED once the module has proved its fresh first keys.", aid, eid, j.Ref))
+		then := map[string]string{
+			"release": "it is UNASSIGNED once the module has proved its fresh first keys",
+			"lock":    "it is LOCKED once the module confirms",
+			"unlock":  "it is back to its state before the lock once the module confirms",
+		}[op]
+		s.flash(c, "good", fmt.Sprintf("%s of sandbox domain %s on %s queued (job %s): %s.", strings.ToUpper(op[:1])+op[1:], aid, eid, j.Ref, then))
 		return c.Redirect(http.StatusSeeOther, base)
 	}
 }

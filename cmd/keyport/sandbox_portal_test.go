@@ -164,6 +164,28 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if code, body = pr.post(release, url.Values{}); code != http.StatusUnprocessableEntity || !strings.Contains(body, "RELEASING") {
 		t.Fatalf("a second release: %d\n%s", code, body)
 	}
+	// The module's other domain: its Lock button queues the lock.
+	if code, _ = pr.post("/portal/sandbox/claim", url.Values{"eid": {string(eid)}, "wrapping_key_id": {wk[0].ID}}); code != http.StatusSeeOther {
+		t.Fatalf("second claim: %d", code)
+	}
+	released := doms[0].AID
+	doms, _ = run.sb.Domains(ctx, pp)
+	var other keyport.Domain
+	for _, d := range doms {
+		if d.AID != released && d.State == keyport.Assigned {
+			other = d
+		}
+	}
+	lock := "/portal/sandbox/domains/" + string(other.EID) + "/" + string(other.AID) + "/lock"
+	if _, body = pr.get("/portal/sandbox"); other.AID == "" || !strings.Contains(body, `action="`+lock+`"`) || strings.Contains(body, "/"+string(other.AID)+`/unlock"`) {
+		t.Fatalf("the ASSIGNED domain %q has no Lock button, or an Unlock one:\n%s", other.AID, body)
+	}
+	if code, _ = pr.post(lock, url.Values{}); code != http.StatusSeeOther {
+		t.Fatalf("lock: %d", code)
+	}
+	if _, body = pr.get("/portal/sandbox"); !strings.Contains(body, "Lock of sandbox domain "+string(other.AID)) {
+		t.Fatalf("no notice of the queued lock:\n%s", body)
+	}
 
 	ad := signInTo(t, srv.URL, "admin@issuer.example", adminPW)
 	if code, body = ad.get("/admin/sandbox"); code != 200 || !strings.Contains(body, "sandbox-modules") {
