@@ -139,75 +139,54 @@ func (s *Store) guessedSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[
 		}
 		return false, nil
 	}
-	claims := make([]*pgClaim, len(batch))
-	events := make([]*keyport.AuditEvent, len(batch))
+	b := &pgx.Batch{}
+	claims, results := queueClaims(b, batch)
 	ids := make([]string, len(batch))
-	for i, o := range batch {
-		if claims[i], err = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); err != nil {
+	for i, c := range claims {
+		if c == nil {
 			return false, nil // the two-round-trip path gives it its error
 		}
-		events[i], ids[i] = o.op.w.Audit, claims[i].id
+		ids[i] = c.id
 	}
-	chained := chain(head.seq, head.hash, events)
+	chained := chain(head.seq, head.hash, auditEvents(batch))
 	h, cps, err := batch[0].op.keys(chained)
 	if err != nil {
 		setErr(batch, err)
 		return true, nil
 	}
 	stmt, args := sealStatements(chained, cps, h, ids...).one()
-	start := time.Now()
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	for _, c := range claims {
-		b.Queue(claimSQLNumbered, c.args...)
-	}
 	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
 	b.Queue(numbered(stmt), args...)
 	b.Queue("COMMIT")
+	start := time.Now()
 	res := pc.SendBatch(ctx, b)
-	_, err = res.Exec()
-	results := make([]error, len(batch))
-	for i, o := range batch {
-		if err != nil {
-			break
-		}
-		var outboxID sql.NullInt64
-		var exists bool
-		if err = res.QueryRow().Scan(&outboxID, &exists); err == nil {
-			results[i] = claims[i].result(o.op.w.Claim, o.op.w.Outbox, outboxID, exists)
-		}
-	}
+	err = readClaims(res, batch, claims, results)
 	for range 2 { // the lock, the seal
 		if err == nil {
 			_, err = res.Exec()
 		}
 	}
-	committed := false
 	if err == nil {
-		var ct pgconn.CommandTag
-		ct, err = res.Exec()
-		committed = err == nil && ct.String() == "COMMIT"
+		err = readCommit(res)
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
 	}
 	s.observe("pipeline", start)
-	if !committed {
-		s.guesses[1].Add(1)
+	if err != nil {
+		s.guessMisses.Add(1)
 		s.skipGuess.Store(guessSkip)
 		var pgErr *pgconn.PgError
-		if err != nil && !errors.As(err, &pgErr) && pc.IsClosed() {
+		if !errors.As(err, &pgErr) && pc.IsClosed() {
 			return false, err // the connection, not the guess, failed
 		}
 		return false, nil
 	}
 	for i, o := range batch {
 		o.err = results[i] // nil: had one failed, the seal would have
-		*o.op.w.Audit = chained[i]
 	}
-	last := chained[len(chained)-1]
-	s.committedHead(&chainHead{seq: last.Seq, hash: last.Hash})
-	s.guesses[0].Add(1)
+	s.sealed(batch, chained)
+	s.guessHits.Add(1)
 	return true, nil
 }
 
@@ -218,35 +197,13 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 		setErr(batch, wrap("claim", err))
 		return false
 	}
-	start := time.Now()
-	claims := make([]*pgClaim, len(batch))
 	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	for i, o := range batch {
-		var err error
-		if claims[i], err = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); err != nil {
-			o.err = err
-			continue
-		}
-		b.Queue(claimSQLNumbered, claims[i].args...)
-	}
+	claims, results := queueClaims(b, batch)
 	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
 	b.Queue("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+	start := time.Now()
 	res := pc.SendBatch(ctx, b)
-	_, err := res.Exec()
-	var won []*batched[claimOp]
-	for i, o := range batch {
-		if err != nil || claims[i] == nil {
-			continue
-		}
-		var outboxID sql.NullInt64
-		var exists bool
-		if err = res.QueryRow().Scan(&outboxID, &exists); err == nil {
-			if o.err = claims[i].result(o.op.w.Claim, o.op.w.Outbox, outboxID, exists); o.err == nil {
-				won = append(won, o)
-			}
-		}
-	}
+	err := readClaims(res, batch, claims, results)
 	var seq int64
 	var prev []byte
 	if err == nil {
@@ -261,37 +218,31 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 	}
 	s.observe("pipeline", start)
 	if err != nil {
-		// Nothing of the batch is kept; the caller tries again claim by claim.
-		for _, o := range batch {
-			o.err = nil
+		return true // nothing of the batch is kept; the caller tries again claim by claim
+	}
+	var won []*batched[claimOp]
+	for i, o := range batch {
+		if o.err = results[i]; o.err == nil {
+			won = append(won, o)
 		}
-		return true
 	}
 	if len(won) == 0 {
 		return false // the caller rolls the transaction back
 	}
-	events := make([]*keyport.AuditEvent, len(won))
-	for i, o := range won {
-		events[i] = o.op.w.Audit
-	}
-	chained := chain(seq, prev, events)
+	chained := chain(seq, prev, auditEvents(won))
 	h, cps, err := won[0].op.keys(chained)
 	if err != nil {
 		setErr(won, err)
 		return false
 	}
 	stmt, args := sealStatements(chained, cps, h).one()
-	start = time.Now()
 	b = &pgx.Batch{}
 	b.Queue(numbered(stmt), args...)
 	b.Queue("COMMIT")
+	start = time.Now()
 	res = pc.SendBatch(ctx, b)
-	_, err = res.Exec()
-	if err == nil {
-		var ct pgconn.CommandTag
-		if ct, err = res.Exec(); err == nil && ct.String() != "COMMIT" {
-			err = fmt.Errorf("the commit ended in %s", ct.String())
-		}
+	if _, err = res.Exec(); err == nil {
+		err = readCommit(res)
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
@@ -301,12 +252,72 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 		setErr(won, wrap("claim", err))
 		return false
 	}
-	for i, o := range won {
+	s.sealed(won, chained)
+	return false
+}
+
+// queueClaims queues BEGIN and the claims' statements on b. claims[i] is
+// batch[i]'s arguments, nil when newPGClaim refused it; results[i] then
+// holds that error, for readClaims to fill in the others'.
+func queueClaims(b *pgx.Batch, batch []*batched[claimOp]) (claims []*pgClaim, results []error) {
+	claims, results = make([]*pgClaim, len(batch)), make([]error, len(batch))
+	b.Queue("BEGIN")
+	for i, o := range batch {
+		if claims[i], results[i] = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); results[i] == nil {
+			b.Queue(claimSQLNumbered, claims[i].args...)
+		}
+	}
+	return claims, results
+}
+
+// readClaims reads the answers to what queueClaims queued: results[i] is
+// claim i's own outcome (nil: it won; ErrDomainTaken, ErrNotFound). The
+// error is the first statement that failed; nothing after it is read.
+func readClaims(res pgx.BatchResults, batch []*batched[claimOp], claims []*pgClaim, results []error) error {
+	if _, err := res.Exec(); err != nil {
+		return err
+	}
+	for i, c := range claims {
+		if c == nil {
+			continue
+		}
+		var outboxID sql.NullInt64
+		var exists bool
+		if err := res.QueryRow().Scan(&outboxID, &exists); err != nil {
+			return err
+		}
+		results[i] = c.result(batch[i].op.w.Claim, batch[i].op.w.Outbox, outboxID, exists)
+	}
+	return nil
+}
+
+// readCommit reads the answer to a queued COMMIT: an error unless the
+// transaction committed (in a failed one, COMMIT answers ROLLBACK).
+func readCommit(res pgx.BatchResults) error {
+	ct, err := res.Exec()
+	if err == nil && ct.String() != "COMMIT" {
+		err = fmt.Errorf("the commit ended in %s", ct.String())
+	}
+	return err
+}
+
+// auditEvents is the claims' audit events, in order.
+func auditEvents(ops []*batched[claimOp]) []*keyport.AuditEvent {
+	events := make([]*keyport.AuditEvent, len(ops))
+	for i, o := range ops {
+		events[i] = o.op.w.Audit
+	}
+	return events
+}
+
+// sealed gives the claims their events as chained and committed, and
+// notes the last as the newest this process saw.
+func (s *Store) sealed(ops []*batched[claimOp], chained []keyport.AuditEvent) {
+	for i, o := range ops {
 		*o.op.w.Audit = chained[i]
 	}
 	last := chained[len(chained)-1]
 	s.committedHead(&chainHead{seq: last.Seq, hash: last.Hash})
-	return false
 }
 
 // claimSQLNumbered is claimSQL with PostgreSQL's numbered parameters, as

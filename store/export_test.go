@@ -57,7 +57,7 @@ func CheckpointedFramesForTest(s *Store) int64 {
 // ClaimGuessesForTest returns how many claim batches were committed on a
 // guessed audit head, and how many guesses were wrong (PostgreSQL).
 func ClaimGuessesForTest(s *Store) (hits, misses uint64) {
-	return s.guesses[0].Load(), s.guesses[1].Load()
+	return s.guessHits.Load(), s.guessMisses.Load()
 }
 
 // GuessSkip is how many batches read the head after a wrong guess.

@@ -75,9 +75,9 @@ type Store struct {
 	// skipGuess is how many more claim batches read the head instead of
 	// guessing it, after a guess was wrong.
 	skipGuess atomic.Int32
-	// guesses counts the batches committed on a guessed head [0] and the
-	// guesses that were wrong [1].
-	guesses [2]atomic.Uint64
+	// guessHits counts the batches committed on a guessed head,
+	// guessMisses the guesses that were wrong.
+	guessHits, guessMisses atomic.Uint64
 
 	timing        atomic.Pointer[prometheus.HistogramVec]
 	timingOnce    sync.Once
