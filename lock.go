@@ -225,6 +225,29 @@ func lockedBy(ctx context.Context, tx Repo, d *Domain) (string, error) {
 	return "admin", nil
 }
 
+// CardChange names a card-side change of a domain that an issuer job
+// makes: its release (flow 10), lock or unlock.
+type CardChange string
+
+const (
+	ChangeRelease CardChange = "release"
+	ChangeLock    CardChange = "lock"
+	ChangeUnlock  CardChange = "unlock"
+)
+
+// ChangeDomain queues change c of domain eid/aid: RequestRelease or
+// LockDomain, whose errors and job it returns. An unknown change is
+// ErrInvalid.
+func (s *Service) ChangeDomain(ctx context.Context, p Principal, eid EID, aid AID, c CardChange) (*Job, error) {
+	switch c {
+	case ChangeRelease:
+		return s.RequestRelease(ctx, p, eid, aid)
+	case ChangeLock, ChangeUnlock:
+		return s.LockDomain(ctx, p, eid, aid, c == ChangeLock)
+	}
+	return nil, Invalid("change", "release, lock or unlock, not %q", c)
+}
+
 // domainForCardChange is the domain an issuer job of p's changes, and who
 // asks ("admin" or "provider"): an admin's any domain, a provider's only
 // its own (another's is ErrNotFound).

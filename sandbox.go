@@ -405,31 +405,19 @@ func (sb *Sandbox) SubmitScript(ctx context.Context, p Principal, eid EID, aid A
 	return sb.Box.SubmitScript(ctx, p, eid, aid, req)
 }
 
-// Release queues the release of one of the provider's sandbox domains
-// (Service.RequestRelease on the sandbox): the sandbox's issuer job puts
-// fresh first keys on the virtual module and proves them, and the domain
-// is UNASSIGNED again. A module whose domains are all released is free
-// for any provider to test on.
-func (sb *Sandbox) Release(ctx context.Context, p Principal, eid EID, aid AID) (*Job, error) {
+// ChangeDomain queues the release, lock or unlock (c) of one of the
+// provider's sandbox domains (Service.ChangeDomain on the sandbox). A
+// release puts fresh first keys on the virtual module and proves them, and
+// the domain is UNASSIGNED again: a module whose domains are all released
+// is free for any provider to test on.
+func (sb *Sandbox) ChangeDomain(ctx context.Context, p Principal, eid EID, aid AID, c CardChange) (*Job, error) {
 	if err := sb.enter(ctx, p); err != nil {
 		return nil, err
 	}
 	if err := sb.module(eid); err != nil {
 		return nil, err
 	}
-	return sb.Box.RequestRelease(ctx, p, eid, aid)
-}
-
-// Lock locks (lock) or unlocks one of the provider's sandbox domains
-// (Service.LockDomain on the sandbox).
-func (sb *Sandbox) Lock(ctx context.Context, p Principal, eid EID, aid AID, lock bool) (*Job, error) {
-	if err := sb.enter(ctx, p); err != nil {
-		return nil, err
-	}
-	if err := sb.module(eid); err != nil {
-		return nil, err
-	}
-	return sb.Box.LockDomain(ctx, p, eid, aid, lock)
+	return sb.Box.ChangeDomain(ctx, p, eid, aid, c)
 }
 
 // GetJob returns one of the provider's sandbox jobs.

@@ -49,19 +49,12 @@ func (s *Server) lifecycleForm(op, area string) echo.HandlerFunc {
 				return err
 			}
 		}
-		if op == "release" && c.FormValue("confirm") != "yes" {
-			s.flash(c, "bad", "Not released: tick the box to confirm that the domain's content and keys are deleted on the card.")
+		if s.releaseUnconfirmed(c, op) {
 			return c.Redirect(http.StatusSeeOther, back)
 		}
-		var j *keyport.Job
-		switch op {
-		case "lock", "unlock":
-			j, err = s.svc.LockDomain(ctx, p, eid, aid, op == "lock")
-		case "release":
-			j, err = s.svc.RequestRelease(ctx, p, eid, aid)
-			if j != nil {
-				err = nil // queued; an access-rule removal that was not is retried by the admin
-			}
+		j, err := s.svc.ChangeDomain(ctx, p, eid, aid, keyport.CardChange(op))
+		if op == "release" && j != nil {
+			err = nil // queued; an access-rule removal that was not is retried by the admin
 		}
 		switch {
 		case errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrInvalid) || errors.Is(err, keyport.ErrForbidden):
@@ -76,6 +69,17 @@ func (s *Server) lifecycleForm(op, area string) echo.HandlerFunc {
 		}
 		return c.Redirect(http.StatusSeeOther, "/portal/jobs/"+j.Ref)
 	}
+}
+
+// releaseUnconfirmed says, and flashes, that a release form came without
+// its confirm box ticked: a release destroys the domain's content and keys
+// on the card, so DomainLifeCycle's form asks first.
+func (s *Server) releaseUnconfirmed(c echo.Context, op string) bool {
+	if op != "release" || c.FormValue("confirm") == "yes" {
+		return false
+	}
+	s.flash(c, "bad", "Not released: tick the box to confirm that the domain's content and keys are deleted on the card.")
+	return true
 }
 
 var lifecycleQueued = map[string]string{

@@ -146,15 +146,19 @@ func (s *Server) sandboxClaimPage(base string) echo.HandlerFunc {
 }
 
 // sandboxCardChangePage queues the release, lock or unlock (op) of one of
-// the provider's sandbox domains, through the use cases the API's
-// /api/v1/sandbox/…/release, …/lock and …/unlock use.
+// the provider's sandbox domains from DomainLifeCycle's forms, through the
+// use case the API's /api/v1/sandbox/…/release, …/lock and …/unlock use; a
+// release needs the form's confirm box, as in production.
 func (s *Server) sandboxCardChangePage(base, op string) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		eid, aid, err := pathDomain(c)
 		if err != nil {
 			return err
 		}
-		j, err := s.sandboxCardChange(c, op, eid, aid)
+		if s.releaseUnconfirmed(c, op) {
+			return c.Redirect(http.StatusSeeOther, base)
+		}
+		j, err := s.opts.Sandbox.ChangeDomain(c.Request().Context(), principal(c), eid, aid, keyport.CardChange(op))
 		if j == nil {
 			if e, ok := formErrors(err, nil); ok {
 				return s.renderSandbox(c, base, http.StatusUnprocessableEntity, views.Errors{"": e[firstKey(e)]})

@@ -193,23 +193,13 @@ func (s *Server) postSandboxLifecycle(op string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		j, err := s.sandboxCardChange(c, op, eid, aid)
+		j, err := s.opts.Sandbox.ChangeDomain(c.Request().Context(), principal(c), eid, aid, keyport.CardChange(op))
 		if err != nil && j == nil {
 			return err
 		}
 		c.Response().Header().Set("Location", "/api/v1/sandbox/jobs/"+j.Ref)
 		return c.JSON(http.StatusAccepted, sandboxJob(j))
 	}
-}
-
-// sandboxCardChange queues the release, lock or unlock (op) of a sandbox
-// domain as the caller.
-func (s *Server) sandboxCardChange(c echo.Context, op string, eid keyport.EID, aid keyport.AID) (*keyport.Job, error) {
-	ctx, p := c.Request().Context(), principal(c)
-	if op == "release" {
-		return s.opts.Sandbox.Release(ctx, p, eid, aid)
-	}
-	return s.opts.Sandbox.Lock(ctx, p, eid, aid, op == "lock")
 }
 
 func (s *Server) sandboxJobs(c echo.Context) error {

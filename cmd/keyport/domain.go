@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/keyport/keyport"
@@ -10,7 +9,7 @@ import (
 
 // cmdDomain is "keyport domain lock|unlock|release EID AID": the issuer's
 // card changes of one domain, as the console's buttons and the API do
-// (Service.LockDomain, Service.RequestRelease). The job is queued; the card
+// (Service.ChangeDomain). The job is queued; the card
 // confirms it in the module's next admin session, run by keyport serve.
 func cmdDomain(ctx context.Context, verb string, args []string) error {
 	cfg, fs, op, err := parseOperatorCommand("domain "+verb, args, nil)
@@ -33,15 +32,7 @@ func cmdDomain(ctx context.Context, verb string, args []string) error {
 		return err
 	}
 	defer a.Close()
-	var j *keyport.Job
-	switch verb {
-	case "lock", "unlock":
-		j, err = a.svc.LockDomain(ctx, op, eid, aid, verb == "lock")
-	case "release":
-		j, err = a.svc.RequestRelease(ctx, op, eid, aid)
-	default:
-		return exitError{2, errors.New("usage: keyport domain lock|unlock|release EID AID")}
-	}
+	j, err := a.svc.ChangeDomain(ctx, op, eid, aid, keyport.CardChange(verb))
 	if err != nil {
 		return err
 	}

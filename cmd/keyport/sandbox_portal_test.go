@@ -152,7 +152,17 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if !strings.Contains(body, `action="`+release+`"`) {
 		t.Fatalf("no release button for the ASSIGNED sandbox domain:\n%s", body)
 	}
+	// Without the confirm box nothing is queued, as in production.
 	if code, _ = pr.post(release, url.Values{}); code != http.StatusSeeOther {
+		t.Fatalf("release without the confirm box: %d", code)
+	}
+	if d, err := run.sb.Box.Store.GetDomain(ctx, doms[0].EID, doms[0].AID); err != nil || d.State != keyport.Assigned {
+		t.Fatalf("a release without the confirm box changed the domain: %+v %v", d, err)
+	}
+	if _, body = pr.get("/portal/sandbox"); !strings.Contains(body, "Not released: tick the box") {
+		t.Fatalf("no notice that the release was not confirmed:\n%s", body)
+	}
+	if code, _ = pr.post(release, url.Values{"confirm": {"yes"}}); code != http.StatusSeeOther {
 		t.Fatalf("release: %d", code)
 	}
 	if d, err := run.sb.Box.Store.GetDomain(ctx, doms[0].EID, doms[0].AID); err != nil || d.State != keyport.Releasing {
@@ -161,7 +171,7 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 	if _, body = pr.get("/portal/sandbox"); !strings.Contains(body, "Release of sandbox domain "+string(doms[0].AID)) || strings.Contains(body, `action="`+release+`"`) {
 		t.Fatalf("after the release the page has no notice, or still a release button:\n%s", body)
 	}
-	if code, body = pr.post(release, url.Values{}); code != http.StatusUnprocessableEntity || !strings.Contains(body, "RELEASING") {
+	if code, body = pr.post(release, url.Values{"confirm": {"yes"}}); code != http.StatusUnprocessableEntity || !strings.Contains(body, "RELEASING") {
 		t.Fatalf("a second release: %d\n%s", code, body)
 	}
 	// The module's other domain: its Lock button queues the lock.

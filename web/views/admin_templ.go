@@ -1147,7 +1147,7 @@ func AdminModulesPage(m Meta, eid string, v *keyport.ModuleView, owners map[stri
 					if templ_7745c5c3_Err != nil {
 						return templ_7745c5c3_Err
 					}
-					if d.State == keyport.Assigned || d.State == keyport.Personalized || d.State == keyport.Locked {
+					if hasLifeCycle(d.State) {
 						templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 101, "<details><summary>Lock or release</summary>")
 						if templ_7745c5c3_Err != nil {
 							return templ_7745c5c3_Err

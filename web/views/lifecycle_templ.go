@@ -32,7 +32,7 @@ func DomainLifeCycle(m Meta, base string, state keyport.DomainState) templ.Compo
 		}
 		ctx = templ.InitializeContext(ctx)
 		ctx = templ.ClearChildren(ctx)
-		if state == keyport.Assigned || state == keyport.Personalized || state == keyport.Locked {
+		if hasLifeCycle(state) {
 			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 1, "<div class=\"card lifecycle\"><h2>Lock or release</h2>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
@@ -118,6 +118,12 @@ func DomainLifeCycle(m Meta, base string, state keyport.DomainState) templ.Compo
 		}
 		return nil
 	})
+}
+
+// hasLifeCycle says whether a domain in state has lock, unlock or release
+// forms (DomainLifeCycle shows nothing otherwise).
+func hasLifeCycle(state keyport.DomainState) bool {
+	return state == keyport.Assigned || state == keyport.Personalized || state == keyport.Locked
 }
 
 var _ = templruntime.GeneratedTemplate
