@@ -69,6 +69,19 @@ func (h *hookReceiver) final(t *testing.T, keys keyport.JWKS, ref string) (*keyp
 	return nil, nil
 }
 
+// testSandbox starts the sandbox beside the production world w as serve
+// does (sf, hooks, o), and closes it when t ends.
+func testSandbox(t *testing.T, w *fixture.World, sf *sandboxFlags, hooks *cardLinkFlags, o sandboxOptions) *sandboxRun {
+	t.Helper()
+	prod := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: w.Store, hsm: w.HSM, svc: w.Svc}
+	run, err := startSandbox(context.Background(), prod, sf, hooks, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(run.Close)
+	return run
+}
+
 // tableDigest is every production table's row count and a SHA-256 of its
 // rows, read through a read-only connection. api_tokens.last_used_at is
 // left out: authenticating any API call (sandbox or not) records it, at
@@ -176,15 +189,10 @@ func testSandboxFaults(t *testing.T, dbPath string) {
 		{"lost", `{"fault":"lost"}`, keyport.JobFailed, []string{"answer lost", "sandbox fault: the card ran the script; its answer was dropped"}},
 	}
 
-	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
 	sf := &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: len(faults), domains: 1, expiry: 15 * time.Second}
 	client := cardlink.NewWebhookClient(cardlink.WebhookClientOptions{AllowLoopback: true, RootCAs: roots})
-	run, err := startSandbox(ctx, prodApp, sf, &cardLinkFlags{webhookTimeout: 5 * time.Second, loopbackHooks: true},
+	run := testSandbox(t, w, sf, &cardLinkFlags{webhookTimeout: 5 * time.Second, loopbackHooks: true},
 		sandboxOptions{WebhookHTTP: client, Tick: 100 * time.Millisecond, Backoff: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer run.Close()
 	portal := httptest.NewServer(web.New(w.Svc, web.Options{Sandbox: run.sb}))
 	defer portal.Close()
 	call := func(method, path, body string, out any) int {

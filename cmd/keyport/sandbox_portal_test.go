@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -97,13 +96,8 @@ func TestSandboxPagesSetFaultsAndClaimForTheProviderAndTheIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
-	run, err := startSandbox(ctx, prodApp, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
+	run := testSandbox(t, w, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
 		&cardLinkFlags{webhookTimeout: time.Second}, sandboxOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer run.Close()
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, Sandbox: run.sb}))
 	defer srv.Close()
 	eid := run.eids[0]

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -43,13 +42,8 @@ func TestASandboxModuleIsTheTestModuleOfTheProviderHoldingItsDomains(t *testing.
 		return p
 	}
 	a, b := principal("alpha"), principal("beta")
-	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
-	run, err := startSandbox(ctx, prodApp, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 3, domains: 2, expiry: time.Minute},
+	run := testSandbox(t, w, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 3, domains: 2, expiry: time.Minute},
 		&cardLinkFlags{webhookTimeout: time.Second}, sandboxOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer run.Close()
 	sb := run.sb
 	wk := func(p keyport.Principal) string {
 		ks, err := w.Svc.ListWrappingKeys(ctx, p)
@@ -152,13 +146,8 @@ func TestASandboxModuleItsProviderReleasesIsFreeForAnother(t *testing.T) {
 		return provider{prov, token, wk}
 	}
 	a, b := newProvider("alpha"), newProvider("beta")
-	prodApp := &app{cfg: config{DataDir: t.TempDir(), HSM: w.Token.URI}, log: slog.New(slog.DiscardHandler), store: st, hsm: w.HSM, svc: w.Svc}
-	run, err := startSandbox(ctx, prodApp, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
+	run := testSandbox(t, w, &sandboxFlags{on: true, hsm: hsmtest.New(t), modules: 2, domains: 2, expiry: time.Minute},
 		&cardLinkFlags{webhookTimeout: time.Second}, sandboxOptions{Tick: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer run.Close()
 	sb := run.sb
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{Sandbox: sb}))
 	defer srv.Close()
