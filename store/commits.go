@@ -12,8 +12,8 @@ import (
 // instead of once per claim. On PostgreSQL a transaction's audit seal holds
 // the advisory lock through the commit, so claims pass the lock one after
 // another whatever their connections; a group shares the lock, the head
-// read, the audit statement and the commit (the WAL flush), and is sent in
-// two round trips (pipelineClaims).
+// read, the audit statement and the commit (the WAL flush), and is sent as
+// one pipeline, usually in one round trip (pipelineClaims).
 func (s *Store) ClaimCommits() keyport.ClaimWriter { return &claimGroup{st: s, g: s.Group()} }
 
 // claimGroup batches the claims of concurrent callers: through a Group on
