@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -46,7 +48,7 @@ func (r *repo) AppendAudit(ctx context.Context, e *keyport.AuditEvent) error {
 		return nil
 	}
 	return r.writeTx(ctx, "append audit", func(db *gorm.DB) error {
-		tx := &repo{dialect: r.dialect, w: db, r: db, inTx: true, auditQueue: []*keyport.AuditEvent{e}}
+		tx := &repo{dialect: r.dialect, w: db, r: db, inTx: true, auditQueue: []*keyport.AuditEvent{e}, timing: r.timing}
 		return tx.SealAudit(ctx, nil)
 	})
 }
@@ -62,20 +64,16 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 	if len(r.auditQueue) == 0 {
 		return nil
 	}
-	db := r.w.WithContext(ctx)
 	if r.dialect == dialectPostgres {
-		if err := db.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)).Error; err != nil {
+		if _, err := r.exec(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(auditLockKey)); err != nil {
 			return wrap("append audit: lock", err)
 		}
 	}
-	var head []auditRow
-	if err := db.Raw(`SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&head).Error; err != nil {
-		return wrap("append audit: head", err)
-	}
 	var seq int64
 	var prev []byte
-	if len(head) == 1 {
-		seq, prev = head[0].Seq, head[0].Hash
+	err := r.scanRow(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`, nil, &seq, &prev)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return wrap("append audit: head", err)
 	}
 	chained := chain(seq, prev, r.auditQueue)
 	var h *keyport.AuditHead
@@ -86,7 +84,7 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 			return err
 		}
 	}
-	if err := r.writeSeal(db, chained, cps, h); err != nil {
+	if err := r.writeSeal(ctx, chained, cps, h); err != nil {
 		return err
 	}
 	for i, e := range r.auditQueue {
@@ -115,26 +113,26 @@ func chain(seq int64, prev []byte, events []*keyport.AuditEvent) []keyport.Audit
 // writeSeal inserts chained events, their checkpoints and the head (if
 // any): one statement on PostgreSQL (data-modifying CTEs), three at most on
 // SQLite, where a statement costs no round trip.
-func (r *repo) writeSeal(db *gorm.DB, events []keyport.AuditEvent, cps []keyport.AuditCheckpoint, h *keyport.AuditHead) error {
+func (r *repo) writeSeal(ctx context.Context, events []keyport.AuditEvent, cps []keyport.AuditCheckpoint, h *keyport.AuditHead) error {
 	sl := sealStatements(events, cps, h)
 	if r.dialect == dialectPostgres {
 		// One round trip for all of it, under the lock.
 		stmt, args := sl.one()
-		if err := db.Exec(stmt, args...).Error; err != nil {
+		if _, err := r.exec(ctx, stmt, args...); err != nil {
 			return wrap("append audit", err)
 		}
 		return nil
 	}
-	if err := db.Exec(sl.events, sl.eventArgs...).Error; err != nil {
+	if _, err := r.exec(ctx, sl.events, sl.eventArgs...); err != nil {
 		return wrap("append audit", err)
 	}
 	if sl.cps != "" {
-		if err := db.Exec(sl.cps, sl.cpArgs...).Error; err != nil {
+		if _, err := r.exec(ctx, sl.cps, sl.cpArgs...); err != nil {
 			return wrap("add checkpoint", err)
 		}
 	}
 	if h != nil {
-		if err := db.Exec(setHeadSQL, sl.headArgs...).Error; err != nil {
+		if _, err := r.exec(ctx, setHeadSQL, sl.headArgs...); err != nil {
 			return wrap("set audit head", err)
 		}
 	}
@@ -332,7 +330,18 @@ func (r *repo) AddOutbox(ctx context.Context, m *keyport.OutboxMessage) error {
 		at := dbTime(*row.SentAt)
 		row.SentAt = &at
 	}
-	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
+	const insert = `INSERT INTO outbox (topic, payload, created_at, sent_at) VALUES (?, ?, ?, ?)`
+	var err error
+	if r.dialect == dialectPostgres {
+		err = r.scanRow(ctx, insert+` RETURNING id`, []any{row.Topic, row.Payload, row.CreatedAt, row.SentAt}, &row.ID)
+	} else {
+		// No RETURNING: a query's rows cost more than a statement's result.
+		var res sql.Result
+		if res, err = r.exec(ctx, insert, row.Topic, row.Payload, row.CreatedAt, row.SentAt); err == nil {
+			row.ID, err = res.LastInsertId()
+		}
+	}
+	if err != nil {
 		return wrap("add outbox", err)
 	}
 	m.ID, m.CreatedAt, m.SentAt = row.ID, row.CreatedAt, row.SentAt

@@ -6,8 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -323,19 +321,3 @@ func (s *Store) sealed(ops []*batched[claimOp], chained []keyport.AuditEvent) {
 // claimSQLNumbered is claimSQL with PostgreSQL's numbered parameters, as
 // pgx takes them.
 var claimSQLNumbered = numbered(claimSQL)
-
-// numbered turns the ? parameters of a statement into $1, $2, …; the
-// statements it is given have no other question mark.
-func numbered(q string) string {
-	var b strings.Builder
-	n := 0
-	for _, r := range q {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}

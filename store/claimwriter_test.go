@@ -33,7 +33,7 @@ func testMAC(kind string, seq int64, hash []byte) []byte {
 }
 
 // claimWrite is a claim of domain n (1-based) of the test batch.
-func claimWrite(t *testing.T, s *store.Store, providerID, wrappingKeyID string, n int, id, idem string) keyport.ClaimWrite {
+func claimWrite(t testing.TB, s *store.Store, providerID, wrappingKeyID string, n int, id, idem string) keyport.ClaimWrite {
 	t.Helper()
 	d, err := s.GetDomain(ctx, testEID(n), testAID(1))
 	if err != nil {

@@ -212,7 +212,7 @@ const domainBatch = `(SELECT m.batch_id FROM modules m WHERE m.id = domains.modu
 
 // oneDomain runs a query of domainBatch + domainColumns for one domain.
 func (r *repo) oneDomain(ctx context.Context, op, query string, args ...any) (*keyport.Domain, error) {
-	rows, err := r.r.WithContext(ctx).Raw(query, args...).Rows()
+	rows, err := r.query(ctx, query, args...)
 	if err != nil {
 		return nil, wrap(op, err)
 	}
@@ -254,10 +254,6 @@ func (r *repo) TransitionDomain(ctx context.Context, domainID int64, from []keyp
 	if len(from) == 0 {
 		return fmt.Errorf("store: transition domain: no source state: %w", keyport.ErrConflict)
 	}
-	states := make([]string, len(from))
-	for i, s := range from {
-		states[i] = string(s)
-	}
 	set := `state = ?, updated_at = ?`
 	args := []any{string(to), now()}
 	if to == keyport.Locked {
@@ -267,21 +263,17 @@ func (r *repo) TransitionDomain(ctx context.Context, domainID int64, from []keyp
 		set += `, owner_id = ?`
 		args = append(args, sql.NullString{String: *owner, Valid: *owner != ""})
 	}
-	args = append(args, domainID, states)
-	db := r.w.WithContext(ctx)
-	res := db.Exec(`UPDATE domains SET `+set+` WHERE id = ? AND state IN ?`, args...)
-	if res.Error != nil {
-		return wrap("transition domain", res.Error)
-	}
-	if res.RowsAffected == 1 {
-		return nil
+	list, states := in(from)
+	args = append(append(args, domainID), states...)
+	if n, err := affected(r.exec(ctx, `UPDATE domains SET `+set+` WHERE id = ? AND state IN `+list, args...)); err != nil || n == 1 {
+		return wrap("transition domain", err)
 	}
 	var n int64
-	if err := db.Raw(`SELECT COUNT(*) FROM domains WHERE id = ?`, domainID).Scan(&n).Error; err != nil {
+	if err := r.w.WithContext(ctx).Raw(`SELECT COUNT(*) FROM domains WHERE id = ?`, domainID).Scan(&n).Error; err != nil {
 		return wrap("transition domain", err)
 	}
 	if n == 0 {
 		return fmt.Errorf("store: transition domain %d: %w", domainID, keyport.ErrNotFound)
 	}
-	return fmt.Errorf("store: transition domain %d to %s: not in %v: %w", domainID, to, states, keyport.ErrConflict)
+	return fmt.Errorf("store: transition domain %d to %s: not in %v: %w", domainID, to, from, keyport.ErrConflict)
 }

@@ -69,7 +69,7 @@ func fromSlice(ms []*keyport.ModuleImport) func() (*keyport.ModuleImport, error)
 	}
 }
 
-func createBatch(t *testing.T, s *store.Store, name string) *keyport.Batch {
+func createBatch(t testing.TB, s *store.Store, name string) *keyport.Batch {
 	t.Helper()
 	b := &keyport.Batch{Name: name, KeySource: keyport.KeyDerived, AIDPrefix: aidPrefix}
 	if err := s.CreateBatch(ctx, b); err != nil {
@@ -78,7 +78,7 @@ func createBatch(t *testing.T, s *store.Store, name string) *keyport.Batch {
 	return b
 }
 
-func importModules(t *testing.T, s *store.Store, batchID int64, first, count, domains int) {
+func importModules(t testing.TB, s *store.Store, batchID int64, first, count, domains int) {
 	t.Helper()
 	n, err := s.ImportModules(ctx, batchID, modules(first, count, domains))
 	if err != nil {
@@ -89,7 +89,7 @@ func importModules(t *testing.T, s *store.Store, batchID int64, first, count, do
 	}
 }
 
-func createProvider(t *testing.T, r keyport.Repo, email string) *keyport.Provider {
+func createProvider(t testing.TB, r keyport.Repo, email string) *keyport.Provider {
 	t.Helper()
 	p := &keyport.Provider{Name: "Bank " + email, Kind: keyport.KindBank, Email: email,
 		Status: keyport.ProviderApproved}
@@ -99,7 +99,7 @@ func createProvider(t *testing.T, r keyport.Repo, email string) *keyport.Provide
 	return p
 }
 
-func createWrappingKey(t *testing.T, r keyport.Repo, providerID string) *keyport.WrappingKey {
+func createWrappingKey(t testing.TB, r keyport.Repo, providerID string) *keyport.WrappingKey {
 	t.Helper()
 	k := &keyport.WrappingKey{ProviderID: providerID, PublicKeyDER: []byte{0x30, 0x82, 0x01, 0xa2},
 		SHA256: "ab12", Bits: 3072}

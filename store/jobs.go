@@ -256,13 +256,13 @@ func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobSt
 		return err
 	}
 	t := now()
-	res := r.w.WithContext(ctx).Exec(`UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result = ?, last_error = ?,
+	n, err := affected(r.exec(ctx, `UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result = ?, last_error = ?,
 		updated_at = ? WHERE id = ? AND state = ? AND attempts = ?`,
-		string(j.State), j.Attempts, dbTime(j.NextRunAt), result, j.LastError, t, j.ID, string(from), fromAttempts)
-	if res.Error != nil {
-		return wrap("update job", res.Error)
+		string(j.State), j.Attempts, dbTime(j.NextRunAt), result, j.LastError, t, j.ID, string(from), fromAttempts))
+	if err != nil {
+		return wrap("update job", err)
 	}
-	if res.RowsAffected != 1 {
+	if n != 1 {
 		return fmt.Errorf("store: update job %s: not %s with %d attempts any more: %w", j.Ref, from, fromAttempts, keyport.ErrConflict)
 	}
 	j.UpdatedAt = t
@@ -328,14 +328,14 @@ func (r *repo) WebhookHealth(ctx context.Context) ([]keyport.WebhookHealth, erro
 // upsert: the row is written only when it is new, already holder's, or
 // expired, so exactly one of two racing sessions gets it.
 func (r *repo) AcquireLease(ctx context.Context, moduleID int64, holder string, at, until time.Time) error {
-	res := r.w.WithContext(ctx).Exec(`INSERT INTO admin_leases (module_id, holder, expires_at) VALUES (?, ?, ?)
+	n, err := affected(r.exec(ctx, `INSERT INTO admin_leases (module_id, holder, expires_at) VALUES (?, ?, ?)
 		ON CONFLICT (module_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 		WHERE admin_leases.holder = excluded.holder OR admin_leases.expires_at < ?`,
-		moduleID, holder, dbTime(until), dbTime(at))
-	if res.Error != nil {
-		return wrap("acquire lease", res.Error)
+		moduleID, holder, dbTime(until), dbTime(at)))
+	if err != nil {
+		return wrap("acquire lease", err)
 	}
-	if res.RowsAffected == 0 {
+	if n == 0 {
 		return fmt.Errorf("store: acquire lease of module %d: another admin session holds it: %w", moduleID, keyport.ErrConflict)
 	}
 	return nil
@@ -344,21 +344,21 @@ func (r *repo) AcquireLease(ctx context.Context, moduleID int64, holder string, 
 // ReleaseLease deletes holder's lease of the module, if it still holds it;
 // holder "" breaks the lease whoever holds it.
 func (r *repo) ReleaseLease(ctx context.Context, moduleID int64, holder string) error {
-	err := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND (holder = ? OR ? = '')`,
-		moduleID, holder, holder).Error
+	_, err := r.exec(ctx, `DELETE FROM admin_leases WHERE module_id = ? AND (holder = ? OR ? = '')`, moduleID, holder, holder)
 	return wrap("release lease", err)
 }
 
 // ReleaseIdleLease deletes holder's lease of the module if the module has
 // no pending card job (second-key or issuer), in one statement (jobs_module index).
 func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder string) (bool, error) {
-	res := r.w.WithContext(ctx).Exec(`DELETE FROM admin_leases WHERE module_id = ? AND holder = ? AND NOT EXISTS
-		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind IN ?)`,
-		moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent), kindStrings(keyport.CardJobKinds))
-	if res.Error != nil {
-		return false, wrap("release idle lease", res.Error)
+	kinds, kindArgs := in(keyport.CardJobKinds)
+	n, err := affected(r.exec(ctx, `DELETE FROM admin_leases WHERE module_id = ? AND holder = ? AND NOT EXISTS
+		(SELECT 1 FROM jobs WHERE jobs.module_id = ? AND jobs.state IN (?, ?) AND jobs.kind IN `+kinds+`)`,
+		append([]any{moduleID, holder, moduleID, string(keyport.JobQueued), string(keyport.JobSent)}, kindArgs...)...))
+	if err != nil {
+		return false, wrap("release idle lease", err)
 	}
-	return res.RowsAffected == 1, nil
+	return n == 1, nil
 }
 
 // SetDomainKeys records the key set the card confirmed; the counter it
@@ -382,7 +382,7 @@ func (r *repo) SetCounterUnverified(ctx context.Context, domainID int64, unverif
 
 // TouchModule records the module's last admin session.
 func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
-	err := r.w.WithContext(ctx).Exec(`UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID).Error
+	_, err := r.exec(ctx, `UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID)
 	return wrap("touch module", err)
 }
 

@@ -93,10 +93,10 @@ func (r *repo) CreateAPIToken(ctx context.Context, t *keyport.APIToken) error {
 // ErrNotFound for an unknown or revoked one.
 func (r *repo) GetAPITokenByHash(ctx context.Context, hash []byte) (*keyport.APIToken, error) {
 	// One query with the provider's status: authentication is on every request.
-	rows, err := r.r.WithContext(ctx).Raw(`SELECT t.id, t.provider_id, t.admin, t.name, t.hash, t.created_at,
+	rows, err := r.query(ctx, `SELECT t.id, t.provider_id, t.admin, t.name, t.hash, t.created_at,
 		t.owner, t.owner_user_id, t.expires_at, t.last_used_at, p.status, u.disabled_at
 		FROM api_tokens t LEFT JOIN providers p ON p.id = t.provider_id LEFT JOIN users u ON u.id = t.owner_user_id
-		WHERE t.hash = ? AND t.revoked_at IS NULL`, hash).Rows()
+		WHERE t.hash = ? AND t.revoked_at IS NULL`, hash)
 	if err != nil {
 		return nil, wrap("get API token", err)
 	}
@@ -187,7 +187,9 @@ func (r *repo) CreateClaim(ctx context.Context, c *keyport.Claim) error {
 	if row.ID == "" {
 		row.ID = newID()
 	}
-	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
+	if _, err := r.exec(ctx, `INSERT INTO claims (id, provider_id, domain_id, eid, aid, wrapping_key_id, idempotency_key,
+		request_hash, package, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, row.ID, row.ProviderID, row.DomainID, row.EID,
+		row.AID, row.WrappingKeyID, row.IdempotencyKey, row.RequestHash, row.Package, row.CreatedAt); err != nil {
 		return wrap("create claim", err)
 	}
 	c.ID, c.CreatedAt = row.ID, row.CreatedAt

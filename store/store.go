@@ -101,6 +101,9 @@ type repo struct {
 	hooks []commitHook
 	// sealed is the last event SealAudit chained in this transaction.
 	sealed *chainHead
+	// timing is the store's: the statements sent past gorm (direct.go)
+	// are timed with it.
+	timing *atomic.Pointer[prometheus.HistogramVec]
 }
 
 type commitHook struct {
@@ -221,7 +224,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		return nil, fmt.Errorf("store: open postgres: %w", redactURL(mapUnavailable(err), dsn))
 	}
 	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}, pgURL: dsn}
-	s.repo = &repo{dialect: dialectPostgres, w: db, r: db}
+	s.repo = &repo{dialect: dialectPostgres, w: db, r: db, timing: &s.timing}
 	return s, nil
 }
 
@@ -321,7 +324,7 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 	ckDB.SetMaxOpenConns(1)
 
 	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB)}
-	s.repo = &repo{dialect: dialectSQLite, w: w, r: r}
+	s.repo = &repo{dialect: dialectSQLite, w: w, r: r, timing: &s.timing}
 	return s, nil
 }
 
@@ -399,7 +402,7 @@ func (s *Store) tx(ctx context.Context, fn func(tx *repo) error) (err error) {
 			_ = sqlTx.Rollback()
 		}
 	}()
-	r := &repo{dialect: s.dialect, w: db, r: db, inTx: true}
+	r := &repo{dialect: s.dialect, w: db, r: db, inTx: true, timing: &s.timing}
 	fnErr := fn(r)
 	if fnErr == nil {
 		fnErr = r.runHooks(ctx)
