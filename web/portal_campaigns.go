@@ -38,11 +38,18 @@ func (s *Server) campaignsPage(area string) echo.HandlerFunc {
 }
 
 func (s *Server) renderCampaigns(c echo.Context, area string, status int, f views.CampaignForm, e views.Errors) error {
-	list, err := s.svc.ListCampaigns(c.Request().Context(), principal(c), 0)
+	ctx := c.Request().Context()
+	list, err := s.svc.ListCampaigns(ctx, principal(c), 0)
 	if err != nil {
 		return err
 	}
-	return render(c, status, views.CampaignsPage(s.meta(c, "Campaigns", area+"/campaigns"), area, list, f, e))
+	var owners map[string]string
+	if area == "/admin" {
+		if owners, err = s.providerNames(ctx); err != nil {
+			return err
+		}
+	}
+	return render(c, status, views.CampaignsPage(s.meta(c, "Campaigns", area+"/campaigns"), area, list, owners, f, e))
 }
 
 // campaignFormFields maps the use case's field names to the form's; a
@@ -150,9 +157,7 @@ func (s *Server) campaignPage(area string) echo.HandlerFunc {
 			if err != nil {
 				return err
 			}
-			if owner = names[v.Provider]; owner == "" {
-				owner = v.Provider
-			}
+			owner = views.OwnerName(names, v.Provider)
 		}
 		return render(c, http.StatusOK, views.CampaignPage(s.meta(c, "Campaign", area+"/campaigns"), area, *v, owner))
 	}

@@ -31,6 +31,8 @@ func TestCampaignPagesShowProgressAndControlOnlyOwnCampaigns(t *testing.T) {
 	ps := signInPages(t, p.srv.URL, "ops@campaign.example", "a long enough password")
 	if st, body := ps.get("/portal/campaigns"); st != 200 || !strings.Contains(body, mine.ID) || strings.Contains(body, theirs.ID) {
 		t.Fatalf("list %d: mine shown %v, theirs shown %v", st, strings.Contains(body, mine.ID), strings.Contains(body, theirs.ID))
+	} else if !strings.Contains(body, `class="started-by">ops@campaign.example<`) {
+		t.Fatalf("the portal's list does not name who started the campaign: %.3000s", body)
 	}
 	page := "/portal/campaigns/" + mine.ID
 	st, body := ps.get(page)
@@ -69,6 +71,9 @@ func TestCampaignPagesShowProgressAndControlOnlyOwnCampaigns(t *testing.T) {
 	ad := signInPages(t, p.srv.URL, p.adminEmail, p.adminPW)
 	if st, body := ad.get("/admin/campaigns"); st != 200 || !strings.Contains(body, mine.ID) || !strings.Contains(body, theirs.ID) {
 		t.Fatalf("console list %d", st)
+	} else if !strings.Contains(body, `class="started-by">Campaign Bank, ops@campaign.example<`) ||
+		!strings.Contains(body, `class="started-by">Other Bank, ops@other.example<`) {
+		t.Fatalf("the console's list does not name each campaign's provider and who started it: %.3000s", body)
 	}
 	if st, body := ad.get("/admin/campaigns/" + theirs.ID); st != 200 || !strings.Contains(body, `id="campaign-op">unlock<`) ||
 		!strings.Contains(body, `id="campaign-started-by">Other Bank, ops@other.example, `) {
