@@ -183,6 +183,13 @@ type Store interface {
 	Tx(ctx context.Context, fn func(tx Repo) error) error
 }
 
+// Exclusive runs fn while no other process of the deployment runs a
+// function under the same name: a lock every replica shares
+// (store.Store.Exclusive, in the database). The HSM creates token keys under
+// it, so that processes starting together on an empty token do not each
+// create their own.
+type Exclusive func(ctx context.Context, name string, fn func(context.Context) error) error
+
 // Committer commits write transactions, possibly several callers' in one
 // database transaction (group commit; store.Group). Commit runs fn as
 // Store.Tx would: if fn returns an error nothing it did is kept, and Commit

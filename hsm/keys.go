@@ -256,18 +256,31 @@ func kekLabel(ref keyport.KeyRef) (string, error) {
 }
 
 // createKey creates the key labelled label with create, refusing an existing
-// label with keyport.ErrConflict. Creation is serialized in this process;
-// across processes the label check and the creation are not atomic, so run
-// one key ceremony at a time.
+// label with keyport.ErrConflict. Creation is serialized in this process,
+// and under the deployment's lock (Config.Exclusive) across the processes
+// that share the token: the label check and the creation are not atomic in
+// PKCS#11, and two processes that both found no key would each make one.
 func (h *HSM) createKey(ctx context.Context, op, label string, create func(*session) error) error {
 	h.createMu.Lock()
 	defer h.createMu.Unlock()
-	return h.do(ctx, op, func(s *session) error {
-		if err := h.refuseExisting(s, label); err != nil {
-			return err
-		}
-		return create(s)
-	})
+	ran := false
+	run := func(ctx context.Context) error {
+		ran = true
+		return h.do(ctx, op, func(s *session) error {
+			if err := h.refuseExisting(s, label); err != nil {
+				return err
+			}
+			return create(s)
+		})
+	}
+	if h.exclusive == nil {
+		return run(ctx)
+	}
+	err := h.exclusive(ctx, keyCreationLock, run)
+	if err != nil && !ran {
+		return fmt.Errorf("hsm: %s: the deployment's lock: %w", op, err)
+	}
+	return err
 }
 
 // CreateBatchKEK creates the batch's key-encryption key (label

@@ -25,6 +25,11 @@ type Config struct {
 	// PoolSize bounds the sessions in use at once; 0 means 2×GOMAXPROCS (at
 	// least 4).
 	PoolSize int
+	// Exclusive, if set, is the deployment's lock around the creation of
+	// a token key (the check that none has its label, then the creation),
+	// so that other processes on the token do not create it too. Without
+	// it only this process's creations are serialized.
+	Exclusive keyport.Exclusive
 }
 
 // HSM is keyport's custody of keys in one PKCS#11 token; it implements
@@ -60,7 +65,8 @@ type HSM struct {
 	loginMu sync.Mutex
 	pinErr  error // sticky once the token refused the PIN
 
-	createMu sync.Mutex // one key creation at a time in this process
+	createMu  sync.Mutex        // one key creation at a time in this process
+	exclusive keyport.Exclusive // and in the deployment, if set (Config.Exclusive)
 
 	// sealKeys: both sealing keys were found or made (ensureSealKeys).
 	sealKeys atomic.Bool
@@ -99,7 +105,32 @@ func Open(ctx context.Context, cfg Config) (*HSM, error) {
 }
 
 // open is Open with an optional interposer on the PKCS#11 calls (tests).
-func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
+// With cfg.Exclusive it finds the token and logs in under the deployment's
+// lock, the one key creation holds: SoftHSM rewrites its token's files when
+// another process adds a key, and a process that reads them meanwhile
+// finds no token, or one whose user PIN is not set.
+func open(ctx context.Context, cfg Config, wrap func(p11) p11) (h *HSM, err error) {
+	if cfg.Exclusive != nil {
+		ran := false
+		err = cfg.Exclusive(ctx, keyCreationLock, func(ctx context.Context) error {
+			ran = true
+			h, err = openToken(ctx, cfg, wrap)
+			return err
+		})
+		if err != nil && !ran {
+			return nil, fmt.Errorf("hsm: open: the deployment's lock: %w", err)
+		}
+		return h, err
+	}
+	return openToken(ctx, cfg, wrap)
+}
+
+// keyCreationLock is the name of the deployment's lock (Config.Exclusive)
+// around key creation, and the token's opening. One for every token: both
+// are rare.
+const keyCreationLock = "hsm-key-creation"
+
+func openToken(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 	u, err := ParseURI(cfg.URI)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: open: %w", err)
@@ -140,6 +171,7 @@ func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 		locked: make(chan struct{}, 1),
 		live:   map[pkcs11.SessionHandle]*session{},
 	}
+	h.exclusive = cfg.Exclusive
 	h.p = &timedP11{p11: p, on: &h.timing}
 	// Log in now, so that a wrong PIN shows at start-up, not at the first claim.
 	if err := h.do(ctx, "open", func(*session) error { return nil }); err != nil {

@@ -59,6 +59,9 @@ type Store struct {
 	dialect dialect
 	pools   []*sql.DB
 	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
+	// lockPath is the SQLite database's path, beside which Exclusive
+	// keeps its lock files ("" on PostgreSQL).
+	lockPath string
 	// checkpoints copies SQLite's WAL into the database file (nil on
 	// PostgreSQL).
 	checkpoints *checkpointer
@@ -323,7 +326,8 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 	}
 	ckDB.SetMaxOpenConns(1)
 
-	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB)}
+	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB),
+		lockPath: strings.TrimPrefix(path, "file:")}
 	s.repo = &repo{dialect: dialectSQLite, w: w, r: r, timing: &s.timing}
 	return s, nil
 }

@@ -94,7 +94,8 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash), PoolSize: cfg.HSMSessions})
+	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash), PoolSize: cfg.HSMSessions,
+		Exclusive: st.Exclusive})
 	if err != nil {
 		st.Close()
 		return nil, err

@@ -133,7 +133,8 @@ func startSandbox(ctx context.Context, prod *app, sf *sandboxFlags, hooks *cardL
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(prod.cfg.OAEPHash), PoolSize: prod.cfg.HSMSessions})
+	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(prod.cfg.OAEPHash), PoolSize: prod.cfg.HSMSessions,
+		Exclusive: st.Exclusive})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("sandbox: %w", err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/keyport/keyport/internal/filelock"
 )
 
 // softHSMModules are where Debian and others install SoftHSM2's PKCS#11 module.
@@ -51,21 +54,29 @@ func defaultToken(dataDir string) (uri string, created bool, err error) {
 	}
 	os.Setenv("SOFTHSM2_CONF", conf)
 	pinFile := filepath.Join(dir, "user.pin")
-	entries, _ := os.ReadDir(tokens)
-	if len(entries) == 0 {
+	// Two processes starting at once on a new data directory must not
+	// both make a token (and a PIN file that fits only one of them).
+	err = filelock.With(context.Background(), filepath.Join(dir, "token.lock"), func(context.Context) error {
+		if entries, _ := os.ReadDir(tokens); len(entries) > 0 {
+			return nil
+		}
 		pin, so := randomPIN(), randomPIN()
 		if err := os.WriteFile(pinFile, []byte(pin), 0o600); err != nil {
-			return "", false, err
+			return err
 		}
 		if err := os.WriteFile(filepath.Join(dir, "so.pin"), []byte(so), 0o600); err != nil {
-			return "", false, err
+			return err
 		}
 		cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "keyport", "--so-pin", so, "--pin", pin)
 		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", false, fmt.Errorf("create SoftHSM token: %v: %s", err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("create SoftHSM token: %v: %s", err, strings.TrimSpace(string(out)))
 		}
 		created = true
+		return nil
+	})
+	if err != nil {
+		return "", false, err
 	}
 	return "pkcs11:token=keyport?module-path=" + escapeQuery(module) + "&pin-source=file:" + escapeQuery(pinFile), created, nil
 }

@@ -1,0 +1,43 @@
+// Package filelock runs a function under an exclusive flock(2) of a file, so
+// that processes on one host take turns: the SQLite store's deployment lock
+// and the creation of the embedded SoftHSM token use it.
+package filelock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+// poll is how often a process waiting for another's lock tries again.
+const poll = 20 * time.Millisecond
+
+// With runs fn while this process holds the flock of path (created, mode
+// 0600, if missing), waiting for it as long as ctx allows. The lock goes
+// when fn returns, or with the process.
+func With(ctx context.Context, path string, fn func(context.Context) error) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", path, err)
+	}
+	defer f.Close() // closing the file drops the lock too
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			return fmt.Errorf("lock %s: flock: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lock %s: %w", path, ctx.Err())
+		case <-time.After(poll):
+		}
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return fn(ctx)
+}
