@@ -263,24 +263,14 @@ func kekLabel(ref keyport.KeyRef) (string, error) {
 func (h *HSM) createKey(ctx context.Context, op, label string, create func(*session) error) error {
 	h.createMu.Lock()
 	defer h.createMu.Unlock()
-	ran := false
-	run := func(ctx context.Context) error {
-		ran = true
+	return underLock(ctx, h.exclusive, op, func(ctx context.Context) error {
 		return h.do(ctx, op, func(s *session) error {
 			if err := h.refuseExisting(s, label); err != nil {
 				return err
 			}
 			return create(s)
 		})
-	}
-	if h.exclusive == nil {
-		return run(ctx)
-	}
-	err := h.exclusive(ctx, keyCreationLock, run)
-	if err != nil && !ran {
-		return fmt.Errorf("hsm: %s: the deployment's lock: %w", op, err)
-	}
-	return err
+	})
 }
 
 // CreateBatchKEK creates the batch's key-encryption key (label

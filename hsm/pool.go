@@ -109,26 +109,37 @@ func Open(ctx context.Context, cfg Config) (*HSM, error) {
 // lock, the one key creation holds: SoftHSM rewrites its token's files when
 // another process adds a key, and a process that reads them meanwhile
 // finds no token, or one whose user PIN is not set.
-func open(ctx context.Context, cfg Config, wrap func(p11) p11) (h *HSM, err error) {
-	if cfg.Exclusive != nil {
-		ran := false
-		err = cfg.Exclusive(ctx, keyCreationLock, func(ctx context.Context) error {
-			ran = true
-			h, err = openToken(ctx, cfg, wrap)
-			return err
-		})
-		if err != nil && !ran {
-			return nil, fmt.Errorf("hsm: open: the deployment's lock: %w", err)
-		}
-		return h, err
-	}
-	return openToken(ctx, cfg, wrap)
+func open(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
+	var h *HSM
+	err := underLock(ctx, cfg.Exclusive, "open", func(ctx context.Context) (err error) {
+		h, err = openToken(ctx, cfg, wrap)
+		return err
+	})
+	return h, err
 }
 
 // keyCreationLock is the name of the deployment's lock (Config.Exclusive)
 // around key creation, and the token's opening. One for every token: both
 // are rare.
 const keyCreationLock = "hsm-key-creation"
+
+// underLock runs fn under the deployment's lock ex, or at once when there
+// is none. fn's error comes back as it is; a lock that could not be taken
+// is op's error.
+func underLock(ctx context.Context, ex keyport.Exclusive, op string, fn func(context.Context) error) error {
+	if ex == nil {
+		return fn(ctx)
+	}
+	ran := false
+	err := ex(ctx, keyCreationLock, func(ctx context.Context) error {
+		ran = true
+		return fn(ctx)
+	})
+	if err != nil && !ran {
+		return fmt.Errorf("hsm: %s: the deployment's lock: %w", op, err)
+	}
+	return err
+}
 
 func openToken(ctx context.Context, cfg Config, wrap func(p11) p11) (*HSM, error) {
 	u, err := ParseURI(cfg.URI)

@@ -154,7 +154,7 @@ func (s *Store) guessedSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[
 	}
 	stmt, args := sealStatements(chained, cps, h, ids...).one()
 	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
-	b.Queue(numbered(stmt), args...)
+	b.Queue(pgStatements.of(stmt), args...)
 	b.Queue("COMMIT")
 	start := time.Now()
 	res := pc.SendBatch(ctx, b)
@@ -235,7 +235,7 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 	}
 	stmt, args := sealStatements(chained, cps, h).one()
 	b = &pgx.Batch{}
-	b.Queue(numbered(stmt), args...)
+	b.Queue(pgStatements.of(stmt), args...)
 	b.Queue("COMMIT")
 	start = time.Now()
 	res = pc.SendBatch(ctx, b)

@@ -22,8 +22,11 @@ import (
 
 // conn is where r's statements go: inside Store.tx the transaction (its
 // stmtTx, which runs them prepared), otherwise the pool.
-func (r *repo) conn() gorm.ConnPool {
-	conn := r.w.Statement.ConnPool
+func (r *repo) conn() gorm.ConnPool { return connOf(r.w) }
+
+// connOf is the connection db's statements go to, below gorm.
+func connOf(db *gorm.DB) gorm.ConnPool {
+	conn := db.Statement.ConnPool
 	if p, ok := conn.(*gorm.PreparedStmtTX); ok {
 		// A gorm transaction (writeTx) prepares a statement anew on every
 		// execution there: run it on the transaction itself.
@@ -49,7 +52,7 @@ func affected(res sql.Result, err error) (int64, error) {
 // query runs the read q on r's reader (the transaction, inside one).
 func (r *repo) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
 	defer r.timed(q, "query")()
-	return r.r.Statement.ConnPool.QueryContext(ctx, r.direct(q), args...)
+	return connOf(r.r).QueryContext(ctx, r.direct(q), args...)
 }
 
 // scanRow runs q, which returns at most one row, on r's connection and

@@ -55,11 +55,7 @@ func (r *repo) ImportModules(ctx context.Context, batchID int64,
 		// is prepared anew on every execution there, and each one lives
 		// until the commit with its bound rows (on SQLite ~1.6 KB of memory
 		// per module imported: 160 MB more for 100,000 modules).
-		conn := db.Statement.ConnPool
-		if p, ok := conn.(*gorm.PreparedStmtTX); ok {
-			conn = p.Tx
-		}
-		im := &importer{ctx: ctx, dialect: r.dialect, conn: conn, batchID: batchID, at: now()}
+		im := &importer{ctx: ctx, dialect: r.dialect, conn: connOf(db), batchID: batchID, at: now()}
 		chunk := make([]keyport.ModuleImport, 0, importModulesPerChunk)
 		for {
 			m, err := next()
