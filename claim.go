@@ -34,6 +34,10 @@ const MaxIdempotencyKey = 255
 // in one transaction. Exactly one of any number of concurrent claims of a
 // domain wins; the others get ErrConflict. created is false when an earlier
 // claim with the same idempotency key is returned.
+//
+// A principal from AuthenticateClaim is checked again: by the claim's write
+// (ErrTokenNotLive), or, for a replay and for any claim that did not
+// commit, by reading its token again before answering.
 func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *Claim, created bool, err error) {
 	defer func() {
 		r := ResultOf(err)
@@ -42,6 +46,22 @@ func (s *Service) Claim(ctx context.Context, p Principal, req ClaimRequest) (c *
 		}
 		s.metrics().Claimed(r)
 	}()
+	if p.check != nil && req.IdempotencyKey != "" {
+		// A replay answers from what is stored: the token first.
+		if p, err = s.recheck(ctx, p); err != nil {
+			return nil, false, err
+		}
+	}
+	c, created, err = s.claim(ctx, p, req)
+	if err != nil && p.check != nil {
+		if _, rerr := s.recheck(ctx, p); rerr != nil {
+			return nil, false, rerr
+		}
+	}
+	return c, created, err
+}
+
+func (s *Service) claim(ctx context.Context, p Principal, req ClaimRequest) (c *Claim, created bool, err error) {
 	if p.ProviderID == "" {
 		return nil, false, fmt.Errorf("%w: only a provider can claim a domain", ErrForbidden)
 	}
@@ -168,7 +188,7 @@ func (s *Service) claimOnce(ctx context.Context, p Principal, req ClaimRequest, 
 		return nil, err
 	}
 	w := ClaimWrite{Claim: c, From: From(EventClaim), Outbox: &OutboxMessage{Topic: "domain.assigned", Payload: string(msg), CreatedAt: c.CreatedAt},
-		Audit: ev}
+		Audit: ev, Token: p.checkedToken()}
 	if err := s.writeClaim(ctx, w); err != nil {
 		if errors.Is(err, ErrDomainTaken) && req.AID == "" {
 			return nil, errLostRace
@@ -195,6 +215,9 @@ type ClaimWrite struct {
 	From   []DomainState
 	Outbox *OutboxMessage
 	Audit  *AuditEvent
+	// Token, when set, is the API token the claim must find live
+	// (Repo.ClaimDomain).
+	Token string
 }
 
 // Apply does w inside the transaction tx: ClaimDomain, then the audit
@@ -202,7 +225,7 @@ type ClaimWrite struct {
 // pipeline of its own runs it; it may run more than once for one claim
 // (Committer), keeping only what the committed run wrote.
 func (w ClaimWrite) Apply(ctx context.Context, tx Repo, keys AuditKeys) error {
-	if err := tx.ClaimDomain(ctx, w.Claim, w.From, w.Outbox); err != nil {
+	if err := tx.ClaimDomain(ctx, w.Claim, w.From, w.Outbox, w.Token); err != nil {
 		return err
 	}
 	return appendAudit(ctx, tx, w.Audit, keys)

@@ -153,7 +153,7 @@ func (failingRepo) CreateClaim(context.Context, *keyport.Claim) error {
 
 // ClaimDomain fails after the domain's UPDATE, as a failing claim insert
 // inside it would.
-func (f failingRepo) ClaimDomain(ctx context.Context, c *keyport.Claim, from []keyport.DomainState, _ *keyport.OutboxMessage) error {
+func (f failingRepo) ClaimDomain(ctx context.Context, c *keyport.Claim, from []keyport.DomainState, _ *keyport.OutboxMessage, _ string) error {
 	owner := c.ProviderID
 	if err := f.Repo.TransitionDomain(ctx, c.DomainID, from, keyport.Assigned, &owner); err != nil {
 		return err

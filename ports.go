@@ -279,8 +279,11 @@ type ClaimRepo interface {
 	// ASSIGNED owned by c.ProviderID, CreateClaim(c) and AddOutbox(m) in one
 	// call (one statement where the database allows). A domain not in
 	// `from` fails with ErrDomainTaken, a reused idempotency key with
-	// ErrConflict; either way nothing is written.
-	ClaimDomain(ctx context.Context, c *Claim, from []DomainState, m *OutboxMessage) error
+	// ErrConflict; either way nothing is written. With token set, the claim
+	// is written only if that API token of c.ProviderID is unrevoked,
+	// unexpired and its provider approved, and fails with ErrTokenNotLive
+	// otherwise.
+	ClaimDomain(ctx context.Context, c *Claim, from []DomainState, m *OutboxMessage, token string) error
 	GetClaimByIdempotencyKey(ctx context.Context, providerID, key string) (*Claim, error)
 	// GetClaimForDomain returns the provider's current claim of a domain.
 	GetClaimForDomain(ctx context.Context, providerID string, domainID int64) (*Claim, error)

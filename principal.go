@@ -14,6 +14,11 @@ type Principal struct {
 	Owner string
 	// Token marks a principal authenticated by an API token.
 	Token bool
+
+	// check, set by AuthenticateClaim from what the token was a short
+	// time ago, is the token the caller's claim must find live when it is
+	// written (claimtoken.go).
+	check *tokenCheck
 }
 
 // Identity is who the principal is for dual control: the same person

@@ -151,23 +151,30 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	if !strings.HasPrefix(token, TokenPrefix) {
 		return Principal{}, ErrUnauthenticated
 	}
-	t, err := s.Store.GetAPITokenByHash(ctx, HashToken(token))
+	p, _, err := s.authenticateHash(ctx, HashToken(token))
+	return p, err
+}
+
+// authenticateHash is Authenticate of the token with this hash; it also
+// returns the token's ID.
+func (s *Service) authenticateHash(ctx context.Context, hash []byte) (Principal, string, error) {
+	t, err := s.Store.GetAPITokenByHash(ctx, hash)
 	if errors.Is(err, ErrNotFound) {
-		return Principal{}, ErrUnauthenticated
+		return Principal{}, "", ErrUnauthenticated
 	}
 	if err != nil {
-		return Principal{}, err
+		return Principal{}, "", err
 	}
 	if err := s.liveToken(ctx, t); err != nil {
-		return Principal{}, err
+		return Principal{}, "", err
 	}
 	if t.Admin {
-		return Principal{Admin: true, Name: t.Name, Token: true, Owner: t.Owner}, nil
+		return Principal{Admin: true, Name: t.Name, Token: true, Owner: t.Owner}, t.ID, nil
 	}
 	if t.ProviderStatus != ProviderApproved {
-		return Principal{}, fmt.Errorf("%w: provider is %s", ErrForbidden, t.ProviderStatus)
+		return Principal{}, "", fmt.Errorf("%w: provider is %s", ErrForbidden, t.ProviderStatus)
 	}
-	return Principal{ProviderID: t.ProviderID, Name: t.Name}, nil
+	return Principal{ProviderID: t.ProviderID, Name: t.Name}, t.ID, nil
 }
 
 // CreateAPIToken makes an API token for the caller's provider and returns
@@ -216,6 +223,7 @@ func (s *Service) RevokeAPIToken(ctx context.Context, p Principal, id string) er
 	if err != nil {
 		return fmt.Errorf("keyport: revoke API token: %w", err)
 	}
+	s.claimTokens.forget(id)
 	return nil
 }
 

@@ -55,6 +55,9 @@ type Service struct {
 	// wrappingKeys: provider ID + "\x00" + key ID -> *wrappingKeyEntry;
 	// wrapping keys never change (wrappingkey.go).
 	wrappingKeys sync.Map
+	// claimTokens: API tokens that authenticated recently, for claims
+	// (claimtoken.go).
+	claimTokens claimTokens
 }
 
 func (s *Service) now() time.Time {

@@ -32,7 +32,7 @@ func TestClaimDomainWritesDomainClaimAndOutboxOrNothing(t *testing.T) {
 		c := &keyport.Claim{ID: "clm_1", ProviderID: p.ID, DomainID: d1.ID, EID: d1.EID, AID: d1.AID, WrappingKeyID: wk.ID,
 			IdempotencyKey: "k1", RequestHash: "h1", Package: []byte("pkg"), CreatedAt: at}
 		m := &keyport.OutboxMessage{Topic: "domain.assigned", Payload: `{"claim":"clm_1"}`, CreatedAt: at}
-		if err := s.Tx(ctx, func(tx keyport.Repo) error { return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), m) }); err != nil {
+		if err := s.Tx(ctx, func(tx keyport.Repo) error { return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), m, "") }); err != nil {
 			t.Fatal(err)
 		}
 		if m.ID == 0 || !c.CreatedAt.Equal(keyport.AuditTime(at)) || !m.CreatedAt.Equal(keyport.AuditTime(at)) {
@@ -56,7 +56,7 @@ func TestClaimDomainWritesDomainClaimAndOutboxOrNothing(t *testing.T) {
 		again := *c
 		again.ID, again.IdempotencyKey = "clm_2", "k2"
 		err = s.Tx(ctx, func(tx keyport.Repo) error {
-			return tx.ClaimDomain(ctx, &again, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+			return tx.ClaimDomain(ctx, &again, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"}, "")
 		})
 		if !errors.Is(err, keyport.ErrDomainTaken) || !errors.Is(err, keyport.ErrConflict) {
 			t.Errorf("claim of a taken domain: %v, want ErrDomainTaken", err)
@@ -65,7 +65,7 @@ func TestClaimDomainWritesDomainClaimAndOutboxOrNothing(t *testing.T) {
 		unknown := again
 		unknown.DomainID = d1.ID + 1000
 		err = s.Tx(ctx, func(tx keyport.Repo) error {
-			return tx.ClaimDomain(ctx, &unknown, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+			return tx.ClaimDomain(ctx, &unknown, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"}, "")
 		})
 		if !errors.Is(err, keyport.ErrNotFound) {
 			t.Errorf("claim of an unknown domain: %v, want ErrNotFound", err)
@@ -79,7 +79,7 @@ func TestClaimDomainWritesDomainClaimAndOutboxOrNothing(t *testing.T) {
 		reused := *c
 		reused.ID, reused.DomainID, reused.AID = "clm_3", d2.ID, d2.AID
 		err = s.Tx(ctx, func(tx keyport.Repo) error {
-			return tx.ClaimDomain(ctx, &reused, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"})
+			return tx.ClaimDomain(ctx, &reused, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: "x"}, "")
 		})
 		if !errors.Is(err, keyport.ErrConflict) || errors.Is(err, keyport.ErrDomainTaken) {
 			t.Errorf("reused idempotency key: %v, want ErrConflict but not ErrDomainTaken", err)
@@ -120,7 +120,7 @@ func TestFiftyConcurrentClaimDomainsHaveExactlyOneWinner(t *testing.T) {
 				defer wg.Done()
 				<-start
 				err := s.Tx(ctx, func(tx keyport.Repo) error {
-					return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: c.ProviderID})
+					return tx.ClaimDomain(ctx, c, keyport.From(keyport.EventClaim), &keyport.OutboxMessage{Topic: "domain.assigned", Payload: c.ProviderID}, "")
 				})
 				switch {
 				case err == nil:

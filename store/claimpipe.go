@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -261,7 +260,7 @@ func queueClaims(b *pgx.Batch, batch []*batched[claimOp]) (claims []*pgClaim, re
 	claims, results = make([]*pgClaim, len(batch)), make([]error, len(batch))
 	b.Queue("BEGIN")
 	for i, o := range batch {
-		if claims[i], results[i] = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox); results[i] == nil {
+		if claims[i], results[i] = newPGClaim(o.op.w.Claim, o.op.w.From, o.op.w.Outbox, o.op.w.Token); results[i] == nil {
 			b.Queue(claimSQLNumbered, claims[i].args...)
 		}
 	}
@@ -279,12 +278,11 @@ func readClaims(res pgx.BatchResults, batch []*batched[claimOp], claims []*pgCla
 		if c == nil {
 			continue
 		}
-		var outboxID sql.NullInt64
-		var exists bool
-		if err := res.QueryRow().Scan(&outboxID, &exists); err != nil {
+		var a claimAnswer
+		if err := res.QueryRow().Scan(a.dest()...); err != nil {
 			return err
 		}
-		results[i] = c.result(batch[i].op.w.Claim, batch[i].op.w.Outbox, outboxID, exists)
+		results[i] = c.result(batch[i].op.w.Claim, batch[i].op.w.Outbox, a)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -120,7 +121,8 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	api := e.Group("/api/v1", s.requireToken)
 	api.GET("/modules/:eid", s.getModule)
 	api.POST("/wrapping-keys", s.postWrappingKey)
-	api.POST("/claims", s.postClaim)
+	// A claim checks its token where it is written (keyport.AuthenticateClaim).
+	e.POST("/api/v1/claims", s.postClaim, s.tokenAuth(s.svc.AuthenticateClaim))
 	api.GET("/domains", s.listDomains)
 	api.GET("/domains/:eid/:aid", s.getDomain)
 	api.GET("/domains/:eid/:aid/key-package", s.getKeyPackage)
@@ -188,18 +190,25 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 type principalKey struct{}
 
 func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		auth := c.Request().Header.Get("Authorization")
-		token, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok {
-			return keyport.ErrUnauthenticated
+	return s.tokenAuth(s.svc.Authenticate)(next)
+}
+
+// tokenAuth authenticates the request's bearer token with authenticate.
+func (s *Server) tokenAuth(authenticate func(context.Context, string) (keyport.Principal, error)) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			auth := c.Request().Header.Get("Authorization")
+			token, ok := strings.CutPrefix(auth, "Bearer ")
+			if !ok {
+				return keyport.ErrUnauthenticated
+			}
+			p, err := authenticate(c.Request().Context(), strings.TrimSpace(token))
+			if err != nil {
+				return err
+			}
+			c.Set("principal", p)
+			return next(c)
 		}
-		p, err := s.svc.Authenticate(c.Request().Context(), strings.TrimSpace(token))
-		if err != nil {
-			return err
-		}
-		c.Set("principal", p)
-		return next(c)
 	}
 }
 
