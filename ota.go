@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"time"
 
 	"github.com/keyport/keyport/gp"
 )
@@ -158,6 +159,31 @@ func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error
 	return s.Store.ModuleByMSISDN(ctx, msisdn)
 }
 
+// SMSReceiptWindow is how long a trigger SMS's message ids are kept for
+// its delivery receipt: an SMSC gives up on a message well before (its
+// validity period is days at most).
+const SMSReceiptWindow = 7 * 24 * time.Hour
+
+// SMSSent notes that a trigger SMS to module eid was given these message
+// ids by the SMSC, so that its delivery receipt finds the module on any
+// replica (ModuleBySMS).
+func (s *Service) SMSSent(ctx context.Context, eid EID, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return err
+	}
+	return s.Store.RecordSMS(ctx, m.ID, ids, s.now().UTC(), SMSReceiptWindow)
+}
+
+// ModuleBySMS returns the module a trigger SMS with this message id went
+// to (ErrNotFound: not one keyport sent in the receipt window).
+func (s *Service) ModuleBySMS(ctx context.Context, messageID string) (EID, error) {
+	return s.Store.ModuleBySMS(ctx, messageID)
+}
+
 // TriggerErrorPrefix starts a job's last error that TriggerFailed wrote: a
 // later wake-up that is sent does not clear it (only the card's answer, or
 // the job's end, tells more).
@@ -216,6 +242,16 @@ func (r SMSReach) Keys(ctx context.Context, eid EID) (*SMSTarget, error) {
 // ModuleByMSISDN finds a module by its MSISDN.
 func (r SMSReach) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error) {
 	return r.Service.ModuleByMSISDN(ctx, msisdn)
+}
+
+// Sent notes a trigger SMS's message ids for its delivery receipt.
+func (r SMSReach) Sent(ctx context.Context, eid EID, ids []string) error {
+	return r.Service.SMSSent(ctx, eid, ids)
+}
+
+// ModuleBySMS finds the module a trigger SMS went to by its message id.
+func (r SMSReach) ModuleBySMS(ctx context.Context, messageID string) (EID, error) {
+	return r.Service.ModuleBySMS(ctx, messageID)
 }
 
 // Failed records a trigger failure on the module's waiting jobs.

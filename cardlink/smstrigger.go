@@ -29,6 +29,11 @@ type SMSReach interface {
 	Keys(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error)
 	// ModuleByMSISDN finds the module a proof of receipt came from.
 	ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error)
+	// Sent notes the SMSC's message ids of a trigger SMS to the module,
+	// and ModuleBySMS finds the module again by one of them, in whichever
+	// replica the delivery receipt reaches (keyport.ErrNotFound: none).
+	Sent(ctx context.Context, eid keyport.EID, ids []string) error
+	ModuleBySMS(ctx context.Context, messageID string) (keyport.EID, error)
 	// Failed records on the module's waiting jobs why its trigger failed.
 	Failed(ctx context.Context, eid keyport.EID, reason string) error
 }
@@ -59,8 +64,10 @@ type SMSTrigger struct {
 	cfg SMSTriggerConfig
 	log *slog.Logger
 
+	// The message ids this process sent, for their receipts without a
+	// database read; Reach keeps them for every replica.
 	mu   sync.Mutex
-	sent map[string]keyport.EID // SMSC message id -> module, for receipts
+	sent map[string]keyport.EID // SMSC message id -> module
 	ids  []string               // sent's keys, oldest first
 }
 
@@ -143,6 +150,11 @@ func (t *SMSTrigger) Wake(ctx context.Context, eid keyport.EID) error {
 	defer cancel()
 	ids, err := t.cfg.Sender.Send(sctx, target.MSISDN, packet)
 	t.track(ids, eid)
+	if rerr := t.cfg.Reach.Sent(ctx, eid, ids); rerr != nil {
+		// The SMS is out: a receipt reaching another replica will not
+		// find its module, one reaching this one will.
+		t.log.Warn("trigger SMS: message ids not recorded", "eid", eid, "message_ids", ids, "error", rerr)
+	}
 	if err != nil {
 		return fmt.Errorf("cardlink: SMS trigger for %s: %v: %w", eid, err, keyport.ErrUnreachable)
 	}
@@ -166,14 +178,24 @@ func (t *SMSTrigger) track(ids []string, eid keyport.EID) {
 }
 
 // Receipt takes a delivery receipt: a final state other than DELIVRD is
-// recorded on the module's waiting jobs (retried with backoff). A receipt
-// for a message this process did not send is ignored.
+// recorded on the module's waiting jobs (retried with backoff), whichever
+// replica sent the message. A receipt for a message keyport did not send
+// (or sent longer ago than keyport.SMSReceiptWindow) is ignored.
 func (t *SMSTrigger) Receipt(ctx context.Context, messageID, state, errCode string) error {
+	if state == "DELIVRD" || state == "ACCEPTD" || state == "ENROUTE" {
+		return nil
+	}
 	t.mu.Lock()
 	eid, ok := t.sent[messageID]
 	t.mu.Unlock()
-	if !ok || state == "DELIVRD" || state == "ACCEPTD" || state == "ENROUTE" {
-		return nil
+	if !ok {
+		var err error
+		if eid, err = t.cfg.Reach.ModuleBySMS(ctx, messageID); errors.Is(err, keyport.ErrNotFound) {
+			t.log.Info("delivery receipt for a message keyport did not send", "message_id", messageID, "state", state)
+			return nil
+		} else if err != nil {
+			return err
+		}
 	}
 	return t.cfg.Reach.Failed(ctx, eid, fmt.Sprintf("trigger SMS %s: delivery receipt %s (error %s)", messageID, state, errCode))
 }

@@ -431,6 +431,18 @@ var migrations = []migration{
 	{14, "users: password change required", []string{
 		`ALTER TABLE users ADD COLUMN password_change_required BOOLEAN NOT NULL DEFAULT FALSE`,
 	}},
+	// The SMSC's message ids of trigger SMS and the module each went to,
+	// so that a delivery receipt reaching any replica finds its module
+	// (ota.go in the root package). Rows older than the receipt window
+	// are deleted as new ones are written.
+	{15, "trigger SMS message ids", []string{
+		`CREATE TABLE sms_messages (
+			message_id TEXT PRIMARY KEY,
+			module_id BIGINT NOT NULL REFERENCES modules (id),
+			sent_at {{time}} NOT NULL
+		)`,
+		`CREATE INDEX sms_messages_sent ON sms_messages (sent_at)`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"gorm.io/gorm"
 
@@ -90,6 +91,43 @@ func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, 
 	}
 	if len(eids) == 0 {
 		return "", fmt.Errorf("store: module by MSISDN: %w", keyport.ErrNotFound)
+	}
+	return keyport.EID(eids[0]), nil
+}
+
+// RecordSMS notes the SMSC's message ids of a trigger SMS to the module,
+// sent at `at`, and deletes the notes older than `keep` before that. An id
+// the SMSC gives again names the newer message.
+func (r *repo) RecordSMS(ctx context.Context, moduleID int64, ids []string, at time.Time, keep time.Duration) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return r.writeTx(ctx, "record SMS", func(db *gorm.DB) error {
+		if err := db.Exec(`DELETE FROM sms_messages WHERE sent_at < ?`, dbTime(at.Add(-keep))).Error; err != nil {
+			return wrap("record SMS", err)
+		}
+		for _, id := range ids {
+			if err := db.Exec(`INSERT INTO sms_messages (message_id, module_id, sent_at) VALUES (?, ?, ?)
+				ON CONFLICT (message_id) DO UPDATE SET module_id = excluded.module_id, sent_at = excluded.sent_at`,
+				id, moduleID, dbTime(at)).Error; err != nil {
+				return wrap("record SMS", err)
+			}
+		}
+		return nil
+	})
+}
+
+// ModuleBySMS returns the EID of the module a trigger SMS with the SMSC's
+// message id went to; ErrNotFound for an id not recorded (or no longer).
+func (r *repo) ModuleBySMS(ctx context.Context, messageID string) (keyport.EID, error) {
+	var eids []string
+	err := r.r.WithContext(ctx).Raw(`SELECT m.eid FROM sms_messages s JOIN modules m ON m.id = s.module_id
+		WHERE s.message_id = ?`, messageID).Scan(&eids).Error
+	if err != nil {
+		return "", wrap("module by SMS", err)
+	}
+	if len(eids) == 0 {
+		return "", fmt.Errorf("store: module by SMS: %w", keyport.ErrNotFound)
 	}
 	return keyport.EID(eids[0]), nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/store"
@@ -150,6 +151,52 @@ func TestNextOTACounterNeverRepeats(t *testing.T) {
 		// A module without a row gets one, from 1.
 		if n, err := s.NextOTACounter(ctx, ms[2].ID); err != nil || n != 1 {
 			t.Fatalf("first counter of a new row: %d, %v", n, err)
+		}
+	})
+}
+
+// A trigger SMS's message ids find its module until they are older than
+// the window kept; an id the SMSC gives again names the newer message.
+func TestSMSMessageIDsFindTheirModuleForTheReceiptWindow(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		ms := importOTA(t, s)
+		t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+		week := 7 * 24 * time.Hour
+		if err := s.RecordSMS(ctx, ms[0].ID, []string{"a-1", "a-2"}, t0, week); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordSMS(ctx, ms[1].ID, nil, t0, week); err != nil {
+			t.Fatalf("no ids: %v", err)
+		}
+		for _, id := range []string{"a-1", "a-2"} {
+			if eid, err := s.ModuleBySMS(ctx, id); err != nil || eid != ms[0].EID {
+				t.Errorf("%s: %s %v, want %s", id, eid, err, ms[0].EID)
+			}
+		}
+		if _, err := s.ModuleBySMS(ctx, "b-1"); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("an id never recorded: %v, want ErrNotFound", err)
+		}
+		// Six days later, a-2 again (for module 2) and b-1: a-1 is kept.
+		if err := s.RecordSMS(ctx, ms[1].ID, []string{"a-2", "b-1"}, t0.Add(6*24*time.Hour), week); err != nil {
+			t.Fatal(err)
+		}
+		if eid, err := s.ModuleBySMS(ctx, "a-2"); err != nil || eid != ms[1].EID {
+			t.Errorf("a reused id: %s %v, want %s", eid, err, ms[1].EID)
+		}
+		if eid, err := s.ModuleBySMS(ctx, "a-1"); err != nil || eid != ms[0].EID {
+			t.Errorf("a-1 within the window: %s %v", eid, err)
+		}
+		// Eight days after a-1: it is forgotten, the others are not.
+		if err := s.RecordSMS(ctx, ms[2].ID, []string{"c-1"}, t0.Add(8*24*time.Hour), week); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ModuleBySMS(ctx, "a-1"); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("a-1 after the window: %v, want ErrNotFound", err)
+		}
+		for id, want := range map[string]keyport.EID{"a-2": ms[1].EID, "b-1": ms[1].EID, "c-1": ms[2].EID} {
+			if eid, err := s.ModuleBySMS(ctx, id); err != nil || eid != want {
+				t.Errorf("%s: %s %v, want %s", id, eid, err, want)
+			}
 		}
 	})
 }

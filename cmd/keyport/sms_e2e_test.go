@@ -34,9 +34,23 @@ type smsWorld struct {
 	world  atomic.Pointer[cardlinktest.World] // for the worker, which starts inside NewWorld
 	// OTA is the key set the card holds (blobs under the ISD KEK).
 	OTA keyport.KeyBlobs
+
+	// Other plays a second replica: its own SMS trigger on the same
+	// database, behind its own ESME (OtherESME, bound by the test before
+	// the world starts; nil: none).
+	OtherESME *smpp.ESME
+	Other     atomic.Pointer[cardlink.SMSTrigger]
+	// receipts counts the delivery receipts keyport's own ESME took.
+	receipts atomic.Int32
 }
 
 func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
+	return newSMSWorldWith(t, msisdn, nil, smscArgs...)
+}
+
+// newSMSWorldWith is newSMSWorld, with before run once the SMSC and
+// keyport's ESME are up, before the world starts.
+func newSMSWorldWith(t *testing.T, msisdn string, before func(*smsWorld), smscArgs ...string) *smsWorld {
 	t.Helper()
 	ctx := context.Background()
 	sw := &smsWorld{MSISDN: msisdn, SMSC: smpptest.Start(t, smscArgs...)}
@@ -46,6 +60,7 @@ func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
 	}
 	esme, err := smpp.New(cfg, smpp.Handlers{
 		Receipt: func(r smpp.Receipt) error {
+			sw.receipts.Add(1)
 			if tr := sw.trig.Load(); tr != nil {
 				return tr.Receipt(ctx, r.MessageID, r.State, r.Err)
 			}
@@ -64,6 +79,9 @@ func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { esme.Close() })
+	if before != nil {
+		before(sw)
+	}
 	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{Trigger: func(hub *cardlink.WakeHub, addr string) keyport.Trigger {
 		tr, err := cardlink.NewSMSTrigger(cardlink.SMSTriggerConfig{Sender: esme,
 			Reach: lazyReach{&sw.world}, Admin: netip.MustParseAddrPort(addr), SendTimeout: time.Second})
@@ -71,6 +89,14 @@ func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
 			t.Fatal(err)
 		}
 		sw.trig.Store(tr)
+		if sw.OtherESME != nil {
+			other, err := cardlink.NewSMSTrigger(cardlink.SMSTriggerConfig{Sender: sw.OtherESME,
+				Reach: lazyReach{&sw.world}, Admin: netip.MustParseAddrPort(addr), SendTimeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sw.Other.Store(other)
+		}
 		return cardlink.Triggers{SMS: tr, Fallback: hub}
 	}})
 	sw.World = w
@@ -133,6 +159,22 @@ func (l lazyReach) Keys(ctx context.Context, eid keyport.EID) (*keyport.SMSTarge
 		return nil, err
 	}
 	return r.Keys(ctx, eid)
+}
+
+func (l lazyReach) Sent(ctx context.Context, eid keyport.EID, ids []string) error {
+	r, err := l.reach()
+	if err != nil {
+		return err
+	}
+	return r.Sent(ctx, eid, ids)
+}
+
+func (l lazyReach) ModuleBySMS(ctx context.Context, id string) (keyport.EID, error) {
+	r, err := l.reach()
+	if err != nil {
+		return "", err
+	}
+	return r.ModuleBySMS(ctx, id)
 }
 
 func (l lazyReach) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
@@ -337,6 +379,68 @@ func TestSMSDeliveryReceiptOfFailureIsRecordedOnTheJob(t *testing.T) {
 	})
 	if j.State != keyport.JobQueued {
 		t.Fatalf("job %s after an undelivered trigger", j.State)
+	}
+}
+
+// A delivery receipt the SMSC hands to another bind of keyport's system_id
+// (another replica's ESME; the test SMSC's --receipt-spool) finds the
+// module through the database and is recorded on the job. The replica
+// here is a second SMS trigger with its own memory, on the same database.
+func TestADeliveryReceiptReachingAnotherReplicaIsRecordedOnTheJob(t *testing.T) {
+	capture(t)
+	ctx := context.Background()
+	spool := filepath.Join(t.TempDir(), "receipts.jsonl")
+	var otherReceipts atomic.Int32
+	sw := newSMSWorldWith(t, "8885550101", func(sw *smsWorld) {
+		cfg, err := smpp.ParseURL(sw.SMSC.URL(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := smpp.New(cfg, smpp.Handlers{Receipt: func(r smpp.Receipt) error {
+			otherReceipts.Add(1)
+			if tr := sw.Other.Load(); tr != nil {
+				return tr.Receipt(ctx, r.MessageID, r.State, r.Err)
+			}
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		sw.OtherESME = e
+		// Both bound before anything is submitted: the SMSC reads the
+		// receipt spool from its end at each bind.
+		sw.SMSC.WaitFor("two binds", func(evs []smpptest.Event) bool {
+			n := 0
+			for _, e := range evs {
+				if e.Event == "bind_transceiver" && e.OK {
+					n++
+				}
+			}
+			return n == 2
+		})
+	}, "--receipt-spool", spool)
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "delivery receipt UNDELIV")
+	})
+	if j.State != keyport.JobQueued {
+		t.Fatalf("job %s after an undelivered trigger", j.State)
+	}
+	if n := sw.receipts.Load(); n != 0 {
+		t.Fatalf("the sending replica took %d receipts: the other one's recording is not shown", n)
+	}
+	receipts := sw.SMSC.EventsWhere("deliver_sm", func(e smpptest.Event) bool { return e.Kind == "receipt" })
+	if len(receipts) == 0 || otherReceipts.Load() == 0 {
+		t.Fatalf("no receipt reached the other replica: SMSC %+v, ESME %d", receipts, otherReceipts.Load())
+	}
+	for _, r := range receipts {
+		if r.SubmittedBy == 0 || r.SubmittedBy == r.PID {
+			t.Errorf("receipt %s delivered on the connection that submitted it (%d): the test proves nothing", r.MessageID, r.PID)
+		}
+	}
+	// Receipts for messages keyport never sent are ignored there too.
+	if err := sw.Other.Load().Receipt(ctx, "no-such-message", "UNDELIV", "001"); err != nil {
+		t.Errorf("receipt of an unknown message: %v", err)
 	}
 }
 

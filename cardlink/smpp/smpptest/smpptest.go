@@ -148,6 +148,9 @@ type Event struct {
 	Stat               string `json:"stat"`
 	From               string `json:"from"`
 	HeldCount          any    `json:"held"`
+	// SubmittedBy is, for a receipt delivered from --receipt-spool, the
+	// connection (PID) the message was submitted on.
+	SubmittedBy int `json:"submitted_by"`
 }
 
 // Seconds is the event's time.

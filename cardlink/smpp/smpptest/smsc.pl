@@ -18,6 +18,10 @@
 #                      when nothing more arrives for --hold-idle seconds; each release logs how many waited
 #   --mo-spool FILE    the handset side's mobile-originated messages: JSON lines {"from", "ud" hex}
 #                      appended after the ESME bound are delivered to it as deliver_sm (PID 7F, DCS F6, UDHI)
+#   --receipt-spool FILE
+#                      delivery receipts go to another bound ESME, not the one that submitted (as an SMSC
+#                      spreading receipts over the binds of one system_id does): the submitting connection
+#                      appends them to FILE, every other connection delivers what it finds there
 use strict;
 use warnings;
 use Getopt::Long;
@@ -54,7 +58,7 @@ GetOptions(
 	'nack-prefix=s' => \$o{nack_prefix}, 'undeliv-prefix=s' => \$o{undeliv_prefix},
 	'mo-prefix=s' => \$o{mo_prefix}, 'unknown-prefix=s' => \$o{unknown_prefix}, 'por=s' => \$o{por},
 	'hold-prefix=s' => \$o{hold_prefix}, 'hold-count=i' => \$o{hold_count}, 'hold-idle=f' => \$o{hold_idle},
-	'mo-spool=s' => \$o{mo_spool},
+	'mo-spool=s' => \$o{mo_spool}, 'receipt-spool=s' => \$o{receipt_spool},
 ) or die "usage\n";
 die "--events and --handset are required\n" unless $o{events} && $o{handset};
 
@@ -102,29 +106,53 @@ sub release {
 	}
 	@held = ();
 }
-# The spool is read from its end at connect: what the handset sent
-# before this link is not delivered again.
-my ($spool_off, $bound) = (0, 0);
+# A spool is read from its end at connect: what was written before this
+# link is not delivered again. tail(PATH, \$offset, FN) calls FN with each
+# complete JSON line appended since the last call.
+my ($bound, $spool_off, $rspool_off) = (0, 0, 0);
 $spool_off = -s $o{mo_spool} || 0 if $o{mo_spool};
-sub spool {
-	return unless $bound && open(my $fh, '<', $o{mo_spool});
-	seek($fh, $spool_off, 0);
+$rspool_off = -s $o{receipt_spool} || 0 if $o{receipt_spool};
+sub tail {
+	my ($path, $off, $fn) = @_;
+	return unless $bound && open(my $fh, '<', $path);
+	seek($fh, $$off, 0);
 	while (my $l = <$fh>) {
 		last unless $l =~ /\n\z/;
-		$spool_off += length $l;
+		$$off += length $l;
 		my $m = eval { $json->decode($l) } or next;
+		$fn->($m);
+	}
+	close $fh;
+}
+# The handset side's mobile-originated messages (--mo-spool).
+sub spool {
+	tail($o{mo_spool}, \$spool_off, sub {
+		my ($m) = @_;
 		my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $m->{from},
 			destination_addr => ($m->{to} || $o{system_id}), esm_class => 0x40, protocol_id => 0x7F,
 			data_coding => 0xF6, short_message => pack('H*', $m->{ud}));
 		logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $m->{from}, spooled => JSON::PP::true);
-	}
-	close $fh;
+	});
+}
+sub receipt {
+	my ($r) = @_;
+	my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $r->{dest},
+		dest_addr_ton => $r->{ton}, dest_addr_npi => $r->{npi}, destination_addr => $r->{to}, esm_class => 0x04,
+		data_coding => 0, short_message => $r->{text}, receipted_message_id => "$r->{id}\0",
+		message_state => pack('C', $r->{state}));
+	logline($ev, event => 'deliver_sm', kind => 'receipt', seq => $seq, message_id => $r->{id}, stat => $r->{stat},
+		submitted_by => $r->{pid});
+}
+# Receipts of other connections' submits (--receipt-spool).
+sub rspool {
+	tail($o{receipt_spool}, \$rspool_off, sub { my ($r) = @_; receipt($r) if $r->{pid} != $$; });
 }
 while (1) {
-	if ($o{mo_spool}) {
+	if ($o{mo_spool} || $o{receipt_spool}) {
 		my $waited = 0;
 		until ($sel->can_read(0.05)) {
-			spool();
+			spool() if $o{mo_spool};
+			rspool() if $o{receipt_spool};
 			$waited += 0.05;
 			release() if @held && $waited >= $o{hold_idle};
 		}
@@ -205,12 +233,16 @@ while (1) {
 			my $now = strftime('%y%m%d%H%M', gmtime);
 			my $text = sprintf('id:%s sub:001 dlvrd:%s submit date:%s done date:%s stat:%s err:%s text:',
 				$id, $undeliv ? '000' : '001', $now, $now, $stat, $undeliv ? '001' : '000');
-			my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $dest,
-				dest_addr_ton => $pdu->{source_addr_ton}, dest_addr_npi => $pdu->{source_addr_npi},
-				destination_addr => $pdu->{source_addr}, esm_class => 0x04, data_coding => 0,
-				short_message => $text, receipted_message_id => "$id\0",
-				message_state => pack('C', $undeliv ? 5 : 2));
-			logline($ev, event => 'deliver_sm', kind => 'receipt', seq => $seq, message_id => $id, stat => $stat);
+			my %r = (pid => $$, id => $id, dest => $dest, ton => $pdu->{source_addr_ton}, npi => $pdu->{source_addr_npi},
+				to => $pdu->{source_addr}, text => $text, stat => $stat, state => $undeliv ? 5 : 2);
+			if ($o{receipt_spool}) {
+				open(my $rs, '>>', $o{receipt_spool}) or die "receipt spool: $!";
+				syswrite($rs, $json->encode(\%r) . "\n");
+				close $rs;
+				logline($ev, event => 'receipt_spooled', message_id => $id, stat => $stat);
+			} else {
+				receipt(\%r);
+			}
 		}
 		if (prefixed($dest, $o{mo_prefix})) {
 			my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $dest,
