@@ -113,7 +113,7 @@ const (
 	MaxCampaignRate     = 1000    // jobs queued per second
 	DefaultCampaignRate = 50
 	MaxCampaignBody     = 8 << 20   // a JSON request (an EID list)
-	MaxCampaignUpload   = 128 << 20 // an NDJSON upload, read as a stream
+	MaxCampaignUpload   = 128 << 20 // an NDJSON upload, spooled, then read as a stream
 	MaxCampaignLine     = 64 << 10
 )
 
@@ -453,7 +453,10 @@ func (c *Campaign) visible(p Principal) bool {
 // cause "not yours": nothing is queued for it. scripts is the NDJSON
 // upload of a scripted operation (nil otherwise): each line is checked as
 // the single-script API checks it, and a bad one fails the whole request
-// (*InvalidError naming the line) with nothing stored.
+// (*InvalidError naming the line) with nothing stored. scripts is read
+// inside the transaction: pass a local file (web spools the upload), never
+// a client's connection, which could hold the transaction open as long as
+// it trickles.
 func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignRequest, scripts io.Reader) (*Campaign, error) {
 	if !p.Admin && p.ProviderID == "" {
 		return nil, ErrForbidden

@@ -6,7 +6,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 
@@ -255,18 +254,11 @@ func (s *Server) postModules(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send the modules as JSON Lines (application/x-ndjson)")
 	}
 	verify := keyport.VerifyMode(c.QueryParam("verify"))
-	f, err := os.CreateTemp(s.opts.SpoolDir, "keyport-import-*.jsonl")
+	f, done, err := spoolBody(s.opts.SpoolDir, "keyport-import-*.jsonl", http.MaxBytesReader(c.Response(), c.Request().Body, maxImportBody))
 	if err != nil {
 		return err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if _, err := io.Copy(f, http.MaxBytesReader(c.Response(), c.Request().Body, maxImportBody)); err != nil {
-		return err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
+	defer done()
 	n, err := s.svc.ImportModules(c.Request().Context(), principal(c), c.Param("name"), f, verify)
 	if err != nil {
 		return err

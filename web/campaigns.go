@@ -76,7 +76,15 @@ func (s *Server) postCampaign(c echo.Context) error {
 		if req, err = campaignQuery(c); err != nil {
 			return rejectedCampaign{err}
 		}
-		scripts = body
+		// Read whole before CreateCampaign reads it in its transaction;
+		// up to MaxCampaignUpload, so with an import's time.
+		extendDeadlines(c, importDeadline)
+		f, done, err := spoolBody(s.opts.SpoolDir, "keyport-campaign-*.ndjson", body)
+		if err != nil {
+			return err
+		}
+		defer done()
+		scripts = f
 	default:
 		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send the campaign as application/json, or its scripts as application/x-ndjson")
 	}

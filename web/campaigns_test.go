@@ -1,12 +1,15 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyport/keyport/internal/fixture"
 )
@@ -91,5 +94,72 @@ func TestCampaignAPIConformsAndRefusesBadInputWith422(t *testing.T) {
 		if x.route == nil || x.responseErr != nil || (x.requestErr != nil) != (i < 5 && i != 2) {
 			t.Errorf("%v: route %v, request %v, response %v", x, x.routeErr, x.requestErr, x.responseErr)
 		}
+	}
+}
+
+// A campaign's NDJSON upload is read whole before its transaction opens: a
+// client that sends half a line and stalls holds no transaction, so the
+// deployment's other writes (on SQLite all of them queue for one writer)
+// go on. The stalled upload then ends with a bad line: 422, nothing stored.
+func TestAStalledCampaignUploadHoldsNoWriteTransaction(t *testing.T) {
+	p := startPortal(t, 2, 1)
+	ctx := context.Background()
+	a := p.approvedProvider(t, "Campaign Bank", "ops@campaign.example", "a long enough password")
+	tok, _, err := p.w.Svc.CreateAPIToken(ctx, a, "campaigns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", p.srv.URL+"/api/v1/campaigns?op=data-script", pr)
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	answered := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			close(answered)
+			return
+		}
+		answered <- resp
+	}()
+	// Blank lines first (skipped by the parser), more than the sockets
+	// between client and server buffer: once Write returns, the handler
+	// has read most of them, so it is reading the upload now. Then half a
+	// line, and the client stalls.
+	if _, err := pw.Write(bytes.Repeat([]byte("\n"), 32<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pw.Write([]byte(`{"eid":"`)); err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, _, err := p.w.Svc.CreateAPIToken(ctx, a, "written meanwhile")
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("a write while an upload stalls: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		pw.CloseWithError(errors.New("test gave up"))
+		<-wrote
+		t.Fatal("a write waited 30 s behind a stalled upload: the upload holds a write transaction")
+	}
+	pw.Write([]byte("x\n"))
+	pw.Close()
+	resp := <-answered
+	if resp == nil {
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("the stalled upload's bad line: %d %s, want 422", resp.StatusCode, b)
+	}
+	if cs, err := p.w.Svc.ListCampaigns(ctx, a, 10); err != nil || len(cs) != 0 {
+		t.Fatalf("campaigns after a refused upload: %d %v", len(cs), err)
 	}
 }

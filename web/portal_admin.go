@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -125,18 +123,11 @@ func (s *Server) importBatch(c echo.Context) error {
 		return err
 	}
 	defer src.Close()
-	f, err := os.CreateTemp(s.opts.SpoolDir, "keyport-import-*.jsonl")
+	f, done, err := spoolBody(s.opts.SpoolDir, "keyport-import-*.jsonl", src)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if _, err := io.Copy(f, src); err != nil {
-		return err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
+	defer done()
 	n, err := s.svc.ImportModules(ctx, principal(c), name, f, keyport.VerifyMode(c.FormValue("verify")))
 	var imp *keyport.ImportErrors
 	var ie *keyport.InvalidError
