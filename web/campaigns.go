@@ -89,8 +89,7 @@ func (s *Server) postCampaign(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send the campaign as application/json, or its scripts as application/x-ndjson")
 	}
 	cm, err := s.svc.CreateCampaign(r.Context(), p, *req, scripts)
-	var mbe *http.MaxBytesError
-	if errors.Is(err, keyport.ErrInvalid) && !errors.As(err, &mbe) {
+	if errors.Is(err, keyport.ErrInvalid) {
 		return rejectedCampaign{err}
 	}
 	if err != nil {
