@@ -168,14 +168,7 @@ const SMSReceiptWindow = 7 * 24 * time.Hour
 // ids by the SMSC, so that its delivery receipt finds the module on any
 // replica (ModuleBySMS).
 func (s *Service) SMSSent(ctx context.Context, eid EID, ids []string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	m, err := s.Store.GetModule(ctx, eid)
-	if err != nil {
-		return err
-	}
-	return s.Store.RecordSMS(ctx, m.ID, ids, s.now().UTC(), SMSReceiptWindow)
+	return s.Store.RecordSMS(ctx, eid, ids, s.now().UTC(), SMSReceiptWindow)
 }
 
 // ModuleBySMS returns the module a trigger SMS with this message id went

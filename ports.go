@@ -662,9 +662,10 @@ type OTARepo interface {
 	// ModuleByMSISDN returns the EID of the module with that MSISDN;
 	// ErrNotFound if none.
 	ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error)
-	// RecordSMS notes the SMSC's message ids of a trigger SMS sent to the
-	// module at `at`, and forgets the notes older than keep before it.
-	RecordSMS(ctx context.Context, moduleID int64, ids []string, at time.Time, keep time.Duration) error
+	// RecordSMS notes the SMSC's message ids of a trigger SMS sent to
+	// module eid at `at`, and forgets the notes older than keep before it;
+	// ErrNotFound for an unknown module.
+	RecordSMS(ctx context.Context, eid EID, ids []string, at time.Time, keep time.Duration) error
 	// ModuleBySMS returns the EID of the module the SMS with that message
 	// id went to; ErrNotFound for an id not noted (or forgotten).
 	ModuleBySMS(ctx context.Context, messageID string) (EID, error)

@@ -95,10 +95,11 @@ func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, 
 	return keyport.EID(eids[0]), nil
 }
 
-// RecordSMS notes the SMSC's message ids of a trigger SMS to the module,
+// RecordSMS notes the SMSC's message ids of a trigger SMS to module eid,
 // sent at `at`, and deletes the notes older than `keep` before that. An id
-// the SMSC gives again names the newer message.
-func (r *repo) RecordSMS(ctx context.Context, moduleID int64, ids []string, at time.Time, keep time.Duration) error {
+// the SMSC gives again names the newer message. The module is found by
+// its EID in the same statement; ErrNotFound if there is none.
+func (r *repo) RecordSMS(ctx context.Context, eid keyport.EID, ids []string, at time.Time, keep time.Duration) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -107,10 +108,14 @@ func (r *repo) RecordSMS(ctx context.Context, moduleID int64, ids []string, at t
 			return wrap("record SMS", err)
 		}
 		for _, id := range ids {
-			if err := db.Exec(`INSERT INTO sms_messages (message_id, module_id, sent_at) VALUES (?, ?, ?)
+			res := db.Exec(`INSERT INTO sms_messages (message_id, module_id, sent_at) SELECT ?, m.id, ? FROM modules m WHERE m.eid = ?
 				ON CONFLICT (message_id) DO UPDATE SET module_id = excluded.module_id, sent_at = excluded.sent_at`,
-				id, moduleID, dbTime(at)).Error; err != nil {
-				return wrap("record SMS", err)
+				id, dbTime(at), string(eid))
+			if res.Error != nil {
+				return wrap("record SMS", res.Error)
+			}
+			if res.RowsAffected == 0 {
+				return fmt.Errorf("store: record SMS: module %s: %w", eid, keyport.ErrNotFound)
 			}
 		}
 		return nil

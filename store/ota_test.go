@@ -162,10 +162,10 @@ func TestSMSMessageIDsFindTheirModuleForTheReceiptWindow(t *testing.T) {
 		ms := importOTA(t, s)
 		t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 		week := 7 * 24 * time.Hour
-		if err := s.RecordSMS(ctx, ms[0].ID, []string{"a-1", "a-2"}, t0, week); err != nil {
+		if err := s.RecordSMS(ctx, ms[0].EID, []string{"a-1", "a-2"}, t0, week); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RecordSMS(ctx, ms[1].ID, nil, t0, week); err != nil {
+		if err := s.RecordSMS(ctx, ms[1].EID, nil, t0, week); err != nil {
 			t.Fatalf("no ids: %v", err)
 		}
 		for _, id := range []string{"a-1", "a-2"} {
@@ -177,7 +177,7 @@ func TestSMSMessageIDsFindTheirModuleForTheReceiptWindow(t *testing.T) {
 			t.Errorf("an id never recorded: %v, want ErrNotFound", err)
 		}
 		// Six days later, a-2 again (for module 2) and b-1: a-1 is kept.
-		if err := s.RecordSMS(ctx, ms[1].ID, []string{"a-2", "b-1"}, t0.Add(6*24*time.Hour), week); err != nil {
+		if err := s.RecordSMS(ctx, ms[1].EID, []string{"a-2", "b-1"}, t0.Add(6*24*time.Hour), week); err != nil {
 			t.Fatal(err)
 		}
 		if eid, err := s.ModuleBySMS(ctx, "a-2"); err != nil || eid != ms[1].EID {
@@ -186,8 +186,14 @@ func TestSMSMessageIDsFindTheirModuleForTheReceiptWindow(t *testing.T) {
 		if eid, err := s.ModuleBySMS(ctx, "a-1"); err != nil || eid != ms[0].EID {
 			t.Errorf("a-1 within the window: %s %v", eid, err)
 		}
+		if err := s.RecordSMS(ctx, testEID(999), []string{"z-1"}, t0, week); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("an unknown module: %v, want ErrNotFound", err)
+		}
+		if _, err := s.ModuleBySMS(ctx, "z-1"); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("an id of an unknown module was recorded: %v", err)
+		}
 		// Eight days after a-1: it is forgotten, the others are not.
-		if err := s.RecordSMS(ctx, ms[2].ID, []string{"c-1"}, t0.Add(8*24*time.Hour), week); err != nil {
+		if err := s.RecordSMS(ctx, ms[2].EID, []string{"c-1"}, t0.Add(8*24*time.Hour), week); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.ModuleBySMS(ctx, "a-1"); !errors.Is(err, keyport.ErrNotFound) {
