@@ -94,6 +94,11 @@ while (1) {
 }
 undef $smpp;
 
+# Every event is logged before its PDU is written, so a test that saw the
+# ESME act on a PDU finds the PDU in the log. A deliver_sm's sequence number
+# is taken here, from the counter Net::SMPP would use, for that reason.
+sub nextseq { return ++(${*$c}{seq}); }
+
 my ($n, %failed, %nacked, @held) = (0);
 my $sel = IO::Select->new($c);
 sub release {
@@ -128,20 +133,22 @@ sub tail {
 sub spool {
 	tail($o{mo_spool}, \$spool_off, sub {
 		my ($m) = @_;
-		my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $m->{from},
+		my $seq = nextseq();
+		logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $m->{from}, spooled => JSON::PP::true);
+		$c->deliver_sm(async => 1, seq => $seq, source_addr_ton => 1, source_addr_npi => 1, source_addr => $m->{from},
 			destination_addr => ($m->{to} || $o{system_id}), esm_class => 0x40, protocol_id => 0x7F,
 			data_coding => 0xF6, short_message => pack('H*', $m->{ud}));
-		logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $m->{from}, spooled => JSON::PP::true);
 	});
 }
 sub receipt {
 	my ($r) = @_;
-	my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $r->{dest},
+	my $seq = nextseq();
+	logline($ev, event => 'deliver_sm', kind => 'receipt', seq => $seq, message_id => $r->{id}, stat => $r->{stat},
+		submitted_by => $r->{pid});
+	$c->deliver_sm(async => 1, seq => $seq, source_addr_ton => 1, source_addr_npi => 1, source_addr => $r->{dest},
 		dest_addr_ton => $r->{ton}, dest_addr_npi => $r->{npi}, destination_addr => $r->{to}, esm_class => 0x04,
 		data_coding => 0, short_message => $r->{text}, receipted_message_id => "$r->{id}\0",
 		message_state => pack('C', $r->{state}));
-	logline($ev, event => 'deliver_sm', kind => 'receipt', seq => $seq, message_id => $r->{id}, stat => $r->{stat},
-		submitted_by => $r->{pid});
 }
 # Receipts of other connections' submits (--receipt-spool).
 sub rspool {
@@ -245,15 +252,16 @@ while (1) {
 			}
 		}
 		if (prefixed($dest, $o{mo_prefix})) {
-			my $seq = $c->deliver_sm(async => 1, source_addr_ton => 1, source_addr_npi => 1, source_addr => $dest,
+			my $seq = nextseq();
+			logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $dest);
+			$c->deliver_sm(async => 1, seq => $seq, source_addr_ton => 1, source_addr_npi => 1, source_addr => $dest,
 				destination_addr => $pdu->{source_addr}, esm_class => 0x40, protocol_id => 0x7F,
 				data_coding => 0xF6, short_message => "\x02\x71\x00" . pack('H*', $o{por}));
-			logline($ev, event => 'deliver_sm', kind => 'mo', seq => $seq, from => $dest);
 		}
 		if (prefixed($dest, $o{unknown_prefix})) {
 			# command_id 0x00000099 is no SMPP v3.4 command.
-			syswrite($c, pack('NNNN', 16, 0x00000099, 0, 0x7000 + $n));
 			logline($ev, event => 'unknown_command', seq => 0x7000 + $n);
+			syswrite($c, pack('NNNN', 16, 0x00000099, 0, 0x7000 + $n));
 		}
 	} elsif ($cmd == 0x80000005) {    # deliver_sm_resp
 		logline($ev, event => 'deliver_sm_resp', seq => $pdu->{seq}, status => $pdu->{status});
