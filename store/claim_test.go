@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -147,4 +148,48 @@ func TestFiftyConcurrentClaimDomainsHaveExactlyOneWinner(t *testing.T) {
 			t.Fatalf("outbox %v %v: only the winner's row may be kept", payloads, err)
 		}
 	})
+}
+
+// TestAClaimsKeyPackageStaysInItsRowOnPostgres: a key package is about
+// 3 KB that does not compress. PostgreSQL would try and then move it
+// to the claims' TOAST table; migration 16 keeps it in the row, through
+// the claim writer's pipeline and through ClaimDomain alike, and it reads
+// back whole.
+func TestAClaimsKeyPackageStaysInItsRowOnPostgres(t *testing.T) {
+	s := storetest.Open(t, storetest.PostgresURL(t))
+	b := createBatch(t, s, "b")
+	importModules(t, s, b.ID, 1, 4, 1)
+	p := createProvider(t, s, "a@x.example")
+	wk := createWrappingKey(t, s, p.ID)
+	packages := map[string][]byte{}
+	for n := 1; n <= 4; n++ {
+		id := fmt.Sprintf("clm_%d", n)
+		w := claimWrite(t, s, p.ID, wk.ID, n, id, "")
+		w.Claim.Package = make([]byte, 3400) // as incompressible as a package with RSA-3072 wraps
+		rand.Read(w.Claim.Package)
+		packages[id] = w.Claim.Package
+		var err error
+		if n%2 == 0 {
+			err = s.ClaimCommits().WriteClaim(ctx, w, testKeys)
+		} else {
+			err = s.Tx(ctx, func(tx keyport.Repo) error { return w.Apply(ctx, tx, testKeys) })
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	toast, err := store.QueryStringsForTest(s, `SELECT pg_relation_size(reltoastrelid)::text FROM pg_class WHERE relname = 'claims'`)
+	if err != nil || len(toast) != 1 || toast[0] != "0" {
+		t.Errorf("claims' TOAST table holds %v bytes (%v): packages were moved out of their rows", toast, err)
+	}
+	for n := 1; n <= 4; n++ {
+		d, err := s.GetDomain(ctx, testEID(n), testAID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.GetClaimForDomain(ctx, p.ID, d.ID)
+		if err != nil || !bytes.Equal(c.Package, packages[c.ID]) {
+			t.Fatalf("claim of domain %d read back: %v", n, err)
+		}
+	}
 }
