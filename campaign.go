@@ -56,6 +56,7 @@ func (op CampaignOp) known() bool {
 
 // CampaignState is where a campaign stands.
 //
+//	CREATING --targets stored--> RUNNING
 //	RUNNING <--pause/resume--> PAUSED
 //	RUNNING --every target ended--> FINISHED
 //	RUNNING|PAUSED --cancel--> CANCELLED
@@ -63,6 +64,10 @@ type CampaignState string
 
 // The campaign states.
 const (
+	// CampaignCreating: CreateCampaign is still storing its targets. No
+	// one sees it, and the runner leaves it alone; one whose creation died
+	// with its process is deleted by the runner (CampaignCreateTimeout).
+	CampaignCreating  CampaignState = "CREATING"
 	CampaignRunning   CampaignState = "RUNNING"
 	CampaignPaused    CampaignState = "PAUSED"
 	CampaignCancelled CampaignState = "CANCELLED"
@@ -446,17 +451,26 @@ func (c *Campaign) visible(p Principal) bool {
 }
 
 // CreateCampaign stores a campaign of req with its targets, and the
-// "campaign.create" audit event, in one transaction; the runner starts on
-// it at its next tick. An issuer admin selects by batch or EID list; a
-// provider by EID list or all its PERSONALIZED domains, and an entry that
-// names another provider's domain (or none) becomes a REFUSED target with
-// cause "not yours": nothing is queued for it. scripts is the NDJSON
-// upload of a scripted operation (nil otherwise): each line is checked as
-// the single-script API checks it, and a bad one fails the whole request
-// (*InvalidError naming the line) with nothing stored. scripts is read
-// inside the transaction: pass a local file (web spools the upload), never
-// a client's connection, which could hold the transaction open as long as
-// it trickles.
+// "campaign.create" audit event; the runner starts on it at its next tick.
+// An issuer admin selects by batch or EID list; a provider by EID list or
+// all its PERSONALIZED domains, and an entry that names another provider's
+// domain (or none) becomes a REFUSED target with cause "not yours":
+// nothing is queued for it. scripts is the NDJSON upload of a scripted
+// operation (nil otherwise): each line is checked as the single-script API
+// checks it, and a bad one fails the whole request (*InvalidError naming
+// the line) with nothing stored.
+//
+// No transaction is open while the selection is read and checked: the
+// campaign is stored CREATING, which no one sees, its targets are written
+// a chunk a transaction (on SQLite each holds the one writer for a few
+// milliseconds, where a 100,000-line upload in one transaction held every
+// other write of the deployment for seconds), and one last transaction
+// makes it RUNNING with its total and the audit event. A creation that
+// fails deletes what it wrote; one that dies with its process is deleted
+// by the runner once it is older than twice CampaignCreateTimeout.
+// The runner's own checks at queueing time stay the authority on each
+// target: a domain released meanwhile is refused then, as one released
+// after the creation always was.
 func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignRequest, scripts io.Reader) (*Campaign, error) {
 	if !p.Admin && p.ProviderID == "" {
 		return nil, ErrForbidden
@@ -480,7 +494,7 @@ func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignR
 		return nil, invalid("targets.all_personalized", "a provider's selection")
 	}
 	now := s.now().UTC()
-	c := &Campaign{ID: NewID("cmp"), ProviderID: p.ProviderID, Op: req.Op, Params: req.Params, State: CampaignRunning,
+	c := &Campaign{ID: NewID("cmp"), ProviderID: p.ProviderID, Op: req.Op, Params: req.Params, State: CampaignCreating,
 		Rate: req.Rate, ModuleCap: req.ModuleCap, Busy: req.Busy, Actor: p.Actor(), ActorName: p.Name,
 		CreatedAt: now, UpdatedAt: now}
 	var batchID int64
@@ -494,58 +508,69 @@ func (s *Service) CreateCampaign(ctx context.Context, p Principal, req CampaignR
 		}
 		batchID = b.ID
 	}
-	err := s.Store.Tx(ctx, func(tx Repo) error {
-		if err := tx.CreateCampaign(ctx, c); err != nil {
-			return err
-		}
-		w := &targetWriter{tx: tx, c: c}
-		var err error
-		switch {
-		case scripts != nil:
-			_, err = ParseCampaignScripts(scripts, func(line int, sc *CampaignScript) error {
-				return w.script(ctx, p, line, sc)
-			})
-		case batchID != 0:
-			var n int
-			n, err = tx.AddCampaignBatchTargets(ctx, c.ID, batchID, req.Targets.AID)
-			w.total += n
-		case req.Targets.AllPersonalized:
-			var n int
-			n, err = tx.AddCampaignProviderTargets(ctx, c.ID, p.ProviderID, Personalized)
-			w.total += n
-		default:
-			for _, e := range req.Targets.EIDs {
-				if err = w.entry(ctx, p, e); err != nil {
-					break
-				}
-			}
-		}
-		if err != nil {
-			return err
-		}
-		if err := w.flush(ctx); err != nil {
-			return err
-		}
-		if w.total == 0 {
-			return invalid("targets", "the selection names no domain")
-		}
-		c.Total = w.total
-		if err := tx.SetCampaignTotal(ctx, c.ID, c.Total); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, p.Actor(), "campaign.create", campaignObject(c.ID),
-			map[string]any{"op": c.Op, "targets": c.Total, "refused": w.refused, "rate": c.Rate, "module_cap": c.ModuleCap, "busy": c.Busy})
-	})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, CampaignCreateTimeout)
+	defer cancel()
+	if err := s.Store.CreateCampaign(ctx, c); err != nil {
 		return nil, err
 	}
+	w := &targetWriter{s: s, c: c}
+	err := w.write(ctx, p, req, batchID, scripts)
+	if err == nil {
+		err = s.Store.Tx(ctx, func(tx Repo) error {
+			if err := tx.SetCampaignState(ctx, c.ID, []CampaignState{CampaignCreating}, CampaignRunning); err != nil {
+				return err
+			}
+			if err := tx.SetCampaignTotal(ctx, c.ID, w.total); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, p.Actor(), "campaign.create", campaignObject(c.ID),
+				map[string]any{"op": c.Op, "targets": w.total, "refused": w.refused, "rate": c.Rate, "module_cap": c.ModuleCap, "busy": c.Busy})
+		})
+	}
+	if err != nil {
+		s.dropCampaign(ctx, c.ID)
+		return nil, err
+	}
+	c.State, c.Total = CampaignRunning, w.total
 	s.log().Info("campaign created", "campaign", c.ID, "op", c.Op, "targets", c.Total)
 	return c, nil
 }
 
-// targetWriter inserts a campaign's targets in chunks.
+// CampaignCreateTimeout bounds one CreateCampaign; a campaign still
+// CREATING twice as long after it was created is a dead creation's.
+const CampaignCreateTimeout = 30 * time.Minute
+
+// dropCampaign deletes what a failed creation wrote, even when ctx ended;
+// what it cannot delete, the runner's sweep does.
+func (s *Service) dropCampaign(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := s.Store.DeleteCampaign(ctx, id); err != nil {
+		s.log().Warn("campaign creation failed and its rows are left to the runner's sweep", "campaign", id, "err", err)
+	}
+}
+
+// SweepCampaigns deletes up to limit campaigns whose creation died with
+// its process (CREATING, created more than twice CampaignCreateTimeout
+// ago), and returns how many.
+func (s *Service) SweepCampaigns(ctx context.Context, limit int) (int, error) {
+	cs, err := s.Store.CreatingCampaigns(ctx, s.now().Add(-2*CampaignCreateTimeout), limit)
+	if err != nil {
+		return 0, err
+	}
+	for i, c := range cs {
+		if err := s.Store.DeleteCampaign(ctx, c.ID); err != nil {
+			return i, err
+		}
+		s.log().Warn("campaign whose creation never finished deleted", "campaign", c.ID, "created", c.CreatedAt)
+	}
+	return len(cs), nil
+}
+
+// targetWriter checks a campaign's selection and inserts its targets, a
+// chunk a transaction; its reads are the store's, outside any transaction.
 type targetWriter struct {
-	tx      Repo
+	s       *Service
 	c       *Campaign
 	buf     []CampaignTarget
 	total   int
@@ -553,6 +578,39 @@ type targetWriter struct {
 }
 
 const targetChunk = 500
+
+// write stores the targets of req's selection (or of the scripts).
+func (w *targetWriter) write(ctx context.Context, p Principal, req CampaignRequest, batchID int64, scripts io.Reader) error {
+	st := w.s.Store
+	var err error
+	switch {
+	case scripts != nil:
+		_, err = ParseCampaignScripts(scripts, func(line int, sc *CampaignScript) error {
+			return w.script(ctx, p, line, sc)
+		})
+	case batchID != 0:
+		var n int
+		n, err = st.AddCampaignBatchTargets(ctx, w.c.ID, batchID, req.Targets.AID)
+		w.total += n
+	case req.Targets.AllPersonalized:
+		var n int
+		n, err = st.AddCampaignProviderTargets(ctx, w.c.ID, p.ProviderID, Personalized)
+		w.total += n
+	default:
+		for _, e := range req.Targets.EIDs {
+			if err = w.entry(ctx, p, e); err != nil {
+				break
+			}
+		}
+	}
+	if err == nil {
+		err = w.flush(ctx)
+	}
+	if err == nil && w.total == 0 {
+		err = invalid("targets", "the selection names no domain")
+	}
+	return err
+}
 
 func (w *targetWriter) add(ctx context.Context, t CampaignTarget) error {
 	t.CampaignID = w.c.ID
@@ -574,7 +632,7 @@ func (w *targetWriter) flush(ctx context.Context) error {
 	if len(w.buf) == 0 {
 		return nil
 	}
-	err := w.tx.AddCampaignTargets(ctx, w.buf)
+	err := w.s.Store.Tx(ctx, func(tx Repo) error { return tx.AddCampaignTargets(ctx, w.buf) })
 	w.buf = w.buf[:0]
 	return err
 }
@@ -595,7 +653,7 @@ func (w *targetWriter) entry(ctx context.Context, p Principal, e string) error {
 		notFound = CauseNotYours // another's and none look the same
 	}
 	if aid != "" {
-		d, err := w.tx.GetDomain(ctx, eid, aid)
+		d, err := w.s.Store.GetDomain(ctx, eid, aid)
 		if errors.Is(err, ErrNotFound) || err == nil && !p.Admin && d.OwnerID != p.ProviderID {
 			return w.refuse(ctx, eid, aid, notFound)
 		}
@@ -604,7 +662,7 @@ func (w *targetWriter) entry(ctx context.Context, p Principal, e string) error {
 		}
 		return w.add(ctx, CampaignTarget{DomainID: d.ID, ModuleID: d.ModuleID, EID: d.EID, AID: d.AID})
 	}
-	m, err := w.tx.GetModule(ctx, eid)
+	m, err := w.s.Store.GetModule(ctx, eid)
 	if errors.Is(err, ErrNotFound) {
 		return w.refuse(ctx, eid, "", notFound)
 	}
@@ -630,7 +688,7 @@ func (w *targetWriter) entry(ctx context.Context, p Principal, e string) error {
 // script checks one uploaded script as the single-script API would, for the
 // caller's own domain.
 func (w *targetWriter) script(ctx context.Context, p Principal, line int, sc *CampaignScript) error {
-	d, err := w.tx.GetDomain(ctx, sc.EID, sc.AID)
+	d, err := w.s.Store.GetDomain(ctx, sc.EID, sc.AID)
 	if errors.Is(err, ErrNotFound) || err == nil && d.OwnerID != p.ProviderID {
 		return w.refuse(ctx, sc.EID, sc.AID, CauseNotYours)
 	}
@@ -694,7 +752,7 @@ func (s *Service) visibleCampaign(ctx context.Context, p Principal, id string) (
 	if err != nil {
 		return nil, err
 	}
-	if !c.visible(p) {
+	if !c.visible(p) || c.State == CampaignCreating {
 		return nil, ErrNotFound
 	}
 	return c, nil

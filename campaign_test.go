@@ -605,4 +605,7 @@ func TestCampaignBadInputIsRefusedWithNothingStored(t *testing.T) {
 	if err != nil || len(all) != 0 {
 		t.Fatalf("%d campaigns stored: %v", len(all), err)
 	}
+	if left, err := w.Store.CreatingCampaigns(ctx, time.Now().Add(time.Hour), 10); err != nil || len(left) != 0 {
+		t.Fatalf("campaigns left CREATING: %+v, %v", left, err)
+	}
 }

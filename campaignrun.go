@@ -106,16 +106,19 @@ const (
 	maxStepJobs = 5000
 )
 
-// Step works every unfinished campaign once and returns how many jobs it
-// queued.
+// Step deletes campaigns whose creation died (SweepCampaigns), works every
+// unfinished campaign once and returns how many jobs it queued.
 func (r *CampaignRunner) Step(ctx context.Context) (int, error) {
 	r.init()
+	var errs []error
+	if _, err := r.Service.SweepCampaigns(ctx, 10); err != nil {
+		errs = append(errs, fmt.Errorf("sweep: %w", err))
+	}
 	cs, err := r.Service.Store.RunnableCampaigns(ctx, 100)
 	if err != nil {
-		return 0, err
+		return 0, errors.Join(append(errs, err)...)
 	}
 	total := 0
-	var errs []error
 	for i := range cs {
 		n, err := r.step(ctx, &cs[i])
 		total += n

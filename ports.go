@@ -104,8 +104,15 @@ type CampaignRepo interface {
 	// GetCampaign returns the campaign; ErrNotFound if unknown.
 	GetCampaign(ctx context.Context, id string) (*Campaign, error)
 	// ListCampaigns returns the provider's campaigns ("": every one),
-	// newest first.
+	// newest first, but none still CREATING.
 	ListCampaigns(ctx context.Context, providerID string, limit int) ([]Campaign, error)
+	// CreatingCampaigns returns up to limit campaigns still CREATING that
+	// were created before before, oldest first.
+	CreatingCampaigns(ctx context.Context, before time.Time, limit int) ([]Campaign, error)
+	// DeleteCampaign deletes the campaign and its targets, the targets a
+	// chunk a statement, so that outside a transaction no statement holds
+	// the writer for long. An unknown campaign is no error.
+	DeleteCampaign(ctx context.Context, id string) error
 	// RunnableCampaigns returns up to limit campaigns without a finish
 	// time, oldest first: RUNNING, PAUSED and CANCELLED ones (whose sent
 	// jobs may still end).

@@ -109,10 +109,45 @@ func (r *repo) ListCampaigns(ctx context.Context, providerID string, limit int) 
 		q = q.Where("provider_id = ?", providerID)
 	}
 	var rows []campaignRow
-	if err := q.Order("created_at DESC, id DESC").Limit(limit).Find(&rows).Error; err != nil {
+	if err := q.Where("state <> ?", string(keyport.CampaignCreating)).Order("created_at DESC, id DESC").
+		Limit(limit).Find(&rows).Error; err != nil {
 		return nil, wrap("list campaigns", err)
 	}
 	return campaignModels(rows), nil
+}
+
+// CreatingCampaigns returns campaigns still CREATING from before before.
+func (r *repo) CreatingCampaigns(ctx context.Context, before time.Time, limit int) ([]keyport.Campaign, error) {
+	var rows []campaignRow
+	err := r.r.WithContext(ctx).Where("state = ? AND created_at < ?", string(keyport.CampaignCreating), dbTime(before)).
+		Order("created_at, id").Limit(limit).Find(&rows).Error
+	if err != nil {
+		return nil, wrap("creating campaigns", err)
+	}
+	return campaignModels(rows), nil
+}
+
+// deleteChunk is how many targets one statement of DeleteCampaign deletes.
+const deleteChunk = 1000
+
+// DeleteCampaign deletes the campaign's targets a chunk at a time, then
+// the campaign.
+func (r *repo) DeleteCampaign(ctx context.Context, id string) error {
+	db := r.w.WithContext(ctx)
+	for {
+		res := db.Exec(`DELETE FROM campaign_targets WHERE id IN
+			(SELECT id FROM campaign_targets WHERE campaign_id = ? ORDER BY id LIMIT ?)`, id, deleteChunk)
+		if res.Error != nil {
+			return wrap("delete campaign targets", res.Error)
+		}
+		if res.RowsAffected < deleteChunk {
+			break
+		}
+	}
+	if err := db.Exec(`DELETE FROM campaigns WHERE id = ?`, id).Error; err != nil {
+		return wrap("delete campaign", err)
+	}
+	return nil
 }
 
 // RunnableCampaigns returns the campaigns without a finish time.
