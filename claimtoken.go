@@ -51,11 +51,17 @@ type rememberedToken struct {
 	at time.Time
 }
 
+// stale: remembered claimTokenTTL or more before now (or after it, the
+// clock having gone back).
+func (e rememberedToken) stale(now time.Time) bool {
+	return now.Sub(e.at) >= claimTokenTTL || now.Before(e.at)
+}
+
 func (c *claimTokens) get(hash string, now time.Time) (Principal, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[hash]
-	if !ok || now.Sub(e.at) >= claimTokenTTL || now.Before(e.at) {
+	if !ok || e.stale(now) {
 		return Principal{}, false
 	}
 	return e.p, true
@@ -69,7 +75,7 @@ func (c *claimTokens) put(hash string, p Principal, now time.Time) {
 	}
 	if len(c.m) >= claimTokenMax {
 		for k, e := range c.m {
-			if now.Sub(e.at) >= claimTokenTTL || now.Before(e.at) {
+			if e.stale(now) {
 				delete(c.m, k)
 			}
 		}

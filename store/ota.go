@@ -83,14 +83,18 @@ func (r *repo) NextOTACounter(ctx context.Context, moduleID int64) (uint64, erro
 
 // ModuleByMSISDN returns the EID of the module with the MSISDN.
 func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
+	return r.oneEID(ctx, "module by MSISDN", `SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
+		WHERE o.msisdn = ? AND o.msisdn <> '' ORDER BY m.id LIMIT 1`, msisdn)
+}
+
+// oneEID runs query for the EID in its first row; ErrNotFound for none.
+func (r *repo) oneEID(ctx context.Context, op, query string, args ...any) (keyport.EID, error) {
 	var eids []string
-	err := r.r.WithContext(ctx).Raw(`SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
-		WHERE o.msisdn = ? AND o.msisdn <> '' ORDER BY m.id LIMIT 1`, msisdn).Scan(&eids).Error
-	if err != nil {
-		return "", wrap("module by MSISDN", err)
+	if err := r.r.WithContext(ctx).Raw(query, args...).Scan(&eids).Error; err != nil {
+		return "", wrap(op, err)
 	}
 	if len(eids) == 0 {
-		return "", fmt.Errorf("store: module by MSISDN: %w", keyport.ErrNotFound)
+		return "", fmt.Errorf("store: %s: %w", op, keyport.ErrNotFound)
 	}
 	return keyport.EID(eids[0]), nil
 }
@@ -125,14 +129,6 @@ func (r *repo) RecordSMS(ctx context.Context, eid keyport.EID, ids []string, at 
 // ModuleBySMS returns the EID of the module a trigger SMS with the SMSC's
 // message id went to; ErrNotFound for an id not recorded (or no longer).
 func (r *repo) ModuleBySMS(ctx context.Context, messageID string) (keyport.EID, error) {
-	var eids []string
-	err := r.r.WithContext(ctx).Raw(`SELECT m.eid FROM sms_messages s JOIN modules m ON m.id = s.module_id
-		WHERE s.message_id = ?`, messageID).Scan(&eids).Error
-	if err != nil {
-		return "", wrap("module by SMS", err)
-	}
-	if len(eids) == 0 {
-		return "", fmt.Errorf("store: module by SMS: %w", keyport.ErrNotFound)
-	}
-	return keyport.EID(eids[0]), nil
+	return r.oneEID(ctx, "module by SMS", `SELECT m.eid FROM sms_messages s JOIN modules m ON m.id = s.module_id
+		WHERE s.message_id = ?`, messageID)
 }

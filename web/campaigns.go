@@ -76,8 +76,9 @@ func (s *Server) postCampaign(c echo.Context) error {
 		if req, err = campaignQuery(c); err != nil {
 			return rejectedCampaign{err}
 		}
-		// Read whole before CreateCampaign reads it in its transaction;
-		// up to MaxCampaignUpload, so with an import's time.
+		// Read whole first, so that CreateCampaign checks a local file
+		// and not a client that trickles its lines for as long as it
+		// likes; up to MaxCampaignUpload, so with an import's time.
 		extendDeadlines(c, importDeadline)
 		f, done, err := spoolBody(s.opts.SpoolDir, "keyport-campaign-*.ndjson", body)
 		if err != nil {
