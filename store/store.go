@@ -253,7 +253,32 @@ func sqlitePath(dsn string) (path, query string, err error) {
 	return dsn, "", nil
 }
 
+// openBusyFor is how long opening SQLite retries while the file is locked.
+// Turning a new file to WAL (the writer's journal_mode pragma, run as its
+// connection opens) needs the file to itself, and SQLite does not wait for
+// that as busy_timeout waits for a lock: of processes opening a new data
+// directory together, those that lost the race failed with "database is
+// locked" (seen in TestHSMInitOfProcessesStartingTogetherOnANewDataDirMakesOneToken).
+const openBusyFor = 10 * time.Second
+
 func openSQLite(ctx context.Context, dsn string) (*Store, error) {
+	deadline := time.Now().Add(openBusyFor)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		s, err := openSQLiteOnce(ctx, dsn)
+		var se sqlite3.Error
+		if err == nil || !errors.As(err, &se) || se.Code != sqlite3.ErrBusy && se.Code != sqlite3.ErrLocked ||
+			time.Now().Add(wait).After(deadline) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("store: open sqlite: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+func openSQLiteOnce(ctx context.Context, dsn string) (*Store, error) {
 	path, userQuery, err := sqlitePath(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open sqlite: %w", err)
