@@ -75,6 +75,23 @@ func (cr *creation) creating(t *testing.T, n int) keyport.Campaign {
 	}
 }
 
+// writeBeside runs the write and fails if it does not succeed within 30 s
+// (a liveness bound, not a speed check): what runs beside it must not hold
+// the writer.
+func writeBeside(t *testing.T, what string, write func() error) {
+	t.Helper()
+	wrote := make(chan error, 1)
+	go func() { wrote <- write() }()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("a write beside %s: %v", what, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("a write waited 30 s behind %s", what)
+	}
+}
+
 func (cr *creation) end(t *testing.T) (*keyport.Campaign, error) {
 	t.Helper()
 	cr.pw.Close()
@@ -98,19 +115,10 @@ func TestACampaignBeingCreatedHoldsNoWriteTransaction(t *testing.T) {
 	cr.lines(t, w.eids[:700]...)
 	creating := cr.creating(t, 500)
 
-	wrote := make(chan error, 1)
-	go func() {
+	writeBeside(t, "a campaign being created", func() error {
 		_, _, err := w.Svc.CreateAPIToken(ctx, w.b, "beside a campaign")
-		wrote <- err
-	}()
-	select {
-	case err := <-wrote:
-		if err != nil {
-			t.Fatalf("a write beside the campaign being created: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a write waited 30 s behind a campaign being created")
-	}
+		return err
+	})
 
 	list, err := w.Svc.ListCampaigns(ctx, w.a, 0)
 	if err != nil || len(list) != 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 )
 
 // KeyMigration says what MigrateKeys did.
@@ -45,6 +46,9 @@ func (s *Service) MigrateKeys(ctx context.Context, p Principal, m KeyMigrator) (
 	out := &KeyMigration{}
 	if legacy.Empty() {
 		return out, nil
+	}
+	if err := s.noImportUnderWay(ctx); err != nil {
+		return nil, err
 	}
 	batches, err := s.Store.ListBatches(ctx)
 	if err != nil {
@@ -98,6 +102,11 @@ func (s *Service) MigrateKeys(ctx context.Context, p Principal, m KeyMigrator) (
 		out.Batches = append(out.Batches, b.Name)
 	}
 	slices.Sort(out.Batches)
+	// The old keys go only if no import began meanwhile: its hidden
+	// modules were not migrated.
+	if err := s.noImportUnderWay(ctx); err != nil {
+		return out, err
+	}
 	if out.Destroyed, err = m.DestroyLegacyKeys(ctx); err != nil {
 		return out, err
 	}
@@ -174,6 +183,20 @@ func (s *Service) migrateModule(ctx context.Context, p Principal, m KeyMigrator,
 	}
 	if isd != nil {
 		out.ISDKeySets++
+	}
+	return nil
+}
+
+// noImportUnderWay refuses (ErrConflict) while an import is unfinished: its
+// modules are hidden from ModulesAfter until it is published.
+func (s *Service) noImportUnderWay(ctx context.Context) error {
+	imps, err := s.Store.StaleImports(ctx, s.now().Add(time.Hour), 1)
+	if err != nil {
+		return err
+	}
+	if len(imps) > 0 {
+		return fmt.Errorf("keyport: migrate keys: an import into batch %d is under way (started %s): let it end, then run this again: %w",
+			imps[0].BatchID, imps[0].StartedAt.Format(time.RFC3339), ErrConflict)
 	}
 	return nil
 }

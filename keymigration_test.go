@@ -87,6 +87,21 @@ func TestMigrateKeysMovesAnOldTokenAndItsDatabaseOnceAndTheKeysStayTheCardsKeys(
 	if _, err := w.Svc.MigrateKeys(ctx, keyport.Principal{ProviderID: "prv_x"}, w.HSM); !errors.Is(err, keyport.ErrForbidden) {
 		t.Fatalf("a provider migrates: %v", err)
 	}
+	// An import still loading holds modules the migration cannot see
+	// (hidden until published): it waits for it.
+	loading, err := s.BeginImport(ctx, imported.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Svc.MigrateKeys(ctx, fixture.Admin, w.HSM); !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "import") {
+		t.Fatalf("migration beside an unfinished import: %v; want ErrConflict naming it", err)
+	}
+	if l, err := w.HSM.LegacyKeys(ctx); err != nil || l.Empty() {
+		t.Fatalf("old keys after the refused migration: %+v %v", l, err)
+	}
+	if err := s.DropImport(ctx, loading.ID); err != nil {
+		t.Fatal(err)
+	}
 	mig, err := w.Svc.MigrateKeys(ctx, fixture.Admin, w.HSM)
 	if err != nil {
 		t.Fatal(err)

@@ -229,6 +229,32 @@ type ModuleRepo interface {
 	// the batch, all or nothing. A module whose EID exists already fails
 	// with a *LineError wrapping ErrConflict.
 	ImportModules(ctx context.Context, batchID int64, next func() (*ModuleImport, error)) (int, error)
+
+	// An import file is loaded in steps so that no transaction lasts as
+	// long as the file (importload.go). BeginImport records an import into
+	// the batch, LOADING; ErrNotFound for an unknown batch.
+	BeginImport(ctx context.Context, batchID int64) (*Import, error)
+	// StageModules stores the modules next yields into the import's batch,
+	// a chunk a transaction, hidden: GetModule, GetDomain, FirstUnassigned,
+	// campaign selections, MSISDN lookups and stats leave them out until
+	// PublishImport. Errors as ImportModules; ErrConflict once the import
+	// is no longer LOADING (swept as abandoned).
+	StageModules(ctx context.Context, imp *Import, next func() (*ModuleImport, error)) (int, error)
+	// CommitImport moves the import LOADING → PUBLISHING with its module
+	// count: from then on it is published, never dropped. ErrConflict from
+	// any other state.
+	CommitImport(ctx context.Context, id int64, modules int) error
+	// PublishImport makes a PUBLISHING import's modules visible, a chunk a
+	// transaction, then forgets the import; nothing for an unknown one.
+	PublishImport(ctx context.Context, id int64) error
+	// DropImport deletes an unfinished import's modules and domains, a
+	// chunk a transaction, then the import; nothing for an unknown one,
+	// ErrConflict for one that is PUBLISHING.
+	DropImport(ctx context.Context, id int64) error
+	// StaleImports returns up to limit imports last touched before before,
+	// oldest first. Every chunk staged, published or dropped touches its
+	// import.
+	StaleImports(ctx context.Context, before time.Time, limit int) ([]Import, error)
 	// GetModule returns the module with its domains; ErrNotFound if unknown.
 	GetModule(ctx context.Context, eid EID) (*Module, error)
 	// TouchModule sets the module's last admin-session time.

@@ -34,8 +34,11 @@ func (s *Service) Stats(ctx context.Context, p Principal) (*PortalStats, error) 
 
 // PortalStats is what the admin dashboard shows.
 type PortalStats struct {
-	Modules        int64
-	DomainsByState map[DomainState]int64
+	Modules int64
+	// ModulesImporting counts modules stored by imports still loading:
+	// not in Modules or DomainsByState, and seen by no lookup yet.
+	ModulesImporting int64
+	DomainsByState   map[DomainState]int64
 	// ClaimsPerDay counts claims per UTC day, oldest first, one entry per
 	// day of the window (zero days included).
 	ClaimsPerDay []DayCount

@@ -144,7 +144,7 @@ func scanDomains(rows *sql.Rows, pre ...any) ([]keyport.Domain, error) {
 func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module, error) {
 	rows, err := r.r.WithContext(ctx).Raw(`SELECT m.id, m.batch_id, m.isd_aid, m.last_seen, m.created_at, m.isd_keys, m.psk_sealed, `+
 		prefixed("d.", domainColumns)+` FROM modules m LEFT JOIN domains d ON d.eid = m.eid
-		WHERE m.eid = ? ORDER BY d.aid`, string(eid)).Rows()
+		WHERE m.eid = ? AND m.import_id IS NULL ORDER BY d.aid`, string(eid)).Rows()
 	if err != nil {
 		return nil, wrap("get module", err)
 	}
@@ -207,8 +207,9 @@ func (r *repo) FirstUnassigned(ctx context.Context, eid keyport.EID) (*keyport.D
 }
 
 // domainBatch selects a domain's batch ID ahead of domainColumns, so that a
-// claim needs no second query for its module.
-const domainBatch = `(SELECT m.batch_id FROM modules m WHERE m.id = domains.module_id), `
+// claim needs no second query for its module. It is NULL for a domain of a
+// module an unpublished import stored: such a domain is not found.
+const domainBatch = `(SELECT m.batch_id FROM modules m WHERE m.id = domains.module_id AND m.import_id IS NULL), `
 
 // oneDomain runs a query of domainBatch + domainColumns for one domain.
 func (r *repo) oneDomain(ctx context.Context, op, query string, args ...any) (*keyport.Domain, error) {
@@ -216,15 +217,15 @@ func (r *repo) oneDomain(ctx context.Context, op, query string, args ...any) (*k
 	if err != nil {
 		return nil, wrap(op, err)
 	}
-	var batchID int64
+	var batchID sql.NullInt64
 	domains, err := scanDomains(rows, &batchID)
 	if err != nil {
 		return nil, wrap(op, err)
 	}
-	if len(domains) == 0 {
+	if len(domains) == 0 || !batchID.Valid {
 		return nil, wrap(op, keyport.ErrNotFound)
 	}
-	domains[0].BatchID = batchID
+	domains[0].BatchID = batchID.Int64
 	return &domains[0], nil
 }
 

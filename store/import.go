@@ -42,7 +42,6 @@ func (r *repo) ImportModules(ctx context.Context, batchID int64,
 	next func() (*keyport.ModuleImport, error)) (int, error) {
 	var total int
 	err := r.writeTx(ctx, "import modules", func(db *gorm.DB) error {
-		total = 0
 		var n int64
 		if err := db.Raw(`SELECT COUNT(*) FROM batches WHERE id = ?`, batchID).Scan(&n).Error; err != nil {
 			return wrap("import modules", err)
@@ -56,37 +55,42 @@ func (r *repo) ImportModules(ctx context.Context, batchID int64,
 		// until the commit with its bound rows (on SQLite ~1.6 KB of memory
 		// per module imported: 160 MB more for 100,000 modules).
 		im := &importer{ctx: ctx, dialect: r.dialect, conn: connOf(db), batchID: batchID, at: now()}
-		chunk := make([]keyport.ModuleImport, 0, importModulesPerChunk)
-		for {
-			m, err := next()
-			if err != nil {
-				return fmt.Errorf("store: import modules: %w", err)
-			}
-			if m == nil {
-				break
-			}
-			// A copy: next may reuse its value for the following line.
-			chunk = append(chunk, *m)
-			if len(chunk) == importModulesPerChunk {
-				if err := im.flush(chunk); err != nil {
-					return err
-				}
-				total += len(chunk)
-				chunk = chunk[:0]
-			}
-		}
-		if len(chunk) > 0 {
-			if err := im.flush(chunk); err != nil {
-				return err
-			}
-			total += len(chunk)
-		}
-		return nil
+		var err error
+		total, err = inChunks(next, im.flush)
+		return err
 	})
 	if err != nil {
 		return 0, err
 	}
 	return total, nil
+}
+
+// inChunks reads next until it yields nil and hands its modules to flush
+// importModulesPerChunk at a time (the last chunk shorter); it returns how
+// many were flushed.
+func inChunks(next func() (*keyport.ModuleImport, error), flush func([]keyport.ModuleImport) error) (int, error) {
+	total := 0
+	chunk := make([]keyport.ModuleImport, 0, importModulesPerChunk)
+	for {
+		m, err := next()
+		if err != nil {
+			return total, fmt.Errorf("store: import modules: %w", err)
+		}
+		if m != nil {
+			// A copy: next may reuse its value for the following line.
+			chunk = append(chunk, *m)
+		}
+		if len(chunk) == importModulesPerChunk || m == nil && len(chunk) > 0 {
+			if err := flush(chunk); err != nil {
+				return total, err
+			}
+			total += len(chunk)
+			chunk = chunk[:0]
+		}
+		if m == nil {
+			return total, nil
+		}
+	}
 }
 
 // importer writes chunks of modules and their domains through one
@@ -97,10 +101,13 @@ type importer struct {
 	dialect dialect
 	conn    gorm.ConnPool
 	batchID int64
-	at      time.Time
-	ids     map[string]int64 // the chunk's module IDs by EID
-	rows    rowSet
-	consts  domainConsts // of the domain rows in rows
+	// importID is the staged import the modules belong to (hidden until
+	// it is published); NULL for modules visible at once.
+	importID sql.NullInt64
+	at       time.Time
+	ids      map[string]int64 // the chunk's module IDs by EID
+	rows     rowSet
+	consts   domainConsts // of the domain rows in rows
 }
 
 func (im *importer) flush(chunk []keyport.ModuleImport) error {
@@ -232,19 +239,19 @@ func (im *importer) insertModules(ms []keyport.ModuleImport) error {
 		im.rows.nullBytes(ms[i].PSK)
 		im.rows.n++
 	}
-	consts := []any{im.batchID, im.at}
+	consts := []any{im.batchID, im.at, im.importID}
 	var query string
 	var args []any
 	if im.dialect == dialectSQLite {
 		// "WHERE true": SQLite's parser needs a WHERE before an upsert's ON
 		// CONFLICT in INSERT … SELECT.
 		from, cols, rowArgs := im.rows.sqliteRows()
-		query = `INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at) ` + from +
-			` SELECT ` + strings.Join(cols, ", ") + `, ?3, ?4 FROM r WHERE true
+		query = `INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at, import_id) ` + from +
+			` SELECT ` + strings.Join(cols, ", ") + `, ?3, ?4, ?5 FROM r WHERE true
 			ON CONFLICT (eid) DO NOTHING RETURNING id, eid`
 		args = append(rowArgs, consts...)
 	} else {
-		query, args = im.rows.values(`INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at)`, consts,
+		query, args = im.rows.values(`INSERT INTO modules (eid, isd_aid, isd_keys, psk_sealed, batch_id, created_at, import_id)`, consts,
 			` ON CONFLICT (eid) DO NOTHING RETURNING id, eid`)
 	}
 	rows, err := im.conn.QueryContext(im.ctx, query, args...)

@@ -84,7 +84,7 @@ func (r *repo) NextOTACounter(ctx context.Context, moduleID int64) (uint64, erro
 // ModuleByMSISDN returns the EID of the module with the MSISDN.
 func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
 	return r.oneEID(ctx, "module by MSISDN", `SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
-		WHERE o.msisdn = ? AND o.msisdn <> '' ORDER BY m.id LIMIT 1`, msisdn)
+		WHERE o.msisdn = ? AND o.msisdn <> '' AND m.import_id IS NULL ORDER BY m.id LIMIT 1`, msisdn)
 }
 
 // oneEID runs query for the EID in its first row; ErrNotFound for none.

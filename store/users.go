@@ -411,18 +411,36 @@ func (r *repo) ListBatches(ctx context.Context) ([]keyport.Batch, error) {
 func (r *repo) PortalStats(ctx context.Context, since time.Time) (*keyport.PortalStats, error) {
 	db := r.r.WithContext(ctx)
 	st := &keyport.PortalStats{DomainsByState: map[keyport.DomainState]int64{}, JobsByState: map[string]int64{}}
+	// What unpublished imports stored is counted apart (the partial index
+	// on import_id holds only their modules) and left out of the rest.
+	if err := db.Raw(`SELECT COUNT(*) FROM modules WHERE import_id IS NOT NULL`).Scan(&st.ModulesImporting).Error; err != nil {
+		return nil, wrap("stats: modules", err)
+	}
 	if err := db.Raw(`SELECT COUNT(*) FROM modules`).Scan(&st.Modules).Error; err != nil {
 		return nil, wrap("stats: modules", err)
 	}
-	var states []struct {
+	st.Modules -= st.ModulesImporting
+	var states, hidden []struct {
 		State string
 		N     int64
 	}
 	if err := db.Raw(`SELECT state, COUNT(*) AS n FROM domains GROUP BY state`).Scan(&states).Error; err != nil {
 		return nil, wrap("stats: domains", err)
 	}
+	if st.ModulesImporting > 0 {
+		if err := db.Raw(`SELECT state, COUNT(*) AS n FROM domains WHERE eid IN
+			(SELECT eid FROM modules WHERE import_id IS NOT NULL) GROUP BY state`).Scan(&hidden).Error; err != nil {
+			return nil, wrap("stats: domains", err)
+		}
+	}
 	for _, s := range states {
 		st.DomainsByState[keyport.DomainState(s.State)] = s.N
+	}
+	for _, s := range hidden {
+		st.DomainsByState[keyport.DomainState(s.State)] -= s.N
+		if st.DomainsByState[keyport.DomainState(s.State)] == 0 {
+			delete(st.DomainsByState, keyport.DomainState(s.State))
+		}
 	}
 	// Day buckets are computed in Go: the two databases spell date
 	// truncation differently, and a month of claims is few rows.

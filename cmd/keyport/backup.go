@@ -5,7 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"time"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/store"
 )
 
@@ -59,9 +62,43 @@ func cmdRestore(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "restore: %s schema version %d restored into %s\n", info.Dialect, info.SchemaVersion, redactDSN(cfg.DB))
+	if info.SchemaVersion == store.LatestVersion() {
+		if err := finishRestoredImports(ctx, cfg.DB); err != nil {
+			return err
+		}
+	}
 	if info.SchemaVersion < store.LatestVersion() {
 		fmt.Fprintf(stdout, "restore: this keyport needs version %d: run keyport migrate\n", store.LatestVersion())
 	}
 	fmt.Fprintln(stdout, "restore: with the matching HSM token in place, run keyport audit verify, then keyport serve")
 	return nil
+}
+
+// finishRestoredImports finishes the imports a backup caught half-way: no
+// process loads them into the database just restored, so one still loading
+// is dropped (its file must be imported again) and a committed one is
+// published.
+func finishRestoredImports(ctx context.Context, dsn string) error {
+	st, err := store.Open(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	svc := &keyport.Service{Store: st, Log: slog.New(slog.DiscardHandler)}
+	for {
+		imps, err := svc.SweepImports(ctx, time.Now().Add(time.Hour), 100)
+		if err != nil {
+			return fmt.Errorf("restore: finish imports: %w", err)
+		}
+		for _, imp := range imps {
+			if imp.State == keyport.ImportPublishing {
+				fmt.Fprintf(stdout, "restore: an import committed as the backup was taken (%d modules) is now published\n", imp.Modules)
+			} else {
+				fmt.Fprintf(stdout, "restore: an import still loading as the backup was taken (%d modules stored so far) was dropped: import its file again\n", imp.Modules)
+			}
+		}
+		if len(imps) < 100 {
+			return nil
+		}
+	}
 }

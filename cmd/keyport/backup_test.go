@@ -84,15 +84,29 @@ func TestBackupDuringAnImportAndClaimsRestoresIntoAFreshDirectory(t *testing.T) 
 		_, err := w.Svc.ImportModules(ctx, fixture.Admin, "b1", pr, keyport.VerifySample)
 		imported <- err
 	}()
+	// More than a chunk is in before the backup: stored, but hidden
+	// until the file ends.
 	var rest []string
-	for m := 1000; m < 1060; m++ {
+	for m := 1000; m < 1700; m++ {
 		line := w.ImportLine(t, fixture.EID(t, m), 2, "") + "\n"
-		if m < 1030 {
+		if m < 1600 {
 			if _, err := io.WriteString(pw, line); err != nil {
 				t.Fatal(err)
 			}
 		} else {
 			rest = append(rest, line)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		st, err := w.Store.PortalStats(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ModulesImporting >= 500 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d modules of the import stored after a minute", st.ModulesImporting)
 		}
 	}
 
@@ -121,6 +135,16 @@ func TestBackupDuringAnImportAndClaimsRestoresIntoAFreshDirectory(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	bdb, err := sql.Open("sqlite3", out+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var staged int
+	err = bdb.QueryRowContext(ctx, `SELECT COUNT(*) FROM modules WHERE import_id IS NOT NULL`).Scan(&staged)
+	bdb.Close()
+	if err != nil || staged < 500 {
+		t.Fatalf("the backup holds %d modules of the unfinished import (%v); want a chunk or more", staged, err)
+	}
 	for e, domains := range w.Keys {
 		for _, keys := range domains {
 			for u, k := range keys {
@@ -134,8 +158,9 @@ func TestBackupDuringAnImportAndClaimsRestoresIntoAFreshDirectory(t *testing.T) 
 	// A fresh data directory: the restore creates it and the database.
 	fresh := filepath.Join(t.TempDir(), "fresh")
 	restored := []string{"--data-dir", fresh, "--hsm", w.Token.URI}
-	if got := kp(t, o, restored, "restore", "--from", out); !strings.Contains(got, "restored into") {
-		t.Fatalf("restore says %q", got)
+	got = kp(t, o, restored, "restore", "--from", out)
+	if !strings.Contains(got, "restored into") || !strings.Contains(got, "was dropped: import its file again") {
+		t.Fatalf("restore says %q; want it restored and the unfinished import dropped", got)
 	}
 	rdb, err := sql.Open("sqlite3", filepath.Join(fresh, "keyport.db"))
 	if err != nil {

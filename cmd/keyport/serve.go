@@ -84,6 +84,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	defer stopCardLink()
 	defer startCampaigns(ctx, a)()
+	defer startImportSweep(ctx, a)()
 	webOpts, err := portal.webOptions(a)
 	if err != nil {
 		return err

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/keyport/keyport"
+)
+
+// importSweepEvery is how often a replica looks for imports whose process
+// stopped (keyport.ImportStaleAfter).
+const importSweepEvery = time.Minute
+
+// startImportSweep runs the import sweep of this replica until the returned
+// stop is called (or ctx ends). Every replica sweeps; two finishing the same
+// import only share the work.
+func startImportSweep(ctx context.Context, a *app) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(importSweepEvery)
+		defer t.Stop()
+		for {
+			if _, err := a.svc.SweepImports(ctx, time.Now().Add(-keyport.ImportStaleAfter), 10); err != nil && ctx.Err() == nil {
+				a.log.Warn("import sweep", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
