@@ -141,10 +141,12 @@ type CampaignRepo interface {
 	AddCampaignTargets(ctx context.Context, ts []CampaignTarget) error
 	// AddCampaignBatchTargets inserts, PENDING, every claimed domain (one
 	// with an owner) of the batch's modules, only those with AID aid when
-	// aid is set, in one statement; it returns how many.
+	// aid is set, a range of domain IDs a statement, in ID order; it returns
+	// how many.
 	AddCampaignBatchTargets(ctx context.Context, campaignID string, batchID int64, aid AID) (int, error)
 	// AddCampaignProviderTargets inserts, PENDING, every domain of the
-	// provider in state, in one statement; it returns how many.
+	// provider in state, as AddCampaignBatchTargets does; it returns how
+	// many.
 	AddCampaignProviderTargets(ctx context.Context, campaignID, providerID string, state DomainState) (int, error)
 	// CampaignTargetsAfter returns up to limit of the campaign's targets in
 	// state with an ID above afterID, in ID order.

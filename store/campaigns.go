@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/keyport/keyport"
@@ -255,30 +256,93 @@ func (r *repo) AddCampaignTargets(ctx context.Context, ts []keyport.CampaignTarg
 
 // AddCampaignBatchTargets inserts the batch's claimed domains.
 func (r *repo) AddCampaignBatchTargets(ctx context.Context, campaignID string, batchID int64, aid keyport.AID) (int, error) {
-	q := `INSERT INTO campaign_targets (campaign_id, domain_id, module_id, eid, aid, state, updated_at)
-		SELECT ?, d.id, d.module_id, d.eid, d.aid, ?, ? FROM domains d JOIN modules m ON m.id = d.module_id
-		WHERE m.batch_id = ? AND d.owner_id IS NOT NULL`
-	args := []any{campaignID, string(keyport.TargetPending), now(), batchID}
+	from := `FROM domains d JOIN modules m ON m.id = d.module_id WHERE m.batch_id = ? AND d.owner_id IS NOT NULL`
+	args := []any{batchID}
 	if aid != "" {
-		q += ` AND d.aid = ?`
+		from += ` AND d.aid = ?`
 		args = append(args, string(aid))
 	}
-	res := r.w.WithContext(ctx).Exec(q+` ORDER BY d.id`, args...)
-	if res.Error != nil {
-		return 0, wrap("add campaign batch targets", res.Error)
-	}
-	return int(res.RowsAffected), nil
+	return r.addTargetsOf(ctx, "add campaign batch targets", campaignID, from, args)
 }
 
 // AddCampaignProviderTargets inserts the provider's domains in state.
 func (r *repo) AddCampaignProviderTargets(ctx context.Context, campaignID, providerID string, state keyport.DomainState) (int, error) {
-	res := r.w.WithContext(ctx).Exec(`INSERT INTO campaign_targets (campaign_id, domain_id, module_id, eid, aid, state, updated_at)
-		SELECT ?, d.id, d.module_id, d.eid, d.aid, ?, ? FROM domains d WHERE d.owner_id = ? AND d.state = ? ORDER BY d.id`,
-		campaignID, string(keyport.TargetPending), now(), providerID, string(state))
-	if res.Error != nil {
-		return 0, wrap("add campaign provider targets", res.Error)
+	return r.addTargetsOf(ctx, "add campaign provider targets", campaignID,
+		`FROM domains d WHERE d.owner_id = ? AND d.state = ?`, []any{providerID, string(state)})
+}
+
+// targetRange is how many domains one statement of addTargetsOf inserts.
+const targetRange = 1000
+
+// addTargetsOf inserts, PENDING, the domains that from (a FROM and WHERE
+// over domains d, with args) selects, in domain ID order, a range of IDs a
+// statement: the IDs come from one read of the selection, streamed on the
+// reader, so that no write statement lasts as long as the selection is big
+// (on SQLite every statement writes through the one writer; 400,000
+// targets in one statement held it 0.55 s here). Each range's statement
+// selects anew, so a domain that left the selection since the read is not
+// inserted; the runner checks every target again when it queues it anyway.
+// Inside a transaction it is one statement.
+func (r *repo) addTargetsOf(ctx context.Context, op, campaignID, from string, args []any) (int, error) {
+	insert := `INSERT INTO campaign_targets (campaign_id, domain_id, module_id, eid, aid, state, updated_at)
+		SELECT ?, d.id, d.module_id, d.eid, d.aid, ?, ? ` + from
+	head := []any{campaignID, string(keyport.TargetPending), now()}
+	if r.inTx {
+		res := r.w.WithContext(ctx).Exec(insert+` ORDER BY d.id`, append(head, args...)...)
+		if res.Error != nil {
+			return 0, wrap(op, res.Error)
+		}
+		return int(res.RowsAffected), nil
 	}
-	return int(res.RowsAffected), nil
+	rows, err := r.r.WithContext(ctx).Raw(`SELECT d.id `+from+` ORDER BY d.id`, args...).Rows()
+	if err != nil {
+		return 0, wrap(op, err)
+	}
+	defer rows.Close()
+	// A range is read by its IDs: SQLite's planner otherwise took the
+	// owner index, which holds the whole selection, for every range (13.6
+	// s instead of 0.6 for 400,000 targets). NOT INDEXED leaves it the
+	// rowid; PostgreSQL's planner takes the primary key by itself.
+	ranged := insert
+	if r.dialect == dialectSQLite {
+		ranged = strings.Replace(insert, "FROM domains d ", "FROM domains d NOT INDEXED ", 1)
+	}
+	total := 0
+	var lo, hi int64
+	n := 0
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		res := r.w.WithContext(ctx).Exec(ranged+` AND d.id BETWEEN ? AND ? ORDER BY d.id`,
+			append(append(head[:len(head):len(head)], args...), lo, hi)...)
+		if res.Error != nil {
+			return wrap(op, res.Error)
+		}
+		total += int(res.RowsAffected)
+		n = 0
+		return nil
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return total, wrap(op, err)
+		}
+		if n == 0 {
+			lo = id
+		}
+		hi = id
+		n++
+		if n == targetRange {
+			if err := flush(); err != nil {
+				return total, err
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return total, wrap(op, err)
+	}
+	return total, flush()
 }
 
 // CampaignTargetsAfter pages through the campaign's targets in one state
