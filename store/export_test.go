@@ -1,6 +1,9 @@
 package store
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // ExecForTest runs a raw statement on the writer, for tests that need a
 // database in a state the API cannot produce.
@@ -62,3 +65,63 @@ func ClaimGuessesForTest(s *Store) (hits, misses uint64) {
 
 // GuessSkip is how many batches read the head after a wrong guess.
 const GuessSkip = guessSkip
+
+// ForeignKeyForTest is one single-column FOREIGN KEY: table.column
+// refers to parent.
+type ForeignKeyForTest struct{ Table, Column, Parent string }
+
+// ForeignKeysForTest lists the schema's foreign keys.
+func ForeignKeysForTest(s *Store) ([]ForeignKeyForTest, error) {
+	db := s.w.WithContext(context.Background())
+	var out []ForeignKeyForTest
+	if s.dialect == dialectPostgres {
+		err := db.Raw(`SELECT cl.relname AS "table", a.attname AS "column", p.relname AS parent
+			FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class p ON p.oid = c.confrelid
+			JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+			WHERE c.contype = 'f' AND cl.relnamespace = current_schema()::regnamespace`).Scan(&out).Error
+		return out, err
+	}
+	err := db.Raw(`SELECT m.name AS "table", f."from" AS "column", f."table" AS parent
+		FROM sqlite_master m, pragma_foreign_key_list(m.name) f WHERE m.type = 'table'`).Scan(&out).Error
+	return out, err
+}
+
+// IndexLeadForTest is the first column of an index of table, with the
+// index's WHERE clause ("" for a full index).
+type IndexLeadForTest struct{ Table, Column, Where string }
+
+// IndexLeadsForTest lists every index's first column, primary keys and
+// unique constraints included.
+func IndexLeadsForTest(s *Store) ([]IndexLeadForTest, error) {
+	db := s.w.WithContext(context.Background())
+	var out []IndexLeadForTest
+	if s.dialect == dialectPostgres {
+		err := db.Raw(`SELECT t.relname AS "table", a.attname AS "column", COALESCE(pg_get_expr(i.indpred, i.indrelid), '') AS "where"
+			FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+			JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]
+			WHERE t.relnamespace = current_schema()::regnamespace`).Scan(&out).Error
+		return out, err
+	}
+	var rows []struct{ Table, Column, SQL string }
+	err := db.Raw(`SELECT m.name AS "table", ii.name AS "column", COALESCE(x.sql, '') AS sql
+		FROM sqlite_master m, pragma_index_list(m.name) il, pragma_index_info(il.name) ii
+		LEFT JOIN sqlite_master x ON x.type = 'index' AND x.name = il.name
+		WHERE m.type = 'table' AND ii.seqno = 0`).Scan(&rows).Error
+	for _, r := range rows {
+		where := ""
+		if _, after, ok := strings.Cut(r.SQL, " WHERE "); ok {
+			where = after
+		}
+		out = append(out, IndexLeadForTest{Table: r.Table, Column: r.Column, Where: where})
+	}
+	// An INTEGER PRIMARY KEY is the rowid itself, in no index list.
+	var pks []struct{ Table, Column string }
+	if err == nil {
+		err = db.Raw(`SELECT m.name AS "table", c.name AS "column" FROM sqlite_master m, pragma_table_info(m.name) c
+			WHERE m.type = 'table' AND c.pk = 1 AND upper(c.type) = 'INTEGER'`).Scan(&pks).Error
+	}
+	for _, p := range pks {
+		out = append(out, IndexLeadForTest{Table: p.Table, Column: p.Column})
+	}
+	return out, err
+}

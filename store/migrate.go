@@ -101,9 +101,9 @@ var migrations = []migration{
 			UNIQUE (eid, aid)
 		)`,
 		// The unique (eid, aid) index serves lookups by EID (its prefix), so
-		// no second index on eid alone slows the import; nor is there one on
-		// module_id, which no query filters on and no module is deleted by
-		// (a FOREIGN KEY needs it only to check parent deletes). owner_id is NULL
+		// no second index on eid alone slows the import. (module_id got one
+		// in migration 18, once modules were deleted: a FOREIGN KEY needs it
+		// to check parent deletes.) owner_id is NULL
 		// until a claim: the partial index stays small and costs an import
 		// of unassigned domains nothing.
 		`CREATE INDEX domains_owner_id ON domains (owner_id, updated_at) WHERE owner_id IS NOT NULL`,
@@ -476,6 +476,15 @@ var migrations = []migration{
 		)`,
 		`ALTER TABLE modules ADD COLUMN import_id BIGINT`,
 		`CREATE INDEX modules_import_id ON modules (import_id) WHERE import_id IS NOT NULL`,
+	}},
+	// Modules are deleted now (a dropped import, migration 17), and the
+	// database checks, for each module deleted, that no row still refers
+	// to it: without an index on the referring column that is a scan of
+	// the whole table per module. Measured beside 100,000 modules of four
+	// domains, dropping 1,000 took 88 s on SQLite and 71 s on PostgreSQL.
+	{18, "indexes on the columns that refer to modules", []string{
+		`CREATE INDEX domains_module_id ON domains (module_id)`,
+		`CREATE INDEX sms_messages_module_id ON sms_messages (module_id)`,
 	}},
 }
 
