@@ -29,7 +29,40 @@ func (s *Service) Stats(ctx context.Context, p Principal) (*PortalStats, error) 
 	for d := since; !d.After(today); d = d.AddDate(0, 0, 1) {
 		st.ClaimsPerDay = append(st.ClaimsPerDay, DayCount{Day: d, Count: byDay[d]})
 	}
+	if st.Imports, err = s.importsUnderWay(ctx); err != nil {
+		return nil, fmt.Errorf("keyport: stats: %w", err)
+	}
 	return st, nil
+}
+
+// ImportProgress is an import not finished, as the console shows it.
+type ImportProgress struct {
+	Import
+	Batch string
+}
+
+// maxListedImports bounds the imports the dashboard lists.
+const maxListedImports = 20
+
+// importsUnderWay lists the unfinished imports with their batch names.
+func (s *Service) importsUnderWay(ctx context.Context) ([]ImportProgress, error) {
+	imps, err := s.Store.StaleImports(ctx, s.now().Add(time.Hour), maxListedImports)
+	if err != nil || len(imps) == 0 {
+		return nil, err
+	}
+	batches, err := s.Store.ListBatches(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := map[int64]string{}
+	for _, b := range batches {
+		names[b.ID] = b.Name
+	}
+	out := make([]ImportProgress, len(imps))
+	for i, imp := range imps {
+		out[i] = ImportProgress{Import: imp, Batch: names[imp.BatchID]}
+	}
+	return out, nil
 }
 
 // PortalStats is what the admin dashboard shows.
@@ -38,7 +71,10 @@ type PortalStats struct {
 	// ModulesImporting counts modules stored by imports still loading:
 	// not in Modules or DomainsByState, and seen by no lookup yet.
 	ModulesImporting int64
-	DomainsByState   map[DomainState]int64
+	// Imports lists the imports not finished, oldest first (Stats fills
+	// it; the store leaves it empty).
+	Imports        []ImportProgress
+	DomainsByState map[DomainState]int64
 	// ClaimsPerDay counts claims per UTC day, oldest first, one entry per
 	// day of the window (zero days included).
 	ClaimsPerDay []DayCount

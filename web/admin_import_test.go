@@ -11,7 +11,8 @@ import (
 
 // TestTheDashboardCountsAnImportStillLoadingApart: the modules an import
 // has stored before its file is in are hidden, so the dashboard says how
-// many there are instead of counting them as claimable.
+// many there are instead of counting them as claimable, and lists the
+// imports under way with their progress.
 func TestTheDashboardCountsAnImportStillLoadingApart(t *testing.T) {
 	p := startPortal(t, 1, 1)
 	ctx := context.Background()
@@ -38,17 +39,31 @@ func TestTheDashboardCountsAnImportStillLoadingApart(t *testing.T) {
 	cl, _ := signedIn(t, p.srv.URL, p.adminEmail, p.adminPW)
 	_, _, page := getPage(t, cl, p.srv.URL+"/admin")
 	if !strings.Contains(page, `id="importing"`) || !strings.Contains(page, "600 modules stored by an import still loading") ||
-		!strings.Contains(page, `<div class="hint">Modules</div><div class="stat">1</div>`) {
+		!strings.Contains(page, `<div class="hint">Modules</div><div class="stat">1</div>`) ||
+		!strings.Contains(page, `<tr><td>b1</td><td>loading</td><td>600</td>`) {
 		t.Fatalf("dashboard while an import loads: %s", page)
+	}
+	// A second import, begun but with nothing stored yet, is listed too.
+	if _, err := p.w.Store.BeginImport(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, page = getPage(t, cl, p.srv.URL+"/admin"); strings.Count(page, `<tr><td>b1</td><td>loading</td>`) != 2 ||
+		!strings.Contains(page, `<tr><td>b1</td><td>loading</td><td>0</td>`) {
+		t.Fatalf("dashboard with two imports under way: %s", page)
 	}
 	if err := p.w.Store.CommitImport(ctx, imp.ID, n); err != nil {
 		t.Fatal(err)
+	}
+	_, _, page = getPage(t, cl, p.srv.URL+"/admin")
+	if !strings.Contains(page, `<tr><td>b1</td><td>committed, being shown</td><td>600</td>`) {
+		t.Fatalf("dashboard with a committed import: %s", page)
 	}
 	if err := p.w.Store.PublishImport(ctx, imp.ID); err != nil {
 		t.Fatal(err)
 	}
 	_, _, page = getPage(t, cl, p.srv.URL+"/admin")
-	if strings.Contains(page, `id="importing"`) || !strings.Contains(page, `<div class="hint">Modules</div><div class="stat">601</div>`) {
+	if strings.Contains(page, `id="importing"`) || !strings.Contains(page, `<div class="hint">Modules</div><div class="stat">601</div>`) ||
+		strings.Contains(page, `<td>committed, being shown</td>`) || strings.Count(page, `<tr><td>b1</td><td>loading</td>`) != 1 {
 		t.Fatalf("dashboard after the import: %s", page)
 	}
 }

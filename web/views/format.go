@@ -97,3 +97,22 @@ func emailStateClass(c keyport.EmailConfirmation) string {
 	}
 	return "by-admin"
 }
+
+// importState says in words where an import is.
+func importState(st keyport.ImportState) string {
+	switch st {
+	case keyport.ImportLoading:
+		return "loading"
+	case keyport.ImportPublishing:
+		return "committed, being shown"
+	case keyport.ImportDropping:
+		return "rejected, being deleted"
+	}
+	return string(st)
+}
+
+// importSweepHint says what becomes of an import whose process stopped.
+func importSweepHint() string {
+	return fmt.Sprintf("An import untouched for %.0f minutes is taken for one whose process stopped: "+
+		"a loading one is then dropped (import its file again), a committed one shown.", keyport.ImportStaleAfter.Minutes())
+}
