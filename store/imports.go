@@ -130,23 +130,30 @@ func (r *repo) PublishImport(ctx context.Context, id int64) error {
 // fails), then deletes its modules with their domains and OTA rows, a chunk
 // a transaction, then the import.
 func (r *repo) DropImport(ctx context.Context, id int64) error {
-	var state string
+	// One conditional UPDATE decides against a CommitImport racing it: on
+	// PostgreSQL it waits for the commit's row lock and then re-checks
+	// the state (a read first, then a plain UPDATE, would have dropped an
+	// import committed in between, audit event and all).
+	dropping := false
 	err := r.writeTx(ctx, "drop import", func(db *gorm.DB) error {
+		res := db.Exec(`UPDATE imports SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)`,
+			string(keyport.ImportDropping), now(), id, string(keyport.ImportLoading), string(keyport.ImportDropping))
+		if res.Error != nil {
+			return wrap("drop import", res.Error)
+		}
+		if dropping = res.RowsAffected == 1; dropping {
+			return nil
+		}
 		var rows []string
 		if err := db.Raw(`SELECT state FROM imports WHERE id = ?`, id).Scan(&rows).Error; err != nil {
 			return wrap("drop import", err)
 		}
 		if len(rows) == 0 {
-			return nil
+			return nil // dropped or published already
 		}
-		state = rows[0]
-		if state == string(keyport.ImportPublishing) {
-			return fmt.Errorf("store: drop import %d: it is committed and being published: %w", id, keyport.ErrConflict)
-		}
-		return wrap("drop import", db.Exec(`UPDATE imports SET state = ?, updated_at = ? WHERE id = ?`,
-			string(keyport.ImportDropping), now(), id).Error)
+		return fmt.Errorf("store: drop import %d: it is committed and being published: %w", id, keyport.ErrConflict)
 	})
-	if err != nil || state == "" {
+	if err != nil || !dropping {
 		return err
 	}
 	const some = `(SELECT id FROM modules WHERE import_id = ? ORDER BY id LIMIT ?)`

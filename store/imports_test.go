@@ -208,3 +208,46 @@ func TestStaleImportsAreThoseUntouchedSinceTheTime(t *testing.T) {
 		}
 	})
 }
+
+// TestADropRacingTheCommitOfItsImportLeavesTheCommittedImport: the sweep
+// takes an import for abandoned just as its slow loader commits it. The
+// drop waits for the commit and then finds the import committed: it
+// refuses and deletes nothing.
+func TestADropRacingTheCommitOfItsImportLeavesTheCommittedImport(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		imp, err := s.BeginImport(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.StageModules(ctx, imp, modules(1, 10, 2)); err != nil {
+			t.Fatal(err)
+		}
+		dropped := make(chan error, 1)
+		err = s.Tx(ctx, func(tx keyport.Repo) error {
+			if err := tx.CommitImport(ctx, imp.ID, 10); err != nil {
+				return err
+			}
+			go func() { dropped <- s.DropImport(ctx, imp.ID) }()
+			// The drop waits for this transaction (SQLite: for the
+			// writer; PostgreSQL: for the import row's lock).
+			time.Sleep(300 * time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-dropped; !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("a drop racing the commit: %v; want ErrConflict", err)
+		}
+		if c := countRows(t, s, "modules"); c != "10" {
+			t.Fatalf("%s modules left of the committed import; want 10", c)
+		}
+		if err := s.PublishImport(ctx, imp.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetModule(ctx, testEID(5)); err != nil {
+			t.Fatalf("a module of the committed import: %v", err)
+		}
+	})
+}
