@@ -164,6 +164,12 @@ func (s *Service) dropImport(ctx context.Context, imp *Import) {
 	}
 }
 
+// unfinishedImports returns up to limit imports not finished, oldest first:
+// every one, as none was touched in the future.
+func (s *Service) unfinishedImports(ctx context.Context, limit int) ([]Import, error) {
+	return s.Store.StaleImports(ctx, s.now().Add(time.Hour), limit)
+}
+
 // SweepImports finishes up to limit imports untouched since before (a
 // replica's sweep: ImportStaleAfter ago, their process gone; a restore: any
 // time, no process loads into a database just restored). A LOADING or

@@ -190,7 +190,7 @@ func (s *Service) migrateModule(ctx context.Context, p Principal, m KeyMigrator,
 // noImportUnderWay refuses (ErrConflict) while an import is unfinished: its
 // modules are hidden from ModulesAfter until it is published.
 func (s *Service) noImportUnderWay(ctx context.Context) error {
-	imps, err := s.Store.StaleImports(ctx, s.now().Add(time.Hour), 1)
+	imps, err := s.unfinishedImports(ctx, 1)
 	if err != nil {
 		return err
 	}

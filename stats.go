@@ -46,7 +46,7 @@ const maxListedImports = 20
 
 // importsUnderWay lists the unfinished imports with their batch names.
 func (s *Service) importsUnderWay(ctx context.Context) ([]ImportProgress, error) {
-	imps, err := s.Store.StaleImports(ctx, s.now().Add(time.Hour), maxListedImports)
+	imps, err := s.unfinishedImports(ctx, maxListedImports)
 	if err != nil || len(imps) == 0 {
 		return nil, err
 	}

@@ -42,12 +42,8 @@ func (r *repo) ImportModules(ctx context.Context, batchID int64,
 	next func() (*keyport.ModuleImport, error)) (int, error) {
 	var total int
 	err := r.writeTx(ctx, "import modules", func(db *gorm.DB) error {
-		var n int64
-		if err := db.Raw(`SELECT COUNT(*) FROM batches WHERE id = ?`, batchID).Scan(&n).Error; err != nil {
-			return wrap("import modules", err)
-		}
-		if n == 0 {
-			return fmt.Errorf("store: import modules: batch %d: %w", batchID, keyport.ErrNotFound)
+		if err := batchExists(db, "import modules", batchID); err != nil {
+			return err
 		}
 		// The statements go to the transaction itself, not through gorm's
 		// statement cache: a statement first prepared inside a transaction
@@ -63,6 +59,18 @@ func (r *repo) ImportModules(ctx context.Context, batchID int64,
 		return 0, err
 	}
 	return total, nil
+}
+
+// batchExists is nil when the batch is stored, ErrNotFound otherwise.
+func batchExists(db *gorm.DB, op string, batchID int64) error {
+	var n int64
+	if err := db.Raw(`SELECT COUNT(*) FROM batches WHERE id = ?`, batchID).Scan(&n).Error; err != nil {
+		return wrap(op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("store: %s: batch %d: %w", op, batchID, keyport.ErrNotFound)
+	}
+	return nil
 }
 
 // inChunks reads next until it yields nil and hands its modules to flush

@@ -41,12 +41,8 @@ func (row importRow) model() keyport.Import {
 
 // BeginImport records a LOADING import into the batch.
 func (r *repo) BeginImport(ctx context.Context, batchID int64) (*keyport.Import, error) {
-	var n int64
-	if err := r.r.WithContext(ctx).Raw(`SELECT COUNT(*) FROM batches WHERE id = ?`, batchID).Scan(&n).Error; err != nil {
-		return nil, wrap("begin import", err)
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("store: begin import: batch %d: %w", batchID, keyport.ErrNotFound)
+	if err := batchExists(r.r.WithContext(ctx), "begin import", batchID); err != nil {
+		return nil, err
 	}
 	at := now()
 	row := importRow{BatchID: batchID, State: string(keyport.ImportLoading), StartedAt: at, UpdatedAt: at}
