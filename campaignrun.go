@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // queueHook runs inside the transaction that queues a campaign target's job
@@ -85,18 +87,10 @@ func (r *CampaignRunner) init() {
 // Run steps until ctx ends.
 func (r *CampaignRunner) Run(ctx context.Context) {
 	r.init()
-	t := time.NewTicker(r.Tick)
-	defer t.Stop()
-	for {
-		if _, err := r.Step(ctx); err != nil && ctx.Err() == nil {
-			r.Service.log().Warn("campaign step", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	wait.Every(ctx, r.Tick, func(ctx context.Context) error {
+		_, err := r.Step(ctx)
+		return err
+	}, func(err error) { r.Service.log().Warn("campaign step", "err", err) })
 }
 
 // ends and pages bound one step's work on one campaign.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // Dispatcher is card-link's worker: on every tick it wakes the modules of
@@ -51,22 +52,8 @@ const perProviderClaim = 8
 // requests end with ctx).
 func (d *Dispatcher) Run(ctx context.Context) error {
 	defer d.Wait()
-	tick := d.Tick
-	if tick <= 0 {
-		tick = time.Second
-	}
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		if err := d.RunOnce(ctx); err != nil && ctx.Err() == nil {
-			d.log().Warn("card-link dispatch", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	wait.Every(ctx, d.Tick, d.RunOnce, func(err error) { d.log().Warn("card-link dispatch", "err", err) })
+	return nil
 }
 
 // Wait returns once no webhook is in flight.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // ReplicaWake is the wake-up channel of a replica that shares its database
@@ -62,10 +63,8 @@ func (h *WakeHub) Follow(ctx context.Context, bus keyport.WakeBus, log *slog.Log
 			delay = time.Second
 		}
 		log.Warn("wake-up bus lost; listening again", "err", err, "retry_in", delay)
-		select {
-		case <-ctx.Done():
+		if wait.Sleep(ctx, delay) != nil {
 			return
-		case <-time.After(delay):
 		}
 		delay = min(2*delay, 30*time.Second)
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // DefaultAdminURI is the URI of the first POST (session parameter 8C), as
@@ -116,19 +117,15 @@ type Report struct {
 func (a *Agent) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if a.cfg.Poll > 0 {
-			select {
-			case <-ctx.Done():
+			if wait.Sleep(ctx, a.cfg.Poll) != nil {
 				return nil
-			case <-time.After(a.cfg.Poll):
 			}
 		} else {
 			woken, err := a.WaitWake(ctx)
 			if err != nil {
 				a.log.Warn("wake-up channel", "err", err)
-				select {
-				case <-ctx.Done():
+				if wait.Sleep(ctx, a.cfg.Retry*4) != nil {
 					return nil
-				case <-time.After(a.cfg.Retry * 4):
 				}
 				continue
 			}
@@ -231,11 +228,7 @@ func (a *Agent) Session(ctx context.Context) (Report, error) {
 }
 
 func (a *Agent) sleep(ctx context.Context, n int) {
-	d := a.cfg.Retry << min(n-1, 5)
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
+	wait.Sleep(ctx, a.cfg.Retry<<min(n-1, 5))
 }
 
 type response struct {

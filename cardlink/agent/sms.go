@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // The handset's modem and BIP stack, for a module woken by SMS rather than
@@ -123,10 +124,8 @@ func (h *HandsetFile) Next(ctx context.Context) (SMS, error) {
 		if i := strings.IndexByte(string(h.buf), '\n'); i >= 0 {
 			continue
 		}
-		select {
-		case <-ctx.Done():
-			return SMS{}, ctx.Err()
-		case <-time.After(poll):
+		if err := wait.Sleep(ctx, poll); err != nil {
+			return SMS{}, err
 		}
 	}
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink"
 	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // ErrInjected is the error of a connection or APDU the sandbox broke.
@@ -268,14 +269,8 @@ func (c *channel) Transmit(ctx context.Context, apdu []byte) ([]byte, error) {
 			c.b.note(c.eid, "the card ran the script; its answer was dropped on the way to keyport")
 		}
 	})
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
+	if err := wait.Sleep(ctx, delay); err != nil {
+		return nil, err
 	}
 	if fail {
 		return nil, fmt.Errorf("%w: connection dropped", ErrInjected)
@@ -302,12 +297,8 @@ const DialGap = 100 * time.Millisecond
 // Dial wraps module eid's agent transport with its fault.
 func (b *Book) Dial(eid keyport.EID, dial DialFunc) DialFunc {
 	return func(ctx context.Context) (net.Conn, error) {
-		t := time.NewTimer(DialGap)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+		if err := wait.Sleep(ctx, DialGap); err != nil {
+			return nil, err
 		}
 		offline := false
 		b.with(eid, func(f keyport.Fault, _ *moduleState) {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // ESME is keyport's end of an SMPP v3.4 link to an operator's SMSC, bound
@@ -190,9 +192,9 @@ func (e *ESME) submit(ctx context.Context, body []byte) (string, error) {
 			if !p.Status.Temporary() || refused >= e.cfg.MaxAttempts {
 				return "", serr
 			}
-			wait := e.backoff(refused - 1)
-			e.log.Info("smpp: submit refused for now; sending it again", "status", p.Status.String(), "attempt", refused, "wait", wait)
-			if err := sleepCtx(ctx, wait); err != nil {
+			pause := e.backoff(refused - 1)
+			e.log.Info("smpp: submit refused for now; sending it again", "status", p.Status.String(), "attempt", refused, "wait", pause)
+			if err := wait.Sleep(ctx, pause); err != nil {
 				return "", fmt.Errorf("%w (last: %v)", err, serr)
 			}
 			continue
@@ -260,10 +262,10 @@ func (e *ESME) run() {
 			e.mu.Lock()
 			e.lastErr = err
 			e.mu.Unlock()
-			wait := e.backoff(failures)
+			pause := e.backoff(failures)
 			failures++
-			e.log.Warn("smpp: bind failed", "err", err, "retry_in", wait)
-			if sleepCtx(ctx, wait) != nil {
+			e.log.Warn("smpp: bind failed", "err", err, "retry_in", pause)
+			if wait.Sleep(ctx, pause) != nil {
 				return
 			}
 			continue
@@ -289,7 +291,7 @@ func (e *ESME) run() {
 		e.lastErr = s.err
 		e.mu.Unlock()
 		e.log.Warn("smpp: link lost; binding again", "err", s.err)
-		if sleepCtx(ctx, e.backoff(0)) != nil {
+		if wait.Sleep(ctx, e.backoff(0)) != nil {
 			return
 		}
 	}
@@ -491,17 +493,6 @@ func (e *ESME) backoff(n int) time.Duration {
 	return d + rand.N(d/4+1)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // pacer spaces submits by every (the throughput limit).
 type pacer struct {
 	every time.Duration
@@ -522,7 +513,7 @@ func (p *pacer) wait(ctx context.Context) error {
 	p.next = at.Add(p.every)
 	p.mu.Unlock()
 	if d := time.Until(at); d > 0 {
-		return sleepCtx(ctx, d)
+		return wait.Sleep(ctx, d)
 	}
 	return nil
 }

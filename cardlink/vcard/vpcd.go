@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // DefaultVPCDAddr is where vsmartcard's vpcd driver listens for the card of
@@ -58,10 +60,8 @@ func Serve(ctx context.Context, card *Card, addr string) error {
 			return nil
 		}
 		_ = err // vpcd not up or connection dropped: retry.
-		select {
-		case <-ctx.Done():
+		if wait.Sleep(ctx, backoff) != nil {
 			return nil
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, maxBackoff)
 	}

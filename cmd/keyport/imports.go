@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // importSweepEvery is how often a replica looks for imports whose process
@@ -19,18 +20,10 @@ func startImportSweep(ctx context.Context, a *app) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(importSweepEvery)
-		defer t.Stop()
-		for {
-			if _, err := a.svc.SweepImports(ctx, time.Now().Add(-keyport.ImportStaleAfter), 10); err != nil && ctx.Err() == nil {
-				a.log.Warn("import sweep", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
+		wait.Every(ctx, importSweepEvery, func(ctx context.Context) error {
+			_, err := a.svc.SweepImports(ctx, time.Now().Add(-keyport.ImportStaleAfter), 10)
+			return err
+		}, func(err error) { a.log.Warn("import sweep", "err", err) })
 	}()
 	return func() {
 		cancel()

@@ -10,6 +10,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/keyport/keyport/internal/wait"
 )
 
 // poll is how often a process waiting for another's lock tries again.
@@ -32,10 +34,8 @@ func With(ctx context.Context, path string, fn func(context.Context) error) erro
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			return fmt.Errorf("lock %s: flock: %w", path, err)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(poll):
+		if err := wait.Sleep(ctx, poll); err != nil {
+			return fmt.Errorf("lock %s: %w", path, err)
 		}
 	}
 	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
