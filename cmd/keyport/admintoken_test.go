@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -175,4 +177,86 @@ func TestDevelopmentModePrintsEachMailedLinkToStderrOnceAndStoresItNowhere(t *te
 	if _, err := a.svc.VerifyEmail(context.Background(), token); err != nil {
 		t.Fatalf("the printed link does not verify: %v", err)
 	}
+}
+
+// The first run's "Add a provider" line, run as printed (with the store
+// settings its note asks for when serve was given them), reaches serve's
+// deployment under serve's dual control: with KEYPORT_DUAL_CONTROL=1, as
+// make run serves, the provider is approved at once; under the default it
+// waits for a second admin.
+func TestFirstRunAddAProviderLineRunsUnderServesOwnDualControl(t *testing.T) {
+	for _, dual := range []int{1, 2} {
+		t.Run(fmt.Sprintf("dual-control-%d", dual), func(t *testing.T) {
+			o := capture(t)
+			data := filepath.Join(t.TempDir(), "data")
+			dsn, token := storetest.SQLitePath(t), hsmtest.New(t)
+			common := []string{"--data-dir", data, "--db", dsn, "--hsm", token}
+			kp(t, o, common, "hsm", "init")
+			a := openTestApp(t, append(common, "--dual-control", strconv.Itoa(dual)))
+			if err := firstRunAdminToken(context.Background(), a); err != nil {
+				t.Fatal(err)
+			}
+			printed := o.err.String()
+			if !strings.Contains(printed, "KEYPORT_DB and KEYPORT_HSM") {
+				t.Fatalf("serve was given --db and --hsm, and the hints do not say the commands need them:\n%s", printed)
+			}
+			var line string
+			for _, l := range strings.Split(printed, "\n") {
+				if rest, ok := strings.CutPrefix(l, "Add a provider:"); ok {
+					line = strings.TrimSpace(rest)
+				}
+			}
+			// The line runs in a shell without the KEYPORT_DUAL_CONTROL=1
+			// that TestMain sets for the other tests.
+			t.Setenv("KEYPORT_DUAL_CONTROL", "")
+			os.Unsetenv("KEYPORT_DUAL_CONTROL")
+			words := shellWords(t, line)
+			for len(words) > 0 && strings.Contains(words[0], "=") {
+				k, v, _ := strings.Cut(words[0], "=")
+				t.Setenv(k, v)
+				words = words[1:]
+			}
+			if len(words) < 2 || words[0] != os.Args[0] {
+				t.Fatalf("the printed line does not run this binary: %q", line)
+			}
+			t.Setenv("KEYPORT_DB", dsn)
+			t.Setenv("KEYPORT_HSM", token)
+			// Under dual control the command files the approval and says
+			// it waits for another admin.
+			if err := run(context.Background(), words[1:]); (err != nil) != (dual > 1) {
+				t.Fatalf("%s: %v\n%s", line, err, o.err.String())
+			}
+			ps, err := a.svc.ListProviders(context.Background(), cli)
+			if err != nil || len(ps) != 1 {
+				t.Fatalf("providers after the printed line: %+v %v", ps, err)
+			}
+			want := keyport.ProviderApproved
+			if dual > 1 {
+				want = keyport.ProviderPending
+			}
+			if ps[0].Status != want {
+				t.Fatalf("the printed line's provider is %s under --dual-control %d, want %s (line: %s)", ps[0].Status, dual, want, line)
+			}
+		})
+	}
+}
+
+// shellWords splits a printed command line as sh would one of plain words
+// and double-quoted strings without escapes.
+func shellWords(t *testing.T, line string) []string {
+	t.Helper()
+	var out []string
+	for line = strings.TrimSpace(line); line != ""; line = strings.TrimSpace(line) {
+		if line[0] == '"' {
+			end := strings.IndexByte(line[1:], '"')
+			if end < 0 {
+				t.Fatalf("unbalanced quote in %q", line)
+			}
+			out, line = append(out, line[1:end+1]), line[end+2:]
+			continue
+		}
+		w, rest, _ := strings.Cut(line, " ")
+		out, line = append(out, w), rest
+	}
+	return out
 }

@@ -47,6 +47,9 @@ type config struct {
 	SMSAdminAddr string
 }
 
+// defaultDualControl is --dual-control's default: two admins.
+const defaultDualControl = 2
+
 // env returns KEYPORT_<name>, or the trimmed content of the file named by
 // KEYPORT_<name>_FILE, or def. Setting both is an error, not a guess.
 func env(name, def string) (string, error) {
@@ -102,7 +105,7 @@ func (c *config) bind(fs *flag.FlagSet) error {
 	}
 	fs.IntVar(&c.HSMSessions, "hsm-sessions", sessions,
 		"PKCS#11 sessions in use at once; 0: twice the CPUs, at least 4. A software token on few cores may do more with one per core (KEYPORT_HSM_SESSIONS)")
-	dual, derr := strconv.Atoi(get("DUAL_CONTROL", "2"))
+	dual, derr := strconv.Atoi(get("DUAL_CONTROL", strconv.Itoa(defaultDualControl)))
 	if derr != nil && err == nil {
 		err = fmt.Errorf("config: KEYPORT_DUAL_CONTROL: %w", derr)
 	}

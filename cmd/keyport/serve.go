@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/keyport/keyport"
@@ -176,11 +177,34 @@ keyport is set up. An issuer-admin API token (expires %s) is in
 (mode 0600; make more with "keyport admin token", list and revoke them with "keyport admin token list|revoke").
 
 Try:  curl -s -H "Authorization: Bearer $(cat %s)" http://%s/api/v1/admin/audit
-Add a provider:  KEYPORT_DATA_DIR=%s %s provider add "Example Bank" --email ops@example.com --kind bank
-Portal admin:    KEYPORT_DATA_DIR=%s %s admin user add you@example.com   (then sign in at %s/login)
-
-`, t.ExpiresAt.Format("2006-01-02"), path, path, a.cfg.Addr, a.cfg.DataDir, os.Args[0], a.cfg.DataDir, os.Args[0], defaultPublicURL(a.cfg.Addr))
+Add a provider:  %s provider add "Example Bank" --email ops@example.com --kind bank
+Portal admin:    %s admin user add you@example.com   (then sign in at %s/login)
+%s
+`, t.ExpiresAt.Format("2006-01-02"), path, path, a.cfg.Addr, cliPrefix(&a.cfg), cliPrefix(&a.cfg), defaultPublicURL(a.cfg.Addr), cliSameStore(&a.cfg))
 	return nil
+}
+
+// cliPrefix is how the command lines serve prints start: the environment
+// that makes a CLI command act on this deployment as serve does, then the
+// binary. The data directory always; dual control when serve runs with
+// other than the default, since a provider added under the default waits
+// for a second admin that a development setup (make run) does not have.
+func cliPrefix(c *config) string {
+	p := "KEYPORT_DATA_DIR=" + c.DataDir
+	if c.DualControl != defaultDualControl {
+		p += " KEYPORT_DUAL_CONTROL=" + strconv.Itoa(c.DualControl)
+	}
+	return p + " " + os.Args[0]
+}
+
+// cliSameStore is the line said under those command lines when serve was
+// given its database or HSM: they are not printed (a database URL may hold
+// a password), so the commands need them set as serve had them.
+func cliSameStore(c *config) string {
+	if c.DB == filepath.Join(c.DataDir, "keyport.db") && c.HSM == "" {
+		return ""
+	}
+	return "(run them with the KEYPORT_DB and KEYPORT_HSM this serve has: they are not printed, since a database URL may hold a password)\n"
 }
 
 // firstRunTokenFile is the first-run admin token's file in the data directory.
