@@ -2,6 +2,7 @@ package gp
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 )
 
@@ -221,5 +222,38 @@ func FuzzCardSessionUnwrap(f *testing.F) {
 		_, _ = h.Unwrap(Response{Data: b, SW: SWOK})
 		_, _ = c.ExternalAuthenticate(cmd)
 		_, _ = c.InitializeUpdate(cmd, 2)
+	})
+}
+
+// FuzzParseTargetedApplication feeds arbitrary X-Admin-Targeted-Application
+// values (the header a handset's agent reads from the admin server) to the
+// parser: it never panics, takes only 5- to 16-byte AIDs, and what it takes
+// formats back to a value that parses to the same AID.
+func FuzzParseTargetedApplication(f *testing.F) {
+	f.Add("//aid/A000000151/53504101")
+	f.Add("//aid/a000000151/")
+	f.Add("//aid/A000000151")
+	f.Add("//aid/A0000001/5153504101")
+	f.Add("//aid/A000000151/535041010203040506070809AABB")
+	f.Add("/aid/A000000151/00")
+	f.Fuzz(func(t *testing.T, s string) {
+		aid, err := ParseTargetedApplication(s)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v is not ErrMalformed", err)
+			}
+			return
+		}
+		if len(aid) < 5 || len(aid) > 16 {
+			t.Fatalf("%q parsed to an AID of %d bytes", s, len(aid))
+		}
+		back, err := TargetedApplication(aid)
+		if err != nil {
+			t.Fatalf("%q parsed to %X, which does not format: %v", s, aid, err)
+		}
+		again, err := ParseTargetedApplication(back)
+		if err != nil || !bytes.Equal(again, aid) {
+			t.Fatalf("%q → %X → %q → %X, %v", s, aid, back, again, err)
+		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -121,6 +122,43 @@ func FuzzSplitUDH(f *testing.F) {
 		}
 		if n != len(ud) {
 			t.Fatalf("% X: elements and rest cover %d of %d octets", ud, n, len(ud))
+		}
+	})
+}
+
+// FuzzParseURL feeds KEYPORT_SMPP_URL values built around a password to the
+// parser: it never panics, an error never quotes the password (the URL's
+// one secret, which logs and the console show errors of), and a URL it
+// takes yields a Config that passes Validate with the password it was given.
+func FuzzParseURL(f *testing.F) {
+	f.Add("keyport", "s3cr3t-pw", "127.0.0.1:2775", "source=4900")
+	f.Add("keyport", "p%zz", "smsc", "")
+	f.Add("keyport", "pw", "smsc:99999", "")
+	f.Add("keyport", "hunter22", "[::1", "")
+	f.Add("keyport", "hunter22", "smsc", "window=0")
+	f.Add("keyport", "hunter22", "smsc", "timeout=hunter22")
+	f.Add("keyport", "hunter22", "smsc", "hunter22=1")
+	f.Add("id", "a:b@c", "h", "rate=-1")
+	f.Fuzz(func(t *testing.T, id, pw, host, query string) {
+		in := "smpp://" + id + ":" + pw + "@" + host + "?" + query
+		c, err := ParseURL(in)
+		if err != nil {
+			// A password that the message would hold anyway (a word of
+			// its text, or the user's own host or query) proves nothing.
+			_, perr := ParseURL("smpp://" + id + ":QZ7XK9W2@" + host + "?" + query)
+			if len(pw) >= 6 && perr != nil && !strings.Contains(perr.Error(), pw) &&
+				!strings.Contains(id+host+query, pw) && strings.Contains(err.Error(), pw) {
+				t.Fatalf("the error quotes the password: %v", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("ParseURL took %q, Validate refuses it: %v", in, err)
+		}
+		// With no delimiter in the parts, the password is the one given.
+		plain := !strings.ContainsAny(id+pw+host, "@/?#") && !strings.Contains(id, ":")
+		if want, _ := url.PathUnescape(pw); plain && c.Password != want {
+			t.Fatalf("password %q parsed as %q", pw, c.Password)
 		}
 	})
 }
