@@ -215,6 +215,53 @@ func (s *Service) TriggerFailed(ctx context.Context, eid EID, reason string) err
 	return nil
 }
 
+// OTACounterJump is how far past a refused packet's counter keyport moves a
+// module's SCP80 counter when the card refused it as "counter low": the
+// card holds a higher counter than keyport (the database was restored from
+// a backup older than the last trigger), and its PoR does not say how much
+// higher (it carries the packet's counter). 65,536 covers that many
+// triggers sent since the backup in one step; a larger gap takes one step
+// per refused trigger, and the 5-byte counter has room for 16 million
+// steps.
+const OTACounterJump = 1 << 16
+
+// ActionOTACounterRaise is the audit action of TriggerCounterLow's raise.
+const ActionOTACounterRaise = "module.ota-counter.raise"
+
+// TriggerCounterLow handles a proof of receipt, authenticated under module
+// eid's OTA keys, in which the card refused the packet with this counter as
+// "counter low". When that counter is still the last keyport allocated
+// (no newer packet went out, whose own PoR then decides), the module's
+// counter moves OTACounterJump past it, with an audit event, in one
+// transaction, so that the job's next trigger gets through; it says whether
+// it did. A card refusing an older counter (a replayed SMS) moves nothing:
+// only the latest packet's refusal shows that the card is ahead of
+// keyport.
+func (s *Service) TriggerCounterLow(ctx context.Context, eid EID, refused uint64) (bool, error) {
+	m, err := s.Store.GetModule(ctx, eid)
+	if err != nil {
+		return false, err
+	}
+	to := min(refused+OTACounterJump, gp.MaxCounter-1)
+	var raised bool
+	err = s.Store.Tx(ctx, func(tx Repo) error {
+		var err error
+		if raised, err = tx.RaiseOTACounter(ctx, m.ID, refused, to); err != nil || !raised {
+			return err
+		}
+		return s.audit(ctx, tx, "system", ActionOTACounterRaise, string(eid), map[string]any{
+			"refused_counter": refused, "counter": to,
+			"cause": "the card refused the last trigger as counter low (its counter is ahead of keyport's)"})
+	})
+	if err != nil {
+		return false, err
+	}
+	if raised {
+		s.log().Warn("SCP80 counter raised: the card is ahead of keyport's counter", "eid", eid, "refused", refused, "counter", to)
+	}
+	return raised, nil
+}
+
 // SMSReach binds the service's SMS-reach use cases to the HSM's OTA
 // custody, for an SMS trigger adapter.
 type SMSReach struct {
@@ -245,6 +292,11 @@ func (r SMSReach) Sent(ctx context.Context, eid EID, ids []string) error {
 // ModuleBySMS finds the module a trigger SMS went to by its message id.
 func (r SMSReach) ModuleBySMS(ctx context.Context, messageID string) (EID, error) {
 	return r.Service.ModuleBySMS(ctx, messageID)
+}
+
+// CounterLow handles an authenticated "counter low" PoR for the counter.
+func (r SMSReach) CounterLow(ctx context.Context, eid EID, refused uint64) (bool, error) {
+	return r.Service.TriggerCounterLow(ctx, eid, refused)
 }
 
 // Failed records a trigger failure on the module's waiting jobs.

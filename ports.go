@@ -694,6 +694,10 @@ type OTARepo interface {
 	// conditional statement and returns the new value: strictly increasing
 	// across every caller. ErrConflict past the 5-byte maximum.
 	NextOTACounter(ctx context.Context, moduleID int64) (uint64, error)
+	// RaiseOTACounter sets the module's SCP80 counter to `to` if it is
+	// still `from` (a compare-and-set in one statement) and says whether it
+	// moved; it never lowers the counter nor passes the 5-byte maximum.
+	RaiseOTACounter(ctx context.Context, moduleID int64, from, to uint64) (bool, error)
 	// ModuleByMSISDN returns the EID of the module with that MSISDN;
 	// ErrNotFound if none.
 	ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error)

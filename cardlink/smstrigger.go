@@ -36,6 +36,10 @@ type SMSReach interface {
 	ModuleBySMS(ctx context.Context, messageID string) (keyport.EID, error)
 	// Failed records on the module's waiting jobs why its trigger failed.
 	Failed(ctx context.Context, eid keyport.EID, reason string) error
+	// CounterLow handles a PoR, authenticated under the module's OTA keys,
+	// that refused the packet with this counter as counter low
+	// (Service.TriggerCounterLow): it says whether keyport's counter moved.
+	CounterLow(ctx context.Context, eid keyport.EID, refused uint64) (bool, error)
 }
 
 // SMSTriggerConfig configures an SMSTrigger.
@@ -203,7 +207,10 @@ func (t *SMSTrigger) Receipt(ctx context.Context, messageID, state, errCode stri
 // ProofOfReceipt takes a mobile-originated response packet (user data
 // with its header) from msisdn: it is opened under the module's OTA keys
 // (or, for a card that could not verify the packet, without security) and
-// an error status is recorded on the module's waiting jobs.
+// an error status is recorded on the module's waiting jobs. A "counter
+// low" that the module's keys authenticate also moves keyport's counter
+// past the card's (Reach.CounterLow), so that the retry gets through; an
+// unauthenticated one is only recorded, since anyone can send it.
 func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byte) (gp.PoRStatus, error) {
 	eid, err := t.cfg.Reach.ModuleByMSISDN(ctx, msisdn)
 	if err != nil {
@@ -214,6 +221,7 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		return 0, err
 	}
 	r, err := gp.OpenSMSPoR(ud, triggerSPI, keys.Keys)
+	authenticated := err == nil
 	if err != nil {
 		plain := triggerSPI
 		plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
@@ -224,7 +232,17 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 	}
 	if r.Status != gp.PoROK {
 		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)
-		if err := t.cfg.Reach.Failed(ctx, eid, fmt.Sprintf("proof of receipt for counter %d: %v (%02X)", r.Counter, r.Status, byte(r.Status))); err != nil {
+		reason := fmt.Sprintf("proof of receipt for counter %d: %v (%02X)", r.Counter, r.Status, byte(r.Status))
+		if r.Status == gp.PoRCounterLow && authenticated {
+			raised, err := t.cfg.Reach.CounterLow(ctx, eid, r.Counter)
+			if err != nil {
+				return r.Status, err
+			}
+			if raised {
+				reason += fmt.Sprintf("; keyport's counter moved %d past it for the retry", keyport.OTACounterJump)
+			}
+		}
+		if err := t.cfg.Reach.Failed(ctx, eid, reason); err != nil {
 			return r.Status, err
 		}
 	}

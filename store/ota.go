@@ -81,6 +81,20 @@ func (r *repo) NextOTACounter(ctx context.Context, moduleID int64) (uint64, erro
 	return uint64(next[0]), nil
 }
 
+// RaiseOTACounter moves the module's SCP80 counter from `from` to `to`,
+// only if it is still `from`.
+func (r *repo) RaiseOTACounter(ctx context.Context, moduleID int64, from, to uint64) (bool, error) {
+	if to <= from || to > gp.MaxCounter {
+		return false, nil
+	}
+	res := r.w.WithContext(ctx).Exec(`UPDATE module_ota SET ota_counter = ? WHERE module_id = ? AND ota_counter = ?`,
+		int64(to), moduleID, int64(from))
+	if res.Error != nil {
+		return false, wrap("raise OTA counter", res.Error)
+	}
+	return res.RowsAffected == 1, nil
+}
+
 // ModuleByMSISDN returns the EID of the module with the MSISDN.
 func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
 	return r.oneEID(ctx, "module by MSISDN", `SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id

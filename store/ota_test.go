@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
@@ -203,6 +204,29 @@ func TestSMSMessageIDsFindTheirModuleForTheReceiptWindow(t *testing.T) {
 			if eid, err := s.ModuleBySMS(ctx, id); err != nil || eid != want {
 				t.Errorf("%s: %s %v, want %s", id, eid, err, want)
 			}
+		}
+	})
+}
+
+// RaiseOTACounter is a compare-and-set: it moves the counter only from the
+// value given, never down, never past the 5-byte maximum.
+func TestRaiseOTACounterMovesOnlyFromTheCounterGiven(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		ms := importOTA(t, s)
+		n, err := s.NextOTACounter(ctx, ms[0].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct{ from, to uint64 }{{n + 1, n + 100}, {n, n}, {n, n - 1}, {n, gp.MaxCounter + 1}} {
+			if moved, err := s.RaiseOTACounter(ctx, ms[0].ID, c.from, c.to); err != nil || moved {
+				t.Fatalf("raise %d → %d from %d: %v %v, want no move", c.from, c.to, n, moved, err)
+			}
+		}
+		if moved, err := s.RaiseOTACounter(ctx, ms[0].ID, n, n+1000); err != nil || !moved {
+			t.Fatalf("raise from the current counter: %v %v", moved, err)
+		}
+		if next, err := s.NextOTACounter(ctx, ms[0].ID); err != nil || next != n+1001 {
+			t.Fatalf("next counter after the raise: %d %v, want %d", next, err, n+1001)
 		}
 	})
 }

@@ -193,6 +193,14 @@ func (l lazyReach) Failed(ctx context.Context, eid keyport.EID, reason string) e
 	return r.Failed(ctx, eid, reason)
 }
 
+func (l lazyReach) CounterLow(ctx context.Context, eid keyport.EID, refused uint64) (bool, error) {
+	r, err := l.reach()
+	if err != nil {
+		return false, err
+	}
+	return r.CounterLow(ctx, eid, refused)
+}
+
 func (sw *smsWorld) setOTAKeys(t *testing.T, keys keyport.KeyBlobs) {
 	t.Helper()
 	m, err := sw.Svc.Store.GetModule(context.Background(), sw.EID)
@@ -328,8 +336,11 @@ func TestSMSTriggerWithAWrongKIDIsRefusedAndRetried(t *testing.T) {
 }
 
 // A counter the card has seen is refused (PoR status 02, counter low, in a
-// PoR secured under the OTA keys, which keyport opens in the HSM).
-func TestSMSTriggerWithAReplayedCounterIsRefused(t *testing.T) {
+// PoR secured under the OTA keys, which keyport opens in the HSM), as after
+// a restore of a database older than the card's last trigger: the status is
+// recorded on the job, keyport's counter moves OTACounterJump past the
+// refused one (audited), and the job's retry gets through to DONE.
+func TestSMSTriggerWithAReplayedCounterIsRefusedThenKeyportsCounterCatchesUp(t *testing.T) {
 	capture(t)
 	env := pcsctest.Start(t, pcsctest.Options{})
 	sw := newSMSWorld(t, "4915200000019")
@@ -361,11 +372,28 @@ func TestSMSTriggerWithAReplayedCounterIsRefused(t *testing.T) {
 	}
 	env.StartCard(t, sw.Card.Card)
 	sw.startAgent(t, env)
-	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
-		return strings.Contains(j.LastError, "counter low")
-	})
-	if j.State != keyport.JobQueued {
-		t.Fatalf("job %s after a replayed counter", j.State)
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
+	// DONE clears the job's last error: the audit event below is what
+	// shows the refusal (only an authenticated counter-low PoR raises).
+	if j.State != keyport.JobDone {
+		t.Fatalf("job %s (%q): want DONE after a trigger refused as counter low", j.State, j.LastError)
+	}
+	o, err := sw.Svc.Store.GetModuleOTA(context.Background(), m.ID)
+	if err != nil || o.Counter <= 4+keyport.OTACounterJump {
+		t.Fatalf("keyport's counter after the catch-up: %d %v, want past %d", o.Counter, err, 4+keyport.OTACounterJump)
+	}
+	events, err := sw.Svc.Store.AuditEvents(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raised := 0
+	for _, e := range events {
+		if e.Action == keyport.ActionOTACounterRaise && e.Object == string(sw.EID) {
+			raised++
+		}
+	}
+	if raised != 1 {
+		t.Fatalf("%d %s events, want 1", raised, keyport.ActionOTACounterRaise)
 	}
 }
 
