@@ -147,3 +147,10 @@ func (c *config) finish() error {
 	}
 	return nil
 }
+
+// storeInDataDir says whether the database and the HSM are the embedded
+// defaults in the data directory (neither --db nor --hsm given otherwise).
+// Call it after finish.
+func (c *config) storeInDataDir() bool {
+	return c.HSM == "" && c.DB == filepath.Join(c.DataDir, "keyport.db")
+}

@@ -235,7 +235,7 @@ func (d *demoRun) configure(cfg *config) error {
 		}
 		return nil
 	}
-	if cfg.HSM != "" || cfg.DB != filepath.Join(cfg.DataDir, "keyport.db") {
+	if !cfg.storeInDataDir() {
 		return exitError{2, errors.New("demo: keyport demo keeps its own SQLite file and SoftHSM token in --data-dir; --db and --hsm (KEYPORT_DB, KEYPORT_HSM) are refused")}
 	}
 	d.dir = cfg.DataDir

@@ -201,7 +201,7 @@ func cliPrefix(c *config) string {
 // given its database or HSM: they are not printed (a database URL may hold
 // a password), so the commands need them set as serve had them.
 func cliSameStore(c *config) string {
-	if c.DB == filepath.Join(c.DataDir, "keyport.db") && c.HSM == "" {
+	if c.storeInDataDir() {
 		return ""
 	}
 	return "(run them with the KEYPORT_DB and KEYPORT_HSM this serve has: they are not printed, since a database URL may hold a password)\n"
