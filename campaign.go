@@ -873,10 +873,7 @@ func (s *Service) cancelCampaignJobs(ctx context.Context, c *Campaign, actor str
 			if err != nil {
 				return err
 			}
-			if j.State != JobQueued {
-				continue
-			}
-			err = s.finish(ctx, j, jobEnd{to: JobCancelled, cause: CauseCancelled, actor: actor, action: "job.cancel"})
+			err = s.cancelQueued(ctx, j, jobEnd{to: JobCancelled, cause: CauseCancelled, actor: actor, action: "job.cancel"})
 			if err != nil && !errors.Is(err, ErrConflict) { // ErrConflict: it went out meanwhile
 				return err
 			}

@@ -2,6 +2,7 @@ package keyport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -311,14 +312,35 @@ func (s *Service) CancelJob(ctx context.Context, p Principal, ref string) (*Job,
 	if err != nil {
 		return nil, err
 	}
-	if j.State != JobQueued {
-		return nil, fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
-	}
-	err = s.finish(ctx, j, jobEnd{to: JobCancelled, actor: p.Actor(), action: "job.cancel"})
-	if err != nil {
+	if err := s.cancelQueued(ctx, j, jobEnd{to: JobCancelled, actor: p.Actor(), action: "job.cancel"}); err != nil {
 		return nil, err
 	}
 	return j, nil
+}
+
+// cancelTries bounds how often cancelQueued reads a job again.
+const cancelTries = 8
+
+// cancelQueued ends j with e while j is QUEUED. A wake-up sent meanwhile
+// (WakeDue counts it in Attempts, on any replica) leaves the job QUEUED but
+// fails finish's compare-and-set: the job is then read again and the cancel
+// tried again. ErrConflict once the job is no longer QUEUED (a session took
+// it, or it ended); j is then the job as last read.
+func (s *Service) cancelQueued(ctx context.Context, j *Job, e jobEnd) error {
+	for try := 1; ; try++ {
+		if j.State != JobQueued {
+			return fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
+		}
+		err := s.finish(ctx, j, e)
+		if !errors.Is(err, ErrConflict) || try == cancelTries {
+			return err
+		}
+		fresh, err := s.Store.GetJob(ctx, j.Ref)
+		if err != nil {
+			return err
+		}
+		*j = *fresh
+	}
 }
 
 // jobEnd is how finish ends a job.
