@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,8 +86,10 @@ var (
 	jobsScrapeErrorsDesc = prometheus.NewDesc("keyport_jobs_scrape_errors_total", "Scrapes whose count of jobs failed or timed out (keyport_jobs is then left out).", nil, nil)
 	walFramesDesc        = prometheus.NewDesc("keyport_db_wal_checkpointed_frames_total", "SQLite: WAL frames the background checkpointer copied into the database file.", nil, nil)
 	walFailuresDesc      = prometheus.NewDesc("keyport_db_wal_checkpoint_failures_total", "SQLite: background checkpoints that failed (the WAL then grows until one succeeds).", nil, nil)
-	jobKinds             = []keyport.JobKind{keyport.JobSecondKey, keyport.JobWebhook}
-	jobStates            = []keyport.JobState{keyport.JobQueued, keyport.JobSent, keyport.JobDone, keyport.JobFailed, keyport.JobCancelled, keyport.JobExpired}
+	// jobKinds is every kind of job: those an admin session delivers and
+	// the webhook deliveries.
+	jobKinds  = append(slices.Clone(keyport.CardJobKinds), keyport.JobWebhook)
+	jobStates = []keyport.JobState{keyport.JobQueued, keyport.JobSent, keyport.JobDone, keyport.JobFailed, keyport.JobCancelled, keyport.JobExpired}
 )
 
 // Collector returns the store's Prometheus metrics and turns statement

@@ -47,13 +47,28 @@ func TestCollectorTimesStatementsByOperationAndCountsJobsAtScrapeTime(t *testing
 		queued := func() float64 {
 			t.Helper()
 			mf := gatherStore(t, reg)["keyport_jobs"]
-			if len(mf.GetMetric()) != 12 {
-				t.Fatalf("%d keyport_jobs series, want every kind × state (12)", len(mf.GetMetric()))
+			if len(mf.GetMetric()) != 24 {
+				t.Fatalf("%d keyport_jobs series, want every kind × state (4 × 6)", len(mf.GetMetric()))
 			}
 			return labelled(mf, map[string]string{"kind": string(keyport.JobSecondKey), "state": string(keyport.JobQueued)}).GetGauge().GetValue()
 		}
 		if n := queued(); n != 0 {
 			t.Fatalf("%v queued second-key jobs before any was made", n)
+		}
+		// Data and issuer jobs are counted under their own kinds.
+		data, issuer := newJob(m, 0, "job_md"), newJob(m, 1, "job_mi")
+		data.Kind, data.SecondKey, data.Data = keyport.JobData, nil, &keyport.DataPayload{EID: m.EID, AID: m.Domains[0].AID, APDUs: []string{"8050300008"}}
+		issuer.Kind, issuer.SecondKey, issuer.Issuer = keyport.JobIssuer, nil, &keyport.IssuerPayload{Op: keyport.OpLock, EID: m.EID, AID: m.Domains[1].AID}
+		for _, j := range []*keyport.Job{data, issuer} {
+			if err := s.CreateJob(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, k := range []keyport.JobKind{keyport.JobData, keyport.JobIssuer} {
+			mf := gatherStore(t, reg)["keyport_jobs"]
+			if n := labelled(mf, map[string]string{"kind": string(k), "state": string(keyport.JobQueued)}).GetGauge().GetValue(); n != 1 {
+				t.Fatalf("%v queued %s jobs, want 1", n, k)
+			}
 		}
 		before := gatherStore(t, reg)["keyport_db_query_seconds"]
 		creates := func(mf *dto.MetricFamily) uint64 {
