@@ -3,21 +3,20 @@
 // on them, the service providers who claim those domains, and the use cases that
 // move a domain through its life (DESIGN.md, "Domain state machine").
 //
-// One concept per file: the domain's vocabulary (eid.go, aid.go, keys.go,
-// state.go, errors.go, principal.go), then one file per thing a use case acts
-// on — batch.go and importfile.go, provider.go, wrappingkey.go, module.go,
-// claim.go, keypackage.go, account.go and totp.go, outbox.go, audit.go,
-// stats.go — and card-link delivery: job.go (jobs and how one ends), script.go
-// (second-key scripts), adminsession.go (GP Amendment B admin sessions),
-// webhook.go (signed events) and worker.go (the delivery worker's steps).
-// service.go holds the Service, whose fields are the ports it needs.
+// One concept per file, starting with the vocabulary (eid.go, aid.go, keys.go,
+// state.go, errors.go, principal.go); the README's "Layout" section lists every
+// file and what it holds. service.go holds the Service, whose fields are the
+// ports it needs.
 //
-// Every port is in ports.go, and adapters implement them: hsm/ is Custody,
-// LinkCustody, SecretSealer and PersoCustody; store/ is Store, its
-// Committer (group commit) and its ClaimWriter (claims as data, pipelined
-// on PostgreSQL); cardlink/ is a Trigger. web/ and cardlink/ drive
-// the Service; the personalization station (perso/) drives it as a client
-// through the gp/ card dialog. cmd/keyport wires them together. The package
-// imports the standard library, gp/, the password hash (x/crypto/argon2) and
-// TOTP (pquerna/otp) only.
+// Every port is in ports.go, and adapters implement them: hsm/ is the custody
+// ports (Custody, LinkCustody, SecretSealer, PersoCustody, CardKeys,
+// OTACustody, KeyMigrator); store/ is Store with its Committer (group commit),
+// ClaimWriter (claims as data, pipelined on PostgreSQL), AuditSealer, WakeBus
+// and Exclusive (the deployment's lock); cardlink/ is the
+// Triggers (the agent's wake-up hub, the replicas' wake-up bus, SMS) and, in
+// cardlink/sandbox, the FaultBook; web/ is Metrics. web/ and cardlink/ drive the
+// Service; the personalization station (perso/) drives it as a client through
+// the gp/ card dialog. cmd/keyport wires them together. The package imports the
+// standard library, gp/, internal/wait, the password hash (x/crypto/argon2), TOTP
+// (pquerna/otp) and WebAuthn (go-webauthn) only.
 package keyport

@@ -757,7 +757,7 @@ func AdminJobsPage(m Meta, state string, jobs []AdminJobRow) templ.Component {
 					return templ_7745c5c3_Err
 				}
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 70, "</tbody></table></div><p class=\"hint\">A failed second-key job is followed by a new script (the provider's domain page or POST /api/v1/domains/…/scripts); a failed issuer job (access rules) is retried here.</p>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 70, "</tbody></table></div><p class=\"hint\">A failed second-key or data job is followed by a new script from the provider (its domain page, or POST /api/v1/domains/…/scripts or …/data-scripts); a failed or expired issuer job (access rules, lock, unlock, release) is retried here.</p>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
