@@ -60,8 +60,12 @@ type Job struct {
 	ProviderID string
 	State      JobState
 	// Attempts counts wake-ups sent (second-key) or deliveries tried
-	// (webhook); it is also the row's version for optimistic updates.
-	Attempts  int
+	// (webhook).
+	Attempts int
+	// Version counts the writes of the job since it was created: the
+	// compare-and-set of JobRepo.UpdateJob, which a write that changes
+	// neither state nor attempts (a failed trigger's cause) moves too.
+	Version   int
 	NextRunAt time.Time
 	ExpiresAt *time.Time
 	// SecondKey is what a JobSecondKey job delivers.
@@ -318,21 +322,25 @@ func (s *Service) CancelJob(ctx context.Context, p Principal, ref string) (*Job,
 	return j, nil
 }
 
-// cancelTries bounds how often cancelQueued reads a job again.
-const cancelTries = 8
+// queuedTries bounds how often whileQueued reads a job again.
+const queuedTries = 8
 
-// cancelQueued ends j with e while j is QUEUED. A wake-up sent meanwhile
-// (WakeDue counts it in Attempts, on any replica) leaves the job QUEUED but
-// fails finish's compare-and-set: the job is then read again and the cancel
-// tried again. ErrConflict once the job is no longer QUEUED (a session took
-// it, or it ended); j is then the job as last read.
-func (s *Service) cancelQueued(ctx context.Context, j *Job, e jobEnd) error {
+// whileQueued runs write, a compare-and-set of j (same state and attempts),
+// while j is QUEUED. A QUEUED job is changed by more than one writer at
+// once (the delivery worker counting a wake-up in its attempts, on any
+// replica; an SMS receipt recording a failed trigger; a cancel): when write
+// fails with ErrConflict the job is read again and, if it is still QUEUED,
+// write runs again on what is stored now, so that neither change is lost.
+// ErrConflict once the job is no longer QUEUED (a session took it, or it
+// ended); j is then the job as last read. write must compute its change
+// from *j each time it runs.
+func (s *Service) whileQueued(ctx context.Context, j *Job, write func(j *Job) error) error {
 	for try := 1; ; try++ {
 		if j.State != JobQueued {
-			return fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
+			return fmt.Errorf("%w: job is %s, no longer QUEUED", ErrConflict, j.State)
 		}
-		err := s.finish(ctx, j, e)
-		if !errors.Is(err, ErrConflict) || try == cancelTries {
+		err := write(j)
+		if !errors.Is(err, ErrConflict) || try == queuedTries {
 			return err
 		}
 		fresh, err := s.Store.GetJob(ctx, j.Ref)
@@ -341,6 +349,18 @@ func (s *Service) cancelQueued(ctx context.Context, j *Job, e jobEnd) error {
 		}
 		*j = *fresh
 	}
+}
+
+// cancelQueued ends j with e (a cancel) while j is QUEUED (whileQueued).
+func (s *Service) cancelQueued(ctx context.Context, j *Job, e jobEnd) error {
+	if j.State != JobQueued {
+		return fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
+	}
+	err := s.whileQueued(ctx, j, func(j *Job) error { return s.finish(ctx, j, e) })
+	if errors.Is(err, ErrConflict) && j.State != JobQueued {
+		return fmt.Errorf("%w: job is %s; only a QUEUED job can be cancelled", ErrConflict, j.State)
+	}
+	return err
 }
 
 // jobEnd is how finish ends a job.

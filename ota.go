@@ -200,15 +200,17 @@ func (s *Service) TriggerFailed(ctx context.Context, eid EID, reason string) err
 	}
 	for _, pj := range jobs {
 		j := pj.Job
-		if j.State != JobQueued {
-			continue
-		}
-		from, attempts := j.State, j.Attempts
-		j.LastError = TriggerErrorPrefix + reason
-		if next := now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64())); next.After(j.NextRunAt) {
-			j.NextRunAt = next
-		}
-		if err := s.Store.UpdateJob(ctx, &j, from, attempts); err != nil && !errors.Is(err, ErrConflict) {
+		// Recorded even when the wake-up that sent the trigger counts
+		// itself on the job meanwhile (read again).
+		err := s.whileQueued(ctx, &j, func(j *Job) error {
+			from, attempts := j.State, j.Attempts
+			j.LastError = TriggerErrorPrefix + reason
+			if next := now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64())); next.After(j.NextRunAt) {
+				j.NextRunAt = next
+			}
+			return s.Store.UpdateJob(ctx, j, from, attempts)
+		})
+		if err != nil && !errors.Is(err, ErrConflict) {
 			return err
 		}
 	}

@@ -481,8 +481,10 @@ type JobRepo interface {
 	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
 	// UpdateJob writes j's state, attempts, next run, result and last
 	// error, conditionally: only if the row is still in state `from` with
-	// `fromAttempts` attempts. Otherwise it changes nothing and fails with
-	// ErrConflict (another replica or session moved the job first).
+	// `fromAttempts` attempts and at j.Version, the version it was read
+	// at; it then moves j.Version on. Otherwise it changes nothing and
+	// fails with ErrConflict (another replica, session or receipt wrote the
+	// job first).
 	UpdateJob(ctx context.Context, j *Job, from JobState, fromAttempts int) error
 
 	// PendingModuleJobs returns up to limit of the module's card jobs (CardJobKinds)

@@ -177,15 +177,20 @@ func (s *Service) WakeDue(ctx context.Context, limit int) (int, error) {
 			}
 			woken[j.ModuleID] = werr
 		}
-		from, attempts := j.State, j.Attempts
-		j.Attempts++
-		j.NextRunAt = now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64()))
-		if werr != nil {
-			j.LastError = "wake-up: " + werr.Error()
-		} else if !strings.HasPrefix(j.LastError, TriggerErrorPrefix) {
-			j.LastError = ""
-		}
-		if err := s.Store.UpdateJob(ctx, j, from, attempts); err != nil && !errors.Is(err, ErrConflict) {
+		// The wake-up counts even when something else changed the job
+		// meanwhile (a receipt of its trigger's failure, read again).
+		err := s.whileQueued(ctx, j, func(j *Job) error {
+			from, attempts := j.State, j.Attempts
+			j.Attempts++
+			j.NextRunAt = now.Add(s.Delivery.BackoffAfter(j.Attempts, rand.Float64()))
+			if werr != nil {
+				j.LastError = "wake-up: " + werr.Error()
+			} else if !strings.HasPrefix(j.LastError, TriggerErrorPrefix) {
+				j.LastError = ""
+			}
+			return s.Store.UpdateJob(ctx, j, from, attempts)
+		})
+		if err != nil && !errors.Is(err, ErrConflict) {
 			return i, err
 		}
 	}

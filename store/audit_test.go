@@ -212,8 +212,8 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 			}
 		}
 		// Back to version 3, as a database an older keyport migrated: undo
-		// the steps after it (18 down to 4; 16 is a PostgreSQL setting).
-		for _, q := range []string{`DROP INDEX domains_module_id`, `DROP INDEX modules_import_id`, `ALTER TABLE modules DROP COLUMN import_id`, `DROP TABLE imports`, `DROP TABLE sms_messages`, `ALTER TABLE users DROP COLUMN password_change_required`, `DROP TABLE campaign_targets`, `DROP TABLE campaigns`, `ALTER TABLE domains DROP COLUMN seq_unverified`, `DROP TABLE module_ota`, `DROP TABLE access_rules`, `DROP TABLE approvals`, `DROP INDEX api_tokens_admin`, `ALTER TABLE api_tokens DROP COLUMN owner`,
+		// the steps after it (19 down to 4; 16 is a PostgreSQL setting).
+		for _, q := range []string{`ALTER TABLE jobs DROP COLUMN version`, `DROP INDEX domains_module_id`, `DROP INDEX modules_import_id`, `ALTER TABLE modules DROP COLUMN import_id`, `DROP TABLE imports`, `DROP TABLE sms_messages`, `ALTER TABLE users DROP COLUMN password_change_required`, `DROP TABLE campaign_targets`, `DROP TABLE campaigns`, `ALTER TABLE domains DROP COLUMN seq_unverified`, `DROP TABLE module_ota`, `DROP TABLE access_rules`, `DROP TABLE approvals`, `DROP INDEX api_tokens_admin`, `ALTER TABLE api_tokens DROP COLUMN owner`,
 			`ALTER TABLE api_tokens DROP COLUMN owner_user_id`, `ALTER TABLE api_tokens DROP COLUMN expires_at`,
 			`ALTER TABLE api_tokens DROP COLUMN last_used_at`, `ALTER TABLE users DROP COLUMN disabled_at`,
 			`DROP TABLE passkey_ceremonies`, `DROP TABLE passkeys`,

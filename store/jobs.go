@@ -29,6 +29,7 @@ type jobRow struct {
 	LastError  string         `gorm:"column:last_error"`
 	CreatedAt  time.Time      `gorm:"column:created_at"`
 	UpdatedAt  time.Time      `gorm:"column:updated_at"`
+	Version    int            `gorm:"column:version"` // migration 19
 }
 
 func (jobRow) TableName() string { return "jobs" }
@@ -37,7 +38,7 @@ func (r jobRow) model() (keyport.Job, error) {
 	j := keyport.Job{ID: r.ID, Ref: r.Ref.String, Kind: keyport.JobKind(r.Kind), DomainID: r.DomainID.Int64,
 		ModuleID: r.ModuleID.Int64, ProviderID: r.ProviderID.String, State: keyport.JobState(r.State),
 		Attempts: r.Attempts, NextRunAt: r.NextRunAt.UTC(), ExpiresAt: utcPtr(r.ExpiresAt),
-		LastError: r.LastError, CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC()}
+		LastError: r.LastError, CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(), Version: r.Version}
 	switch j.Kind {
 	case keyport.JobSecondKey:
 		j.SecondKey = new(keyport.SecondKeyPayload)
@@ -139,7 +140,7 @@ func (r *repo) CreateJob(ctx context.Context, j *keyport.Job) error {
 	if err := r.w.WithContext(ctx).Create(&row).Error; err != nil {
 		return wrap("create job", err)
 	}
-	j.ID, j.CreatedAt, j.UpdatedAt = row.ID, t, t
+	j.ID, j.CreatedAt, j.UpdatedAt, j.Version = row.ID, t, t, 0
 	j.NextRunAt, j.ExpiresAt = row.NextRunAt, row.ExpiresAt
 	return nil
 }
@@ -227,7 +228,7 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 		WebhookURL  sql.NullString `gorm:"column:webhook_url"`
 	}
 	err := r.r.WithContext(ctx).Raw(`SELECT j.id, j.ref, j.kind, j.domain_id, j.module_id, j.provider_id, j.state,
-		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at,
+		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at, j.version,
 		d.state AS domain_state, p.webhook_url AS webhook_url
 		FROM jobs j LEFT JOIN domains d ON d.id = j.domain_id LEFT JOIN providers p ON p.id = j.provider_id
 		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN ? ORDER BY j.id LIMIT ?`,
@@ -248,8 +249,9 @@ func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int)
 }
 
 // UpdateJob writes j's mutable fields if the row is still in state from
-// with fromAttempts attempts: one conditional UPDATE, so that of two
-// sessions or replicas moving the same job exactly one wins.
+// with fromAttempts attempts and at version j.Version: one conditional
+// UPDATE, so that of two sessions, replicas or receipts writing the same
+// job exactly one wins and the other reads it again.
 func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobState, fromAttempts int) error {
 	result, err := jobResult(j)
 	if err != nil {
@@ -257,15 +259,16 @@ func (r *repo) UpdateJob(ctx context.Context, j *keyport.Job, from keyport.JobSt
 	}
 	t := now()
 	n, err := affected(r.exec(ctx, `UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result = ?, last_error = ?,
-		updated_at = ? WHERE id = ? AND state = ? AND attempts = ?`,
-		string(j.State), j.Attempts, dbTime(j.NextRunAt), result, j.LastError, t, j.ID, string(from), fromAttempts))
+		updated_at = ?, version = version + 1 WHERE id = ? AND state = ? AND attempts = ? AND version = ?`,
+		string(j.State), j.Attempts, dbTime(j.NextRunAt), result, j.LastError, t, j.ID, string(from), fromAttempts, j.Version))
 	if err != nil {
 		return wrap("update job", err)
 	}
 	if n != 1 {
-		return fmt.Errorf("store: update job %s: not %s with %d attempts any more: %w", j.Ref, from, fromAttempts, keyport.ErrConflict)
+		return fmt.Errorf("store: update job %s: changed since it was read (%s with %d attempts, write %d): %w", j.Ref, from, fromAttempts, j.Version, keyport.ErrConflict)
 	}
 	j.UpdatedAt = t
+	j.Version++
 	j.NextRunAt = dbTime(j.NextRunAt)
 	return nil
 }

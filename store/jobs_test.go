@@ -100,6 +100,43 @@ func TestUpdateJobIsConditionalOnStateAndAttemptsSoOnlyOneOfTwoWriterWins(t *tes
 	})
 }
 
+func TestUpdateJobSeesAWriteThatChangedNeitherStateNorAttempts(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 2)
+		if err := s.CreateJob(ctx, newJob(m, 0, "job_v")); err != nil {
+			t.Fatal(err)
+		}
+		a, err := s.GetJob(ctx, "job_v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := *a // read at the same time by another writer
+		a.LastError = "trigger: receipt UNDELIV"
+		if err := s.UpdateJob(ctx, a, keyport.JobQueued, 0); err != nil || a.Version != 1 {
+			t.Fatalf("first write: version %d, %v", a.Version, err)
+		}
+		b.Attempts, b.LastError = 1, ""
+		if err := s.UpdateJob(ctx, &b, keyport.JobQueued, 0); !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("a write from the older read: %v, want ErrConflict", err)
+		}
+		got, err := s.GetJob(ctx, "job_v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Version != 1 || got.Attempts != 0 || got.LastError != "trigger: receipt UNDELIV" {
+			t.Fatalf("stored: version %d, %d attempts, %q", got.Version, got.Attempts, got.LastError)
+		}
+		// Read again, the second writer's write goes through.
+		got.Attempts = 1
+		if err := s.UpdateJob(ctx, got, keyport.JobQueued, 0); err != nil || got.Version != 2 {
+			t.Fatalf("write after reading again: version %d, %v", got.Version, err)
+		}
+		if p, err := s.PendingModuleJobs(ctx, m.ID, 10); err != nil || len(p) != 1 || p[0].Version != 2 {
+			t.Fatalf("pending jobs %+v %v", p, err)
+		}
+	})
+}
+
 func TestAdminSessionLeaseIsHeldByOneSessionUntilReleasedOrExpired(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		m := jobModule(t, s, 3)

@@ -486,6 +486,13 @@ var migrations = []migration{
 		`CREATE INDEX domains_module_id ON domains (module_id)`,
 		`CREATE INDEX sms_messages_module_id ON sms_messages (module_id)`,
 	}},
+	// A job's compare-and-set was its state and attempts, and a write that
+	// changed neither (a failed trigger's cause, recorded while the job
+	// stays QUEUED) was invisible to it: a wake-up that had read the job
+	// before wrote over the cause. The version moves with every write.
+	{19, "a version on jobs for their compare-and-set", []string{
+		`ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.
