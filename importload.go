@@ -165,14 +165,14 @@ func (s *Service) dropImport(ctx context.Context, imp *Import) {
 }
 
 // unfinishedImports returns up to limit imports not finished, oldest first:
-// every one, as none was touched in the future.
+// every one, also one a replica whose clock runs ahead touched "later".
 func (s *Service) unfinishedImports(ctx context.Context, limit int) ([]Import, error) {
-	return s.Store.StaleImports(ctx, s.now().Add(time.Hour), limit)
+	return s.Store.StaleImports(ctx, time.Time{}, limit)
 }
 
 // SweepImports finishes up to limit imports untouched since before (a
-// replica's sweep: ImportStaleAfter ago, their process gone; a restore: any
-// time, no process loads into a database just restored). A LOADING or
+// replica's sweep: ImportStaleAfter ago, their process gone; a restore: the
+// zero time, every one, as no process loads into a database just restored). A LOADING or
 // DROPPING one is dropped, a PUBLISHING one published. It returns the
 // imports it finished.
 func (s *Service) SweepImports(ctx context.Context, before time.Time, limit int) ([]Import, error) {

@@ -254,8 +254,9 @@ type ModuleRepo interface {
 	// ErrConflict for one that is PUBLISHING.
 	DropImport(ctx context.Context, id int64) error
 	// StaleImports returns up to limit imports last touched before before,
-	// oldest first. Every chunk staged, published or dropped touches its
-	// import.
+	// oldest first; with the zero time, every unfinished import, whatever
+	// its clock said when it touched the row. Every chunk staged, published
+	// or dropped touches its import.
 	StaleImports(ctx context.Context, before time.Time, limit int) ([]Import, error)
 	// GetModule returns the module with its domains; ErrNotFound if unknown.
 	GetModule(ctx context.Context, eid EID) (*Module, error)

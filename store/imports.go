@@ -181,11 +181,15 @@ func (r *repo) DropImport(ctx context.Context, id int64) error {
 	return wrap("drop import", r.w.WithContext(ctx).Exec(`DELETE FROM imports WHERE id = ?`, id).Error)
 }
 
-// StaleImports returns imports untouched since before, oldest first.
+// StaleImports returns imports untouched since before (any, for the zero
+// time), oldest first.
 func (r *repo) StaleImports(ctx context.Context, before time.Time, limit int) ([]keyport.Import, error) {
 	var rows []importRow
-	if err := r.r.WithContext(ctx).Where("updated_at < ?", dbTime(before)).Order("updated_at, id").Limit(limit).
-		Find(&rows).Error; err != nil {
+	q := r.r.WithContext(ctx)
+	if !before.IsZero() {
+		q = q.Where("updated_at < ?", dbTime(before))
+	}
+	if err := q.Order("updated_at, id").Limit(limit).Find(&rows).Error; err != nil {
 		return nil, wrap("stale imports", err)
 	}
 	out := make([]keyport.Import, len(rows))

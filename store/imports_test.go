@@ -209,6 +209,31 @@ func TestStaleImportsAreThoseUntouchedSinceTheTime(t *testing.T) {
 	})
 }
 
+// TestStaleImportsOfTheZeroTimeAreAllUnfinishedOnes: an import a replica
+// whose clock runs two hours ahead touched is not stale an hour from now,
+// but a restore and the checks before a key migration, which ask with the
+// zero time, still find it.
+func TestStaleImportsOfTheZeroTimeAreAllUnfinishedOnes(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		a, err := s.BeginImport(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ahead := keyport.AuditTime(time.Now().Add(2 * time.Hour))
+		if err := store.ExecForTest(s, "UPDATE imports SET updated_at = ? WHERE id = ?", ahead, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.StaleImports(ctx, time.Now().Add(time.Hour), 10); err != nil || len(got) != 0 {
+			t.Fatalf("StaleImports an hour from now: %+v, %v; want none", got, err)
+		}
+		got, err := s.StaleImports(ctx, time.Time{}, 10)
+		if err != nil || len(got) != 1 || got[0].ID != a.ID {
+			t.Fatalf("StaleImports of the zero time: %+v, %v; want import %d", got, err, a.ID)
+		}
+	})
+}
+
 // TestADropRacingTheCommitOfItsImportLeavesTheCommittedImport: the sweep
 // takes an import for abandoned just as its slow loader commits it. The
 // drop waits for the commit and then finds the import committed: it

@@ -86,7 +86,7 @@ func finishRestoredImports(ctx context.Context, dsn string) error {
 	defer st.Close()
 	svc := &keyport.Service{Store: st, Log: slog.New(slog.DiscardHandler)}
 	for {
-		imps, err := svc.SweepImports(ctx, time.Now().Add(time.Hour), 100)
+		imps, err := svc.SweepImports(ctx, time.Time{}, 100)
 		if err != nil {
 			return fmt.Errorf("restore: finish imports: %w", err)
 		}
