@@ -150,7 +150,8 @@ func HashSecret(s string) []byte {
 	return h[:]
 }
 
-// LockedError says an account is locked after too many wrong passwords.
+// LockedError says an account is locked after too many wrong passwords
+// (the sign-in form shows ErrWrongLogin's words instead).
 type LockedError struct{ Until time.Time }
 
 func (e *LockedError) Error() string {
@@ -224,9 +225,21 @@ func (f SignUp) Validate() []*InvalidError {
 	return errs
 }
 
+// ErrAddressTaken is SignUpProvider's answer for an address that has an
+// account: nothing is created, and the address is sent a message saying so,
+// with the links to sign in and to reset the password. A sign-up form
+// answers it exactly as a sign-up ("check your e-mail"), so that it does
+// not tell a stranger who has an account; the owner learns it from the
+// message.
+var ErrAddressTaken = errors.New("keyport: sign up: the e-mail address has an account")
+
+// errTaken ends the sign-up's transaction when the address has an account.
+var errTaken = errors.New("address taken")
+
 // SignUpProvider creates a pending provider and its first user, and sends
 // the address-verification message (flow 2). linkBase is the portal's public
-// URL, which the message links to.
+// URL, which the message links to. An address that has an account gets
+// ErrAddressTaken, and a message instead.
 func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string) (*Provider, error) {
 	if errs := f.Validate(); len(errs) > 0 {
 		return nil, errs[0]
@@ -241,13 +254,13 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateProvider(ctx, prov); err != nil {
 			if errors.Is(err, ErrConflict) {
-				return invalid("email", "an account with this e-mail address exists: sign in or reset the password")
+				return errTaken
 			}
 			return err
 		}
 		if err := tx.CreateUser(ctx, u); err != nil {
 			if errors.Is(err, ErrConflict) {
-				return invalid("email", "an account with this e-mail address exists: sign in or reset the password")
+				return errTaken
 			}
 			return err
 		}
@@ -262,11 +275,47 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 		return s.audit(ctx, tx, "provider:"+prov.ID, "provider.signup", "provider:"+prov.ID,
 			map[string]any{"name": prov.Name, "kind": prov.Kind, "email": email})
 	})
+	if errors.Is(err, errTaken) {
+		return nil, s.tellAddressTaken(ctx, email, linkBase)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("keyport: sign up: %w", err)
 	}
 	s.deliver(ctx, mail)
 	return prov, nil
+}
+
+// tellAddressTaken sends email, which has an account, the message that a
+// sign-up was tried with it, and returns ErrAddressTaken. The message says
+// nothing the form was given (the organisation's name is a stranger's text).
+func (s *Service) tellAddressTaken(ctx context.Context, email, linkBase string) error {
+	err := s.notice(ctx, EmailMessage{To: email, Subject: "Sign-up for keyport with your e-mail address",
+		Body: "Hello,\n\nsomeone, perhaps you, tried to sign up for keyport with this e-mail address, which has an " +
+			"account already. Nothing was changed.\n\nTo use your account, sign in at " + linkBase + "/login, or " +
+			"choose a new password at " + linkBase + "/reset.\n\nIf it was not you, you need not do anything.\n"},
+		"system", "provider.signup-refused", "email:"+email, map[string]any{"reason": "address has an account"})
+	if err != nil {
+		return fmt.Errorf("keyport: sign up: %w", err)
+	}
+	return ErrAddressTaken
+}
+
+// notice queues the e-mail em (it holds no secret: the outbox keeps it
+// whole) with an audit event in one transaction, and sends it.
+func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, object string, detail map[string]any) error {
+	body, _ := json.Marshal(em)
+	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: s.now().UTC()}
+	err := s.Store.Tx(ctx, func(tx Repo) error {
+		if err := tx.AddOutbox(ctx, m); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, actor, action, object, detail)
+	})
+	if err != nil {
+		return err
+	}
+	s.deliver(ctx, &mail{row: m, live: em})
+	return nil
 }
 
 // mailToken creates a one-time token and queues, in tx, a message with a
@@ -336,9 +385,11 @@ type LoginResult struct {
 	User  *User
 }
 
-// errWrongLogin is the one answer to an unknown e-mail address and a wrong
-// password: it says nothing about the account, not even attempts left.
-var errWrongLogin = fmt.Errorf("%w: wrong e-mail address or password", ErrUnauthenticated)
+// ErrWrongLogin is the one answer to an unknown e-mail address and a wrong
+// password: it says nothing about the account, not even attempts left. A
+// sign-in form gives it for a *LockedError too (the owner is told by
+// e-mail); a signed-in user's re-authentication says "locked".
+var ErrWrongLogin = fmt.Errorf("%w: wrong e-mail address or password", ErrUnauthenticated)
 
 // errWrongTOTP follows a right password (ErrTOTPRequired has said so).
 var errWrongTOTP = fmt.Errorf("%w: the authenticator code is wrong, expired or used before", ErrUnauthenticated)
@@ -360,7 +411,7 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 	if errors.Is(err, ErrNotFound) {
 		CheckPassword(dummyHash, password)
 		s.auditLogin("system", "user.login-failed", "email:"+email, map[string]any{"reason": "unknown address"})
-		return nil, errWrongLogin
+		return nil, ErrWrongLogin
 	}
 	if err != nil {
 		return nil, fmt.Errorf("keyport: login: %w", err)
@@ -371,6 +422,9 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 		return nil, fmt.Errorf("keyport: login: %w", err)
 	}
 	if !reserved {
+		// As long as for an unknown address: the time does not tell a
+		// locked account from none.
+		CheckPassword(dummyHash, password)
 		s.auditLogin(userActor(u), "user.login-failed", "user:"+u.ID, map[string]any{"reason": "locked"})
 		until := now.Add(LockFor)
 		if u.LockedUntil != nil {
@@ -384,7 +438,7 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 		s.log().Info("sign-in failed", "user", u.ID, "reason", reason, "attempts", u.FailedLogins)
 		s.auditLogin(userActor(u), "user.login-failed", "user:"+u.ID, map[string]any{"reason": reason, "attempts": u.FailedLogins})
 		if u.LockedUntil != nil {
-			s.auditLogin("system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+			s.lockedNow(u)
 			return nil, &LockedError{Until: *u.LockedUntil}
 		}
 		return nil, err
@@ -393,7 +447,7 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 		checkPasswordHook()
 	}
 	if !CheckPassword(u.PasswordHash, password) {
-		return fail("wrong password", errWrongLogin)
+		return fail("wrong password", ErrWrongLogin)
 	}
 	if u.DisabledAt != nil {
 		return fail("disabled", ErrAccountDisabled)
@@ -452,6 +506,23 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 
 // auditLogin records a sign-in event that has no transaction of its own;
 // a failure to record it is logged, not shown to the user.
+// lockedNow records that the attempt just ended locked u's account, and
+// tells its owner by e-mail: the sign-in page says no more than "wrong
+// e-mail address or password" to a locked account, as to an unknown
+// address, so that it does not tell a stranger who has an account.
+func (s *Service) lockedNow(u *User) {
+	until := u.LockedUntil.UTC().Format("2006-01-02 15:04")
+	err := s.notice(context.Background(), EmailMessage{To: u.Email, Subject: "Your keyport account is locked",
+		Body: fmt.Sprintf("Hello,\n\nyour keyport account was locked after %d sign-in attempts with a wrong password or "+
+			"code, until %s UTC. Signing in works again after that time, or at once after you choose a new "+
+			"password (\"Forgot your password?\" on the sign-in page).\n\nIf these attempts were not yours, "+
+			"someone may be guessing your password: choose a new one.\n", u.FailedLogins, until)},
+		"system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+	if err != nil {
+		s.log().Warn("account lock not audited, its owner not told", "user", u.ID, "err", err)
+	}
+}
+
 func (s *Service) auditLogin(actor, action, object string, detail map[string]any) {
 	ctx := context.Background()
 	if err := s.Store.Tx(ctx, func(tx Repo) error { return s.audit(ctx, tx, actor, action, object, detail) }); err != nil {
@@ -688,7 +759,7 @@ func (s *Service) reauthenticate(ctx context.Context, id, what string, r Reauth)
 	fail := func(reason string, err error) (*User, error) {
 		s.auditLogin(userActor(u), "user.reauth-failed", "user:"+u.ID, map[string]any{"for": what, "reason": reason, "attempts": u.FailedLogins})
 		if u.LockedUntil != nil {
-			s.auditLogin("system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
+			s.lockedNow(u)
 			return nil, &LockedError{Until: *u.LockedUntil}
 		}
 		return nil, err

@@ -199,3 +199,87 @@ func TestCheckPasswordAcceptsTheRightPasswordOnly(t *testing.T) {
 		t.Fatal("two hashes of one password are equal: no salt")
 	}
 }
+
+// TestASignUpWithATakenAddressCreatesNothingAndTellsTheAddressesOwner: the
+// sign-up form must not tell a stranger who has an account, so a second
+// sign-up with an address is answered ErrAddressTaken (which the form shows
+// as a sign-up) and the address's owner gets a message instead; nothing of
+// the stranger's is stored or mailed back.
+func TestASignUpWithATakenAddressCreatesNothingAndTellsTheAddressesOwner(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	first := signUp(t, w, "ops@bank.example", "a passphrase of words")
+	before, _ := w.Store.GetUserByEmail(ctx, "ops@bank.example")
+	outbox, _ := w.Store.ListOutbox(ctx, "email", 100)
+	p, err := w.Svc.SignUpProvider(ctx, keyport.SignUp{Organisation: "Evil <a href=x>Corp</a>", Kind: keyport.KindOther,
+		Contact: "Mallory", Email: " OPS@Bank.example ", Password: "another passphrase here"}, "https://portal.example")
+	if !errors.Is(err, keyport.ErrAddressTaken) || p != nil {
+		t.Fatalf("a sign-up with a taken address: %+v, %v; want ErrAddressTaken", p, err)
+	}
+	em, ok := w.Mail.Newest("ops@bank.example")
+	if !ok || em.Subject != "Sign-up for keyport with your e-mail address" ||
+		!strings.Contains(em.Body, "https://portal.example/reset") || !strings.Contains(em.Body, "https://portal.example/login") {
+		t.Fatalf("the owner's message: %+v", em)
+	}
+	for _, stranger := range []string{"Evil", "Corp", "Mallory", "another passphrase"} {
+		if strings.Contains(em.Subject+em.Body, stranger) {
+			t.Errorf("the owner's message carries the stranger's %q: %q", stranger, em.Body)
+		}
+	}
+	if strings.Contains(em.Body, "token=") {
+		t.Errorf("the owner's message carries a token: %q", em.Body)
+	}
+	after, _ := w.Store.GetUserByEmail(ctx, "ops@bank.example")
+	if after.ID != before.ID || after.PasswordHash != before.PasswordHash || after.ProviderID != first.ID {
+		t.Fatalf("the account changed: %+v, was %+v", after, before)
+	}
+	provs, err := w.Store.ListProviders(ctx)
+	if err != nil || len(provs) != 1 || provs[0].ID != first.ID {
+		t.Fatalf("providers after the second sign-up: %+v, %v", provs, err)
+	}
+	if now, _ := w.Store.ListOutbox(ctx, "email", 100); len(now) != len(outbox)+1 {
+		t.Fatalf("%d e-mails queued by the second sign-up, want 1", len(now)-len(outbox))
+	}
+	if _, err := w.Svc.Login(ctx, "ops@bank.example", "another passphrase here", ""); !errors.Is(err, keyport.ErrWrongLogin) {
+		t.Fatalf("the stranger's password signs in: %v", err)
+	}
+}
+
+// TestTheAttemptThatLocksAnAccountTellsItsOwnerOnce: the sign-in form says
+// no more to a locked account than to an unknown address, so its owner
+// learns of the lock by e-mail, once per lock, with the time it ends.
+func TestTheAttemptThatLocksAnAccountTellsItsOwnerOnce(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	signUp(t, w, "a@bank.example", "a passphrase of words")
+	w.Svc.VerifyEmail(ctx, mailedToken(t, w, "a@bank.example"))
+	locks := func() (n int, last keyport.EmailMessage) {
+		for _, m := range w.Mail.All() {
+			if m.To == "a@bank.example" && m.Subject == "Your keyport account is locked" {
+				n, last = n+1, m
+			}
+		}
+		return n, last
+	}
+	var err error
+	for i := 1; i <= keyport.MaxFailedLogins; i++ {
+		_, err = w.Svc.Login(ctx, "a@bank.example", "wrong "+string(rune('0'+i)), "")
+		if n, _ := locks(); i < keyport.MaxFailedLogins && n != 0 {
+			t.Fatalf("a lock notice after %d wrong passwords", i)
+		}
+	}
+	var locked *keyport.LockedError
+	if !errors.As(err, &locked) {
+		t.Fatalf("after %d wrong passwords: %v", keyport.MaxFailedLogins, err)
+	}
+	n, m := locks()
+	if n != 1 || !strings.Contains(m.Body, locked.Until.UTC().Format("2006-01-02 15:04")+" UTC") || strings.Contains(m.Body, "wrong 5") {
+		t.Fatalf("%d lock notices, the last %q", n, m.Body)
+	}
+	if _, err := w.Svc.Login(ctx, "a@bank.example", "a passphrase of words", ""); !errors.As(err, &locked) {
+		t.Fatalf("the right password while locked: %v", err)
+	}
+	if n, _ := locks(); n != 1 {
+		t.Fatalf("%d lock notices after an attempt on the locked account, want still 1", n)
+	}
+}

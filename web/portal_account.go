@@ -89,7 +89,9 @@ func (s *Server) signUp(c echo.Context) error {
 		}
 		return render(c, http.StatusUnprocessableEntity, views.SignUpPage(s.meta(c, "Sign up", "/signup"), form, e))
 	}
-	if _, err := s.svc.SignUpProvider(c.Request().Context(), f, s.linkBase(c)); err != nil {
+	// An address that has an account is answered as a sign-up: its owner
+	// gets a message, the form tells nobody (keyport.ErrAddressTaken).
+	if _, err := s.svc.SignUpProvider(c.Request().Context(), f, s.linkBase(c)); err != nil && !errors.Is(err, keyport.ErrAddressTaken) {
 		if e, ok := formErrors(err, nil); ok {
 			return render(c, http.StatusUnprocessableEntity, views.SignUpPage(s.meta(c, "Sign up", "/signup"), form, e))
 		}
@@ -150,9 +152,12 @@ func (s *Server) login(c echo.Context) error {
 	res, err := s.svc.Login(c.Request().Context(), f.Email, c.FormValue("password"), c.FormValue("totp"))
 	var locked *keyport.LockedError
 	var pk *keyport.PasskeyRequiredError
+	if errors.As(err, &locked) {
+		// A locked account is answered as an unknown address: the page
+		// does not tell who has an account; its owner was told by e-mail.
+		err = keyport.ErrWrongLogin
+	}
 	switch {
-	case errors.As(err, &locked):
-		return page(http.StatusForbidden, views.Errors{"": upperFirst(locked.Error()) + "."})
 	case errors.As(err, &pk):
 		return s.passkeyStep(c, f, pk)
 	case errors.Is(err, keyport.ErrTOTPRequired):

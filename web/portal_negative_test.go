@@ -14,7 +14,11 @@ import (
 	"github.com/keyport/keyport/internal/fixture"
 )
 
-func TestBrowserFiveWrongPasswordsLockTheAccountWithAClearMessageEvenForTheRightPassword(t *testing.T) {
+// TestBrowserFiveWrongPasswordsLockTheAccountEvenForTheRightPasswordAndTellOnlyItsOwner:
+// the page says to a locked account what it says to an unknown address, so
+// that it does not tell a stranger who has an account; the owner learns of
+// the lock, and when it ends, by e-mail.
+func TestBrowserFiveWrongPasswordsLockTheAccountEvenForTheRightPasswordAndTellOnlyItsOwner(t *testing.T) {
 	newTab := browser(t)
 	p := startPortal(t, 1, 1)
 	shot := newShots(t)
@@ -24,7 +28,7 @@ func TestBrowserFiveWrongPasswordsLockTheAccountWithAClearMessageEvenForTheRight
 	for i := 1; i <= keyport.MaxFailedLogins; i++ {
 		login(t, tab, p.srv.URL, email, "wrong password "+string(rune('0'+i)))
 		got := bodyText(t, tab)
-		if i < keyport.MaxFailedLogins && !strings.Contains(got, "Wrong e-mail address or password") {
+		if !strings.Contains(got, "Wrong e-mail address or password") || strings.Contains(got, "locked") {
 			t.Fatalf("attempt %d says %q", i, got)
 		}
 		// The same words as for an unknown address: no count of attempts left.
@@ -33,11 +37,12 @@ func TestBrowserFiveWrongPasswordsLockTheAccountWithAClearMessageEvenForTheRight
 		}
 	}
 	shot.take(tab, "locked")
-	if got := bodyText(t, tab); !strings.Contains(got, "This account is locked") || !strings.Contains(got, "5 wrong passwords") {
-		t.Fatalf("after %d wrong passwords the page says %q", keyport.MaxFailedLogins, got)
+	em, ok := p.w.Mail.Newest(email)
+	if !ok || em.Subject != "Your keyport account is locked" || !strings.Contains(em.Body, "Forgot your password?") {
+		t.Fatalf("after %d wrong passwords the owner got %+v", keyport.MaxFailedLogins, em)
 	}
 	login(t, tab, p.srv.URL, email, password)
-	if got := bodyText(t, tab); !strings.Contains(got, "This account is locked") {
+	if got := bodyText(t, tab); !strings.Contains(got, "Wrong e-mail address or password") || strings.Contains(got, "locked") {
 		t.Fatalf("the right password while locked gives %q", got)
 	}
 	if strings.Contains(location(t, tab), "/portal") {

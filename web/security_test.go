@@ -9,9 +9,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/store/storetest"
 	"github.com/keyport/keyport/web"
@@ -222,4 +224,60 @@ func startProductionPortal(t *testing.T) string {
 	srv := httptest.NewServer(web.New(w.Svc, web.Options{SpoolDir: t.TempDir()}))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// TestTheSignUpAndSignInFormsDoNotTellWhoHasAnAccount: a sign-up with an
+// address that has an account is answered as any sign-up (its owner gets a
+// message instead), and a locked account as an unknown address, also for
+// its right password (its owner is told of the lock by e-mail), so neither
+// form lets a stranger find out who has an account.
+func TestTheSignUpAndSignInFormsDoNotTellWhoHasAnAccount(t *testing.T) {
+	p := startPortal(t, 1, 1)
+	base := p.srv.URL
+	const known, unknown, password = "known@bank.example", "unknown@bank.example", "the right passphrase"
+	p.approvedProvider(t, "Known Bank", known, password)
+	cl, csrf := client(t, base)
+	signUp := func(email string) (int, string, string) {
+		st, loc, _ := postForm(t, cl, base+"/signup", url.Values{"csrf": {csrf}, "organisation": {"Someone Else"},
+			"kind": {"bank"}, "contact": {"Eve"}, "email": {email}, "password": {"a long enough password"}})
+		_, _, done := getPage(t, cl, base+"/signup/done")
+		return st, loc, strings.ReplaceAll(done, email, "ADDRESS")
+	}
+	st1, loc1, done1 := signUp(known)
+	st2, loc2, done2 := signUp(unknown)
+	if st1 != st2 || loc1 != loc2 || st1 != http.StatusSeeOther || !strings.Contains(done1, "ADDRESS") {
+		t.Fatalf("sign-up with a taken address: %d %s; with a new one: %d %s", st1, loc1, st2, loc2)
+	}
+	if nonce := regexp.MustCompile(`nonce="[^"]*"`); nonce.ReplaceAllString(done1, "") != nonce.ReplaceAllString(done2, "") {
+		t.Fatalf("the pages after the two sign-ups differ:\n%s\n%s", done1, done2)
+	}
+	if strings.Contains(done1, "exists") || strings.Contains(done1, "already") {
+		t.Fatalf("the page after a sign-up with a taken address tells it: %s", done1)
+	}
+	if em, ok := p.w.Mail.Newest(known); !ok || em.Subject != "Sign-up for keyport with your e-mail address" {
+		t.Fatalf("the owner of the taken address got %+v", em)
+	}
+	signIn := func(email, pw string) (int, string) {
+		st, _, body := postForm(t, cl, base+"/login", url.Values{"csrf": {csrf}, "email": {email}, "password": {pw}})
+		return st, body
+	}
+	for i := 1; i <= keyport.MaxFailedLogins+1; i++ {
+		pw := "wrong password " + string(rune('0'+i))
+		if i > keyport.MaxFailedLogins {
+			pw = password // the right one, once locked
+		}
+		stK, bodyK := signIn(known, pw)
+		stU, bodyU := signIn(unknown, pw)
+		for _, b := range []string{bodyK, bodyU} {
+			if !strings.Contains(b, "Wrong e-mail address or password") || strings.Contains(strings.ToLower(b), "locked") {
+				t.Fatalf("attempt %d: the page says %s", i, b)
+			}
+		}
+		if stK != stU || stK != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d for the account, %d for an unknown address", i, stK, stU)
+		}
+	}
+	if em, ok := p.w.Mail.Newest(known); !ok || em.Subject != "Your keyport account is locked" {
+		t.Fatalf("the owner of the locked account got %+v", em)
+	}
 }
