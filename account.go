@@ -289,7 +289,7 @@ func (s *Service) SignUpProvider(ctx context.Context, f SignUp, linkBase string)
 // sign-up was tried with it, and returns ErrAddressTaken. The message says
 // nothing the form was given (the organisation's name is a stranger's text).
 func (s *Service) tellAddressTaken(ctx context.Context, email, linkBase string) error {
-	err := s.notice(ctx, EmailMessage{To: email, Subject: "Sign-up for keyport with your e-mail address",
+	m, err := s.notice(ctx, EmailMessage{To: email, Subject: "Sign-up for keyport with your e-mail address",
 		Body: "Hello,\n\nsomeone, perhaps you, tried to sign up for keyport with this e-mail address, which has an " +
 			"account already. Nothing was changed.\n\nTo use your account, sign in at " + linkBase + "/login, or " +
 			"choose a new password at " + linkBase + "/reset.\n\nIf it was not you, you need not do anything.\n"},
@@ -297,12 +297,14 @@ func (s *Service) tellAddressTaken(ctx context.Context, email, linkBase string) 
 	if err != nil {
 		return fmt.Errorf("keyport: sign up: %w", err)
 	}
+	// Sent before answering, as a new sign-up's verification message is.
+	s.deliver(ctx, m)
 	return ErrAddressTaken
 }
 
 // notice queues the e-mail em (it holds no secret: the outbox keeps it
-// whole) with an audit event in one transaction, and sends it.
-func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, object string, detail map[string]any) error {
+// whole) with an audit event in one transaction, for deliver.
+func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, object string, detail map[string]any) (*mail, error) {
 	body, _ := json.Marshal(em)
 	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: s.now().UTC()}
 	err := s.Store.Tx(ctx, func(tx Repo) error {
@@ -312,10 +314,9 @@ func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, ob
 		return s.audit(ctx, tx, actor, action, object, detail)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s.deliver(ctx, &mail{row: m, live: em})
-	return nil
+	return &mail{row: m, live: em}, nil
 }
 
 // mailToken creates a one-time token and queues, in tx, a message with a
@@ -512,7 +513,8 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 // address, so that it does not tell a stranger who has an account.
 func (s *Service) lockedNow(u *User) {
 	until := u.LockedUntil.UTC().Format("2006-01-02 15:04")
-	err := s.notice(context.Background(), EmailMessage{To: u.Email, Subject: "Your keyport account is locked",
+	ctx := context.Background()
+	m, err := s.notice(ctx, EmailMessage{To: u.Email, Subject: "Your keyport account is locked",
 		Body: fmt.Sprintf("Hello,\n\nyour keyport account was locked after %d sign-in attempts with a wrong password or "+
 			"code, until %s UTC. Signing in works again after that time, or at once after you choose a new "+
 			"password (\"Forgot your password?\" on the sign-in page).\n\nIf these attempts were not yours, "+
@@ -520,7 +522,11 @@ func (s *Service) lockedNow(u *User) {
 		"system", "user.lock", "user:"+u.ID, map[string]any{"failed": u.FailedLogins})
 	if err != nil {
 		s.log().Warn("account lock not audited, its owner not told", "user", u.ID, "err", err)
+		return
 	}
+	// Sent after the answer: the attempt that locks an account takes no
+	// longer than one on an unknown address, which sends nothing.
+	s.later(func(ctx context.Context) { s.deliver(ctx, m) })
 }
 
 func (s *Service) auditLogin(actor, action, object string, detail map[string]any) {
@@ -620,19 +626,31 @@ func (s *Service) Logout(ctx context.Context, token string) error {
 }
 
 // RequestPasswordReset mails a reset link if the address has an account.
-// It says nothing either way, so that it cannot be used to find accounts.
+// It says nothing either way, and answers before it looks, so that it
+// cannot be used to find accounts (Drain waits for the message).
 func (s *Service) RequestPasswordReset(ctx context.Context, email, linkBase string) error {
 	email, err := normaliseEmail(email)
 	if err != nil {
 		return err
 	}
+	// The address is looked up, and its message sent, after the answer:
+	// the answer comes as soon for an address with an account as for one
+	// without.
+	s.later(func(ctx context.Context) { s.mailReset(ctx, email, linkBase) })
+	return nil
+}
+
+// mailReset is RequestPasswordReset's lookup and message; it logs what
+// fails, as nobody waits for it.
+func (s *Service) mailReset(ctx context.Context, email, linkBase string) {
 	u, err := s.Store.GetUserByEmail(ctx, email)
 	if errors.Is(err, ErrNotFound) {
 		s.log().Info("password reset for an unknown address")
-		return nil
+		return
 	}
 	if err != nil {
-		return err
+		s.log().Warn("password reset not sent", "err", err)
+		return
 	}
 	var mail *mail
 	err = s.Store.Tx(ctx, func(tx Repo) error {
@@ -644,10 +662,10 @@ func (s *Service) RequestPasswordReset(ctx context.Context, email, linkBase stri
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("keyport: password reset: %w", err)
+		s.log().Warn("password reset not sent", "user", u.ID, "err", err)
+		return
 	}
 	s.deliver(ctx, mail)
-	return nil
 }
 
 // ResetPassword sets a new password with a reset token, unlocks the account

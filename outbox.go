@@ -62,3 +62,24 @@ func (s *Service) deliver(ctx context.Context, m *mail) {
 	}
 	s.log().Info("e-mail sent", "to", em.To, "subject", em.Subject, "outbox", m.row.ID)
 }
+
+// laterTimeout bounds what later runs.
+const laterTimeout = time.Minute
+
+// later runs fn after the caller has answered, so that an answer takes as
+// long whether it sends a message or not (a locked account, a password
+// reset: otherwise the time of the mail server's answer would tell who has
+// an account). Drain waits for what later still runs.
+func (s *Service) later(fn func(ctx context.Context)) {
+	s.mailing.Add(1)
+	go func() {
+		defer s.mailing.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), laterTimeout)
+		defer cancel()
+		fn(ctx)
+	}()
+}
+
+// Drain waits until the e-mails sent after their answers are handed to the
+// Mailer or given up: keyport serve calls it when it stops.
+func (s *Service) Drain() { s.mailing.Wait() }

@@ -217,6 +217,7 @@ var linkRE = regexp.MustCompile(`https?://\S+\?token=\S+`)
 // Mailer got it (the outbox keeps no link).
 func (p *portal) mailedLink(t *testing.T, to string) string {
 	t.Helper()
+	p.w.Svc.Drain() // a reset link is sent after the answer
 	em, ok := p.w.Mail.Newest(to)
 	link := linkRE.FindString(em.Body)
 	if !ok || link == "" {

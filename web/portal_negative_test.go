@@ -37,6 +37,7 @@ func TestBrowserFiveWrongPasswordsLockTheAccountEvenForTheRightPasswordAndTellOn
 		}
 	}
 	shot.take(tab, "locked")
+	p.w.Svc.Drain() // the notice is sent after the answer
 	em, ok := p.w.Mail.Newest(email)
 	if !ok || em.Subject != "Your keyport account is locked" || !strings.Contains(em.Body, "Forgot your password?") {
 		t.Fatalf("after %d wrong passwords the owner got %+v", keyport.MaxFailedLogins, em)

@@ -277,6 +277,7 @@ func TestTheSignUpAndSignInFormsDoNotTellWhoHasAnAccount(t *testing.T) {
 			t.Fatalf("attempt %d: %d for the account, %d for an unknown address", i, stK, stU)
 		}
 	}
+	p.w.Svc.Drain() // the notice is sent after the answer
 	if em, ok := p.w.Mail.Newest(known); !ok || em.Subject != "Your keyport account is locked" {
 		t.Fatalf("the owner of the locked account got %+v", em)
 	}

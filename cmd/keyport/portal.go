@@ -138,6 +138,9 @@ func newSMTPMailer(raw string) (*smtpMailer, error) {
 	return m, nil
 }
 
+// smtpExchangeTimeout bounds one message's SMTP exchange, dial excluded.
+var smtpExchangeTimeout = 30 * time.Second
+
 // Send delivers one plain-text message.
 func (m *smtpMailer) Send(ctx context.Context, to, subject, body string) error {
 	if strings.ContainsAny(to+subject, "\r\n") {
@@ -156,6 +159,13 @@ func (m *smtpMailer) Send(ctx context.Context, to, subject, body string) error {
 	if err != nil {
 		return fmt.Errorf("smtp: dial %s: %w", m.addr, err)
 	}
+	// The whole exchange is bounded: a server that stops answering does
+	// not hold the message's sender (and keyport's shutdown) for ever.
+	deadline := time.Now().Add(smtpExchangeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn.SetDeadline(deadline)
 	c, err := smtp.NewClient(conn, m.host)
 	if err != nil {
 		conn.Close()

@@ -132,6 +132,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := srv.Shutdown(shut); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	a.svc.Drain() // the e-mails still being sent after their answers
 	a.log.Info("keyport stopped")
 	return nil
 }
