@@ -214,7 +214,8 @@ func (u *URI) setQuery(name, value string) error {
 }
 
 // filePath accepts "file:/abs/path" and "file:///abs/path" (RFC 8089) and
-// returns the path.
+// returns the path, cleaned: a path that starts with "//" would otherwise
+// be written back as an authority ("file:" + "//x" reads as host x).
 func filePath(v string) (string, error) {
 	rest, ok := strings.CutPrefix(v, "file:")
 	if !ok {
@@ -230,7 +231,7 @@ func filePath(v string) (string, error) {
 	if !filepath.IsAbs(rest) {
 		return "", errors.New("pkcs11 uri: 'pin-source' must be an absolute file path")
 	}
-	return rest, nil
+	return filepath.Clean(rest), nil
 }
 
 func (u *URI) validate() error {

@@ -22,6 +22,9 @@ func TestParseURIAcceptsValidURIs(t *testing.T) {
 			URI{Token: "keyport", ModulePath: softhsm, PINSource: "/run/pin"}},
 		{"file URI with localhost", "pkcs11:token=keyport?module-path=" + softhsm + "&pin-source=file://localhost/run/pin",
 			URI{Token: "keyport", ModulePath: softhsm, PINSource: "/run/pin"}},
+		// Found by FuzzParseURI: "//run" would be written back as the host "run".
+		{"pin file path with doubled slashes", "pkcs11:token=keyport?module-path=" + softhsm + "&pin-source=file:////run//x/../pin",
+			URI{Token: "keyport", ModulePath: softhsm, PINSource: "/run/pin"}},
 		{"slot id and pin value", "pkcs11:slot-id=1558003430?module-path=" + softhsm + "&pin-value=1234",
 			URI{SlotID: 1558003430, HasSlotID: true, ModulePath: softhsm, PINValue: "1234"}},
 		{"all token attributes", "pkcs11:token=k;serial=03b1;manufacturer=SoftHSM%20project;model=SoftHSM%20v2?module-path=" + softhsm + "&pin-value=1",
