@@ -505,8 +505,6 @@ func (s *Service) Login(ctx context.Context, email, password, totpCode string) (
 	return &LoginResult{Token: token, User: u}, nil
 }
 
-// auditLogin records a sign-in event that has no transaction of its own;
-// a failure to record it is logged, not shown to the user.
 // lockedNow records that the attempt just ended locked u's account, and
 // tells its owner by e-mail: the sign-in page says no more than "wrong
 // e-mail address or password" to a locked account, as to an unknown
@@ -529,6 +527,8 @@ func (s *Service) lockedNow(u *User) {
 	s.later(func(ctx context.Context) { s.deliver(ctx, m) })
 }
 
+// auditLogin records a sign-in event that has no transaction of its own;
+// a failure to record it is logged, not shown to the user.
 func (s *Service) auditLogin(actor, action, object string, detail map[string]any) {
 	ctx := context.Background()
 	if err := s.Store.Tx(ctx, func(tx Repo) error { return s.audit(ctx, tx, actor, action, object, detail) }); err != nil {

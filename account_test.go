@@ -284,3 +284,51 @@ func TestTheAttemptThatLocksAnAccountTellsItsOwnerOnce(t *testing.T) {
 		t.Fatalf("%d lock notices queued after an attempt on the locked account, want still 1", n)
 	}
 }
+
+// blockingMailer holds each message until released, and says when one
+// arrives.
+type blockingMailer struct {
+	arrived chan keyport.EmailMessage
+	release chan struct{}
+}
+
+func (m *blockingMailer) Send(_ context.Context, to, subject, body string) error {
+	m.arrived <- keyport.EmailMessage{To: to, Subject: subject, Body: body}
+	<-m.release
+	return nil
+}
+
+// TestAResetAnswersBeforeItsMessageIsSentAndDrainWaitsForIt: the answer to
+// a reset request for an address with an account does not wait for the
+// mail server (as none is asked for an unknown address), and Drain, which
+// keyport serve calls when it stops, returns only once the message is
+// handed on.
+func TestAResetAnswersBeforeItsMessageIsSentAndDrainWaitsForIt(t *testing.T) {
+	w := accountWorld(t)
+	ctx := context.Background()
+	signUp(t, w, "a@bank.example", "a passphrase of words")
+	m := &blockingMailer{arrived: make(chan keyport.EmailMessage, 1), release: make(chan struct{})}
+	w.Svc.Mailer = m
+	if err := w.Svc.RequestPasswordReset(ctx, "a@bank.example", "https://portal.example"); err != nil {
+		t.Fatal(err) // it answered while the mailer is yet to be asked, or holds the message
+	}
+	em := <-m.arrived
+	if em.Subject != "Reset your keyport password" {
+		t.Fatalf("the mailer got %+v", em)
+	}
+	drained := make(chan struct{})
+	go func() { w.Svc.Drain(); close(drained) }()
+	// Another request while Drain waits (a sync.WaitGroup would not allow
+	// that).
+	if err := w.Svc.RequestPasswordReset(ctx, "a@bank.example", "https://portal.example"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-drained:
+		t.Fatal("Drain returned while a message was still held by the mailer")
+	default:
+	}
+	close(m.release)
+	<-m.arrived
+	<-drained
+}

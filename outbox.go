@@ -2,6 +2,7 @@ package keyport
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -71,9 +72,9 @@ const laterTimeout = time.Minute
 // reset: otherwise the time of the mail server's answer would tell who has
 // an account). Drain waits for what later still runs.
 func (s *Service) later(fn func(ctx context.Context)) {
-	s.mailing.Add(1)
+	s.mailing.add()
 	go func() {
-		defer s.mailing.Done()
+		defer s.mailing.finish()
 		ctx, cancel := context.WithTimeout(context.Background(), laterTimeout)
 		defer cancel()
 		fn(ctx)
@@ -82,4 +83,40 @@ func (s *Service) later(fn func(ctx context.Context)) {
 
 // Drain waits until the e-mails sent after their answers are handed to the
 // Mailer or given up: keyport serve calls it when it stops.
-func (s *Service) Drain() { s.mailing.Wait() }
+func (s *Service) Drain() { s.mailing.wait() }
+
+// pending counts what later runs. Unlike a sync.WaitGroup it may be waited
+// for while more is added (a request answered while Drain waits).
+type pending struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (p *pending) add() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.idle = make(chan struct{})
+	}
+	p.n++
+}
+
+func (p *pending) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n--; p.n == 0 {
+		close(p.idle)
+		p.idle = nil
+	}
+}
+
+// wait returns once nothing is pending, at some moment after it was called.
+func (p *pending) wait() {
+	p.mu.Lock()
+	idle := p.idle
+	p.mu.Unlock()
+	if idle != nil {
+		<-idle
+	}
+}

@@ -51,8 +51,8 @@ type Service struct {
 	// job's cause names the fault the sandbox injected.
 	SandboxFaults FaultBook
 
-	batches sync.Map       // batch ID -> *Batch; batches never change
-	mailing sync.WaitGroup // what later runs (outbox.go)
+	batches sync.Map // batch ID -> *Batch; batches never change
+	mailing pending  // what later runs (outbox.go)
 	// wrappingKeys: provider ID + "\x00" + key ID -> *wrappingKeyEntry;
 	// wrapping keys never change (wrappingkey.go).
 	wrappingKeys sync.Map
