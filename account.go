@@ -305,10 +305,9 @@ func (s *Service) tellAddressTaken(ctx context.Context, email, linkBase string) 
 // notice queues the e-mail em (it holds no secret: the outbox keeps it
 // whole) with an audit event in one transaction, for deliver.
 func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, object string, detail map[string]any) (*mail, error) {
-	body, _ := json.Marshal(em)
-	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: s.now().UTC()}
-	err := s.Store.Tx(ctx, func(tx Repo) error {
-		if err := tx.AddOutbox(ctx, m); err != nil {
+	var m *mail
+	err := s.Store.Tx(ctx, func(tx Repo) (err error) {
+		if m, err = s.queueMail(ctx, tx, em, em); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, actor, action, object, detail)
@@ -316,7 +315,7 @@ func (s *Service) notice(ctx context.Context, em EmailMessage, actor, action, ob
 	if err != nil {
 		return nil, err
 	}
-	return &mail{row: m, live: em}, nil
+	return m, nil
 }
 
 // mailToken creates a one-time token and queues, in tx, a message with a
@@ -335,8 +334,15 @@ func (s *Service) mailToken(ctx context.Context, tx Repo, u *User, purpose Token
 	live := EmailMessage{To: u.Email, Subject: subject, Body: fmt.Sprintf(format, append(args, link)...)}
 	redacted := live
 	redacted.Body = fmt.Sprintf(format, append(args, LinkWithheld)...)
-	body, _ := json.Marshal(redacted)
-	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: now}
+	return s.queueMail(ctx, tx, live, redacted)
+}
+
+// queueMail adds, in tx, the outbox row of the e-mail live, which keeps
+// stored (live itself when it holds no link, else with LinkWithheld), and
+// returns the mail for deliver.
+func (s *Service) queueMail(ctx context.Context, tx Repo, live, stored EmailMessage) (*mail, error) {
+	body, _ := json.Marshal(stored)
+	m := &OutboxMessage{Topic: "email", Payload: string(body), CreatedAt: s.now().UTC()}
 	if err := tx.AddOutbox(ctx, m); err != nil {
 		return nil, err
 	}

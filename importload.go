@@ -172,9 +172,9 @@ func (s *Service) unfinishedImports(ctx context.Context, limit int) ([]Import, e
 
 // SweepImports finishes up to limit imports untouched since before (a
 // replica's sweep: ImportStaleAfter ago, their process gone; a restore: the
-// zero time, every one, as no process loads into a database just restored). A LOADING or
-// DROPPING one is dropped, a PUBLISHING one published. It returns the
-// imports it finished.
+// zero time, every one, as no process loads into a database just
+// restored). A LOADING or DROPPING one is dropped, a PUBLISHING one
+// published. It returns the imports it finished.
 func (s *Service) SweepImports(ctx context.Context, before time.Time, limit int) ([]Import, error) {
 	imps, err := s.Store.StaleImports(ctx, before, limit)
 	if err != nil {
