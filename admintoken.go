@@ -26,8 +26,9 @@ const (
 // password was right.
 var ErrAccountDisabled = fmt.Errorf("%w: this account is disabled; ask another administrator to enable it", ErrForbidden)
 
-// CreateAdminToken creates an issuer-admin API token owned by p (an admin
-// user or an operator) that works for ttl (0: DefaultAdminTokenTTL), and
+// CreateAdminToken creates an issuer-admin API token owned by p's identity
+// (an admin user or an operator, also when p is a token of theirs) that
+// works for ttl (0: DefaultAdminTokenTTL), and
 // returns it once with its row.
 //
 // It is under dual control (ActionAdminToken), except for the first token of
@@ -35,6 +36,15 @@ var ErrAccountDisabled = fmt.Errorf("%w: this account is disabled; ask another a
 func (s *Service) CreateAdminToken(ctx context.Context, p Principal, name string, ttl time.Duration) (string, *APIToken, error) {
 	if !p.Admin {
 		return "", nil, ErrForbidden
+	}
+	owner, ownerUser := p.Identity(), p.UserID
+	if p.Token {
+		ownerUser = p.OwnerUserID
+	}
+	if owner == "" {
+		// A new token stands for who made it; a token without an owner
+		// stands for nobody, and could only make more such tokens.
+		return "", nil, fmt.Errorf("%w: this token has no owner and cannot make tokens", ErrForbidden)
 	}
 	if err := s.underDualControl(ctx, ActionAdminToken, strings.TrimSpace(name)); err != nil {
 		return "", nil, err
@@ -52,7 +62,9 @@ func (s *Service) CreateAdminToken(ctx context.Context, p Principal, name string
 	now := s.now().UTC().Truncate(time.Microsecond) // as the store keeps it
 	token, t := newAPIToken("", name, now)
 	exp := now.Add(ttl)
-	t.Owner, t.OwnerUserID, t.ExpiresAt = p.Actor(), p.UserID, &exp
+	// A token made with a token stands for that token's owner: for dual
+	// control, and when the owner is disabled.
+	t.Owner, t.OwnerUserID, t.ExpiresAt = owner, ownerUser, &exp
 	err := s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
 			return err

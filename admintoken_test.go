@@ -282,3 +282,95 @@ func TestAGivenPasswordOpensASessionThatActsAsNoOneUntilChanged(t *testing.T) {
 		t.Fatalf("stored user after the change: %+v, %v", u, err)
 	}
 }
+
+// A token made with a token stands for the first one's owner, whatever the
+// tokens are called: for dual control and when that owner is disabled. A
+// token's audit actor is its ID, never its name, so a token named after
+// another admin neither approves for them nor acts in their name.
+func TestATokenMadeWithATokenStandsForItsOwnerWhateverItIsCalled(t *testing.T) {
+	ctx := context.Background()
+	w := accountWorld(t)
+	w.Svc.DualControl = keyport.DualControl{Admins: 2}
+	fixture.AdminUser(ctx, t, w.Svc, "alice@issuer.test")
+	u, err := w.Store.GetUserByEmail(ctx, "alice@issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := keyport.Principal{Admin: true, Name: u.Email, UserID: u.ID}
+	bob := keyport.Principal{Admin: true, Name: "bob@issuer.test"}
+	// made runs an admin-token request of by, approved by Bob.
+	made := func(by keyport.Principal, name string) (string, keyport.Principal) {
+		t.Helper()
+		r, err := w.Svc.RequestApproval(ctx, by, keyport.ActionAdminToken, name, nil, "ci")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Svc.ApproveRequest(ctx, bob, r.ID); err != nil {
+			t.Fatal(err)
+		}
+		res, err := w.Svc.ExecuteApproval(ctx, by, r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := w.Svc.Authenticate(ctx, res.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Token, p
+	}
+	tok1, p1 := made(alice, "bob@issuer.test")
+	tok2, p2 := made(p1, "ci-2")
+	for i, p := range []keyport.Principal{p1, p2} {
+		if p.Identity() != alice.Actor() || p.OwnerUserID != u.ID {
+			t.Errorf("token %d stands for %q (user %q), want %q (%s)", i+1, p.Identity(), p.OwnerUserID, alice.Actor(), u.ID)
+		}
+		if p.Actor() != "admin-token:"+p.TokenID || p.TokenID == "" {
+			t.Errorf("token %d acts as %q", i+1, p.Actor())
+		}
+	}
+	evs, err := w.Store.RecentAudit(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	for _, ev := range evs {
+		if ev.Action == "admin-token.create" {
+			created++
+			if ev.Actor != p1.Actor() {
+				t.Errorf("the second token's creation is recorded as by %q, want %q", ev.Actor, p1.Actor())
+			}
+		}
+	}
+	if created != 1 {
+		t.Errorf("recent events %+v: want one admin-token.create", evs)
+	}
+	// Alice's own request is not approved by either of her tokens.
+	r, err := w.Svc.RequestApproval(ctx, alice, keyport.ActionPSKExport, string(fixture.EID(t, 0)), nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range []keyport.Principal{p1, p2} {
+		if _, err := w.Svc.ApproveRequest(ctx, p, r.ID); !errors.Is(err, keyport.ErrForbidden) && !errors.Is(err, keyport.ErrConflict) {
+			t.Errorf("token %d approved its owner's own request: %v", i+1, err)
+		}
+	}
+	// Both end with their owner.
+	if _, err := w.Svc.SetAdminUserDisabled(ctx, bob, "alice@issuer.test", true); err != nil {
+		t.Fatal(err)
+	}
+	for i, tok := range []string{tok1, tok2} {
+		if _, err := w.Svc.Authenticate(ctx, tok); !errors.Is(err, keyport.ErrUnauthenticated) {
+			t.Errorf("token %d of a disabled admin: %v", i+1, err)
+		}
+	}
+}
+
+// A token without an owner (made before tokens had one) stands for nobody
+// and makes no tokens.
+func TestAnOwnerlessTokenMakesNoTokens(t *testing.T) {
+	w := accountWorld(t)
+	old := keyport.Principal{Admin: true, Name: "old", Token: true, TokenID: "tok_old"}
+	if _, _, err := w.Svc.CreateAdminToken(context.Background(), old, "more", 0); !errors.Is(err, keyport.ErrForbidden) {
+		t.Fatalf("an ownerless token made a token: %v", err)
+	}
+}

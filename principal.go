@@ -9,11 +9,16 @@ type Principal struct {
 	UserID string
 	// Operator marks a command run on the server by the OS user Name.
 	Operator bool
-	// Owner is, for an issuer-admin API token, the actor who made it ("" for
-	// tokens made before tokens had owners).
-	Owner string
-	// Token marks a principal authenticated by an API token.
-	Token bool
+	// Owner is, for an issuer-admin API token, the identity of who made it
+	// ("" for tokens made before tokens had owners), and OwnerUserID the
+	// admin user behind it, if a portal user made it or the token it was
+	// made with.
+	Owner       string
+	OwnerUserID string
+	// Token marks a principal authenticated by an API token; TokenID is
+	// its ID, for admin tokens.
+	Token   bool
+	TokenID string
 
 	// check, set by AuthenticateClaim from what the token was a short
 	// time ago, is the token the caller's claim must find live when it is
@@ -32,11 +37,15 @@ func (p Principal) Identity() string {
 	return p.Actor()
 }
 
-// Actor is the audit-log actor string of the principal.
+// Actor is the audit-log actor string of the principal. An admin token is
+// named by its ID, never by its name: a name is free text, and a token
+// called after an admin user must not act in that user's name.
 func (p Principal) Actor() string {
 	switch {
 	case p.Operator:
 		return "operator:" + p.Name
+	case p.Admin && p.Token:
+		return "admin-token:" + p.TokenID
 	case p.Admin:
 		return "admin:" + p.Name
 	case p.ProviderID != "":

@@ -62,9 +62,10 @@ type APIToken struct {
 	Hash       []byte
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
-	// Owner is who created an issuer-admin token, as an audit actor
-	// ("admin:EMAIL", "operator:NAME"); OwnerUserID is the admin user's ID
-	// when a portal user created it.
+	// Owner is the identity of who created an issuer-admin token
+	// ("admin:EMAIL", "operator:NAME"; a token made with a token has that
+	// token's owner); OwnerUserID is the admin user's ID when a portal
+	// user, or a token of theirs, created it.
 	Owner       string
 	OwnerUserID string
 	// ExpiresAt: the token is refused from then on (nil: never).
@@ -169,7 +170,7 @@ func (s *Service) authenticateHash(ctx context.Context, hash []byte) (Principal,
 		return Principal{}, "", err
 	}
 	if t.Admin {
-		return Principal{Admin: true, Name: t.Name, Token: true, Owner: t.Owner}, t.ID, nil
+		return Principal{Admin: true, Name: t.Name, Token: true, TokenID: t.ID, Owner: t.Owner, OwnerUserID: t.OwnerUserID}, t.ID, nil
 	}
 	if t.ProviderStatus != ProviderApproved {
 		return Principal{}, "", fmt.Errorf("%w: provider is %s", ErrForbidden, t.ProviderStatus)
