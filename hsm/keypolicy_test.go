@@ -107,6 +107,23 @@ func attack(job pinHolderJob) (*pinHolderReport, error) {
 		v, err := p.GetAttributeValue(sh, o, []*pkcs11.Attribute{A(pkcs11.CKA_VALUE, nil)})
 		return err == nil && len(v) == 1 && len(v[0].Value) > 0
 	}
+	// widen tries to give o each usage that would read a key, in place and
+	// in a copy; every one must be refused.
+	widen := func(rep *pinHolderReport, what string, o pkcs11.ObjectHandle) {
+		for _, u := range []uint{pkcs11.CKA_DECRYPT, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DERIVE, pkcs11.CKA_UNWRAP} {
+			name := pkcs11.NewAttribute(u, true)
+			if err := p.SetAttributeValue(sh, o, []*pkcs11.Attribute{name}); !refused(err) {
+				rep.Broken = append(rep.Broken, fmt.Sprintf("%s: C_SetAttributeValue gave it usage 0x%x", what, u))
+			}
+			if c, err := p.CopyObject(sh, o, []*pkcs11.Attribute{name}); !refused(err) {
+				rep.Broken = append(rep.Broken, fmt.Sprintf("%s: C_CopyObject gave a copy usage 0x%x", what, u))
+				p.DestroyObject(sh, c)
+			}
+		}
+		if err := p.SetAttributeValue(sh, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, true)}); !refused(err) {
+			rep.Broken = append(rep.Broken, what+": made modifiable")
+		}
+	}
 	// The PIN holder's own key: extractable, readable, can do anything.
 	mine, err := p.CreateObject(sh, []*pkcs11.Attribute{A(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), A(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		A(pkcs11.CKA_TOKEN, false), A(pkcs11.CKA_VALUE, make([]byte, 32)), A(pkcs11.CKA_WRAP, true), A(pkcs11.CKA_UNWRAP, true),
@@ -157,7 +174,10 @@ func attack(job pinHolderJob) (*pinHolderReport, error) {
 			rep.Broken = append(rep.Broken, label+": C_DeriveKey succeeded")
 			p.DestroyObject(sh, d)
 		}
-		// 4. Unwrap every stored blob under it, in every way that would
+		// 4. Give it a usage it was made without, in place or in a copy:
+		// a decrypting transport key undoes AES-KWP with its AES-ECB.
+		widen(rep, label, k)
+		// 5. Unwrap every stored blob under it, in every way that would
 		// give a readable key or a tool to read one.
 		base := []*pkcs11.Attribute{A(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), A(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), A(pkcs11.CKA_TOKEN, false)}
 		policy := []*pkcs11.Attribute{A(pkcs11.CKA_SENSITIVE, true), A(pkcs11.CKA_DECRYPT, false), A(pkcs11.CKA_UNWRAP, false), A(pkcs11.CKA_DERIVE, false)}
@@ -189,6 +209,14 @@ func attack(job pinHolderJob) (*pinHolderReport, error) {
 			// extractable, wrapped under the PIN holder's own key. Counted,
 			// not hidden: only keys that leave the HSM by design (first
 			// keys, to their provider) may be extractable.
+			// A key unwrapped as the policy demands must keep what it was
+			// given: the template holds after the unwrap too.
+			if o, err := p.UnwrapKey(sh, kwp, k, blob, append(base[:3:3], policy...)); err == nil {
+				widen(rep, name+" unwrapped under "+label, o)
+				p.DestroyObject(sh, o)
+			} else {
+				rep.Refused++
+			}
 			o, err := p.UnwrapKey(sh, kwp, k, blob, append(append(base[:3:3], policy...), A(pkcs11.CKA_EXTRACTABLE, true)))
 			if err == nil {
 				if _, werr := p.WrapKey(sh, kwp, mine, o); werr == nil && !strings.HasPrefix(name, "first/") {
@@ -262,9 +290,10 @@ func TestAPINHolderWithTheirOwnSessionCannotReadAnyCardKey(t *testing.T) {
 	if len(rep.Broken) > 0 {
 		t.Fatalf("the PIN holder got through:\n%s", strings.Join(rep.Broken, "\n"))
 	}
-	// 6 keys × (read, wrap, derive) + 3 unwrapping keys × 7 blobs × 8 ways
-	// at the least: that the count is high shows the attempts were made.
-	if rep.Refused < 6*3+3*7*8 {
+	// 6 keys × (read, wrap, derive, 9 widenings) + 3 unwrapping keys × 7
+	// blobs × 8 ways at the least: that the count is high shows the
+	// attempts were made.
+	if rep.Refused < 6*12+3*7*8 {
 		t.Fatalf("only %d refused attempts: the attack did not run in full", rep.Refused)
 	}
 	t.Logf("the token refused %d attempts on %d secret keys", rep.Refused, len(rep.SecretKeys))

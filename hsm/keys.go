@@ -55,16 +55,39 @@ func objectID(label string) []byte {
 
 // longLived returns the attributes every long-lived key carries: a token
 // object, private, sensitive and never extractable (PKCS#11 v2.40 base
-// §4.9 private key and §4.10 secret key objects).
+// §4.9 private key and §4.10 secret key objects), neither modifiable nor
+// copyable (§4.4 storage objects). A token's default is modifiable: a PIN
+// holder could then give a key a usage it was made without (decrypt, say)
+// and use it with a mechanism it allows (the transport key's AES-ECB undoes
+// AES-KWP a block at a time), or copy it with another one.
 func longLived(label string) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_COPYABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID(label)),
 	}
+}
+
+// frozenLast returns t with its CKA_MODIFIABLE moved to the end. A token
+// applies a creating call's template in order (SoftHSM 2.6 does), and
+// refuses every attribute that follows CKA_MODIFIABLE false
+// (CKR_ATTRIBUTE_READ_ONLY) when it unwraps or copies a key.
+func frozenLast(t []*pkcs11.Attribute) []*pkcs11.Attribute {
+	out := make([]*pkcs11.Attribute, 0, len(t))
+	var last []*pkcs11.Attribute
+	for _, a := range t {
+		if a.Type == pkcs11.CKA_MODIFIABLE {
+			last = append(last, a)
+		} else {
+			out = append(out, a)
+		}
+	}
+	return append(out, last...)
 }
 
 // findObject returns the one object of class with label, using the
@@ -173,7 +196,10 @@ func aesKey(label string, on ...uint) []*pkcs11.Attribute {
 // SoftHSM 2.6.1, see kekPolicy's test). A key-encryption key can only wrap
 // and unwrap, with AES-KWP alone (CKA_ALLOWED_MECHANISMS), and carries a
 // CKA_UNWRAP_TEMPLATE that every key unwrapped under it must match: a
-// sensitive AES session object that can neither decrypt, unwrap nor derive.
+// sensitive AES session object that can neither decrypt, unwrap nor derive,
+// and whose attributes cannot be changed afterwards (CKA_MODIFIABLE false:
+// otherwise the template would hold only at the unwrap, and the PIN holder
+// would add decrypt to the key they got).
 // So a PIN holder who unwraps a stored blob gets a key whose value the token
 // will not show, and that cannot be turned into a tool to read another key
 // (wrap under it, then decrypt or unwrap as non-sensitive). A caller's
@@ -192,6 +218,7 @@ func kekPolicy(extractable *bool) []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 	}
 	if extractable != nil {
 		t = append(t, pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, *extractable))
@@ -210,6 +237,7 @@ func unwrapTarget(extractable bool, on ...uint) []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 	}
 	return append(t, usage(pkcs11.CKO_SECRET_KEY, on...)...)
 }
@@ -288,7 +316,7 @@ func (h *HSM) CreateBatchKEK(ctx context.Context, batch string) error {
 }
 
 func (h *HSM) generateAES(s *session, tmpl []*pkcs11.Attribute) error {
-	_, err := h.p.GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	_, err := h.p.GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, frozenLast(tmpl))
 	if err != nil {
 		return fmt.Errorf("C_GenerateKey: %w", err)
 	}
@@ -313,13 +341,13 @@ func (h *HSM) Init(ctx context.Context) (created []string, err error) {
 		{LabelAudit, func(s *session) error {
 			_, err := h.p.GenerateKey(s.h,
 				[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
-				append([]*pkcs11.Attribute{
+				frozenLast(append([]*pkcs11.Attribute{
 					pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 					pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 					// SoftHSM requires ≥ 32 bytes for CKM_SHA256_HMAC (RFC 2104 §3: ≥ L).
 					pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
 					pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(pkcs11.CKM_SHA256_HMAC)),
-				}, slices.Concat(longLived(LabelAudit), usage(pkcs11.CKO_SECRET_KEY, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY))...))
+				}, slices.Concat(longLived(LabelAudit), usage(pkcs11.CKO_SECRET_KEY, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY))...)))
 			if err != nil {
 				return fmt.Errorf("C_GenerateKey: %w", err)
 			}
@@ -358,7 +386,7 @@ func (h *HSM) generateReceiptKey(s *session) error {
 		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mechanismList(pkcs11.CKM_ECDSA)),
 	}, slices.Concat(longLived(LabelReceipt), usage(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKA_SIGN))...)
 	_, _, err := h.p.GenerateKeyPair(s.h,
-		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)
+		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, frozenLast(priv))
 	if err != nil {
 		return fmt.Errorf("C_GenerateKeyPair: %w", err)
 	}

@@ -138,7 +138,7 @@ func (h *HSM) unwrapKWP(s *session, kek pkcs11.ObjectHandle, blob []byte, extrac
 	if len(blob) < 16 || len(blob)%8 != 0 {
 		return 0, 0, keyport.Invalid("wrapped", "a KWP-wrapped key has a multiple of 8 bytes, at least 16; got %d", len(blob))
 	}
-	k, err := h.p.UnwrapKey(s.h, kwpMechanism, kek, blob, unwrapTarget(extractable, on...))
+	k, err := h.p.UnwrapKey(s.h, kwpMechanism, kek, blob, frozenLast(unwrapTarget(extractable, on...)))
 	if err != nil {
 		if h.badWrappedKey(s, err) {
 			return 0, 0, fmt.Errorf("%w (C_UnwrapKey: %w)", keyport.Invalid("wrapped", "the key does not unwrap under its key-encryption key"), err)
@@ -290,13 +290,17 @@ func (h *HSM) CreateTransportKey(ctx context.Context, batch string, manufacturer
 		// inherits CKA_SENSITIVE (true) from k; SoftHSM refuses to have it in
 		// a C_CopyObject template at all (CKR_ATTRIBUTE_READ_ONLY).
 		// The token copy cannot encrypt: only the session object gave the KCV.
+		// Nor may it be made to (CKA_MODIFIABLE false, from longLived):
+		// with decrypt, its AES-ECB would undo AES-KWP a block at a time.
+		// CKA_COPYABLE is refused in a copy's template (the copy stays
+		// copyable; a copy of it cannot change its usages either).
 		tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false)}
 		for _, a := range longLived(label) {
-			if a.Type != pkcs11.CKA_SENSITIVE {
+			if a.Type != pkcs11.CKA_SENSITIVE && a.Type != pkcs11.CKA_COPYABLE {
 				tmpl = append(tmpl, a)
 			}
 		}
-		if _, err := h.p.CopyObject(s.h, k, tmpl); err != nil {
+		if _, err := h.p.CopyObject(s.h, k, frozenLast(tmpl)); err != nil {
 			return fmt.Errorf("C_CopyObject to the token: %w", err)
 		}
 		return nil
