@@ -232,5 +232,22 @@ func cmdHSMInit(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("migrating the old keys stopped (run `keyport hsm init` again to go on; the old keys are kept until every row is moved): %w", err)
 	}
+	return checkKeys(ctx, a)
+}
+
+// checkKeys refuses a token whose keys under keyport's labels are not as
+// keyport makes them (hsm.CheckKeys), and warns of each key made before
+// keys were frozen.
+func checkKeys(ctx context.Context, a *app) error {
+	r, err := a.hsm.CheckKeys(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.Err(); err != nil {
+		return err
+	}
+	for _, m := range r.Modifiable {
+		a.log.Warn("hsm key made before keyport froze its keys' attributes: someone with the PIN can give it usages it was made without (README, Key custody)", "key", m)
+	}
 	return nil
 }

@@ -59,6 +59,9 @@ func cmdServe(ctx context.Context, args []string) error {
 	} else if !legacy.Empty() {
 		return errors.New("the token holds master keys that derive card keys (made before keys were wrapped at rest): run `keyport hsm init` once to migrate them, then serve")
 	}
+	if err := checkKeys(ctx, a); err != nil {
+		return err
+	}
 	if err := demo.setUp(ctx, a); err != nil {
 		return err
 	}
