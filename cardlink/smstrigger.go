@@ -204,13 +204,22 @@ func (t *SMSTrigger) Receipt(ctx context.Context, messageID, state, errCode stri
 	return t.cfg.Reach.Failed(ctx, eid, fmt.Sprintf("trigger SMS %s: delivery receipt %s (error %s)", messageID, state, errCode))
 }
 
+// ErrPoRIgnored is a proof of receipt SMSTrigger does not act on: the
+// module's OTA keys do not authenticate it (it has no checksum, or a wrong
+// one), or it answers another TAR than the trigger's (the ISD's). Anyone
+// who can send an SMS that appears to come from the module's number can
+// send such a PoR, so it neither moves keyport's counter nor touches the
+// module's jobs; SMSTrigger only logs it.
+var ErrPoRIgnored = errors.New("proof of receipt ignored")
+
 // ProofOfReceipt takes a mobile-originated response packet (user data
-// with its header) from msisdn: it is opened under the module's OTA keys
-// (or, for a card that could not verify the packet, without security) and
-// an error status is recorded on the module's waiting jobs. A "counter
-// low" that the module's keys authenticate also moves keyport's counter
-// past the card's (Reach.CounterLow), so that the retry gets through; an
-// unauthenticated one is only recorded, since anyone can send it.
+// with its header) from msisdn and opens it under the module's OTA keys.
+// Only a PoR they authenticate, for the ISD's TAR the trigger went to, is
+// acted on: an error status is recorded on the module's waiting jobs, and
+// a "counter low" also moves keyport's counter past the card's
+// (Reach.CounterLow), so that the retry gets through. Any other PoR (also
+// a card's plain one when it could not verify the packet) is logged as
+// ignored, with what it claims, and is ErrPoRIgnored (wrapped).
 func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byte) (gp.PoRStatus, error) {
 	eid, err := t.cfg.Reach.ModuleByMSISDN(ctx, msisdn)
 	if err != nil {
@@ -221,19 +230,21 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		return 0, err
 	}
 	r, err := gp.OpenSMSPoR(ud, triggerSPI, keys.Keys)
-	authenticated := err == nil
+	if errors.Is(err, gp.ErrPoRUnauthenticated) || errors.Is(err, gp.ErrPoRIntegrity) {
+		return 0, t.unauthenticated(eid, msisdn, ud, err)
+	}
 	if err != nil {
-		plain := triggerSPI
-		plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
-		var perr error
-		if r, perr = gp.OpenSMSPoR(ud, plain, gp.OTAKeys{}); perr != nil || r.Status == gp.PoROK {
-			return 0, fmt.Errorf("cardlink: proof of receipt from %s: %w", eid, err)
-		}
+		return 0, fmt.Errorf("cardlink: proof of receipt from %s: %w", eid, err)
+	}
+	if r.TAR != gp.ISDTAR {
+		t.log.Warn("proof of receipt ignored: not for the trigger's TAR", "eid", eid, "msisdn", msisdn,
+			"tar", fmt.Sprintf("%X", r.TAR), "counter", r.Counter, "status", r.Status)
+		return 0, fmt.Errorf("cardlink: %w: from %s, for TAR %X, not the trigger's %X", ErrPoRIgnored, eid, r.TAR, gp.ISDTAR)
 	}
 	if r.Status != gp.PoROK {
 		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)
 		reason := fmt.Sprintf("proof of receipt for counter %d: %v (%02X)", r.Counter, r.Status, byte(r.Status))
-		if r.Status == gp.PoRCounterLow && authenticated {
+		if r.Status == gp.PoRCounterLow {
 			raised, err := t.cfg.Reach.CounterLow(ctx, eid, r.Counter)
 			if err != nil {
 				return r.Status, err
@@ -247,6 +258,22 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		}
 	}
 	return r.Status, nil
+}
+
+// unauthenticated logs a proof of receipt from module eid that its OTA keys
+// do not authenticate (open's error), with what it claims when it can be
+// read without them, and returns ProofOfReceipt's error for it.
+func (t *SMSTrigger) unauthenticated(eid keyport.EID, msisdn string, ud []byte, open error) error {
+	attrs := []any{"eid", eid, "msisdn", msisdn, "error", open}
+	plain := triggerSPI
+	plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
+	claims := ""
+	if r, err := gp.OpenSMSPoR(ud, plain, gp.OTAKeys{}); err == nil {
+		attrs = append(attrs, "claimed_tar", fmt.Sprintf("%X", r.TAR), "claimed_counter", r.Counter, "claimed_status", r.Status)
+		claims = fmt.Sprintf(" (it says: %v, counter %d)", r.Status, r.Counter)
+	}
+	t.log.Warn("proof of receipt ignored: not authenticated under the module's OTA keys", attrs...)
+	return fmt.Errorf("cardlink: %w: from %s, not authenticated under its OTA keys%s: %w", ErrPoRIgnored, eid, claims, open)
 }
 
 // Triggers wakes a module over SMS when it has SMS reach, and through

@@ -597,9 +597,21 @@ func (r ResponsePacket) SealSMS(spi SPI, keys OTAKeys) ([]byte, error) {
 // ErrPoRIntegrity is a PoR whose checksum does not verify; it wraps ErrMAC.
 var ErrPoRIntegrity = fmt.Errorf("gp: PoR checksum mismatch: %w", ErrMAC)
 
+// ErrPoRUnauthenticated is a PoR without the cryptographic checksum the
+// SPI asks for. A card that could not verify a packet may answer so (it
+// could not trust the keys), but so can anyone who sends an SMS: what such
+// a PoR says is unauthenticated. To read it all the same, open it under
+// the SPI with PoRIntegrity IntegrityNone and PoRCiphered false.
+var ErrPoRUnauthenticated = errors.New("gp: PoR without the checksum the SPI asks for")
+
 // OpenSMSPoR decodes and verifies a PoR received as SMS user data (with its
 // 02 71 00 header) under the PoR bits of the SPI the command was sent
-// with. A wrong checksum is ErrPoRIntegrity.
+// with. A nil error means the PoR has every security those bits ask for:
+// under an SPI asking for a CC, its checksum verified under keys.MAC; under
+// one asking for none, nothing was verified. A wrong checksum is
+// ErrPoRIntegrity; a PoR without the checksum the SPI asks for (whatever
+// its status) is ErrPoRUnauthenticated. The TAR is returned as received,
+// for the caller to compare with the one it sent.
 func OpenSMSPoR(ud []byte, spi SPI, keys OTAKeys) (ResponsePacket, error) {
 	if len(ud) < 3 {
 		return ResponsePacket{}, truncated("PoR of %d bytes", len(ud))
@@ -627,22 +639,17 @@ func OpenSMSPoR(ud []byte, spi SPI, keys OTAKeys) (ResponsePacket, error) {
 	if err != nil {
 		return ResponsePacket{}, err
 	}
-	// A PoR that reports a refused packet may come without the security
-	// the SPI asks for (the card could not trust the keys): a PoR without
-	// the requested checksum is taken as plain, and must not say PoR OK.
-	plain := false
-	if sig != want {
-		if sig != 0 {
-			return ResponsePacket{}, malformed("PoR: RHL %d does not match the SPI's %d-byte checksum", rhl, want)
-		}
-		plain = true
+	if sig != want && sig != 0 {
+		return ResponsePacket{}, malformed("PoR: RHL %d does not match the SPI's %d-byte checksum", rhl, want)
 	}
 	secured := b[6:]
 	if len(secured) < 7+sig {
 		return ResponsePacket{}, truncated("PoR of %d bytes after TAR", len(secured))
 	}
-	ciphered := spi.PoRCiphered && !plain
-	if ciphered {
+	if sig != want {
+		return ResponsePacket{}, ErrPoRUnauthenticated
+	}
+	if spi.PoRCiphered {
 		if keys.Cipher == nil {
 			return ResponsePacket{}, malformed("ciphered PoR but no KIc key is given")
 		}
@@ -669,8 +676,6 @@ func OpenSMSPoR(ud []byte, spi SPI, keys OTAKeys) (ResponsePacket, error) {
 		if subtle.ConstantTimeCompare(want, secured[7:7+sig]) != 1 {
 			return ResponsePacket{}, ErrPoRIntegrity
 		}
-	} else if plain && r.Status == PoROK {
-		return ResponsePacket{}, malformed("PoR OK without the security the SPI asks for")
 	}
 	r.Data = append([]byte(nil), data[:len(data)-pcntr]...)
 	return r, nil

@@ -68,6 +68,8 @@ func FuzzOpenSMSPoR(f *testing.F) {
 			f.Add(unhex(f, v.por), v.spi[1])
 		}
 	}
+	// A plain "counter low" PoR (no CC), refused under an SPI asking for one.
+	f.Add(unhex(f, "027100000B0A000000000000002A0002"), byte(0x09))
 	f.Fuzz(func(t *testing.T, b []byte, spi2 byte) {
 		spi, err := ParseSPI(0, spi2)
 		if err != nil {
@@ -78,9 +80,14 @@ func FuzzOpenSMSPoR(f *testing.F) {
 			return
 		}
 		_ = r.Status.String()
+		// What opens under an SPI asking for a CC carried one (RHL 12):
+		// a PoR without it is never taken as authenticated.
+		if spi.PoRIntegrity == IntegrityCC && b[5] != 0x12 {
+			t.Fatalf("%X: opened under SPI ..%02X without a CC: %+v", b, spi2, r)
+		}
 		again, err := r.SealSMS(spi, keys)
 		if err != nil {
-			return // e.g. a plain error PoR for an SPI that asks for a CC
+			t.Fatalf("%X: reseal: %v", b, err)
 		}
 		r2, err := OpenSMSPoR(again, spi, keys)
 		if err != nil || !bytes.Equal(r2.Data, r.Data) || r2.Status != r.Status || r2.Counter != r.Counter {

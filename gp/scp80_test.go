@@ -278,3 +278,72 @@ func TestOTAKeyNeverPrinted(t *testing.T) {
 		t.Fatalf("unknown algorithm: %v", err)
 	}
 }
+
+// OpenSMSPoR under an SPI asking for a checksummed PoR returns only what
+// the checksum authenticates: a PoR without a CC is ErrPoRUnauthenticated
+// whatever its status (anyone can send one), a wrong CC is ErrPoRIntegrity,
+// and the TAR comes back as received (and checksummed) for the caller to
+// compare with the one it sent.
+func TestOpenSMSPoRAuthentication(t *testing.T) {
+	keys := scp80Vectors[0].keys(t)
+	other, _ := NewOTAKey(OTAAlgAES, unhex(t, "000102030405060708090a0b0c0d0e0f"))
+	ccSPI := SPI{Integrity: IntegrityCC, Ciphered: true, Counter: CounterHigher, PoR: PoRAlways, PoRIntegrity: IntegrityCC}
+	cipheredSPI := ccSPI
+	cipheredSPI.PoRCiphered = true
+	plainSPI := ccSPI
+	plainSPI.PoRIntegrity = IntegrityNone
+	otherTAR := [3]byte{0xB0, 0x00, 0x11}
+	seal := func(spi SPI, keys OTAKeys, r ResponsePacket) []byte {
+		t.Helper()
+		b, err := r.SealSMS(spi, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	low := ResponsePacket{TAR: ISDTAR, Counter: 42, Status: PoRCounterLow}
+	ok := ResponsePacket{TAR: ISDTAR, Counter: 43, Status: PoROK, Data: []byte{0x01, 0x90, 0x00}}
+	signedLow := seal(ccSPI, keys, low)
+	alteredTAR := bytes.Clone(signedLow)
+	alteredTAR[8] = 0x11 // TAR 000011: the CC covers it
+	tests := []struct {
+		name    string
+		ud      []byte
+		spi     SPI
+		keys    OTAKeys
+		wantErr error // nil: opens, to want
+		want    ResponsePacket
+	}{
+		{"authenticated counter low", signedLow, ccSPI, keys, nil, low},
+		{"authenticated PoR OK", seal(ccSPI, keys, ok), ccSPI, keys, nil, ok},
+		{"authenticated and ciphered", seal(cipheredSPI, keys, low), cipheredSPI, keys, nil, low},
+		{"authenticated, for another TAR", seal(ccSPI, keys, ResponsePacket{TAR: otherTAR, Counter: 42, Status: PoRCounterLow}), ccSPI, keys, nil,
+			ResponsePacket{TAR: otherTAR, Counter: 42, Status: PoRCounterLow}},
+		{"plain counter low", seal(plainSPI, OTAKeys{}, low), ccSPI, keys, ErrPoRUnauthenticated, ResponsePacket{}},
+		{"plain counter low, built by hand", []byte{0x02, 0x71, 0x00, 0x00, 0x0B, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0x2A, 0x00, byte(PoRCounterLow)}, ccSPI, keys, ErrPoRUnauthenticated, ResponsePacket{}},
+		{"plain RC/CC/DS failed", seal(plainSPI, OTAKeys{}, ResponsePacket{TAR: ISDTAR, Counter: 42, Status: PoRIntegrityFailed}), ccSPI, keys, ErrPoRUnauthenticated, ResponsePacket{}},
+		{"plain PoR OK", seal(plainSPI, OTAKeys{}, ok), ccSPI, keys, ErrPoRUnauthenticated, ResponsePacket{}},
+		{"plain under a ciphered SPI", seal(plainSPI, OTAKeys{}, low), cipheredSPI, keys, ErrPoRUnauthenticated, ResponsePacket{}},
+		{"plain, read as plain", seal(plainSPI, OTAKeys{}, low), plainSPI, OTAKeys{}, nil, low},
+		{"wrong checksum (status changed)", flip(signedLow, 15), ccSPI, keys, ErrPoRIntegrity, ResponsePacket{}},
+		{"checksum under another key", seal(ccSPI, OTAKeys{MAC: other}, low), ccSPI, keys, ErrPoRIntegrity, ResponsePacket{}},
+		{"TAR altered", alteredTAR, ccSPI, keys, ErrPoRIntegrity, ResponsePacket{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := OpenSMSPoR(tt.ud, tt.spi, tt.keys)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("%X: %+v, err = %v; want %v", tt.ud, r, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%X: %v", tt.ud, err)
+			}
+			if r.TAR != tt.want.TAR || r.Counter != tt.want.Counter || r.Status != tt.want.Status || !bytes.Equal(r.Data, tt.want.Data) {
+				t.Fatalf("%X: opened %+v, want %+v", tt.ud, r, tt.want)
+			}
+		})
+	}
+}

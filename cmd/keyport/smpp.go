@@ -16,8 +16,9 @@ import (
 // Modules with an MSISDN and an OTA key set are then woken by an SCP80
 // trigger SMS (cardlink.SMSTrigger, armed by armSMS once the admin server
 // listens), the others through the agents' wake-up channel. Delivery
-// receipts of failure and proofs of receipt with an error status are
-// recorded on the module's waiting jobs.
+// receipts of failure and proofs of receipt with an error status that the
+// module's OTA keys authenticate are recorded on the module's waiting jobs;
+// other proofs of receipt are only logged (cardlink.ErrPoRIgnored).
 func startSMPP(a *app) (stop func(), err error) {
 	if a.cfg.SMPP == nil {
 		return func() {}, nil

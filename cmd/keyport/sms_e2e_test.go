@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -40,8 +41,12 @@ type smsWorld struct {
 	// the world starts; nil: none).
 	OtherESME *smpp.ESME
 	Other     atomic.Pointer[cardlink.SMSTrigger]
-	// receipts counts the delivery receipts keyport's own ESME took.
-	receipts atomic.Int32
+	// receipts counts the delivery receipts keyport's own ESME took, and
+	// ignoredPoRs the proofs of receipt its trigger did not act on
+	// (cardlink.ErrPoRIgnored).
+	receipts    atomic.Int32
+	ignoredPoRs atomic.Int32
+	ignored     atomic.Value // the last one's error text
 }
 
 func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
@@ -70,6 +75,10 @@ func newSMSWorldWith(t *testing.T, msisdn string, before func(*smsWorld), smscAr
 			if tr := sw.trig.Load(); tr != nil {
 				if st, err := tr.ProofOfReceipt(ctx, m.From, m.UserData); err != nil {
 					t.Logf("PoR from %s: %X: %v (%v)", m.From, m.UserData, err, st)
+					if errors.Is(err, cardlink.ErrPoRIgnored) {
+						sw.ignored.Store(err.Error())
+						sw.ignoredPoRs.Add(1)
+					}
 				}
 			}
 			return nil
@@ -307,8 +316,10 @@ func TestSecondKeyOverSMSWithNoLongPoll(t *testing.T) {
 }
 
 // A packet under a wrong KID is refused by the card (PoR status 01, RC/CC/DS
-// failed): the status is recorded on the job, which waits and is retried;
-// with the right keys the next trigger gets through.
+// failed) in a plain PoR, since it cannot trust the keys: keyport does not
+// act on a PoR its keys do not authenticate (anyone could send it), so the
+// job is neither failed nor delayed by it and is retried; with the right
+// keys the next trigger gets through.
 func TestSMSTriggerWithAWrongKIDIsRefusedAndRetried(t *testing.T) {
 	capture(t)
 	env := pcsctest.Start(t, pcsctest.Options{})
@@ -322,11 +333,19 @@ func TestSMSTriggerWithAWrongKIDIsRefusedAndRetried(t *testing.T) {
 	env.StartCard(t, sw.Card.Card)
 	sw.startAgent(t, env)
 
-	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
-		return strings.Contains(j.LastError, "RC/CC/DS failed")
-	})
-	if j.State != keyport.JobQueued {
-		t.Fatalf("job %s after a refused trigger", j.State)
+	for deadline := time.Now().Add(20 * time.Second); sw.ignoredPoRs.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no proof of receipt of the refused trigger")
+		}
+	}
+	// The card refused it with the status a wrong KID gets; only the log,
+	// not the job, says so.
+	if said, _ := sw.ignored.Load().(string); !strings.Contains(said, "RC/CC/DS failed") {
+		t.Errorf("the ignored PoR: %q, want the card's RC/CC/DS failed", said)
+	}
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(*keyport.Job) bool { return true })
+	if j.State != keyport.JobQueued || strings.Contains(j.LastError, "proof of receipt") {
+		t.Fatalf("job %s (%q) after a refused trigger's plain PoR", j.State, j.LastError)
 	}
 	sw.setOTAKeys(t, sw.OTA)
 	j = cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
