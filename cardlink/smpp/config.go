@@ -38,8 +38,10 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the waits between binds and between
 	// sends of a submit the SMSC refused for now.
 	MinBackoff, MaxBackoff time.Duration
-	// MaxAttempts is how often a submit refused with a temporary status
-	// is sent before Send gives up.
+	// MaxAttempts is how often a submit is sent before Send gives up.
+	// Sends refused with a temporary status count, and so do sends whose
+	// link was lost before their response; of those, only one is sent
+	// again (the SMSC may have taken it).
 	MaxAttempts int
 }
 

@@ -24,10 +24,15 @@ import (
 //
 // The link binds in the background and binds again, with backoff, after
 // the SMSC closes it, stops answering enquire_link, or misses a response.
-// A submit that had no response when the link was lost is sent again on
-// the next link: SMPP has no idempotency key, so the SMSC may then hold it
-// twice (the card's SCP80 counter refuses the replay). A submit still
-// waiting for a link waits for its context.
+// The backoff keeps growing over links that die before they answer an
+// enquire_link, so an SMSC that takes the bind and drops the link is not
+// bound to again and again at MinBackoff; a link that answered one starts
+// it over. A submit that had no response when the link was lost is sent
+// again once on the next link: SMPP has no idempotency key, so the SMSC
+// may then hold it twice (the card's SCP80 counter refuses the replay).
+// When that send too has no response, Send gives up with ErrUnconfirmed
+// rather than risk more copies, each of them billed and answered by the
+// card. A submit still waiting for a link waits for its context.
 type ESME struct {
 	cfg       Config
 	log       *slog.Logger
@@ -51,7 +56,11 @@ type ESME struct {
 // Handlers receive what the SMSC delivers. Each runs on the link's
 // delivery goroutine, one at a time; deliver_sm is answered when it
 // returns, with ESME_RX_T_APPN when it returns an error, so that the SMSC
-// delivers it again. Nil handlers log and accept.
+// delivers it again. Up to 64 deliver_sm wait for the handlers; one that
+// finds them all taken is answered ESME_RTHROTTLED at once, unseen by the
+// handlers, for the SMSC to deliver later, so that slow handlers never
+// hold up the link's responses and keepalives. Nil handlers log and
+// accept.
 type Handlers struct {
 	Receipt func(Receipt) error
 	MO      func(MO) error
@@ -61,8 +70,21 @@ type Handlers struct {
 // ErrClosed is returned by Send after Close.
 var ErrClosed = errors.New("smpp: ESME closed")
 
-// errSessionLost marks a request whose link went away before its response.
+// ErrUnconfirmed is returned by Send when a submit_sm went unanswered on
+// two links in turn: the SMSC may hold it, once or twice, or not at all.
+// Send does not send it a third time.
+var ErrUnconfirmed = errors.New("smpp: submit_sm sent but not answered; the SMSC may hold it")
+
+// errSessionLost marks a request whose link went away after it was sent
+// and before its response: the peer may have acted on it.
 var errSessionLost = errors.New("smpp: link lost")
+
+// errNotSent marks a request whose link went away before the whole PDU
+// was written: the peer cannot have acted on it.
+var errNotSent = errors.New("smpp: link lost before the request was sent")
+
+// inboxLen is how many deliver_sm may wait for the handlers.
+const inboxLen = 64
 
 // StatusError is an SMSC's refusal of a request: an error command_status
 // or a generic_nack.
@@ -161,53 +183,74 @@ func checkMSISDN(s string) error {
 }
 
 // submit sends one submit_sm until the SMSC accepts it, refuses it for
-// good, or ctx ends.
+// good, or ctx ends. Every send counts against MaxAttempts, whether the
+// SMSC refused it for now or the link was lost before its response; of
+// the latter only one is sent again, since the SMSC may have taken it.
 func (e *ESME) submit(ctx context.Context, body []byte) (string, error) {
-	refused := 0
+	sends, refused, unanswered := 0, 0, 0
+	var lost error // why the last unanswered send had no response
+	// fail says so when an earlier send may be held all the same.
+	fail := func(err error) error {
+		if lost == nil {
+			return err
+		}
+		return fmt.Errorf("%w; an earlier send had no response (%v): %w", err, lost, ErrUnconfirmed)
+	}
 	for {
 		s, err := e.bound(ctx)
 		if err != nil {
-			return "", err
+			return "", fail(err)
 		}
 		select {
 		case e.window <- struct{}{}:
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return "", fail(ctx.Err())
 		}
 		if err := e.pace.wait(ctx); err != nil {
 			<-e.window
-			return "", err
+			return "", fail(err)
 		}
 		p, err := s.request(ctx, SubmitSM, body, e.cfg.ResponseTimeout)
 		<-e.window
+		if errors.Is(err, errNotSent) {
+			continue // the SMSC never had it: sent on the next link
+		}
 		if errors.Is(err, errSessionLost) {
-			continue // sent again on the next link
+			sends++
+			unanswered++
+			lost = err
+			if unanswered > 1 || sends >= e.cfg.MaxAttempts {
+				return "", fmt.Errorf("%w (sent %d times; last: %v)", ErrUnconfirmed, sends, err)
+			}
+			e.log.Warn("smpp: link lost before submit_sm_resp; sending it once more on the next link", "err", err, "attempt", sends)
+			continue
 		}
 		if err != nil {
-			return "", err
+			return "", fail(err)
 		}
+		sends++
 		if p.ID == GenericNack || p.Status != StatusOK {
 			serr := &StatusError{Command: p.ID, Status: p.Status}
 			refused++
-			if !p.Status.Temporary() || refused >= e.cfg.MaxAttempts {
-				return "", serr
+			if !p.Status.Temporary() || sends >= e.cfg.MaxAttempts {
+				return "", fail(serr)
 			}
 			pause := e.backoff(refused - 1)
-			e.log.Info("smpp: submit refused for now; sending it again", "status", p.Status.String(), "attempt", refused, "wait", pause)
+			e.log.Info("smpp: submit refused for now; sending it again", "status", p.Status.String(), "attempt", sends, "wait", pause)
 			if err := wait.Sleep(ctx, pause); err != nil {
-				return "", fmt.Errorf("%w (last: %v)", err, serr)
+				return "", fail(fmt.Errorf("%w (last: %v)", err, serr))
 			}
 			continue
 		}
 		if p.ID != SubmitSMResp {
-			return "", fmt.Errorf("smpp: %v answered submit_sm", p.ID)
+			return "", fail(fmt.Errorf("smpp: %v answered submit_sm", p.ID))
 		}
 		id, err := DecodeMessageID(p.Body)
 		if err != nil {
-			return "", err
+			return "", fail(err)
 		}
 		if id == "" {
-			return "", errors.New("smpp: submit_sm_resp without message_id")
+			return "", fail(errors.New("smpp: submit_sm_resp without message_id"))
 		}
 		return id, nil
 	}
@@ -248,7 +291,10 @@ func (e *ESME) bound(ctx context.Context) (*session, error) {
 	}
 }
 
-// run binds, keeps the link alive and binds again, until Close.
+// run binds, keeps the link alive and binds again, until Close. Failed
+// binds and links lost before they answered an enquire_link count as
+// failures in a row, each waiting longer; a link that answered one resets
+// the count when it is lost.
 func (e *ESME) run() {
 	defer close(e.stopped)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -270,7 +316,6 @@ func (e *ESME) run() {
 			}
 			continue
 		}
-		failures = 0
 		go e.read(s)
 		go e.deliveries(s)
 		e.mu.Lock()
@@ -290,8 +335,13 @@ func (e *ESME) run() {
 		e.mu.Lock()
 		e.lastErr = s.err
 		e.mu.Unlock()
-		e.log.Warn("smpp: link lost; binding again", "err", s.err)
-		if wait.Sleep(ctx, e.backoff(0)) != nil {
+		if s.proven.Load() {
+			failures = 0
+		}
+		pause := e.backoff(failures)
+		failures++
+		e.log.Warn("smpp: link lost; binding again", "err", s.err, "answered_enquire_link", s.proven.Load(), "retry_in", pause)
+		if wait.Sleep(ctx, pause) != nil {
 			return
 		}
 	}
@@ -346,14 +396,15 @@ func (e *ESME) bind(ctx context.Context) (*session, error) {
 		conn:    conn,
 		seq:     1,
 		pending: map[uint32]chan PDU{},
-		inbox:   make(chan PDU, 64),
+		inbox:   make(chan PDU, inboxLen),
 		dead:    make(chan struct{}),
 		timeout: e.cfg.ResponseTimeout,
 	}, nil
 }
 
 // keepalive sends enquire_link every EnquireLink (§4.11) until the link
-// dies or Close; a missing enquire_link_resp kills the link.
+// dies or Close; a missing enquire_link_resp kills the link, and the
+// first one that comes marks the link proven (run's backoff starts over).
 func (e *ESME) keepalive(ctx context.Context, s *session) {
 	t := time.NewTicker(e.cfg.EnquireLink)
 	defer t.Stop()
@@ -364,10 +415,13 @@ func (e *ESME) keepalive(ctx context.Context, s *session) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := s.request(ctx, EnquireLink, nil, e.cfg.ResponseTimeout); err != nil && ctx.Err() == nil {
-				s.kill(fmt.Errorf("smpp: enquire_link: %w", err))
+			if _, err := s.request(ctx, EnquireLink, nil, e.cfg.ResponseTimeout); err != nil {
+				if ctx.Err() == nil {
+					s.kill(fmt.Errorf("smpp: enquire_link: %w", err))
+				}
 				return
 			}
+			s.proven.Store(true)
 		}
 	}
 }
@@ -387,9 +441,14 @@ func (e *ESME) unbind(s *session) {
 	s.kill(ErrClosed)
 }
 
-// read dispatches the PDUs the SMSC sends until the link dies.
+// read dispatches the PDUs the SMSC sends until the link dies. It never
+// waits for the handlers: responses and enquire_link are handled as they
+// come, and a deliver_sm that finds the inbox full is answered
+// ESME_RTHROTTLED (§5.1.3, a temporary error; the SMSC delivers it again
+// later) instead of holding up the PDUs behind it.
 func (e *ESME) read(s *session) {
 	r := bufio.NewReader(s.conn)
+	throttled := 0 // deliver_sm refused since the inbox was last found with room
 	for {
 		p, err := ReadPDU(r)
 		if err != nil {
@@ -421,8 +480,16 @@ func (e *ESME) read(s *session) {
 		case DeliverSM:
 			select {
 			case s.inbox <- p:
-			case <-s.dead:
-				return
+				if throttled > 0 {
+					e.log.Info("smpp: handlers caught up; taking deliver_sm again", "throttled", throttled)
+					throttled = 0
+				}
+			default:
+				if throttled == 0 {
+					e.log.Warn("smpp: handlers behind; answering deliver_sm ESME_RTHROTTLED for the SMSC to deliver later", "waiting", inboxLen)
+				}
+				throttled++
+				_ = s.write(PDU{ID: DeliverSMResp, Status: StatusThrottled, Seq: p.Seq, Body: encodeMessageID("")})
 			}
 		case Unbind:
 			_ = s.write(PDU{ID: UnbindResp, Seq: p.Seq})
@@ -528,10 +595,11 @@ type session struct {
 	seq     uint32
 	pending map[uint32]chan PDU
 
-	inbox chan PDU // deliver_sm for the handlers
-	dead  chan struct{}
-	once  sync.Once
-	err   error // why it died; set before dead closes
+	inbox  chan PDU    // deliver_sm for the handlers
+	proven atomic.Bool // an enquire_link was answered
+	dead   chan struct{}
+	once   sync.Once
+	err    error // why it died; set before dead closes
 }
 
 func (s *session) kill(err error) {
@@ -553,8 +621,9 @@ func (s *session) write(p PDU) error {
 	return nil
 }
 
-// request sends a PDU and waits for its response. A link that dies, or a
-// response later than timeout (which kills the link), is errSessionLost.
+// request sends a PDU and waits for its response. A link that dies before
+// the PDU is written is errNotSent; one that dies after, or a response
+// later than timeout (which kills the link), is errSessionLost.
 func (s *session) request(ctx context.Context, id CommandID, body []byte, timeout time.Duration) (PDU, error) {
 	s.mu.Lock()
 	// §5.1.2.4: sequence numbers run from 1 to 0x7FFFFFFF.
@@ -572,7 +641,9 @@ func (s *session) request(ctx context.Context, id CommandID, body []byte, timeou
 		s.mu.Unlock()
 	}()
 	if err := s.write(PDU{ID: id, Seq: seq, Body: body}); err != nil {
-		return PDU{}, fmt.Errorf("%w: %v", errSessionLost, err)
+		// A failed Write left at most part of the PDU on the wire, and
+		// the link is killed: the peer cannot take it as a request.
+		return PDU{}, fmt.Errorf("%w: %v", errNotSent, err)
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -580,6 +651,11 @@ func (s *session) request(ctx context.Context, id CommandID, body []byte, timeou
 	case p := <-ch:
 		return p, nil
 	case <-s.dead:
+		select {
+		case p := <-ch: // read just before the link went
+			return p, nil
+		default:
+		}
 		return PDU{}, fmt.Errorf("%w: %v", errSessionLost, s.err)
 	case <-ctx.Done():
 		return PDU{}, ctx.Err()
