@@ -753,8 +753,8 @@ func (s *Service) AddAdminUser(ctx context.Context, p Principal, email string) (
 // ---- Re-authentication for changes to sign-in settings ----
 
 // Reauth is what a change to a signed-in user's sign-in settings (password,
-// TOTP) or webhook URL carries in the same request: the current password,
-// and the current TOTP code when the account has one.
+// TOTP) or webhook URL, or a new API token, carries in the same request:
+// the current password, and the current TOTP code when the account has one.
 type Reauth struct {
 	Password string
 	Code     string

@@ -184,12 +184,12 @@ func (s *Service) CreateAPIToken(ctx context.Context, p Principal, name string) 
 	if p.ProviderID == "" {
 		return "", nil, ErrForbidden
 	}
-	name = strings.TrimSpace(name)
-	if n := len(name); n == 0 || n > 100 {
-		return "", nil, invalid("name", "name the token (1 to 100 characters), e.g. the server that will use it")
+	name, err := apiTokenName(name)
+	if err != nil {
+		return "", nil, err
 	}
 	token, t := newAPIToken(p.ProviderID, name, s.now().UTC())
-	err := s.Store.Tx(ctx, func(tx Repo) error {
+	err = s.Store.Tx(ctx, func(tx Repo) error {
 		if err := tx.CreateAPIToken(ctx, t); err != nil {
 			return err
 		}
@@ -199,6 +199,35 @@ func (s *Service) CreateAPIToken(ctx context.Context, p Principal, name string) 
 		return "", nil, fmt.Errorf("keyport: create API token: %w", err)
 	}
 	return token, t, nil
+}
+
+// CreateAPITokenReauth is CreateAPIToken for a signed-in portal user, who
+// gives the current password (and TOTP code) in the same request, as for
+// SetWebhookReauth: a token outlives the session, sign-out and a password
+// change, and can set the webhook, so a stolen session alone must not be
+// able to make one. The name is checked first, so that a typing mistake
+// costs no sign-in attempt.
+func (s *Service) CreateAPITokenReauth(ctx context.Context, su *SessionUser, r Reauth, name string) (string, *APIToken, error) {
+	if su.Principal.ProviderID == "" {
+		return "", nil, ErrForbidden
+	}
+	if _, err := apiTokenName(name); err != nil {
+		return "", nil, err
+	}
+	if _, err := s.reauthenticate(ctx, su.User.ID, "api-token", r); err != nil {
+		return "", nil, fmt.Errorf("keyport: create API token: %w", err)
+	}
+	return s.CreateAPIToken(ctx, su.Principal, name)
+}
+
+// apiTokenName is a provider token's name as given, trimmed, or why it is
+// not one.
+func apiTokenName(name string) (string, error) {
+	name = strings.TrimSpace(name)
+	if n := len(name); n == 0 || n > 100 {
+		return "", invalid("name", "name the token (1 to 100 characters), e.g. the server that will use it")
+	}
+	return name, nil
 }
 
 // ListAPITokens returns the caller's API tokens (hashes only).

@@ -197,34 +197,36 @@ func (s *Server) tokensPage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return render(c, http.StatusOK, views.TokensPage(s.meta(c, "API tokens", "/portal/tokens"), ts, nil, "", nil))
+	totp := pageUser(c).User.TOTPSealed != nil
+	return render(c, http.StatusOK, views.TokensPage(s.meta(c, "API tokens", "/portal/tokens"), ts, nil, "", totp, nil))
 }
 
-// createToken shows the new token in the response to the POST itself
-// rather than after a redirect: it is shown once and must not travel in a
-// URL or a cookie.
+// createToken makes a token only with the current password (and TOTP
+// code) in the same form, as setWebhook does: a token outlives the
+// session, so a stolen session alone cannot make itself one. It shows the
+// new token in the response to the POST itself rather than after a
+// redirect: it is shown once and must not travel in a URL or a cookie.
 func (s *Server) createToken(c echo.Context) error {
 	ctx := c.Request().Context()
-	p := principal(c)
+	su := pageUser(c)
 	name := c.FormValue("name")
-	token, t, err := s.svc.CreateAPIToken(ctx, p, name)
+	token, t, err := s.svc.CreateAPITokenReauth(ctx, su, reauthForm(c), name)
 	var created *views.NewToken
 	var e views.Errors
 	status := http.StatusCreated
 	if err != nil {
 		var ok bool
-		if e, ok = formErrors(err, nil); !ok {
+		if e, status, ok = reauthErrors(err); !ok {
 			return err
 		}
-		status = http.StatusUnprocessableEntity
 	} else {
 		created, name = &views.NewToken{Name: t.Name, Token: token}, ""
 	}
-	ts, err := s.svc.ListAPITokens(ctx, p)
+	ts, err := s.svc.ListAPITokens(ctx, su.Principal)
 	if err != nil {
 		return err
 	}
-	return render(c, status, views.TokensPage(s.meta(c, "API tokens", "/portal/tokens"), ts, created, name, e))
+	return render(c, status, views.TokensPage(s.meta(c, "API tokens", "/portal/tokens"), ts, created, name, su.User.TOTPSealed != nil, e))
 }
 
 func (s *Server) revokeToken(c echo.Context) error {

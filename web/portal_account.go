@@ -458,7 +458,8 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 }
 
 // reauthForm is the current password and TOTP code a form that changes
-// sign-in settings or the webhook carries (views.ReauthFields).
+// sign-in settings or the webhook, or makes an API token, carries
+// (views.ReauthFields).
 func reauthForm(c echo.Context) keyport.Reauth {
 	return keyport.Reauth{Password: c.FormValue("current_password"), Code: c.FormValue("current_code")}
 }

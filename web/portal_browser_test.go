@@ -153,7 +153,8 @@ func TestBrowserProviderSignsUpIsApprovedClaimsADomainAndUnwrapsTheDownloadedPac
 		t.Fatal("dashboard does not list the claimed domain")
 	}
 	shot.take(prov, "dashboard")
-	do(t, prov, chromedp.Navigate(base+"/portal/tokens"), chromedp.SendKeys(chromedp.ID("name"), "payments-prod"))
+	do(t, prov, chromedp.Navigate(base+"/portal/tokens"), chromedp.SendKeys(chromedp.ID("name"), "payments-prod"),
+		chromedp.SendKeys(chromedp.ID("current_password"), password))
 	clickAndLoad(t, prov, "#create-token")
 	tok := text(t, prov, "#new-token")
 	if pr, err := p.w.Svc.Authenticate(context.Background(), tok); err != nil || pr.ProviderID == "" {

@@ -98,10 +98,15 @@ const sseInterval = 500 * time.Millisecond
 const sseMaxAge = 5 * time.Minute
 
 // jobEvents streams the job's view as server-sent events ("job" events
-// with the JobView JSON) whenever it changes, until it is final.
+// with the JobView JSON) whenever it changes, until it is final. After
+// each look at the job it resolves the session again, and ends the stream
+// once the session is no longer valid (signed out, expired, ended by a
+// password change) or no longer acts as the same provider (suspended
+// meanwhile): an open stream shows no more than a new request would.
 func (s *Server) jobEvents(c echo.Context) error {
 	ctx := c.Request().Context()
 	p := principal(c)
+	session := sessionToken(c)
 	ref := c.Param("id")
 	j, err := s.svc.GetJob(ctx, p, ref)
 	if err != nil {
@@ -143,6 +148,11 @@ func (s *Server) jobEvents(c echo.Context) error {
 		case <-t.C:
 		}
 		if j, err = s.svc.GetJob(ctx, p, ref); err != nil {
+			fmt.Fprint(w, "event: end\ndata: {}\n\n")
+			return nil
+		}
+		// After the read, so that nothing read after sign-out is sent.
+		if su, err := s.svc.ResolveSession(ctx, session); err != nil || su.Principal != p {
 			fmt.Fprint(w, "event: end\ndata: {}\n\n")
 			return nil
 		}

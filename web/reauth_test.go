@@ -273,3 +273,73 @@ func TestAPasskeyEnrolmentBeginsOnlyWithTheCurrentPassword(t *testing.T) {
 		t.Fatalf("failed attempts %d after the right password, want 0", n)
 	}
 }
+
+func TestMakingAnAPITokenInThePortalTakesTheCurrentPasswordAndMakesNoneWithoutIt(t *testing.T) {
+	r := newReauthPortal(t)
+	ctx := context.Background()
+	prov := keyport.Principal{ProviderID: r.user(t).ProviderID}
+	tokens := func() int {
+		ts, err := r.w.Svc.ListAPITokens(ctx, prov)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ts)
+	}
+	for _, form := range []url.Values{{"name": {"payments-prod"}}, {"name": {"payments-prod"}, "current_password": {"a wrong guess"}}} {
+		status, body := r.post(t, "/portal/tokens", form)
+		if status != http.StatusUnprocessableEntity || !strings.Contains(body, "current password is wrong") {
+			t.Fatalf("password %q: %d", form.Get("current_password"), status)
+		}
+		if newTokenRE.MatchString(body) || !strings.Contains(body, `value="payments-prod"`) {
+			t.Fatalf("password %q: the page shows a token or lost the name", form.Get("current_password"))
+		}
+	}
+	if n := tokens(); n != 0 {
+		t.Fatalf("%d tokens made without the password", n)
+	}
+	if _, _, body := getPage(t, r.cl, r.srv.URL+"/portal/tokens"); !strings.Contains(body, `name="current_password"`) {
+		t.Fatal("the token form does not ask for the current password")
+	}
+	if u := r.user(t); u.FailedLogins != 2 {
+		t.Fatalf("failed attempts %d, want 2", u.FailedLogins)
+	}
+	// A missing name is refused before the password is tried.
+	if status, _ := r.post(t, "/portal/tokens", url.Values{"name": {" "}, "current_password": {r.pw}}); status != http.StatusUnprocessableEntity {
+		t.Fatalf("no name: %d", status)
+	}
+	if u := r.user(t); u.FailedLogins != 2 {
+		t.Fatalf("a missing name counted: %d attempts", u.FailedLogins)
+	}
+
+	status, body := r.post(t, "/portal/tokens", url.Values{"name": {"payments-prod"}, "current_password": {r.pw}})
+	m := newTokenRE.FindStringSubmatch(body)
+	if status != http.StatusCreated || m == nil {
+		t.Fatalf("right password: %d, token shown %v", status, m != nil)
+	}
+	if p, err := r.w.Svc.Authenticate(ctx, m[1]); err != nil || p.ProviderID != prov.ProviderID {
+		t.Fatalf("the token shown does not authenticate: %v", err)
+	}
+	if n, u := tokens(), r.user(t); n != 1 || u.FailedLogins != 0 {
+		t.Fatalf("%d tokens, %d failed attempts; want 1 and 0", n, u.FailedLogins)
+	}
+
+	// With TOTP on, the form asks for the code too.
+	seed := r.enrolTOTP(t)
+	if _, _, body := getPage(t, r.cl, r.srv.URL+"/portal/tokens"); !strings.Contains(body, `name="current_code"`) {
+		t.Fatal("with TOTP on, the token form does not ask for the code")
+	}
+	if status, body := r.post(t, "/portal/tokens", url.Values{"name": {"second"}, "current_password": {r.pw}}); status != http.StatusUnprocessableEntity ||
+		!strings.Contains(body, "current code from your authenticator app") {
+		t.Fatalf("without the code: %d", status)
+	}
+	if n := tokens(); n != 1 {
+		t.Fatalf("%d tokens after a refusal, want 1", n)
+	}
+	if status, _ := r.post(t, "/portal/tokens", url.Values{"name": {"second"}, "current_password": {r.pw},
+		"current_code": {keyport.TOTPCode(seed, time.Now().Add(30*time.Second))}}); status != http.StatusCreated {
+		t.Fatalf("password and code: %d", status)
+	}
+	if n := tokens(); n != 2 {
+		t.Fatalf("%d tokens, want 2", n)
+	}
+}
