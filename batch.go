@@ -43,7 +43,7 @@ func (s *Service) CreateBatch(ctx context.Context, p Principal, name string, aid
 	}
 	b := &Batch{Name: name, KeySource: KeyGenerated, AIDPrefix: aidPrefix, CreatedAt: s.now().UTC()}
 	if manufacturer != nil {
-		if err := checkRSA(manufacturer); err != nil {
+		if err := CheckRSAKey("manufacturer_pem", manufacturer); err != nil {
 			return nil, nil, err
 		}
 		// The transport key leaves the HSM (wrapped to the manufacturer):

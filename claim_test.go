@@ -3,11 +3,18 @@ package keyport_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
@@ -187,4 +194,36 @@ func TestClaimThatFailsBetweenTheHSMWrapAndTheCommitLeavesTheDomainUnassigned(t 
 			t.Errorf("claim after the failure: %v", err)
 		}
 	})
+}
+
+// A wrapping key in the database that would not be registered today (an
+// exponent of 1: RSA-OAEP is then an encoding anyone undoes) is never
+// wrapped to: the claim is refused and the domain stays UNASSIGNED.
+func TestAClaimToAStoredWrappingKeyWithAWeakExponentIsRefused(t *testing.T) {
+	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
+	ctx := context.Background()
+	key, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := w.Provider(t, "Weak Bank", key)
+	der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: key.N, E: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	weak := &keyport.WrappingKey{ID: "wk_weak", ProviderID: p.ProviderID, PublicKeyDER: der, SHA256: hex.EncodeToString(sum[:]),
+		Bits: 3072, CreatedAt: time.Now().UTC()}
+	if err := w.Store.CreateWrappingKey(ctx, weak); err != nil {
+		t.Fatal(err)
+	}
+	eid := fixture.EID(t, 0)
+	if _, _, err := w.Svc.Claim(ctx, p, keyport.ClaimRequest{EID: eid, WrappingKeyID: weak.ID}); !errors.Is(err, keyport.ErrInvalid) ||
+		!strings.Contains(err.Error(), "exponent") {
+		t.Fatalf("claim to an e = 1 key: %v", err)
+	}
+	d, err := w.Store.GetDomain(ctx, eid, fixture.AID(1))
+	if err != nil || d.State != keyport.Unassigned {
+		t.Fatalf("domain after the refused claim: %+v %v", d, err)
+	}
 }

@@ -57,18 +57,27 @@ func ParsePublicKeyPEM(data []byte) (*rsa.PublicKey, error) {
 	if !ok {
 		return nil, Invalid("public_key", "the key is %T; keyport wraps only to RSA keys", pub)
 	}
-	return k, checkRSA(k)
+	return k, CheckRSAKey("public_key", k)
 }
 
-func checkRSA(k *rsa.PublicKey) error {
+// CheckRSAKey is every check an RSA public key that keyport wraps to (a
+// provider's wrapping key, a manufacturer's) must pass: a modulus of
+// MinWrappingKeyBits to 8192 bits and an odd public exponent of at least 3
+// (with e = 1, RSA-OAEP is an encoding anyone can undo). field names the
+// key in the error. The HSM adapter checks again before it wraps, and a
+// claim checks a stored key again when it reads it.
+func CheckRSAKey(field string, k *rsa.PublicKey) error {
+	if k == nil || k.N == nil {
+		return Invalid(field, "the RSA public key is missing")
+	}
 	if bits := k.N.BitLen(); bits < MinWrappingKeyBits {
-		return Invalid("public_key", "RSA key of %d bits is too small: at least %d bits", bits, MinWrappingKeyBits)
+		return Invalid(field, "RSA key of %d bits is too small: at least %d bits", bits, MinWrappingKeyBits)
 	}
 	if bits := k.N.BitLen(); bits > 8192 {
-		return Invalid("public_key", "RSA key of %d bits is larger than 8192", bits)
+		return Invalid(field, "RSA key of %d bits is larger than 8192", bits)
 	}
 	if k.E < 3 || k.E%2 == 0 {
-		return invalid("public_key", "RSA public exponent is not valid")
+		return invalid(field, "RSA public exponent is not valid")
 	}
 	return nil
 }
@@ -142,6 +151,11 @@ func (s *Service) wrappingKey(ctx context.Context, providerID, id string) (*Wrap
 	rsaPub, ok := pub.(*rsa.PublicKey)
 	if !ok {
 		return nil, nil, fmt.Errorf("keyport: stored wrapping key %s is a %T, not an RSA key", wk.ID, pub)
+	}
+	if err := CheckRSAKey("wrapping_key_id", rsaPub); err != nil {
+		// Registered before the check was this strict, or written behind
+		// keyport's back: never wrapped to.
+		return nil, nil, fmt.Errorf("keyport: stored wrapping key %s: %w", wk.ID, err)
 	}
 	s.wrappingKeys.Store(key, &wrappingKeyEntry{wk: wk, pub: rsaPub})
 	return wk, rsaPub, nil

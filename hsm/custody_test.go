@@ -694,14 +694,31 @@ func TestSigningWithoutInitFailsWithNotFound(t *testing.T) {
 	}
 }
 
-func TestWrapFirstKeysRefusesAShortRecipientKey(t *testing.T) {
+// The HSM adapter wraps only to keys the domain would register: a short
+// modulus, or a public exponent of 1 (RSA-OAEP is then an encoding anyone
+// undoes) or an even one, is refused before anything is wrapped.
+func TestWrapFirstKeysRefusesAWeakRecipientKey(t *testing.T) {
 	h := derivedBatch(t)
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
+	mid, _ := rsa.GenerateKey(rand.Reader, 2048)
+	good, _ := rsa.GenerateKey(rand.Reader, 3072)
+	for name, pub := range map[string]*rsa.PublicKey{
+		"1024 bits":  &small.PublicKey,
+		"2048 bits":  &mid.PublicKey,
+		"e = 1":      {N: good.N, E: 1},
+		"even e":     {N: good.N, E: 65536},
+		"no modulus": {E: 65537},
+	} {
+		req := generatedRequest(t, h, "b1", testEID, testAID)
+		req.Recipient = pub
+		if _, err := h.WrapFirstKeys(ctx, req); !errors.Is(err, keyport.ErrInvalid) {
+			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
+		}
+	}
 	req := generatedRequest(t, h, "b1", testEID, testAID)
-	req.Recipient = &small.PublicKey
-	_, err := h.WrapFirstKeys(ctx, req)
-	if !errors.Is(err, keyport.ErrInvalid) {
-		t.Fatalf("err = %v, want ErrInvalid", err)
+	req.Recipient = &good.PublicKey
+	if _, err := h.WrapFirstKeys(ctx, req); err != nil {
+		t.Fatalf("a 3072-bit key: %v", err)
 	}
 }
 

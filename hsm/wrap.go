@@ -40,13 +40,7 @@ func (h *HSM) kcv(s *session, key pkcs11.ObjectHandle) (string, error) {
 // checkRecipient refuses RSA keys that cannot carry an AES-256 key in OAEP
 // or are too weak to be a wrapping key at all.
 func checkRecipient(field string, pub *rsa.PublicKey) error {
-	if pub == nil || pub.N == nil {
-		return keyport.Invalid(field, "RSA public key is missing")
-	}
-	if pub.N.BitLen() < 2048 {
-		return keyport.Invalid(field, "RSA key must have at least 2048 bits, got %d", pub.N.BitLen())
-	}
-	return nil
+	return keyport.CheckRSAKey(field, pub)
 }
 
 // importRSA creates the RSA public key as a session object that can wrap.
