@@ -244,7 +244,7 @@ func (s *Server) postBatch(c echo.Context) error {
 
 // postModules imports a manufacturer's JSON Lines file into a batch. The
 // body is spooled to a temporary file so that it can be validated whole
-// before anything is stored.
+// before anything is stored; the token is checked again once it is in.
 func (s *Server) postModules(c echo.Context) error {
 	extendDeadlines(c, importDeadline)
 	mt, _, _ := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
@@ -259,6 +259,9 @@ func (s *Server) postModules(c echo.Context) error {
 		return err
 	}
 	defer done()
+	if err := s.stillAuthenticated(c); err != nil {
+		return err
+	}
 	n, err := s.svc.ImportModules(c.Request().Context(), principal(c), c.Param("name"), f, verify)
 	if err != nil {
 		return err

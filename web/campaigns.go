@@ -79,12 +79,20 @@ func (s *Server) postCampaign(c echo.Context) error {
 		// Read whole first, so that CreateCampaign checks a local file
 		// and not a client that trickles its lines for as long as it
 		// likes; up to MaxCampaignUpload, so with an import's time.
+		release, ok := s.uploads.take(uploader(p))
+		if !ok {
+			return errTooManyUploads
+		}
+		defer release()
 		extendDeadlines(c, importDeadline)
 		f, done, err := spoolBody(s.opts.SpoolDir, "keyport-campaign-*.ndjson", body)
 		if err != nil {
 			return err
 		}
 		defer done()
+		if err := s.stillAuthenticated(c); err != nil {
+			return err
+		}
 		scripts = f
 	default:
 		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send the campaign as application/json, or its scripts as application/x-ndjson")

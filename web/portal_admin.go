@@ -128,6 +128,9 @@ func (s *Server) importBatch(c echo.Context) error {
 		return err
 	}
 	defer done()
+	if err := s.stillAuthenticated(c); err != nil {
+		return err
+	}
 	n, err := s.svc.ImportModules(ctx, principal(c), name, f, keyport.VerifyMode(c.FormValue("verify")))
 	var imp *keyport.ImportErrors
 	var ie *keyport.InvalidError

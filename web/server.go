@@ -91,6 +91,8 @@ type Server struct {
 	// there is none (passkeys are then refused, never weakened).
 	rp    keyport.PasskeyRP
 	rpErr error
+	// uploads counts each caller's campaign uploads in flight.
+	uploads uploadSlots
 }
 
 // New returns the echo instance serving keyport's REST API.
