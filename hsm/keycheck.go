@@ -12,10 +12,11 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// A PIN holder can destroy one of keyport's keys and put a look-alike of
-// their own under its label: a KEK whose value they know, or whose unwrap
-// template lets a readable key out, a receipt or audit key they can read.
-// Keys are found by label, so keyport would use it. CheckKeys looks at
+// A PIN holder can put a look-alike of their own under one of keyport's
+// labels before keyport makes the key (or, on a token made before keys
+// were frozen, after destroying it): a KEK whose value they know, or whose
+// unwrap template lets a readable key out, a receipt or audit key they can
+// read. Keys are found by label, so keyport would use it. CheckKeys looks at
 // every key of keyport's on the token before it is served: how it was made
 // (generated on the token, always sensitive, never extractable), what it may
 // do (the usages and mechanisms keyport gave it, no more) and, for a KEK,
@@ -70,7 +71,7 @@ type KeyReport struct {
 	Wrong []string
 	// Modifiable lists the keys made before keyport fixed its keys'
 	// attributes ("label: why"): a PIN holder can give them usages they
-	// were made without (README, "Key custody").
+	// were made without, or destroy them (README, "Key custody").
 	Modifiable []string
 }
 
@@ -143,11 +144,12 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 	for _, u := range usageAttrs[spec.class] {
 		want[u] = slices.Contains(spec.usages, u)
 	}
-	types := []uint{pkcs11.CKA_MODIFIABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
+	types := []uint{pkcs11.CKA_MODIFIABLE, pkcs11.CKA_DESTROYABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
+	fixed := len(types)
 	for t := range want {
 		types = append(types, t)
 	}
-	slices.Sort(types[2:])
+	slices.Sort(types[fixed:])
 	tmpl := make([]*pkcs11.Attribute, len(types))
 	for i, t := range types {
 		tmpl[i] = pkcs11.NewAttribute(t, nil)
@@ -161,9 +163,9 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 	}
 	for _, a := range got {
 		switch a.Type {
-		case pkcs11.CKA_MODIFIABLE:
+		case pkcs11.CKA_MODIFIABLE, pkcs11.CKA_DESTROYABLE:
 			if isTrue(a.Value) {
-				modifiable = append(modifiable, "modifiable")
+				modifiable = append(modifiable, map[uint]string{pkcs11.CKA_MODIFIABLE: "modifiable", pkcs11.CKA_DESTROYABLE: "destroyable"}[a.Type])
 			}
 		case pkcs11.CKA_ALLOWED_MECHANISMS:
 			if m := mechanisms(a.Value); !sameSet(m, spec.mechs) {

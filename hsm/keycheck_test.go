@@ -34,27 +34,20 @@ func TestCheckKeysPassesATokenKeyportMade(t *testing.T) {
 	}
 }
 
-// insider replaces the key labelled label by one made with tmpl (the label
-// and ID added), through a session of the PIN holder's own, and returns
-// the check's report.
+// insider puts a key made with tmpl (the label and ID added) under label
+// on a new token, through a session of the PIN holder's own, before
+// keyport makes its keys there (keyport's keys cannot be destroyed, so
+// that is when a look-alike gets in), and returns the check's report once
+// keyport has made the rest.
 func insider(t *testing.T, label string, mech uint, tmpl []*pkcs11.Attribute) hsm.KeyReport {
 	t.Helper()
-	h := hsmtest.Open(t)
-	if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
+	tok := hsmtest.NewToken(t)
+	h, err := hsm.Open(ctx, hsm.Config{URI: tok.URI})
+	if err != nil {
 		t.Fatal(err)
 	}
-	err := h.RawForTest(ctx, func(p hsm.P11, sh pkcs11.SessionHandle) error {
-		if err := p.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}); err != nil {
-			return err
-		}
-		found, _, err := p.FindObjects(sh, 10)
-		p.FindObjectsFinal(sh)
-		if err != nil || len(found) != 1 {
-			t.Fatalf("find %s: %v %v", label, found, err)
-		}
-		if err := p.DestroyObject(sh, found[0]); err != nil {
-			return err
-		}
+	t.Cleanup(func() { h.Close() })
+	err = h.RawForTest(ctx, func(p hsm.P11, sh pkcs11.SessionHandle) error {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true))
 		if mech == 0 {
 			_, err = p.CreateObject(sh, tmpl)
@@ -65,6 +58,14 @@ func insider(t *testing.T, label string, mech uint, tmpl []*pkcs11.Attribute) hs
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := h.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if label != hsm.BatchKEKLabel("b1") {
+		if err := h.CreateBatchKEK(ctx, "b1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r, err := h.CheckKeys(ctx)
 	if err != nil {
@@ -166,7 +167,7 @@ func TestCheckKeysTellsAKEKMadeBeforeKeysWereFrozen(t *testing.T) {
 	if len(r.Wrong) > 0 {
 		t.Fatalf("an old KEK is called wrong: %v", r.Wrong)
 	}
-	if len(r.Modifiable) != 1 || r.Modifiable[0] != hsm.LabelISDKEK+": modifiable, its unwrap template lets a modifiable key out" {
+	if len(r.Modifiable) != 1 || r.Modifiable[0] != hsm.LabelISDKEK+": modifiable, destroyable, its unwrap template lets a modifiable key out" {
 		t.Fatalf("modifiable %q", r.Modifiable)
 	}
 }

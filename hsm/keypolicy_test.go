@@ -228,6 +228,17 @@ func attack(job pinHolderJob) (*pinHolderReport, error) {
 			}
 		}
 	}
+	// 6. Destroy each, last: the ISD KEK's loss is every ISD key's, and a
+	// destroyed key's label is free for a look-alike.
+	for _, k := range keys {
+		if k == mine {
+			continue
+		}
+		attrs, _ := p.GetAttributeValue(sh, k, []*pkcs11.Attribute{A(pkcs11.CKA_LABEL, nil)})
+		if err := p.DestroyObject(sh, k); !refused(err) {
+			rep.Broken = append(rep.Broken, string(attrs[0].Value)+": destroyed")
+		}
+	}
 	return rep, nil
 }
 
@@ -290,10 +301,10 @@ func TestAPINHolderWithTheirOwnSessionCannotReadAnyCardKey(t *testing.T) {
 	if len(rep.Broken) > 0 {
 		t.Fatalf("the PIN holder got through:\n%s", strings.Join(rep.Broken, "\n"))
 	}
-	// 6 keys × (read, wrap, derive, 9 widenings) + 3 unwrapping keys × 7
-	// blobs × 8 ways at the least: that the count is high shows the
-	// attempts were made.
-	if rep.Refused < 6*12+3*7*8 {
+	// 6 keys × (read, wrap, derive, 9 widenings, destroy) + 3 unwrapping
+	// keys × 7 blobs × 8 ways at the least: that the count is high shows
+	// the attempts were made.
+	if rep.Refused < 6*13+3*7*8 {
 		t.Fatalf("only %d refused attempts: the attack did not run in full", rep.Refused)
 	}
 	t.Logf("the token refused %d attempts on %d secret keys", rep.Refused, len(rep.SecretKeys))

@@ -55,11 +55,15 @@ func objectID(label string) []byte {
 
 // longLived returns the attributes every long-lived key carries: a token
 // object, private, sensitive and never extractable (PKCS#11 v2.40 base
-// §4.9 private key and §4.10 secret key objects), neither modifiable nor
-// copyable (§4.4 storage objects). A token's default is modifiable: a PIN
-// holder could then give a key a usage it was made without (decrypt, say)
-// and use it with a mechanism it allows (the transport key's AES-ECB undoes
-// AES-KWP a block at a time), or copy it with another one.
+// §4.9 private key and §4.10 secret key objects), neither modifiable,
+// copyable nor destroyable (§4.4 storage objects). A token's default is
+// modifiable: a PIN holder could then give a key a usage it was made
+// without (decrypt, say) and use it with a mechanism it allows (the
+// transport key's AES-ECB undoes AES-KWP a block at a time), or copy it
+// with another one. And destroyable: the ISD KEK's loss is the loss of
+// every ISD key (they exist nowhere else), and a destroyed key's label is
+// free for a look-alike (CheckKeys). keyport itself destroys only the old
+// masters it migrates away from (legacy.go).
 func longLived(label string) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
@@ -68,6 +72,7 @@ func longLived(label string) []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_COPYABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DESTROYABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID(label)),
 	}
