@@ -214,8 +214,8 @@ var ErrPoRIgnored = errors.New("proof of receipt ignored")
 
 // ProofOfReceipt takes a mobile-originated response packet (user data
 // with its header) from msisdn and opens it under the module's OTA keys.
-// Only a PoR they authenticate, for the ISD's TAR the trigger went to, is
-// acted on: an error status is recorded on the module's waiting jobs, and
+// Only a PoR they authenticate, for the ISD's TAR the trigger went to and
+// for the last trigger's counter, is acted on: an error status is recorded on the module's waiting jobs, and
 // a "counter low" also moves keyport's counter past the card's
 // (Reach.CounterLow), so that the retry gets through. Any other PoR (also
 // a card's plain one when it could not verify the packet) is logged as
@@ -240,6 +240,14 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		t.log.Warn("proof of receipt ignored: not for the trigger's TAR", "eid", eid, "msisdn", msisdn,
 			"tar", fmt.Sprintf("%X", r.TAR), "counter", r.Counter, "status", r.Status)
 		return 0, fmt.Errorf("cardlink: %w: from %s, for TAR %X, not the trigger's %X", ErrPoRIgnored, eid, r.TAR, gp.ISDTAR)
+	}
+	if r.Status != gp.PoROK && r.Counter != keys.Counter {
+		// Authenticated, but for an older trigger than the last one
+		// (keys.Counter): a PoR captured and sent again must not delay
+		// the module's jobs over and over.
+		t.log.Warn("proof of receipt ignored: for an older trigger", "eid", eid, "msisdn", msisdn,
+			"counter", r.Counter, "last", keys.Counter, "status", r.Status)
+		return 0, fmt.Errorf("cardlink: %w: from %s, for counter %d, not the last trigger's %d", ErrPoRIgnored, eid, r.Counter, keys.Counter)
 	}
 	if r.Status != gp.PoROK {
 		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)

@@ -25,7 +25,7 @@ func (r *porReach) Target(context.Context, keyport.EID) (*keyport.SMSTarget, err
 	return nil, keyport.ErrNoSMSReach
 }
 func (r *porReach) Keys(_ context.Context, eid keyport.EID) (*keyport.SMSTarget, error) {
-	return &keyport.SMSTarget{EID: eid, MSISDN: "491700000001", KIc: 0x12, KID: 0x12, Keys: r.keys}, nil
+	return &keyport.SMSTarget{EID: eid, MSISDN: "491700000001", Counter: 42, KIc: 0x12, KID: 0x12, Keys: r.keys}, nil
 }
 func (r *porReach) ModuleByMSISDN(context.Context, string) (keyport.EID, error) {
 	return "89049032000001000000000000000008", nil
@@ -47,9 +47,10 @@ type nopSender struct{}
 
 func (nopSender) Send(context.Context, string, []byte) ([]string, error) { return nil, nil }
 
-// Only a PoR the module's OTA keys authenticate, for the ISD's TAR, moves
-// keyport's counter (CounterLow) or the module's jobs (Failed). A forged
-// one (no checksum, a wrong one, or another TAR), which anyone who can send
+// Only a PoR the module's OTA keys authenticate, for the ISD's TAR and the
+// last trigger's counter, moves keyport's counter (CounterLow) or the
+// module's jobs (Failed). A forged one (no checksum, a wrong one, or
+// another TAR) or an older one sent again, which anyone who can send
 // an SMS from the module's number can send, is ErrPoRIgnored and changes
 // neither.
 func TestSMSTriggerActsOnlyOnAuthenticatedPoRs(t *testing.T) {
@@ -64,13 +65,17 @@ func TestSMSTriggerActsOnlyOnAuthenticatedPoRs(t *testing.T) {
 	moduleKeys := gp.OTAKeys{KIc: 0x12, KID: 0x12, Cipher: keys, MAC: keys}
 	plainSPI := triggerSPI
 	plainSPI.PoRCiphered, plainSPI.PoRIntegrity = false, gp.IntegrityNone
-	seal := func(spi gp.SPI, k gp.OTAKeys, tar [3]byte, st gp.PoRStatus) []byte {
+	sealAt := func(counter uint64, spi gp.SPI, k gp.OTAKeys, tar [3]byte, st gp.PoRStatus) []byte {
 		t.Helper()
-		b, err := gp.ResponsePacket{TAR: tar, Counter: 42, Status: st}.SealSMS(spi, k)
+		b, err := gp.ResponsePacket{TAR: tar, Counter: counter, Status: st}.SealSMS(spi, k)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
+	}
+	// The last trigger's counter is 42 (porReach.Keys).
+	seal := func(spi gp.SPI, k gp.OTAKeys, tar [3]byte, st gp.PoRStatus) []byte {
+		return sealAt(42, spi, k, tar, st)
 	}
 	otherTAR := [3]byte{0xB0, 0x00, 0x11}
 	tests := []struct {
@@ -87,6 +92,8 @@ func TestSMSTriggerActsOnlyOnAuthenticatedPoRs(t *testing.T) {
 		{"counter low under other keys", seal(triggerSPI, gp.OTAKeys{MAC: other}, gp.ISDTAR, gp.PoRCounterLow), true, false, ""},
 		{"authenticated counter low for another TAR", seal(triggerSPI, moduleKeys, otherTAR, gp.PoRCounterLow), true, false, ""},
 		{"authenticated error for another TAR", seal(triggerSPI, moduleKeys, otherTAR, gp.PoRInsufficientMemory), true, false, ""},
+		{"authenticated error of an older trigger, sent again", sealAt(41, triggerSPI, moduleKeys, gp.ISDTAR, gp.PoRInsufficientMemory), true, false, ""},
+		{"authenticated counter low of an older trigger, sent again", sealAt(41, triggerSPI, moduleKeys, gp.ISDTAR, gp.PoRCounterLow), true, false, ""},
 		{"authenticated counter low", seal(triggerSPI, moduleKeys, gp.ISDTAR, gp.PoRCounterLow), false, true, "counter low (02); keyport's counter moved"},
 		{"authenticated error", seal(triggerSPI, moduleKeys, gp.ISDTAR, gp.PoRInsufficientMemory), false, false, "insufficient memory (07)"},
 		{"authenticated PoR OK", seal(triggerSPI, moduleKeys, gp.ISDTAR, gp.PoROK), false, false, ""},
