@@ -92,24 +92,17 @@ func (h *HSM) CheckKeys(ctx context.Context) (KeyReport, error) {
 	var r KeyReport
 	err := h.do(ctx, "check keys", func(s *session) error {
 		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY} {
-			found, err := h.findAll(s, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			}, 100000)
+			found, err := h.tokenObjects(s, class)
 			if err != nil {
 				return err
 			}
 			for _, o := range found {
-				attrs, err := h.p.GetAttributeValue(s.h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
-				if err != nil {
-					return fmt.Errorf("C_GetAttributeValue CKA_LABEL: %w", err)
-				}
-				label := string(attrs[0].Value)
+				label := o.label
 				spec, ok := specOf(class, label)
 				if !ok {
 					continue
 				}
-				wrong, modifiable, err := h.checkKey(s, o, spec)
+				wrong, modifiable, err := h.checkKey(s, o.handle, spec)
 				if err != nil {
 					return fmt.Errorf("%s: %w", label, err)
 				}
@@ -175,6 +168,16 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 			if isTrue(a.Value) != want[a.Type] {
 				wrong = append(wrong, fmt.Sprintf("%s %t", attrName(a.Type), isTrue(a.Value)))
 			}
+		}
+	}
+	if spec.copied {
+		// It cannot wrap, so its template is not tried; but it has one.
+		ok, err := h.hasUnwrapTemplate(s, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ok {
+			wrong = append(wrong, "it has no unwrap template")
 		}
 	}
 	if spec.kek && len(wrong) == 0 {

@@ -124,6 +124,12 @@ func TestCheckKeysFindsTheLookAlikesAPINHolderPutsUnderKeyportsLabels(t *testing
 				A(pkcs11.CKA_DERIVE, false), A(pkcs11.CKA_MODIFIABLE, false)})
 			return kekLike(policy), free
 		}, "lets an extractable key out"},
+		{"a transport key with no unwrap template", hsm.TransportLabel("imp"), pkcs11.CKM_AES_KEY_GEN, func() ([]*pkcs11.Attribute, func()) {
+			return secret(pkcs11.CKK_AES, A(pkcs11.CKA_VALUE_LEN, 32), A(pkcs11.CKA_SENSITIVE, true), A(pkcs11.CKA_EXTRACTABLE, false),
+				A(pkcs11.CKA_UNWRAP, true), A(pkcs11.CKA_WRAP, false), A(pkcs11.CKA_ENCRYPT, false), A(pkcs11.CKA_DECRYPT, false),
+				A(pkcs11.CKA_SIGN, false), A(pkcs11.CKA_VERIFY, false), A(pkcs11.CKA_DERIVE, false),
+				A(pkcs11.CKA_ALLOWED_MECHANISMS, hsm.MechanismListForTest(pkcs11.CKM_AES_KEY_WRAP_PAD, pkcs11.CKM_AES_ECB))), func() {}
+		}, "it has no unwrap template"},
 		{"an audit key once extractable", hsm.LabelAudit, pkcs11.CKM_GENERIC_SECRET_KEY_GEN, func() ([]*pkcs11.Attribute, func()) {
 			return secret(pkcs11.CKK_GENERIC_SECRET, A(pkcs11.CKA_VALUE_LEN, 32), A(pkcs11.CKA_SENSITIVE, false), A(pkcs11.CKA_EXTRACTABLE, true),
 				A(pkcs11.CKA_SIGN, true), A(pkcs11.CKA_VERIFY, true), A(pkcs11.CKA_ENCRYPT, false), A(pkcs11.CKA_DECRYPT, false),

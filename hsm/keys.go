@@ -140,6 +140,32 @@ func (h *HSM) findAll(s *session, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.O
 	return found, nil
 }
 
+// labelledObject is a token object and its CKA_LABEL.
+type labelledObject struct {
+	handle pkcs11.ObjectHandle
+	label  string
+}
+
+// tokenObjects returns the token's objects of class, with their labels.
+func (h *HSM) tokenObjects(s *session, class uint) ([]labelledObject, error) {
+	found, err := h.findAll(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+	}, 1<<16)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]labelledObject, 0, len(found))
+	for _, o := range found {
+		attrs, err := h.p.GetAttributeValue(s.h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+		if err != nil {
+			return nil, fmt.Errorf("C_GetAttributeValue CKA_LABEL: %w", err)
+		}
+		out = append(out, labelledObject{o, string(attrs[0].Value)})
+	}
+	return out, nil
+}
+
 func className(class uint) string {
 	switch class {
 	case pkcs11.CKO_SECRET_KEY:

@@ -130,23 +130,19 @@ func (h *HSM) LegacyKeys(ctx context.Context) (*keyport.LegacyKeys, error) {
 	out := &keyport.LegacyKeys{}
 	err := h.do(ctx, "list old keys", func(s *session) error {
 		*out = keyport.LegacyKeys{}
-		found, err := h.findAll(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY)}, 1<<16)
+		found, err := h.tokenObjects(s, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
 		for _, o := range found {
-			attrs, err := h.p.GetAttributeValue(s.h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
-			if err != nil {
-				return fmt.Errorf("C_GetAttributeValue CKA_LABEL: %w", err)
-			}
-			label := string(attrs[0].Value)
+			label := o.label
 			switch {
 			case label == LabelISDMaster:
 				out.ISDMaster = true
 			case strings.HasPrefix(label, legacyPrefix) && strings.HasSuffix(label, "/master"):
 				out.Masters = append(out.Masters, strings.TrimSuffix(strings.TrimPrefix(label, legacyPrefix), "/master"))
 			case strings.HasPrefix(label, legacyPrefix) && strings.HasSuffix(label, "/transport"):
-				ok, err := h.hasUnwrapTemplate(s, o)
+				ok, err := h.hasUnwrapTemplate(s, o.handle)
 				if err != nil {
 					return err
 				}
