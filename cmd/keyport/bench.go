@@ -78,7 +78,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	if _, err := a.hsm.Init(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "keyport bench %s: db %s, hsm %s\n", what, redactDSN(cfg.DB), map[bool]string{true: "SoftHSM (temporary token)", false: cfg.HSM}[cfg.HSM == ""])
+	fmt.Fprintf(stdout, "keyport bench %s: db %s, hsm %s\n", what, redactDSN(cfg.DB), map[bool]string{true: "SoftHSM (temporary token)", false: redactHSM(cfg.HSM)}[cfg.HSM == ""])
 	// The profile covers the timed part only: the set-up (the token's
 	// keys, the import, the provider's RSA key) would otherwise be a large
 	// share of it.

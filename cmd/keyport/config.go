@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keyport/keyport/cardlink/smpp"
+	"github.com/keyport/keyport/hsm"
 )
 
 // config is keyport's one configuration: flags over KEYPORT_* environment
@@ -70,6 +71,32 @@ func env(name, def string) (string, error) {
 	return def, nil
 }
 
+// redacted is a string flag whose value, as the flag package shows it
+// (--help's defaults), goes through redact.
+type redacted struct {
+	p      *string
+	redact func(string) string
+}
+
+func (r redacted) String() string {
+	if r.p == nil || *r.p == "" {
+		return ""
+	}
+	return r.redact(*r.p)
+}
+
+func (r redacted) Set(v string) error { *r.p = v; return nil }
+
+// redactHSM is a PKCS#11 URI without its PIN (hsm.URI's String), for
+// what is shown or logged.
+func redactHSM(uri string) string {
+	u, err := hsm.ParseURI(uri)
+	if err != nil {
+		return "(a PKCS#11 URI that does not parse)"
+	}
+	return u.String()
+}
+
 // bind registers the common flags on fs with environment defaults.
 func (c *config) bind(fs *flag.FlagSet) error {
 	var err error
@@ -81,8 +108,11 @@ func (c *config) bind(fs *flag.FlagSet) error {
 		return v
 	}
 	fs.StringVar(&c.DataDir, "data-dir", get("DATA_DIR", "./var"), "data directory (KEYPORT_DATA_DIR)")
-	fs.StringVar(&c.DB, "db", get("DB", ""), "SQLite file or postgres:// URL (KEYPORT_DB, KEYPORT_DB_FILE); default <data-dir>/keyport.db")
-	fs.StringVar(&c.HSM, "hsm", get("HSM", ""), "PKCS#11 URI, RFC 7512 (KEYPORT_HSM, KEYPORT_HSM_FILE); default a SoftHSM token in <data-dir>/softhsm")
+	// Their defaults come from the environment and may hold a password or
+	// a PIN: --help shows them redacted.
+	c.DB, c.HSM = get("DB", ""), get("HSM", "")
+	fs.Var(redacted{&c.DB, redactDSN}, "db", "SQLite `file` or postgres:// URL (KEYPORT_DB, KEYPORT_DB_FILE); default <data-dir>/keyport.db")
+	fs.Var(redacted{&c.HSM, redactHSM}, "hsm", "PKCS#11 `URI`, RFC 7512 (KEYPORT_HSM, KEYPORT_HSM_FILE); default a SoftHSM token in <data-dir>/softhsm")
 	fs.StringVar(&c.Addr, "addr", get("ADDR", "127.0.0.1:8080"), "HTTP listen address (KEYPORT_ADDR)")
 	fs.StringVar(&c.AdminAddr, "admin-addr", get("ADMIN_ADDR", ""), "card-link admin server address, TLS-PSK (KEYPORT_ADMIN_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", get("METRICS_ADDR", ""), "Prometheus /metrics listen address, for a management network only; empty: off (KEYPORT_METRICS_ADDR)")

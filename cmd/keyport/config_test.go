@@ -153,3 +153,39 @@ func TestHSMSessionsComesFromTheEnvironmentOrTheFlagWithinBounds(t *testing.T) {
 		t.Errorf("KEYPORT_HSM_SESSIONS=many: %v", err)
 	}
 }
+
+// --help shows the flags' defaults, which come from the environment: a
+// database password or an HSM PIN there is shown redacted, and the values
+// themselves are kept (and a flag still sets them).
+func TestHelpShowsNoPasswordOrPINFromTheEnvironment(t *testing.T) {
+	t.Setenv("KEYPORT_DATA_DIR", t.TempDir())
+	f := filepath.Join(t.TempDir(), "db")
+	os.WriteFile(f, []byte("postgres://kp:Sup3rS3cret@db.internal/keyport\n"), 0o600)
+	t.Setenv("KEYPORT_DB_FILE", f)
+	t.Setenv("KEYPORT_HSM", "pkcs11:token=kp?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=98765")
+	var c config
+	fs, err := newFlags("serve", &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var help strings.Builder
+	fs.SetOutput(&help)
+	fs.PrintDefaults()
+	for _, secret := range []string{"Sup3rS3cret", "98765"} {
+		if strings.Contains(help.String(), secret) {
+			t.Errorf("--help shows %q:\n%s", secret, help.String())
+		}
+	}
+	if !strings.Contains(help.String(), "postgres://kp:***@db.internal/keyport") || !strings.Contains(help.String(), "pkcs11:token=kp") {
+		t.Errorf("--help no longer shows the defaults at all:\n%s", help.String())
+	}
+	if err := parse(fs, &c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.DB != "postgres://kp:Sup3rS3cret@db.internal/keyport" || !strings.HasSuffix(c.HSM, "pin-value=98765") {
+		t.Fatalf("the values: db %q hsm %q", redactDSN(c.DB), redactHSM(c.HSM))
+	}
+	if err := parse(fs, &c, []string{"--db", "/tmp/x.db"}); err != nil || c.DB != "/tmp/x.db" {
+		t.Fatalf("--db: %q %v", c.DB, err)
+	}
+}

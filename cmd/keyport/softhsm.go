@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/keyport/keyport/hsm"
 	"github.com/keyport/keyport/internal/filelock"
 )
 
@@ -67,10 +67,11 @@ func defaultToken(dataDir string) (uri string, created bool, err error) {
 		if err := os.WriteFile(filepath.Join(dir, "so.pin"), []byte(so), 0o600); err != nil {
 			return err
 		}
-		cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "keyport", "--so-pin", so, "--pin", pin)
-		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("create SoftHSM token: %v: %s", err, strings.TrimSpace(string(out)))
+		// In this process (C_InitToken, C_InitPIN), not by softhsm2-util:
+		// its command line, which every local user can read in /proc,
+		// would carry both PINs.
+		if err := hsm.InitToken(module, "keyport", so, pin); err != nil {
+			return fmt.Errorf("create SoftHSM token: %w", err)
 		}
 		created = true
 		return nil
