@@ -223,9 +223,11 @@ func releasedText(r *keyport.ApprovalRequest, res *keyport.ApprovalResult) (text
 }
 
 // releaseToFile writes what release returns to a new file at path, mode
-// 0600, never overwriting one. The file is made first, so that a secret that
+// 0600, never overwriting one (O_EXCL: nor a symbolic link planted at
+// path, dangling or not). The file is made first, so that a secret that
 // cannot be written is not released; if release or the write fails, the
-// file goes.
+// file goes. Every secret keyport writes to a file the user names goes
+// through it.
 func releaseToFile(path string, release func() (string, error)) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {

@@ -253,6 +253,23 @@ func TestManufacturerAndProviderWithTheirOwnToolsRoundTripTheFirstKeys(t *testin
 			}
 		}
 
+		// The clear keys go to a new file only: not over one that exists,
+		// nor through a link planted where --out points, and the file the
+		// link names is left as it was.
+		victim := filepath.Join(dir, "victim")
+		os.WriteFile(victim, []byte("untouched"), 0o644)
+		os.Symlink(victim, filepath.Join(dir, "planted.json"))
+		for _, out := range []string{"keys.json", "planted.json"} {
+			err := run(context.Background(), []string{"sp", "unwrap", filepath.Join(dir, "pkg.json"), "--key", filepath.Join(dir, "sp.pem"),
+				"--jwks", srv.URL, "--out", filepath.Join(dir, out)})
+			if err == nil || !strings.Contains(err.Error(), "never overwritten") {
+				t.Errorf("sp unwrap --out %s, which exists: %v", out, err)
+			}
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "untouched" {
+			t.Errorf("the file a planted link names was written: %q", b)
+		}
+
 		// A tampered package is refused with a clear message.
 		tampered := bytes.Replace(pkg, []byte(`"signature":"`), []byte(`"signature":"AA`), 1)
 		os.WriteFile(filepath.Join(dir, "bad.json"), tampered, 0o600)

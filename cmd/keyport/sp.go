@@ -113,7 +113,9 @@ func cmdSPUnwrap(ctx context.Context, args []string) error {
 		_, err = stdout.Write(b)
 		return err
 	}
-	return os.WriteFile(*out, b, 0o600)
+	// The first keys in the clear: a new file only, never one that exists
+	// (or a link planted where it is to be).
+	return releaseToFile(*out, func() (string, error) { return string(b), nil })
 }
 
 // unwrapPackage verifies a key package and unwraps its keys with the

@@ -212,7 +212,7 @@ func cmdSPDataScript(ctx context.Context, op string, args []string) error {
 	}
 	if pc == nil {
 		b, _ := json.MarshalIndent(req, "", "  ")
-		return writeOut(*out, append(b, '\n'), 0o644)
+		return writeOut(*out, append(b, '\n'), false)
 	}
 	var job keyport.JobView
 	if err := pc.call(ctx, http.MethodPost, domainPath+"/data-scripts", req, &job, http.StatusCreated); err != nil {
@@ -248,7 +248,7 @@ func cmdSPDataScript(ctx context.Context, op string, args []string) error {
 		fmt.Fprintf(stdout, "stored %d bytes in DGI %s of %s; the card's answer verified under KVN %02X\n", dataLen(cmds), keyport.DGIRange(dgis), pk.AID, pk.KVN)
 		return nil
 	}
-	return writeOut(*out, data, 0o600)
+	return writeOut(*out, data, true)
 }
 
 func dataLen(cmds []gp.Command) int {
@@ -323,14 +323,19 @@ func cmdSPDataRead(args []string) error {
 	if err != nil {
 		return err
 	}
-	return writeOut(*out, data, 0o600)
+	return writeOut(*out, data, true)
 }
 
-// writeOut writes b to path (a new file of mode perm) or to standard output.
-func writeOut(path string, b []byte, perm os.FileMode) error {
+// writeOut writes b to standard output, or to path: when b is secret (a
+// card's data in the clear), a new file of mode 0600 that is never
+// overwritten and no link is followed to (releaseToFile); else of mode 0644.
+func writeOut(path string, b []byte, secret bool) error {
 	if path == "" {
 		_, err := stdout.Write(b)
 		return err
 	}
-	return os.WriteFile(path, b, perm)
+	if secret {
+		return releaseToFile(path, func() (string, error) { return string(b), nil })
+	}
+	return os.WriteFile(path, b, 0o644)
 }

@@ -284,13 +284,5 @@ func writeNewKeys(path string, first *UnwrappedKeys, kvn int, keys map[keyport.K
 		f.Wrapped[u] = w
 	}
 	b, _ := json.MarshalIndent(f, "", "  ")
-	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("%w (sp script never overwrites a keys file)", err)
-	}
-	if _, err := fh.Write(append(b, '\n')); err != nil {
-		fh.Close()
-		return err
-	}
-	return fh.Close()
+	return releaseToFile(path, func() (string, error) { return string(append(b, '\n')), nil })
 }
