@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -37,8 +40,8 @@ type BackupInfo struct {
 // On SQLite it is SQLite's online backup API (sqlite3_backup_*, which
 // mattn/go-sqlite3 exposes), run in one step from a read connection: under
 // WAL the copy is the database as of one read transaction, and writers go
-// on beside it. The copy is then checked (quick_check, schema version) and
-// turned into a single self-contained file (rollback journal, not WAL)
+// on beside it. The copy is then checked (quick_check, schema version, a
+// schema that is exactly the migrations', as Restore requires) and turned into a single self-contained file (rollback journal, not WAL)
 // before it appears under out, mode 0600.
 //
 // On PostgreSQL it runs pg_dump (custom format, one snapshot, no owners or
@@ -138,7 +141,8 @@ func copySQLite(ctx context.Context, src *sql.Conn, dst string) error {
 }
 
 // checkSQLiteCopy checks a copied database file: SQLite's quick_check, a
-// keyport schema no newer than this code. It switches the file to a
+// keyport schema no newer than this code and exactly the one its
+// migrations create at the file's version. It switches the file to a
 // rollback journal, so that it is one self-contained file, and syncs it.
 func checkSQLiteCopy(ctx context.Context, path string) (*BackupInfo, error) {
 	db, err := sql.Open("sqlite3", path)
@@ -147,6 +151,9 @@ func checkSQLiteCopy(ctx context.Context, path string) (*BackupInfo, error) {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, `PRAGMA trusted_schema = OFF`); err != nil {
+		return nil, err
+	}
 	var mode string
 	if err := db.QueryRowContext(ctx, `PRAGMA journal_mode=DELETE`).Scan(&mode); err != nil {
 		return nil, err
@@ -173,15 +180,42 @@ func checkSQLiteCopy(ctx context.Context, path string) (*BackupInfo, error) {
 	return &BackupInfo{Dialect: "sqlite", SchemaVersion: v, Bytes: st.Size()}, nil
 }
 
+// ErrSchemaMismatch: a backup's SQLite schema is not the one this code's
+// migrations create at the backup's version: an object is extra (a
+// trigger, a view, a table or an index no migration makes), missing or
+// defined otherwise. Restoring it could run code planted in the file (a
+// trigger fires on every write of its table), so it is refused.
+var ErrSchemaMismatch = errors.New("the schema is not the one keyport's migrations create")
+
+// sqliteQuerier is a database or one of its connections.
+type sqliteQuerier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
 // checkSQLiteFile runs quick_check on db and returns its schema version,
-// refusing a file that is not a keyport database or is newer than the code.
-func checkSQLiteFile(ctx context.Context, db *sql.DB) (int, error) {
+// refusing a file that is not a keyport database, is newer than the code,
+// or holds a schema other than the one this code's migrations create at
+// its version (ErrSchemaMismatch). The caller has turned trusted_schema
+// off: nothing the file defines runs while it is checked.
+func checkSQLiteFile(ctx context.Context, db sqliteQuerier) (int, error) {
 	var ok string
 	if err := db.QueryRowContext(ctx, `PRAGMA quick_check`).Scan(&ok); err != nil {
 		return 0, fmt.Errorf("not an SQLite database: %w", err)
 	}
 	if ok != "ok" {
 		return 0, errors.New("SQLite's quick_check fails: the file is damaged")
+	}
+	got, err := sqliteSchema(ctx, db)
+	if err != nil {
+		return 0, fmt.Errorf("not a keyport database: %w", err)
+	}
+	// Read the version only from a table: a view's query would run.
+	switch sm, ok := got["schema_migrations"]; {
+	case !ok:
+		return 0, errors.New("not a keyport database (no schema version)")
+	case sm.typ != "table":
+		return 0, fmt.Errorf("not a keyport database: schema_migrations is a %s, not a table", sm.typ)
 	}
 	var v int
 	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil || v == 0 {
@@ -190,7 +224,143 @@ func checkSQLiteFile(ctx context.Context, db *sql.DB) (int, error) {
 	if v > LatestVersion() {
 		return v, fmt.Errorf("version %d, code knows %d: %w", v, LatestVersion(), ErrSchemaTooNew)
 	}
+	want, err := migratedSchema(ctx, v)
+	if err != nil {
+		return v, fmt.Errorf("the schema of version %d: %w", v, err)
+	}
+	if err := compareSchema(got, want); err != nil {
+		return v, fmt.Errorf("version %d: %w", v, err)
+	}
 	return v, nil
+}
+
+// schemaObject is one row of sqlite_schema: a table, index, view or
+// trigger, the table it belongs to and the SQL that created it (none for
+// the indexes SQLite makes for UNIQUE and PRIMARY KEY constraints).
+type schemaObject struct {
+	typ, name, table string
+	sql              sql.NullString
+}
+
+func (o schemaObject) String() string {
+	if o.typ == "table" || o.typ == "view" {
+		return fmt.Sprintf("%s %q", o.typ, o.name)
+	}
+	return fmt.Sprintf("%s %q on %q", o.typ, o.name, o.table)
+}
+
+// sqliteSchema reads db's schema objects by name.
+func sqliteSchema(ctx context.Context, db sqliteQuerier) (map[string]schemaObject, error) {
+	rows, err := db.QueryContext(ctx, `SELECT type, name, tbl_name, sql FROM sqlite_schema`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	objs := map[string]schemaObject{}
+	for rows.Next() {
+		var o schemaObject
+		if err := rows.Scan(&o.typ, &o.name, &o.table, &o.sql); err != nil {
+			return nil, err
+		}
+		objs[o.name] = o
+	}
+	return objs, rows.Err()
+}
+
+// migratedSchema returns the schema this code's migrations create on
+// SQLite at version v: that of a new database in a temporary directory,
+// migrated to v and no further.
+func migratedSchema(ctx context.Context, v int) (map[string]schemaObject, error) {
+	dir, err := os.MkdirTemp("", "keyport-schema-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	s, err := open(ctx, filepath.Join(dir, "keyport.db"))
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if err := s.migrate(ctx, v); err != nil {
+		return nil, err
+	}
+	return sqliteSchema(ctx, s.pools[0])
+}
+
+// sqliteInternalTables are the tables SQLite makes for itself, by name,
+// with the SQL it gives them: the AUTOINCREMENT counters (made with the
+// first such table) and ANALYZE's statistics (made by ANALYZE or PRAGMA
+// optimize, which an operator may run). A backup may hold them or not.
+var sqliteInternalTables = map[string]string{
+	"sqlite_sequence": "CREATE TABLE sqlite_sequence(name,seq)",
+	"sqlite_stat1":    "CREATE TABLE sqlite_stat1(tbl,idx,stat)",
+	"sqlite_stat4":    "CREATE TABLE sqlite_stat4(tbl,idx,neq,nlt,ndlt,sample)",
+}
+
+// compareSchema requires got to hold the objects of want, each of the same
+// type, on the same table and made by the same SQL (whitespace aside), and
+// nothing else but SQLite's own tables; it names the objects that differ.
+func compareSchema(got, want map[string]schemaObject) error {
+	var problems []string
+	for _, name := range slices.Sorted(maps.Keys(got)) {
+		g := got[name]
+		w, ok := want[name]
+		switch {
+		case !ok:
+			if def, internal := sqliteInternalTables[name]; internal && g.typ == "table" && g.sql.String == def {
+				continue
+			}
+			problems = append(problems, g.String()+" is not part of it")
+		case g.typ != w.typ || g.table != w.table:
+			problems = append(problems, fmt.Sprintf("%s should be %s", g, w))
+		case g.sql.Valid != w.sql.Valid || normalizeSQL(g.sql.String) != normalizeSQL(w.sql.String):
+			problems = append(problems, g.String()+" is defined otherwise")
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		if _, ok := got[name]; !ok {
+			if _, internal := sqliteInternalTables[name]; !internal {
+				problems = append(problems, want[name].String()+" is missing")
+			}
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	if n := len(problems); n > 5 {
+		problems = append(problems[:5], fmt.Sprintf("and %d more", n-5))
+	}
+	return fmt.Errorf("%w: %s", ErrSchemaMismatch, strings.Join(problems, "; "))
+}
+
+// normalizeSQL turns each run of whitespace outside quotes into one space,
+// so that SQL differing only in its layout compares equal; quoted strings
+// and identifiers are kept as they are.
+func normalizeSQL(q string) string {
+	var b strings.Builder
+	var quote rune // the closing quote of the quoted text we are in, or 0
+	space := false
+	for _, r := range strings.TrimSpace(q) {
+		switch {
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			}
+		case unicode.IsSpace(r):
+			space = true
+			continue
+		case r == '\'' || r == '"' || r == '`':
+			quote = r
+		case r == '[':
+			quote = ']'
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // removeSQLite removes an SQLite file and its journal, WAL and shared-memory
@@ -215,12 +385,22 @@ type RestoreOptions struct {
 // date. The HSM token the backup's keys are wrapped under must be restored
 // separately: without it the database is of no use.
 //
-// On SQLite a new database file is written next to the target and linked
-// into place; with Force an existing one is overwritten through the online
-// backup API, which takes SQLite's locks (so a server still running on it
-// cannot see half a restore, though it should be stopped first). On
-// PostgreSQL it runs pg_restore (with --clean when forced) in one
-// transaction.
+// On SQLite it refuses, before it writes anything, a backup whose schema
+// is not exactly the one this code's migrations create at the backup's
+// version (ErrSchemaMismatch): an object added to the file, such as a
+// trigger that makes every new user an admin, would otherwise live on in
+// the restored database. The file is opened read-only with trusted_schema
+// off, and checked and copied in one read transaction, so that nothing in
+// it runs and what is copied is what was checked. A new database file is
+// written next to the target and linked into place; with Force an
+// existing one is overwritten through the online backup API, which takes
+// SQLite's locks (so a server still running on it cannot see half a
+// restore, though it should be stopped first).
+//
+// On PostgreSQL it runs pg_restore (with --clean when forced) in one
+// transaction. pg_restore runs the SQL the dump holds, whatever it is, and
+// the dump's schema is not checked: restore only dumps kept where no one
+// else can change them.
 func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupInfo, error) {
 	st, err := os.Stat(from)
 	if err != nil {
@@ -236,21 +416,35 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 	if strings.HasPrefix(path, "file:") {
 		return nil, errors.New("store: restore: give the target database as a plain path, not a file: URI")
 	}
-	sdb, err := sql.Open("sqlite3", from+"?_query_only=1")
+	// Read-only, and nothing the file defines (a trigger, a view, a
+	// function in a default) runs while it is checked and copied.
+	abs, err := filepath.Abs(from)
+	if err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	sdb, err := sql.Open("sqlite3", (&url.URL{Scheme: "file", Path: abs}).String()+"?mode=ro&_query_only=1")
 	if err != nil {
 		return nil, fmt.Errorf("store: restore: %w", err)
 	}
 	defer sdb.Close()
 	sdb.SetMaxOpenConns(1)
-	v, err := checkSQLiteFile(ctx, sdb)
+	src, err := sdb.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
 	}
-	src, err := sdb.Conn(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
 	defer src.Close()
+	if _, err := src.ExecContext(ctx, `PRAGMA trusted_schema = OFF`); err != nil {
+		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
+	}
+	// One read transaction: what is copied is what was checked.
+	if _, err := src.ExecContext(ctx, `BEGIN`); err != nil {
+		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
+	}
+	defer src.ExecContext(context.WithoutCancel(ctx), `ROLLBACK`)
+	v, err := checkSQLiteFile(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
+	}
 	exists := false
 	for _, p := range []string{path, path + "-wal"} {
 		if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {

@@ -125,3 +125,18 @@ func IndexLeadsForTest(s *Store) ([]IndexLeadForTest, error) {
 	}
 	return out, err
 }
+
+// OpenAtVersionForTest opens the SQLite or PostgreSQL database dsn names
+// and migrates it to version v and no further, for tests that need a
+// database an older keyport made.
+func OpenAtVersionForTest(ctx context.Context, dsn string, v int) (*Store, error) {
+	s, err := open(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.migrate(ctx, v); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}

@@ -529,12 +529,20 @@ func schemaVersion(db *gorm.DB) (int, error) {
 // Migrate applies the pending migrations, each in its own transaction, and
 // refuses (ErrSchemaTooNew) a database newer than the code. Running it again
 // does nothing; replicas running it at once on PostgreSQL take turns.
-func (s *Store) Migrate(ctx context.Context) error {
+func (s *Store) Migrate(ctx context.Context) error { return s.migrate(ctx, LatestVersion()) }
+
+// migrate applies the pending migrations up to version target and no
+// further, as Migrate does. Restore migrates a scratch database to a
+// backup's version to learn the schema the backup must hold.
+func (s *Store) migrate(ctx context.Context, target int) error {
 	db := s.w.WithContext(ctx)
 	if err := db.Exec(typeMacros[s.dialect].Replace(createMigrationsTable)).Error; err != nil {
 		return wrap("migrate: create schema_migrations", err)
 	}
 	for _, m := range migrations {
+		if m.version > target {
+			break
+		}
 		err := db.Transaction(func(tx *gorm.DB) error {
 			if s.dialect == dialectPostgres {
 				if err := tx.Exec(`SELECT pg_advisory_xact_lock(?)`, int64(migrationLockKey)).Error; err != nil {
