@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -279,9 +280,11 @@ func CheckWebhookURL(raw string, devLoopback bool) (string, error) {
 		return "", invalid("webhook_url", "use an https URL")
 	}
 	host := u.Hostname()
+	devReceiver := false
 	if ip, err := netip.ParseAddr(host); err == nil {
 		switch {
 		case devLoopback && ip.Unmap().IsLoopback() && ip.Zone() == "":
+			devReceiver = true
 		case u.Scheme != "https":
 			return "", invalid("webhook_url", "use an https URL")
 		default:
@@ -295,6 +298,11 @@ func CheckWebhookURL(raw string, devLoopback bool) (string, error) {
 		}
 		if reason := localName(host); reason != "" {
 			return "", invalid("webhook_url", "the host "+host+" "+reason+"; use the public name of your endpoint")
+		}
+	}
+	if !devReceiver {
+		if err := WebhookPortAllowed(u.Port()); err != nil {
+			return "", invalid("webhook_url", err.Error())
 		}
 	}
 	u.Fragment = ""
@@ -324,7 +332,12 @@ func localName(host string) string {
 }
 
 // Address ranges webhooks never go to, besides what netip classifies
-// (loopback, private, link-local, multicast, unspecified).
+// (loopback, private, link-local, multicast, unspecified): the IPv4
+// special-purpose ranges that are not globally reachable, and those IPv6
+// ranges within global unicast (2000::/3, the only IPv6 space webhooks go
+// to) that are special, documentation, or carry an IPv4 address that a
+// translator or tunnel would reach (IANA IPv4 and IPv6 Special-Purpose
+// Address Registries).
 var nonPublicPrefixes = []struct {
 	prefix netip.Prefix
 	what   string
@@ -332,21 +345,54 @@ var nonPublicPrefixes = []struct {
 	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
 	{netip.MustParsePrefix("100.64.0.0/10"), "carrier-grade NAT"},
 	{netip.MustParsePrefix("192.0.0.0/24"), "IETF protocol assignments"},
+	{netip.MustParsePrefix("192.0.2.0/24"), "documentation"},
+	{netip.MustParsePrefix("192.88.99.0/24"), "6to4 relay anycast"},
 	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking"},
+	{netip.MustParsePrefix("198.51.100.0/24"), "documentation"},
+	{netip.MustParsePrefix("203.0.113.0/24"), "documentation"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
-	{netip.MustParsePrefix("::/96"), "IPv4-compatible"},
-	{netip.MustParsePrefix("100::/64"), "discard-only"},
+	// 2001::/23 holds Teredo (2001::/32, an IPv4 address inside),
+	// benchmarking, ORCHID and other protocol assignments.
+	{netip.MustParsePrefix("2001::/32"), "Teredo"},
+	{netip.MustParsePrefix("2001::/23"), "IETF protocol assignments"},
+	{netip.MustParsePrefix("2001:db8::/32"), "documentation"},
+	{netip.MustParsePrefix("2002::/16"), "6to4"},
+	{netip.MustParsePrefix("3fff::/20"), "documentation"},
 }
 
-// nat64 is the well-known NAT64 prefix (RFC 6052): its addresses carry an
-// IPv4 address, which is what is checked.
-var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+// Named IPv6 ranges outside global unicast, for clearer refusals; every
+// other address outside 2000::/3 is refused as not global unicast.
+var nonGlobalIPv6 = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
+	{netip.MustParsePrefix("::ffff:0:0:0/96"), "IPv4-translated"},
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible"},
+	{netip.MustParsePrefix("100::/64"), "discard-only"},
+	{netip.MustParsePrefix("fec0::/10"), "site-local"},
+}
+
+var (
+	// nat64 is the well-known NAT64 prefix (RFC 6052): its addresses
+	// carry an IPv4 address in their last 32 bits, which is what is
+	// checked. The local-use prefix (RFC 8215) is refused: where its
+	// IPv4 address sits is up to the network.
+	nat64 = netip.MustParsePrefix("64:ff9b::/96")
+	// globalUnicast is the IPv6 space IANA allocates to the internet.
+	globalUnicast = netip.MustParsePrefix("2000::/3")
+)
 
 // WebhookAddrAllowed returns nil if webhooks may be sent to ip: a public
 // unicast address. Loopback, private (RFC 1918, fc00::/7), link-local
 // (169.254.0.0/16 with the cloud metadata address, fe80::/10), multicast,
-// unspecified, carrier-grade NAT (100.64.0.0/10) and other special-purpose
-// ranges are refused, also in their IPv4-mapped and NAT64 forms.
+// unspecified, carrier-grade NAT (100.64.0.0/10), documentation and other
+// special-purpose ranges are refused, also in their IPv4-mapped and
+// well-known NAT64 (64:ff9b::/96) forms. An IPv6 address must be global
+// unicast (2000::/3) and in none of its special ranges: 6to4, Teredo,
+// documentation, IETF protocol assignments; other prefixes that embed an
+// IPv4 address (local-use NAT64 64:ff9b:1::/48, IPv4-translated
+// ::ffff:0:0:0/96, IPv4-compatible ::/96) are refused whatever they embed.
 func WebhookAddrAllowed(ip netip.Addr) error {
 	if !ip.IsValid() {
 		return errors.New("not an IP address")
@@ -374,12 +420,40 @@ func WebhookAddrAllowed(ip netip.Addr) error {
 	if ip.Is4() && ip.As4() == [4]byte{255, 255, 255, 255} {
 		return errors.New("broadcast address")
 	}
+	if ip.Is6() && !globalUnicast.Contains(ip) {
+		for _, p := range nonGlobalIPv6 {
+			if p.prefix.Contains(ip) {
+				return errors.New(p.what + " address")
+			}
+		}
+		return errors.New("IPv6 address outside global unicast (2000::/3)")
+	}
 	for _, p := range nonPublicPrefixes {
 		if p.prefix.Contains(ip) {
 			return errors.New(p.what + " address")
 		}
 	}
 	return nil
+}
+
+// WebhookPortAllowed returns nil if webhooks may be sent to port (empty:
+// the scheme's default): 443, or an unprivileged port 1024-65535. The
+// ports below 1024 other than 443 are other services' (ssh, smtp, http),
+// not an HTTPS receiver's; the rule also keeps webhooks off the usual
+// internal services on them. Each high port is an operator's choice, and
+// the address rule keeps them public.
+func WebhookPortAllowed(port string) error {
+	if port == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(port)
+	switch {
+	case err != nil || n < 0 || n > 65535:
+		return errors.New("the port " + port + " is not a port number")
+	case n == 443 || n >= 1024:
+		return nil
+	}
+	return errors.New("the port " + port + " is not allowed: use 443 or a port from 1024 to 65535")
 }
 
 // SetWebhook sets the URL the caller's events are posted to.

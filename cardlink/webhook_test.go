@@ -3,6 +3,7 @@ package cardlink_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -277,5 +278,35 @@ func TestAHangingProviderEndpointDelaysNoOtherProvider(t *testing.T) {
 	mu.Unlock()
 	if len(got) != 2 || got[0] != "evt_a1" || got[1] != "evt_a2" {
 		t.Fatalf("A got %v", got)
+	}
+}
+
+// A public name whose address (an AAAA record, a DNS64 answer) is in a
+// prefix that carries an IPv4 address a translator or tunnel would reach,
+// or that is special-purpose, is refused when dialled; so is a public
+// address on a port no receiver uses. Nothing is connected: the dial
+// check refuses before the connection.
+func TestWebhookDialRefusesIPv4EmbeddingPrefixesAndLowPorts(t *testing.T) {
+	for _, c := range []struct{ addr, port string }{
+		{"64:ff9b::a9fe:a9fe", "443"},   // well-known NAT64 of 169.254.169.254
+		{"64:ff9b:1::a9fe:a9fe", "443"}, // local-use NAT64 (RFC 8215)
+		{"64:ff9b:1::808:808", "443"},
+		{"::ffff:0:a9fe:a9fe", "443"},                   // SIIT IPv4-translated
+		{"2002:a9fe:a9fe::1", "443"},                    // 6to4
+		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", "443"}, // Teredo
+		{"fec0::1", "443"}, {"2001:db8::1", "443"}, {"192.0.2.1", "443"},
+		{"93.184.215.14", "22"}, {"93.184.215.14", "6"}, {"2606:4700::1111", "25"},
+	} {
+		ip := netip.MustParseAddr(c.addr)
+		cl := cardlink.NewWebhookClient(cardlink.WebhookClientOptions{Timeout: 2 * time.Second,
+			Resolve: func(context.Context, string) ([]netip.Addr, error) { return []netip.Addr{ip}, nil }})
+		req, _ := http.NewRequest(http.MethodPost, "https://hooks.bank.example:"+c.port+"/keyport", strings.NewReader("{}"))
+		resp, err := cl.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if !errors.Is(err, cardlink.ErrWebhookAddress) {
+			t.Errorf("%s port %s: %v, want ErrWebhookAddress", c.addr, c.port, err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -33,12 +34,14 @@ type WebhookClientOptions struct {
 }
 
 // ErrWebhookAddress is why a webhook connection was refused: the address
-// is not public (keyport.WebhookAddrAllowed).
+// is not public (keyport.WebhookAddrAllowed), or the port is not one a
+// receiver may use (keyport.WebhookPortAllowed).
 var ErrWebhookAddress = errors.New("webhook address not allowed")
 
 // NewWebhookClient returns the HTTP client webhooks go out with. It only
-// connects to public addresses: the dialer's Control checks the address of
-// every connection, after name resolution, so a public name that resolves
+// connects to public addresses, on 443 or a port from 1024 (loopback, when
+// allowed, on any port): the dialer's Control checks the address of every
+// connection, after name resolution, so a public name that resolves
 // (or is re-bound) to 127.0.0.1, a private network or the cloud metadata
 // address fails. It takes no proxy from the environment and follows no
 // redirect: the 3xx is the answer, and a failed delivery.
@@ -108,6 +111,9 @@ func checkWebhookDial(address string, allowLoopback bool) error {
 	}
 	if err := keyport.WebhookAddrAllowed(ip); err != nil {
 		return fmt.Errorf("webhook: refusing to connect to %s, a %v: %w", address, err, ErrWebhookAddress)
+	}
+	if err := keyport.WebhookPortAllowed(strconv.Itoa(int(ap.Port()))); err != nil {
+		return fmt.Errorf("webhook: refusing to connect to %s: %v: %w", address, err, ErrWebhookAddress)
 	}
 	return nil
 }

@@ -1,10 +1,12 @@
 package web
 
 import (
+	"container/list"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -257,15 +259,32 @@ func safeNext(next string) string {
 // (keyport.MaxFailedLogins), which stops guessing one password; it stops
 // one address from trying many accounts. Sign-up, reset and verify have
 // their own limiters, so that they cannot flood mailboxes or the outbox.
+//
+// It holds at most maxKeys windows. A window is dropped once it has
+// expired, never before: forgetting a live one would give its client a new
+// allowance. When the table is full of live windows an attempt that needs
+// a new key is refused (the limiter fails closed) and a warning is logged;
+// clients that already have a window are unaffected.
 type rateLimiter struct {
-	burst  int
-	window time.Duration
+	name    string
+	burst   int
+	window  time.Duration
+	maxKeys int
+	log     *slog.Logger
 
 	mu      sync.Mutex
-	windows map[string]*rateWindow
+	windows map[string]*list.Element // the elements of order, by key
+	// order holds the windows oldest start first, so expired ones are
+	// dropped from its front.
+	order list.List
+	// refused counts attempts refused since lastWarn because the table
+	// was full; at most one warning is logged per rateFullWarnEvery.
+	refused  int
+	lastWarn time.Time
 }
 
 type rateWindow struct {
+	key   string
 	start time.Time
 	n     int
 }
@@ -277,34 +296,91 @@ const (
 	// per client network and per e-mail address in mailWindow.
 	mailBurst  = 10
 	mailWindow = 15 * time.Minute
+	// rateKeysMax is how many keys a limiter holds (a few tens of MB at
+	// most: keys are short, emailKey cuts long input). One client network
+	// makes at most 24 mail keys a window (4 for its network, 10 sign-up
+	// and 10 reset addresses: none once it is over its limit) and one
+	// sign-in key, so the cap is reached only by thousands of networks at
+	// their limits within one window.
+	rateKeysMax = 100_000
+	// rateFullWarnEvery spaces the warnings of a full limiter.
+	rateFullWarnEvery = time.Minute
 )
 
-func newRateLimiter(burst int, window time.Duration) *rateLimiter {
-	return &rateLimiter{burst: burst, window: window}
+// newRateLimiter returns a limiter of burst attempts per window and key,
+// holding at most rateKeysMax keys; name labels its log lines.
+func newRateLimiter(name string, burst int, window time.Duration, log *slog.Logger) *rateLimiter {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &rateLimiter{name: name, burst: burst, window: window, maxKeys: rateKeysMax, log: log,
+		windows: map[string]*list.Element{}}
 }
 
-// allow counts one attempt for every key and reports whether all of them
-// are within the limit (every key counts, even when one is over).
+// allow counts one attempt for each key in turn and reports whether all of
+// them are within the limit. Counting stops at the first key over its
+// limit: callers put the client's network first, so that a client over its
+// network limit creates no key for each address it types, and cannot fill
+// the table. An attempt that needs a new key while the table is full of
+// live windows is refused.
 func (l *rateLimiter) allow(now time.Time, keys ...string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.windows == nil || len(l.windows) > 100000 {
-		l.windows = map[string]*rateWindow{}
-	}
-	ok := true
+	l.sweep(now)
 	for _, k := range keys {
 		if k == "" {
 			continue
 		}
-		w := l.windows[k]
-		if w == nil || now.Sub(w.start) > l.window {
-			w = &rateWindow{start: now}
-			l.windows[k] = w
+		e := l.windows[k]
+		if e != nil && now.Sub(e.Value.(*rateWindow).start) > l.window {
+			// Expired but not yet swept (callers' clocks are read
+			// before the lock, so windows may start a little out of order).
+			l.order.Remove(e)
+			delete(l.windows, k)
+			e = nil
 		}
-		w.n++
-		ok = ok && w.n <= l.burst
+		if e == nil {
+			if len(l.windows) >= l.maxKeys {
+				l.full(now)
+				return false
+			}
+			e = l.order.PushBack(&rateWindow{key: k, start: now})
+			l.windows[k] = e
+		}
+		w := e.Value.(*rateWindow)
+		if w.n <= l.burst {
+			w.n++
+		}
+		if w.n > l.burst {
+			return false
+		}
 	}
-	return ok
+	return true
+}
+
+// sweep drops the windows that have expired at now. Windows start in the
+// order they are created, so the expired ones are at the front of l.order.
+func (l *rateLimiter) sweep(now time.Time) {
+	for e := l.order.Front(); e != nil; e = l.order.Front() {
+		w := e.Value.(*rateWindow)
+		if now.Sub(w.start) <= l.window {
+			return
+		}
+		l.order.Remove(e)
+		delete(l.windows, w.key)
+	}
+}
+
+// full records an attempt refused because the table is full, and logs it
+// at most once per rateFullWarnEvery.
+func (l *rateLimiter) full(now time.Time) {
+	l.refused++
+	if !l.lastWarn.IsZero() && now.Sub(l.lastWarn) < rateFullWarnEvery {
+		return
+	}
+	l.log.Warn("rate limiter full: refusing attempts from clients it does not yet count",
+		"limiter", l.name, "keys", len(l.windows), "max_keys", l.maxKeys, "refused", l.refused, "window", l.window)
+	l.refused, l.lastWarn = 0, now
 }
 
 // clientIP is the peer address; keyport does not trust X-Forwarded-For
@@ -333,14 +409,22 @@ func clientNet(c echo.Context) string {
 	return "ip:" + a.String()
 }
 
-// emailKey is the rate-limit key of an e-mail address as typed.
+// emailKey is the rate-limit key of an e-mail address as typed. An
+// address is at most maxEmailKey octets (RFC 5321): longer input is cut
+// there, so that no key takes more room than a real address.
 func emailKey(email string) string {
 	email = strings.ToLower(strings.TrimSpace(email))
 	if email == "" {
 		return ""
 	}
+	if len(email) > maxEmailKey {
+		email = email[:maxEmailKey]
+	}
 	return "email:" + email
 }
+
+// maxEmailKey is the longest address emailKey keeps (RFC 5321 §4.5.3.1.3).
+const maxEmailKey = 254
 
 // meta builds the page frame for this request.
 func (s *Server) meta(c echo.Context, title, active string) views.Meta {

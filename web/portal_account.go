@@ -79,6 +79,7 @@ func (s *Server) signUp(c echo.Context) error {
 	f := keyport.SignUp{Organisation: c.FormValue("organisation"), Kind: keyport.ProviderKind(c.FormValue("kind")),
 		Contact: c.FormValue("contact"), Email: c.FormValue("email"), Password: c.FormValue("password")}
 	form := views.SignUpForm{Organisation: f.Organisation, Kind: string(f.Kind), Contact: f.Contact, Email: f.Email}
+	// The network first: a client over its limit adds no address key.
 	if !s.mails.allow(time.Now(), "signup:"+clientNet(c), "signup:"+emailKey(f.Email)) {
 		return errTooMany
 	}
@@ -200,6 +201,7 @@ func (s *Server) resetForm(c echo.Context) error {
 
 func (s *Server) resetRequest(c echo.Context) error {
 	email := c.FormValue("email")
+	// The network first: a client over its limit adds no address key.
 	if !s.mails.allow(time.Now(), "reset:"+clientNet(c), "reset:"+emailKey(email)) {
 		return errTooMany
 	}

@@ -100,8 +100,8 @@ func New(svc *keyport.Service, opts Options) *echo.Echo {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{svc: svc, opts: opts, log: opts.Log, logins: newRateLimiter(loginBurst, loginWindow),
-		mails: newRateLimiter(mailBurst, mailWindow)}
+	s := &Server{svc: svc, opts: opts, log: opts.Log, logins: newRateLimiter("sign-in", loginBurst, loginWindow, opts.Log),
+		mails: newRateLimiter("mail", mailBurst, mailWindow, opts.Log)}
 	if opts.PublicURL == "" {
 		s.rpErr = errors.New("the portal has no configured public URL")
 	} else if s.rp, s.rpErr = keyport.PasskeyRPFromURL(opts.PublicURL); s.rpErr != nil {
