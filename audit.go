@@ -155,10 +155,7 @@ func appendAudit(ctx context.Context, tx Repo, e *AuditEvent, keys AuditKeys) er
 // auditKeys has the HSM MAC the head at the last of chained, and a
 // checkpoint at every CheckpointEvery-th event among them.
 func (s *Service) auditKeys(ctx context.Context, chained []AuditEvent) (*AuditHead, []AuditCheckpoint, error) {
-	every := s.CheckpointEvery
-	if every <= 0 {
-		every = 16
-	}
+	every := s.checkpointEvery()
 	var cps []AuditCheckpoint
 	for _, e := range chained {
 		if e.Seq%every != 0 {
@@ -176,6 +173,14 @@ func (s *Service) auditKeys(ctx context.Context, chained []AuditEvent) (*AuditHe
 		return nil, nil, fmt.Errorf("keyport: audit head: %w", err)
 	}
 	return &AuditHead{Seq: last.Seq, Hash: last.Hash, MAC: mac, At: last.At}, cps, nil
+}
+
+// checkpointEvery is CheckpointEvery, 16 when unset.
+func (s *Service) checkpointEvery() int64 {
+	if s.CheckpointEvery <= 0 {
+		return 16
+	}
+	return s.CheckpointEvery
 }
 
 // The three MAC inputs are kept apart by their prefixes, so that no MAC in
@@ -239,18 +244,40 @@ type AuditReport struct {
 	Head        []byte
 	// Keyed says the log's end is proven by the HSM-MACed head. It is false
 	// only for a log written entirely before the keyed head existed (an
-	// upgraded database before its first new event): then deleting its last
-	// rows (those after the last checkpoint) cannot be detected.
+	// upgraded database before its first new event: every event older than
+	// the store's record of when it began keying the log, AuditKeyedSince):
+	// then deleting its last rows (those after the last checkpoint) cannot
+	// be detected.
 	Keyed bool
 }
 
 // VerifyAudit walks the whole audit chain, recomputing every hash, checks
 // every HSM checkpoint and the keyed head. It returns *AuditBroken naming the
 // first row that was edited, deleted or moved, including the last rows: the
-// head's HSM MAC says where the log ends. What it cannot see is a copy of an
-// older head put back together with the rows after it deleted: that needs the
-// head's sequence number recorded outside the database (README, "Audit log").
+// head's HSM MAC says where the log ends.
+//
+// From the first event written since the store began keying the log
+// (AuditKeyedSince: migration 4, which a store serving this code always
+// has), the head must exist and every CheckpointEvery-th row must have its
+// checkpoint, as keyport writes them: a log whose head and checkpoints were
+// deleted is broken, not a log from before the keyed head, whose rows could
+// then be rewritten and re-chained unseen. Only events older than that
+// record are accepted without them, and the record itself must exist.
+//
+// What it cannot see is a copy of an older head put back together with the
+// rows after it deleted, nor that record moved past every event, with the
+// head and checkpoints deleted: that needs the head's sequence number
+// recorded outside the database (README, "Audit log").
 func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
+	since, err := s.Store.AuditKeyedSince(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, &AuditBroken{Seq: 1, Reason: "the store has no record of when it began keying the log " +
+			"(schema_migrations lacks migration 4, audit keyed head): deleted, and with it what says which rows need the keyed head and checkpoints"}
+	case err != nil:
+		return nil, err
+	}
+	every := s.checkpointEvery()
 	cps, err := s.Store.Checkpoints(ctx)
 	if err != nil {
 		return nil, err
@@ -289,6 +316,7 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 	}
 	var prev []byte
 	var seq, lastCheckpoint int64
+	var keyedFrom int64 // the first row written since the store began keying the log; 0: none
 	for {
 		evs, err := s.Store.AuditEvents(ctx, seq, 1000)
 		if err != nil {
@@ -303,12 +331,20 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 			case !bytes.Equal(ChainHash(prev, e), e.Hash):
 				return nil, &AuditBroken{Seq: e.Seq, Reason: "content does not match its hash: edited"}
 			}
-			if cp, ok := cpAt[e.Seq]; ok {
-				if !bytes.Equal(cp.Hash, e.Hash) {
-					return nil, &AuditBroken{Seq: lastCheckpoint + 1, Reason: fmt.Sprintf(
-						"rows %d to %d differ from the HSM checkpoint at row %d: rewritten", lastCheckpoint+1, e.Seq, e.Seq)}
-				}
+			if keyedFrom == 0 && !e.At.Before(since) {
+				keyedFrom = e.Seq
+			}
+			cp, ok := cpAt[e.Seq]
+			switch {
+			case ok && !bytes.Equal(cp.Hash, e.Hash):
+				return nil, &AuditBroken{Seq: lastCheckpoint + 1, Reason: fmt.Sprintf(
+					"rows %d to %d differ from the HSM checkpoint at row %d: rewritten", lastCheckpoint+1, e.Seq, e.Seq)}
+			case ok:
 				lastCheckpoint = e.Seq
+			case keyedFrom > 0 && e.Seq%every == 0:
+				return nil, &AuditBroken{Seq: lastCheckpoint + 1, Reason: fmt.Sprintf(
+					"no HSM checkpoint at row %d, though keyport writes one every %d rows from row %d on (written since it began keying the log, %s): "+
+						"checkpoint deleted, rows %d to %d may be rewritten", e.Seq, every, keyedFrom, since.Format(time.RFC3339), lastCheckpoint+1, e.Seq)}
 			}
 			prev, seq = e.Hash, e.Seq
 		}
@@ -324,6 +360,10 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditReport, error) {
 	switch {
 	case head == nil && keyedEra:
 		return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf("the keyed head is missing although checkpoints were written with it: head deleted, rows after %d may be too", seq)}
+	case head == nil && keyedFrom > 0:
+		return nil, &AuditBroken{Seq: seq + 1, Reason: fmt.Sprintf(
+			"the keyed head is missing although rows %d to %d were written since keyport began keying the log (%s): head deleted, "+
+				"rows %d to %d may be rewritten, rows after %d deleted", keyedFrom, seq, since.Format(time.RFC3339), lastCheckpoint+1, seq, seq)}
 	case head == nil:
 		return &AuditReport{Events: seq, Checkpoints: len(cps), Head: prev}, nil
 	case head.Seq > seq:

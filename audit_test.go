@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 
@@ -24,6 +25,13 @@ const auditEvents = 27
 // (dsn) whose audit log holds auditEvents events.
 func auditWorld(t *testing.T, dsn string) *fixture.World {
 	t.Helper()
+	return auditWorldOf(t, dsn, auditEvents)
+}
+
+// auditWorldOf is auditWorld with n events in the log (at least those
+// fixture.New leaves).
+func auditWorldOf(t *testing.T, dsn string, n int) *fixture.World {
+	t.Helper()
 	w := fixture.New(t, storetest.Open(t, dsn), 1, 1)
 	w.Svc.CheckpointEvery = 16
 	for i := 0; ; i++ {
@@ -31,9 +39,9 @@ func auditWorld(t *testing.T, dsn string) *fixture.World {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(evs) >= auditEvents {
-			if len(evs) != auditEvents {
-				t.Fatalf("%d events, want %d", len(evs), auditEvents)
+		if len(evs) >= n {
+			if len(evs) != n {
+				t.Fatalf("%d events, want %d", len(evs), n)
 			}
 			return w
 		}
@@ -197,11 +205,13 @@ func TestVerifyAuditOfAnUpgradedLogWithoutAHeadUntilTheNextEvent(t *testing.T) {
 	storetest.EachDSN(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
 		w := auditWorld(t, dsn)
-		// As an older keyport left it: no head, checkpoints MACed as v1.
+		// As an older keyport left it: no head, checkpoints MACed as v1,
+		// and migration 4 applied after its last event.
 		cps, err := w.Store.Checkpoints(ctx)
 		if err != nil || len(cps) == 0 {
 			t.Fatalf("checkpoints %v %v", cps, err)
 		}
+		upgradeAfterTheLastEvent(t, w, dsn)
 		tamper(t, dsn, `DELETE FROM audit_head`)
 		for _, cp := range cps {
 			mac, err := w.HSM.AuditMAC(ctx, []byte(fmt.Sprintf("keyport/audit-checkpoint/v1|%d|%x", cp.Seq, cp.Hash)))
@@ -238,6 +248,107 @@ func TestVerifyAuditOfAnUpgradedLogWithoutAHeadUntilTheNextEvent(t *testing.T) {
 		}
 		tamper(t, dsn, fmt.Sprintf(`DELETE FROM audit_events WHERE seq = %d`, auditEvents))
 		wantBroken(t, w, auditEvents, "rows deleted")
+	})
+}
+
+// upgradeAfterTheLastEvent makes the log look written before the keyed
+// head: migration 4 applied just after its last event.
+func upgradeAfterTheLastEvent(t *testing.T, w *fixture.World, dsn string) {
+	t.Helper()
+	last, err := w.Store.RecentAudit(context.Background(), 1)
+	if err != nil || len(last) != 1 {
+		t.Fatalf("last event %v %v", last, err)
+	}
+	tamperArgs(t, dsn, `UPDATE schema_migrations SET applied_at = ? WHERE version = 4`, last[0].At.Add(time.Microsecond))
+}
+
+// From the first event since migration 4 on, the keyed head and every
+// CheckpointEvery-th checkpoint must be there: deleting them is a broken
+// log, not one from before the keyed head (audit 5), whose rows could
+// then be rewritten and re-chained unseen.
+func TestVerifyAuditRequiresTheHeadAndEveryCheckpointSinceTheKeyedHeadBegan(t *testing.T) {
+	const young = 10 // fewer events than CheckpointEvery: no checkpoint yet
+	cases := []struct {
+		name   string
+		events int
+		do     func(t *testing.T, w *fixture.World, dsn string)
+		seq    int64
+		reason string
+	}{
+		{"head deleted before the first checkpoint", young, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_head`)
+		}, young + 1, "keyed head is missing although rows 1 to 10 were written since keyport began keying the log"},
+		{"head deleted, a row rewritten and re-chained", young, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_head`)
+			rechainFrom(t, w, dsn, 3)
+		}, young + 1, "rows 1 to 10 may be rewritten"},
+		{"every checkpoint deleted", auditEvents, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_checkpoints`)
+		}, 1, "no HSM checkpoint at row 16, though keyport writes one every 16 rows from row 1 on"},
+		{"the middle checkpoint deleted", 40, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_checkpoints WHERE seq = 16`)
+		}, 1, "no HSM checkpoint at row 16"},
+		{"the last checkpoint deleted, the rows it covered rewritten", 40, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_checkpoints WHERE seq = 32`)
+			rechainFrom(t, w, dsn, 20)
+			tamper(t, dsn, `DELETE FROM audit_head`)
+		}, 17, "no HSM checkpoint at row 32"},
+		{"head and checkpoints deleted", auditEvents, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_head`, `DELETE FROM audit_checkpoints`)
+		}, 1, "checkpoint deleted, rows 1 to 16 may be rewritten"},
+		{"head and checkpoints deleted, a row rewritten and re-chained", auditEvents, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_head`, `DELETE FROM audit_checkpoints`)
+			rechainFrom(t, w, dsn, 2)
+		}, 1, "no HSM checkpoint at row 16"},
+		{"and migration 4's record deleted too", auditEvents, func(t *testing.T, w *fixture.World, dsn string) {
+			tamper(t, dsn, `DELETE FROM audit_head`, `DELETE FROM audit_checkpoints`, `DELETE FROM schema_migrations WHERE version = 4`)
+			rechainFrom(t, w, dsn, 2)
+		}, 1, "schema_migrations lacks migration 4"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			storetest.EachDSN(t, func(t *testing.T, dsn string) {
+				w := auditWorldOf(t, dsn, c.events)
+				if r, err := w.Svc.VerifyAudit(context.Background()); err != nil || !r.Keyed || r.Events != int64(c.events) {
+					t.Fatalf("untouched: %+v, %v", r, err)
+				}
+				c.do(t, w, dsn)
+				wantBroken(t, w, c.seq, c.reason)
+			})
+		})
+	}
+}
+
+// The next audited action after the head was deleted does not write a new
+// head over the log (which would make a rewrite permanent): it fails,
+// naming the break, nothing is appended and verify still fails.
+func TestAuditActionAfterTheHeadWasDeletedIsRefused(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		w := auditWorld(t, dsn)
+		tamper(t, dsn, `DELETE FROM audit_head`, `DELETE FROM audit_checkpoints`)
+		rechainFrom(t, w, dsn, 2)
+		_, _, err := w.Svc.AddProvider(ctx, fixture.Admin, "Next Bank", "next@bank.example", keyport.KindBank)
+		var broken *keyport.AuditBroken
+		if !errors.As(err, &broken) || broken.Seq != auditEvents+1 || !strings.Contains(broken.Reason, "keyed head is missing") {
+			t.Fatalf("AddProvider over a log without its head: %v; want AuditBroken at row %d", err, auditEvents+1)
+		}
+		if evs, err := w.Store.AuditEvents(ctx, 0, 1000); err != nil || len(evs) != auditEvents {
+			t.Fatalf("%d events, %v; want %d (nothing appended)", len(evs), err, auditEvents)
+		}
+		ps, err := w.Store.ListProviders(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			if p.Name == "Next Bank" {
+				t.Fatalf("the refused action's provider was stored")
+			}
+		}
+		if _, err := w.Store.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("AuditHead after the refused action: %v, want ErrNotFound", err)
+		}
+		wantBroken(t, w, 1, "no HSM checkpoint at row 16")
 	})
 }
 

@@ -443,6 +443,11 @@ type AuditRepo interface {
 	SetAuditHead(ctx context.Context, h *AuditHead) error
 	// AuditHead returns the keyed head, ErrNotFound if none was written yet.
 	AuditHead(ctx context.Context) (*AuditHead, error)
+	// AuditKeyedSince returns when the store began keeping the keyed head
+	// (for the SQL store, when its migration 4 was applied): every event
+	// from then on is covered by the head, and every CheckpointEvery-th by
+	// a checkpoint. ErrNotFound if the store has no record of it.
+	AuditKeyedSince(ctx context.Context) (time.Time, error)
 }
 
 // AuditSealer is a transaction's Repo that queues its audit appends and

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -69,16 +70,18 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 			return wrap("append audit: lock", err)
 		}
 	}
-	var seq int64
-	var prev []byte
-	err := r.scanRow(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`, nil, &seq, &prev)
+	var end sealEnd
+	err := r.scanRow(ctx, sealEndSQL, []any{time.Time{}}, end.dest()...)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return wrap("append audit: head", err)
 	}
-	chained := chain(seq, prev, r.auditQueue)
+	chained := chain(end.seq, end.hash, r.auditQueue)
 	var h *keyport.AuditHead
 	var cps []keyport.AuditCheckpoint
 	if keys != nil {
+		if err := end.sealable(); err != nil {
+			return err
+		}
 		var err error
 		if h, cps, err = keys(chained); err != nil {
 			return err
@@ -94,6 +97,68 @@ func (r *repo) SealAudit(ctx context.Context, keys keyport.AuditKeys) error {
 	last := chained[len(chained)-1]
 	r.sealed = &chainHead{seq: last.Seq, hash: last.Hash}
 	return nil
+}
+
+// sealEndSQL reads, under the chain's lock, the log's last event and the
+// keyed head (sealEnd); when there is no head, also how many events (0 or
+// 1: it stops at the first) were written since keyport began keying the
+// log, when migration 4 was applied. Its one argument is the zero time,
+// which stands in for that moment when schema_migrations has no record of
+// it, so that every event counts. The count is only evaluated when the
+// head is missing: a seal does not scan the log.
+const sealEndSQL = `SELECT e.seq, e.hash, h.seq, h.hash,
+		CASE WHEN h.id IS NULL THEN (SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE at >=
+			COALESCE((SELECT applied_at FROM schema_migrations WHERE version = 4), ?) LIMIT 1) k) ELSE 0 END
+	FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) e LEFT JOIN audit_head h ON h.id = 1`
+
+// sealEnd is what sealEndSQL read: the last event (seq 0 and no hash when
+// the log is empty), the keyed head (invalid headSeq when there is none)
+// and, without a head, whether events of the keyed era exist.
+type sealEnd struct {
+	seq       int64
+	hash      []byte
+	headSeq   sql.NullInt64
+	headHash  []byte
+	keyedRows int64
+}
+
+func (e *sealEnd) dest() []any {
+	return []any{&e.seq, &e.hash, &e.headSeq, &e.headHash, &e.keyedRows}
+}
+
+// sealable refuses a keyed seal onto a log that does not end where its
+// keyed head says: the head missing although events were written since
+// keyport began keying the log, the head beyond the last event, or at it
+// with another hash. Sealing would write a new head, under a good HSM MAC,
+// over rows changed or deleted outside keyport, and so make the change
+// permanent. It returns *keyport.AuditBroken, as keyport.Service.VerifyAudit
+// would; nothing is appended until the log is restored (README, "Audit
+// log"). A head behind the last event is not refused: the store chains
+// events no one sealed without a head (Store.Tx), and verify names them.
+// The head's MAC is not checked here (that needs the HSM on every seal):
+// verify checks it.
+func (e *sealEnd) sealable() error {
+	var broken *keyport.AuditBroken
+	switch {
+	case e.seq == 0:
+		return nil
+	case !e.headSeq.Valid && e.keyedRows > 0:
+		broken = &keyport.AuditBroken{Seq: e.seq + 1, Reason: fmt.Sprintf(
+			"the keyed head is missing although events were written after keyport began keying the log (migration 4): "+
+				"head deleted, the rows up to %d may be rewritten; nothing is appended (run keyport audit verify)", e.seq)}
+	case !e.headSeq.Valid:
+		return nil // a log from before the keyed head: this seal writes its first head
+	case e.headSeq.Int64 > e.seq:
+		broken = &keyport.AuditBroken{Seq: e.seq + 1, Reason: fmt.Sprintf(
+			"the log ends at row %d but the keyed head is at row %d: rows deleted; nothing is appended (run keyport audit verify)",
+			e.seq, e.headSeq.Int64)}
+	case e.headSeq.Int64 == e.seq && !bytes.Equal(e.headHash, e.hash):
+		broken = &keyport.AuditBroken{Seq: e.seq, Reason: "the last row differs from the keyed head: rewritten; " +
+			"nothing is appended (run keyport audit verify)"}
+	default:
+		return nil
+	}
+	return fmt.Errorf("store: append audit: %w", broken)
 }
 
 // chain links events after the event seq whose hash is prev: copies with
@@ -273,6 +338,23 @@ func (r *repo) Checkpoints(ctx context.Context) ([]keyport.AuditCheckpoint, erro
 		out[i] = keyport.AuditCheckpoint{Seq: row.Seq, Hash: row.Hash, MAC: row.MAC, At: row.At.UTC()}
 	}
 	return out, nil
+}
+
+// AuditKeyedSince returns when migration 4 (audit keyed head) was applied,
+// from schema_migrations: since then every event is covered by the keyed
+// head and every CheckpointEvery-th by a checkpoint. ErrNotFound if the
+// schema has no record of it (the row was deleted).
+func (r *repo) AuditKeyedSince(ctx context.Context) (time.Time, error) {
+	var rows []Migration
+	err := r.r.WithContext(ctx).Raw(`SELECT version, description, applied_at FROM schema_migrations WHERE version = 4`).
+		Scan(&rows).Error
+	if err != nil {
+		return time.Time{}, wrap("audit keyed since", err)
+	}
+	if len(rows) == 0 {
+		return time.Time{}, fmt.Errorf("store: audit keyed since: migration 4 not in schema_migrations: %w", keyport.ErrNotFound)
+	}
+	return rows[0].AppliedAt.UTC(), nil
 }
 
 type auditHeadRow struct {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -239,6 +240,96 @@ func TestKeyedHeadMigrationKeepsExistingAuditEvents(t *testing.T) {
 		}
 		if _, err := s.AuditHead(ctx); !errors.Is(err, keyport.ErrNotFound) {
 			t.Fatalf("AuditHead after the migration: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// A keyed seal (one that writes the head: a service's append, a claim)
+// refuses a log that does not end at its keyed head, which it would
+// otherwise cover with a new head: the head missing although events were
+// written since migration 4, the head past the last row, or at it with
+// another hash. It fails with keyport.AuditBroken and stores nothing; the
+// claim writer's read path (a store that has not guessed a head yet) does
+// too. A log from before migration 4 has its first head written.
+func TestKeyedSealRefusesALogThatDoesNotEndAtItsHead(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		s := storetest.Open(t, dsn)
+		exec := func(q string, args ...any) {
+			t.Helper()
+			if err := store.ExecForTest(s, q, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		keyed := func() error {
+			return s.Tx(ctx, func(tx keyport.Repo) error {
+				if err := tx.AppendAudit(ctx, &keyport.AuditEvent{Actor: "system", Action: "test", Object: "x", Detail: "{}"}); err != nil {
+					return err
+				}
+				return tx.(keyport.AuditSealer).SealAudit(ctx, testKeys)
+			})
+		}
+		refused := func(what string, seq int64, reason string) {
+			t.Helper()
+			before := len(verifyChain(t, s))
+			err := keyed()
+			var broken *keyport.AuditBroken
+			if !errors.As(err, &broken) || broken.Seq != seq || !strings.Contains(broken.Reason, reason) {
+				t.Fatalf("%s: seal %v; want AuditBroken at row %d with %q", what, err, seq, reason)
+			}
+			if n := len(verifyChain(t, s)); n != before {
+				t.Fatalf("%s: %d events after the refused seal, want %d", what, n, before)
+			}
+		}
+		for range 3 {
+			if err := keyed(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		head, err := s.AuditHead(ctx)
+		if err != nil || head.Seq != 3 {
+			t.Fatalf("head %+v, %v", head, err)
+		}
+
+		exec(`DELETE FROM audit_head`)
+		refused("head deleted", 4, "keyed head is missing")
+		// The claim writer of a store that has seen no head reads it, and
+		// refuses too.
+		b := createBatch(t, s, "b")
+		importModules(t, s, b.ID, 1, 2, 1)
+		p := createProvider(t, s, "a@x.example")
+		wk := createWrappingKey(t, s, p.ID)
+		fresh := storetest.Open(t, dsn)
+		err = fresh.ClaimCommits().WriteClaim(ctx, claimWrite(t, fresh, p.ID, wk.ID, 1, "clm_1", ""), testKeys)
+		var broken *keyport.AuditBroken
+		if !errors.As(err, &broken) || !strings.Contains(broken.Reason, "keyed head is missing") {
+			t.Fatalf("claim over a log without its head: %v; want AuditBroken", err)
+		}
+		if d, err := s.GetDomain(ctx, testEID(1), testAID(1)); err != nil || d.OwnerID != "" {
+			t.Fatalf("domain after the refused claim: %+v, %v", d, err)
+		}
+		// And with migration 4's record deleted as well: every event counts.
+		exec(`DELETE FROM schema_migrations WHERE version = 4`)
+		refused("head and migration 4's record deleted", 4, "keyed head is missing")
+
+		exec(`INSERT INTO audit_head (id, seq, hash, mac, at) VALUES (1, ?, ?, ?, ?)`, head.Seq, head.Hash, head.MAC, head.At)
+		if err := keyed(); err != nil {
+			t.Fatalf("seal with the head back: %v", err)
+		}
+		exec(`UPDATE audit_head SET hash = ?`, bytes.Repeat([]byte{1}, 32))
+		refused("head at the last row with another hash", 4, "differs from the keyed head")
+		exec(`UPDATE audit_head SET seq = 9`)
+		refused("head past the last row", 5, "the keyed head is at row 9")
+
+		// A log from before migration 4: no head, every event older than
+		// it. Its next seal writes the first head.
+		exec(`DELETE FROM audit_head`)
+		exec(`INSERT INTO schema_migrations (version, description, applied_at) VALUES (4, 'audit keyed head', ?)`,
+			time.Now().Add(time.Hour).UTC())
+		if err := keyed(); err != nil {
+			t.Fatalf("first seal of a log from before the keyed head: %v", err)
+		}
+		if h, err := s.AuditHead(ctx); err != nil || h.Seq != 5 {
+			t.Fatalf("head after the first seal %+v, %v; want row 5", h, err)
 		}
 	})
 }

@@ -32,6 +32,11 @@ import (
 //  1. BEGIN; each claim's claimSQL; the audit lock; the head read;
 //  2. the seal of the claims that won; COMMIT.
 //
+// The read seals only onto a log that ends at its keyed head (sealable);
+// the guess needs no such check, for it chains onto the hash this process
+// committed: were the rows before rewritten, the new row would not chain to
+// them, which verify reports for good.
+//
 // Either way the lock is taken after the claims' writes and held to the
 // commit, as in SealAudit, so the chain follows commit order across
 // replicas and the lock is never held while waiting for a row. A claim
@@ -197,16 +202,15 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 	b := &pgx.Batch{}
 	claims, results := queueClaims(b, batch)
 	b.Queue("SELECT pg_advisory_xact_lock($1)", int64(auditLockKey))
-	b.Queue("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+	b.Queue(sealEndSQLNumbered, time.Time{})
 	start := time.Now()
 	res := pc.SendBatch(ctx, b)
 	err := readClaims(res, batch, claims, results)
-	var seq int64
-	var prev []byte
+	var end sealEnd
 	if err == nil {
 		if _, err = res.Exec(); err == nil {
-			if err = res.QueryRow().Scan(&seq, &prev); errors.Is(err, pgx.ErrNoRows) {
-				seq, prev, err = 0, nil, nil
+			if err = res.QueryRow().Scan(end.dest()...); errors.Is(err, pgx.ErrNoRows) {
+				end, err = sealEnd{}, nil
 			}
 		}
 	}
@@ -226,7 +230,11 @@ func (s *Store) readSeal(ctx context.Context, pc *pgx.Conn, batch []*batched[cla
 	if len(won) == 0 {
 		return false // the caller rolls the transaction back
 	}
-	chained := chain(seq, prev, auditEvents(won))
+	if err := end.sealable(); err != nil {
+		setErr(won, err)
+		return false // the caller rolls the transaction back
+	}
+	chained := chain(end.seq, end.hash, auditEvents(won))
 	h, cps, err := won[0].op.keys(chained)
 	if err != nil {
 		setErr(won, err)
@@ -315,6 +323,9 @@ func (s *Store) sealed(ops []*batched[claimOp], chained []keyport.AuditEvent) {
 	last := chained[len(chained)-1]
 	s.committedHead(&chainHead{seq: last.Seq, hash: last.Hash})
 }
+
+// sealEndSQLNumbered is sealEndSQL with PostgreSQL's numbered parameters.
+var sealEndSQLNumbered = numbered(sealEndSQL)
 
 // claimSQLNumbered is claimSQL with PostgreSQL's numbered parameters, as
 // pgx takes them.

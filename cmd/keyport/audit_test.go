@@ -62,3 +62,31 @@ func deleteAuditRows(t *testing.T, dsn, where string) {
 		t.Fatalf("no row where %s", where)
 	}
 }
+
+// Deleting the keyed head and every checkpoint does not make the log one
+// from before the keyed head, with only a note: `keyport audit verify`
+// exits 3 naming the first row no checkpoint vouches for.
+func TestAuditVerifyFailsWhenTheHeadAndCheckpointsAreDeleted(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		o := capture(t)
+		ctx := context.Background()
+		w := fixture.New(t, storetest.Open(t, dsn), 1, 1)
+		w.Svc.CheckpointEvery = 16
+		for i := 0; i < 20; i++ {
+			if _, _, err := w.Svc.AddProvider(ctx, fixture.Admin, fmt.Sprintf("Bank %d", i), fmt.Sprintf("ops%d@bank.example", i), keyport.KindBank); err != nil {
+				t.Fatal(err)
+			}
+		}
+		common := []string{"--data-dir", t.TempDir(), "--db", dsn, "--hsm", w.Token.URI}
+		if out := kp(t, o, common, "audit", "verify"); !strings.Contains(out, "keyed head at row") {
+			t.Fatalf("audit verify: %s", out)
+		}
+		storetest.ExecSQL(t, dsn, `DELETE FROM audit_head`)
+		storetest.ExecSQL(t, dsn, `DELETE FROM audit_checkpoints`)
+		err := run(ctx, append([]string{"audit", "verify"}, common...))
+		var ee exitError
+		if !asExit(err, &ee) || ee.code != 3 || !strings.Contains(err.Error(), "row 1: no HSM checkpoint at row 16") {
+			t.Fatalf("audit verify without head and checkpoints: %v; want exit 3 naming row 1", err)
+		}
+	})
+}
