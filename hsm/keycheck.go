@@ -137,12 +137,11 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 	for _, u := range usageAttrs[spec.class] {
 		want[u] = slices.Contains(spec.usages, u)
 	}
-	types := []uint{pkcs11.CKA_MODIFIABLE, pkcs11.CKA_DESTROYABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
-	fixed := len(types)
+	types := []uint{pkcs11.CKA_MODIFIABLE, pkcs11.CKA_ALLOWED_MECHANISMS}
 	for t := range want {
 		types = append(types, t)
 	}
-	slices.Sort(types[fixed:])
+	slices.Sort(types[2:])
 	tmpl := make([]*pkcs11.Attribute, len(types))
 	for i, t := range types {
 		tmpl[i] = pkcs11.NewAttribute(t, nil)
@@ -156,9 +155,9 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 	}
 	for _, a := range got {
 		switch a.Type {
-		case pkcs11.CKA_MODIFIABLE, pkcs11.CKA_DESTROYABLE:
+		case pkcs11.CKA_MODIFIABLE:
 			if isTrue(a.Value) {
-				modifiable = append(modifiable, map[uint]string{pkcs11.CKA_MODIFIABLE: "modifiable", pkcs11.CKA_DESTROYABLE: "destroyable"}[a.Type])
+				modifiable = append(modifiable, "modifiable")
 			}
 		case pkcs11.CKA_ALLOWED_MECHANISMS:
 			if m := mechanisms(a.Value); !sameSet(m, spec.mechs) {
@@ -169,6 +168,16 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 				wrong = append(wrong, fmt.Sprintf("%s %t", attrName(a.Type), isTrue(a.Value)))
 			}
 		}
+	}
+	// CKA_DESTROYABLE is PKCS#11 v2.40's: asked alone, so that a token
+	// older than that (CKR_ATTRIBUTE_TYPE_INVALID) is told, not refused.
+	d, err := h.p.GetAttributeValue(s.h, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_DESTROYABLE, nil)})
+	if rv, ok := ckr(err); ok && rv == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID {
+		modifiable = append(modifiable, "destroyable as far as it says (the token knows no CKA_DESTROYABLE)")
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("C_GetAttributeValue CKA_DESTROYABLE: %w", err)
+	} else if len(d) == 1 && isTrue(d[0].Value) {
+		modifiable = append(modifiable, "destroyable")
 	}
 	if spec.copied {
 		// It cannot wrap, so its template is not tried; but it has one.
