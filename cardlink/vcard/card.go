@@ -384,7 +384,10 @@ func (c *Card) process(apdu []byte) rsp {
 		return c.catCommand(cmd)
 	case cmd.INS == 0x70 && cla&0x80 == 0:
 		return c.manageChannel(n, cmd)
-	case cmd.INS == 0xA4:
+	case cmd.INS == 0xA4 && cla&0x80 == 0:
+		// SELECT is interindustry (GPCS 11.9, CLA 00-03 or 40-4F): in a
+		// proprietary class INS A4 is the selected applet's own command,
+		// as a Java Card runtime routes it.
 		return c.selectApp(cmd)
 	}
 	sel := c.selectedApp()

@@ -539,3 +539,19 @@ func TestStoredDataObjectsNeedASessionToBeRead(t *testing.T) {
 		t.Fatalf("unknown object: %v, want 6A88", sw)
 	}
 }
+
+// SELECT is interindustry: INS A4 in a proprietary class goes to the
+// selected applet, as a Java Card runtime routes it, and never selects
+// another (an app's channel to its applet would otherwise reach the ISD).
+func TestAProprietaryClassA4SelectsNothing(t *testing.T) {
+	hst := processHost(t, newCard(t, vcard.Config{}))
+	if sw := hst.selectAID(vcard.ISDRAID); sw != gp.SWOK {
+		t.Fatalf("SELECT ISD-R: %v", sw)
+	}
+	for _, cla := range []byte{0x80, 0x84, 0xC0} {
+		sel := append([]byte{cla, 0xA4, 0x04, 0x00, byte(len(vcard.ISDAID))}, vcard.ISDAID...)
+		if r := hst.raw(sel); r.SW == gp.SWOK {
+			t.Errorf("%02X A4 04 00 ISD answered 9000 %X", cla, r.Data)
+		}
+	}
+}

@@ -262,20 +262,24 @@ func filterList(fs []APDUFilter) string {
 
 // checkAppCommand refuses what an app may not send on its channel, as an
 // Open Mobile API implementation does: the channel's management belongs to
-// the enforcer (interindustry MANAGE CHANNEL, and SELECT by DF name, which
-// would put another applet behind the rule that granted this one), and
-// class FF and the instruction bytes 6x and 9x are not commands (ISO
-// 7816-3 PPS; T=0 procedure bytes). The proprietary class keeps INS 70 and
-// A4 for the applet's own commands.
+// the enforcer (MANAGE CHANNEL, and SELECT by DF name, which would put
+// another applet behind the rule that granted this one), and class FF and
+// the instruction bytes 6x and 9x are not commands (ISO 7816-3 PPS; T=0
+// procedure bytes). INS 70 and A4 P1 04 are refused in every class: the
+// enforcer cannot know that the card's OS, like a Java Card runtime, gives
+// them to the applet in a proprietary class rather than taking them as
+// MANAGE CHANNEL and SELECT, and one that takes them lets the app leave its
+// applet for any other, the ISD included. An applet of the app's own has
+// other instructions.
 func checkAppCommand(cmd gp.Command) error {
 	switch {
 	case cmd.CLA == 0xFF:
 		return errors.New("class FF is reserved for PPS, not a command")
 	case cmd.INS&0xF0 == 0x60 || cmd.INS&0xF0 == 0x90:
 		return fmt.Errorf("INS %02X is not a valid instruction (6x and 9x are status bytes)", cmd.INS)
-	case cmd.CLA&0x80 == 0 && cmd.INS == 0x70:
+	case cmd.INS == 0x70:
 		return errors.New("MANAGE CHANNEL is not allowed: the enforcer opens and closes channels (use open and close)")
-	case cmd.CLA&0x80 == 0 && cmd.INS == 0xA4 && cmd.P1 == 0x04:
+	case cmd.INS == 0xA4 && cmd.P1 == 0x04:
 		return errors.New("SELECT by DF name is not allowed: the channel stays with the applet it was opened to (open another channel)")
 	}
 	return nil

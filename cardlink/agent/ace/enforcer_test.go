@@ -98,10 +98,9 @@ func TestEnforcerGivesTheAppInTheRuleAChannelToItsSSDAndRefusesAnother(t *testin
 			t.Errorf("%s refused with %q, want %q", apdu, msg, want)
 		}
 	}
-	// A proprietary class keeps INS 70 and A4 for the applet: the card
-	// answers them (the SSD knows no such command).
-	if r := mustTransmit(t, a, "8070000000"); !bytes.Equal(r, h("6D00")) {
-		t.Fatalf("80 70 relayed: %X, want 6D00 from the SSD", r)
+	// In a proprietary class too (TestAnAppCannotLeaveItsAppletWithASelectOrManageChannelInAnyClass).
+	if _, err := a.Transmit(h("8070000000")); !strings.Contains(refusal(t, err, ace.CodeRefused), "MANAGE CHANNEL is not allowed") {
+		t.Fatalf("80 70 relayed: %v", err)
 	}
 	// Still on the SSD after all that.
 	if r := mustTransmit(t, a, "80CA006600"); !bytes.HasSuffix(r, h("9000")) {
@@ -338,4 +337,38 @@ func TestListenAppSocketRefusesADirectoryOthersCanEnter(t *testing.T) {
 		t.Fatalf("over a stale socket: %v", err)
 	}
 	l.Close()
+}
+
+// An app's channel stays with the applet its rule granted: SELECT by DF
+// name and MANAGE CHANNEL are refused in every class, since a card's OS
+// that takes a proprietary-class A4 as SELECT would hand the app another
+// provider's domain or the ISD (whose keys it could then lock with failed
+// EXTERNAL AUTHENTICATEs).
+func TestAnAppCannotLeaveItsAppletWithASelectOrManageChannelInAnyClass(t *testing.T) {
+	hs := acetest.NewHandset(t)
+	other := h("F0010203040599")
+	hs.Issuer.CreateSSD(other)
+	app := acetest.NewApp(t, "A")
+	hs.Issuer.StoreRule(gp.AccessRule{AID: acetest.SSDAID, DeviceAppID: app.SHA256(), APDU: []byte{0x01}})
+	_, socket := hs.Serve(t)
+	c := dialApp(t, socket)
+	if _, err := c.Open(app.PEM, acetest.SSDAID, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, cla := range []byte{0x00, 0x01, 0x40, 0x80, 0x84, 0xC0, 0xE0} {
+		for _, target := range [][]byte{other, vcard.ISDAID, {}} {
+			sel := append([]byte{cla, 0xA4, 0x04, 0x00, byte(len(target))}, target...)
+			if r, err := c.Transmit(sel); err == nil || !strings.Contains(err.Error(), "not allowed") {
+				t.Errorf("%X: %X %v, want it refused by the enforcer", sel, r, err)
+			}
+		}
+		mc := []byte{cla, 0x70, 0x00, 0x00, 0x01}
+		if r, err := c.Transmit(mc); err == nil || !strings.Contains(err.Error(), "not allowed") {
+			t.Errorf("%X: %X %v, want it refused by the enforcer", mc, r, err)
+		}
+	}
+	// The app's own applet still answers on the channel.
+	if r, err := c.Transmit(h("80CA006600")); err != nil || len(r) < 2 {
+		t.Fatalf("the app's own command after the refusals: %X %v", r, err)
+	}
 }
