@@ -104,6 +104,28 @@ type JobFilter struct {
 	ExcludeProviders []string
 }
 
+// issuerJobs returns every issuer job of domain domainID in states (any
+// state when none is given), oldest first, a page at a time. A domain's
+// history has no bound (each access rule's change is a job), and one page
+// from the oldest would miss the newest: who locked the domain last, what
+// its last release removed.
+func issuerJobs(ctx context.Context, repo Repo, domainID int64, states ...JobState) ([]Job, error) {
+	const page = 500
+	var all []Job
+	var after int64
+	for {
+		jobs, err := repo.ListJobs(ctx, JobFilter{DomainID: domainID, Kind: JobIssuer, States: states, AfterID: after, Limit: page})
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, jobs...)
+		if len(jobs) < page {
+			return all, nil
+		}
+		after = jobs[len(jobs)-1].ID
+	}
+}
+
 // PendingJob is a pending second-key job with what its session needs to
 // know besides: its domain's state and where its provider's events go.
 type PendingJob struct {

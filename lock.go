@@ -209,7 +209,7 @@ func noPendingIssuerJob(ctx context.Context, tx Repo, d *Domain) error {
 // lockedBy says who set the lock of locked domain d: the "by" of its last
 // confirmed lock job.
 func lockedBy(ctx context.Context, tx Repo, d *Domain) (string, error) {
-	jobs, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobIssuer, States: []JobState{JobDone}, Limit: 500})
+	jobs, err := issuerJobs(ctx, tx, d.ID, JobDone)
 	if err != nil {
 		return "", err
 	}

@@ -330,7 +330,7 @@ func (s *Service) removeRulesForRelease(ctx context.Context, p Principal, d *Dom
 // may: a removal of its access rules queued after its last release job
 // must be DONE.
 func releaseRulesRemoved(ctx context.Context, repo Repo, d *Domain) (string, error) {
-	jobs, err := repo.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobIssuer, Limit: 500})
+	jobs, err := issuerJobs(ctx, repo, d.ID)
 	if err != nil {
 		return "", err
 	}
@@ -398,7 +398,7 @@ func (s *Service) RetryRelease(ctx context.Context, p Principal, eid EID, aid AI
 	if d.State != Releasing {
 		return nil, fmt.Errorf("%w: domain is %s; only a RELEASING domain's release is retried", ErrConflict, d.State)
 	}
-	jobs, err := s.Store.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: JobIssuer, Limit: 500})
+	jobs, err := issuerJobs(ctx, s.Store, d.ID)
 	if err != nil {
 		return nil, err
 	}
