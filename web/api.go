@@ -259,7 +259,7 @@ func (s *Server) postModules(c echo.Context) error {
 		return err
 	}
 	defer done()
-	if err := s.stillAuthenticated(c); err != nil {
+	if err := stillAuthenticated(c); err != nil {
 		return err
 	}
 	n, err := s.svc.ImportModules(c.Request().Context(), principal(c), c.Param("name"), f, verify)

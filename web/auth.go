@@ -2,10 +2,12 @@ package web
 
 import (
 	"container/list"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net"
@@ -57,6 +59,34 @@ func (s *Server) setCookie(c echo.Context, name, value string, maxAge time.Durat
 	c.SetCookie(ck)
 }
 
+// setPrincipal records the request's principal and how to authenticate
+// its credential again (stillAuthenticated), as the middleware that
+// authenticated it knows.
+func setPrincipal(c echo.Context, p keyport.Principal, again func(context.Context) (keyport.Principal, error)) {
+	c.Set("principal", p)
+	c.Set("authenticate_again", again)
+}
+
+// stillAuthenticated authenticates the request's credential (its bearer
+// token, or its portal session) again, as the middleware that let it in
+// did, and requires the principal it started with: a token revoked, a
+// session ended or a provider suspended while a long upload came in, or
+// while a job's stream was open, stops it there.
+func stillAuthenticated(c echo.Context) error {
+	again, _ := c.Get("authenticate_again").(func(context.Context) (keyport.Principal, error))
+	if again == nil {
+		return keyport.ErrUnauthenticated
+	}
+	now, err := again(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	if now != principal(c) {
+		return fmt.Errorf("%w: the credential this request began with no longer acts as it did", keyport.ErrUnauthenticated)
+	}
+	return nil
+}
+
 // pageUser is the signed-in browser user of this request, or nil.
 func pageUser(c echo.Context) *keyport.SessionUser {
 	su, _ := c.Get("session_user").(*keyport.SessionUser)
@@ -74,7 +104,14 @@ func (s *Server) loadSession(next echo.HandlerFunc) echo.HandlerFunc {
 				c.Set("session_user", su)
 				c.Set("session_token", ck.Value)
 				if su.Principal.Admin || su.Principal.ProviderID != "" {
-					c.Set("principal", su.Principal)
+					session := ck.Value
+					setPrincipal(c, su.Principal, func(ctx context.Context) (keyport.Principal, error) {
+						su, err := s.svc.ResolveSession(ctx, session)
+						if err != nil {
+							return keyport.Principal{}, err
+						}
+						return su.Principal, nil
+					})
 				}
 			case errors.Is(err, keyport.ErrUnauthenticated):
 				s.setCookie(c, s.sessionCookie(), "", -1, http.SameSiteLaxMode)

@@ -90,7 +90,7 @@ func (s *Server) postCampaign(c echo.Context) error {
 			return err
 		}
 		defer done()
-		if err := s.stillAuthenticated(c); err != nil {
+		if err := stillAuthenticated(c); err != nil {
 			return err
 		}
 		scripts = f

@@ -128,7 +128,7 @@ func (s *Server) importBatch(c echo.Context) error {
 		return err
 	}
 	defer done()
-	if err := s.stillAuthenticated(c); err != nil {
+	if err := stillAuthenticated(c); err != nil {
 		return err
 	}
 	n, err := s.svc.ImportModules(ctx, principal(c), name, f, keyport.VerifyMode(c.FormValue("verify")))

@@ -106,7 +106,6 @@ const sseMaxAge = 5 * time.Minute
 func (s *Server) jobEvents(c echo.Context) error {
 	ctx := c.Request().Context()
 	p := principal(c)
-	session := sessionToken(c)
 	ref := c.Param("id")
 	j, err := s.svc.GetJob(ctx, p, ref)
 	if err != nil {
@@ -152,7 +151,7 @@ func (s *Server) jobEvents(c echo.Context) error {
 			return nil
 		}
 		// After the read, so that nothing read after sign-out is sent.
-		if su, err := s.svc.ResolveSession(ctx, session); err != nil || su.Principal != p {
+		if stillAuthenticated(c) != nil {
 			fmt.Fprint(w, "event: end\ndata: {}\n\n")
 			return nil
 		}

@@ -204,11 +204,14 @@ func (s *Server) tokenAuth(authenticate func(context.Context, string) (keyport.P
 			if !ok {
 				return keyport.ErrUnauthenticated
 			}
-			p, err := authenticate(c.Request().Context(), strings.TrimSpace(token))
+			token = strings.TrimSpace(token)
+			p, err := authenticate(c.Request().Context(), token)
 			if err != nil {
 				return err
 			}
-			c.Set("principal", p)
+			// Again, it is the token as it is now (not a claim's recent
+			// authentication).
+			setPrincipal(c, p, func(ctx context.Context) (keyport.Principal, error) { return s.svc.Authenticate(ctx, token) })
 			return next(c)
 		}
 	}

@@ -3,7 +3,6 @@ package web
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 
 	"github.com/labstack/echo/v4"
@@ -13,8 +12,8 @@ import (
 
 // A spooled upload (a module import, a campaign's scripts) may take up to
 // an hour and its size in the spool directory. Two rules follow: what
-// authenticated it at the start is checked again before it is used, and
-// one caller sends only a few at once.
+// authenticated it at the start is checked again before it is used
+// (stillAuthenticated), and one caller sends only a few at once.
 
 // uploadsPerCaller is how many campaign uploads one provider (or the
 // issuer's admins together) may be sending at once.
@@ -59,29 +58,3 @@ func uploader(p keyport.Principal) string {
 // errTooManyUploads answers an upload beyond uploadsPerCaller.
 var errTooManyUploads = echo.NewHTTPError(http.StatusTooManyRequests,
 	fmt.Sprintf("%d uploads of yours are still being received: send this one when one of them has finished", uploadsPerCaller))
-
-// stillAuthenticated authenticates the request's credential (its bearer
-// token, or its portal session) again and requires the principal it
-// started with: a token revoked, a session ended or a provider suspended
-// while a long upload came in stops it before anything is stored.
-func (s *Server) stillAuthenticated(c echo.Context) error {
-	ctx := c.Request().Context()
-	var now keyport.Principal
-	if token, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer "); ok {
-		p, err := s.svc.Authenticate(ctx, strings.TrimSpace(token))
-		if err != nil {
-			return err
-		}
-		now = p
-	} else {
-		su, err := s.svc.ResolveSession(ctx, sessionToken(c))
-		if err != nil {
-			return err
-		}
-		now = su.Principal
-	}
-	if now != principal(c) {
-		return fmt.Errorf("%w: the credential this upload began with no longer acts as it did", keyport.ErrUnauthenticated)
-	}
-	return nil
-}
