@@ -2,12 +2,10 @@ package hsm
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"unsafe"
 
 	"github.com/miekg/pkcs11"
 )
@@ -160,7 +158,7 @@ func (h *HSM) checkKey(s *session, o pkcs11.ObjectHandle, spec keySpec) (wrong, 
 				modifiable = append(modifiable, "modifiable")
 			}
 		case pkcs11.CKA_ALLOWED_MECHANISMS:
-			if m := mechanisms(a.Value); !sameSet(m, spec.mechs) {
+			if m := parseMechanismList(a.Value); !sameSet(m, spec.mechs) {
 				wrong = append(wrong, fmt.Sprintf("allowed mechanisms %s, want %s", mechNames(m), mechNames(spec.mechs)))
 			}
 		default:
@@ -213,11 +211,6 @@ func (h *HSM) tryUnwrapTemplate(s *session, kek pkcs11.ObjectHandle, isd bool) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("C_WrapKey under the KEK: %w", err)
 	}
-	base := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-	}
 	lets := func(tmpl []*pkcs11.Attribute) bool {
 		o, err := h.p.UnwrapKey(s.h, kwpMechanism, kek, blob, tmpl)
 		if err != nil {
@@ -226,56 +219,42 @@ func (h *HSM) tryUnwrapTemplate(s *session, kek pkcs11.ObjectHandle, isd bool) (
 		h.destroy(s, o)
 		return true
 	}
-	if !lets(slices.Concat(base, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false), pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false), pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false)})) {
+	// asked is kekPolicy(extractable) as an unwrap's template, with
+	// CKA_MODIFIABLE modifiable and last (the token refuses what follows
+	// it false: frozenLast).
+	asked := func(extractable *bool, modifiable bool) []*pkcs11.Attribute {
+		t := frozenLast(kekPolicy(extractable))
+		t[len(t)-1] = pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, modifiable)
+		return t
+	}
+	no, yes := false, true
+	if !lets(asked(&no, false)) {
 		// What keyport asks must come through, or the refusals below
 		// would tell nothing.
 		return nil, nil, errors.New("the KEK does not unwrap, as keyport asks, a key it wrapped")
 	}
-	if lets(append(base[:3:3], pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false))) {
+	if lets([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+	}) {
 		wrong = append(wrong, "its unwrap template lets a readable key out")
 	}
-	// As kekPolicy asks, but for one attribute each time. CKA_MODIFIABLE
-	// comes last: the token refuses what follows it (frozenLast).
-	policy := slices.Concat(base, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-	})
-	frozen := pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false)
-	if isd && lets(slices.Concat(policy, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), frozen})) {
+	if isd && lets(asked(&yes, false)) {
 		wrong = append(wrong, "its unwrap template lets an extractable key out")
 	}
+	extractable := (*bool)(nil)
 	if isd {
-		policy = append(policy, pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false))
+		extractable = &no
 	}
-	if lets(append(policy, pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, true))) {
+	if lets(asked(extractable, true)) {
 		modifiable = append(modifiable, "its unwrap template lets a modifiable key out")
 	}
 	return wrong, modifiable, nil
 }
 
 func isTrue(v []byte) bool { return len(v) == 1 && v[0] != 0 }
-
-// mechanisms parses a CKA_ALLOWED_MECHANISMS value (mechanismList's form).
-func mechanisms(v []byte) []uint {
-	size := int(unsafe.Sizeof(uint(0)))
-	if size != 8 {
-		size = 4
-	}
-	var out []uint
-	for i := 0; i+size <= len(v); i += size {
-		if size == 8 {
-			out = append(out, uint(binary.NativeEndian.Uint64(v[i:])))
-		} else {
-			out = append(out, uint(binary.NativeEndian.Uint32(v[i:])))
-		}
-	}
-	return out
-}
 
 func sameSet(a, b []uint) bool {
 	a, b = slices.Clone(a), slices.Clone(b)

@@ -57,6 +57,21 @@ func attributeArray(attrs []*pkcs11.Attribute) (value []byte, free func()) {
 	}
 }
 
+// parseMechanismList reads a CKA_ALLOWED_MECHANISMS value, mechanismList's
+// form.
+func parseMechanismList(v []byte) []uint {
+	size := int(unsafe.Sizeof(C.ulong(0)))
+	var out []uint
+	for i := 0; i+size <= len(v); i += size {
+		if size == 8 {
+			out = append(out, uint(binary.NativeEndian.Uint64(v[i:])))
+		} else {
+			out = append(out, uint(binary.NativeEndian.Uint32(v[i:])))
+		}
+	}
+	return out
+}
+
 // mechanismList is the value of CKA_ALLOWED_MECHANISMS: an array of
 // CK_MECHANISM_TYPE (CK_ULONG) in the host's byte order.
 func mechanismList(mechs ...uint) []byte {

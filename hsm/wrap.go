@@ -37,12 +37,6 @@ func (h *HSM) kcv(s *session, key pkcs11.ObjectHandle) (string, error) {
 	return strings.ToUpper(hex.EncodeToString(out[:3])), nil
 }
 
-// checkRecipient refuses RSA keys that cannot carry an AES-256 key in OAEP
-// or are too weak to be a wrapping key at all.
-func checkRecipient(field string, pub *rsa.PublicKey) error {
-	return keyport.CheckRSAKey(field, pub)
-}
-
 // importRSA creates the RSA public key as a session object that can wrap.
 // The caller destroys it.
 func (h *HSM) importRSA(s *session, pub *rsa.PublicKey) (pkcs11.ObjectHandle, error) {
@@ -166,7 +160,7 @@ func (h *HSM) WrapFirstKeys(ctx context.Context, req keyport.FirstKeysRequest) (
 	if err := checkBatch(req.Batch); err != nil {
 		return nil, fmt.Errorf("hsm: %s: %w", op, err)
 	}
-	if err := checkRecipient("recipient", req.Recipient); err != nil {
+	if err := keyport.CheckRSAKey("recipient", req.Recipient); err != nil {
 		return nil, fmt.Errorf("hsm: %s: %w", op, err)
 	}
 	if req.EID == "" || req.AID == "" {
@@ -254,7 +248,7 @@ func (h *HSM) CreateTransportKey(ctx context.Context, batch string, manufacturer
 	if err := checkBatch(batch); err != nil {
 		return nil, "", fmt.Errorf("hsm: %s: %w", op, err)
 	}
-	if err := checkRecipient("manufacturer", manufacturer); err != nil {
+	if err := keyport.CheckRSAKey("manufacturer", manufacturer); err != nil {
 		return nil, "", fmt.Errorf("hsm: %s: %w", op, err)
 	}
 	label := TransportLabel(batch)
