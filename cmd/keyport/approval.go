@@ -246,6 +246,12 @@ func releaseToFile(path string, release func() (string, error)) error {
 	return err
 }
 
+// writeNewSecret writes b, a secret in hand, to a new file at path as
+// releaseToFile does.
+func writeNewSecret(path string, b []byte) error {
+	return releaseToFile(path, func() (string, error) { return string(b), nil })
+}
+
 // fileApproval is what a guarded command does under dual control: it files
 // the request and stops with exitApprovalPending.
 func fileApproval(ctx context.Context, a *app, op keyport.Principal, action keyport.ApprovalAction, target string, params map[string]string) error {

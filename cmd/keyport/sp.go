@@ -115,7 +115,7 @@ func cmdSPUnwrap(ctx context.Context, args []string) error {
 	}
 	// The first keys in the clear: a new file only, never one that exists
 	// (or a link planted where it is to be).
-	return releaseToFile(*out, func() (string, error) { return string(b), nil })
+	return writeNewSecret(*out, b)
 }
 
 // unwrapPackage verifies a key package and unwraps its keys with the

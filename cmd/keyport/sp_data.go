@@ -328,14 +328,14 @@ func cmdSPDataRead(args []string) error {
 
 // writeOut writes b to standard output, or to path: when b is secret (a
 // card's data in the clear), a new file of mode 0600 that is never
-// overwritten and no link is followed to (releaseToFile); else of mode 0644.
+// overwritten and no link is followed to (writeNewSecret); else of mode 0644.
 func writeOut(path string, b []byte, secret bool) error {
 	if path == "" {
 		_, err := stdout.Write(b)
 		return err
 	}
 	if secret {
-		return releaseToFile(path, func() (string, error) { return string(b), nil })
+		return writeNewSecret(path, b)
 	}
 	return os.WriteFile(path, b, 0o644)
 }

@@ -284,5 +284,5 @@ func writeNewKeys(path string, first *UnwrappedKeys, kvn int, keys map[keyport.K
 		f.Wrapped[u] = w
 	}
 	b, _ := json.MarshalIndent(f, "", "  ")
-	return releaseToFile(path, func() (string, error) { return string(append(b, '\n')), nil })
+	return writeNewSecret(path, append(b, '\n'))
 }
