@@ -206,18 +206,20 @@ func (t *SMSTrigger) Receipt(ctx context.Context, messageID, state, errCode stri
 
 // ErrPoRIgnored is a proof of receipt SMSTrigger does not act on: the
 // module's OTA keys do not authenticate it (it has no checksum, or a wrong
-// one), or it answers another TAR than the trigger's (the ISD's). Anyone
-// who can send an SMS that appears to come from the module's number can
-// send such a PoR, so it neither moves keyport's counter nor touches the
-// module's jobs; SMSTrigger only logs it.
+// one), it answers another TAR than the trigger's (the ISD's), or it is an
+// error for an older trigger than the last (a genuine one sent again).
+// Anyone who can send an SMS that appears to come from the module's number
+// can send such a PoR, so it neither moves keyport's counter nor touches
+// the module's jobs; SMSTrigger only logs it.
 var ErrPoRIgnored = errors.New("proof of receipt ignored")
 
 // ProofOfReceipt takes a mobile-originated response packet (user data
 // with its header) from msisdn and opens it under the module's OTA keys.
 // Only a PoR they authenticate, for the ISD's TAR the trigger went to and
-// for the last trigger's counter, is acted on: an error status is recorded on the module's waiting jobs, and
-// a "counter low" also moves keyport's counter past the card's
-// (Reach.CounterLow), so that the retry gets through. Any other PoR (also
+// for the last trigger's counter, is acted on: an error status is
+// recorded on the module's waiting jobs, and a "counter low" also moves
+// keyport's counter past the card's (Reach.CounterLow), so that the retry
+// gets through. Any other PoR (also
 // a card's plain one when it could not verify the packet) is logged as
 // ignored, with what it claims, and is ErrPoRIgnored (wrapped).
 func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byte) (gp.PoRStatus, error) {

@@ -41,8 +41,9 @@ type BackupInfo struct {
 // mattn/go-sqlite3 exposes), run in one step from a read connection: under
 // WAL the copy is the database as of one read transaction, and writers go
 // on beside it. The copy is then checked (quick_check, schema version, a
-// schema that is exactly the migrations', as Restore requires) and turned into a single self-contained file (rollback journal, not WAL)
-// before it appears under out, mode 0600.
+// schema that is exactly the migrations', as Restore requires) and turned
+// into a single self-contained file (rollback journal, not WAL) before it
+// appears under out, mode 0600.
 //
 // On PostgreSQL it runs pg_dump (custom format, one snapshot, no owners or
 // privileges), which must be on PATH; the password travels in PGPASSWORD,
