@@ -103,10 +103,10 @@ type AdminServer struct {
 	mu      sync.Mutex
 	lns     []net.Listener
 	conns   map[net.Conn]struct{}
-	perAddr map[string]int     // open connections by addrKey
-	buckets map[string]*bucket // handshake rate by addrKey
-	serving int                // Serve loops running
-	stopErr error              // why the last Serve loop ended
+	perAddr map[string]int  // open connections by addrKey
+	rates   *handshakeRates // handshake rate by addrKey; nil: no limit
+	serving int             // Serve loops running
+	stopErr error           // why the last Serve loop ended
 	closed  bool
 	wg      sync.WaitGroup
 
@@ -149,7 +149,10 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	s := &AdminServer{cfg: cfg, log: cfg.Log, conns: map[net.Conn]struct{}{},
-		perAddr: map[string]int{}, buckets: map[string]*bucket{}}
+		perAddr: map[string]int{}}
+	if cfg.HandshakeRate > 0 {
+		s.rates = newHandshakeRates(cfg.HandshakeRate, cfg.HandshakeBurst, maxBuckets)
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	t := cfg.TLS
 	t.PSK = s.psk
@@ -419,7 +422,7 @@ func (s *AdminServer) admit(c net.Conn, key string) admission {
 	case s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns,
 		s.cfg.MaxConnsPerAddr > 0 && s.perAddr[key] >= s.cfg.MaxConnsPerAddr:
 		return admitOverCap
-	case s.cfg.HandshakeRate > 0 && !s.takeToken(key, time.Now()):
+	case s.rates != nil && !s.rates.take(key, time.Now()):
 		return admitOverRate
 	}
 	s.conns[c] = struct{}{}
@@ -436,43 +439,8 @@ func (s *AdminServer) release(c net.Conn, key string) {
 	}
 }
 
-// bucket is one source's handshake token bucket.
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-// maxBuckets bounds the rate limiter's memory. Buckets that refilled are
-// dropped when it is reached; if none did, new sources are refused until
-// some do (the HSM is what the limit protects).
+// maxBuckets bounds the handshake rate limiter's memory (handshakeRates).
 const maxBuckets = 1 << 16
-
-// takeToken spends one of key's handshake tokens. Called with mu held.
-func (s *AdminServer) takeToken(key string, now time.Time) bool {
-	burst := float64(s.cfg.HandshakeBurst)
-	b := s.buckets[key]
-	if b == nil {
-		if len(s.buckets) >= maxBuckets {
-			for k, o := range s.buckets {
-				if o.tokens+now.Sub(o.at).Seconds()*s.cfg.HandshakeRate >= burst {
-					delete(s.buckets, k)
-				}
-			}
-			if len(s.buckets) >= maxBuckets {
-				return false
-			}
-		}
-		b = &bucket{tokens: burst, at: now}
-		s.buckets[key] = b
-	}
-	b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*s.cfg.HandshakeRate)
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
 
 // addrKey is the source a connection counts against: its IP address, or
 // the /64 of an IPv6 address (one subscriber's prefix).

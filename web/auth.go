@@ -338,7 +338,9 @@ const (
 	// makes at most 24 mail keys a window (4 for its network, 10 sign-up
 	// and 10 reset addresses: none once it is over its limit) and one
 	// sign-in key, so the cap is reached only by thousands of networks at
-	// their limits within one window.
+	// their limits within one window. An IPv6 site (/48) adds its own 4
+	// mail keys and 1 sign-in key, and at most siteScale×burst networks a
+	// window (clientKeys).
 	rateKeysMax = 100_000
 	// rateFullWarnEvery spaces the warnings of a full limiter.
 	rateFullWarnEvery = time.Minute
@@ -355,16 +357,17 @@ func newRateLimiter(name string, burst int, window time.Duration, log *slog.Logg
 }
 
 // allow counts one attempt for each key in turn and reports whether all of
-// them are within the limit. Counting stops at the first key over its
-// limit: callers put the client's network first, so that a client over its
-// network limit creates no key for each address it types, and cannot fill
-// the table. An attempt that needs a new key while the table is full of
-// live windows is refused.
-func (l *rateLimiter) allow(now time.Time, keys ...string) bool {
+// them are within their limits. Counting stops at the first key over its
+// limit: callers put the widest key first (the client's site, then its
+// network, then an address it typed), so that a client over a wider limit
+// creates no narrower key, and cannot fill the table. An attempt that needs
+// a new key while the table is full of live windows is refused.
+func (l *rateLimiter) allow(now time.Time, keys ...rateKey) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweep(now)
-	for _, k := range keys {
+	for _, rk := range keys {
+		k := rk.key
 		if k == "" {
 			continue
 		}
@@ -384,16 +387,26 @@ func (l *rateLimiter) allow(now time.Time, keys ...string) bool {
 			e = l.order.PushBack(&rateWindow{key: k, start: now})
 			l.windows[k] = e
 		}
-		w := e.Value.(*rateWindow)
-		if w.n <= l.burst {
+		w, burst := e.Value.(*rateWindow), l.burst*max(rk.scale, 1)
+		if w.n <= burst {
 			w.n++
 		}
-		if w.n > l.burst {
+		if w.n > burst {
 			return false
 		}
 	}
 	return true
 }
+
+// rateKey is one count an attempt adds to: key, allowed scale times the
+// limiter's burst in a window (scale 0 counts as 1).
+type rateKey struct {
+	key   string
+	scale int
+}
+
+// keyOf is the rate key k at the limiter's own burst.
+func keyOf(k string) rateKey { return rateKey{key: k} }
 
 // sweep drops the windows that have expired at now. Windows start in the
 // order they are created, so the expired ones are at the front of l.order.
@@ -430,21 +443,31 @@ func clientIP(c echo.Context) string {
 	return host
 }
 
-// clientNet is the key rate limits count a client by: its IPv4 address, or
-// the /64 of an IPv6 address (one host usually holds a whole /64).
-func clientNet(c echo.Context) string {
+// clientKeys are the keys rate limits count a client by, under scope, widest
+// first: an IPv4 address is one key; an IPv6 address counts against its
+// /48 (a site: RFC 6177), allowed siteScale times the burst, then against
+// its /64 (one host usually holds a whole /64). The /48 bounds what one
+// site can make of its 65,536 /64s: each new /64 it tries is an attempt of
+// the site, so a site at its limit adds no key, and filling a limiter's
+// table takes hundreds of sites at their limits, not one.
+func clientKeys(scope string, c echo.Context) []rateKey {
 	ip := clientIP(c)
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
-		return "ip:" + ip
+		return []rateKey{keyOf(scope + "ip:" + ip)}
 	}
 	a = a.Unmap()
 	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return "net:" + p.String()
+		site, _ := a.Prefix(48)
+		host, _ := a.Prefix(64)
+		return []rateKey{{key: scope + "site:" + site.String(), scale: siteScale}, keyOf(scope + "net:" + host.String())}
 	}
-	return "ip:" + a.String()
+	return []rateKey{keyOf(scope + "ip:" + a.String())}
 }
+
+// siteScale is how many clients' allowances an IPv6 /48 has: a site's
+// hosts share it.
+const siteScale = 16
 
 // emailKey is the rate-limit key of an e-mail address as typed. An
 // address is at most maxEmailKey octets (RFC 5321): longer input is cut

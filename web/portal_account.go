@@ -80,7 +80,7 @@ func (s *Server) signUp(c echo.Context) error {
 		Contact: c.FormValue("contact"), Email: c.FormValue("email"), Password: c.FormValue("password")}
 	form := views.SignUpForm{Organisation: f.Organisation, Kind: string(f.Kind), Contact: f.Contact, Email: f.Email}
 	// The network first: a client over its limit adds no address key.
-	if !s.mails.allow(time.Now(), "signup:"+clientNet(c), "signup:"+emailKey(f.Email)) {
+	if !s.mails.allow(time.Now(), append(clientKeys("signup:", c), keyOf("signup:"+emailKey(f.Email)))...) {
 		return errTooMany
 	}
 	if errs := f.Validate(); len(errs) > 0 {
@@ -122,7 +122,7 @@ func (s *Server) verifyForm(c echo.Context) error {
 
 func (s *Server) verify(c echo.Context) error {
 	token := c.FormValue("token")
-	if !s.mails.allow(time.Now(), "verify:"+clientNet(c)) {
+	if !s.mails.allow(time.Now(), clientKeys("verify:", c)...) {
 		return errTooMany
 	}
 	if _, err := s.svc.VerifyEmail(c.Request().Context(), token); err != nil {
@@ -147,7 +147,7 @@ func (s *Server) login(c echo.Context) error {
 	page := func(status int, e views.Errors) error {
 		return render(c, status, views.LoginPage(s.meta(c, "Sign in", "/login"), f, e))
 	}
-	if !s.logins.allow(time.Now(), clientNet(c)) {
+	if !s.logins.allow(time.Now(), clientKeys("", c)...) {
 		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
 	}
 	res, err := s.svc.Login(c.Request().Context(), f.Email, c.FormValue("password"), c.FormValue("totp"))
@@ -202,7 +202,7 @@ func (s *Server) resetForm(c echo.Context) error {
 func (s *Server) resetRequest(c echo.Context) error {
 	email := c.FormValue("email")
 	// The network first: a client over its limit adds no address key.
-	if !s.mails.allow(time.Now(), "reset:"+clientNet(c), "reset:"+emailKey(email)) {
+	if !s.mails.allow(time.Now(), append(clientKeys("reset:", c), keyOf("reset:"+emailKey(email)))...) {
 		return errTooMany
 	}
 	if err := s.svc.RequestPasswordReset(c.Request().Context(), email, s.linkBase(c)); err != nil {
@@ -220,7 +220,7 @@ func (s *Server) resetConfirmForm(c echo.Context) error {
 
 func (s *Server) resetConfirm(c echo.Context) error {
 	token := c.FormValue("token")
-	if !s.mails.allow(time.Now(), "reset-confirm:"+clientNet(c)) {
+	if !s.mails.allow(time.Now(), clientKeys("reset-confirm:", c)...) {
 		return errTooMany
 	}
 	if err := s.svc.ResetPassword(c.Request().Context(), token, c.FormValue("password")); err != nil {
@@ -437,7 +437,7 @@ func (s *Server) passkeyLogin(c echo.Context) error {
 	}
 	// The ceremony works once, whatever the answer.
 	s.setCookie(c, s.passkeyCookie(), "", -1, http.SameSiteStrictMode)
-	if !s.logins.allow(time.Now(), clientNet(c)) {
+	if !s.logins.allow(time.Now(), clientKeys("", c)...) {
 		return page(http.StatusTooManyRequests, views.Errors{"": "Too many sign-in attempts from your network address. Wait five minutes and try again."})
 	}
 	if s.rpErr != nil {
