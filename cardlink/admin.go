@@ -167,7 +167,8 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 // psk is the TLS-PSK server callback: identity → module → HSM-derived PSK.
 // An unknown or malformed identity refuses the handshake; tlspsk answers it
 // exactly as a wrong PSK (bad_record_mac), so EIDs cannot be enumerated.
-// Nothing is stored.
+// Nothing is stored: the PSK returned is freshly unsealed, and tlspsk
+// wipes it once OpenSSL has it.
 func (s *AdminServer) psk(identity string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -178,7 +179,8 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 		// not tell which EIDs are registered (tlspsk then fails it with a
 		// dummy PSK, exactly as a wrong PSK fails).
 		if d := s.decoy(ctx); d != nil {
-			_, _ = s.cfg.Service.AdminModulePSK(ctx, d)
+			k, _ := s.cfg.Service.AdminModulePSK(ctx, d)
+			clear(k)
 		}
 	}
 	if err != nil {

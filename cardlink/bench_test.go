@@ -2,6 +2,7 @@ package cardlink_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -332,7 +333,7 @@ func replayServer(b *testing.B, bw *benchWorld, transcript [][]byte) *memServer 
 	psks := bw.psks
 	cfg.PSK = func(identity string) ([]byte, error) {
 		if k, ok := psks[keyport.EID(identity)]; ok {
-			return k, nil
+			return bytes.Clone(k), nil // tlspsk wipes what it is given
 		}
 		return nil, keyport.ErrNotFound
 	}
@@ -379,7 +380,7 @@ type bareServer struct {
 
 func baselineServer(b *testing.B) *bareServer {
 	psk := make([]byte, 16)
-	ln, err := tlspsk.Listen("tcp", "127.0.0.1:0", &tlspsk.ServerConfig{PSK: func(string) ([]byte, error) { return psk, nil }})
+	ln, err := tlspsk.Listen("tcp", "127.0.0.1:0", &tlspsk.ServerConfig{PSK: func(string) ([]byte, error) { return bytes.Clone(psk), nil }})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -62,6 +62,9 @@ func keyportServerPSK(h C.uintptr_t, identity *C.char, psk *C.uchar, maxLen C.ui
 		}
 	}()
 	key, err := ps.lookup(ps.identity)
+	// The key is OpenSSL's once copied: the Go copy is wiped, whatever
+	// the outcome, so that it does not stay in the heap until collected.
+	defer clear(key)
 	switch {
 	case err != nil:
 		return refuse(err)

@@ -67,7 +67,9 @@ type ServerConfig struct {
 	// the same bad_record_mac alert either way (registered identities
 	// cannot be told from unknown ones); on the server it fails with
 	// ErrUnknownIdentity and the lookup's error. The returned slice is
-	// copied and not kept. Required.
+	// copied into OpenSSL and then wiped (zeroed), so PSK must return a
+	// slice of its own for each call (a freshly unsealed key, or a copy),
+	// never one it keeps. Required.
 	PSK func(identity string) (psk []byte, err error)
 
 	// IdentityHint, when set, is sent in a ServerKeyExchange (RFC 4279

@@ -364,3 +364,45 @@ func TestWorksOverAnyNetConnSuchAsNetPipe(t *testing.T) {
 		t.Fatalf("server saw %v, want a clean EOF", err)
 	}
 }
+
+// The key the PSK callback returns is wiped once OpenSSL has copied it, on
+// TLS 1.2 and 1.3, after a handshake that succeeds and one that fails, so
+// that no clear PSK stays in the Go heap until it is collected.
+func TestServerWipesTheKeyItIsGiven(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		tls13  bool
+		client []byte
+	}{
+		{"TLS 1.2", false, testPSK},
+		{"TLS 1.3", true, testPSK},
+		{"TLS 1.2, wrong client key", false, mustHex("00000000000000000000000000000001")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var given [][]byte
+			scfg := serverConfig()
+			scfg.TLS13 = tc.tls13
+			scfg.PSK = func(string) ([]byte, error) {
+				k := bytes.Clone(testPSK)
+				given = append(given, k)
+				return k, nil
+			}
+			ccfg := clientConfig()
+			ccfg.TLS13, ccfg.PSK = tc.tls13, tc.client
+			srv, cli, serr, _ := handshakePair(t, scfg, ccfg)
+			defer srv.Close()
+			defer cli.Close()
+			if ok := bytes.Equal(tc.client, testPSK); ok != (serr == nil) {
+				t.Fatalf("server handshake: %v", serr)
+			}
+			if len(given) == 0 {
+				t.Fatal("the PSK callback was not called")
+			}
+			for i, k := range given {
+				if !bytes.Equal(k, make([]byte, len(k))) {
+					t.Errorf("key %d the callback returned is still %X after the handshake", i+1, k)
+				}
+			}
+		})
+	}
+}

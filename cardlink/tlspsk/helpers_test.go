@@ -36,7 +36,7 @@ func keyring(keys map[string][]byte) func(string) ([]byte, error) {
 		if !ok {
 			return nil, fmt.Errorf("no key for %q", identity)
 		}
-		return k, nil
+		return bytes.Clone(k), nil // tlspsk wipes what it is given
 	}
 }
 
