@@ -219,6 +219,29 @@ func (d *demoRun) writeMarker() error {
 	return os.Rename(tmp, filepath.Join(d.dir, demoMarkerName))
 }
 
+// checkDatabase refuses, for plain serve, a database that holds the demo's
+// accounts: demo data that left its marked directory (a demo backup
+// restored into production, or --db pointed at a demo's file). The demo's
+// credentials are written in its directory and printed, so a server that
+// serves them lets anyone who saw a demo in. The accounts' addresses are
+// under example. (RFC 2606), where no real user can have one.
+func (d *demoRun) checkDatabase(ctx context.Context, a *app) error {
+	if d != nil {
+		return nil
+	}
+	for _, email := range []string{demoAdminEmail, demoProviderEmail} {
+		_, err := a.store.GetUserByEmail(ctx, email)
+		if errors.Is(err, keyport.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return exitError{2, fmt.Errorf("serve: the database holds the demo account %s: it is demo data (made by keyport demo, whose credentials are public), which serve refuses; serve a database of your own, or run keyport demo on the demo's directory", email)}
+	}
+	return nil
+}
+
 // configure checks the data directory before anything is opened. Without a
 // demo (keyport serve) it refuses a directory marked as demo data. For the
 // demo it refuses a directory holding anything but demo data and other

@@ -21,6 +21,7 @@ import (
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/pcsctest"
 	"github.com/keyport/keyport/hsm/hsmtest"
+	"github.com/keyport/keyport/store/storetest"
 )
 
 // lockedBuffer is an output stream a running command writes while the test
@@ -254,4 +255,22 @@ func TestDemoOverPCSCDeliversTheSecondKeysThroughVPCD(t *testing.T) {
 	if err := demo.stop(); err != nil {
 		t.Fatalf("demo did not stop cleanly: %v\n%s", err, demo.stderr())
 	}
+}
+
+// Demo data that left its marked directory (a demo database restored into
+// production, or --db pointed at it) is still refused by serve: the
+// database holds the demo's accounts, whose credentials are public. The
+// refusal comes before anything is served or changed.
+func TestServeRefusesADatabaseHoldingTheDemoAccounts(t *testing.T) {
+	o := capture(t)
+	dir := t.TempDir()
+	dsn := storetest.SQLitePath(t)
+	common := []string{"--data-dir", filepath.Join(dir, "data"), "--db", dsn, "--hsm", hsmtest.New(t)}
+	kp(t, o, common, "hsm", "init")
+	kp(t, o, common, "admin", "user", "add", demoAdminEmail, "--operator", "restorer")
+	// A serve that does not refuse runs until the context ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, common...))
+	wantExit2(t, err, "holds the demo account "+demoAdminEmail)
 }

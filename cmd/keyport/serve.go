@@ -47,6 +47,9 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	defer a.Close()
+	if err := demo.checkDatabase(ctx, a); err != nil {
+		return err
+	}
 	created, err := a.hsm.Init(ctx)
 	if err != nil {
 		return err
