@@ -99,6 +99,10 @@ type JobFilter struct {
 	ExpiresBefore time.Time // expires_at < ExpiresBefore
 	AfterID       int64
 	Limit         int // 0 means 100
+	// Newest takes the last Limit jobs f selects instead of the first,
+	// for a list that shows what happened lately; they still come oldest
+	// first.
+	Newest bool
 
 	// ExcludeProviders leaves out these providers' jobs.
 	ExcludeProviders []string

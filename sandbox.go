@@ -425,16 +425,19 @@ func (sb *Sandbox) GetJob(ctx context.Context, p Principal, ref string) (*Job, e
 	return sb.Box.GetJob(ctx, p, ref)
 }
 
-// ListJobs lists the sandbox's card jobs: a provider's own, or all for an
-// admin.
+// sandboxJobsShown is how many of its newest jobs the sandbox lists.
+const sandboxJobsShown = 200
+
+// ListJobs lists the sandbox's newest card jobs, oldest first: a
+// provider's own, or all for an admin.
 func (sb *Sandbox) ListJobs(ctx context.Context, p Principal) ([]Job, error) {
 	if p.Admin {
-		return sb.Box.ListJobs(ctx, p, JobFilter{Limit: 200})
+		return sb.Box.ListJobs(ctx, p, JobFilter{Limit: sandboxJobsShown, Newest: true})
 	}
 	if p.ProviderID == "" {
 		return nil, ErrForbidden
 	}
-	return sb.Box.Store.ListJobs(ctx, JobFilter{Kinds: CardJobKinds, ProviderID: p.ProviderID, Limit: 200})
+	return sb.Box.Store.ListJobs(ctx, JobFilter{Kinds: CardJobKinds, ProviderID: p.ProviderID, Limit: sandboxJobsShown, Newest: true})
 }
 
 // sandboxNote is what the fault book says the sandbox did to module eid

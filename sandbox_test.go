@@ -1,12 +1,16 @@
 package keyport_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/store/storetest"
 )
 
 func TestParseFaultReadsEveryKindAndRefusesWhatItDoesNotTake(t *testing.T) {
@@ -84,4 +88,55 @@ func FuzzParseFault(f *testing.F) {
 			t.Fatalf("%q: %+v does not read back from %s: %+v %v", b, fault, again, back, err)
 		}
 	})
+}
+
+// TestSandboxListsItsNewest200JobsNotItsOldest: with more jobs than the
+// list shows, a provider's sandbox list (the page's and the API's) holds
+// its newest 200, oldest first, and an admin's the newest 200 of all; it
+// used to be the oldest 200, so a busy provider never saw its new jobs.
+func TestSandboxListsItsNewest200JobsNotItsOldest(t *testing.T) {
+	ctx := context.Background()
+	w := fixture.New(t, storetest.Open(t, storetest.SQLitePath(t)), 1, 1)
+	a, _, _ := w.Provider(t, "Bank A", fixture.RSAKeys()[0])
+	b, _, _ := w.Provider(t, "Bank B", fixture.RSAKeys()[0])
+	m, err := w.Store.GetModule(ctx, fixture.EID(t, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(p keyport.Principal, ref string) {
+		t.Helper()
+		j := &keyport.Job{Ref: ref, Kind: keyport.JobSecondKey, DomainID: m.Domains[0].ID, ModuleID: m.ID, ProviderID: p.ProviderID,
+			State: keyport.JobDone, NextRunAt: time.Now(), SecondKey: &keyport.SecondKeyPayload{EID: m.EID, AID: m.Domains[0].AID, APDUs: []string{"84820000"}}}
+		if err := w.Store.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 205 {
+		add(a, fmt.Sprintf("job_a%03d", i))
+	}
+	for i := range 3 { // the newest jobs of all are another provider's
+		add(b, fmt.Sprintf("job_b%03d", i))
+	}
+	sb := &keyport.Sandbox{Prod: w.Svc, Box: w.Svc}
+	for _, c := range []struct {
+		who         string
+		p           keyport.Principal
+		first, last string
+	}{{"provider", a, "job_a005", "job_a204"}, {"admin", fixture.Admin, "job_a008", "job_b002"}} {
+		jobs, err := sb.ListJobs(ctx, c.p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 200 || jobs[0].Ref != c.first || jobs[199].Ref != c.last {
+			t.Fatalf("%s: %d jobs, %s … %s, want 200, %s … %s", c.who, len(jobs), jobs[0].Ref, jobs[len(jobs)-1].Ref, c.first, c.last)
+		}
+		for i := 1; i < len(jobs); i++ {
+			if jobs[i].ID <= jobs[i-1].ID {
+				t.Fatalf("%s: job %d (%s) is not newer than the one before it (%s)", c.who, i, jobs[i].Ref, jobs[i-1].Ref)
+			}
+			if c.p.ProviderID != "" && jobs[i].ProviderID != c.p.ProviderID {
+				t.Fatalf("%s: lists %s, another provider's job", c.who, jobs[i].Ref)
+			}
+		}
+	}
 }

@@ -150,7 +150,10 @@ func (h *Host) AccessRules(ctx context.Context) ([]AccessRule, error) {
 }
 
 // accessRulesLength returns the encoded size of the FF40 object whose first
-// bytes b are: tag, BER length and value.
+// bytes b are: tag, BER length and value. The length takes every definite
+// form ParseTLV reads (00-7F, 81-84 and 1 to 4 bytes, X.690 8.1.3), the
+// longer ones too when a shorter would do, so that a rule list the host
+// assembles is refused or taken as ParseAccessRules would.
 func accessRulesLength(b []byte) (int, error) {
 	if len(b) < 3 || b[0] != 0xFF || b[1] != 0x40 {
 		return 0, malformed("ARA-M Get-All answer %X does not start with FF40", b[:min(len(b), 4)])
@@ -160,17 +163,17 @@ func accessRulesLength(b []byte) (int, error) {
 		return 3 + int(l0), nil
 	}
 	k := int(l0 & 0x7F)
-	if l0 == 0x80 || k > 3 || len(b) < 3+k {
-		return 0, malformed("ARA-M Get-All answer has length field %X", b[2:min(len(b), 6)])
+	if l0 == 0x80 || k > 4 || len(b) < 3+k {
+		return 0, malformed("ARA-M Get-All answer has length field %X", b[2:min(len(b), 7)])
 	}
-	n := 0
+	var n uint64 // 4 length bytes do not fit a 32-bit int
 	for _, x := range b[3 : 3+k] {
-		n = n<<8 | int(x)
+		n = n<<8 | uint64(x)
 	}
 	if n > MaxAccessRulesLength {
 		return 0, malformed("ARA-M announces %d bytes of rules, more than %d", n, MaxAccessRulesLength)
 	}
-	return 3 + k + n, nil
+	return 3 + k + int(n), nil
 }
 
 // RefreshTag reads the selected ARA-M's refresh tag (GET DATA DF20 →

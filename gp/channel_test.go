@@ -94,6 +94,42 @@ func TestAccessRulesFollowsGetNextAndRefusesWhatDoesNotAddUp(t *testing.T) {
 	}
 }
 
+// TestAccessRulesSizeTakesEveryLengthFormTheTLVParserTakes: an FF40 whose
+// length is written 84 and four bytes, which ParseAccessRules reads, was
+// refused by AccessRulesSize, so the host could not read such an ARA-M's
+// rules (found with FuzzAccessRulesSize). Lengths beyond
+// MaxAccessRulesLength and the indefinite form stay refused.
+func TestAccessRulesSizeTakesEveryLengthFormTheTLVParserTakes(t *testing.T) {
+	ctx := context.Background()
+	rule := AccessRule{AID: []byte{0xF0, 1, 2, 3, 4, 5, 1}, DeviceAppID: bytes.Repeat([]byte{0xAB}, 32), APDU: []byte{1}}
+	value := bytes.Repeat(rule.Bytes(), 3)
+	for k := 1; k <= 4; k++ {
+		length := []byte{0x80 | byte(k)} // 81 xx, 82 00xx, 83 0000xx, 84 000000xx
+		for i := k - 1; i >= 0; i-- {
+			length = append(length, byte(len(value)>>(8*i)))
+		}
+		whole := append(append(unhex(t, "FF40"), length...), value...)
+		if rules, err := ParseAccessRules(whole); err != nil || len(rules) != 3 {
+			t.Fatalf("FF40 %X: ParseAccessRules reads %d rules: %v", length, len(rules), err)
+		}
+		if n, err := AccessRulesSize(whole[:10]); err != nil || n != len(whole) {
+			t.Errorf("FF40 %X: size %d, want %d: %v", length, n, len(whole), err)
+		}
+		ok := func(b []byte) []byte { return append(append([]byte(nil), b...), 0x90, 0x00) }
+		s := &scripted{answers: [][]byte{ok(whole[:100]), ok(whole[100:])}}
+		if rules, err := NewHost(s).AccessRules(ctx); err != nil || len(rules) != 3 {
+			t.Errorf("FF40 %X, paged: %d rules, %v", length, len(rules), err)
+		}
+	}
+	// Too long (by one byte, and by a length that overflows a 32-bit int),
+	// 85, indefinite, and 84 with three of its four bytes.
+	for _, first := range []string{"FF408400010001", "FF4084FFFFFFFF", "FF4085000000000096", "FF4080E200", "FF4084000000"} {
+		if n, err := AccessRulesSize(unhex(t, first)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: size %d, %v, want ErrMalformed", first, n, err)
+		}
+	}
+}
+
 func TestRefreshTagWantsEightBytes(t *testing.T) {
 	ctx := context.Background()
 	tag := []byte{1, 2, 3, 4, 5, 6, 7, 8}

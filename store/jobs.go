@@ -159,7 +159,7 @@ func (r *repo) GetJob(ctx context.Context, ref string) (*keyport.Job, error) {
 }
 
 // ListJobs returns the jobs f selects, in ID order (a module's jobs in the
-// order they were submitted).
+// order they were submitted); f.Newest reads the last ones from the end.
 func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job, error) {
 	q := r.r.WithContext(ctx).Model(&jobRow{})
 	if f.Kind != "" {
@@ -203,9 +203,16 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 	if limit <= 0 {
 		limit = 100
 	}
+	order := "id"
+	if f.Newest {
+		order = "id DESC"
+	}
 	var rows []jobRow
-	if err := q.Order("id").Limit(limit).Find(&rows).Error; err != nil {
+	if err := q.Order(order).Limit(limit).Find(&rows).Error; err != nil {
 		return nil, wrap("list jobs", err)
+	}
+	if f.Newest {
+		slices.Reverse(rows)
 	}
 	out := make([]keyport.Job, len(rows))
 	for i, row := range rows {

@@ -2,7 +2,9 @@ package store_test
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,6 +64,43 @@ func TestJobsOfAModuleListInSubmissionOrderAndFilterByStateAndDueTime(t *testing
 		}
 		if _, err := s.GetJob(ctx, "job_nope"); !errors.Is(err, keyport.ErrNotFound) {
 			t.Fatalf("unknown job: %v", err)
+		}
+	})
+}
+
+func TestListJobsNewestTakesTheLastJobsTheFilterSelectsStillOldestFirst(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 1)
+		for i := range 6 {
+			j := newJob(m, i%2, fmt.Sprintf("job_n%d", i))
+			if err := s.CreateJob(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		refs := func(f keyport.JobFilter) string {
+			t.Helper()
+			jobs, err := s.ListJobs(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, j := range jobs {
+				out = append(out, j.Ref)
+			}
+			return strings.Join(out, " ")
+		}
+		for name, c := range map[string]struct {
+			f    keyport.JobFilter
+			want string
+		}{
+			"first":               {keyport.JobFilter{ModuleID: m.ID, Limit: 3}, "job_n0 job_n1 job_n2"},
+			"newest":              {keyport.JobFilter{ModuleID: m.ID, Limit: 3, Newest: true}, "job_n3 job_n4 job_n5"},
+			"newest of a domain":  {keyport.JobFilter{DomainID: m.Domains[0].ID, Limit: 2, Newest: true}, "job_n2 job_n4"},
+			"newest, fewer there": {keyport.JobFilter{DomainID: m.Domains[1].ID, Limit: 10, Newest: true}, "job_n1 job_n3 job_n5"},
+		} {
+			if got := refs(c.f); got != c.want {
+				t.Errorf("%s: %q, want %q", name, got, c.want)
+			}
 		}
 	})
 }

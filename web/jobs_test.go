@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/fixture"
@@ -110,5 +111,38 @@ func TestBadScriptSubmissionsGetClearProblemsAndStoreNothing(t *testing.T) {
 	wantProblem(t, "an unknown job", resp, b, 404, "not-found", "")
 	if n := e.jobCount(t); n != 0 {
 		t.Fatalf("%d jobs stored after bad submissions", n)
+	}
+}
+
+// TestAdminJobsPageShowsTheNewest200JobsNewestFirst: the console's job
+// list, with more jobs than it shows, holds the newest 200, newest first;
+// it used to show the oldest 200, so new jobs never appeared on it.
+func TestAdminJobsPageShowsTheNewest200JobsNewestFirst(t *testing.T) {
+	ctx := context.Background()
+	p := startPortal(t, 1, 1)
+	m, err := p.w.Store.GetModule(ctx, fixture.EID(t, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 205 {
+		j := &keyport.Job{Ref: fmt.Sprintf("job_t%03d", i), Kind: keyport.JobSecondKey, DomainID: m.Domains[0].ID, ModuleID: m.ID,
+			State: keyport.JobDone, NextRunAt: time.Now(), SecondKey: &keyport.SecondKeyPayload{EID: m.EID, AID: m.Domains[0].AID, APDUs: []string{"84820000"}}}
+		if err := p.w.Store.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin := signInPages(t, p.srv.URL, p.adminEmail, p.adminPW)
+	st, body := admin.get("/admin/jobs")
+	if st != 200 {
+		t.Fatalf("admin jobs page: %d", st)
+	}
+	for i := range 205 {
+		ref := fmt.Sprintf("job_t%03d", i)
+		if shown := strings.Contains(body, ref); shown != (i >= 5) {
+			t.Errorf("%s shown: %v, want %v", ref, shown, i >= 5)
+		}
+	}
+	if newest, oldest := strings.Index(body, "job_t204"), strings.Index(body, "job_t005"); newest < 0 || oldest < newest {
+		t.Errorf("job_t204 at %d, job_t005 at %d: not newest first", newest, oldest)
 	}
 }

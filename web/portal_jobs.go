@@ -197,8 +197,9 @@ func (s *Server) retryJobPage(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, "/admin/jobs")
 }
 
+// adminJobsPage lists the newest 200 card jobs, newest first.
 func (s *Server) adminJobsPage(c echo.Context) error {
-	f := keyport.JobFilter{Limit: 200}
+	f := keyport.JobFilter{Limit: 200, Newest: true}
 	state := strings.ToUpper(c.QueryParam("state"))
 	if state != "" {
 		f.States = []keyport.JobState{keyport.JobState(state)}
