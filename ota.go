@@ -56,6 +56,10 @@ func NormalizeMSISDN(s string) (string, error) {
 }
 
 // SetMSISDN sets (or, with "", clears) a module's MSISDN (admins only).
+// A number reaches one module: one that another module has is refused
+// with ErrConflict naming that module (an admin sees every module), also
+// when two requests give it to two modules at once (the store's unique
+// index decides); the admin clears it there first.
 func (s *Service) SetMSISDN(ctx context.Context, p Principal, eid EID, msisdn string) error {
 	if !p.Admin {
 		return ErrForbidden
@@ -154,9 +158,38 @@ func (s *Service) smsTarget(ctx context.Context, eid EID, custody OTACustody, al
 	return t, nil
 }
 
-// ModuleByMSISDN returns the EID of the module with the MSISDN.
+// ModuleByMSISDN returns the EID of the module with the MSISDN, in any
+// form NormalizeMSISDN takes (an SMSC may put a "+" before the source
+// address): ErrNotFound for none, or for a sender that is not an E.164
+// number; ErrConflict when several modules have it (SharedMSISDN): a
+// proof of receipt from it is attributed to none of them.
 func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error) {
-	return s.Store.ModuleByMSISDN(ctx, msisdn)
+	n, err := NormalizeMSISDN(msisdn)
+	if err != nil || n == "" {
+		return "", fmt.Errorf("keyport: module by MSISDN %q: not an E.164 number: %w", msisdn, ErrNotFound)
+	}
+	return s.Store.ModuleByMSISDN(ctx, n)
+}
+
+// SharedMSISDN is a number several modules have. keyport refuses to give
+// a module a number another one has (SetMSISDN, an import, perso), so
+// only a database from before that holds one; a proof of receipt from it
+// is attributed to none of the modules, so their SMS wake-ups are never
+// confirmed until an admin clears the number on all of them but the one
+// it reaches.
+type SharedMSISDN struct {
+	MSISDN string
+	// EIDs are its modules (the first ten by id); More counts the others.
+	EIDs []EID
+	More int
+}
+
+// SharedMSISDNs lists the numbers several modules have (admins only).
+func (s *Service) SharedMSISDNs(ctx context.Context, p Principal) ([]SharedMSISDN, error) {
+	if !p.Admin {
+		return nil, ErrForbidden
+	}
+	return s.Store.SharedMSISDNs(ctx)
 }
 
 // SMSReceiptWindow is how long a trigger SMS's message ids are kept for

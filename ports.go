@@ -228,8 +228,9 @@ type ModuleRepo interface {
 	ListBatches(ctx context.Context) ([]Batch, error)
 
 	// ImportModules inserts every module next yields (nil, nil ends) into
-	// the batch, all or nothing. A module whose EID exists already fails
-	// with a *LineError wrapping ErrConflict.
+	// the batch, all or nothing. A module whose EID exists already, or
+	// whose MSISDN another module has (stored, or earlier in the file),
+	// fails with a *LineError wrapping ErrConflict.
 	ImportModules(ctx context.Context, batchID int64, next func() (*ModuleImport, error)) (int, error)
 
 	// An import file is loaded in steps so that no transaction lasts as
@@ -694,7 +695,9 @@ type OTARepo interface {
 	// GetModuleOTA returns the module's SMS reach (a zero ModuleOTA with
 	// the ID when nothing is stored).
 	GetModuleOTA(ctx context.Context, moduleID int64) (*ModuleOTA, error)
-	// SetModuleMSISDN sets the module's MSISDN ("": clears it).
+	// SetModuleMSISDN sets the module's MSISDN ("": clears it);
+	// ErrConflict when another module has it, also one written by a
+	// transaction running at the same time: a number reaches one module.
 	SetModuleMSISDN(ctx context.Context, moduleID int64, msisdn string) error
 	// SetModuleOTAKeys stores the OTA key set the card accepted.
 	SetModuleOTAKeys(ctx context.Context, moduleID int64, kvn int, keys KeyBlobs) error
@@ -707,8 +710,12 @@ type OTARepo interface {
 	// moved; it never lowers the counter nor passes the 5-byte maximum.
 	RaiseOTACounter(ctx context.Context, moduleID int64, from, to uint64) (bool, error)
 	// ModuleByMSISDN returns the EID of the module with that MSISDN;
-	// ErrNotFound if none.
+	// ErrNotFound if none, ErrConflict if several have it (numbers shared
+	// before keyport refused it): none of them is picked.
 	ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error)
+	// SharedMSISDNs lists the numbers several modules have, from before
+	// keyport refused it, each with its modules.
+	SharedMSISDNs(ctx context.Context) ([]SharedMSISDN, error)
 	// RecordSMS notes the SMSC's message ids of a trigger SMS sent to
 	// module eid at `at`, and forgets the notes older than keep before it;
 	// ErrNotFound for an unknown module.

@@ -27,7 +27,8 @@ type SMSReach interface {
 	Target(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error)
 	// Keys returns the same without a counter, to open a proof of receipt.
 	Keys(ctx context.Context, eid keyport.EID) (*keyport.SMSTarget, error)
-	// ModuleByMSISDN finds the module a proof of receipt came from.
+	// ModuleByMSISDN finds the module a proof of receipt came from;
+	// keyport.ErrConflict when several modules have the number.
 	ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error)
 	// Sent notes the SMSC's message ids of a trigger SMS to the module,
 	// and ModuleBySMS finds the module again by one of them, in whichever
@@ -221,9 +222,19 @@ var ErrPoRIgnored = errors.New("proof of receipt ignored")
 // keyport's counter past the card's (Reach.CounterLow), so that the retry
 // gets through. Any other PoR (also
 // a card's plain one when it could not verify the packet) is logged as
-// ignored, with what it claims, and is ErrPoRIgnored (wrapped).
+// ignored, with what it claims, and is ErrPoRIgnored (wrapped); so is one
+// from a number several modules have (Reach.ModuleByMSISDN's
+// keyport.ErrConflict), which is attributed to none of them.
 func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byte) (gp.PoRStatus, error) {
 	eid, err := t.cfg.Reach.ModuleByMSISDN(ctx, msisdn)
+	if errors.Is(err, keyport.ErrConflict) {
+		// Several modules have the number (set before keyport refused
+		// it): opening the PoR under one's keys would fail for the
+		// others' and hide their answers, so it is for none of them.
+		t.log.Warn("proof of receipt ignored: its number is the MSISDN of several modules; clear it on all but the one it reaches (keyport module shared-msisdns)",
+			"msisdn", msisdn, "error", err)
+		return 0, fmt.Errorf("cardlink: %w: from %s, the MSISDN of several modules: %w", ErrPoRIgnored, msisdn, err)
+	}
 	if err != nil {
 		return 0, err
 	}

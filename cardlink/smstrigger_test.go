@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -124,5 +125,45 @@ func TestSMSTriggerActsOnlyOnAuthenticatedPoRs(t *testing.T) {
 				t.Errorf("Failed %q, want one with %q", reach.failed, tt.failed)
 			}
 		})
+	}
+}
+
+// sharedReach is porReach for a PoR from a number several modules have.
+type sharedReach struct{ porReach }
+
+func (r *sharedReach) ModuleByMSISDN(context.Context, string) (keyport.EID, error) {
+	return "", fmt.Errorf("store: module by MSISDN: +491700000001 is the MSISDN of several modules: %w", keyport.ErrConflict)
+}
+
+// A PoR from a number several modules have (set before keyport refused
+// it) is attributed to none of them: even one their keys would
+// authenticate is ignored and logged, and touches neither counter nor
+// jobs.
+func TestSMSTriggerIgnoresAPoRFromANumberSeveralModulesHave(t *testing.T) {
+	keys, err := gp.NewOTAKey(gp.OTAAlgAES, make([]byte, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moduleKeys := gp.OTAKeys{KIc: 0x12, KID: 0x12, Cipher: keys, MAC: keys}
+	ud, err := gp.ResponsePacket{TAR: gp.ISDTAR, Counter: 42, Status: gp.PoRCounterLow}.SealSMS(triggerSPI, moduleKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reach := &sharedReach{porReach{keys: moduleKeys}}
+	var log bytes.Buffer
+	tr, err := NewSMSTrigger(SMSTriggerConfig{Sender: nopSender{}, Reach: reach, Admin: netip.MustParseAddrPort("10.0.0.1:443"),
+		Log: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := tr.ProofOfReceipt(context.Background(), "491700000001", ud)
+	if !errors.Is(err, ErrPoRIgnored) || !errors.Is(err, keyport.ErrConflict) {
+		t.Fatalf("status %v, err %v; want ErrPoRIgnored wrapping ErrConflict", st, err)
+	}
+	if !strings.Contains(log.String(), "proof of receipt ignored") || !strings.Contains(log.String(), "several modules") {
+		t.Errorf("log %q; want the PoR logged as ignored for a shared number", log.String())
+	}
+	if len(reach.counterLow) != 0 || len(reach.failed) != 0 {
+		t.Errorf("CounterLow %v, Failed %q; want neither", reach.counterLow, reach.failed)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -36,8 +37,9 @@ var rowsPerStatement = map[dialect]struct{ modules, domains int }{
 // ImportModules inserts the modules next yields into the batch in one
 // transaction, streaming them in chunks. A module whose EID is already
 // stored, or appeared earlier in the file, fails the whole import with a
-// *keyport.LineError naming its line and wrapping keyport.ErrConflict; so does
-// a module listing one AID twice. Errors from next abort the import as they are.
+// *keyport.LineError naming its line and wrapping keyport.ErrConflict; so do
+// an MSISDN another module has (insertOTA) and a module listing one AID
+// twice. Errors from next abort the import as they are.
 func (r *repo) ImportModules(ctx context.Context, batchID int64,
 	next func() (*keyport.ModuleImport, error)) (int, error) {
 	var total int
@@ -198,8 +200,29 @@ func (im *importer) flush(chunk []keyport.ModuleImport) error {
 }
 
 // insertOTA writes the module_ota rows (migration 11) of the modules that
-// come with an MSISDN or an OTA key set: few, so one statement each.
+// come with an MSISDN or an OTA key set: few, so one statement each. An
+// MSISDN another module has (stored, or earlier in the file: migration 20,
+// store/ota.go) fails the import with a *keyport.LineError naming the
+// first such line and wrapping keyport.ErrConflict, as a stored EID does.
 func (im *importer) insertOTA(chunk []keyport.ModuleImport) error {
+	var numbers []string
+	for i := range chunk {
+		if chunk[i].MSISDN != "" {
+			numbers = append(numbers, chunk[i].MSISDN)
+		}
+	}
+	if len(numbers) > 0 {
+		held, err := msisdnHolders(im.ctx, im.conn, im.dialect, numbers, 0)
+		if err != nil {
+			return wrap("import modules: MSISDNs", err)
+		}
+		for i := range chunk {
+			if h, ok := held[chunk[i].MSISDN]; ok && chunk[i].MSISDN != "" {
+				return fmt.Errorf("store: import modules: %w", &keyport.LineError{Line: chunk[i].Line,
+					Err: h.taken(chunk[i].MSISDN, im.importID)})
+			}
+		}
+	}
 	query := `INSERT INTO module_ota (module_id, msisdn, ota_kvn, ota_keys) VALUES (?, ?, ?, ?)`
 	if im.dialect != dialectSQLite {
 		query = `INSERT INTO module_ota (module_id, msisdn, ota_kvn, ota_keys) VALUES ($1, $2, $3, $4)`
@@ -214,6 +237,11 @@ func (im *importer) insertOTA(chunk []keyport.ModuleImport) error {
 			keys = sql.NullString{String: string(appendWrapped(nil, m.OTAKeys)), Valid: true}
 		}
 		if _, err := im.conn.ExecContext(im.ctx, query, im.ids[string(m.EID)], m.MSISDN, m.OTAKVN, keys); err != nil {
+			if m.MSISDN != "" && errors.Is(mapErr(err), keyport.ErrConflict) {
+				// The module's row is new: what the index refused is
+				// the number, given to another module since the look.
+				return fmt.Errorf("store: import modules: %w", &keyport.LineError{Line: m.Line, Err: takenMeanwhile(m.MSISDN)})
+			}
 			return wrap("import modules: MSISDN and OTA keys", err)
 		}
 	}
@@ -559,10 +587,11 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// checkChunk fails on an EID given twice within the chunk and on a module
-// that lists an AID twice, naming the later line.
+// checkChunk fails on an EID or an MSISDN given twice within the chunk and
+// on a module that lists an AID twice, naming the later line.
 func checkChunk(chunk []keyport.ModuleImport) error {
 	seen := make(map[keyport.EID]int, len(chunk))
+	var numbers map[string]int
 	for i := range chunk {
 		m := &chunk[i]
 		if first, ok := seen[m.EID]; ok {
@@ -570,6 +599,16 @@ func checkChunk(chunk []keyport.ModuleImport) error {
 				Err: fmt.Errorf("EID %s already on line %d: %w", m.EID, first, keyport.ErrConflict)})
 		}
 		seen[m.EID] = m.Line
+		if m.MSISDN != "" {
+			if first, ok := numbers[m.MSISDN]; ok {
+				return fmt.Errorf("store: import modules: %w", &keyport.LineError{Line: m.Line,
+					Err: fmt.Errorf("MSISDN +%s already on line %d (a number reaches one module): %w", m.MSISDN, first, keyport.ErrConflict)})
+			}
+			if numbers == nil {
+				numbers = map[string]int{}
+			}
+			numbers[m.MSISDN] = m.Line
+		}
 		for j := range m.Domains {
 			for k := 0; k < j; k++ {
 				if m.Domains[k].AID == m.Domains[j].AID {

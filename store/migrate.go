@@ -493,6 +493,23 @@ var migrations = []migration{
 	{19, "a version on jobs for their compare-and-set", []string{
 		`ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0`,
 	}},
+	// An MSISDN reaches one module (ota.go in the root package): a proof
+	// of receipt from a number two modules had was taken for the lower
+	// one's and ignored as not authenticated, so the other's wake-ups were
+	// never confirmed. The unique index makes the database refuse a second
+	// module any number from now on, on every replica. A database may hold
+	// shared numbers from before, and which module keeps one is for an
+	// admin to say: their rows are marked msisdn_shared, not changed, and
+	// stay out of the index until their MSISDN is set or cleared again
+	// (which unmarks them). Nothing gives a marked number to another
+	// module: every writer first looks for any module holding it, marked
+	// or not (store/ota.go), and a mark is never set again.
+	{20, "one module per MSISDN", []string{
+		`ALTER TABLE module_ota ADD COLUMN msisdn_shared {{bool}} NOT NULL DEFAULT FALSE`,
+		`UPDATE module_ota SET msisdn_shared = TRUE WHERE msisdn IN
+			(SELECT msisdn FROM module_ota WHERE msisdn <> '' GROUP BY msisdn HAVING COUNT(*) > 1)`,
+		`CREATE UNIQUE INDEX module_ota_msisdn_unique ON module_ota (msisdn) WHERE msisdn <> '' AND NOT msisdn_shared`,
+	}},
 }
 
 // LatestVersion is the schema version this code serves.

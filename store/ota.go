@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -40,13 +42,100 @@ func (r *repo) GetModuleOTA(ctx context.Context, moduleID int64) (*keyport.Modul
 	return o, nil
 }
 
-// SetModuleMSISDN sets or clears the module's MSISDN.
-func (r *repo) SetModuleMSISDN(ctx context.Context, moduleID int64, msisdn string) error {
-	return r.writeTx(ctx, "set module MSISDN", func(db *gorm.DB) error {
-		if err := db.Exec(ensureOTARow, moduleID).Error; err != nil {
-			return wrap("set module MSISDN", err)
+// One number, one module (migration 20). The unique index refuses a
+// second module any MSISDN set since it was made, whatever the race: on
+// PostgreSQL the second of two transactions writing a number waits for the
+// first and then fails; on SQLite writers take turns anyway. The numbers
+// several modules had before it are marked msisdn_shared and left out of
+// the index, so every writer also looks, in its own transaction, for any
+// module that has the number, marked or not: a marked number is only ever
+// cleared or set again (which unmarks it), so no writer can give it to a
+// further module. The look also names the module: only admins write
+// MSISDNs (Service.SetMSISDN, an import, perso's RegisterModule) and an
+// admin sees every module, so the error may say which one has the number.
+
+// msisdnHolder is a module that has an MSISDN.
+type msisdnHolder struct {
+	eid string
+	// importID is the import still loading that stored the module; NULL
+	// for a module shown.
+	importID sql.NullInt64
+}
+
+// msisdnHolders returns, by number, the module with the lowest id, other
+// than module except (0: any), that has one of the numbers, read on conn
+// (a transaction's, below gorm).
+func msisdnHolders(ctx context.Context, conn gorm.ConnPool, d dialect, numbers []string, except int64) (map[string]msisdnHolder, error) {
+	list, args := in(numbers)
+	q := `SELECT o.msisdn, m.eid, m.import_id FROM module_ota o JOIN modules m ON m.id = o.module_id
+		WHERE o.msisdn IN ` + list + ` AND o.module_id <> ? ORDER BY m.id`
+	if d == dialectPostgres {
+		q = numbered(q)
+	}
+	rows, err := conn.QueryContext(ctx, q, append(args, except)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	held := map[string]msisdnHolder{}
+	for rows.Next() {
+		var n string
+		var h msisdnHolder
+		if err := rows.Scan(&n, &h.eid, &h.importID); err != nil {
+			return nil, err
 		}
-		return wrap("set module MSISDN", db.Exec(`UPDATE module_ota SET msisdn = ? WHERE module_id = ?`, msisdn, moduleID).Error)
+		if _, ok := held[n]; !ok {
+			held[n] = h
+		}
+	}
+	return held, rows.Err()
+}
+
+// taken is the error of a writer giving msisdn, which h has, to another
+// module; importID is the import the writer stores for (NULL: none).
+func (h msisdnHolder) taken(msisdn string, importID sql.NullInt64) error {
+	switch {
+	case h.importID.Valid && h.importID == importID:
+		return fmt.Errorf("MSISDN +%s is module %s's already, earlier in this file (a number reaches one module): %w",
+			msisdn, h.eid, keyport.ErrConflict)
+	case h.importID.Valid:
+		return fmt.Errorf("MSISDN +%s is module %s's already, of an import still loading (a number reaches one module): %w",
+			msisdn, h.eid, keyport.ErrConflict)
+	}
+	return fmt.Errorf("MSISDN +%s is module %s's already (a number reaches one module): clear it there first: %w",
+		msisdn, h.eid, keyport.ErrConflict)
+}
+
+// takenMeanwhile is the error of a writer whose number the unique index
+// refused: another transaction gave it to a module after the writer
+// looked.
+func takenMeanwhile(msisdn string) error {
+	return fmt.Errorf("MSISDN +%s was given to another module at the same time (a number reaches one module): %w",
+		msisdn, keyport.ErrConflict)
+}
+
+// SetModuleMSISDN sets or clears the module's MSISDN; ErrConflict when
+// another module has it.
+func (r *repo) SetModuleMSISDN(ctx context.Context, moduleID int64, msisdn string) error {
+	const op = "set module MSISDN"
+	return r.writeTx(ctx, op, func(db *gorm.DB) error {
+		if msisdn != "" {
+			held, err := msisdnHolders(ctx, connOf(db), r.dialect, []string{msisdn}, moduleID)
+			if err != nil {
+				return wrap(op, err)
+			}
+			if h, ok := held[msisdn]; ok {
+				return fmt.Errorf("store: %s: %w", op, h.taken(msisdn, sql.NullInt64{}))
+			}
+		}
+		if err := db.Exec(ensureOTARow, moduleID).Error; err != nil {
+			return wrap(op, err)
+		}
+		err := db.Exec(`UPDATE module_ota SET msisdn = ?, msisdn_shared = FALSE WHERE module_id = ?`, msisdn, moduleID).Error
+		if msisdn != "" && errors.Is(mapErr(err), keyport.ErrConflict) {
+			return fmt.Errorf("store: %s: %w", op, takenMeanwhile(msisdn))
+		}
+		return wrap(op, err)
 	})
 }
 
@@ -95,10 +184,53 @@ func (r *repo) RaiseOTACounter(ctx context.Context, moduleID int64, from, to uin
 	return res.RowsAffected == 1, nil
 }
 
-// ModuleByMSISDN returns the EID of the module with the MSISDN.
+// ModuleByMSISDN returns the EID of the module shown with the MSISDN;
+// ErrConflict when several have it (a database from before migration 20).
 func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, error) {
-	return r.oneEID(ctx, "module by MSISDN", `SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
-		WHERE o.msisdn = ? AND o.msisdn <> '' AND m.import_id IS NULL ORDER BY m.id LIMIT 1`, msisdn)
+	var eids []string
+	if err := r.r.WithContext(ctx).Raw(`SELECT m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
+		WHERE o.msisdn = ? AND o.msisdn <> '' AND m.import_id IS NULL ORDER BY m.id LIMIT ?`, msisdn, maxSharedListed).
+		Scan(&eids).Error; err != nil {
+		return "", wrap("module by MSISDN", err)
+	}
+	switch len(eids) {
+	case 0:
+		return "", fmt.Errorf("store: module by MSISDN: %w", keyport.ErrNotFound)
+	case 1:
+		return keyport.EID(eids[0]), nil
+	}
+	return "", fmt.Errorf("store: module by MSISDN: +%s is the MSISDN of several modules (%s), from before keyport refused a shared number: %w",
+		msisdn, strings.Join(eids, ", "), keyport.ErrConflict)
+}
+
+// maxSharedListed bounds the modules an error or SharedMSISDNs names for
+// one number.
+const maxSharedListed = 10
+
+// SharedMSISDNs returns the numbers that several modules have, in order,
+// each with its modules (up to maxSharedListed) by id.
+func (r *repo) SharedMSISDNs(ctx context.Context) ([]keyport.SharedMSISDN, error) {
+	var rows []struct {
+		MSISDN string `gorm:"column:msisdn"`
+		EID    string `gorm:"column:eid"`
+	}
+	if err := r.r.WithContext(ctx).Raw(`SELECT o.msisdn, m.eid FROM module_ota o JOIN modules m ON m.id = o.module_id
+		WHERE o.msisdn IN (SELECT msisdn FROM module_ota WHERE msisdn <> '' GROUP BY msisdn HAVING COUNT(*) > 1)
+		ORDER BY o.msisdn, m.id`).Scan(&rows).Error; err != nil {
+		return nil, wrap("shared MSISDNs", err)
+	}
+	var out []keyport.SharedMSISDN
+	for _, row := range rows {
+		if len(out) == 0 || out[len(out)-1].MSISDN != row.MSISDN {
+			out = append(out, keyport.SharedMSISDN{MSISDN: row.MSISDN})
+		}
+		if sh := &out[len(out)-1]; len(sh.EIDs) < maxSharedListed {
+			sh.EIDs = append(sh.EIDs, keyport.EID(row.EID))
+		} else {
+			sh.More++
+		}
+	}
+	return out, nil
 }
 
 // oneEID runs query for the EID in its first row; ErrNotFound for none.

@@ -197,6 +197,13 @@ func cmdMigrate(ctx context.Context, args []string) error {
 	}
 	defer st.Close()
 	fmt.Fprintln(stdout, "database is up to date")
+	msg, err := sharedMSISDNs(ctx, st)
+	if err != nil {
+		return err
+	}
+	if msg != "" {
+		fmt.Fprintln(stdout, "warning:", msg)
+	}
 	return nil
 }
 

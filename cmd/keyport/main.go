@@ -46,6 +46,7 @@ usage: keyport <command> [flags]
   domain lock|unlock|release EID AID
                              queue the issuer's lock, unlock or release of a domain; the card confirms it
   module psk EID --out F     write a module's TLS-PSK for the handset agent (admin, audited, dual control)
+  module shared-msisdns      list the MSISDNs several modules have (from before keyport refused it)
   approval list|request OP TARGET|approve ID|execute ID [--out F]|cancel ID
                              dual control: one operator requests, another approves, the first executes
   agent --reader R --server HOST:PORT --psk-identity ID --psk-file F [--app-socket PATH]
@@ -171,6 +172,9 @@ func run(ctx context.Context, args []string) error {
 	case "module":
 		if len(args) >= 2 && args[1] == "psk" {
 			return cmdModulePSK(ctx, args[2:])
+		}
+		if len(args) >= 2 && args[1] == "shared-msisdns" {
+			return cmdModuleSharedMSISDNs(ctx, args[2:])
 		}
 	case "approval":
 		return cmdApproval(ctx, args[1:])

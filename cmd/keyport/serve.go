@@ -75,6 +75,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	if a.svc.DualControl.Off() {
 		a.log.Warn("dual control is off (--dual-control 1, development): one admin alone may export module PSKs and transport keys, create admin tokens and approve providers")
 	}
+	warnSharedMSISDNs(ctx, a.log, a.store)
 	if err := firstRunAdminToken(ctx, a); err != nil {
 		return err
 	}
