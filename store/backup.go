@@ -48,10 +48,24 @@ type BackupInfo struct {
 // On PostgreSQL it runs pg_dump (custom format, one snapshot, no owners or
 // privileges), which must be on PATH; the password travels in PGPASSWORD,
 // never on its command line.
+//
+// It holds the database's use lock shared while it runs (UseLock), as
+// serve does: it fails with ErrInUse while a restore is running, and a
+// restore is refused while it runs, so that a backup is never of a
+// database half restored, nor its schema version read before a restore
+// and its data after.
 func (s *Store) Backup(ctx context.Context, out string) (*BackupInfo, error) {
 	if _, err := os.Lstat(out); err == nil {
 		return nil, fmt.Errorf("store: backup: %s %w; choose a new file", out, ErrBackupExists)
 	}
+	l, err := holdUse(ctx, s.use, true)
+	if errors.Is(err, ErrInUse) {
+		return nil, fmt.Errorf("store: backup: %w: a keyport restore is running on it; back up once the restore has finished", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: backup: %w", err)
+	}
+	defer l.Close()
 	if s.dialect == dialectPostgres {
 		return s.pgDump(ctx, out)
 	}
@@ -377,6 +391,12 @@ type RestoreOptions struct {
 	// Force overwrites a database that exists already (SQLite: a non-empty
 	// file; PostgreSQL: a database holding keyport's tables).
 	Force bool
+	// AfterRestore, if set, runs once the backup is in place and checked,
+	// while Restore still holds the database's use lock, so that no
+	// server starts on the database before it has returned (keyport
+	// restore finishes the imports the backup caught under way). Its
+	// error is Restore's.
+	AfterRestore func(ctx context.Context, info *BackupInfo) error
 }
 
 // Restore writes the backup in file from (made by Backup) to the database
@@ -394,20 +414,24 @@ type RestoreOptions struct {
 // off, and checked and copied in one read transaction, so that nothing in
 // it runs and what is copied is what was checked. A new database file is
 // written next to the target and linked into place; with Force an
-// existing one is overwritten through the online backup API, which takes
-// SQLite's locks (so a server still running on it cannot see half a
-// restore, though it should be stopped first).
+// existing one is overwritten through the online backup API.
 //
 // On PostgreSQL it runs pg_restore (with --clean when forced) in one
 // transaction. pg_restore runs the SQL the dump holds, whatever it is, and
 // the dump's schema is not checked: restore only dumps kept where no one
 // else can change them.
+//
+// Before it looks at the target database it takes the database's use lock
+// exclusive, without waiting, and holds it until it returns (UseLock): it
+// fails with ErrInUse, naming who holds the lock, while a keyport serve
+// (any replica), a backup or another restore is using the database, and a
+// serve starting meanwhile fails.
 func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupInfo, error) {
 	st, err := os.Stat(from)
 	if err != nil {
 		return nil, fmt.Errorf("store: restore: %w", err)
 	}
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+	if isPostgresURL(dsn) {
 		return o.pgRestore(ctx, from, dsn, st.Size())
 	}
 	path, _, err := sqlitePath(dsn)
@@ -416,6 +440,10 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 	}
 	if strings.HasPrefix(path, "file:") {
 		return nil, errors.New("store: restore: give the target database as a plain path, not a file: URI")
+	}
+	lockFile, err := sqliteUseLockFile(path, "")
+	if err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
 	}
 	// Read-only, and nothing the file defines (a trigger, a view, a
 	// function in a default) runs while it is checked and copied.
@@ -446,6 +474,15 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 	if err != nil {
 		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
 	}
+	// The lock file goes beside the database: its directory first.
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	l, err := lockForRestore(ctx, useTarget{file: lockFile})
+	if err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	defer l.Close()
 	exists := false
 	for _, p := range []string{path, path + "-wal"} {
 		if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
@@ -453,10 +490,7 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 		}
 	}
 	if exists && !o.Force {
-		return nil, fmt.Errorf("store: restore: the database %s %w; to replace it, stop the server and pass --force", path, ErrBackupExists)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
+		return nil, fmt.Errorf("store: restore: the database %s %w; to replace it, pass --force", path, ErrBackupExists)
 	}
 	if exists {
 		if err := copySQLite(ctx, src, path); err != nil {
@@ -469,7 +503,21 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 			return nil, err
 		}
 	}
-	return &BackupInfo{Dialect: "sqlite", SchemaVersion: v, Bytes: st.Size()}, nil
+	return o.finish(ctx, l, &BackupInfo{Dialect: "sqlite", SchemaVersion: v, Bytes: st.Size()})
+}
+
+// finish runs AfterRestore under the restore's lock l, then makes sure l
+// was held all along.
+func (o RestoreOptions) finish(ctx context.Context, l *UseLock, info *BackupInfo) (*BackupInfo, error) {
+	if o.AfterRestore != nil {
+		if err := o.AfterRestore(ctx, info); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.confirm(ctx); err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	return info, nil
 }
 
 // pgTool runs a PostgreSQL client tool against dsn: the URL without its
@@ -546,6 +594,11 @@ func (s *Store) pgDump(ctx context.Context, out string) (*BackupInfo, error) {
 }
 
 func (o RestoreOptions) pgRestore(ctx context.Context, from, dsn string, size int64) (*BackupInfo, error) {
+	l, err := lockForRestore(ctx, useTarget{pgURL: dsn})
+	if err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	defer l.Close()
 	s, err := open(ctx, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: restore: %w", err)
@@ -557,7 +610,7 @@ func (o RestoreOptions) pgRestore(ctx context.Context, from, dsn string, size in
 		return nil, wrap("restore", err)
 	}
 	if reg != nil && !o.Force {
-		return nil, fmt.Errorf("store: restore: the database %w (it holds keyport's tables); to replace it, stop the servers and pass --force", ErrBackupExists)
+		return nil, fmt.Errorf("store: restore: the database %w (it holds keyport's tables); to replace it, pass --force", ErrBackupExists)
 	}
 	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"}
 	if reg != nil {
@@ -578,7 +631,7 @@ func (o RestoreOptions) pgRestore(ctx context.Context, from, dsn string, size in
 	if v > LatestVersion() {
 		return nil, fmt.Errorf("store: restore: restored version %d, code knows %d: %w", v, LatestVersion(), ErrSchemaTooNew)
 	}
-	return &BackupInfo{Dialect: "postgres", SchemaVersion: v, Bytes: size}, nil
+	return o.finish(ctx, l, &BackupInfo{Dialect: "postgres", SchemaVersion: v, Bytes: size})
 }
 
 func (s *Store) pgDSN() (string, bool) { return s.pgURL, s.pgURL != "" }

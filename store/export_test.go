@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"strings"
+	"time"
 )
 
 // ExecForTest runs a raw statement on the writer, for tests that need a
@@ -139,4 +140,38 @@ func OpenAtVersionForTest(ctx context.Context, dsn string, v int) (*Store, error
 		return nil, err
 	}
 	return s, nil
+}
+
+// SetUseLockCheckEveryForTest sets how often serve's use lock on
+// PostgreSQL is checked, for locks taken from now on; the returned
+// function restores it.
+func SetUseLockCheckEveryForTest(d time.Duration) func() {
+	old := useLockCheckEvery
+	useLockCheckEvery = d
+	return func() { useLockCheckEvery = old }
+}
+
+// CheckUseLockForTest runs one check of serve's use lock on PostgreSQL,
+// as its keeper does every useLockCheckEvery.
+func CheckUseLockForTest(ctx context.Context, l *UseLock) error { return l.check(ctx) }
+
+// UseLockPIDForTest is the PostgreSQL backend holding the use lock l (0
+// while its session is lost).
+func UseLockPIDForTest(l *UseLock) uint32 {
+	if l.pg == nil {
+		return 0
+	}
+	l.pg.mu.Lock()
+	defer l.pg.mu.Unlock()
+	if l.pg.conn == nil {
+		return 0
+	}
+	return l.pg.conn.PgConn().PID()
+}
+
+// UseLockFileForTest is the use lock file of the SQLite database dsn names
+// ("" for none).
+func UseLockFileForTest(dsn string) (string, error) {
+	t, err := useTargetOf(dsn)
+	return t.file, err
 }

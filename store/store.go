@@ -62,6 +62,9 @@ type Store struct {
 	// lockPath is the SQLite database's path, beside which Exclusive
 	// keeps its lock files ("" on PostgreSQL).
 	lockPath string
+	// use is where the database's use lock is kept (uselock.go), which
+	// Backup holds shared.
+	use useTarget
 	// checkpoints copies SQLite's WAL into the database file (nil on
 	// PostgreSQL).
 	checkpoints *checkpointer
@@ -193,7 +196,7 @@ func gormConfig() *gorm.Config {
 func open(ctx context.Context, dsn string) (*Store, error) {
 	var s *Store
 	var err error
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+	if isPostgresURL(dsn) {
 		s, err = openPostgres(ctx, dsn)
 	} else {
 		s, err = openSQLite(ctx, dsn)
@@ -206,6 +209,12 @@ func open(ctx context.Context, dsn string) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// isPostgresURL reports whether dsn names a PostgreSQL database rather than
+// an SQLite file.
+func isPostgresURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
 func openPostgres(ctx context.Context, dsn string) (*Store, error) {
@@ -226,7 +235,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		sqlDB.Close()
 		return nil, fmt.Errorf("store: open postgres: %w", redactURL(mapUnavailable(err), dsn))
 	}
-	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}, pgURL: dsn}
+	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}, pgURL: dsn, use: useTarget{pgURL: dsn}}
 	s.repo = &repo{dialect: dialectPostgres, w: db, r: db, timing: &s.timing}
 	return s, nil
 }
@@ -280,6 +289,10 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 
 func openSQLiteOnce(ctx context.Context, dsn string) (*Store, error) {
 	path, userQuery, err := sqlitePath(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	useFile, err := sqliteUseLockFile(path, userQuery)
 	if err != nil {
 		return nil, fmt.Errorf("store: open sqlite: %w", err)
 	}
@@ -352,7 +365,7 @@ func openSQLiteOnce(ctx context.Context, dsn string) (*Store, error) {
 	ckDB.SetMaxOpenConns(1)
 
 	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB),
-		lockPath: strings.TrimPrefix(path, "file:")}
+		lockPath: strings.TrimPrefix(path, "file:"), use: useTarget{file: useFile}}
 	s.repo = &repo{dialect: dialectSQLite, w: w, r: r, timing: &s.timing}
 	return s, nil
 }

@@ -31,6 +31,9 @@ func cmdBackup(ctx context.Context, args []string) error {
 	}
 	defer st.Close()
 	info, err := st.Backup(ctx, *out)
+	if errors.Is(err, store.ErrInUse) {
+		return exitError{5, err}
+	}
 	if err != nil {
 		return err
 	}
@@ -41,12 +44,15 @@ func cmdBackup(ctx context.Context, args []string) error {
 
 // cmdRestore restores a backup into the configured database, which must
 // not exist unless --force; then the schema is checked as serve checks it.
+// It holds the database's use lock throughout: it refuses (exit 5) while a
+// keyport serve, a backup or another restore uses the database, and a
+// serve starting meanwhile fails.
 func cmdRestore(ctx context.Context, args []string) error {
 	var from *string
 	var force *bool
 	cfg, _, err := parseCommand("restore", args, func(fs *flag.FlagSet) {
 		from = fs.String("from", "", "the backup file made by keyport backup (or pg_dump --format=custom)")
-		force = fs.Bool("force", false, "overwrite a database that exists already (stop the server first)")
+		force = fs.Bool("force", false, "overwrite a database that exists already (refused while a keyport serve uses it: stop every server first)")
 	})
 	if err != nil {
 		return err
@@ -54,18 +60,21 @@ func cmdRestore(ctx context.Context, args []string) error {
 	if *from == "" {
 		return exitError{2, errors.New("restore: give --from FILE")}
 	}
-	info, err := store.RestoreOptions{Force: *force}.Restore(ctx, *from, cfg.DB)
+	info, err := store.RestoreOptions{Force: *force, AfterRestore: func(ctx context.Context, info *store.BackupInfo) error {
+		fmt.Fprintf(stdout, "restore: %s schema version %d restored into %s\n", info.Dialect, info.SchemaVersion, redactDSN(cfg.DB))
+		if info.SchemaVersion != store.LatestVersion() {
+			return nil
+		}
+		return finishRestoredImports(ctx, cfg.DB)
+	}}.Restore(ctx, *from, cfg.DB)
 	if errors.Is(err, store.ErrBackupExists) {
 		return exitError{4, err}
 	}
+	if errors.Is(err, store.ErrInUse) {
+		return exitError{5, err}
+	}
 	if err != nil {
 		return err
-	}
-	fmt.Fprintf(stdout, "restore: %s schema version %d restored into %s\n", info.Dialect, info.SchemaVersion, redactDSN(cfg.DB))
-	if info.SchemaVersion == store.LatestVersion() {
-		if err := finishRestoredImports(ctx, cfg.DB); err != nil {
-			return err
-		}
 	}
 	if info.SchemaVersion < store.LatestVersion() {
 		fmt.Fprintf(stdout, "restore: this keyport needs version %d: run keyport migrate\n", store.LatestVersion())

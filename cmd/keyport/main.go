@@ -32,7 +32,8 @@ usage: keyport <command> [flags]
                              disable an admin user (signed out, tokens refused) or enable again
   audit verify               verify the audit chain and its HSM checkpoints
   backup --out F             consistent copy of the database while the server runs (not the HSM token)
-  restore --from F [--force] restore a backup into the database (refuses an existing one unless --force)
+  restore --from F [--force] restore a backup into the database (refuses an existing one unless --force,
+                             and any a keyport serve is using)
   sp keygen --out PREFIX     (provider tool) make an RSA-3072 wrapping key pair
   sp unwrap PACKAGE --key K  (provider tool) verify and unwrap a key package
   sp script --package P --key K --counter N (--new-keys F | --generate)

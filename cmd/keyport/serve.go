@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/web"
 )
 
@@ -42,6 +43,21 @@ func cmdServe(ctx context.Context, args []string) error {
 	if err := demo.configure(&cfg); err != nil {
 		return err
 	}
+	// The database's use lock, shared with the other servers (replicas),
+	// from before the store migrates until after it has closed: a
+	// restore is refused while any server holds it, and serve while a
+	// restore does.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	held, err := store.HoldForServe(ctx, cfg.DB)
+	if errors.Is(err, store.ErrInUse) {
+		return exitError{5, err}
+	}
+	if err != nil {
+		return err
+	}
+	defer held.Close()
 	a, err := open(ctx, cfg, *migrate)
 	if err != nil {
 		return err
@@ -129,10 +145,17 @@ func cmdServe(ctx context.Context, args []string) error {
 	a.log.Info("keyport serving", "addr", "http://"+ln.Addr().String(), "db", redactDSN(cfg.DB))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	var lost error
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	case <-held.Lost():
+		// A restore took (or may have taken) the database while the
+		// lock's PostgreSQL session was gone: stop rather than serve
+		// stale state.
+		lost = held.Err()
+		a.log.Error("the database's use lock was lost: stopping", "err", lost)
 	}
 	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -140,6 +163,9 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	a.svc.Drain() // the e-mails still being sent after their answers
+	if lost != nil {
+		return exitError{5, lost}
+	}
 	a.log.Info("keyport stopped")
 	return nil
 }
