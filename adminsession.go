@@ -356,10 +356,14 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 // ASSIGNED → PERSONALIZED with its new KVN, KCVs and a reset sequence counter
 // (AmdD 6.2.2.1), an audit event is chained and the provider is told, in one
 // transaction. Otherwise the job is FAILED with the cause and SW, the domain
-// stays ASSIGNED, and the counter the card reported is kept. An answer to a
-// job that is already final changes nothing (a resumed session posting it
-// twice), so a job completes exactly once. A body that does not parse is an
-// *InvalidError and changes nothing.
+// stays ASSIGNED, and the counter the card reported is kept; after a
+// rotation whose outcome the answer leaves unproven (rotationUnproven) the
+// counter is read again instead, by a counter probe queued in the same
+// transaction (resync.go), and the rotation's next KVN becomes a pending
+// key set of the domain (pendingKeys). An answer to a job that is already
+// final changes nothing (a resumed session posting it twice), so a job
+// completes exactly once. A body that does not parse is an *InvalidError
+// and changes nothing.
 //
 // The session ends when the module has nothing more to run: if no other job
 // of the module is pending, the session's lease is released in the
@@ -482,8 +486,23 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		}
 	} else {
 		end.to, end.cause, end.action = JobFailed, res.Cause, p.action("failed")
+		// A rotation whose answer leaves its outcome unproven (its R-MAC
+		// does not match, its PUT KEY answer is missing…: rotationUnproven)
+		// may have put the next key set on the card, with its own counter:
+		// the counter of its INITIALIZE UPDATE answer may be the card's no
+		// more, so it is read again like after a lost answer.
+		unproven := rotationUnproven(p, JobFailed, &res)
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
-			if res.SequenceCounter != nil {
+			switch {
+			case unproven:
+				cur, err := tx.GetDomain(ctx, p.EID, p.AID)
+				if err != nil {
+					return "", err
+				}
+				if err := s.queueCounterProbe(ctx, tx, p.EID, cur, j.ProviderID); err != nil {
+					return "", err
+				}
+			case res.SequenceCounter != nil:
 				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
 					return "", err
 				}
@@ -539,8 +558,17 @@ func (s *Service) answerData(ctx context.Context, a *AdminSession, j *Job, statu
 	probe := j.Data.Probe
 	if probe {
 		// keyport's own counter probe (resync.go): done when the card
-		// told the counter.
+		// told the counter of the domain's key set or of a pending one.
 		end.action = ActionCounterResync
+		if res.SequenceCounter != nil {
+			why, err := s.probeKeySet(ctx, d, res.CardKVN)
+			if err != nil {
+				return nil, false, err
+			}
+			if why != "" {
+				res.SequenceCounter, res.Cause = nil, why
+			}
+		}
 		if res.SequenceCounter == nil {
 			res.Confirmed = false
 			if res.Cause == "" {

@@ -699,7 +699,13 @@ func (w *targetWriter) script(ctx context.Context, p Principal, line int, sc *Ca
 	switch w.c.Op {
 	case CampaignRotation:
 		req := ScriptRequest{APDUs: sc.APDUs, Expect: sc.Expect, Rotate: true}
-		if _, err := CheckRotateScript(sc.EID, sc.AID, d.KVN, req); err != nil {
+		// From the domain's KVN or, after an unproven rotation, from a
+		// pending one (the history is read only for the latter).
+		pending, err := rotationPending(ctx, w.s.Store, d, req.Expect.KVN)
+		if err != nil {
+			return err
+		}
+		if _, err := CheckRotateScript(sc.EID, sc.AID, d.KVN, req, pending...); err != nil {
 			return lineError(line, err)
 		}
 		params, err = json.Marshal(req)

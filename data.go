@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"strings"
 
 	"github.com/keyport/keyport/gp"
 )
@@ -112,7 +113,8 @@ func decodeCommands(apdus []string) ([]gp.Command, error) {
 // kept as the card sent them, for the provider to decrypt and verify. The
 // sequence counter of the INITIALIZE UPDATE answer (in clear, AmdD
 // 6.2.2.1) is reported unverified: it only tells the provider where its
-// next script starts, and a wrong one only fails that script.
+// next script starts, and a wrong one only fails that script. A counter
+// probe's result also names the key set that answered (CardKVN).
 func (p *DataPayload) JudgeData(status string, body []byte) (ScriptResult, error) {
 	r := ScriptResult{ScriptStatus: status}
 	if status != "ok" {
@@ -124,6 +126,10 @@ func (p *DataPayload) JudgeData(status string, body []byte) (ScriptResult, error
 		return r, err
 	}
 	r.SequenceCounter = LearnCounter(cmds, resps)
+	if iu, ok := initUpdateAnswer(cmds, resps); p.Probe && ok {
+		kvn := int(iu.KVN)
+		r.CardKVN = &kvn
+	}
 	if !allRan(&r, cmds, resps) {
 		return r, nil
 	}
@@ -230,11 +236,11 @@ func (s *Service) SubmitDataScript(ctx context.Context, p Principal, eid EID, ai
 	}
 	payload, err := CheckDataScript(eid, aid, d.KVN, req)
 	if err != nil {
-		return nil, err
+		return nil, s.pendingDataKVN(ctx, d, req, err)
 	}
 	return s.queueProviderScript(ctx, p, d, providerScript{
 		kind: JobData, what: "data script", action: "data.submit",
-		fits: func(d *Domain) error {
+		fits: func(_ context.Context, _ Repo, d *Domain) error {
 			if d.State != Personalized {
 				return fmt.Errorf("%w: domain is %s; a data script needs a PERSONALIZED domain (your own keys on it)", ErrConflict, d.State)
 			}
@@ -246,4 +252,37 @@ func (s *Service) SubmitDataScript(ctx context.Context, p Principal, eid EID, ai
 		attach: func(j *Job) { j.Data = payload },
 		audit:  map[string]any{"apdus": len(payload.APDUs)},
 	})
+}
+
+// pendingDataKVN is the error of a data script CheckDataScript refused
+// with err: err itself, unless the script opens its session on a pending
+// key set of domain d (pendingKeys), which it then names. A data script is
+// not accepted on a pending KVN: keyport holds none of its keys and
+// judges a data script by its status words alone (JudgeData), which are
+// not authenticated, so its answer could never prove which key set the
+// card holds, and the domain would stay recorded on a KVN the card may no
+// longer have. A rotation from the pending KVN is what the card's own
+// proof confirms.
+func (s *Service) pendingDataKVN(ctx context.Context, d *Domain, req DataScriptRequest, err error) error {
+	if len(req.APDUs) == 0 {
+		return err
+	}
+	b, herr := hex.DecodeString(strings.TrimSpace(req.APDUs[0]))
+	if herr != nil {
+		return err
+	}
+	c, perr := gp.ParseCommand(b)
+	if perr != nil || c.INS != gp.INSInitializeUpdate || int(c.P1) == d.KVN || c.P1 == 0 {
+		return err
+	}
+	pending, perr := pendingKeys(ctx, s.Store, d)
+	if perr != nil {
+		return perr
+	}
+	if !hasPendingKVN(pending, int(c.P1)) {
+		return err
+	}
+	return Invalid("apdus[0]", "INITIALIZE UPDATE asks for KVN %02X, which is pending: a rotation to it is unproven, so the card may hold it or still KVN %02X. "+
+		"keyport takes no data script on a pending key set (a data script's answer proves no key set to keyport); submit a rotation from KVN %02X "+
+		"(`keyport sp script --rotate --current-keys` with its keys file): the card's answer to it confirms the key set and moves the domain on", c.P1, d.KVN, c.P1)
 }

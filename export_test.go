@@ -12,3 +12,8 @@ func LockedBy(ctx context.Context, tx Repo, d *Domain) (string, error) { return 
 func ReleaseRulesRemoved(ctx context.Context, tx Repo, d *Domain) (string, error) {
 	return releaseRulesRemoved(ctx, tx, d)
 }
+
+// RotationUnproven exposes what the pending key sets are derived from.
+func RotationUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
+	return rotationUnproven(p, state, r)
+}

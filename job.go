@@ -109,16 +109,23 @@ type JobFilter struct {
 }
 
 // issuerJobs returns every issuer job of domain domainID in states (any
-// state when none is given), oldest first, a page at a time. A domain's
-// history has no bound (each access rule's change is a job), and one page
-// from the oldest would miss the newest: who locked the domain last, what
-// its last release removed.
+// state when none is given), oldest first (domainJobs).
 func issuerJobs(ctx context.Context, repo Repo, domainID int64, states ...JobState) ([]Job, error) {
+	return domainJobs(ctx, repo, domainID, JobIssuer, states...)
+}
+
+// domainJobs returns every job of kind of domain domainID in states (any
+// state when none is given), oldest first, a page at a time. A domain's
+// history has no bound (each access rule's change is an issuer job, each
+// rotation a second-key job), and one page from the oldest would miss the
+// newest: who locked the domain last, what its last release removed,
+// whether its last rotation was proven.
+func domainJobs(ctx context.Context, repo Repo, domainID int64, kind JobKind, states ...JobState) ([]Job, error) {
 	const page = 500
 	var all []Job
 	var after int64
 	for {
-		jobs, err := repo.ListJobs(ctx, JobFilter{DomainID: domainID, Kind: JobIssuer, States: states, AfterID: after, Limit: page})
+		jobs, err := repo.ListJobs(ctx, JobFilter{DomainID: domainID, Kind: kind, States: states, AfterID: after, Limit: page})
 		if err != nil {
 			return nil, err
 		}

@@ -55,6 +55,10 @@ type Domain struct {
 	// next admin session (resync.go); SeqCounter is stale meanwhile.
 	SeqUnverified bool
 	UpdatedAt     time.Time
+	// Pending are the key sets the card may hold instead of KVN after a
+	// rotation whose outcome is unproven (PendingKeys), derived from the
+	// job history: Service.GetDomain fills it, the store never does.
+	Pending []PendingKeys
 }
 
 // ModuleView is what a provider may see of a module: the domains it can
@@ -134,7 +138,8 @@ func (s *Service) ListDomains(ctx context.Context, p Principal) ([]Domain, error
 	return ds, err
 }
 
-// GetDomain returns one of the caller's domains (admins see all).
+// GetDomain returns one of the caller's domains (admins see all), with
+// its pending key sets (pendingKeys).
 func (s *Service) GetDomain(ctx context.Context, p Principal, eid EID, aid AID) (*Domain, error) {
 	if !p.Admin && p.ProviderID == "" {
 		// An unassigned domain has no owner: a caller with no provider must
@@ -149,6 +154,9 @@ func (s *Service) GetDomain(ctx context.Context, p Principal, eid EID, aid AID) 
 		return nil, ErrNotFound
 	}
 	r := redactDomain(*d)
+	if r.Pending, err = pendingKeys(ctx, s.Store, d); err != nil {
+		return nil, err
+	}
 	return &r, nil
 }
 

@@ -22,16 +22,24 @@ const ActionCounterResync = "counter.resync"
 // when it lost track of a domain's SCP03 sequence counter: a card job's
 // answer was lost after the script went out (a broken session, or a SENT
 // job that expired), so the card may have run its INITIALIZE UPDATE and
-// moved the counter. The domain is marked unverified (SeqUnverified) in the
-// same transaction: GET domain reports no counter, SubmitScript and
+// moved the counter, or a rotation's answer left its outcome unproven
+// (rotationUnproven), so the card may be on the next key set, whose
+// counter is another. The domain is marked unverified (SeqUnverified) in
+// the same transaction: GET domain reports no counter, SubmitScript and
 // SubmitDataScript refuse (ErrCounterResync), and the queued probe wakes
 // the module. In the module's next session the probe's script — the
 // admin session's targeted application selects the SSD, then INITIALIZE
-// UPDATE on the domain's KVN with a random host challenge, and no EXTERNAL
-// AUTHENTICATE — goes out like any data script, and answerData records the
-// counter of the answer (SetDomainKeys with the KVN and KCVs unchanged,
-// which clears the mark) and tells the provider (job.done webhook, audit
-// event counter.resync).
+// UPDATE with a random host challenge, and no EXTERNAL AUTHENTICATE — goes
+// out like any data script, and answerData records the counter of the
+// answer (SetDomainKeys with the KVN and KCVs unchanged, which clears the
+// mark) and tells the provider (job.done webhook, audit event
+// counter.resync). The INITIALIZE UPDATE asks for the domain's KVN or,
+// while the domain has pending key sets (pendingKeys: a rotation's outcome
+// is unproven), for the first key set the card has (P1 = 00, PROTOCOLS.md §1):
+// the KVN in the answer's key information says which one answered, and
+// the job's result reports it (card_kvn). keyport records the counter only
+// when that KVN is the domain's or a pending one, and never records the
+// KVN itself: only a confirmed rotation moves it.
 //
 // The read is not authenticated: the card cryptogram of the answer is
 // under the provider's keys, which keyport does not hold. That is
@@ -39,18 +47,43 @@ const ActionCounterResync = "counter.resync"
 // precomputed script starts: a forged counter can only make that script
 // fail on the card (its cryptograms would not match), never make a script
 // succeed falsely, since every confirmation is still the card's proof
-// under the domain's keys. A probe that does not tell the counter clears
-// the mark all the same (counter.resync.failed): keyport reports the last
-// counter it knew, and a provider's script built on a wrong one fails and
-// leaves the card's counter, read from its answer, behind.
-func counterProbe(eid EID, d *Domain) (*DataPayload, error) {
+// under the domain's keys. The same holds for the KVN of the answer: it is
+// reported, and it picks nothing but whether the counter is recorded; the
+// pending key sets come from the job history alone, and a rotation from
+// one is confirmed only by the R-MAC its provider declared under those
+// keys. A probe that does not tell the counter clears the mark all the
+// same (counter.resync.failed): keyport reports the last counter it knew,
+// and a provider's script built on a wrong one fails and leaves the
+// card's counter, read from its answer, behind.
+func counterProbe(eid EID, d *Domain, anyKeySet bool) (*DataPayload, error) {
 	hc := make([]byte, 8)
 	if _, err := rand.Read(hc); err != nil {
 		return nil, err
 	}
-	iu := gp.InitializeUpdate(byte(d.KVN), hc)
+	kvn := byte(d.KVN)
+	if anyKeySet {
+		kvn = 0 // the first key set the card has
+	}
+	iu := gp.InitializeUpdate(kvn, hc)
 	return &DataPayload{EID: eid, AID: d.AID, APDUs: apduHex([]gp.Command{iu}),
 		Probe: true, ProbeState: d.State}, nil
+}
+
+// probeKeySet says why a counter probe's answer from key set kvn (nil: the
+// answer named none) does not tell domain d's counter, "" when it does:
+// kvn is the domain's KVN or one of its pending key sets.
+func (s *Service) probeKeySet(ctx context.Context, d *Domain, kvn *int) (string, error) {
+	if kvn == nil {
+		return "the INITIALIZE UPDATE answer names no key set", nil
+	}
+	if *kvn == d.KVN {
+		return "", nil
+	}
+	pending, err := pendingKeys(ctx, s.Store, d)
+	if err != nil || hasPendingKVN(pending, *kvn) {
+		return "", err
+	}
+	return fmt.Sprintf("the card answered with key set %02X, which is neither the domain's (KVN %02X) nor a pending one: its counter is not the domain's, and keyport keeps the last one it knew", *kvn, d.KVN), nil
 }
 
 // answerLost wraps the end of card job j, whose answer was lost after its
@@ -99,7 +132,13 @@ func (s *Service) queueCounterProbe(ctx context.Context, tx Repo, eid EID, d *Do
 			return nil
 		}
 	}
-	payload, err := counterProbe(eid, d)
+	// The failed job this probe follows is already final in tx: a
+	// rotation it leaves unproven is among the pending key sets.
+	pendingSets, err := pendingKeys(ctx, tx, d)
+	if err != nil {
+		return err
+	}
+	payload, err := counterProbe(eid, d, len(pendingSets) > 0)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package keyport
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
@@ -39,21 +40,25 @@ func RotateScript(aid AID, kvn, counter int, current, next map[KeyUsage][]byte) 
 
 // CheckRotateScript validates a rotation script for a PERSONALIZED domain
 // whose current key set is currentKVN (CheckScript's sibling): the same
-// SCP03 structure (INITIALIZE UPDATE on currentKVN, EXTERNAL AUTHENTICATE
-// with R-MAC, one PUT KEY replacing currentKVN), and besides: the PUT KEY
-// is the last command and nothing else is in the script, the new KVN is
-// the next one (currentKVN+1), and the expectation carries the R-MAC of
-// the PUT KEY answer.
-func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*SecondKeyPayload, error) {
-	p, err := CheckScript(eid, aid, currentKVN, req)
+// SCP03 structure (INITIALIZE UPDATE on the KVN it replaces, EXTERNAL
+// AUTHENTICATE with R-MAC, one PUT KEY replacing that KVN), and besides:
+// the PUT KEY is the last command and nothing else is in the script, the
+// new KVN is the next one, and the expectation carries the R-MAC of the
+// PUT KEY answer. The KVN replaced is currentKVN or, while a rotation's
+// outcome is unproven, one of the pending key sets (pendingKeys): the card
+// may be on either, and only the card's answer, bearing the R-MAC its
+// provider declared under those keys, confirms the rotation.
+func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest, pending ...PendingKeys) (*SecondKeyPayload, error) {
+	from := req.Expect.KVN - 1
+	if from != currentKVN && !hasPendingKVN(pending, from) {
+		return nil, Invalid("expect.kvn", "a rotation replaces KVN %02X by the next, %02X, not %02X%s", currentKVN, currentKVN+1, req.Expect.KVN, pendingNote(pending))
+	}
+	p, err := CheckScript(eid, aid, from, req)
 	if err != nil {
 		return nil, err
 	}
 	if len(p.APDUs) != 3 || p.PutKey != 2 {
 		return nil, invalid("apdus", "a rotation script is INITIALIZE UPDATE, EXTERNAL AUTHENTICATE and PUT KEY, nothing else")
-	}
-	if p.Expect.KVN != currentKVN+1 {
-		return nil, Invalid("expect.kvn", "a rotation replaces KVN %02X by the next, %02X, not %02X", currentKVN, currentKVN+1, p.Expect.KVN)
 	}
 	b, err := hex.DecodeString(req.Expect.PutKeyRMAC)
 	if err != nil || len(b) != 8 {
@@ -62,6 +67,160 @@ func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest) (*Se
 	p.Expect.PutKeyRMAC = strings.ToUpper(req.Expect.PutKeyRMAC)
 	p.Rotate = true
 	return p, nil
+}
+
+// PendingKeys is a key set the card of a PERSONALIZED domain may hold
+// although keyport records another: the next KVN and KCVs of a rotation
+// whose outcome is unproven (rotationUnproven), whose PUT KEY may have run
+// on the card without an answer that proves it. keyport never records it
+// on that belief: while it is pending, a rotation from it is accepted
+// besides the ordinary one (CheckRotateScript), and only that rotation's
+// confirmation, the card's R-MAC under the pending keys, moves the domain
+// on.
+type PendingKeys struct {
+	KVN int                 `json:"kvn"`
+	KCV map[KeyUsage]string `json:"kcv"`
+	// Job is the rotation job that declared them.
+	Job string `json:"job"`
+}
+
+func hasPendingKVN(pending []PendingKeys, kvn int) bool {
+	for _, pk := range pending {
+		if pk.KVN == kvn {
+			return true
+		}
+	}
+	return false
+}
+
+// pendingNote is what an error about a rotation's KVN says of the pending
+// key sets, "" when there are none.
+func pendingNote(pending []PendingKeys) string {
+	if len(pending) == 0 {
+		return ""
+	}
+	kvns := make([]string, len(pending))
+	for i, pk := range pending {
+		kvns[i] = fmt.Sprintf("%02X", pk.KVN)
+	}
+	return fmt.Sprintf(", or a pending KVN (%s: a rotation to it is unproven) by its next", strings.Join(kvns, ", "))
+}
+
+// pendingKeys derives domain d's pending key sets from its second-key job
+// history; no column holds them. Walking the jobs oldest first, a DONE job
+// (a second key, a rotation or a release's proof, each confirmed by the
+// card) clears them, since the KVN keyport then records is the card's; a
+// rotation of the domain's owner whose outcome is unproven adds its next
+// KVN (a later one to the same KVN replaces its KCVs). What is left counts
+// only as a chain from the recorded KVN: d.KVN+1, then d.KVN+2 if a
+// rotation from the pending d.KVN+1 was unproven too, and so on, each a
+// KVN the card may be on. nil for a domain that is not PERSONALIZED (or
+// LOCKED from PERSONALIZED): no rotation is for it.
+func pendingKeys(ctx context.Context, repo Repo, d *Domain) ([]PendingKeys, error) {
+	if d.State != Personalized && (d.State != Locked || d.PriorState != Personalized) {
+		return nil, nil
+	}
+	jobs, err := domainJobs(ctx, repo, d.ID, JobSecondKey)
+	if err != nil {
+		return nil, err
+	}
+	byKVN := map[int]PendingKeys{}
+	for i := range jobs {
+		j := &jobs[i]
+		switch {
+		case j.State == JobDone:
+			clear(byKVN)
+		case j.ProviderID == d.OwnerID && j.SecondKey != nil && rotationUnproven(j.SecondKey, j.State, j.Result):
+			e := j.SecondKey.Expect
+			byKVN[e.KVN] = PendingKeys{KVN: e.KVN, KCV: e.KCV, Job: j.Ref}
+		}
+	}
+	var out []PendingKeys
+	for kvn := d.KVN + 1; ; kvn++ {
+		pk, ok := byKVN[kvn]
+		if !ok {
+			return out, nil
+		}
+		out = append(out, pk)
+	}
+}
+
+// rotationPending is pendingKeys for a rotation to KVN next of domain d:
+// nil without reading the history when next is the ordinary one
+// (d.KVN+1), which needs no pending key set.
+func rotationPending(ctx context.Context, repo Repo, d *Domain, next int) ([]PendingKeys, error) {
+	if next == d.KVN+1 {
+		return nil, nil
+	}
+	return pendingKeys(ctx, repo, d)
+}
+
+// rotationUnproven reports whether rotation p, ended in state with result
+// r, left its outcome unproven: keyport sent the script, and heard either
+// nothing back or an answer that neither proved the rotation
+// (JudgeRotation) nor shows that the card did not run its PUT KEY. Only a
+// clear refusal counts as "did not rotate":
+//   - the module reports that it could not address the domain (script
+//     status unknown-application or not-a-security-domain: the SELECT of
+//     the SSD failed, none of the script reached it);
+//   - the card answered the PUT KEY with an error that by ISO 7816-4
+//     5.1.3 leaves its non-volatile memory unchanged: SW1 64 (execution
+//     error, memory unchanged) or 66 to 6F (security and checking errors:
+//     6982, 6A80, 6A88…); an error answer carries no R-MAC (AmdD 6.2.5), its
+//     SW is all there is;
+//   - there is no PUT KEY answer and the card refused INITIALIZE UPDATE or
+//     EXTERNAL AUTHENTICATE (any SW but 9000): no secure channel was open,
+//     so a PUT KEY under C-MAC, had the module sent it, could not run.
+//
+// Everything else is unproven: no answer at all (answer-lost, a SENT job
+// that expired), another script status (security-error says nothing of
+// what ran), fewer answers than commands without a refusal among them (the
+// module may have sent the PUT KEY and lost its answer), a PUT KEY answered
+// 9000 — every answer JudgeRotation refused for its R-MAC, KVN or KCVs,
+// which is what an answer altered in transit looks like — or with a
+// warning (62xx, 63xx) or an error that changed memory (65xx), and
+// responses that do not parse. None of these status words is
+// authenticated, and need not be: a pending key set only admits one more
+// rotation, which only the card's own proof confirms, so a wrong
+// "unproven" costs the provider a script that fails on the card, and a
+// forged refusal leaves the domain as a lost answer left it before
+// pending key sets existed.
+func rotationUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
+	if !p.Rotate || state != JobFailed && state != JobExpired || r == nil {
+		return false // not a rotation, not ended unconfirmed, or never sent
+	}
+	switch r.ScriptStatus {
+	case "", "answer-lost":
+		// Sent (the session is recorded) and never answered.
+		return true
+	case "ok":
+	case "unknown-application", "not-a-security-domain":
+		return false
+	default:
+		return true
+	}
+	var resps []gp.Response
+	for _, s := range r.Responses {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return true
+		}
+		x, err := gp.ParseResponse(b)
+		if err != nil {
+			return true
+		}
+		resps = append(resps, x)
+	}
+	if p.PutKey >= 0 && p.PutKey < len(resps) {
+		sw1 := byte(resps[p.PutKey].SW >> 8)
+		return !(sw1 == 0x64 || sw1 >= 0x66 && sw1 <= 0x6F)
+	}
+	for i, x := range resps {
+		if i < p.PutKey && x.SW != gp.SWOK {
+			return false
+		}
+	}
+	return true
 }
 
 // JudgeRotation decides whether a module's answer to a rotation script
@@ -106,15 +265,23 @@ func (p *SecondKeyPayload) JudgeRotation(status string, body []byte) (ScriptResu
 // from every such answer it sees, so that the next precomputed script is
 // built on the card's value.
 func LearnCounter(cmds []gp.Command, resps []gp.Response) *int {
-	if len(cmds) == 0 || len(resps) == 0 || cmds[0].INS != gp.INSInitializeUpdate || resps[0].SW != gp.SWOK {
-		return nil
-	}
-	d, err := gp.ParseInitUpdateResponse(resps[0].Data)
-	if err != nil || !d.HasSequenceCounter {
+	d, ok := initUpdateAnswer(cmds, resps)
+	if !ok || !d.HasSequenceCounter {
 		return nil
 	}
 	n := int(d.SequenceCounter)
 	return &n
+}
+
+// initUpdateAnswer is the card's answer to a script's INITIALIZE UPDATE
+// (its first command), parsed; false when the script opened no session,
+// the card refused it, or the answer does not parse.
+func initUpdateAnswer(cmds []gp.Command, resps []gp.Response) (gp.InitUpdateResponse, bool) {
+	if len(cmds) == 0 || len(resps) == 0 || cmds[0].INS != gp.INSInitializeUpdate || resps[0].SW != gp.SWOK {
+		return gp.InitUpdateResponse{}, false
+	}
+	d, err := gp.ParseInitUpdateResponse(resps[0].Data)
+	return d, err == nil
 }
 
 // action names the audit events of the payload's job: "second-key.*" or

@@ -90,6 +90,13 @@ type ScriptResult struct {
 	// SequenceCounter is the SCP03 counter the card reported in its
 	// INITIALIZE UPDATE answer (AmdD 6.2.2.1), when it did.
 	SequenceCounter *int `json:"sequence_counter,omitempty"`
+	// CardKVN is, for keyport's counter probe (resync.go), the KVN of the
+	// key set that answered its INITIALIZE UPDATE, as the card's answer
+	// names it, unauthenticated: after a rotation whose outcome is
+	// unproven, the probe asks for whichever key set the card has, and a
+	// KVN other than the domain's says the card may be on the pending one.
+	// keyport records the counter, never this KVN.
+	CardKVN *int `json:"card_kvn,omitempty"`
 	// Confirmed is true when the answer proves the key replacement.
 	Confirmed bool `json:"confirmed"`
 	// Session is the admin session the script went out in (while SENT).
@@ -361,9 +368,10 @@ func apduHex(cmds []gp.Command) []string {
 
 // scriptFits says whether a checked script fits its domain as it is now:
 // a second-key script an ASSIGNED domain, a rotation a PERSONALIZED one,
-// each on the domain's current KVN and, when the script names the counter
-// it was built on, on the counter keyport last learned from the card.
-func scriptFits(d *Domain, p *SecondKeyPayload) error {
+// each on the domain's current KVN (a rotation also on one of its pending
+// key sets) and, when the script names the counter it was built on, on
+// the counter keyport last learned from the card.
+func scriptFits(d *Domain, p *SecondKeyPayload, pending []PendingKeys) error {
 	switch want := p.DomainState(); {
 	case d.State == want:
 	case d.State == Locked && d.PriorState == want:
@@ -376,7 +384,7 @@ func scriptFits(d *Domain, p *SecondKeyPayload) error {
 	default:
 		return fmt.Errorf("%w: domain is %s; a second-key script needs an ASSIGNED domain", ErrConflict, d.State)
 	}
-	if p.Rotate && p.Expect.KVN != d.KVN+1 {
+	if p.Rotate && p.Expect.KVN != d.KVN+1 && !hasPendingKVN(pending, p.Expect.KVN-1) {
 		return fmt.Errorf("%w: the domain's keys are KVN %02X now; the rotation was built for KVN %02X", ErrConflict, d.KVN, p.Expect.KVN-1)
 	}
 	if d.SeqUnverified {
@@ -416,11 +424,16 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	if err != nil {
 		return nil, err
 	}
-	check := CheckScript
+	var payload *SecondKeyPayload
 	if req.Rotate {
-		check = CheckRotateScript
+		pending, perr := rotationPending(ctx, s.Store, d, req.Expect.KVN)
+		if perr != nil {
+			return nil, perr
+		}
+		payload, err = CheckRotateScript(eid, aid, d.KVN, req, pending...)
+	} else {
+		payload, err = CheckScript(eid, aid, d.KVN, req)
 	}
-	payload, err := check(eid, aid, d.KVN, req)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +443,16 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	}
 	return s.queueProviderScript(ctx, p, d, providerScript{
 		kind: JobSecondKey, what: "script", action: action,
-		fits:   func(d *Domain) error { return scriptFits(d, payload) },
+		fits: func(ctx context.Context, tx Repo, d *Domain) error {
+			var pending []PendingKeys
+			if payload.Rotate {
+				var err error
+				if pending, err = rotationPending(ctx, tx, d, payload.Expect.KVN); err != nil {
+					return err
+				}
+			}
+			return scriptFits(d, payload, pending)
+		},
 		attach: func(j *Job) { j.SecondKey = payload },
 		audit:  map[string]any{"apdus": len(payload.APDUs), "kvn": payload.Expect.KVN, "kcv": payload.Expect.KCV},
 	})
@@ -457,10 +479,11 @@ func (s *Service) providerDomain(ctx context.Context, p Principal, eid EID, aid 
 // queues as a job of its kind.
 type providerScript struct {
 	kind         JobKind
-	what, action string              // "script" for messages and logs; the audit action
-	fits         func(*Domain) error // the domain, re-read in the transaction, can take it
-	attach       func(*Job)          // sets the job's payload
-	audit        map[string]any      // the audit event's details besides the job
+	what, action string         // "script" for messages and logs; the audit action
+	attach       func(*Job)     // sets the job's payload
+	audit        map[string]any // the audit event's details besides the job
+	// fits says whether the domain, re-read in transaction tx, can take it.
+	fits func(ctx context.Context, tx Repo, d *Domain) error
 }
 
 // queueProviderScript queues ps for p's domain d in one transaction with
@@ -486,7 +509,7 @@ func (s *Service) queueProviderScript(ctx context.Context, p Principal, d *Domai
 		if d.OwnerID != p.ProviderID {
 			return ErrNotFound
 		}
-		if err := ps.fits(d); err != nil {
+		if err := ps.fits(ctx, tx, d); err != nil {
 			return err
 		}
 		active, err := tx.ListJobs(ctx, JobFilter{DomainID: d.ID, Kind: ps.kind, States: []JobState{JobQueued, JobSent}, Limit: 1})

@@ -39,9 +39,14 @@ type DomainJSON struct {
 	SequenceCounter *int `json:"sequence_counter"`
 	// SequenceCounterState is "known", or "resynchronizing" while keyport
 	// re-reads the counter in the module's next admin session.
-	SequenceCounterState string    `json:"sequence_counter_state"`
-	Mine                 bool      `json:"mine"`
-	UpdatedAt            time.Time `json:"updated_at"`
+	SequenceCounterState string `json:"sequence_counter_state"`
+	// PendingKeys are the key sets the card may hold instead of KVN after
+	// a rotation whose outcome is unproven: a rotation from one of them
+	// is accepted too. Only GET /api/v1/domains/{eid}/{aid} reports them,
+	// to the domain's owner and the issuer.
+	PendingKeys []keyport.PendingKeys `json:"pending_keys,omitempty"`
+	Mine        bool                  `json:"mine"`
+	UpdatedAt   time.Time             `json:"updated_at"`
 	// Demo is true on a demo server (keyport demo): demo data.
 	Demo bool `json:"demo,omitempty"`
 }
@@ -56,6 +61,7 @@ func domainJSON(p keyport.Principal, d keyport.Domain) DomainJSON {
 	// KCVs identify the first keys; only their holder (or the issuer) sees them.
 	if j.Mine || p.Admin {
 		j.KCV = d.KCV
+		j.PendingKeys = d.Pending
 	}
 	return j
 }

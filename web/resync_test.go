@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/internal/fixture"
 	"github.com/keyport/keyport/web"
@@ -76,5 +77,63 @@ func TestTheDomainPageSaysTheCounterIsBeingReReadInsteadOfAStaleOne(t *testing.T
 	}
 	if st, body := ps.get(page); st != 200 || !strings.Contains(body, `id="counter-resync"`) || !strings.Contains(body, "next admin session") {
 		t.Fatalf("domain page %d does not say the counter is re-read", st)
+	}
+}
+
+// After a rotation whose outcome is unproven, GET domain shows its owner the
+// pending key set (in the document's schema), and the rotation from it is
+// accepted; the domain's KVN stays what the card last proved.
+func TestADomainShowsItsOwnerThePendingKeysOfAnUnprovenRotation(t *testing.T) {
+	e := newAPI(t)
+	claimedForScripts(t, e)
+	ctx := context.Background()
+	eid, aid := fixture.EID(t, 0), fixture.AID(1)
+	d, err := e.w.Store.GetDomain(ctx, eid, aid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, next := e.w.Keys[eid][fixture.AID(2)], e.w.Keys[eid][aid]
+	if err := e.w.Store.TransitionDomain(ctx, d.ID, []keyport.DomainState{keyport.Assigned}, keyport.Personalized, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.w.Store.SetDomainKeys(ctx, d.ID, 0x31, d.KCV, 0); err != nil {
+		t.Fatal(err)
+	}
+	rot, err := keyport.RotateScript(aid, 0x31, 0, current, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := keyport.CheckRotateScript(eid, aid, 0x31, rot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The rotation went out and its answer was lost.
+	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
+		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
+	if err := e.w.Store.CreateJob(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	domainPath := fmt.Sprintf("/api/v1/domains/%s/%s", eid, aid)
+	resp, b := e.do(t, e.token, "GET", domainPath, "", nil)
+	var dom struct {
+		KVN     int                   `json:"kvn"`
+		Pending []keyport.PendingKeys `json:"pending_keys"`
+	}
+	if err := json.Unmarshal(b, &dom); err != nil || resp.StatusCode != 200 || dom.KVN != 0x31 || len(dom.Pending) != 1 ||
+		dom.Pending[0].KVN != 0x32 || dom.Pending[0].Job != lost.Ref || dom.Pending[0].KCV[keyport.UsageMAC] != rot.Expect.KCV[keyport.UsageMAC] {
+		t.Fatalf("domain: %d %s", resp.StatusCode, b)
+	}
+	resp, b = e.do(t, e.token, "GET", "/api/v1/domains", "", nil)
+	if resp.StatusCode != 200 || strings.Contains(string(b), "pending_keys") {
+		t.Fatalf("the domain list shows pending keys: %d %s", resp.StatusCode, b)
+	}
+	from, err := keyport.RotateScript(aid, 0x32, 0, next, current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(from)
+	resp, b = e.do(t, e.token, "POST", domainPath+"/scripts", "application/json", body)
+	if resp.StatusCode != 201 || !strings.Contains(string(b), `"kvn":51`) {
+		t.Fatalf("rotation from the pending KVN: %d %s", resp.StatusCode, b)
 	}
 }
