@@ -96,8 +96,9 @@ func sqliteUseLockFile(path, query string) (string, error) {
 }
 
 // UseLock is a hold of a database's use lock, which keeps a restore and the
-// processes using the database apart: each keyport serve (every replica)
-// and each backup holds it shared for as long as it runs; a restore takes
+// processes using the database apart: each keyport serve (every replica),
+// each backup and each other command that opens the database
+// (HoldForUse) holds it shared for as long as it runs; a restore takes
 // it exclusive, without waiting, from before it looks at the target
 // database to its end. On PostgreSQL it is the
 // session-level advisory lock useLockKey, held by a connection of its own;
@@ -158,6 +159,26 @@ func HoldForServe(ctx context.Context, dsn string) (*UseLock, error) {
 		keepCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 		l.stop, l.done = stop, make(chan struct{})
 		go l.keep(keepCtx)
+	}
+	return l, nil
+}
+
+// HoldForUse takes the use lock of the database dsn names, shared, for a
+// command that reads or writes it (migrate, import, provider add, hsm
+// init…): a restore is refused while it runs, and it fails with ErrInUse,
+// at once, while a restore is running. Unlike HoldForServe nothing watches
+// the lock's PostgreSQL session: a command is short.
+func HoldForUse(ctx context.Context, dsn string) (*UseLock, error) {
+	target, err := useTargetOf(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	l, err := holdUse(ctx, target, true)
+	if errors.Is(err, ErrInUse) {
+		return nil, fmt.Errorf("store: %w: a keyport restore is running on it; run the command again once the restore has finished", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
 	}
 	return l, nil
 }
@@ -362,6 +383,9 @@ func (l *UseLock) confirm(ctx context.Context) error {
 // Close releases the lock: it ends its PostgreSQL session or closes its
 // lock file.
 func (l *UseLock) Close() error {
+	if l == nil {
+		return nil
+	}
 	var err error
 	l.once.Do(func() {
 		if l.stop != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,6 +31,8 @@ type app struct {
 	adminAddr string
 	// sms is the SMS trigger once the SMPP link is configured (smpp.go).
 	sms *smsTriggerBox
+	// use is the database's use lock, held shared until Close.
+	use *store.UseLock
 }
 
 // newFlags returns a flag set with the common flags bound to cfg.
@@ -90,20 +93,40 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 			return nil, err
 		}
 	}
+	// The database's use lock, shared, from before the store opens (and
+	// migrates) until it has closed (Close): a restore is refused while
+	// any command uses the database, and a command while a restore runs.
+	use, err := holdForUse(ctx, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.OpenOptions{Migrate: migrate}.Open(ctx, cfg.DB)
 	if err != nil {
+		use.Close()
 		return nil, err
 	}
 	h, err := hsm.Open(ctx, hsm.Config{URI: uri, OAEPHash: keyport.OAEPHash(cfg.OAEPHash), PoolSize: cfg.HSMSessions,
 		Exclusive: st.Exclusive})
 	if err != nil {
 		st.Close()
+		use.Close()
 		return nil, err
 	}
+	a.use = use
 	a.store, a.hsm = st, h
 	a.svc = &keyport.Service{Store: st, Custody: h, Link: h, Log: a.log, Writes: st.Group(),
 		Claims: st.ClaimCommits(), DualControl: keyport.DualControl{Admins: cfg.DualControl}}
 	return a, nil
+}
+
+// holdForUse takes the use lock of the database dsn names, shared, for a
+// command (store.HoldForUse); exit status 5 while a restore runs.
+func holdForUse(ctx context.Context, dsn string) (*store.UseLock, error) {
+	use, err := store.HoldForUse(ctx, dsn)
+	if errors.Is(err, store.ErrInUse) {
+		return nil, exitError{5, err}
+	}
+	return use, err
 }
 
 func (a *app) Close() {
@@ -112,6 +135,9 @@ func (a *app) Close() {
 	}
 	if a.store != nil {
 		a.store.Close()
+	}
+	if a.use != nil {
+		a.use.Close()
 	}
 }
 
@@ -191,6 +217,11 @@ func cmdMigrate(ctx context.Context, args []string) error {
 	if err := parse(fs, &cfg, args); err != nil {
 		return err
 	}
+	use, err := holdForUse(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer use.Close()
 	st, err := store.OpenOptions{Migrate: true}.Open(ctx, cfg.DB)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keyport/keyport/hsm/hsmtest"
+	"github.com/keyport/keyport/internal/filelock"
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
@@ -134,4 +135,44 @@ func restoreInTheGap(t *testing.T, dsn, backup string, common []string) {
 			t.Fatalf("restore in the gap (attempt %d): %v", attempt+1, err)
 		}
 	}
+}
+
+// Every command that opens the database holds its use lock, not only
+// serve: while a restore holds it (here the test, as a restore does, with
+// the exclusive flock beside the SQLite file), migrate and provider add
+// refuse with exit status 5 and change nothing; and restore is refused
+// while a command holds it shared.
+func TestCommandsAndRestoreKeepEachOtherOff(t *testing.T) {
+	o := capture(t)
+	ctx := context.Background()
+	dsn := storetest.SQLitePath(t)
+	common := []string{"--data-dir", filepath.Join(t.TempDir(), "data"), "--db", dsn, "--hsm", hsmtest.New(t)}
+	kp(t, o, common, "hsm", "init")
+	out := filepath.Join(t.TempDir(), "keyport.backup")
+	kp(t, o, common, "backup", "--out", out)
+
+	restore, err := filelock.TryLock(dsn+".lock", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantInUse(t, run(ctx, append([]string{"migrate"}, common...)), "restore is running")
+	wantInUse(t, run(ctx, append([]string{"provider", "add", "Late Bank", "--email", "ops@late.example"}, common...)), "restore is running")
+	restore.Close()
+	st, err := store.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provs, err := st.ListProviders(ctx)
+	st.Close()
+	if err != nil || len(provs) != 0 {
+		t.Fatalf("a refused provider add left providers %+v, %v", provs, err)
+	}
+
+	use, err := store.HoldForUse(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantInUse(t, run(ctx, append([]string{"restore", "--from", out, "--force"}, common...)), "serve")
+	use.Close()
+	kp(t, o, common, "restore", "--from", out, "--force")
 }
