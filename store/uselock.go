@@ -195,7 +195,7 @@ func lockForRestore(ctx context.Context, target useTarget) (*UseLock, error) {
 	switch s, serr := holdUse(ctx, target, true); {
 	case serr == nil:
 		s.release()
-		who = "a keyport serve (or a backup) is using it; stop every keyport serve on this database (each replica), then run restore again"
+		who = "a keyport serve (or a backup or another command) is using it; stop every keyport serve on this database (each replica), then run restore again"
 	case errors.Is(serr, ErrInUse):
 		who = "another keyport restore is running on it; wait for it to finish"
 	default:
