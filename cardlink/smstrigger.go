@@ -231,9 +231,8 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		// Several modules have the number (set before keyport refused
 		// it): opening the PoR under one's keys would fail for the
 		// others' and hide their answers, so it is for none of them.
-		t.log.Warn("proof of receipt ignored: its number is the MSISDN of several modules; clear it on all but the one it reaches (keyport module shared-msisdns)",
-			"msisdn", msisdn, "error", err)
-		return 0, fmt.Errorf("cardlink: %w: from %s, the MSISDN of several modules: %w", ErrPoRIgnored, msisdn, err)
+		return 0, t.ignore(err, msisdn, "its number is the MSISDN of several modules; clear it on all but the one it reaches (keyport module shared-msisdns)",
+			"msisdn", msisdn)
 	}
 	if err != nil {
 		return 0, err
@@ -250,17 +249,15 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		return 0, fmt.Errorf("cardlink: proof of receipt from %s: %w", eid, err)
 	}
 	if r.TAR != gp.ISDTAR {
-		t.log.Warn("proof of receipt ignored: not for the trigger's TAR", "eid", eid, "msisdn", msisdn,
-			"tar", fmt.Sprintf("%X", r.TAR), "counter", r.Counter, "status", r.Status)
-		return 0, fmt.Errorf("cardlink: %w: from %s, for TAR %X, not the trigger's %X", ErrPoRIgnored, eid, r.TAR, gp.ISDTAR)
+		return 0, t.ignore(nil, string(eid), fmt.Sprintf("for TAR %X, not the trigger's %X", r.TAR, gp.ISDTAR), "eid", eid, "msisdn", msisdn,
+			"counter", r.Counter, "status", r.Status)
 	}
 	if r.Status != gp.PoROK && r.Counter != keys.Counter {
 		// Authenticated, but for an older trigger than the last one
 		// (keys.Counter): a PoR captured and sent again must not delay
 		// the module's jobs over and over.
-		t.log.Warn("proof of receipt ignored: for an older trigger", "eid", eid, "msisdn", msisdn,
-			"counter", r.Counter, "last", keys.Counter, "status", r.Status)
-		return 0, fmt.Errorf("cardlink: %w: from %s, for counter %d, not the last trigger's %d", ErrPoRIgnored, eid, r.Counter, keys.Counter)
+		return 0, t.ignore(nil, string(eid), fmt.Sprintf("for an older trigger: counter %d, not the last trigger's %d", r.Counter, keys.Counter),
+			"eid", eid, "msisdn", msisdn, "status", r.Status)
 	}
 	if r.Status != gp.PoROK {
 		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)
@@ -285,7 +282,7 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 // do not authenticate (open's error), with what it claims when it can be
 // read without them, and returns ProofOfReceipt's error for it.
 func (t *SMSTrigger) unauthenticated(eid keyport.EID, msisdn string, ud []byte, open error) error {
-	attrs := []any{"eid", eid, "msisdn", msisdn, "error", open}
+	attrs := []any{"eid", eid, "msisdn", msisdn}
 	plain := triggerSPI
 	plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
 	claims := ""
@@ -293,8 +290,23 @@ func (t *SMSTrigger) unauthenticated(eid keyport.EID, msisdn string, ud []byte, 
 		attrs = append(attrs, "claimed_tar", fmt.Sprintf("%X", r.TAR), "claimed_counter", r.Counter, "claimed_status", r.Status)
 		claims = fmt.Sprintf(" (it says: %v, counter %d)", r.Status, r.Counter)
 	}
-	t.log.Warn("proof of receipt ignored: not authenticated under the module's OTA keys", attrs...)
-	return fmt.Errorf("cardlink: %w: from %s, not authenticated under its OTA keys%s: %w", ErrPoRIgnored, eid, claims, open)
+	return t.ignore(open, string(eid), "not authenticated under the module's OTA keys"+claims, attrs...)
+}
+
+// ignore logs a proof of receipt from sender (a module's EID, or a number)
+// that keyport does not act on, saying why, with attrs (what it claims),
+// and returns ErrPoRIgnored with the same reason, wrapping cause when there
+// is one.
+func (t *SMSTrigger) ignore(cause error, sender, why string, attrs ...any) error {
+	if cause != nil {
+		attrs = append(attrs, "error", cause)
+	}
+	t.log.Warn("proof of receipt ignored: "+why, attrs...)
+	err := fmt.Errorf("cardlink: %w: from %s: %s", ErrPoRIgnored, sender, why)
+	if cause != nil {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
 }
 
 // Triggers wakes a module over SMS when it has SMS reach, and through
