@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -77,6 +78,57 @@ func TestTheDomainPageSaysTheCounterIsBeingReReadInsteadOfAStaleOne(t *testing.T
 	}
 	if st, body := ps.get(page); st != 200 || !strings.Contains(body, `id="counter-resync"`) || !strings.Contains(body, "next admin session") {
 		t.Fatalf("domain page %d does not say the counter is re-read", st)
+	}
+}
+
+// The domain page shows its owner the pending key version of a rotation
+// whose answer was lost, and nothing of the kind before.
+func TestTheDomainPageShowsThePendingKeyVersionOfAnUnprovenRotation(t *testing.T) {
+	w := cardlinktest.NewIssuerWorld(t, cardlinktest.LinkOptions{NoWorker: true})
+	srv := httptest.NewServer(web.New(w.Svc, web.Options{InsecureCookies: true, SpoolDir: t.TempDir()}))
+	t.Cleanup(srv.Close)
+	ps := signInPages(t, srv.URL, w.Email, w.Password)
+	page := "/portal/domains/" + string(w.EID) + "/" + string(w.AID)
+	ctx := context.Background()
+	d, err := w.Store.GetDomain(ctx, w.EID, w.AID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.State != keyport.Personalized {
+		if err := w.Store.TransitionDomain(ctx, d.ID, []keyport.DomainState{d.State}, keyport.Personalized, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Store.SetDomainKeys(ctx, d.ID, 0x31, d.KCV, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := ps.get(page); st != 200 || strings.Contains(body, `id="pending-keys"`) {
+		t.Fatalf("domain page %d shows pending keys with no rotation", st)
+	}
+	keys := func(b byte) map[keyport.KeyUsage][]byte {
+		m := map[keyport.KeyUsage][]byte{}
+		for _, u := range keyport.Usages {
+			m[u] = bytes.Repeat([]byte{b}, 16)
+		}
+		return m
+	}
+	rot, err := keyport.RotateScript(w.AID, 0x31, 0, keys(1), keys(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := keyport.CheckRotateScript(w.EID, w.AID, 0x31, rot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
+		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
+	if err := w.Store.CreateJob(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	st, body := ps.get(page)
+	i := strings.Index(body, `id="pending-keys"`)
+	if st != 200 || i < 0 || !strings.Contains(body[i:], ">0x32<") || !strings.Contains(body[i:], "keyport sp script --rotate") {
+		t.Fatalf("domain page %d does not show key version 32 pending:\n%s", st, body)
 	}
 }
 
