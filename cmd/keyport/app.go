@@ -82,6 +82,13 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 // open connects the store and the HSM. With migrate, pending migrations
 // are applied; otherwise an out-of-date schema is refused.
 func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
+	return openHolding(ctx, cfg, migrate, nil)
+}
+
+// openHolding is open for a caller that holds the database's use lock
+// already (serve, store.HoldForServe): the app keeps it and closes it with
+// the store, instead of taking a second one. nil: open takes its own.
+func openHolding(ctx context.Context, cfg config, migrate bool, use *store.UseLock) (*app, error) {
 	a := &app{cfg: cfg, log: newLogger(cfg, stderr)}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
@@ -96,9 +103,11 @@ func open(ctx context.Context, cfg config, migrate bool) (*app, error) {
 	// The database's use lock, shared, from before the store opens (and
 	// migrates) until it has closed (Close): a restore is refused while
 	// any command uses the database, and a command while a restore runs.
-	use, err := holdForUse(ctx, cfg.DB)
-	if err != nil {
-		return nil, err
+	if use == nil {
+		var err error
+		if use, err = holdForUse(ctx, cfg.DB); err != nil {
+			return nil, err
+		}
 	}
 	st, err := store.OpenOptions{Migrate: migrate}.Open(ctx, cfg.DB)
 	if err != nil {

@@ -58,7 +58,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		return err
 	}
 	defer held.Close()
-	a, err := open(ctx, cfg, *migrate)
+	a, err := openHolding(ctx, cfg, *migrate, held)
 	if err != nil {
 		return err
 	}
