@@ -273,8 +273,19 @@ type DGI struct {
 	Data []byte
 }
 
-// Bytes encodes the DGI.
+// MaxDGIData is the most data one DGI carries: its longest length field is
+// FF and two bytes (GPCS 11.11.2.2).
+const MaxDGIData = 0xFFFF
+
+// Bytes encodes the DGI. It panics when Data is longer than MaxDGIData,
+// which no length field can say: callers split larger data first (every
+// caller in keyport holds less, bounded by an APDU or MaxDataObject).
 func (d DGI) Bytes() []byte {
+	if len(d.Data) > MaxDGIData {
+		// No length field can say it: writing the low 16 bits would
+		// make the card read another DGI from the rest of the data.
+		panic(fmt.Sprintf("gp: DGI %04X: %d bytes of data, more than the %d a DGI length can say", d.Tag, len(d.Data), MaxDGIData))
+	}
 	out := []byte{byte(d.Tag >> 8), byte(d.Tag)}
 	if len(d.Data) < 0xFF {
 		out = append(out, byte(len(d.Data)))

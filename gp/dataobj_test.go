@@ -60,3 +60,19 @@ func FuzzParseDataObject(f *testing.F) {
 		}
 	})
 }
+
+func TestDGIBytesUsesTheTwoByteLengthUpToItsLimitAndRefusesMore(t *testing.T) {
+	for _, n := range []int{0, 254, 255, 300, MaxDGIData} {
+		b := DGI{Tag: 0x0101, Data: make([]byte, n)}.Bytes()
+		got, err := ParseDGIs(b)
+		if err != nil || len(got) != 1 || len(got[0].Data) != n {
+			t.Fatalf("%d bytes: parsed back as %d DGIs (%v)", n, len(got), err)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a DGI of 65536 bytes was encoded: its length field cannot say it")
+		}
+	}()
+	DGI{Tag: 0x0101, Data: make([]byte, MaxDGIData+1)}.Bytes()
+}
