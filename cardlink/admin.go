@@ -54,12 +54,14 @@ type AdminServerConfig struct {
 	HandshakeTimeout time.Duration
 	// MaxConns caps the connections open at once (default 10,000), and
 	// MaxConnsPerAddr those from one source address (default 64; IPv6
-	// addresses count per /64). A connection over a cap is closed at once,
-	// before the handshake. Negative means no cap.
+	// addresses count per /64, and a /48 as a site of siteScale such
+	// sources). A connection over a cap is closed at once, before the
+	// handshake. Negative means no cap.
 	MaxConns, MaxConnsPerAddr int
 	// HandshakeRate and HandshakeBurst limit the handshakes a source
-	// address (IPv6: its /64) may start, as a token bucket: HandshakeRate
-	// a second (default 10) with bursts of HandshakeBurst (default 64).
+	// address (IPv6: its /64, and its /48 at siteScale times both) may
+	// start, as a token bucket: HandshakeRate a second (default 10) with
+	// bursts of HandshakeBurst (default 64).
 	// Every handshake costs a database lookup and an HSM derive before
 	// the client has proved anything; a connection over the limit is
 	// closed at once. A negative HandshakeRate means no limit.
@@ -103,8 +105,8 @@ type AdminServer struct {
 	mu      sync.Mutex
 	lns     []net.Listener
 	conns   map[net.Conn]struct{}
-	perAddr map[string]int  // open connections by addrKey
-	rates   *handshakeRates // handshake rate by addrKey; nil: no limit
+	perAddr map[string]int  // open connections by rateSource key
+	rates   *handshakeRates // handshake rate by rateSource; nil: no limit
 	serving int             // Serve loops running
 	stopErr error           // why the last Serve loop ended
 	closed  bool
@@ -172,7 +174,7 @@ func NewAdminServer(cfg AdminServerConfig) *AdminServer {
 func (s *AdminServer) psk(identity string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	m, err := s.module(ctx, identity)
+	m, cached, err := s.module(ctx, identity)
 	if errors.Is(err, keyport.ErrNotFound) {
 		// An unknown identity costs the HSM unseal a known one does, for a
 		// module that does not exist, so that the handshake's timing does
@@ -188,6 +190,15 @@ func (s *AdminServer) psk(identity string) ([]byte, error) {
 		return nil, err
 	}
 	psk, err := s.cfg.Service.AdminModulePSK(ctx, m)
+	if err != nil && cached {
+		// The cached sealed PSK may be one the token can no longer unseal
+		// (`keyport hsm init` sealed it anew and destroyed the old key):
+		// the module as the database has it now, once.
+		s.modules.forget(identity)
+		if m, _, err = s.module(ctx, identity); err == nil {
+			psk, err = s.cfg.Service.AdminModulePSK(ctx, m)
+		}
+	}
 	if err != nil {
 		s.log.Warn("admin session refused", "identity", identity, "err", err)
 		return nil, err
@@ -213,19 +224,18 @@ func (s *AdminServer) decoy(ctx context.Context) *keyport.AdminModule {
 	return s.decoyModule
 }
 
-// module returns the module a PSK identity names, from the cache when it
-// was looked up lately. Unknown identities are not cached: a module
-// imported later is found at once.
-func (s *AdminServer) module(ctx context.Context, identity string) (*keyport.AdminModule, error) {
+// module returns the module a PSK identity names, from the cache (cached
+// true) when it was looked up lately. Unknown identities are not cached:
+// a module imported later is found at once.
+func (s *AdminServer) module(ctx context.Context, identity string) (m *keyport.AdminModule, cached bool, err error) {
 	if m := s.modules.get(identity); m != nil {
-		return m, nil
+		return m, true, nil
 	}
-	m, err := s.cfg.Service.LookupAdminModule(ctx, identity)
-	if err != nil {
-		return nil, err
+	if m, err = s.cfg.Service.LookupAdminModule(ctx, identity); err != nil {
+		return nil, false, err
 	}
 	s.modules.put(identity, m)
-	return m, nil
+	return m, false, nil
 }
 
 // moduleCache maps PSK identities to modules for moduleTTL, holding at
@@ -254,6 +264,13 @@ func (c *moduleCache) get(identity string) *keyport.AdminModule {
 		return nil
 	}
 	return e.mod
+}
+
+// forget drops identity's entry.
+func (c *moduleCache) forget(identity string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, identity)
 }
 
 func (c *moduleCache) put(identity string, m *keyport.AdminModule) {
@@ -328,8 +345,9 @@ func (s *AdminServer) Serve(ln net.Listener) (err error) {
 			c.Close()
 			return errors.New("cardlink: Serve needs a TLS-PSK listener")
 		}
-		key := addrKey(tc.RemoteAddr())
-		switch s.admit(tc, key) {
+		srcs := sourcesOf(tc.RemoteAddr())
+		key := srcs[len(srcs)-1].key
+		switch s.admit(tc, srcs) {
 		case admitClosed:
 			tc.Close()
 			return nil
@@ -345,7 +363,7 @@ func (s *AdminServer) Serve(ln net.Listener) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.release(tc, key)
+			defer s.release(tc, srcs)
 			s.ServeConn(s.base, tc)
 		}()
 	}
@@ -414,50 +432,69 @@ const (
 	admitOverRate
 )
 
-// admit tracks c if the caps and the handshake rate of its source allow.
-func (s *AdminServer) admit(c net.Conn, key string) admission {
+// admit tracks c if the caps and the handshake rates of its sources
+// (sourcesOf) allow.
+func (s *AdminServer) admit(c net.Conn, srcs []rateSource) admission {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
+	if s.closed {
 		return admitClosed
-	case s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns,
-		s.cfg.MaxConnsPerAddr > 0 && s.perAddr[key] >= s.cfg.MaxConnsPerAddr:
+	}
+	if s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns {
 		return admitOverCap
-	case s.rates != nil && !s.rates.take(key, time.Now()):
+	}
+	for _, src := range srcs {
+		if s.cfg.MaxConnsPerAddr > 0 && s.perAddr[src.key] >= s.cfg.MaxConnsPerAddr*src.scale {
+			return admitOverCap
+		}
+	}
+	if s.rates != nil && !s.rates.takeAll(srcs, time.Now()) {
 		return admitOverRate
 	}
 	s.conns[c] = struct{}{}
-	s.perAddr[key]++
+	for _, src := range srcs {
+		s.perAddr[src.key]++
+	}
 	return admitOK
 }
 
-func (s *AdminServer) release(c net.Conn, key string) {
+func (s *AdminServer) release(c net.Conn, srcs []rateSource) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, c)
-	if s.perAddr[key]--; s.perAddr[key] <= 0 {
-		delete(s.perAddr, key)
+	for _, src := range srcs {
+		if s.perAddr[src.key]--; s.perAddr[src.key] <= 0 {
+			delete(s.perAddr, src.key)
+		}
 	}
 }
 
 // maxBuckets bounds the handshake rate limiter's memory (handshakeRates).
 const maxBuckets = 1 << 16
 
-// addrKey is the source a connection counts against: its IP address, or
-// the /64 of an IPv6 address (one subscriber's prefix).
-func addrKey(a net.Addr) string {
+// sourcesOf is what a connection from a counts against, the widest first:
+// its IP address; for IPv6 the /48 (a site, whose /64s all draw on one
+// allowance of siteScale sources) and then the /64 (one subscriber's
+// prefix). Without the /48, a site holding 65,536 /64s would have as many
+// bursts of handshakes, each an HSM derive, and could fill the rate table
+// with buckets still refilling, which refuses every new source.
+func sourcesOf(a net.Addr) []rateSource {
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
-		return a.String()
+		return []rateSource{{key: a.String(), scale: 1}}
 	}
 	ip := ap.Addr().Unmap()
 	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String()
+		site, _ := ip.Prefix(48)
+		host, _ := ip.Prefix(64)
+		return []rateSource{{key: "site:" + site.String(), scale: siteScale}, {key: host.String(), scale: 1}}
 	}
-	return ip.String()
+	return []rateSource{{key: ip.String(), scale: 1}}
 }
+
+// siteScale is how many sources' caps and handshake allowances an IPv6
+// /48 has.
+const siteScale = 16
 
 // logLimiter lets a repeated event be logged at most once per logEvery.
 type logLimiter struct {
@@ -525,7 +562,7 @@ func (s *AdminServer) ServeConn(ctx context.Context, c *tlspsk.Conn) {
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	// The PSK callback looked the module up: this is the cache's answer.
-	mod, err := s.module(ctx, c.Identity())
+	mod, _, err := s.module(ctx, c.Identity())
 	if err != nil {
 		s.log.Warn("admin session: module lookup", "identity", c.Identity(), "err", err)
 		return

@@ -466,3 +466,52 @@ func TestASilentClientIsClosedAfterTheHandshakeTimeoutNotTheIdleTimeout(t *testi
 		t.Fatalf("silent client: %d bytes, %v; want the server to close", n, err)
 	}
 }
+
+// resealed is a module-PSK custody whose seals can be renewed: a blob
+// "v2:"+b unseals as b did, and a blob revoked no longer unseals at all,
+// as after `keyport hsm init` sealed the module's PSK anew and destroyed
+// the key of the old seal.
+type resealed struct {
+	keyport.LinkCustody
+	mu      sync.Mutex
+	revoked [][]byte
+}
+
+func (r *resealed) ModulePSK(ctx context.Context, eid keyport.EID, sealed []byte) ([]byte, error) {
+	r.mu.Lock()
+	for _, b := range r.revoked {
+		if bytes.Equal(b, sealed) {
+			r.mu.Unlock()
+			return nil, errors.New("the key of this seal was destroyed")
+		}
+	}
+	r.mu.Unlock()
+	return r.LinkCustody.ModulePSK(ctx, eid, bytes.TrimPrefix(sealed, []byte("v2:")))
+}
+
+// A module whose sealed PSK was renewed while the server had the old one
+// cached is served with the new one at its next handshake, not refused
+// until the cache entry ages out.
+func TestAHandshakeAfterTheModulesPSKWasSealedAnewUsesTheNewSeal(t *testing.T) {
+	rs := &resealed{}
+	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{NoWorker: true, Link: func(l keyport.LinkCustody) keyport.LinkCustody {
+		rs.LinkCustody = l
+		return rs
+	}, Server: cardlink.AdminServerConfig{IdleTimeout: 500 * time.Millisecond}})
+	if out := opensslPOST(t, w, "-tls1_2"); !strings.Contains(out, "X-Admin-Protocol") {
+		t.Fatalf("first session:\n%s", out)
+	}
+	m, err := w.Svc.Store.GetModule(ctx, w.EID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Svc.Store.SetModuleKeys(ctx, m.ID, nil, append([]byte("v2:"), m.PSK...)); err != nil {
+		t.Fatal(err)
+	}
+	rs.mu.Lock()
+	rs.revoked = append(rs.revoked, m.PSK)
+	rs.mu.Unlock()
+	if out := opensslPOST(t, w, "-tls1_2"); !strings.Contains(out, "X-Admin-Protocol") {
+		t.Fatalf("the session after the PSK was sealed anew was refused:\n%s", out)
+	}
+}
