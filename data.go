@@ -164,7 +164,7 @@ func DataScript(aid AID, kvn, counter int, keys map[KeyUsage][]byte, cmds []gp.C
 		return DataScriptRequest{}, err
 	}
 	out := []gp.Command{hs.InitializeUpdate()}
-	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
+	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), scp03I); err != nil {
 		return DataScriptRequest{}, err
 	}
 	ea, err := hs.ExternalAuthenticate(DataLevel)

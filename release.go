@@ -223,7 +223,7 @@ func (s *Service) releaseVerifyScript(ctx context.Context, batch string, d *Doma
 		return nil, err
 	}
 	iu := hs.InitializeUpdate()
-	if _, err := hs.Precompute(uint32(d.SeqCounter+1), d.AID.Bytes(), gp.IPseudoRandom|0x60); err != nil {
+	if _, err := hs.Precompute(uint32(d.SeqCounter+1), d.AID.Bytes(), scp03I); err != nil {
 		return nil, err
 	}
 	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC)

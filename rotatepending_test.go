@@ -35,15 +35,8 @@ func newPendingWorld(t *testing.T) *pendingWorld {
 
 func newPendingWorldOn(t *testing.T, st *store.Store) *pendingWorld {
 	t.Helper()
-	fw := fixture.New(t, st, 1, 1)
-	w := &pendingWorld{World: fw, eid: fixture.EID(t, 0), aid: fixture.AID(1)}
-	var wk string
-	w.prov, _, wk = fw.Provider(t, "Pending Bank", fixture.RSAKeys()[0])
-	if _, _, err := fw.Svc.Claim(ctx, w.prov, keyport.ClaimRequest{EID: w.eid, AID: w.aid, WrappingKeyID: wk}); err != nil {
-		t.Fatal(err)
-	}
-	w.card = cardlinktest.NewModule(t, w.eid, map[keyport.AID]map[keyport.KeyUsage][]byte{w.aid: fw.Keys[w.eid][w.aid]})
-	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, fw.Keys[w.eid][w.aid], secondKeys)
+	w := newAssignedWorldOn(t, st)
+	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, w.Keys[w.eid][w.aid], secondKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +46,21 @@ func newPendingWorldOn(t *testing.T, st *store.Store) *pendingWorld {
 	if d := w.domain(t); d.State != keyport.Personalized || d.KVN != 0x31 {
 		t.Fatalf("domain %s KVN %02X", d.State, d.KVN)
 	}
+	return w
+}
+
+// newAssignedWorldOn is a pendingWorld before its second key: the
+// provider's domain ASSIGNED on the first keys (KVN 30).
+func newAssignedWorldOn(t *testing.T, st *store.Store) *pendingWorld {
+	t.Helper()
+	fw := fixture.New(t, st, 1, 1)
+	w := &pendingWorld{World: fw, eid: fixture.EID(t, 0), aid: fixture.AID(1)}
+	var wk string
+	w.prov, _, wk = fw.Provider(t, "Pending Bank", fixture.RSAKeys()[0])
+	if _, _, err := fw.Svc.Claim(ctx, w.prov, keyport.ClaimRequest{EID: w.eid, AID: w.aid, WrappingKeyID: wk}); err != nil {
+		t.Fatal(err)
+	}
+	w.card = cardlinktest.NewModule(t, w.eid, map[keyport.AID]map[keyport.KeyUsage][]byte{w.aid: fw.Keys[w.eid][w.aid]})
 	return w
 }
 

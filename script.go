@@ -62,6 +62,11 @@ type SecondKeyPayload struct {
 	// Verify marks keyport's own proof of a release: a session with the
 	// new SSD under its new first keys (releaseVerifyScript, JudgeVerify).
 	Verify bool `json:"verify,omitempty"`
+	// AnswerDigest is the SHA-256 of the answer a card holding the first
+	// keys gives to a second-key script, computed when it was submitted
+	// (expectAnswer): an answer with this digest is judged without the
+	// HSM. Empty when the answer could not be known in advance.
+	AnswerDigest string `json:"answer_digest,omitempty"`
 }
 
 // DomainState is the state the payload's domain must be in for the script
@@ -327,7 +332,7 @@ func newKeyScript(aid AID, oldKVN, counter, newKVN int, current, next map[KeyUsa
 		return nil, err
 	}
 	iu := hs.InitializeUpdate()
-	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), gp.IPseudoRandom|0x60); err != nil {
+	if _, err := hs.Precompute(uint32(counter+1), aid.Bytes(), scp03I); err != nil {
 		return nil, err
 	}
 	ea, err := hs.ExternalAuthenticate(gp.LevelCMAC | gp.LevelCDEC | gp.LevelRMAC)
@@ -437,6 +442,7 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 	if err != nil {
 		return nil, err
 	}
+	s.expectAnswer(ctx, d, payload)
 	action := "script.submit"
 	if payload.Rotate {
 		action = "rotation.submit"
