@@ -355,12 +355,15 @@ func (s *Service) moduleJob(ctx context.Context, a *AdminSession, ref string) (*
 // cryptogram and R-MACs, confirms). Confirmed: the job is DONE, the domain moves
 // ASSIGNED → PERSONALIZED with its new KVN, KCVs and a reset sequence counter
 // (AmdD 6.2.2.1), an audit event is chained and the provider is told, in one
-// transaction. Otherwise the job is FAILED with the cause and SW, the domain
-// stays ASSIGNED, and the counter the card reported is kept; after a
-// rotation whose outcome the answer leaves unproven (rotationUnproven) the
-// counter is read again instead, by a counter probe queued in the same
-// transaction (resync.go), and the rotation's next KVN becomes a pending
-// key set of the domain (pendingKeys). An answer to a job that is already
+// transaction; so does a confirmed rotation of an ASSIGNED domain (from the
+// pending KVN of a first key change whose outcome was unproven: the card's
+// R-MAC under those keys proves they were on it). Otherwise the job is
+// FAILED with the cause and SW, the domain stays ASSIGNED, and the counter
+// the card reported is kept; after a key change (second key or rotation)
+// whose outcome the answer leaves unproven (keyChangeUnproven) the counter
+// is read again instead, by a counter probe queued in the same transaction
+// (resync.go), and the new KVN becomes a pending key set of the domain
+// (pendingKeys). An answer to a job that is already
 // final changes nothing (a resumed session posting it twice), so a job
 // completes exactly once. A body that does not parse is an *InvalidError
 // and changes nothing.
@@ -467,6 +470,14 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		end.to, end.action = JobDone, p.action("confirmed")
 		from, to, owner, seq := From(EventSecondKeyConfirmed), Personalized, (*string)(nil), 0
 		switch {
+		case p.Rotate && p.Assigned:
+			// The first key change recovered: the card proved it holds
+			// the pending key set this rotation started from, and now
+			// the next one. The domain moves as a confirmed second key
+			// moves it, to the rotation's KVN and KCVs with counter 0
+			// (audit ActionSecondKeyRecovered). The rotation sends no SET
+			// STATUS: if the second-key script's never ran, the SSD's
+			// card life cycle is still SELECTABLE (README).
 		case p.Rotate:
 			// The domain stays PERSONALIZED, conditionally.
 			from = []DomainState{Personalized}
@@ -490,12 +501,14 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		}
 	} else {
 		end.to, end.cause, end.action = JobFailed, res.Cause, p.action("failed")
-		// A rotation whose answer leaves its outcome unproven (its R-MAC
-		// does not match, its PUT KEY answer is missing…: rotationUnproven)
-		// may have put the next key set on the card, with its own counter:
-		// the counter of its INITIALIZE UPDATE answer may be the card's no
-		// more, so it is read again like after a lost answer.
-		unproven := rotationUnproven(p, JobFailed, &res)
+		// A key change whose answer leaves its outcome unproven (a
+		// cryptogram or R-MAC that does not verify, a missing PUT KEY
+		// answer, a SET STATUS refused after a PUT KEY 9000…:
+		// keyChangeUnproven) may have put the new key set on the card,
+		// with its own counter: the counter of its INITIALIZE UPDATE
+		// answer may be the card's no more, so it is read again like
+		// after a lost answer.
+		unproven := keyChangeUnproven(p, JobFailed, &res)
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
 			switch {
 			case unproven:

@@ -282,7 +282,7 @@ func (s *Service) pendingDataKVN(ctx context.Context, d *Domain, req DataScriptR
 	if !hasPendingKVN(pending, int(c.P1)) {
 		return err
 	}
-	return Invalid("apdus[0]", "INITIALIZE UPDATE asks for KVN %02X, which is pending: a rotation to it is unproven, so the card may hold it or still KVN %02X. "+
+	return Invalid("apdus[0]", "INITIALIZE UPDATE asks for KVN %02X, which is pending: a key change to it is unproven, so the card may hold it or still KVN %02X. "+
 		"keyport takes no data script on a pending key set (a data script's answer proves no key set to keyport); submit a rotation from KVN %02X "+
 		"(`keyport sp script --rotate --current-keys` with its keys file): the card's answer to it confirms the key set and moves the domain on", c.P1, d.KVN, c.P1)
 }

@@ -13,7 +13,7 @@ func ReleaseRulesRemoved(ctx context.Context, tx Repo, d *Domain) (string, error
 	return releaseRulesRemoved(ctx, tx, d)
 }
 
-// RotationUnproven exposes what the pending key sets are derived from.
-func RotationUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
-	return rotationUnproven(p, state, r)
+// KeyChangeUnproven exposes what the pending key sets are derived from.
+func KeyChangeUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
+	return keyChangeUnproven(p, state, r)
 }

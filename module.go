@@ -56,9 +56,17 @@ type Domain struct {
 	SeqUnverified bool
 	UpdatedAt     time.Time
 	// Pending are the key sets the card may hold instead of KVN after a
-	// rotation whose outcome is unproven (PendingKeys), derived from the
-	// job history: Service.GetDomain fills it, the store never does.
+	// key change whose outcome is unproven (PendingKeys): a rotation of a
+	// PERSONALIZED domain, or the first key change of an ASSIGNED one.
+	// Derived from the job history: Service.GetDomain fills it, the store
+	// never does.
 	Pending []PendingKeys
+}
+
+// is reports whether d is in state s or LOCKED from it: a lock keeps what
+// the domain's scripts may be (the card refuses the locked SSD's SELECT).
+func (d *Domain) is(s DomainState) bool {
+	return d.State == s || d.State == Locked && d.PriorState == s
 }
 
 // ModuleView is what a provider may see of a module: the domains it can

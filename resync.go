@@ -22,9 +22,9 @@ const ActionCounterResync = "counter.resync"
 // when it lost track of a domain's SCP03 sequence counter: a card job's
 // answer was lost after the script went out (a broken session, or a SENT
 // job that expired), so the card may have run its INITIALIZE UPDATE and
-// moved the counter, or a rotation's answer left its outcome unproven
-// (rotationUnproven), so the card may be on the next key set, whose
-// counter is another. The domain is marked unverified (SeqUnverified) in
+// moved the counter, or a key change's answer (a second-key script's or a
+// rotation's) left its outcome unproven (keyChangeUnproven), so the card
+// may be on the new key set, whose counter is another. The domain is marked unverified (SeqUnverified) in
 // the same transaction: GET domain reports no counter, SubmitScript and
 // SubmitDataScript refuse (ErrCounterResync), and the queued probe wakes
 // the module. In the module's next session the probe's script — the
@@ -34,12 +34,14 @@ const ActionCounterResync = "counter.resync"
 // answer (SetDomainKeys with the KVN and KCVs unchanged, which clears the
 // mark) and tells the provider (job.done webhook, audit event
 // counter.resync). The INITIALIZE UPDATE asks for the domain's KVN or,
-// while the domain has pending key sets (pendingKeys: a rotation's outcome
-// is unproven), for the first key set the card has (P1 = 00, PROTOCOLS.md §1):
+// while the domain has pending key sets (pendingKeys: a key change's
+// outcome is unproven; for an ASSIGNED domain, its first key change: once
+// that ran, the card answers 6A88 to INITIALIZE UPDATE on KVN 30), for
+// the first key set the card has (P1 = 00, PROTOCOLS.md §1):
 // the KVN in the answer's key information says which one answered, and
 // the job's result reports it (card_kvn). keyport records the counter only
 // when that KVN is the domain's or a pending one, and never records the
-// KVN itself: only a confirmed rotation moves it.
+// KVN itself: only a confirmed second key or rotation moves it.
 //
 // The read is not authenticated: the card cryptogram of the answer is
 // under the provider's keys, which keyport does not hold. That is
@@ -132,8 +134,8 @@ func (s *Service) queueCounterProbe(ctx context.Context, tx Repo, eid EID, d *Do
 			return nil
 		}
 	}
-	// The failed job this probe follows is already final in tx: a
-	// rotation it leaves unproven is among the pending key sets.
+	// The failed job this probe follows is already final in tx: a key
+	// change it leaves unproven is among the pending key sets.
 	pendingSets, err := pendingKeys(ctx, tx, d)
 	if err != nil {
 		return err

@@ -68,9 +68,11 @@ func TestAnExpiredUnansweredScriptMarksTheCounterUnverifiedAndQueuesAProbe(t *te
 		t.Fatalf("probes %+v %v", probes, err)
 	}
 	// SELECT comes from the targeted application; the probe is one
-	// INITIALIZE UPDATE on KVN 30 with an 8-byte host challenge, no
-	// EXTERNAL AUTHENTICATE.
-	if p := probes[0].Data.APDUs; len(p) != 1 || !strings.HasPrefix(p[0], "8050300008") || len(p[0]) != 2*(5+8+1) {
+	// INITIALIZE UPDATE with an 8-byte host challenge, no EXTERNAL
+	// AUTHENTICATE. The unanswered second-key script may have put KVN 31
+	// on the card (it is pending), so it asks for the first key set the
+	// card has (P1 = 00), not for KVN 30.
+	if p := probes[0].Data.APDUs; len(p) != 1 || !strings.HasPrefix(p[0], "8050000008") || len(p[0]) != 2*(5+8+1) {
 		t.Fatalf("probe APDUs %v", p)
 	}
 	if has, err := w.Svc.ModuleHasWork(ctx, eid); err != nil || !has {

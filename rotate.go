@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/keyport/keyport/gp"
@@ -44,10 +46,14 @@ func RotateScript(aid AID, kvn, counter int, current, next map[KeyUsage][]byte) 
 // AUTHENTICATE with R-MAC, one PUT KEY replacing that KVN), and besides:
 // the PUT KEY is the last command and nothing else is in the script, the
 // new KVN is the next one, and the expectation carries the R-MAC of the
-// PUT KEY answer. The KVN replaced is currentKVN or, while a rotation's
+// PUT KEY answer. The KVN replaced is currentKVN or, while a key change's
 // outcome is unproven, one of the pending key sets (pendingKeys): the card
 // may be on either, and only the card's answer, bearing the R-MAC its
-// provider declared under those keys, confirms the rotation.
+// provider declared under those keys, confirms the rotation. For an
+// ASSIGNED domain (a rotation that recovers a first key change) the
+// caller passes the KVN the script replaces as currentKVN: only the
+// structure is checked here, and scriptFits, which reads the domain in the
+// transaction that queues the job, refuses it unless that KVN is pending.
 func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest, pending ...PendingKeys) (*SecondKeyPayload, error) {
 	from := req.Expect.KVN - 1
 	if from != currentKVN && !hasPendingKVN(pending, from) {
@@ -69,18 +75,21 @@ func CheckRotateScript(eid EID, aid AID, currentKVN int, req ScriptRequest, pend
 	return p, nil
 }
 
-// PendingKeys is a key set the card of a PERSONALIZED domain may hold
-// although keyport records another: the next KVN and KCVs of a rotation
-// whose outcome is unproven (rotationUnproven), whose PUT KEY may have run
-// on the card without an answer that proves it. keyport never records it
-// on that belief: while it is pending, a rotation from it is accepted
-// besides the ordinary one (CheckRotateScript), and only that rotation's
-// confirmation, the card's R-MAC under the pending keys, moves the domain
-// on.
+// PendingKeys is a key set the card of a domain may hold although keyport
+// records another: the new KVN and KCVs of a key change whose outcome is
+// unproven (keyChangeUnproven), whose PUT KEY may have run on the card
+// without an answer that proves it. That key change is a rotation of a
+// PERSONALIZED domain or, for an ASSIGNED one, its provider's first key
+// change (the second-key script, flow 7) or a rotation from one of those.
+// keyport never records it on that belief: while it is pending, a
+// rotation from it is accepted besides the ordinary one (CheckRotateScript;
+// for an ASSIGNED domain, only from it: scriptFits), and only that
+// rotation's confirmation, the card's R-MAC under the pending keys, moves
+// the domain on.
 type PendingKeys struct {
 	KVN int                 `json:"kvn"`
 	KCV map[KeyUsage]string `json:"kcv"`
-	// Job is the rotation job that declared them.
+	// Job is the second-key or rotation job that declared them.
 	Job string `json:"job"`
 }
 
@@ -93,73 +102,123 @@ func hasPendingKVN(pending []PendingKeys, kvn int) bool {
 	return false
 }
 
+// pendingList names the pending key sets for a refusal, ": none is
+// pending" when there are none.
+func pendingList(pending []PendingKeys) string {
+	if len(pending) == 0 {
+		return ": none is pending (no second-key script's outcome is unproven), so the card holds the first keys: submit a second-key script"
+	}
+	return ": pending now " + pendingKVNs(pending)
+}
+
 // pendingNote is what an error about a rotation's KVN says of the pending
 // key sets, "" when there are none.
 func pendingNote(pending []PendingKeys) string {
 	if len(pending) == 0 {
 		return ""
 	}
+	return fmt.Sprintf(", or a pending KVN (%s: a rotation to it is unproven) by its next", pendingKVNs(pending))
+}
+
+// pendingKVNs lists the pending key sets' KVNs in hex.
+func pendingKVNs(pending []PendingKeys) string {
 	kvns := make([]string, len(pending))
 	for i, pk := range pending {
 		kvns[i] = fmt.Sprintf("%02X", pk.KVN)
 	}
-	return fmt.Sprintf(", or a pending KVN (%s: a rotation to it is unproven) by its next", strings.Join(kvns, ", "))
+	return strings.Join(kvns, ", ")
 }
 
 // pendingKeys derives domain d's pending key sets from its second-key job
 // history; no column holds them. Walking the jobs oldest first, a DONE job
 // (a second key, a rotation or a release's proof, each confirmed by the
 // card) clears them, since the KVN keyport then records is the card's; a
-// rotation of the domain's owner whose outcome is unproven adds its next
-// KVN (a later one to the same KVN replaces its KCVs). What is left counts
-// only as a chain from the recorded KVN: d.KVN+1, then d.KVN+2 if a
-// rotation from the pending d.KVN+1 was unproven too, and so on, each a
-// KVN the card may be on. nil for a domain that is not PERSONALIZED (or
-// LOCKED from PERSONALIZED): no rotation is for it.
+// job of the domain's owner whose key change is unproven adds its new KVN
+// (a later one to the same KVN replaces its KCVs). Jobs of another
+// provider never count: after a release the domain's next owner starts
+// from the release's proof (a DONE job) and from its own jobs alone.
+//
+// What is left counts only as a chain of KVNs the card may be on. For a
+// PERSONALIZED domain it starts at the recorded KVN: d.KVN+1, then d.KVN+2
+// if a rotation from the pending d.KVN+1 was unproven too, and so on. For
+// an ASSIGNED domain the recorded KVN is the first keys' (30) and the
+// provider's second KVN may be any other (1..127): each unproven
+// second-key script's KVN is pending (the latest script per KVN, in KVN
+// order), and each of them starts such a chain of the rotations from it.
+// nil for a domain in any other state (LOCKED counts as the state before
+// the lock): no key change is for it.
 func pendingKeys(ctx context.Context, repo Repo, d *Domain) ([]PendingKeys, error) {
-	if d.State != Personalized && (d.State != Locked || d.PriorState != Personalized) {
+	assigned := d.is(Assigned)
+	if !assigned && !d.is(Personalized) {
 		return nil, nil
 	}
 	jobs, err := domainJobs(ctx, repo, d.ID, JobSecondKey)
 	if err != nil {
 		return nil, err
 	}
-	byKVN := map[int]PendingKeys{}
+	firsts, rotations := map[int]PendingKeys{}, map[int]PendingKeys{}
 	for i := range jobs {
 		j := &jobs[i]
 		switch {
 		case j.State == JobDone:
-			clear(byKVN)
-		case j.ProviderID == d.OwnerID && j.SecondKey != nil && rotationUnproven(j.SecondKey, j.State, j.Result):
+			clear(firsts)
+			clear(rotations)
+		case j.ProviderID != d.OwnerID || j.SecondKey == nil || !keyChangeUnproven(j.SecondKey, j.State, j.Result):
+		case j.SecondKey.Rotate:
 			e := j.SecondKey.Expect
-			byKVN[e.KVN] = PendingKeys{KVN: e.KVN, KCV: e.KCV, Job: j.Ref}
+			rotations[e.KVN] = PendingKeys{KVN: e.KVN, KCV: e.KCV, Job: j.Ref}
+		default:
+			e := j.SecondKey.Expect
+			firsts[e.KVN] = PendingKeys{KVN: e.KVN, KCV: e.KCV, Job: j.Ref}
 		}
 	}
 	var out []PendingKeys
-	for kvn := d.KVN + 1; ; kvn++ {
-		pk, ok := byKVN[kvn]
-		if !ok {
-			return out, nil
+	seen := map[int]bool{}
+	chain := func(from int) {
+		for kvn := from + 1; !seen[kvn]; kvn++ {
+			pk, ok := rotations[kvn]
+			if !ok {
+				return
+			}
+			seen[kvn] = true
+			out = append(out, pk)
 		}
-		out = append(out, pk)
 	}
+	if !assigned {
+		// A second-key script's end after the DONE job that personalized
+		// the domain cannot be: scriptFits refuses it there.
+		chain(d.KVN)
+		return out, nil
+	}
+	for _, kvn := range slices.Sorted(maps.Keys(firsts)) {
+		if seen[kvn] {
+			continue
+		}
+		seen[kvn] = true
+		out = append(out, firsts[kvn])
+		chain(kvn)
+	}
+	return out, nil
 }
 
 // rotationPending is pendingKeys for a rotation to KVN next of domain d:
-// nil without reading the history when next is the ordinary one
-// (d.KVN+1), which needs no pending key set.
+// nil without reading the history when next is the ordinary one of a
+// PERSONALIZED domain (d.KVN+1), which needs no pending key set. A rotation
+// of an ASSIGNED domain always needs one.
 func rotationPending(ctx context.Context, repo Repo, d *Domain, next int) ([]PendingKeys, error) {
-	if next == d.KVN+1 {
+	if next == d.KVN+1 && !d.is(Assigned) {
 		return nil, nil
 	}
 	return pendingKeys(ctx, repo, d)
 }
 
-// rotationUnproven reports whether rotation p, ended in state with result
-// r, left its outcome unproven: keyport sent the script, and heard either
-// nothing back or an answer that neither proved the rotation
-// (JudgeRotation) nor shows that the card did not run its PUT KEY. Only a
-// clear refusal counts as "did not rotate":
+// keyChangeUnproven reports whether key change p (a second-key script or a
+// rotation; never a release's proof, which replaces no key of a provider),
+// ended in state with result r, left its outcome unproven: keyport sent
+// the script, and heard either nothing back or an answer that neither
+// proved the key change (Judge, JudgeRotation) nor shows that the card did
+// not run its PUT KEY. Only a clear refusal counts as "did not change
+// keys":
 //   - the module reports that it could not address the domain (script
 //     status unknown-application or not-a-security-domain: the SELECT of
 //     the SSD failed, none of the script reached it);
@@ -176,18 +235,28 @@ func rotationPending(ctx context.Context, repo Repo, d *Domain, next int) ([]Pen
 // that expired), another script status (security-error says nothing of
 // what ran), fewer answers than commands without a refusal among them (the
 // module may have sent the PUT KEY and lost its answer), a PUT KEY answered
-// 9000 — every answer JudgeRotation refused for its R-MAC, KVN or KCVs,
-// which is what an answer altered in transit looks like — or with a
-// warning (62xx, 63xx) or an error that changed memory (65xx), and
+// 9000 — every answer the judgement refused for its cryptogram, R-MAC, KVN
+// or KCVs, which is what an answer altered in transit looks like — or with
+// a warning (62xx, 63xx) or an error that changed memory (65xx), and
 // responses that do not parse. None of these status words is
 // authenticated, and need not be: a pending key set only admits one more
 // rotation, which only the card's own proof confirms, so a wrong
 // "unproven" costs the provider a script that fails on the card, and a
 // forged refusal leaves the domain as a lost answer left it before
 // pending key sets existed.
-func rotationUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
-	if !p.Rotate || state != JobFailed && state != JobExpired || r == nil {
-		return false // not a rotation, not ended unconfirmed, or never sent
+//
+// A second-key script whose answer Judge did prove up to the PUT KEY (its
+// R-MACs verified, the PUT KEY answered 9000 with the declared KVN and
+// KCVs) and whose SET STATUS the card then refused did change the keys,
+// provably. It still counts as unproven, not as done: keyport records a
+// KVN only on the card's proof of the whole script, the domain's state
+// included (ASSIGNED → PERSONALIZED needs the SET STATUS the card refused),
+// and a pending key set is exactly what the case needs: it admits one
+// rotation from the new KVN, whose confirmation by the card personalizes
+// the domain, and nothing else.
+func keyChangeUnproven(p *SecondKeyPayload, state JobState, r *ScriptResult) bool {
+	if p.Verify || state != JobFailed && state != JobExpired || r == nil {
+		return false // a release's proof, not ended unconfirmed, or never sent
 	}
 	switch r.ScriptStatus {
 	case "", "answer-lost":
@@ -284,10 +353,24 @@ func initUpdateAnswer(cmds []gp.Command, resps []gp.Response) (gp.InitUpdateResp
 	return d, err == nil
 }
 
+// ActionSecondKeyRecovered is the audit action of a rotation of an
+// ASSIGNED domain that the card confirmed: the provider's first key change
+// had an unproven outcome (its KVN pending), and the rotation from that KVN
+// proves the card held it and moves the domain ASSIGNED → PERSONALIZED,
+// the transition "second-key.confirmed" makes otherwise. A distinct action,
+// so that the audit log says the SET STATUS of the second-key script may
+// never have run (the card's life cycle of the SSD may still be
+// SELECTABLE).
+const ActionSecondKeyRecovered = "second-key.recovered"
+
 // action names the audit events of the payload's job: "second-key.*" or
 // "rotation.*".
 func (p *SecondKeyPayload) action(what string) string {
 	switch {
+	case p.Rotate && p.Assigned && what == "confirmed":
+		// The first key change, recovered by the rotation from its
+		// pending KVN: the domain is personalized by this answer.
+		return ActionSecondKeyRecovered
 	case p.Rotate:
 		return "rotation." + what
 	case p.Verify && what == "confirmed":

@@ -49,8 +49,8 @@ func newPendingWorldOn(t *testing.T, st *store.Store) *pendingWorld {
 	return w
 }
 
-// newAssignedWorldOn is a pendingWorld before its second key: the
-// provider's domain ASSIGNED on the first keys (KVN 30).
+// newAssignedWorldOn is the pendingWorld's domain just claimed: ASSIGNED
+// on the first keys (KVN 30), the virtual card holding them.
 func newAssignedWorldOn(t *testing.T, st *store.Store) *pendingWorld {
 	t.Helper()
 	fw := fixture.New(t, st, 1, 1)
@@ -520,7 +520,7 @@ func TestTwoLostRotationsLeaveAChainOfPendingKVNs(t *testing.T) {
 // What a rotation's end says of its PUT KEY: only a clear refusal by the
 // card (or a domain the module could not select) counts as "did not
 // rotate"; everything else leaves the outcome unproven.
-func TestRotationUnprovenCountsOnlyClearRefusalsAsNotRotated(t *testing.T) {
+func TestKeyChangeUnprovenCountsOnlyClearRefusalsOfARotationAsNotRotated(t *testing.T) {
 	p := &keyport.SecondKeyPayload{Rotate: true, PutKey: 2, InitUpdate: 0}
 	ok := strings.Repeat("00", 29) + "9000"
 	for _, tc := range []struct {
@@ -549,13 +549,13 @@ func TestRotationUnprovenCountsOnlyClearRefusalsAsNotRotated(t *testing.T) {
 		{"no answer", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok"}, true},
 		{"garbage", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"zz"}}, true},
 	} {
-		if got := keyport.RotationUnproven(p, tc.state, tc.r); got != tc.unproven {
+		if got := keyport.KeyChangeUnproven(p, tc.state, tc.r); got != tc.unproven {
 			t.Errorf("%s: unproven %v, want %v", tc.name, got, tc.unproven)
 		}
 	}
-	second := *p
-	second.Rotate = false
-	if keyport.RotationUnproven(&second, keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "answer-lost"}) {
-		t.Error("a second-key script counted as a rotation")
+	proof := *p
+	proof.Rotate, proof.Verify = false, true
+	if keyport.KeyChangeUnproven(&proof, keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "answer-lost"}) {
+		t.Error("a release's proof counted as a key change")
 	}
 }

@@ -62,6 +62,12 @@ type SecondKeyPayload struct {
 	// Verify marks keyport's own proof of a release: a session with the
 	// new SSD under its new first keys (releaseVerifyScript, JudgeVerify).
 	Verify bool `json:"verify,omitempty"`
+	// Assigned marks a rotation submitted while its domain was ASSIGNED:
+	// the provider's first key change had an unproven outcome, and the
+	// rotation starts from its pending KVN (pendingKeys). Its confirmation
+	// moves the domain ASSIGNED → PERSONALIZED, as a confirmed second-key
+	// script does.
+	Assigned bool `json:"assigned,omitempty"`
 	// AnswerDigest is the SHA-256 of the answer a card holding the first
 	// keys gives to a second-key script, computed when it was submitted
 	// (expectAnswer): an answer with this digest is judged without the
@@ -70,9 +76,12 @@ type SecondKeyPayload struct {
 }
 
 // DomainState is the state the payload's domain must be in for the script
-// to go out: ASSIGNED for a second-key script, PERSONALIZED for a rotation.
+// to go out: ASSIGNED for a second-key script and for a rotation that
+// recovers one (Assigned), PERSONALIZED for any other rotation.
 func (p *SecondKeyPayload) DomainState() DomainState {
 	switch {
+	case p.Rotate && p.Assigned:
+		return Assigned
 	case p.Rotate:
 		return Personalized
 	case p.Verify:
@@ -375,7 +384,13 @@ func apduHex(cmds []gp.Command) []string {
 // a second-key script an ASSIGNED domain, a rotation a PERSONALIZED one,
 // each on the domain's current KVN (a rotation also on one of its pending
 // key sets) and, when the script names the counter it was built on, on
-// the counter keyport last learned from the card.
+// the counter keyport last learned from the card. A rotation of an
+// ASSIGNED domain (p.Assigned) fits only from one of its pending key sets:
+// the card may hold the provider's keys although the second-key script's
+// answer did not prove it, and only the card's answer to that rotation can
+// tell. A rotation from the first keys (KVN 30) is not accepted: the
+// first key change is the second-key script, whose SET STATUS also makes
+// the SSD PERSONALIZED on the card (GPCS 11.10).
 func scriptFits(d *Domain, p *SecondKeyPayload, pending []PendingKeys) error {
 	switch want := p.DomainState(); {
 	case d.State == want:
@@ -385,11 +400,15 @@ func scriptFits(d *Domain, p *SecondKeyPayload, pending []PendingKeys) error {
 	case d.State == Personalized:
 		return fmt.Errorf("%w: domain is PERSONALIZED: its keys are replaced by a rotation script (`keyport sp script --rotate`, \"rotate\": true)", ErrConflict)
 	case p.Rotate:
-		return fmt.Errorf("%w: domain is %s; a rotation script needs a PERSONALIZED domain", ErrConflict, d.State)
+		return fmt.Errorf("%w: domain is %s; a rotation script needs a PERSONALIZED domain (or an ASSIGNED one with a pending key set)", ErrConflict, d.State)
 	default:
 		return fmt.Errorf("%w: domain is %s; a second-key script needs an ASSIGNED domain", ErrConflict, d.State)
 	}
-	if p.Rotate && p.Expect.KVN != d.KVN+1 && !hasPendingKVN(pending, p.Expect.KVN-1) {
+	if p.Rotate && p.Assigned && !hasPendingKVN(pending, p.Expect.KVN-1) {
+		return fmt.Errorf("%w: domain is ASSIGNED: a rotation is accepted for it only from a pending key set (the KVN of a second-key script whose outcome is unproven)%s; the rotation was built for KVN %02X; nothing was stored",
+			ErrConflict, pendingList(pending), p.Expect.KVN-1)
+	}
+	if p.Rotate && !p.Assigned && p.Expect.KVN != d.KVN+1 && !hasPendingKVN(pending, p.Expect.KVN-1) {
 		return fmt.Errorf("%w: the domain's keys are KVN %02X now; the rotation was built for KVN %02X", ErrConflict, d.KVN, p.Expect.KVN-1)
 	}
 	if d.SeqUnverified {
@@ -430,13 +449,18 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 		return nil, err
 	}
 	var payload *SecondKeyPayload
-	if req.Rotate {
+	switch {
+	case req.Rotate && d.is(Assigned):
+		// Which KVN it may start from is scriptFits' to say (409 naming
+		// the pending key sets): here only the structure.
+		payload, err = CheckRotateScript(eid, aid, req.Expect.KVN-1, req)
+	case req.Rotate:
 		pending, perr := rotationPending(ctx, s.Store, d, req.Expect.KVN)
 		if perr != nil {
 			return nil, perr
 		}
 		payload, err = CheckRotateScript(eid, aid, d.KVN, req, pending...)
-	} else {
+	default:
 		payload, err = CheckScript(eid, aid, d.KVN, req)
 	}
 	if err != nil {
@@ -452,6 +476,9 @@ func (s *Service) SubmitScript(ctx context.Context, p Principal, eid EID, aid AI
 		fits: func(ctx context.Context, tx Repo, d *Domain) error {
 			var pending []PendingKeys
 			if payload.Rotate {
+				// The domain as this transaction reads it says what the
+				// rotation's confirmation moves (adminsession.go).
+				payload.Assigned = d.is(Assigned)
 				var err error
 				if pending, err = rotationPending(ctx, tx, d, payload.Expect.KVN); err != nil {
 					return err

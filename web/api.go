@@ -41,8 +41,9 @@ type DomainJSON struct {
 	// re-reads the counter in the module's next admin session.
 	SequenceCounterState string `json:"sequence_counter_state"`
 	// PendingKeys are the key sets the card may hold instead of KVN after
-	// a rotation whose outcome is unproven: a rotation from one of them
-	// is accepted too. Only GET /api/v1/domains/{eid}/{aid} reports them,
+	// a key change (a rotation, or an ASSIGNED domain's second-key
+	// script) whose outcome is unproven: a rotation from one of them is
+	// accepted too. Only GET /api/v1/domains/{eid}/{aid} reports them,
 	// to the domain's owner and the issuer.
 	PendingKeys []keyport.PendingKeys `json:"pending_keys,omitempty"`
 	Mine        bool                  `json:"mine"`

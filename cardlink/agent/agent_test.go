@@ -415,8 +415,14 @@ func TestAModuleAnsweringAsDeclaredWithoutTheCardsProofFailsTheJobAndTheDomainSt
 		putKey = append(putKey, kcv...)
 	}
 	a := agent.New(agent.Config{Server: w.Link.Addr, Identity: string(w.EID), PSK: w.PSK, Retry: 20 * time.Millisecond}, forgedModule{putKey})
-	if rep, err := a.Session(ctx); err != nil || rep.Scripts != 1 {
+	// Two scripts: the provider's, and keyport's counter probe. The
+	// answer proves nothing, yet its PUT KEY answered 9000, so the key
+	// change is unproven (KVN 31 pending) and the counter read again.
+	if rep, err := a.Session(ctx); err != nil || rep.Scripts != 2 {
 		t.Fatalf("session: %+v %v", rep, err)
+	}
+	if d, err := w.Svc.GetDomain(ctx, w.Prov, w.EID, w.AID); err != nil || len(d.Pending) != 1 || d.Pending[0].KVN != 0x31 {
+		t.Fatalf("pending after the forged answer: %+v %v", d, err)
 	}
 	j, _ := w.Svc.GetJob(ctx, w.Prov, w.Job.Ref)
 	v := j.View()

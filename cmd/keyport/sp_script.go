@@ -46,7 +46,7 @@ func cmdSPScript(ctx context.Context, args []string) error {
 	keysOut := fs.String("new-keys-out", "", "where --generate writes the new keys, wrapped to your public key (default <eid>-<aid>.keys.json)")
 	submitURL := fs.String("submit", "", "submit the script to the portal at this URL (e.g. http://localhost:8080) with the API token of --token-file; the counter and --jwks then default to the portal's")
 	tokenFile := fs.String("token-file", "", "with --submit: file holding your API token")
-	rotate := fs.Bool("rotate", false, "build a rotation of a PERSONALIZED domain: from the keys of --current-keys (a file --generate wrote) to the next KVN")
+	rotate := fs.Bool("rotate", false, "build a rotation of a PERSONALIZED domain (or of an ASSIGNED one from the pending KVN of an unproven second-key script): from the keys of --current-keys (a file --generate wrote) to the next KVN")
 	currentPath := fs.String("current-keys", "", "with --rotate: the domain's current keys, a file an earlier --generate wrote")
 	if err := parseArgs(fs, args); err != nil {
 		return err
