@@ -5,11 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,7 +27,7 @@ var ErrBackupExists = errors.New("exists already")
 // BackupInfo describes a backup that was written or restored.
 type BackupInfo struct {
 	Dialect       string // "sqlite" or "postgres"
-	SchemaVersion int    // the schema version the backup holds (0 when unknown: a PostgreSQL dump before restore)
+	SchemaVersion int    // the schema version the backup holds
 	Bytes         int64  // the backup file's size
 }
 
@@ -45,9 +45,12 @@ type BackupInfo struct {
 // into a single self-contained file (rollback journal, not WAL) before it
 // appears under out, mode 0600.
 //
-// On PostgreSQL it runs pg_dump (custom format, one snapshot, no owners or
-// privileges), which must be on PATH; the password travels in PGPASSWORD,
-// never on its command line.
+// On PostgreSQL it writes keyport's own format (pgbackup.go): in one
+// REPEATABLE READ, READ ONLY transaction, the schema version and, for each
+// table the migrations create at that version, its columns as COPY gives
+// them, then the identity sequences' values and a SHA-256 of it all. It
+// holds data only: no SQL, nothing of the database that keyport's
+// migrations do not make. It needs no client tools.
 //
 // It holds the database's use lock shared while it runs (UseLock), as
 // serve does: it fails with ErrInUse while a restore is running, and a
@@ -67,7 +70,7 @@ func (s *Store) Backup(ctx context.Context, out string) (*BackupInfo, error) {
 	}
 	defer l.Close()
 	if s.dialect == dialectPostgres {
-		return s.pgDump(ctx, out)
+		return s.pgBackup(ctx, out)
 	}
 	src, err := s.pools[len(s.pools)-1].Conn(ctx)
 	if err != nil {
@@ -285,21 +288,32 @@ func sqliteSchema(ctx context.Context, db sqliteQuerier) (map[string]schemaObjec
 // migratedSchema returns the schema this code's migrations create on
 // SQLite at version v: that of a new database in a temporary directory,
 // migrated to v and no further.
-func migratedSchema(ctx context.Context, v int) (map[string]schemaObject, error) {
+func migratedSchema(ctx context.Context, v int) (objs map[string]schemaObject, err error) {
+	err = withMigratedSQLite(ctx, v, func(db *sql.DB) error {
+		objs, err = sqliteSchema(ctx, db)
+		return err
+	})
+	return objs, err
+}
+
+// withMigratedSQLite runs fn on a new SQLite database in a temporary
+// directory, migrated to version v and no further: what this code's
+// migrations make at v, whatever the database at hand holds.
+func withMigratedSQLite(ctx context.Context, v int, fn func(db *sql.DB) error) error {
 	dir, err := os.MkdirTemp("", "keyport-schema-*")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer os.RemoveAll(dir)
 	s, err := open(ctx, filepath.Join(dir, "keyport.db"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer s.Close()
 	if err := s.migrate(ctx, v); err != nil {
-		return nil, err
+		return err
 	}
-	return sqliteSchema(ctx, s.pools[0])
+	return fn(s.pools[0])
 }
 
 // sqliteInternalTables are the tables SQLite makes for itself, by name,
@@ -416,10 +430,19 @@ type RestoreOptions struct {
 // written next to the target and linked into place; with Force an
 // existing one is overwritten through the online backup API.
 //
-// On PostgreSQL it runs pg_restore (with --clean when forced) in one
-// transaction. pg_restore runs the SQL the dump holds, whatever it is, and
-// the dump's schema is not checked: restore only dumps kept where no one
-// else can change them.
+// On PostgreSQL it runs no statement from the file. It reads the whole
+// file first with a strict, bounded parser and refuses, before it touches
+// the database, one truncated or corrupted (ErrBackupDamaged), of a schema
+// newer than the code (ErrSchemaTooNew), holding a table or column this
+// code's migrations do not create at the backup's version, or lacking one
+// (ErrSchemaMismatch), an SQLite backup, and a pg_dump archive of an
+// earlier keyport (ErrPGDumpArchive, whose message says how to restore it
+// by hand; on SQLite too). Then,
+// in one transaction, it drops keyport's own tables when forced, runs
+// keyport's migrations up to the backup's version, copies each table in
+// with COPY FROM STDIN on the table and column names the code knows, sets
+// the identity sequences and checks the file's hash again before it
+// commits: a restore that fails leaves the database as it was.
 //
 // Before it looks at the target database it takes the database's use lock
 // exclusive, without waiting, and holds it until it returns (UseLock): it
@@ -433,6 +456,9 @@ func (o RestoreOptions) Restore(ctx context.Context, from, dsn string) (*BackupI
 	}
 	if isPostgresURL(dsn) {
 		return o.pgRestore(ctx, from, dsn, st.Size())
+	}
+	if err := refuseNonSQLite(from); err != nil {
+		return nil, fmt.Errorf("store: restore: %s: %w", from, err)
 	}
 	path, _, err := sqlitePath(dsn)
 	if err != nil {
@@ -520,118 +546,22 @@ func (o RestoreOptions) finish(ctx context.Context, l *UseLock, info *BackupInfo
 	return info, nil
 }
 
-// pgTool runs a PostgreSQL client tool against dsn: the URL without its
-// password goes on the command line, the password in PGPASSWORD.
-func pgTool(ctx context.Context, dsn, name string, args ...string) error {
-	u, err := url.Parse(dsn)
+// refuseNonSQLite names the backups of PostgreSQL (keyport's format or a
+// pg_dump archive) given for an SQLite database, which would otherwise
+// fail as "not an SQLite database".
+func refuseNonSQLite(from string) error {
+	f, err := os.Open(from)
 	if err != nil {
-		return fmt.Errorf("%s: the database URL does not parse", name)
+		return err
 	}
-	env := os.Environ()
-	if pw, ok := u.User.Password(); ok {
-		env = append(env, "PGPASSWORD="+pw)
-		u.User = url.User(u.User.Username())
-	}
-	bin, err := exec.LookPath(name) // deps: optional (pg_dump, pg_restore: postgresql-client, for PostgreSQL only)
-	if err != nil {
-		return fmt.Errorf("%s is not on PATH: install the PostgreSQL client tools (apt-get install postgresql-client)", name)
-	}
-	cmd := exec.CommandContext(ctx, bin, append(args, "--dbname="+u.String())...) // deps: optional (the tool found above)
-	cmd.Env = env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		msg := strings.TrimSpace(string(out))
-		if pw, ok := mustPassword(dsn); ok {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-		if len(msg) > 2000 {
-			msg = msg[:2000] + "…"
-		}
-		return fmt.Errorf("%s: %v: %s", name, err, msg)
+	defer f.Close()
+	p := make([]byte, len(pgBackupMagic))
+	n, _ := io.ReadFull(f, p)
+	switch {
+	case string(p[:n]) == pgBackupMagic:
+		return errors.New("a PostgreSQL backup: restore it into a PostgreSQL database (--db postgres://…)")
+	case strings.HasPrefix(string(p[:n]), pgDumpMagic):
+		return errPGDumpRefused()
 	}
 	return nil
 }
-
-func mustPassword(dsn string) (string, bool) {
-	u, err := url.Parse(dsn)
-	if err != nil || u.User == nil {
-		return "", false
-	}
-	pw, ok := u.User.Password()
-	return pw, ok && pw != ""
-}
-
-func (s *Store) pgDump(ctx context.Context, out string) (*BackupInfo, error) {
-	v, err := s.SchemaVersion(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: backup: %w", err)
-	}
-	dsn, ok := s.pgDSN()
-	if !ok {
-		return nil, errors.New("store: backup: the PostgreSQL URL is unknown")
-	}
-	dir, base := filepath.Split(out)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.partial")
-	if err != nil {
-		return nil, fmt.Errorf("store: backup: %w", err)
-	}
-	tmp := f.Name()
-	f.Close()
-	defer os.Remove(tmp)
-	if err := pgTool(ctx, dsn, "pg_dump", "--format=custom", "--no-owner", "--no-privileges", "--file="+tmp); err != nil {
-		return nil, fmt.Errorf("store: backup: %w", err)
-	}
-	if err := os.Link(tmp, out); err != nil {
-		return nil, fmt.Errorf("store: backup: %w", err)
-	}
-	fi, err := os.Stat(out)
-	if err != nil {
-		return nil, fmt.Errorf("store: backup: %w", err)
-	}
-	return &BackupInfo{Dialect: "postgres", SchemaVersion: v, Bytes: fi.Size()}, nil
-}
-
-func (o RestoreOptions) pgRestore(ctx context.Context, from, dsn string, size int64) (*BackupInfo, error) {
-	l, err := lockForRestore(ctx, useTarget{pgURL: dsn})
-	if err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
-	defer l.Close()
-	s, err := open(ctx, dsn)
-	if err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
-	var reg *string
-	err = s.w.WithContext(ctx).Raw(`SELECT to_regclass('schema_migrations')::text`).Scan(&reg).Error
-	s.Close()
-	if err != nil {
-		return nil, wrap("restore", err)
-	}
-	if reg != nil && !o.Force {
-		return nil, fmt.Errorf("store: restore: the database %w (it holds keyport's tables); to replace it, pass --force", ErrBackupExists)
-	}
-	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"}
-	if reg != nil {
-		args = append(args, "--clean", "--if-exists")
-	}
-	if err := pgTool(ctx, dsn, "pg_restore", append(args, from)...); err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
-	s, err = open(ctx, dsn)
-	if err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
-	defer s.Close()
-	v, err := s.SchemaVersion(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: restore: %w", err)
-	}
-	if v > LatestVersion() {
-		return nil, fmt.Errorf("store: restore: restored version %d, code knows %d: %w", v, LatestVersion(), ErrSchemaTooNew)
-	}
-	return o.finish(ctx, l, &BackupInfo{Dialect: "postgres", SchemaVersion: v, Bytes: size})
-}
-
-func (s *Store) pgDSN() (string, bool) { return s.pgURL, s.pgURL != "" }

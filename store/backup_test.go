@@ -229,10 +229,15 @@ func TestRestoreRefusesAViewAsTheSchemaVersion(t *testing.T) {
 }
 
 // A backup of a database an older keyport made holds that version's
-// schema: it restores, and migrating brings it up to date.
+// schema: it restores, on SQLite and on PostgreSQL, and migrating brings
+// it up to date.
 func TestRestoreTakesABackupOfAnOlderVersion(t *testing.T) {
+	storetest.EachDSN(t, testRestoreTakesABackupOfAnOlderVersion)
+}
+
+func testRestoreTakesABackupOfAnOlderVersion(t *testing.T, dsn string) {
 	const v = 16
-	s, err := store.OpenAtVersionForTest(ctx, storetest.SQLitePath(t), v)
+	s, err := store.OpenAtVersionForTest(ctx, dsn, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +247,9 @@ func TestRestoreTakesABackupOfAnOlderVersion(t *testing.T) {
 		t.Fatalf("backup at version %d: %+v %v", v, info, err)
 	}
 	target := filepath.Join(t.TempDir(), "restored", "keyport.db")
+	if s.Dialect() == "postgres" {
+		target = storetest.PostgresURL(t)
+	}
 	if info, err := (store.RestoreOptions{}).Restore(ctx, out, target); err != nil || info.SchemaVersion != v {
 		t.Fatalf("restore of a version %d backup: %+v %v", v, info, err)
 	}

@@ -1,7 +1,13 @@
 package store
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
 	"strings"
 	"time"
 )
@@ -174,4 +180,106 @@ func UseLockPIDForTest(l *UseLock) uint32 {
 func UseLockFileForTest(dsn string) (string, error) {
 	t, err := useTargetOf(dsn)
 	return t.file, err
+}
+
+// PGBackupPart is one record of a PostgreSQL backup file, for tests that
+// edit a backup as someone who can write the file would.
+type PGBackupPart struct {
+	Sequence bool     // a sequence's state, not a table
+	Table    string   // the table (of the sequence)
+	Cols     []string // a table's columns; a sequence's column alone
+	Data     []byte   // a table's COPY stream
+	Called   bool     // a sequence's is_called
+	Last     int64    // a sequence's last value
+}
+
+// SplitPGBackupForTest reads a PostgreSQL backup's schema version and
+// records, checking its layout but not its schema nor its hash.
+func SplitPGBackupForTest(file []byte) (int, []PGBackupPart, error) {
+	b := &pgBackupReader{r: bufio.NewReader(bytes.NewReader(file)), h: sha256.New()}
+	if _, err := b.r.Discard(len(pgBackupMagic) + 2); err != nil {
+		return 0, nil, err
+	}
+	v, err := b.u32("version")
+	if err != nil {
+		return 0, nil, err
+	}
+	if _, err := b.name("dialect"); err != nil {
+		return 0, nil, err
+	}
+	var parts []PGBackupPart
+	for {
+		tag, err := b.u8("tag")
+		if err != nil {
+			return 0, nil, err
+		}
+		var p PGBackupPart
+		switch tag {
+		case 'T':
+			if p.Table, err = b.name("table"); err != nil {
+				return 0, nil, err
+			}
+			n, err := b.u16("count")
+			if err != nil {
+				return 0, nil, err
+			}
+			for range n {
+				c, err := b.name("column")
+				if err != nil {
+					return 0, nil, err
+				}
+				p.Cols = append(p.Cols, c)
+			}
+			if p.Data, err = io.ReadAll(&chunks{b: b, what: p.Table}); err != nil {
+				return 0, nil, err
+			}
+		case 'S':
+			p.Sequence = true
+			if p.Table, err = b.name("table"); err != nil {
+				return 0, nil, err
+			}
+			c, err := b.name("column")
+			if err != nil {
+				return 0, nil, err
+			}
+			p.Cols = []string{c}
+			called, err := b.u8("called")
+			if err != nil {
+				return 0, nil, err
+			}
+			var last [8]byte
+			if err := b.full(last[:], "last"); err != nil {
+				return 0, nil, err
+			}
+			p.Called, p.Last = called == 1, int64(binary.BigEndian.Uint64(last[:]))
+		case 'E':
+			return int(v), parts, nil
+		default:
+			return 0, nil, fmt.Errorf("tag %q", tag)
+		}
+		parts = append(parts, p)
+	}
+}
+
+// JoinPGBackupForTest writes a PostgreSQL backup of schema version v
+// holding parts, with its hash: a file Backup could have written, whatever
+// parts hold.
+func JoinPGBackupForTest(v int, parts []PGBackupPart) []byte {
+	var out bytes.Buffer
+	b := newPGBackupWriter(&out)
+	b.header(v)
+	for _, p := range parts {
+		if p.Sequence {
+			b.sequence(pgSequence{table: p.Table, column: p.Cols[0], called: p.Called, last: p.Last})
+			continue
+		}
+		b.tableHeader(pgTable{name: p.Table, cols: p.Cols})
+		c := &chunker{b: b}
+		c.Write(p.Data)
+		c.close()
+	}
+	if err := b.end(); err != nil {
+		panic(err)
+	}
+	return out.Bytes()
 }

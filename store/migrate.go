@@ -512,6 +512,24 @@ var migrations = []migration{
 	}},
 }
 
+// sql returns the step's statements as dialect d runs them: macros
+// expanded, and those for the other dialect only left out. Migrate runs
+// them one step a transaction; a PostgreSQL restore runs every step up to
+// the backup's version in its one transaction.
+func (m migration) sql(d dialect) []string {
+	var out []string
+	for _, stmt := range m.statements {
+		if rest, ok := strings.CutPrefix(stmt, postgresOnly); ok {
+			if d != dialectPostgres {
+				continue
+			}
+			stmt = rest
+		}
+		out = append(out, typeMacros[d].Replace(stmt))
+	}
+	return out
+}
+
 // LatestVersion is the schema version this code serves.
 func LatestVersion() int { return migrations[len(migrations)-1].version }
 
@@ -580,14 +598,8 @@ func (s *Store) migrate(ctx context.Context, target int) error {
 			if v != m.version-1 {
 				return fmt.Errorf("database at version %d cannot take step %d", v, m.version)
 			}
-			for i, stmt := range m.statements {
-				if rest, ok := strings.CutPrefix(stmt, postgresOnly); ok {
-					if s.dialect != dialectPostgres {
-						continue
-					}
-					stmt = rest
-				}
-				if err := tx.Exec(typeMacros[s.dialect].Replace(stmt)).Error; err != nil {
+			for i, stmt := range m.sql(s.dialect) {
+				if err := tx.Exec(stmt).Error; err != nil {
 					return fmt.Errorf("step %d (%s) statement %d: %w", m.version, m.description, i+1, err)
 				}
 			}

@@ -58,7 +58,7 @@ type Store struct {
 	*repo
 	dialect dialect
 	pools   []*sql.DB
-	pgURL   string // the PostgreSQL URL, for pg_dump (backup.go)
+	pgURL   string // the PostgreSQL URL, for the wake-up listener (wakebus.go)
 	// lockPath is the SQLite database's path, beside which Exclusive
 	// keeps its lock files ("" on PostgreSQL).
 	lockPath string

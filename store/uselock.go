@@ -125,7 +125,7 @@ type pgUse struct {
 	// takes the lock again on a new one.
 	conn *pgx.Conn
 	// table is schema_migrations' OID as last seen while the lock was
-	// held (0 before the table exists): a restore (pg_restore --clean)
+	// held (0 before the table exists): a restore (forced, it drops it)
 	// makes the table anew, under another OID.
 	table uint32
 }

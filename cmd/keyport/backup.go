@@ -51,7 +51,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 	var from *string
 	var force *bool
 	cfg, _, err := parseCommand("restore", args, func(fs *flag.FlagSet) {
-		from = fs.String("from", "", "the backup file made by keyport backup (or pg_dump --format=custom)")
+		from = fs.String("from", "", "the backup file made by keyport backup")
 		force = fs.Bool("force", false, "overwrite a database that exists already (refused while a keyport serve uses it: stop every server first)")
 	})
 	if err != nil {
