@@ -523,12 +523,31 @@ func TestTwoLostRotationsLeaveAChainOfPendingKVNs(t *testing.T) {
 func TestKeyChangeUnprovenCountsOnlyClearRefusalsOfARotationAsNotRotated(t *testing.T) {
 	p := &keyport.SecondKeyPayload{Rotate: true, PutKey: 2, InitUpdate: 0}
 	ok := strings.Repeat("00", 29) + "9000"
-	for _, tc := range []struct {
-		name     string
-		state    keyport.JobState
-		r        *keyport.ScriptResult
-		unproven bool
-	}{
+	checkKeyChangeUnproven(t, p, append(keyChangeEnds(ok),
+		keyChangeEnd{"PUT KEY warning 6310", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6310"}}, true},
+		keyChangeEnd{"PUT KEY 9000 without the R-MAC", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "32AABBCC9000"}}, true},
+		keyChangeEnd{"two of three answers", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000"}}, true},
+	))
+	proof := *p
+	proof.Rotate, proof.Verify = false, true
+	if keyport.KeyChangeUnproven(&proof, keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "answer-lost"}) {
+		t.Error("a release's proof counted as a key change")
+	}
+}
+
+// keyChangeEnd is how a key change's job ended, and whether that leaves
+// its outcome unproven.
+type keyChangeEnd struct {
+	name     string
+	state    keyport.JobState
+	r        *keyport.ScriptResult
+	unproven bool
+}
+
+// keyChangeEnds are the ends a rotation and a second-key script (PUT KEY
+// third, after INITIALIZE UPDATE answered ok) are judged alike by.
+func keyChangeEnds(ok string) []keyChangeEnd {
+	return []keyChangeEnd{
 		{"never sent", keyport.JobFailed, nil, false},
 		{"expired unsent", keyport.JobExpired, nil, false},
 		{"cancelled", keyport.JobCancelled, &keyport.ScriptResult{ScriptStatus: "ok"}, false},
@@ -543,19 +562,16 @@ func TestKeyChangeUnprovenCountsOnlyClearRefusalsOfARotationAsNotRotated(t *test
 		{"PUT KEY 6A80", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6A80"}}, false},
 		{"PUT KEY 6400", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6400"}}, false},
 		{"PUT KEY 6581 (memory changed)", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6581"}}, true},
-		{"PUT KEY warning 6310", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6310"}}, true},
-		{"PUT KEY 9000 without the R-MAC", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "32AABBCC9000"}}, true},
-		{"two of three answers", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000"}}, true},
 		{"no answer", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok"}, true},
 		{"garbage", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"zz"}}, true},
-	} {
+	}
+}
+
+func checkKeyChangeUnproven(t *testing.T, p *keyport.SecondKeyPayload, ends []keyChangeEnd) {
+	t.Helper()
+	for _, tc := range ends {
 		if got := keyport.KeyChangeUnproven(p, tc.state, tc.r); got != tc.unproven {
 			t.Errorf("%s: unproven %v, want %v", tc.name, got, tc.unproven)
 		}
-	}
-	proof := *p
-	proof.Rotate, proof.Verify = false, true
-	if keyport.KeyChangeUnproven(&proof, keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "answer-lost"}) {
-		t.Error("a release's proof counted as a key change")
 	}
 }

@@ -180,37 +180,12 @@ func TestKeyChangeUnprovenCountsOnlyClearRefusalsOfASecondKeyScriptAsNoKeyChange
 	p := &keyport.SecondKeyPayload{PutKey: 2, InitUpdate: 0, APDUs: make([]string, 4)}
 	ok := strings.Repeat("00", 29) + "9000"
 	put := "31" + strings.Repeat("AA", 9) + strings.Repeat("11", 8) + "9000"
-	for _, tc := range []struct {
-		name     string
-		state    keyport.JobState
-		r        *keyport.ScriptResult
-		unproven bool
-	}{
-		{"never sent", keyport.JobFailed, nil, false},
-		{"expired unsent", keyport.JobExpired, nil, false},
-		{"cancelled", keyport.JobCancelled, &keyport.ScriptResult{ScriptStatus: "ok"}, false},
-		{"answer lost", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "answer-lost"}, true},
-		{"expired after it went out", keyport.JobExpired, &keyport.ScriptResult{Session: "ses_1"}, true},
-		{"SSD not selectable", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "unknown-application", Responses: []string{"6999"}}, false},
-		{"not a security domain", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "not-a-security-domain"}, false},
-		{"security error", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "security-error"}, true},
-		{"INITIALIZE UPDATE 6A88", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"6A88"}}, false},
-		{"EXTERNAL AUTHENTICATE 6300", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "6300"}}, false},
-		{"PUT KEY 6982", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6982"}}, false},
-		{"PUT KEY 6A80", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6A80"}}, false},
-		{"PUT KEY 6400", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6400"}}, false},
-		{"PUT KEY 6581 (memory changed)", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", "6581"}}, true},
-		{"PUT KEY 9000, SET STATUS 6985", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put, "6985"}}, true},
-		{"PUT KEY 9000, no SET STATUS answer", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put}}, true},
-		{"every answer 9000 (judged false: cryptogram or R-MAC)", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put, "9000"}}, true},
-		{"two of four answers", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000"}}, true},
-		{"no answer", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok"}, true},
-		{"garbage", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{"zz"}}, true},
-	} {
-		if got := keyport.KeyChangeUnproven(p, tc.state, tc.r); got != tc.unproven {
-			t.Errorf("%s: unproven %v, want %v", tc.name, got, tc.unproven)
-		}
-	}
+	checkKeyChangeUnproven(t, p, append(keyChangeEnds(ok),
+		keyChangeEnd{"PUT KEY 9000, SET STATUS 6985", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put, "6985"}}, true},
+		keyChangeEnd{"PUT KEY 9000, no SET STATUS answer", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put}}, true},
+		keyChangeEnd{"every answer 9000 (judged false: cryptogram or R-MAC)", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000", put, "9000"}}, true},
+		keyChangeEnd{"two of four answers", keyport.JobFailed, &keyport.ScriptResult{ScriptStatus: "ok", Responses: []string{ok, "9000"}}, true},
+	))
 }
 
 func TestAfterAReleaseAndAClaimByAnotherProviderTheOldOwnersPendingKeySetsAreGone(t *testing.T) {
