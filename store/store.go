@@ -227,9 +227,13 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		return nil, fmt.Errorf("store: open postgres: %w", err)
 	}
 	// Enough for a replica's request and worker goroutines; PostgreSQL's
-	// default max_connections is 100 and several replicas share it.
+	// default max_connections is 100 and several replicas share it. As
+	// many kept idle as may be open: with fewer, a burst (a thousand
+	// modules' handshakes, each reading its module) closed connections
+	// as soon as they came back and opened new ones, a backend started
+	// each time, one after another, while the burst waited.
 	sqlDB.SetMaxOpenConns(20)
-	sqlDB.SetMaxIdleConns(10)
+	sqlDB.SetMaxIdleConns(20)
 	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
 	if err := sqlDB.PingContext(ctx); err != nil {
 		sqlDB.Close()
