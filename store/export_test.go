@@ -283,3 +283,6 @@ func JoinPGBackupForTest(v int, parts []PGBackupPart) []byte {
 	}
 	return out.Bytes()
 }
+
+// UseLockKey is the PostgreSQL advisory key of the use lock.
+const UseLockKey = useLockKey

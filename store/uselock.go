@@ -404,6 +404,15 @@ func (l *UseLock) release() error {
 		l.pg.mu.Lock()
 		defer l.pg.mu.Unlock()
 		if l.pg.conn != nil {
+			// Unlocked before the connection goes: a closed connection's
+			// locks are released when its backend notices, a moment
+			// after Close returns, and a restore started at once (after
+			// `keyport audit verify`, say) would find the lock still held.
+			// On a connection already lost this fails, and its locks are
+			// gone or going anyway.
+			uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _ = l.pg.conn.Exec(uctx, `SELECT pg_advisory_unlock_all()`)
+			cancel()
 			err := l.pg.conn.Close(context.Background())
 			l.pg.conn = nil
 			if err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/keyport/keyport/store"
 	"github.com/keyport/keyport/store/storetest"
 )
@@ -242,5 +244,38 @@ func TestServeLockOnPostgresIsTakenAgainAfterItsSessionIsLostOrLostForGoodIfARes
 	kill(l3)
 	if err := store.CheckUseLockForTest(ctx, l3); !errors.Is(err, store.ErrInUse) || !strings.Contains(err.Error(), "a restore may have come between") || !isLost(l3) {
 		t.Fatalf("the check after the session went before the tables were seen: %v (lost: %t); want the lock lost", err, isLost(l3))
+	}
+}
+
+// A command's shared use lock is gone when its Close returns, not a
+// moment later when PostgreSQL notices the closed connection: a restore
+// started right after another command (`keyport audit verify; keyport
+// restore …`) takes the lock, every time.
+func TestAClosedUseLockOnPostgresIsFreeTheMomentCloseReturns(t *testing.T) {
+	dsn := storetest.PostgresURL(t)
+	storetest.Open(t, dsn) // migrated, like a database keyport uses
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for i := range 40 {
+		l, err := store.HoldForUse(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(store.UseLockKey)).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			t.Fatalf("attempt %d: the use lock was still held after Close returned", i+1)
+		}
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(store.UseLockKey)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
