@@ -52,11 +52,7 @@ func (s *Service) LookupAdminModule(ctx context.Context, identity string) (*Admi
 	if err != nil {
 		return nil, ErrNotFound
 	}
-	m, err := s.Store.GetModule(ctx, eid)
-	if err != nil {
-		return nil, err
-	}
-	return &AdminModule{ID: m.ID, EID: m.EID, ISDAID: m.ISDAID, PSK: m.PSK}, nil
+	return s.Store.GetAdminModule(ctx, eid)
 }
 
 // AdminModulePSK returns the module's TLS-PSK, unsealed by the HSM, for the

@@ -261,6 +261,10 @@ type ModuleRepo interface {
 	StaleImports(ctx context.Context, before time.Time, limit int) ([]Import, error)
 	// GetModule returns the module with its domains; ErrNotFound if unknown.
 	GetModule(ctx context.Context, eid EID) (*Module, error)
+	// GetAdminModule returns what an admin session's handshake needs of
+	// module eid (its ID, ISD AID and sealed PSK), without its domains;
+	// ErrNotFound if unknown or still loading, as for GetModule.
+	GetAdminModule(ctx context.Context, eid EID) (*AdminModule, error)
 	// TouchModule sets the module's last admin-session time.
 	TouchModule(ctx context.Context, moduleID int64, at time.Time) error
 

@@ -172,6 +172,25 @@ func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module,
 	return m, nil
 }
 
+// GetAdminModule reads the three columns a handshake needs: every admin
+// session starts with it, for a module the admin server has not cached, so
+// it reads neither the domains nor the ISD key blobs GetModule does.
+func (r *repo) GetAdminModule(ctx context.Context, eid keyport.EID) (*keyport.AdminModule, error) {
+	var row struct {
+		ID     int64  `gorm:"column:id"`
+		ISDAID string `gorm:"column:isd_aid"`
+		PSK    []byte `gorm:"column:psk_sealed"`
+	}
+	res := r.r.WithContext(ctx).Raw(`SELECT id, isd_aid, psk_sealed FROM modules WHERE eid = ? AND import_id IS NULL`, string(eid)).Scan(&row)
+	if res.Error != nil {
+		return nil, wrap("get admin module", res.Error)
+	}
+	if res.RowsAffected == 0 {
+		return nil, wrap("get admin module", keyport.ErrNotFound)
+	}
+	return &keyport.AdminModule{ID: row.ID, EID: eid, ISDAID: keyport.AID(row.ISDAID), PSK: row.PSK}, nil
+}
+
 func (mod moduleRow) model(eid keyport.EID, domains []keyport.Domain) (*keyport.Module, error) {
 	m := &keyport.Module{ID: mod.ID, EID: eid, BatchID: mod.BatchID, ISDAID: keyport.AID(mod.ISDAID),
 		CreatedAt: mod.CreatedAt.UTC(), Domains: domains, PSK: mod.PSK}

@@ -77,6 +77,20 @@ func TestGetModuleReturnsDomainsInAIDOrder(t *testing.T) {
 		if _, err := s.GetModule(ctx, testEID(99)); !errors.Is(err, keyport.ErrNotFound) {
 			t.Errorf("GetModule(unknown): %v, want ErrNotFound", err)
 		}
+		// What a handshake reads is the module's own, and nothing else's.
+		if err := s.SetModuleKeys(ctx, m.ID, nil, []byte("sealed PSK of module 2")); err != nil {
+			t.Fatal(err)
+		}
+		am, err := s.GetAdminModule(ctx, testEID(2))
+		if err != nil || am.ID != m.ID || am.EID != m.EID || am.ISDAID != m.ISDAID || string(am.PSK) != "sealed PSK of module 2" {
+			t.Errorf("GetAdminModule: %+v, %v; want ID %d, ISD %s and the PSK set", am, err, m.ID, m.ISDAID)
+		}
+		if other, err := s.GetAdminModule(ctx, testEID(3)); err != nil || other.ID == m.ID || len(other.PSK) != 0 {
+			t.Errorf("GetAdminModule of another module: %+v, %v", other, err)
+		}
+		if _, err := s.GetAdminModule(ctx, testEID(99)); !errors.Is(err, keyport.ErrNotFound) {
+			t.Errorf("GetAdminModule(unknown): %v, want ErrNotFound", err)
+		}
 		if _, err := s.GetDomain(ctx, m.EID, testAID(9)); !errors.Is(err, keyport.ErrNotFound) {
 			t.Errorf("GetDomain(unknown AID): %v, want ErrNotFound", err)
 		}

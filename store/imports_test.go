@@ -35,6 +35,9 @@ func hiddenEverywhere(t *testing.T, s *store.Store, n int) {
 	if _, err := s.GetModule(ctx, testEID(n)); !errors.Is(err, keyport.ErrNotFound) {
 		t.Errorf("GetModule of staged module %d: %v; want ErrNotFound", n, err)
 	}
+	if _, err := s.GetAdminModule(ctx, testEID(n)); !errors.Is(err, keyport.ErrNotFound) {
+		t.Errorf("GetAdminModule of staged module %d: %v; want ErrNotFound", n, err)
+	}
 	if _, err := s.GetDomain(ctx, testEID(n), testAID(1)); !errors.Is(err, keyport.ErrNotFound) {
 		t.Errorf("GetDomain of staged module %d: %v; want ErrNotFound", n, err)
 	}
