@@ -19,6 +19,7 @@ import (
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/cardlink/tlspsk"
 	"github.com/keyport/keyport/gp"
+	"github.com/keyport/keyport/internal/clientnet"
 )
 
 // Paths of the admin server. A card's first POST goes to its admin URI
@@ -472,29 +473,26 @@ func (s *AdminServer) release(c net.Conn, srcs []rateSource) {
 // maxBuckets bounds the handshake rate limiter's memory (handshakeRates).
 const maxBuckets = 1 << 16
 
-// sourcesOf is what a connection from a counts against, the widest first:
-// its IP address; for IPv6 the /48 (a site, whose /64s all draw on one
-// allowance of siteScale sources) and then the /64 (one subscriber's
-// prefix). Without the /48, a site holding 65,536 /64s would have as many
-// bursts of handshakes, each an HSM derive, and could fill the rate table
-// with buckets still refilling, which refuses every new source.
+// sourcesOf is what a connection from a counts against, widest first
+// (clientnet.Of): its IP address, or an IPv6 address's /48 (a site, with
+// siteScale sources' caps and handshake allowance) and then its /64. An
+// address that does not parse counts as itself.
 func sourcesOf(a net.Addr) []rateSource {
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
 		return []rateSource{{key: a.String(), scale: 1}}
 	}
-	ip := ap.Addr().Unmap()
-	if ip.Is6() {
-		site, _ := ip.Prefix(48)
-		host, _ := ip.Prefix(64)
-		return []rateSource{{key: "site:" + site.String(), scale: siteScale}, {key: host.String(), scale: 1}}
+	srcs := clientnet.Of(ap.Addr())
+	out := make([]rateSource, len(srcs))
+	for i, src := range srcs {
+		out[i] = rateSource{key: src.Key, scale: src.Scale}
 	}
-	return []rateSource{{key: ip.String(), scale: 1}}
+	return out
 }
 
 // siteScale is how many sources' caps and handshake allowances an IPv6
 // /48 has.
-const siteScale = 16
+const siteScale = clientnet.SiteScale
 
 // logLimiter lets a repeated event be logged at most once per logEvery.
 type logLimiter struct {

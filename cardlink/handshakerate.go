@@ -8,8 +8,8 @@ import (
 
 // handshakeRates is the admin server's handshake token buckets, one per
 // source (sourcesOf): rate tokens a second up to burst, both times the
-// source's scale, one spent per handshake. It holds at most max buckets. A bucket that has refilled is
-// the same as none, so it may be dropped; one that has not must be kept, or
+// source's scale, one spent per handshake. It holds at most max buckets.
+// A bucket that has refilled is the same as none, so it may be dropped; one that has not must be kept, or
 // its source would get a new burst. A bucket untouched for burst/rate
 // seconds has surely refilled, and the buckets are kept in order of last
 // use, so those are found at the front without scanning the table: a source

@@ -181,7 +181,7 @@ func TestAdminServerCapsTheConnectionsOfAnIPv6Site(t *testing.T) {
 	if s.admit(c, sourcesOf(tcpAddr(t, "[2001:db8:1:ffff::2]:1"))) != admitOverCap {
 		t.Fatal("a connection admitted past its /48's cap")
 	}
-	if n := s.perAddr["site:2001:db8:1::/48"]; n != 2*siteScale || s.perAddr["2001:db8:1:ffff::/64"] != 0 {
+	if n := s.perAddr["site:2001:db8:1::/48"]; n != 2*siteScale || s.perAddr["net:2001:db8:1:ffff::/64"] != 0 {
 		t.Fatalf("a refused connection was counted: site %d", n)
 	}
 	if s.admit(c, sourcesOf(tcpAddr(t, "[2001:db8:2::2]:1"))) != admitOK {

@@ -22,6 +22,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/keyport/keyport"
+	"github.com/keyport/keyport/internal/clientnet"
 	"github.com/keyport/keyport/web/views"
 )
 
@@ -444,30 +445,27 @@ func clientIP(c echo.Context) string {
 }
 
 // clientKeys are the keys rate limits count a client by, under scope, widest
-// first: an IPv4 address is one key; an IPv6 address counts against its
-// /48 (a site: RFC 6177), allowed siteScale times the burst, then against
-// its /64 (one host usually holds a whole /64). The /48 bounds what one
-// site can make of its 65,536 /64s: each new /64 it tries is an attempt of
-// the site, so a site at its limit adds no key, and filling a limiter's
-// table takes hundreds of sites at their limits, not one.
+// first (clientnet.Of): an IPv4 address is one key; an IPv6 address counts
+// against its /48, allowed siteScale times the burst, then against its
+// /64. Each new /64 a site tries is an attempt of the site, so a site at
+// its limit adds no key, and filling a limiter's table takes hundreds of
+// sites at their limits, not one.
 func clientKeys(scope string, c echo.Context) []rateKey {
 	ip := clientIP(c)
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
 		return []rateKey{keyOf(scope + "ip:" + ip)}
 	}
-	a = a.Unmap()
-	if a.Is6() {
-		site, _ := a.Prefix(48)
-		host, _ := a.Prefix(64)
-		return []rateKey{{key: scope + "site:" + site.String(), scale: siteScale}, keyOf(scope + "net:" + host.String())}
+	srcs := clientnet.Of(a)
+	keys := make([]rateKey, len(srcs))
+	for i, src := range srcs {
+		keys[i] = rateKey{key: scope + src.Key, scale: src.Scale}
 	}
-	return []rateKey{keyOf(scope + "ip:" + a.String())}
+	return keys
 }
 
-// siteScale is how many clients' allowances an IPv6 /48 has: a site's
-// hosts share it.
-const siteScale = 16
+// siteScale is how many clients' allowances an IPv6 /48 has.
+const siteScale = clientnet.SiteScale
 
 // emailKey is the rate-limit key of an e-mail address as typed. An
 // address is at most maxEmailKey octets (RFC 5321): longer input is cut

@@ -211,9 +211,9 @@ func TestRateLimiterIPv6SitesCannotFillTheTable(t *testing.T) {
 // clientKeys: IPv4 one key, IPv6 its /48 then its /64, v4-mapped as IPv4.
 func TestClientKeys(t *testing.T) {
 	for addr, want := range map[string][]rateKey{
-		"198.51.100.7":         {{key: "ip:198.51.100.7"}},
-		"::ffff:198.51.100.7":  {{key: "ip:198.51.100.7"}},
-		"2001:db8:1:2:3:4:5:6": {{key: "site:2001:db8:1::/48", scale: siteScale}, {key: "net:2001:db8:1:2::/64"}},
+		"198.51.100.7":         {{key: "ip:198.51.100.7", scale: 1}},
+		"::ffff:198.51.100.7":  {{key: "ip:198.51.100.7", scale: 1}},
+		"2001:db8:1:2:3:4:5:6": {{key: "site:2001:db8:1::/48", scale: siteScale}, {key: "net:2001:db8:1:2::/64", scale: 1}},
 	} {
 		if got := keysFrom(addr); !slices.Equal(got, want) {
 			t.Errorf("%s: keys %v, want %v", addr, got, want)
