@@ -275,7 +275,7 @@ func (s *Service) NextScript(ctx context.Context, a *AdminSession, opts gp.Scrip
 			if derr != nil {
 				return nil, derr
 			}
-			if d.State != needs && (d.State != Locked || d.PriorState != needs) {
+			if !d.is(needs) {
 				err = s.finish(ctx, j, jobEnd{to: JobFailed, cause: fmt.Sprintf("domain is %s, not %s", d.State, needs), actor: "system", action: j.failedAction()})
 				break
 			}

@@ -393,10 +393,9 @@ func apduHex(cmds []gp.Command) []string {
 // the SSD PERSONALIZED on the card (GPCS 11.10).
 func scriptFits(d *Domain, p *SecondKeyPayload, pending []PendingKeys) error {
 	switch want := p.DomainState(); {
-	case d.State == want:
-	case d.State == Locked && d.PriorState == want:
-		// Queued all the same: the card, which refuses a locked SSD, says
-		// so in the job's result (its SW).
+	case d.is(want):
+		// LOCKED from it too, queued all the same: the card, which
+		// refuses a locked SSD, says so in the job's result (its SW).
 	case d.State == Personalized:
 		return fmt.Errorf("%w: domain is PERSONALIZED: its keys are replaced by a rotation script (`keyport sp script --rotate`, \"rotate\": true)", ErrConflict)
 	case p.Rotate:
