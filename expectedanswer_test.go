@@ -8,7 +8,6 @@ import (
 
 	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/gp"
-	"github.com/keyport/keyport/store/storetest"
 )
 
 // cardKeyUses counts the judgements and precomputations run under a
@@ -23,11 +22,11 @@ func (c *cardKeyUses) WithCardKeys(ctx context.Context, refs []keyport.KeyRef, f
 	return c.Custody.(keyport.CardKeyScope).WithCardKeys(ctx, refs, fn)
 }
 
-// assignedWorld is newAssignedWorldOn with the HSM's uses of card keys
+// assignedWorld is newAssignedWorld with the HSM's uses of card keys
 // counted.
 func assignedWorld(t *testing.T) (*pendingWorld, *cardKeyUses) {
 	t.Helper()
-	w := newAssignedWorldOn(t, storetest.Open(t, storetest.SQLitePath(t)))
+	w := newAssignedWorld(t)
 	uses := &cardKeyUses{Custody: w.Svc.Custody}
 	w.Svc.Custody = uses
 	return w, uses
@@ -38,11 +37,7 @@ func assignedWorld(t *testing.T) (*pendingWorld, *cardKeyUses) {
 // without the HSM and confirms the key change as the long way would.
 func TestASecondKeyAnswerComputedAtSubmissionIsJudgedWithoutTheHSM(t *testing.T) {
 	w, uses := assignedWorld(t)
-	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, w.Keys[w.eid][w.aid], secondKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j := w.submit(t, req)
+	j := w.submit(t, w.secondKey(t))
 	if j.SecondKey == nil || len(j.SecondKey.AnswerDigest) != 64 {
 		t.Fatalf("the job holds no answer digest: %+v", j.SecondKey)
 	}
@@ -70,11 +65,7 @@ func TestASecondKeyAnswerComputedAtSubmissionIsJudgedWithoutTheHSM(t *testing.T)
 // was.
 func TestAnAnswerOtherThanTheExpectedOneIsJudgedUnderTheKeys(t *testing.T) {
 	w, uses := assignedWorld(t)
-	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, w.Keys[w.eid][w.aid], secondKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j := w.submit(t, req)
+	j := w.submit(t, w.secondKey(t))
 	if !w.authenticates(t, 0x30, w.Keys[w.eid][w.aid]) {
 		t.Fatal("the card refused its first keys")
 	}
@@ -97,11 +88,7 @@ func TestAnAnswerOtherThanTheExpectedOneIsJudgedUnderTheKeys(t *testing.T) {
 // a proven one.
 func TestAForgedAnswerIsNotTakenForTheExpectedOne(t *testing.T) {
 	w, _ := assignedWorld(t)
-	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, w.Keys[w.eid][w.aid], secondKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j := w.submit(t, req)
+	j := w.submit(t, w.secondKey(t))
 	w.session(t, func(_ *keyport.Job, body []byte) []byte {
 		rs, err := gp.ParseResponseScript(body)
 		if err != nil {

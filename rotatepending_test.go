@@ -36,11 +36,7 @@ func newPendingWorld(t *testing.T) *pendingWorld {
 func newPendingWorldOn(t *testing.T, st *store.Store) *pendingWorld {
 	t.Helper()
 	w := newAssignedWorldOn(t, st)
-	req, err := keyport.SecondKeyScript(w.aid, 0x30, 0, 0x31, w.Keys[w.eid][w.aid], secondKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j := w.submit(t, req)
+	j := w.submit(t, w.secondKey(t))
 	w.session(t, nil)
 	w.wantJob(t, j.Ref, keyport.JobDone)
 	if d := w.domain(t); d.State != keyport.Personalized || d.KVN != 0x31 {
@@ -211,17 +207,18 @@ func (w *pendingWorld) lostSession(t *testing.T, ref string, n int) {
 	}
 }
 
-// lostRotation submits rot, runs its first n commands on the card (all
-// when n < 0) in a session that breaks, and runs the module's next
-// session: the rotation ends FAILED "answer lost", and keyport's counter
-// probe goes out and is answered. It returns the probe job.
-func (w *pendingWorld) lostRotation(t *testing.T, rot keyport.ScriptRequest, n int) (*keyport.Job, *keyport.Job) {
+// lostKeyChange submits req (a rotation or a second-key script), runs its
+// first n commands on the card (all when n < 0) in a session that breaks,
+// and runs the module's next session: the job ends FAILED "answer lost",
+// and keyport's counter probe goes out and is answered. It returns the job
+// and the probe.
+func (w *pendingWorld) lostKeyChange(t *testing.T, req keyport.ScriptRequest, n int) (*keyport.Job, *keyport.Job) {
 	t.Helper()
-	j := w.submit(t, rot)
+	j := w.submit(t, req)
 	w.lostSession(t, j.Ref, n)
 	refs := w.session(t, nil)
 	if j := w.wantJob(t, j.Ref, keyport.JobFailed); j.LastError != "answer lost" {
-		t.Fatalf("rotation %q", j.LastError)
+		t.Fatalf("key change %q", j.LastError)
 	}
 	if len(refs) != 1 {
 		t.Fatalf("the session after the lost answer sent %d jobs, want the probe", len(refs))
@@ -254,7 +251,7 @@ func testLostRotationThatRan(t *testing.T, st *store.Store) {
 	w := newPendingWorldOn(t, st)
 	third, fourth := keysOf(0x40), keysOf(0x80)
 	rotA := w.rotation(t, 0x31, secondKeys, third)
-	a, probe := w.lostRotation(t, rotA, -1)
+	a, probe := w.lostKeyChange(t, rotA, -1)
 	if r := probe.Result; r.CardKVN == nil || *r.CardKVN != 0x32 {
 		t.Fatalf("the card is not on KVN 32 after the lost rotation: %+v", r)
 	}
@@ -336,7 +333,7 @@ func testLostRotationThatRan(t *testing.T, st *store.Store) {
 func TestALostRotationThatDidNotRunLeavesTheDomainOnItsKVNAndTheRotationFromItStillWorks(t *testing.T) {
 	w := newPendingWorld(t)
 	third, fourth, fifth := keysOf(0x40), keysOf(0x80), keysOf(0x10)
-	_, probe := w.lostRotation(t, w.rotation(t, 0x31, secondKeys, third), 2) // INITIALIZE UPDATE and EXTERNAL AUTHENTICATE only
+	_, probe := w.lostKeyChange(t, w.rotation(t, 0x31, secondKeys, third), 2) // INITIALIZE UPDATE and EXTERNAL AUTHENTICATE only
 	if r := probe.Result; r.CardKVN == nil || *r.CardKVN != 0x31 || *r.SequenceCounter != 2 {
 		t.Fatalf("the probe after a rotation that stopped before PUT KEY: %+v", r)
 	}
@@ -376,7 +373,7 @@ func TestALostRotationThatDidNotRunLeavesTheDomainOnItsKVNAndTheRotationFromItSt
 func TestTheCounterProbeAfterALostRotationReadsTheCounterOfTheKeySetTheCardHas(t *testing.T) {
 	w := newPendingWorld(t)
 	third := keysOf(0x40)
-	_, probe := w.lostRotation(t, w.rotation(t, 0x31, secondKeys, third), -1)
+	_, probe := w.lostKeyChange(t, w.rotation(t, 0x31, secondKeys, third), -1)
 	if p := probe.Data.APDUs; len(p) != 1 || !strings.HasPrefix(p[0], "8050000008") {
 		t.Fatalf("probe APDUs %v, want INITIALIZE UPDATE P1 00", p)
 	}
@@ -494,8 +491,8 @@ func TestARotationAnswerAlteredInTransitLeavesItsKVNPendingAndTheCounterReadAgai
 func TestTwoLostRotationsLeaveAChainOfPendingKVNs(t *testing.T) {
 	w := newPendingWorld(t)
 	third, fourth, fifth := keysOf(0x40), keysOf(0x80), keysOf(0x10)
-	w.lostRotation(t, w.rotation(t, 0x31, secondKeys, third), -1)
-	_, probe := w.lostRotation(t, w.rotation(t, 0x32, third, fourth), -1)
+	w.lostKeyChange(t, w.rotation(t, 0x31, secondKeys, third), -1)
+	_, probe := w.lostKeyChange(t, w.rotation(t, 0x32, third, fourth), -1)
 	if r := probe.Result; r.CardKVN == nil || *r.CardKVN != 0x33 {
 		t.Fatalf("probe %+v", r)
 	}

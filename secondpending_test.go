@@ -34,33 +34,11 @@ func (w *pendingWorld) secondKey(t *testing.T) keyport.ScriptRequest {
 	return req
 }
 
-// lostSecondKey submits the second-key script, runs its first n commands
-// on the card (all when n < 0) in a session that breaks, and runs the
-// module's next session, which sends keyport's counter probe. It returns
-// the second-key job and the probe.
-func (w *pendingWorld) lostSecondKey(t *testing.T, n int) (*keyport.Job, *keyport.Job) {
-	t.Helper()
-	j := w.submit(t, w.secondKey(t))
-	w.lostSession(t, j.Ref, n)
-	refs := w.session(t, nil)
-	if j := w.wantJob(t, j.Ref, keyport.JobFailed); j.LastError != "answer lost" {
-		t.Fatalf("second key %q", j.LastError)
-	}
-	if len(refs) != 1 {
-		t.Fatalf("the session after the lost answer sent %d jobs, want the probe", len(refs))
-	}
-	probe := w.wantJob(t, refs[0], keyport.JobDone)
-	if probe.Kind != keyport.JobData || probe.Data == nil || !probe.Data.Probe {
-		t.Fatalf("the session sent %+v, want the counter probe", probe)
-	}
-	return j, probe
-}
-
 func TestALostSecondKeyAnswerAfterThePutKeyRanLeavesKVN31PendingAndTheRotationFromItPersonalizesTheDomain(t *testing.T) {
 	w := newAssignedWorld(t)
 	third := keysOf(0x40)
 	// The session breaks after the PUT KEY: the SET STATUS never runs.
-	sk, probe := w.lostSecondKey(t, 3)
+	sk, probe := w.lostKeyChange(t, w.secondKey(t), 3)
 	if p := probe.Data.APDUs; len(p) != 1 || !strings.HasPrefix(p[0], "8050000008") {
 		t.Fatalf("probe APDUs %v, want INITIALIZE UPDATE P1 00", p)
 	}
@@ -99,7 +77,7 @@ func TestALostSecondKeyAnswerAfterThePutKeyRanLeavesKVN31PendingAndTheRotationFr
 
 func TestALostSecondKeyAnswerBeforeTheScriptRanFailsTheRotationFromThePendingKVNAndAFreshSecondKeyStillWorks(t *testing.T) {
 	w := newAssignedWorld(t)
-	_, probe := w.lostSecondKey(t, 0) // nothing reached the card
+	_, probe := w.lostKeyChange(t, w.secondKey(t), 0) // nothing reached the card
 	if r := probe.Result; r.CardKVN == nil || *r.CardKVN != 0x30 || r.SequenceCounter == nil || *r.SequenceCounter != 1 {
 		t.Fatalf("the probe after a second key that never ran: %+v", r)
 	}
@@ -170,7 +148,7 @@ func TestARotationOfAnAssignedDomainIsRefusedUnlessItStartsFromAPendingKVNAndNot
 	}
 	refused("from 31, none pending", w.rotation(t, 0x31, secondKeys, keysOf(0x40)), "none is pending")
 	refused("from the first keys", w.rotation(t, 0x30, w.Keys[w.eid][w.aid], keysOf(0x40)), "none is pending")
-	w.lostSecondKey(t, -1)
+	w.lostKeyChange(t, w.secondKey(t), -1)
 	refused("from 33, 31 pending", w.rotation(t, 0x33, keysOf(0x80), keysOf(0x40)), "pending now 31")
 	refused("from the first keys, 31 pending", w.rotation(t, 0x30, w.Keys[w.eid][w.aid], keysOf(0x40)), "pending now 31")
 }
@@ -218,7 +196,7 @@ func TestAfterAReleaseAndAClaimByAnotherProviderTheOldOwnersPendingKeySetsAreGon
 	old, first := claim("Old Owner")
 	iw.Keys = map[keyport.EID]map[keyport.AID]map[keyport.KeyUsage][]byte{iw.EID: {aid: first}}
 	w := &pendingWorld{World: iw.World, prov: old, eid: iw.EID, aid: aid, card: iw.Card.Card}
-	w.lostSecondKey(t, -1)
+	w.lostKeyChange(t, w.secondKey(t), -1)
 	if d := w.domain(t); d.State != keyport.Assigned || len(d.Pending) != 1 || d.Pending[0].KVN != 0x31 {
 		t.Fatalf("old owner's domain %s pending %+v", d.State, d.Pending)
 	}
