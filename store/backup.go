@@ -83,11 +83,7 @@ func (s *Store) Backup(ctx context.Context, out string) (*BackupInfo, error) {
 // writeSQLiteCopy copies the database behind src into a new temporary file
 // next to out, checks it and links it to out (which must not exist).
 func writeSQLiteCopy(ctx context.Context, src *sql.Conn, out, op string) (*BackupInfo, error) {
-	dir, base := filepath.Split(out)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.partial") // mode 0600
+	f, err := createBeside(out)
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", op, err)
 	}
@@ -101,14 +97,39 @@ func writeSQLiteCopy(ctx context.Context, src *sql.Conn, out, op string) (*Backu
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: the copy: %w", op, err)
 	}
-	// Link, not rename: a file that appeared under out meanwhile is kept.
-	if err := os.Link(tmp, out); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("store: %s: %s %w", op, out, ErrBackupExists)
-		}
-		return nil, fmt.Errorf("store: %s: %w", op, err)
+	if err := linkNew(tmp, out, op); err != nil {
+		return nil, err
 	}
 	return info, nil
+}
+
+// createBeside creates a new temporary file, mode 0600, in out's directory,
+// for linkNew to put in place once it is whole.
+func createBeside(out string) (*os.File, error) {
+	dir, base := filepath.Split(out)
+	if dir == "" {
+		dir = "."
+	}
+	return os.CreateTemp(dir, "."+base+".*.partial")
+}
+
+// linkNew gives the whole file tmp the name out, which must not exist
+// (ErrBackupExists), and makes the new name durable as far as the system
+// allows. Link, not rename: a file that appeared under out meanwhile is
+// kept.
+func linkNew(tmp, out, op string) error {
+	if err := os.Link(tmp, out); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("store: %s: %s %w", op, out, ErrBackupExists)
+		}
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	dir := filepath.Dir(out)
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // copySQLite copies the database behind src over the SQLite file dst with

@@ -13,10 +13,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -384,11 +382,7 @@ func (c *chunker) close() error {
 // COPY (FORMAT binary) gives them. Nothing but keyport's own tables and
 // columns is read.
 func (s *Store) pgBackup(ctx context.Context, out string) (*BackupInfo, error) {
-	dir, base := filepath.Split(out)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.partial") // mode 0600
+	f, err := createBeside(out)
 	if err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
@@ -423,23 +417,10 @@ func (s *Store) pgBackup(ctx context.Context, out string) (*BackupInfo, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("store: backup: %w", err)
 	}
-	// Link, not rename: a file that appeared under out meanwhile is kept.
-	if err := os.Link(tmp, out); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("store: backup: %s %w", out, ErrBackupExists)
-		}
-		return nil, fmt.Errorf("store: backup: %w", err)
+	if err := linkNew(tmp, out, "backup"); err != nil {
+		return nil, err
 	}
-	syncDir(dir)
 	return &BackupInfo{Dialect: pgBackupDialect, SchemaVersion: v, Bytes: st.Size()}, nil
-}
-
-// syncDir makes a new directory entry durable, as far as the system allows.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // pgWriteBackup writes the backup of the database pc is connected to into
