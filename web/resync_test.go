@@ -120,11 +120,7 @@ func TestTheDomainPageShowsThePendingKeyVersionOfAnUnprovenRotation(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
-		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
-	if err := w.Store.CreateJob(ctx, lost); err != nil {
-		t.Fatal(err)
-	}
+	storeLostKeyChange(t, w.Store, d, p)
 	st, body := ps.get(page)
 	i := strings.Index(body, `id="pending-keys"`)
 	if st != 200 || i < 0 || !strings.Contains(body[i:], ">0x32<") || !strings.Contains(body[i:], "keyport sp script --rotate") {
@@ -160,11 +156,7 @@ func TestADomainShowsItsOwnerThePendingKeysOfAnUnprovenRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The rotation went out and its answer was lost.
-	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
-		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
-	if err := e.w.Store.CreateJob(ctx, lost); err != nil {
-		t.Fatal(err)
-	}
+	lost := storeLostKeyChange(t, e.w.Store, d, p)
 	domainPath := fmt.Sprintf("/api/v1/domains/%s/%s", eid, aid)
 	resp, b := e.do(t, e.token, "GET", domainPath, "", nil)
 	var dom struct {
@@ -211,11 +203,7 @@ func TestAnAssignedDomainShowsItsOwnerThePendingKeysOfALostSecondKeyAnswer(t *te
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
-		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
-	if err := e.w.Store.CreateJob(ctx, lost); err != nil {
-		t.Fatal(err)
-	}
+	lost := storeLostKeyChange(t, e.w.Store, d, p)
 	domainPath := fmt.Sprintf("/api/v1/domains/%s/%s", eid, aid)
 	resp, b := e.do(t, e.token, "GET", domainPath, "", nil)
 	var dom struct {
@@ -292,14 +280,24 @@ func TestTheDomainPageOfAnAssignedDomainShowsThePendingKeyVersionOfALostSecondKe
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
-		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
-	if err := w.Store.CreateJob(ctx, lost); err != nil {
-		t.Fatal(err)
-	}
+	storeLostKeyChange(t, w.Store, d, p)
 	st, body := ps.get(page)
 	i := strings.Index(body, `id="pending-keys"`)
 	if st != 200 || i < 0 || !strings.Contains(body[i:], ">0x31<") || !strings.Contains(body[i:], "second-key script") || !strings.Contains(body[i:], "keyport sp script --rotate") {
 		t.Fatalf("domain page %d does not show key version 31 pending after a lost second key:\n%s", st, body)
 	}
+}
+
+// storeLostKeyChange stores the key change p of domain d as a job that
+// went out and whose answer was lost (FAILED "answer lost").
+func storeLostKeyChange(t *testing.T, st interface {
+	CreateJob(context.Context, *keyport.Job) error
+}, d *keyport.Domain, p *keyport.SecondKeyPayload) *keyport.Job {
+	t.Helper()
+	lost := &keyport.Job{Ref: keyport.NewID("job"), Kind: keyport.JobSecondKey, DomainID: d.ID, ModuleID: d.ModuleID, ProviderID: d.OwnerID,
+		State: keyport.JobFailed, SecondKey: p, Result: &keyport.ScriptResult{ScriptStatus: "answer-lost"}, LastError: "answer lost"}
+	if err := st.CreateJob(context.Background(), lost); err != nil {
+		t.Fatal(err)
+	}
+	return lost
 }
