@@ -9,7 +9,6 @@ import (
 	"github.com/keyport/keyport/cardlink/cardlinktest"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
-	"github.com/keyport/keyport/keywrap"
 	"github.com/keyport/keyport/store/storetest"
 )
 
@@ -176,21 +175,7 @@ func TestAfterAReleaseAndAClaimByAnotherProviderTheOldOwnersPendingKeySetsAreGon
 	claim := func(name string) (keyport.Principal, map[keyport.KeyUsage][]byte) {
 		t.Helper()
 		p, _, wk := iw.Provider(t, name, fixture.RSAKeys()[0])
-		c, _, err := iw.Svc.Claim(ctx, p, keyport.ClaimRequest{EID: iw.EID, AID: aid, WrappingKeyID: wk})
-		if err != nil {
-			t.Fatal(err)
-		}
-		set, _ := iw.Svc.JWKS(ctx)
-		pkg, err := keyport.VerifyKeyPackage(c.Package, set)
-		if err != nil {
-			t.Fatal(err)
-		}
-		first := map[keyport.KeyUsage][]byte{}
-		for _, k := range pkg.Keys {
-			if first[k.Usage], err = keywrap.UnwrapRSAAES(fixture.RSAKeys()[0], k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
-				t.Fatal(err)
-			}
-		}
+		_, first := cardlinktest.ClaimAndUnwrap(t, iw.Svc, p, iw.EID, aid, wk, fixture.RSAKeys()[0])
 		return p, first
 	}
 	old, first := claim("Old Owner")

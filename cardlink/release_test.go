@@ -19,28 +19,6 @@ import (
 	"github.com/keyport/keyport/keywrap"
 )
 
-// claimAndUnwrap claims domain aid for p and returns its first keys from
-// the key package, unwrapped as the provider does.
-func claimAndUnwrap(t testing.TB, w *cardlinktest.IssuerWorld, p keyport.Principal, wk string, aid keyport.AID) (*keyport.KeyPackage, map[keyport.KeyUsage][]byte) {
-	t.Helper()
-	c, _, err := w.Svc.Claim(ctx, p, keyport.ClaimRequest{EID: w.EID, AID: aid, WrappingKeyID: wk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, _ := w.Svc.JWKS(ctx)
-	pkg, err := keyport.VerifyKeyPackage(c.Package, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := map[keyport.KeyUsage][]byte{}
-	for _, k := range pkg.Keys {
-		if first[k.Usage], err = keywrap.UnwrapRSAAES(fixture.RSAKeys()[0], k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return pkg, first
-}
-
 func firstKeysOfWorld(t *testing.T, w *cardlinktest.IssuerWorld) map[keyport.KeyUsage][]byte {
 	t.Helper()
 	// The world's provider claimed before; its package is still
@@ -140,7 +118,7 @@ func TestReleaseRecreatesTheSSDWithFreshFirstKeysAndASecondProviderClaimsAndUses
 	// A second provider claims, personalizes and uses the domain. Its
 	// counter is the one keyport learned from the proof session.
 	shop, _, wk := w.Provider(t, "Shop", fixture.RSAKeys()[0])
-	pkg, first := claimAndUnwrap(t, w, shop, wk, w.AID)
+	pkg, first := cardlinktest.ClaimAndUnwrap(t, w.Svc, shop, w.EID, w.AID, wk, fixture.RSAKeys()[0])
 	if pkg.Keys[0].KCV != d.KCV[keyport.UsageENC] {
 		t.Fatalf("package KCV %s, domain %s", pkg.Keys[0].KCV, d.KCV[keyport.UsageENC])
 	}

@@ -95,21 +95,7 @@ func NewIssuerWorld(t testing.TB, opts LinkOptions) *IssuerWorld {
 	w.AID = rep.Domains[0].AID
 	sp := fixture.RSAKeys()[0]
 	wk := w.signUp(t, sp)
-	c, _, err := svc.Claim(ctx, w.Prov, keyport.ClaimRequest{EID: w.EID, AID: w.AID, WrappingKeyID: wk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, _ := svc.JWKS(ctx)
-	pkg, err := keyport.VerifyKeyPackage(c.Package, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := map[keyport.KeyUsage][]byte{}
-	for _, k := range pkg.Keys {
-		if first[k.Usage], err = keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pkg, first := ClaimAndUnwrap(t, svc, w.Prov, w.EID, w.AID, wk, sp)
 	second := map[keyport.KeyUsage][]byte{}
 	for _, u := range keyport.Usages {
 		second[u] = make([]byte, 16)
@@ -290,4 +276,29 @@ func (w *IssuerWorld) signUp(t testing.TB, sp *rsa.PrivateKey) string {
 		t.Fatal(err)
 	}
 	return wk.ID
+}
+
+// ClaimAndUnwrap claims domain aid of module eid for p through svc, with
+// the wrapping key wk, and returns the key package, verified against
+// svc's JWKS, and the first keys in it unwrapped with sp, as the provider
+// does.
+func ClaimAndUnwrap(t testing.TB, svc *keyport.Service, p keyport.Principal, eid keyport.EID, aid keyport.AID, wk string, sp *rsa.PrivateKey) (*keyport.KeyPackage, map[keyport.KeyUsage][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	c, _, err := svc.Claim(ctx, p, keyport.ClaimRequest{EID: eid, AID: aid, WrappingKeyID: wk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, _ := svc.JWKS(ctx)
+	pkg, err := keyport.VerifyKeyPackage(c.Package, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := map[keyport.KeyUsage][]byte{}
+	for _, k := range pkg.Keys {
+		if first[k.Usage], err = keywrap.UnwrapRSAAES(sp, k.Wrapped, fixture.OAEPHash(t, pkg.Wrapping.OAEPHash)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pkg, first
 }
