@@ -414,10 +414,16 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	}
 	// The domain's current keys check the card's proof (a rotation's
 	// proof is the R-MAC its provider declared); on failure the domain
-	// keeps its KVN.
-	d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
-	if err != nil {
-		return nil, false, err
+	// keeps its KVN. It is read only for a judgement that needs its keys:
+	// an answer the expected digest confirms, and a rotation's, are judged
+	// without it, and the transaction that records them moves the domain
+	// conditionally.
+	domainKeys := func(fn func(gp.KeySet) error) error {
+		d, err := s.Store.GetDomain(ctx, p.EID, p.AID)
+		if err != nil {
+			return err
+		}
+		return s.withDomainKeys(ctx, d, fn)
 	}
 	var res ScriptResult
 	switch {
@@ -426,6 +432,10 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 	case p.Verify:
 		// The judgement's CMACs under one HSM session, each key unwrapped
 		// once; the database is read only after it.
+		var d *Domain
+		if d, err = s.Store.GetDomain(ctx, p.EID, p.AID); err != nil {
+			return nil, false, err
+		}
 		err = s.withDomainKeys(ctx, d, func(keys gp.KeySet) (jerr error) {
 			res, jerr = p.JudgeVerify(status, body, keys)
 			return jerr
@@ -444,7 +454,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		// (expectedanswer.go); any other the long way, as above.
 		var ok bool
 		if res, ok, err = p.judgeExpected(status, body); !ok && err == nil {
-			err = s.withDomainKeys(ctx, d, func(keys gp.KeySet) (jerr error) {
+			err = domainKeys(func(keys gp.KeySet) (jerr error) {
 				res, jerr = p.Judge(status, body, keys)
 				return jerr
 			})
@@ -506,21 +516,22 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 		// after a lost answer.
 		unproven := keyChangeUnproven(p, JobFailed, &res)
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
+			// The domain as it is now: it keeps its KVN.
+			cur, err := tx.GetDomain(ctx, p.EID, p.AID)
+			if err != nil {
+				return "", err
+			}
 			switch {
 			case unproven:
-				cur, err := tx.GetDomain(ctx, p.EID, p.AID)
-				if err != nil {
-					return "", err
-				}
 				if err := s.queueCounterProbe(ctx, tx, p.EID, cur, j.ProviderID); err != nil {
 					return "", err
 				}
 			case res.SequenceCounter != nil:
-				if err := tx.SetDomainKeys(ctx, d.ID, d.KVN, nil, *res.SequenceCounter); err != nil {
+				if err := tx.SetDomainKeys(ctx, cur.ID, cur.KVN, nil, *res.SequenceCounter); err != nil {
 					return "", err
 				}
 			}
-			return d.State, release(ctx, tx)
+			return cur.State, release(ctx, tx)
 		}
 	}
 	err = s.finish(ctx, j, end)

@@ -176,19 +176,24 @@ func (r *repo) GetModule(ctx context.Context, eid keyport.EID) (*keyport.Module,
 // session starts with it, for a module the admin server has not cached, so
 // it reads neither the domains nor the ISD key blobs GetModule does.
 func (r *repo) GetAdminModule(ctx context.Context, eid keyport.EID) (*keyport.AdminModule, error) {
-	var row struct {
-		ID     int64  `gorm:"column:id"`
-		ISDAID string `gorm:"column:isd_aid"`
-		PSK    []byte `gorm:"column:psk_sealed"`
+	// Past gorm (direct.go): a handshake whose module is not cached waits
+	// for this read.
+	rows, err := r.query(ctx, `SELECT id, isd_aid, psk_sealed FROM modules WHERE eid = ? AND import_id IS NULL`, string(eid))
+	if err != nil {
+		return nil, wrap("get admin module", err)
 	}
-	res := r.r.WithContext(ctx).Raw(`SELECT id, isd_aid, psk_sealed FROM modules WHERE eid = ? AND import_id IS NULL`, string(eid)).Scan(&row)
-	if res.Error != nil {
-		return nil, wrap("get admin module", res.Error)
-	}
-	if res.RowsAffected == 0 {
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, wrap("get admin module", err)
+		}
 		return nil, wrap("get admin module", keyport.ErrNotFound)
 	}
-	return &keyport.AdminModule{ID: row.ID, EID: eid, ISDAID: keyport.AID(row.ISDAID), PSK: row.PSK}, nil
+	m := &keyport.AdminModule{EID: eid}
+	if err := rows.Scan(&m.ID, &m.ISDAID, &m.PSK); err != nil {
+		return nil, wrap("get admin module", err)
+	}
+	return m, nil
 }
 
 func (mod moduleRow) model(eid keyport.EID, domains []keyport.Domain) (*keyport.Module, error) {

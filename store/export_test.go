@@ -10,6 +10,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/keyport/keyport"
 )
 
 // ExecForTest runs a raw statement on the writer, for tests that need a
@@ -286,3 +288,13 @@ func JoinPGBackupForTest(v int, parts []PGBackupPart) []byte {
 
 // UseLockKey is the PostgreSQL advisory key of the use lock.
 const UseLockKey = useLockKey
+
+// AdminModulesOfForTest is the coalesced handshake read of several EIDs.
+func AdminModulesOfForTest(s *Store, eids []keyport.EID) (map[keyport.EID]*keyport.AdminModule, error) {
+	return s.adminModulesOf(context.Background(), eids)
+}
+
+// OldestPendingOfForTest is the coalesced first read of several sessions.
+func OldestPendingOfForTest(s *Store, moduleIDs []int64) (map[int64][]keyport.PendingJob, error) {
+	return s.oldestPendingOf(context.Background(), moduleIDs)
+}

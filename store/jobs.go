@@ -34,6 +34,15 @@ type jobRow struct {
 
 func (jobRow) TableName() string { return "jobs" }
 
+// jobColumns are jobRow's columns in the order of dest.
+const jobColumns = `id, ref, kind, domain_id, module_id, provider_id, state, attempts, next_run_at, expires_at, payload, result, last_error, created_at, updated_at, version`
+
+// dest is where a row of jobColumns scans to, without gorm's reflection.
+func (r *jobRow) dest() []any {
+	return []any{&r.ID, &r.Ref, &r.Kind, &r.DomainID, &r.ModuleID, &r.ProviderID, &r.State, &r.Attempts, &r.NextRunAt,
+		&r.ExpiresAt, &r.Payload, &r.Result, &r.LastError, &r.CreatedAt, &r.UpdatedAt, &r.Version}
+}
+
 func (r jobRow) model() (keyport.Job, error) {
 	j := keyport.Job{ID: r.ID, Ref: r.Ref.String, Kind: keyport.JobKind(r.Kind), DomainID: r.DomainID.Int64,
 		ModuleID: r.ModuleID.Int64, ProviderID: r.ProviderID.String, State: keyport.JobState(r.State),
@@ -229,30 +238,40 @@ func (r *repo) ListJobs(ctx context.Context, f keyport.JobFilter) ([]keyport.Job
 // webhook URL (jobs_module index): one read where an admin session would
 // otherwise queue three times for a connection.
 func (r *repo) PendingModuleJobs(ctx context.Context, moduleID int64, limit int) ([]keyport.PendingJob, error) {
-	var rows []struct {
-		Job         jobRow         `gorm:"embedded"`
-		DomainState sql.NullString `gorm:"column:domain_state"`
-		WebhookURL  sql.NullString `gorm:"column:webhook_url"`
-	}
-	err := r.r.WithContext(ctx).Raw(`SELECT j.id, j.ref, j.kind, j.domain_id, j.module_id, j.provider_id, j.state,
-		j.attempts, j.next_run_at, j.expires_at, j.payload, j.result, j.last_error, j.created_at, j.updated_at, j.version,
-		d.state AS domain_state, p.webhook_url AS webhook_url
+	// Past gorm (direct.go): every admin session starts with this read.
+	kinds, kindArgs := in(keyport.CardJobKinds)
+	rows, err := r.query(ctx, `SELECT `+prefixed("j.", jobColumns)+`, d.state AS domain_state, p.webhook_url AS webhook_url
 		FROM jobs j LEFT JOIN domains d ON d.id = j.domain_id LEFT JOIN providers p ON p.id = j.provider_id
-		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN ? ORDER BY j.id LIMIT ?`,
-		moduleID, string(keyport.JobQueued), string(keyport.JobSent), kindStrings(keyport.CardJobKinds), limit).Scan(&rows).Error
+		WHERE j.module_id = ? AND j.state IN (?, ?) AND j.kind IN `+kinds+` ORDER BY j.id LIMIT ?`,
+		append(append([]any{moduleID, string(keyport.JobQueued), string(keyport.JobSent)}, kindArgs...), limit)...)
 	if err != nil {
 		return nil, wrap("pending module jobs", err)
 	}
-	out := make([]keyport.PendingJob, len(rows))
-	for i, row := range rows {
-		j, err := row.Job.model()
+	out, err := scanPendingJobs(rows)
+	if err != nil {
+		return nil, wrap("pending module jobs", err)
+	}
+	return out, nil
+}
+
+// scanPendingJobs reads rows of jobColumns, domain_state and webhook_url.
+func scanPendingJobs(rows *sql.Rows) ([]keyport.PendingJob, error) {
+	defer rows.Close()
+	var out []keyport.PendingJob
+	for rows.Next() {
+		var row jobRow
+		var domainState, webhookURL sql.NullString
+		if err := rows.Scan(append(row.dest(), &domainState, &webhookURL)...); err != nil {
+			return nil, err
+		}
+		j, err := row.model()
 		if err != nil {
 			return nil, err
 		}
-		out[i] = keyport.PendingJob{Job: j, DomainState: keyport.DomainState(row.DomainState.String),
-			WebhookURL: row.WebhookURL.String}
+		out = append(out, keyport.PendingJob{Job: j, DomainState: keyport.DomainState(domainState.String),
+			WebhookURL: webhookURL.String})
 	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // UpdateJob writes j's mutable fields if the row is still in state from
@@ -374,15 +393,26 @@ func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder stri
 // SetDomainKeys records the key set the card confirmed; the counter it
 // records is known again (seq_unverified cleared).
 func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
-	set := map[string]any{"kvn": kvn, "seq_counter": seq, "seq_unverified": false, "updated_at": now()}
+	// Past gorm (direct.go): every confirmed key change and counter
+	// report writes it.
+	q, args := `UPDATE domains SET kvn = ?, seq_counter = ?, seq_unverified = ?, updated_at = ? WHERE id = ?`,
+		[]any{kvn, seq, false, now(), domainID}
 	if kcv != nil {
 		b, err := json.Marshal(kcv)
 		if err != nil {
 			return err
 		}
-		set["kcv"] = string(b)
+		q, args = `UPDATE domains SET kvn = ?, seq_counter = ?, seq_unverified = ?, updated_at = ?, kcv = ? WHERE id = ?`,
+			[]any{kvn, seq, false, now(), string(b), domainID}
 	}
-	return r.updateRow(ctx, "set domain keys", "domains", domainID, set)
+	n, err := affected(r.exec(ctx, q, args...))
+	if err != nil {
+		return wrap("set domain keys", err)
+	}
+	if n != 1 {
+		return fmt.Errorf("store: set domain keys %d: %w", domainID, keyport.ErrNotFound)
+	}
+	return nil
 }
 
 // SetCounterUnverified sets or clears the domain's unverified-counter mark.

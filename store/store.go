@@ -88,6 +88,11 @@ type Store struct {
 	timing        atomic.Pointer[prometheus.HistogramVec]
 	timingOnce    sync.Once
 	jobScrapeErrs atomic.Uint64
+
+	// adminModules and oldestPending coalesce the reads every admin
+	// session makes (readbatch.go).
+	adminModules  *coalesced[keyport.EID, *keyport.AdminModule]
+	oldestPending *coalesced[int64, []keyport.PendingJob]
 }
 
 var _ keyport.Store = (*Store)(nil)
@@ -241,6 +246,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 	}
 	s := &Store{dialect: dialectPostgres, pools: []*sql.DB{sqlDB}, pgURL: dsn, use: useTarget{pgURL: dsn}}
 	s.repo = &repo{dialect: dialectPostgres, w: db, r: db, timing: &s.timing}
+	s.coalesceReads()
 	return s, nil
 }
 
@@ -371,6 +377,7 @@ func openSQLiteOnce(ctx context.Context, dsn string) (*Store, error) {
 	s := &Store{dialect: dialectSQLite, pools: []*sql.DB{wDB, rDB}, checkpoints: startCheckpointer(ckDB),
 		lockPath: strings.TrimPrefix(path, "file:"), use: useTarget{file: useFile}}
 	s.repo = &repo{dialect: dialectSQLite, w: w, r: r, timing: &s.timing}
+	s.coalesceReads()
 	return s, nil
 }
 
