@@ -104,17 +104,14 @@ func (s *Service) OpenAdminSession(ctx context.Context, m *AdminModule, id strin
 }
 
 // takeLease is OpenAdminSession's part of a transaction: break the lease
-// (takeover), take it for id, record the module's visit.
+// (takeover), take it for id (which records the module's visit).
 func (s *Service) takeLease(ctx context.Context, tx Repo, moduleID int64, id string, now time.Time, takeover bool) error {
 	if takeover {
 		if err := tx.ReleaseLease(ctx, moduleID, ""); err != nil {
 			return err
 		}
 	}
-	if err := tx.AcquireLease(ctx, moduleID, id, now, now.Add(s.Delivery.lease())); err != nil {
-		return err
-	}
-	return tx.TouchModule(ctx, moduleID, now)
+	return tx.AcquireLease(ctx, moduleID, id, now, now.Add(s.Delivery.lease()))
 }
 
 func (s *Service) adminSession(m *AdminModule, id string, now time.Time) *AdminSession {
@@ -497,10 +494,7 @@ func (s *Service) AnswerScript(ctx context.Context, a *AdminSession, ref, status
 			}
 		}
 		end.in = func(ctx context.Context, tx Repo) (DomainState, error) {
-			if err := tx.TransitionDomain(ctx, j.DomainID, from, to, owner); err != nil {
-				return "", err
-			}
-			if err := tx.SetDomainKeys(ctx, j.DomainID, p.Expect.KVN, p.Expect.KCV, seq); err != nil {
+			if err := tx.MoveDomainKeys(ctx, j.DomainID, from, to, owner, p.Expect.KVN, p.Expect.KCV, seq); err != nil {
 				return "", err
 			}
 			return to, release(ctx, tx)

@@ -265,8 +265,6 @@ type ModuleRepo interface {
 	// module eid (its ID, ISD AID and sealed PSK), without its domains;
 	// ErrNotFound if unknown or still loading, as for GetModule.
 	GetAdminModule(ctx context.Context, eid EID) (*AdminModule, error)
-	// TouchModule sets the module's last admin-session time.
-	TouchModule(ctx context.Context, moduleID int64, at time.Time) error
 
 	// GetDomain returns one domain; ErrNotFound if unknown.
 	GetDomain(ctx context.Context, eid EID, aid AID) (*Domain, error)
@@ -278,6 +276,11 @@ type ModuleRepo interface {
 	// conditional update, setting OwnerID to owner (nil: leave it). It fails
 	// with ErrConflict, changing nothing, when the domain is not in `from`.
 	TransitionDomain(ctx context.Context, domainID int64, from []DomainState, to DomainState, owner *string) error
+	// MoveDomainKeys is TransitionDomain and SetDomainKeys in one write,
+	// for a key change the card confirmed; it changes nothing when the
+	// transition fails.
+	MoveDomainKeys(ctx context.Context, domainID int64, from []DomainState, to DomainState, owner *string, kvn int,
+		kcv map[KeyUsage]string, seq int) error
 	// SetDomainKeys records the key set the card confirmed: KVN, KCVs (nil:
 	// unchanged) and the SCP03 sequence counter.
 	SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[KeyUsage]string, seq int) error
@@ -509,8 +512,9 @@ type JobRepo interface {
 	WebhookHealth(ctx context.Context) ([]WebhookHealth, error)
 
 	// AcquireLease gives holder the module's admin-session lease until
-	// `until`, if nobody else holds an unexpired one at `now`; ErrConflict
-	// otherwise. The holder renews with the same call.
+	// `until`, if nobody else holds an unexpired one at `now`, and sets the
+	// module's last admin-session time to `now`; ErrConflict, changing
+	// nothing, otherwise. The holder renews with the same call.
 	AcquireLease(ctx context.Context, moduleID int64, holder string, now, until time.Time) error
 	// ReleaseLease ends holder's lease, if it holds it; holder "" breaks
 	// the lease whoever holds it.

@@ -276,8 +276,27 @@ func (r *repo) ListDomains(ctx context.Context, providerID string) ([]keyport.Do
 // prior_state, for unlock. An empty *owner clears the owner.
 func (r *repo) TransitionDomain(ctx context.Context, domainID int64, from []keyport.DomainState,
 	to keyport.DomainState, owner *string) error {
+	return r.transition(ctx, "transition domain", domainID, from, to, owner, "")
+}
+
+// MoveDomainKeys is TransitionDomain and SetDomainKeys in one conditional
+// UPDATE: a confirmed key change's domain write, one statement (and on
+// PostgreSQL one round trip) where it was two.
+func (r *repo) MoveDomainKeys(ctx context.Context, domainID int64, from []keyport.DomainState, to keyport.DomainState,
+	owner *string, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
+	set, args, err := keysSet(kvn, kcv, seq)
+	if err != nil {
+		return err
+	}
+	return r.transition(ctx, "move domain keys", domainID, from, to, owner, set, args...)
+}
+
+// transition is TransitionDomain, with more assignments (set, with their
+// args) in the same UPDATE.
+func (r *repo) transition(ctx context.Context, op string, domainID int64, from []keyport.DomainState,
+	to keyport.DomainState, owner *string, more string, moreArgs ...any) error {
 	if len(from) == 0 {
-		return fmt.Errorf("store: transition domain: no source state: %w", keyport.ErrConflict)
+		return fmt.Errorf("store: %s: no source state: %w", op, keyport.ErrConflict)
 	}
 	set := `state = ?, updated_at = ?`
 	args := []any{string(to), now()}
@@ -288,17 +307,19 @@ func (r *repo) TransitionDomain(ctx context.Context, domainID int64, from []keyp
 		set += `, owner_id = ?`
 		args = append(args, sql.NullString{String: *owner, Valid: *owner != ""})
 	}
+	set += more
+	args = append(args, moreArgs...)
 	list, states := in(from)
 	args = append(append(args, domainID), states...)
 	if n, err := affected(r.exec(ctx, `UPDATE domains SET `+set+` WHERE id = ? AND state IN `+list, args...)); err != nil || n == 1 {
-		return wrap("transition domain", err)
+		return wrap(op, err)
 	}
 	var n int64
 	if err := r.w.WithContext(ctx).Raw(`SELECT COUNT(*) FROM domains WHERE id = ?`, domainID).Scan(&n).Error; err != nil {
-		return wrap("transition domain", err)
+		return wrap(op, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("store: transition domain %d: %w", domainID, keyport.ErrNotFound)
+		return fmt.Errorf("store: %s %d: %w", op, domainID, keyport.ErrNotFound)
 	}
-	return fmt.Errorf("store: transition domain %d to %s: not in %v: %w", domainID, to, from, keyport.ErrConflict)
+	return fmt.Errorf("store: %s %d to %s: not in %v: %w", op, domainID, to, from, keyport.ErrConflict)
 }

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -326,5 +327,57 @@ func TestTxRollbackLeavesNothing(t *testing.T) {
 			t.Errorf("GetBatch(panic) after a panicking Tx: %v", err)
 		}
 		createBatch(t, s, "after")
+	})
+}
+
+func TestMoveDomainKeysMovesTheDomainAndRecordsItsKeysOnlyWhenTheTransitionHolds(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		b := createBatch(t, s, "b")
+		importModules(t, s, b.ID, 1, 1, 1)
+		p := createProvider(t, s, "bank@example.com")
+		eid := testEID(1)
+		d, err := s.GetDomain(ctx, eid, testAID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.TransitionDomain(ctx, d.ID, keyport.From(keyport.EventClaim), keyport.Assigned, &p.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetCounterUnverified(ctx, d.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		kcv := map[keyport.KeyUsage]string{keyport.UsageENC: "0A0B0C", keyport.UsageMAC: "1A1B1C", keyport.UsageDEK: "2A2B2C"}
+		// Not in the source state: nothing changes, not even the keys.
+		err = s.MoveDomainKeys(ctx, d.ID, []keyport.DomainState{keyport.Personalized}, keyport.Personalized, nil, 0x31, kcv, 5)
+		if !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("move from the wrong state: %v, want ErrConflict", err)
+		}
+		if got, _ := s.GetDomain(ctx, eid, testAID(1)); got.State != keyport.Assigned || got.KVN != d.KVN || !got.SeqUnverified ||
+			got.KCV[keyport.UsageENC] == "0A0B0C" {
+			t.Fatalf("after a refused move: %+v", got)
+		}
+		if err := s.MoveDomainKeys(ctx, 987654, keyport.From(keyport.EventSecondKeyConfirmed), keyport.Personalized, nil, 0x31, kcv, 5); !errors.Is(err, keyport.ErrNotFound) {
+			t.Fatalf("unknown domain: %v, want ErrNotFound", err)
+		}
+		if err := s.MoveDomainKeys(ctx, d.ID, keyport.From(keyport.EventSecondKeyConfirmed), keyport.Personalized, nil, 0x31, kcv, 5); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.GetDomain(ctx, eid, testAID(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != keyport.Personalized || got.OwnerID != p.ID || got.KVN != 0x31 || got.SeqCounter != 5 || got.SeqUnverified ||
+			!reflect.DeepEqual(got.KCV, kcv) {
+			t.Fatalf("after the move: %+v", got)
+		}
+		// kcv nil keeps the KCVs; an empty owner clears the owner.
+		none := ""
+		if err := s.MoveDomainKeys(ctx, d.ID, []keyport.DomainState{keyport.Personalized}, keyport.Unassigned, &none, 0x30, nil, 9); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.GetDomain(ctx, eid, testAID(1)); got.State != keyport.Unassigned || got.OwnerID != "" || got.KVN != 0x30 ||
+			got.SeqCounter != 9 || !reflect.DeepEqual(got.KCV, kcv) {
+			t.Fatalf("after a move with kcv nil: %+v", got)
+		}
 	})
 }

@@ -355,12 +355,23 @@ func (r *repo) WebhookHealth(ctx context.Context) ([]keyport.WebhookHealth, erro
 
 // AcquireLease takes or renews the module's admin-session lease in one
 // upsert: the row is written only when it is new, already holder's, or
-// expired, so exactly one of two racing sessions gets it.
+// expired, so exactly one of two racing sessions gets it. The session that
+// gets it records the module's visit (last_seen) in the same go: on
+// PostgreSQL in the same statement, one round trip.
 func (r *repo) AcquireLease(ctx context.Context, moduleID int64, holder string, at, until time.Time) error {
-	n, err := affected(r.exec(ctx, `INSERT INTO admin_leases (module_id, holder, expires_at) VALUES (?, ?, ?)
+	const upsert = `INSERT INTO admin_leases (module_id, holder, expires_at) VALUES (?, ?, ?)
 		ON CONFLICT (module_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-		WHERE admin_leases.holder = excluded.holder OR admin_leases.expires_at < ?`,
-		moduleID, holder, dbTime(until), dbTime(at)))
+		WHERE admin_leases.holder = excluded.holder OR admin_leases.expires_at < ?`
+	var n int64
+	var err error
+	if r.dialect == dialectPostgres {
+		// A data-modifying WITH runs once, whether or not its rows are read.
+		err = r.scanRow(ctx, `WITH l AS (`+upsert+` RETURNING module_id),
+			t AS (UPDATE modules SET last_seen = ? WHERE id IN (SELECT module_id FROM l) RETURNING id)
+			SELECT COUNT(*) FROM l`, []any{moduleID, holder, dbTime(until), dbTime(at), dbTime(at)}, &n)
+	} else if n, err = affected(r.exec(ctx, upsert, moduleID, holder, dbTime(until), dbTime(at))); err == nil && n == 1 {
+		_, err = r.exec(ctx, `UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID)
+	}
 	if err != nil {
 		return wrap("acquire lease", err)
 	}
@@ -393,19 +404,12 @@ func (r *repo) ReleaseIdleLease(ctx context.Context, moduleID int64, holder stri
 // SetDomainKeys records the key set the card confirmed; the counter it
 // records is known again (seq_unverified cleared).
 func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv map[keyport.KeyUsage]string, seq int) error {
-	// Past gorm (direct.go): every confirmed key change and counter
-	// report writes it.
-	q, args := `UPDATE domains SET kvn = ?, seq_counter = ?, seq_unverified = ?, updated_at = ? WHERE id = ?`,
-		[]any{kvn, seq, false, now(), domainID}
-	if kcv != nil {
-		b, err := json.Marshal(kcv)
-		if err != nil {
-			return err
-		}
-		q, args = `UPDATE domains SET kvn = ?, seq_counter = ?, seq_unverified = ?, updated_at = ?, kcv = ? WHERE id = ?`,
-			[]any{kvn, seq, false, now(), string(b), domainID}
+	// Past gorm (direct.go): every counter a card reports writes it.
+	set, args, err := keysSet(kvn, kcv, seq)
+	if err != nil {
+		return err
 	}
-	n, err := affected(r.exec(ctx, q, args...))
+	n, err := affected(r.exec(ctx, `UPDATE domains SET updated_at = ?`+set+` WHERE id = ?`, append(append([]any{now()}, args...), domainID)...))
 	if err != nil {
 		return wrap("set domain keys", err)
 	}
@@ -415,15 +419,25 @@ func (r *repo) SetDomainKeys(ctx context.Context, domainID int64, kvn int, kcv m
 	return nil
 }
 
+// keysSet is the assignments, with their arguments, that record a key set
+// the card confirmed (SetDomainKeys, MoveDomainKeys): KVN, counter (known
+// again), and the KCVs unless kcv is nil.
+func keysSet(kvn int, kcv map[keyport.KeyUsage]string, seq int) (string, []any, error) {
+	set, args := `, kvn = ?, seq_counter = ?, seq_unverified = ?`, []any{kvn, seq, false}
+	if kcv != nil {
+		b, err := json.Marshal(kcv)
+		if err != nil {
+			return "", nil, err
+		}
+		set += `, kcv = ?`
+		args = append(args, string(b))
+	}
+	return set, args, nil
+}
+
 // SetCounterUnverified sets or clears the domain's unverified-counter mark.
 func (r *repo) SetCounterUnverified(ctx context.Context, domainID int64, unverified bool) error {
 	return r.updateRow(ctx, "set counter unverified", "domains", domainID, map[string]any{"seq_unverified": unverified, "updated_at": now()})
-}
-
-// TouchModule records the module's last admin session.
-func (r *repo) TouchModule(ctx context.Context, moduleID int64, at time.Time) error {
-	_, err := r.exec(ctx, `UPDATE modules SET last_seen = ? WHERE id = ?`, dbTime(at), moduleID)
-	return wrap("touch module", err)
 }
 
 // kindStrings is ks for an IN clause.

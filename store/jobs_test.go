@@ -296,3 +296,41 @@ func TestReleaseIdleLeaseOnlyWhenNoJobOfTheModuleIsPending(t *testing.T) {
 		}
 	})
 }
+
+func TestTakingAnAdminLeaseRecordsTheModulesVisitAndARefusedOneDoesNot(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, s *store.Store) {
+		m := jobModule(t, s, 1)
+		if m.LastSeen != nil {
+			t.Fatalf("a module never visited has last_seen %v", m.LastSeen)
+		}
+		first := time.Now().UTC().Truncate(time.Second)
+		if err := s.AcquireLease(ctx, m.ID, "ses_a", first, first.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		seen := func() time.Time {
+			t.Helper()
+			got, err := s.GetModule(ctx, m.EID)
+			if err != nil || got.LastSeen == nil {
+				t.Fatalf("module after a lease: %+v, %v", got, err)
+			}
+			return got.LastSeen.UTC()
+		}
+		if got := seen(); !got.Equal(first) {
+			t.Fatalf("last_seen %v after the lease taken at %v", got, first)
+		}
+		// Another session, refused while ses_a holds it: no visit.
+		if err := s.AcquireLease(ctx, m.ID, "ses_b", first.Add(10*time.Second), first.Add(time.Hour)); !errors.Is(err, keyport.ErrConflict) {
+			t.Fatalf("second session: %v, want ErrConflict", err)
+		}
+		if got := seen(); !got.Equal(first) {
+			t.Fatalf("last_seen %v after a refused lease, want %v", got, first)
+		}
+		// The holder's renewal is a visit.
+		if err := s.AcquireLease(ctx, m.ID, "ses_a", first.Add(20*time.Second), first.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if got := seen(); !got.Equal(first.Add(20 * time.Second)) {
+			t.Fatalf("last_seen %v after the renewal, want %v", got, first.Add(20*time.Second))
+		}
+	})
+}
