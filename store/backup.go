@@ -50,7 +50,12 @@ type BackupInfo struct {
 // table the migrations create at that version, its columns as COPY gives
 // them, then the identity sequences' values and a SHA-256 of it all. It
 // holds data only: no SQL, nothing of the database that keyport's
-// migrations do not make. It needs no client tools.
+// migrations do not make. It needs no client tools. So that nothing is
+// left out without a word, it first requires the snapshot's tables and
+// columns (those of the current schema) to be exactly those the migrations
+// create at its version, with the same types, and refuses a database
+// that has drifted (ErrSchemaDrift, naming each table and column that is
+// extra, missing or of another type), writing nothing.
 //
 // It holds the database's use lock shared while it runs (UseLock), as
 // serve does: it fails with ErrInUse while a restore is running, and a
@@ -460,10 +465,13 @@ type RestoreOptions struct {
 // earlier keyport (ErrPGDumpArchive, whose message says how to restore it
 // by hand; on SQLite too). Then,
 // in one transaction, it drops keyport's own tables when forced, runs
-// keyport's migrations up to the backup's version, copies each table in
-// with COPY FROM STDIN on the table and column names the code knows, sets
-// the identity sequences and checks the file's hash again before it
-// commits: a restore that fails leaves the database as it was.
+// keyport's migrations up to the backup's version, checks that the tables
+// they made have exactly the file's columns (ErrSchemaDrift: something in
+// the database, such as an event trigger, changed them as they were made),
+// copies each table in with COPY FROM STDIN on the table and column names
+// the code knows, sets the identity sequences and checks the file's hash
+// again before it commits: a restore that fails leaves the database as it
+// was.
 //
 // Before it looks at the target database it takes the database's use lock
 // exclusive, without waiting, and holds it until it returns (UseLock): it

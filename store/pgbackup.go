@@ -380,7 +380,10 @@ func (c *chunker) close() error {
 // it whole or not at all), the schema version read from it too, and for
 // each table the migrations create at that version its columns as
 // COPY (FORMAT binary) gives them. Nothing but keyport's own tables and
-// columns is read.
+// columns is read; before any is, the snapshot's tables and columns must
+// be exactly those the migrations create at its version (pgBeginSnapshot,
+// ErrSchemaDrift), so that no column or table is silently left out. A
+// refused or failed backup leaves neither out nor its temporary file.
 func (s *Store) pgBackup(ctx context.Context, out string) (*BackupInfo, error) {
 	f, err := createBeside(out)
 	if err != nil {
@@ -424,21 +427,10 @@ func (s *Store) pgBackup(ctx context.Context, out string) (*BackupInfo, error) {
 }
 
 // pgWriteBackup writes the backup of the database pc is connected to into
-// w and returns its schema version; it leaves pc's transaction open, for
-// the caller to end.
+// w and returns its schema version; it leaves pc's transaction open, if
+// one is, for the caller to end.
 func pgWriteBackup(ctx context.Context, pc *pgx.Conn, w io.Writer) (int, error) {
-	tx, err := pc.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return 0, err
-	}
-	var v int
-	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
-		return 0, fmt.Errorf("the schema version: %w", err)
-	}
-	if v > LatestVersion() {
-		return v, fmt.Errorf("version %d, code knows %d: %w", v, LatestVersion(), ErrSchemaTooNew)
-	}
-	tables, err := pgTables(ctx, v)
+	tx, v, tables, err := pgBeginSnapshot(ctx, pc)
 	if err != nil {
 		return v, err
 	}
@@ -882,6 +874,13 @@ func (o RestoreOptions) pgRestoreTx(ctx context.Context, conn *pgx.Conn, f io.Re
 				return fmt.Errorf("store: restore: migrate: step %d (%s) statement %d: %w", m.version, m.description, i+1, err)
 			}
 		}
+	}
+	want, err := pgTables(ctx, v)
+	if err != nil {
+		return fmt.Errorf("store: restore: %w", err)
+	}
+	if err := pgCheckRestoredTables(ctx, tx, v, want); err != nil {
+		return fmt.Errorf("store: restore: %w", err)
 	}
 	sink := &copySink{tx: tx}
 	got, tables, err := readPGBackup(ctx, f, sink)
