@@ -30,8 +30,9 @@ func msisdnOf(t *testing.T, w *fixture.World, n int) string {
 }
 
 // SetMSISDN refuses a number another module has, in any form it takes,
-// with ErrConflict naming the number and that module, and neither stores
-// nor audits it; a module's own number set again is no conflict.
+// with ErrConflict naming the number (masked, as in every error) and that
+// module, and neither stores nor audits it; a module's own number set
+// again is no conflict.
 func TestSetMSISDNRefusesANumberAnotherModuleHasNamingIt(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()
@@ -40,9 +41,9 @@ func TestSetMSISDNRefusesANumberAnotherModuleHasNamingIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := w.Svc.SetMSISDN(ctx, fixture.Admin, fixture.EID(t, 1), " +4915200000001")
-		if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "+4915200000001") ||
-			!strings.Contains(err.Error(), string(fixture.EID(t, 0))) {
-			t.Fatalf("SetMSISDN of module 0's number on module 1: %v; want ErrConflict naming the number and module 0", err)
+		if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "+**********001") ||
+			strings.Contains(err.Error(), "4915200000001") || !strings.Contains(err.Error(), string(fixture.EID(t, 0))) {
+			t.Fatalf("SetMSISDN of module 0's number on module 1: %v; want ErrConflict naming the number masked and module 0", err)
 		}
 		if got := msisdnOf(t, w, 1); got != "" {
 			t.Errorf("module 1 has %q after the refusal", got)
@@ -84,8 +85,8 @@ func TestTwoParallelSetMSISDNsOfOneNumberOnTwoModulesLetOnlyOneThrough(t *testin
 				switch {
 				case err == nil:
 					won++
-				case !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), number):
-					t.Fatalf("round %d, module %d: %v; want nil or ErrConflict naming %s", r, i, err, number)
+				case !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), keyport.MaskedMSISDN(number)):
+					t.Fatalf("round %d, module %d: %v; want nil or ErrConflict naming %s", r, i, err, keyport.MaskedMSISDN(number))
 				}
 				if msisdnOf(t, w, i) == strings.TrimPrefix(number, "+") {
 					holders++
@@ -105,7 +106,7 @@ func TestTwoParallelSetMSISDNsOfOneNumberOnTwoModulesLetOnlyOneThrough(t *testin
 
 // An import file with a number another module has, or with one number
 // on two of its lines (in one chunk of the staged import, or chunks
-// apart), is rejected as a whole, naming the line and the number:
+// apart), is rejected as a whole, naming the line and the number (masked):
 // nothing of it is stored, and the module that had the number keeps it.
 func TestImportRefusesAnMSISDNAnotherModuleHasOrAnEarlierLineHas(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
@@ -139,8 +140,8 @@ func TestImportRefusesAnMSISDNAnotherModuleHasOrAnEarlierLineHas(t *testing.T) {
 			_, err := w.Svc.ImportModules(ctx, fixture.Admin, "b1", strings.NewReader(strings.Join(c.lines, "\n")), keyport.VerifyNone)
 			var le *keyport.LineError
 			if !errors.As(err, &le) || le.Line != c.line || !errors.Is(err, keyport.ErrConflict) ||
-				!strings.Contains(err.Error(), "MSISDN +") || !strings.Contains(err.Error(), c.text) {
-				t.Fatalf("%s: %v; want a LineError at line %d wrapping ErrConflict, naming %s", c.name, err, c.line, c.text)
+				!strings.Contains(err.Error(), "MSISDN +**********00") || strings.Contains(err.Error(), "49152000000") || !strings.Contains(err.Error(), c.text) {
+				t.Fatalf("%s: %v; want a LineError at line %d wrapping ErrConflict, naming %s and the number masked", c.name, err, c.line, c.text)
 			}
 			if _, err := s.GetModule(ctx, fixture.EID(t, 101)); !errors.Is(err, keyport.ErrNotFound) {
 				t.Fatalf("%s: module 101 stored from a rejected file: %v", c.name, err)
@@ -173,8 +174,8 @@ func TestRegisterModuleRefusesAnMSISDNAnotherModuleHas(t *testing.T) {
 		m := registration(t, eid, 1)
 		m.MSISDN = "4915200000001"
 		already, err := w.Svc.RegisterModule(ctx, fixture.Admin, "p1", m, nil)
-		if !errors.Is(err, keyport.ErrConflict) || already || !strings.Contains(err.Error(), "+4915200000001") {
-			t.Fatalf("RegisterModule with module 0's number: already %v, %v; want ErrConflict naming the number", already, err)
+		if !errors.Is(err, keyport.ErrConflict) || already || !strings.Contains(err.Error(), "+**********001") {
+			t.Fatalf("RegisterModule with module 0's number: already %v, %v; want ErrConflict naming the number masked", already, err)
 		}
 		if _, err := s.GetModule(ctx, eid); !errors.Is(err, keyport.ErrNotFound) {
 			t.Fatalf("the module was registered: %v", err)
@@ -208,4 +209,58 @@ func TestModuleByMSISDNNormalizesTheSender(t *testing.T) {
 			t.Errorf("ModuleByMSISDN(%q) = %s, %v; want ErrNotFound", from, eid, err)
 		}
 	}
+}
+
+// A module whose MSISDN other modules also have (marked msisdn_shared by
+// migration 20) has no SMS target: SMSTarget is ErrMSISDNShared, which is
+// ErrNoSMSReach (so a trigger falls back to the wake-up channel), and uses
+// no counter, while its PoR keys stay available. Cleared on one of the two
+// others it is still shared; cleared on both, the module is SMS-reachable
+// again.
+func TestSMSTargetRefusesASharedMSISDNUntilEveryOtherModuleHasClearedIt(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		w := fixture.New(t, storetest.Open(t, dsn), 3, 1)
+		for n := range 3 {
+			gen, err := w.HSM.GenerateKeys(ctx, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blobs := keyport.KeyBlobs{}
+			for _, g := range gen {
+				blobs[g.Usage] = g.Wrapped
+			}
+			m, err := w.Store.GetModule(ctx, fixture.EID(t, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Store.SetModuleOTAKeys(ctx, m.ID, keyport.OTAKVN, blobs); err != nil {
+				t.Fatal(err)
+			}
+			storetest.ExecSQL(t, dsn, `UPDATE module_ota SET msisdn = '4915200000009', msisdn_shared = TRUE WHERE module_id = ?`, m.ID)
+		}
+		eid := fixture.EID(t, 0)
+		refused := func(when string) {
+			t.Helper()
+			target, err := w.Svc.SMSTarget(ctx, eid, w.HSM)
+			if !errors.Is(err, keyport.ErrMSISDNShared) || !errors.Is(err, keyport.ErrNoSMSReach) || strings.Contains(err.Error(), "4915200000009") {
+				t.Fatalf("%s: SMSTarget = %+v, %v; want ErrMSISDNShared (ErrNoSMSReach) without the number", when, target, err)
+			}
+			if keys, err := w.Svc.SMSKeys(ctx, eid, w.HSM); err != nil || keys.Counter != 0 {
+				t.Fatalf("%s: SMSKeys = %+v, %v; want the PoR keys, and no counter used", when, keys, err)
+			}
+		}
+		refused("shared by three")
+		if err := w.Svc.SetMSISDN(ctx, fixture.Admin, fixture.EID(t, 1), ""); err != nil {
+			t.Fatal(err)
+		}
+		refused("still another module's")
+		if err := w.Svc.SetMSISDN(ctx, fixture.Admin, fixture.EID(t, 2), ""); err != nil {
+			t.Fatal(err)
+		}
+		target, err := w.Svc.SMSTarget(ctx, eid, w.HSM)
+		if err != nil || target.MSISDN != "4915200000009" || target.Counter != 1 {
+			t.Fatalf("SMSTarget once every other module cleared the number: %+v, %v; want it, with counter 1", target, err)
+		}
+	})
 }

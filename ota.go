@@ -35,6 +35,58 @@ type ModuleOTA struct {
 	Keys KeyBlobs
 	// Counter is the last SCP80 counter allocated (NextOTACounter).
 	Counter uint64
+	// Shared says that the MSISDN is still other modules' number too:
+	// marked msisdn_shared by migration 20 (a database from before keyport
+	// refused a shared number) and not yet cleared on all of them but
+	// this one. No trigger SMS goes to it (SMSTarget: ErrMSISDNShared).
+	Shared bool
+}
+
+// MaskedMSISDN is how an MSISDN appears in logs and error texts: "+", a
+// "*" for each digit but the last three, and those three, so that
+// "4915200000123" reads "+**********123". An MSISDN is personal data (it
+// names a customer's line), and log lines and errors travel where the
+// number has no business: log collectors, tickets, the failure an import
+// reports. What an operator needs of it there is to tell numbers apart
+// and to find a line's number again where admins see it in full (the
+// console, the admin API, `keyport module shared-msisdns`): the last
+// digits, as people quote a number anyway ("the one ending in 123"),
+// next to the EID that most of these lines name, are enough for that.
+//
+// Not a hash: the numbers of one country are a few billion at most, so
+// an unkeyed hash of one is undone by hashing them all, minutes on one
+// machine: it would be the number in disguise. A keyed hash resists that,
+// but every adapter that logs a number (the store, the SMS gateway link)
+// would have to hold the key, and an operator could match a hash to a
+// number only by asking keyport to hash it. The mask gives away the
+// length and the last three digits, which a thousandth of the numbers of
+// that length share (millions of lines in any country): no more than a
+// printed bill shows, and no way back to the number.
+//
+// The input may be any string (an SMSC's source address is what the
+// sender made it): a leading "+" is dropped, every other character but
+// the last three digits becomes "*", so only "+", "*" and digits reach a
+// log line, and a string of fewer than 7 characters keeps no digit (three
+// would be most of it). "" stays "" (no number).
+func MaskedMSISDN(s string) string {
+	if s == "" {
+		return ""
+	}
+	r := []rune(strings.TrimPrefix(s, "+"))
+	keep := 0
+	if len(r) >= 7 {
+		keep = 3
+	}
+	var b strings.Builder
+	b.WriteByte('+')
+	for i, c := range r {
+		if i >= len(r)-keep && c >= '0' && c <= '9' {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte('*')
+		}
+	}
+	return b.String()
 }
 
 // NormalizeMSISDN checks an E.164 number ("+" optional; 1 to 15 digits,
@@ -103,6 +155,24 @@ func (s *Service) ModuleMSISDN(ctx context.Context, p Principal, eid EID) (strin
 // ErrNoSMSReach: the module has no MSISDN or no OTA key set.
 var ErrNoSMSReach = errors.New("module has no MSISDN or OTA keys")
 
+// ErrMSISDNShared: the module's MSISDN is also other modules' number
+// (ModuleOTA.Shared), so keyport sends it no trigger SMS. The number may
+// be another customer's line, and the card's proof of receipt from it
+// would be attributed to none of the modules (ModuleByMSISDN). It matches
+// ErrNoSMSReach with errors.Is: the module is woken as one without an
+// MSISDN is, through the agents' wake-up channel, until an admin clears
+// the number on all but the module it reaches (SharedMSISDNs).
+var ErrMSISDNShared error = sharedMSISDNError{}
+
+type sharedMSISDNError struct{}
+
+func (sharedMSISDNError) Error() string {
+	return "its MSISDN is also other modules' number (keyport module shared-msisdns)"
+}
+
+// Is makes errors.Is(ErrMSISDNShared, ErrNoSMSReach) true.
+func (sharedMSISDNError) Is(target error) bool { return target == ErrNoSMSReach }
+
 // SMSTarget is what an SMS trigger needs to secure and address one packet.
 type SMSTarget struct {
 	EID    EID
@@ -116,13 +186,16 @@ type SMSTarget struct {
 
 // SMSTarget allocates the next SCP80 counter of module eid and returns the
 // HSM handles of its OTA keys. ErrNoSMSReach (wrapped) when the module has
-// no MSISDN or no OTA keys; then no counter is used.
+// no MSISDN or no OTA keys, and ErrMSISDNShared (which matches it) when
+// its MSISDN is also other modules' number; then no counter is used.
 func (s *Service) SMSTarget(ctx context.Context, eid EID, custody OTACustody) (*SMSTarget, error) {
 	return s.smsTarget(ctx, eid, custody, true)
 }
 
 // SMSKeys is SMSTarget without a counter: to open a module's proofs of
-// receipt.
+// receipt. A shared MSISDN does not stop it: ModuleByMSISDN attributes no
+// PoR from one to any module, and a PoR of a trigger sent before is still
+// the module's.
 func (s *Service) SMSKeys(ctx context.Context, eid EID, custody OTACustody) (*SMSTarget, error) {
 	return s.smsTarget(ctx, eid, custody, false)
 }
@@ -138,6 +211,9 @@ func (s *Service) smsTarget(ctx context.Context, eid EID, custody OTACustody, al
 	}
 	if o.MSISDN == "" || o.Keys[UsageENC] == nil || o.Keys[UsageMAC] == nil || o.KVN < 1 || o.KVN > 0x0F || custody == nil {
 		return nil, fmt.Errorf("keyport: module %s: %w", eid, ErrNoSMSReach)
+	}
+	if allocate && o.Shared {
+		return nil, fmt.Errorf("keyport: module %s: no trigger SMS: %w", eid, ErrMSISDNShared)
 	}
 	coding := byte(o.KVN<<4) | gp.OTAAlgAES
 	t := &SMSTarget{EID: eid, MSISDN: o.MSISDN, Counter: o.Counter, KIc: coding, KID: coding}
@@ -166,7 +242,7 @@ func (s *Service) smsTarget(ctx context.Context, eid EID, custody OTACustody, al
 func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error) {
 	n, err := NormalizeMSISDN(msisdn)
 	if err != nil || n == "" {
-		return "", fmt.Errorf("keyport: module by MSISDN %q: not an E.164 number: %w", msisdn, ErrNotFound)
+		return "", fmt.Errorf("keyport: module by MSISDN %s: not an E.164 number: %w", MaskedMSISDN(msisdn), ErrNotFound)
 	}
 	return s.Store.ModuleByMSISDN(ctx, n)
 }
@@ -174,8 +250,9 @@ func (s *Service) ModuleByMSISDN(ctx context.Context, msisdn string) (EID, error
 // SharedMSISDN is a number several modules have. keyport refuses to give
 // a module a number another one has (SetMSISDN, an import, perso), so
 // only a database from before that holds one; a proof of receipt from it
-// is attributed to none of the modules, so their SMS wake-ups are never
-// confirmed until an admin clears the number on all of them but the one
+// is attributed to none of the modules, and none of them gets a trigger
+// SMS (ErrMSISDNShared: they are woken through the agents' wake-up
+// channel), until an admin clears the number on all of them but the one
 // it reaches.
 type SharedMSISDN struct {
 	MSISDN string

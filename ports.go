@@ -701,7 +701,8 @@ type Metrics interface {
 // OTARepo stores modules' MSISDNs, OTA key sets and SCP80 counters.
 type OTARepo interface {
 	// GetModuleOTA returns the module's SMS reach (a zero ModuleOTA with
-	// the ID when nothing is stored).
+	// the ID when nothing is stored), with whether its MSISDN is still
+	// also other modules' number (ModuleOTA.Shared).
 	GetModuleOTA(ctx context.Context, moduleID int64) (*ModuleOTA, error)
 	// SetModuleMSISDN sets the module's MSISDN ("": clears it);
 	// ErrConflict when another module has it, also one written by a

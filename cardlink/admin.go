@@ -494,11 +494,13 @@ func sourcesOf(a net.Addr) []rateSource {
 // /48 has.
 const siteScale = clientnet.SiteScale
 
-// logLimiter lets a repeated event be logged at most once per logEvery.
+// logLimiter lets a repeated event be logged at most once per every
+// (logEvery when zero).
 type logLimiter struct {
-	mu   sync.Mutex
-	last time.Time
-	n    uint64
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+	n     uint64
 }
 
 const logEvery = 10 * time.Second
@@ -509,7 +511,11 @@ func (l *logLimiter) note() (n uint64, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.n++
-	if now := time.Now(); now.Sub(l.last) >= logEvery {
+	every := l.every
+	if every == 0 {
+		every = logEvery
+	}
+	if now := time.Now(); now.Sub(l.last) >= every {
 		n, l.n, l.last = l.n, 0, now
 		return n, true
 	}

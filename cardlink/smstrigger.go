@@ -74,6 +74,11 @@ type SMSTrigger struct {
 	mu   sync.Mutex
 	sent map[string]keyport.EID // SMSC message id -> module
 	ids  []string               // sent's keys, oldest first
+
+	// sharedSkips spaces the lines saying that a module got no SMS for
+	// its shared MSISDN: the worker asks again at every wake-up of every
+	// such module, and the condition lasts until an admin acts.
+	sharedSkips logLimiter
 }
 
 var _ keyport.Trigger = (*SMSTrigger)(nil)
@@ -111,7 +116,7 @@ func NewSMSTrigger(cfg SMSTriggerConfig) (*SMSTrigger, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &SMSTrigger{cfg: cfg, log: cfg.Log, sent: map[string]keyport.EID{}}, nil
+	return &SMSTrigger{cfg: cfg, log: cfg.Log, sent: map[string]keyport.EID{}, sharedSkips: logLimiter{every: sharedSkipLogEvery}}, nil
 }
 
 // Packet builds the secured command packet that triggers module eid's
@@ -140,12 +145,29 @@ func (t *SMSTrigger) Packet(ctx context.Context, eid keyport.EID) (*keyport.SMST
 	return target, b, nil
 }
 
+// sharedSkipLogEvery is how often at most Wake logs that modules got no
+// SMS for their shared MSISDN.
+const sharedSkipLogEvery = time.Minute
+
 // Wake sends module eid its trigger SMS. An SMSC that does not accept it
 // within SendTimeout makes it keyport.ErrUnreachable (retried with
-// backoff); the counter it used is not used again.
+// backoff); the counter it used is not used again. A module whose MSISDN
+// is also other modules' number gets none (keyport.ErrMSISDNShared, which
+// is keyport.ErrNoSMSReach: Triggers wakes it through the wake-up channel
+// instead), and a warning says so, at most once per sharedSkipLogEvery
+// for all modules: it names the module at hand (never the number) and how
+// many such wake-ups there were since the last line.
 func (t *SMSTrigger) Wake(ctx context.Context, eid keyport.EID) error {
 	target, packet, err := t.Packet(ctx, eid)
 	if err != nil {
+		if errors.Is(err, keyport.ErrMSISDNShared) {
+			if n, ok := t.sharedSkips.note(); ok {
+				t.log.Warn("trigger SMS not sent: the module's MSISDN is also other modules' number (it may reach another customer's handset, "+
+					"and its proofs of receipt are attributed to no module); woken through the agents' wake-up channel instead: "+
+					"clear the number on every module but the one it reaches (keyport module shared-msisdns)",
+					"eid", eid, "skipped", n)
+			}
+		}
 		if errors.Is(err, keyport.ErrNoSMSReach) {
 			return err
 		}
@@ -231,8 +253,8 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		// Several modules have the number (set before keyport refused
 		// it): opening the PoR under one's keys would fail for the
 		// others' and hide their answers, so it is for none of them.
-		return 0, t.ignore(err, msisdn, "its number is the MSISDN of several modules; clear it on all but the one it reaches (keyport module shared-msisdns)",
-			"msisdn", msisdn)
+		return 0, t.ignore(err, keyport.MaskedMSISDN(msisdn), "its number is the MSISDN of several modules; clear it on all but the one it reaches (keyport module shared-msisdns)",
+			"msisdn", keyport.MaskedMSISDN(msisdn))
 	}
 	if err != nil {
 		return 0, err
@@ -249,15 +271,15 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 		return 0, fmt.Errorf("cardlink: proof of receipt from %s: %w", eid, err)
 	}
 	if r.TAR != gp.ISDTAR {
-		return 0, t.ignore(nil, string(eid), fmt.Sprintf("for TAR %X, not the trigger's %X", r.TAR, gp.ISDTAR), "eid", eid, "msisdn", msisdn,
-			"counter", r.Counter, "status", r.Status)
+		return 0, t.ignore(nil, string(eid), fmt.Sprintf("for TAR %X, not the trigger's %X", r.TAR, gp.ISDTAR), "eid", eid,
+			"msisdn", keyport.MaskedMSISDN(msisdn), "counter", r.Counter, "status", r.Status)
 	}
 	if r.Status != gp.PoROK && r.Counter != keys.Counter {
 		// Authenticated, but for an older trigger than the last one
 		// (keys.Counter): a PoR captured and sent again must not delay
 		// the module's jobs over and over.
 		return 0, t.ignore(nil, string(eid), fmt.Sprintf("for an older trigger: counter %d, not the last trigger's %d", r.Counter, keys.Counter),
-			"eid", eid, "msisdn", msisdn, "status", r.Status)
+			"eid", eid, "msisdn", keyport.MaskedMSISDN(msisdn), "status", r.Status)
 	}
 	if r.Status != gp.PoROK {
 		t.log.Warn("trigger refused by the card", "eid", eid, "counter", r.Counter, "status", r.Status)
@@ -282,7 +304,7 @@ func (t *SMSTrigger) ProofOfReceipt(ctx context.Context, msisdn string, ud []byt
 // do not authenticate (open's error), with what it claims when it can be
 // read without them, and returns ProofOfReceipt's error for it.
 func (t *SMSTrigger) unauthenticated(eid keyport.EID, msisdn string, ud []byte, open error) error {
-	attrs := []any{"eid", eid, "msisdn", msisdn}
+	attrs := []any{"eid", eid, "msisdn", keyport.MaskedMSISDN(msisdn)}
 	plain := triggerSPI
 	plain.PoRCiphered, plain.PoRIntegrity = false, gp.IntegrityNone
 	claims := ""
@@ -293,10 +315,11 @@ func (t *SMSTrigger) unauthenticated(eid keyport.EID, msisdn string, ud []byte, 
 	return t.ignore(open, string(eid), "not authenticated under the module's OTA keys"+claims, attrs...)
 }
 
-// ignore logs a proof of receipt from sender (a module's EID, or a number)
-// that keyport does not act on, saying why, with attrs (what it claims),
-// and returns ErrPoRIgnored with the same reason, wrapping cause when there
-// is one.
+// ignore logs a proof of receipt from sender (a module's EID, or a number
+// as keyport.MaskedMSISDN shows it) that keyport does not act on, saying
+// why, with attrs (what it claims; a number in them masked too), and
+// returns ErrPoRIgnored with the same reason, wrapping cause when there is
+// one.
 func (t *SMSTrigger) ignore(cause error, sender, why string, attrs ...any) error {
 	if cause != nil {
 		attrs = append(attrs, "error", cause)
@@ -310,7 +333,8 @@ func (t *SMSTrigger) ignore(cause error, sender, why string, attrs ...any) error
 }
 
 // Triggers wakes a module over SMS when it has SMS reach, and through
-// Fallback (the agents' wake-up channel) otherwise.
+// Fallback (the agents' wake-up channel) otherwise, also when its MSISDN
+// is also other modules' number (keyport.ErrMSISDNShared).
 type Triggers struct {
 	SMS      keyport.Trigger
 	Fallback keyport.Trigger
@@ -318,16 +342,26 @@ type Triggers struct {
 
 var _ keyport.Trigger = Triggers{}
 
-// Wake implements keyport.Trigger.
+// Wake implements keyport.Trigger. When the fallback fails for a module
+// that got no SMS for its shared MSISDN, the error says both, so that the
+// job waiting for it (its last error) tells an operator what to mend.
 func (t Triggers) Wake(ctx context.Context, eid keyport.EID) error {
+	var shared error
 	if t.SMS != nil {
 		err := t.SMS.Wake(ctx, eid)
 		if !errors.Is(err, keyport.ErrNoSMSReach) {
 			return err
 		}
+		if errors.Is(err, keyport.ErrMSISDNShared) {
+			shared = err
+		}
 	}
-	if t.Fallback == nil {
-		return fmt.Errorf("cardlink: wake %s: %w", eid, keyport.ErrUnreachable)
+	err := fmt.Errorf("cardlink: wake %s: %w", eid, keyport.ErrUnreachable)
+	if t.Fallback != nil {
+		err = t.Fallback.Wake(ctx, eid)
 	}
-	return t.Fallback.Wake(ctx, eid)
+	if err != nil && shared != nil {
+		return fmt.Errorf("%v; %w", shared, err)
+	}
+	return err
 }

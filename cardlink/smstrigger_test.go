@@ -132,7 +132,7 @@ func TestSMSTriggerActsOnlyOnAuthenticatedPoRs(t *testing.T) {
 type sharedReach struct{ porReach }
 
 func (r *sharedReach) ModuleByMSISDN(context.Context, string) (keyport.EID, error) {
-	return "", fmt.Errorf("store: module by MSISDN: +491700000001 is the MSISDN of several modules: %w", keyport.ErrConflict)
+	return "", fmt.Errorf("store: module by MSISDN: +*********001 is the MSISDN of several modules: %w", keyport.ErrConflict)
 }
 
 // A PoR from a number several modules have (set before keyport refused

@@ -602,7 +602,7 @@ func checkChunk(chunk []keyport.ModuleImport) error {
 		if m.MSISDN != "" {
 			if first, ok := numbers[m.MSISDN]; ok {
 				return fmt.Errorf("store: import modules: %w", &keyport.LineError{Line: m.Line,
-					Err: fmt.Errorf("MSISDN +%s already on line %d (a number reaches one module): %w", m.MSISDN, first, keyport.ErrConflict)})
+					Err: fmt.Errorf("MSISDN %s already on line %d (a number reaches one module): %w", keyport.MaskedMSISDN(m.MSISDN), first, keyport.ErrConflict)})
 			}
 			if numbers == nil {
 				numbers = map[string]int{}

@@ -28,16 +28,17 @@ func otaNumbers(t *testing.T, s *store.Store, ms []*keyport.Module) []string {
 }
 
 // A number reaches one module: setting one that another module has is
-// ErrConflict naming the number and that module, and changes nothing;
+// ErrConflict naming the number (masked: the error may be logged) and
+// that module, and changes nothing;
 // setting a module's own number again is no conflict; once the holder's
 // is cleared, the number may move.
 func TestSetModuleMSISDNRefusesANumberAnotherModuleHas(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, s *store.Store) {
 		ms := importOTA(t, s) // modules 1 and 2 have …001 and …002
 		err := s.SetModuleMSISDN(ctx, ms[2].ID, "4915200000001")
-		if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "+4915200000001") ||
-			!strings.Contains(err.Error(), string(ms[0].EID)) {
-			t.Fatalf("SetModuleMSISDN of module 1's number on module 3: %v; want ErrConflict naming the number and module 1", err)
+		if !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "+**********001") ||
+			strings.Contains(err.Error(), "4915200000001") || !strings.Contains(err.Error(), string(ms[0].EID)) {
+			t.Fatalf("SetModuleMSISDN of module 1's number on module 3: %v; want ErrConflict naming the number masked and module 1", err)
 		}
 		if err := s.SetModuleMSISDN(ctx, ms[1].ID, "4915200000001"); !errors.Is(err, keyport.ErrConflict) {
 			t.Fatalf("SetModuleMSISDN of module 1's number on module 2: %v; want ErrConflict", err)
@@ -110,8 +111,9 @@ func TestParallelSetsOfOneMSISDNOnTwoModulesLetOnlyOneThrough(t *testing.T) {
 				switch {
 				case err == nil:
 					won++
-				case !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), "+"+number):
-					t.Fatalf("round %d, module %d: %v; want nil or ErrConflict naming the number", r, i, err)
+				case !errors.Is(err, keyport.ErrConflict) || !strings.Contains(err.Error(), keyport.MaskedMSISDN(number)) ||
+					strings.Contains(err.Error(), number):
+					t.Fatalf("round %d, module %d: %v; want nil or ErrConflict naming the number masked", r, i, err)
 				}
 			}
 			if won != 1 {
@@ -256,6 +258,118 @@ func TestMigrationKeepsSharedMSISDNsAndAttributesThemToNoModule(t *testing.T) {
 		}
 		if err := store.ExecForTest(s, `UPDATE module_ota SET msisdn = ? WHERE module_id = ?`, "4915200000009", ms[1].ID); err == nil {
 			t.Error("the unique index does not cover the number once set again")
+		}
+	})
+}
+
+// sharedBefore20 opens dsn with modules 1 to 4 of a database from before
+// migration 20, where modules 1, 2 and 3 had one number and module 4 its
+// own, migrated: the three are marked msisdn_shared. It returns the
+// modules by number.
+func sharedBefore20(t *testing.T, dsn string) (*store.Store, []*keyport.Module) {
+	t.Helper()
+	old, err := store.OpenAtVersionForTest(ctx, dsn, 19)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := createBatch(t, old, "b")
+	importModules(t, old, b.ID, 1, 4, 1)
+	for n, number := range map[int]string{1: "4915200000009", 2: "4915200000009", 3: "4915200000009", 4: "4915200000010"} {
+		if err := store.ExecForTest(old, `INSERT INTO module_ota (module_id, msisdn) SELECT id, ? FROM modules WHERE eid = ?`,
+			number, string(testEID(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+	s := storetest.Open(t, dsn)
+	ms := []*keyport.Module{nil}
+	for n := 1; n <= 4; n++ {
+		m, err := s.GetModule(ctx, testEID(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	return s, ms
+}
+
+// GetModuleOTA says a module's MSISDN is shared (no trigger SMS goes to
+// it) while another module still has it: not once an admin has cleared it
+// on every other module, though the mark stays until it is set again, and
+// never for a number one module had before migration 20.
+func TestGetModuleOTASaysAnMSISDNIsSharedOnlyWhileAnotherModuleStillHasIt(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		s, ms := sharedBefore20(t, dsn)
+		shared := func(when string, want ...bool) {
+			t.Helper()
+			for n := 1; n <= 4; n++ {
+				o, err := s.GetModuleOTA(ctx, ms[n].ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if o.Shared != want[n-1] {
+					t.Errorf("%s: module %d (MSISDN %q) shared %v, want %v", when, n, o.MSISDN, o.Shared, want[n-1])
+				}
+			}
+		}
+		shared("after migrating", true, true, true, false)
+		if err := s.SetModuleMSISDN(ctx, ms[3].ID, ""); err != nil {
+			t.Fatal(err)
+		}
+		shared("once module 3 cleared it", true, true, false, false)
+		if err := s.SetModuleMSISDN(ctx, ms[2].ID, ""); err != nil {
+			t.Fatal(err)
+		}
+		shared("once modules 2 and 3 cleared it", false, false, false, false)
+		if err := s.SetModuleMSISDN(ctx, ms[1].ID, "4915200000009"); err != nil {
+			t.Fatal(err)
+		}
+		shared("once set again on module 1", false, false, false, false)
+	})
+}
+
+// The store's errors about an MSISDN name it masked
+// (keyport.MaskedMSISDN), never in full: they reach logs (a failed
+// import's warning, a PoR ignored for a shared number) and an import's
+// report. Each: a number another module has (set, imported), one given
+// twice in a file (in one chunk, and chunks apart), and a number several
+// modules have (ModuleByMSISDN).
+func TestTheStoresMSISDNErrorsNameTheNumberMaskedOnly(t *testing.T) {
+	storetest.EachDSN(t, func(t *testing.T, dsn string) {
+		s, ms := sharedBefore20(t, dsn)
+		b := createBatch(t, s, "b2")
+		var errs []error
+		errs = append(errs, s.SetModuleMSISDN(ctx, ms[1].ID, "4915200000010"))
+		file := func(numbers map[int]string) func() (*keyport.ModuleImport, error) {
+			var f []*keyport.ModuleImport
+			for i := 1; i <= 1100; i++ {
+				m := testModule(i, 100+i, 1)
+				m.MSISDN = numbers[i]
+				f = append(f, m)
+			}
+			return fromSlice(f)
+		}
+		for _, numbers := range []map[int]string{{5: "4915200000010"}, {5: "4917000000300", 9: "4917000000300"},
+			{5: "4917000000300", 1050: "4917000000300"}} {
+			_, err := s.ImportModules(ctx, b.ID, file(numbers))
+			errs = append(errs, err)
+		}
+		_, err := s.ModuleByMSISDN(ctx, "4915200000009")
+		errs = append(errs, err)
+		for i, err := range errs {
+			if !errors.Is(err, keyport.ErrConflict) {
+				t.Fatalf("error %d: %v; want ErrConflict", i, err)
+			}
+			text := err.Error()
+			full := ""
+			for _, n := range []string{"4915200000009", "4915200000010", "4917000000300"} {
+				if strings.Contains(text, keyport.MaskedMSISDN(n)) {
+					full = n
+				}
+			}
+			if full == "" || strings.Contains(text, full) {
+				t.Errorf("error %d: %q; want the number masked, and only so", i, text)
+			}
 		}
 	})
 }

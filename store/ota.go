@@ -20,19 +20,28 @@ import (
 
 const ensureOTARow = `INSERT INTO module_ota (module_id) VALUES (?) ON CONFLICT (module_id) DO NOTHING`
 
-// GetModuleOTA returns the module's MSISDN, OTA key set and counter.
+// GetModuleOTA returns the module's MSISDN, OTA key set and counter, and
+// whether the MSISDN is still shared: marked msisdn_shared (migration 20)
+// and some other module still has it. A mark alone does not say so: it
+// stays on the one module left with the number once an admin has cleared
+// it on the others, until it is set there again, and by then
+// ModuleByMSISDN attributes the number's PoRs to that module and
+// SharedMSISDNs no longer lists it.
 func (r *repo) GetModuleOTA(ctx context.Context, moduleID int64) (*keyport.ModuleOTA, error) {
 	var row struct {
 		MSISDN  string         `gorm:"column:msisdn"`
 		KVN     int            `gorm:"column:ota_kvn"`
 		Keys    sql.NullString `gorm:"column:ota_keys"`
 		Counter int64          `gorm:"column:ota_counter"`
+		Shared  bool           `gorm:"column:shared"`
 	}
-	res := r.r.WithContext(ctx).Raw(`SELECT msisdn, ota_kvn, ota_keys, ota_counter FROM module_ota WHERE module_id = ?`, moduleID).Scan(&row)
+	res := r.r.WithContext(ctx).Raw(`SELECT o.msisdn, o.ota_kvn, o.ota_keys, o.ota_counter,
+		o.msisdn_shared AND EXISTS (SELECT 1 FROM module_ota s WHERE s.msisdn = o.msisdn AND s.msisdn <> '' AND s.module_id <> o.module_id) AS shared
+		FROM module_ota o WHERE o.module_id = ?`, moduleID).Scan(&row)
 	if res.Error != nil {
 		return nil, wrap("get module OTA", res.Error)
 	}
-	o := &keyport.ModuleOTA{ModuleID: moduleID, MSISDN: row.MSISDN, KVN: row.KVN, Counter: uint64(row.Counter)}
+	o := &keyport.ModuleOTA{ModuleID: moduleID, MSISDN: row.MSISDN, KVN: row.KVN, Counter: uint64(row.Counter), Shared: row.Shared}
 	if row.Keys.Valid && row.Keys.String != "" {
 		if err := json.Unmarshal([]byte(row.Keys.String), &o.Keys); err != nil {
 			// The text is wrapped key material: name the module, not the value.
@@ -92,26 +101,28 @@ func msisdnHolders(ctx context.Context, conn gorm.ConnPool, d dialect, numbers [
 }
 
 // taken is the error of a writer giving msisdn, which h has, to another
-// module; importID is the import the writer stores for (NULL: none).
+// module; importID is the import the writer stores for (NULL: none). It
+// names the number masked (keyport.MaskedMSISDN), as every error here
+// does: the admin who wrote it knows it, and the text may be logged.
 func (h msisdnHolder) taken(msisdn string, importID sql.NullInt64) error {
 	switch {
 	case h.importID.Valid && h.importID == importID:
-		return fmt.Errorf("MSISDN +%s is module %s's already, earlier in this file (a number reaches one module): %w",
-			msisdn, h.eid, keyport.ErrConflict)
+		return fmt.Errorf("MSISDN %s is module %s's already, earlier in this file (a number reaches one module): %w",
+			keyport.MaskedMSISDN(msisdn), h.eid, keyport.ErrConflict)
 	case h.importID.Valid:
-		return fmt.Errorf("MSISDN +%s is module %s's already, of an import still loading (a number reaches one module): %w",
-			msisdn, h.eid, keyport.ErrConflict)
+		return fmt.Errorf("MSISDN %s is module %s's already, of an import still loading (a number reaches one module): %w",
+			keyport.MaskedMSISDN(msisdn), h.eid, keyport.ErrConflict)
 	}
-	return fmt.Errorf("MSISDN +%s is module %s's already (a number reaches one module): clear it there first: %w",
-		msisdn, h.eid, keyport.ErrConflict)
+	return fmt.Errorf("MSISDN %s is module %s's already (a number reaches one module): clear it there first: %w",
+		keyport.MaskedMSISDN(msisdn), h.eid, keyport.ErrConflict)
 }
 
 // takenMeanwhile is the error of a writer whose number the unique index
 // refused: another transaction gave it to a module after the writer
 // looked.
 func takenMeanwhile(msisdn string) error {
-	return fmt.Errorf("MSISDN +%s was given to another module at the same time (a number reaches one module): %w",
-		msisdn, keyport.ErrConflict)
+	return fmt.Errorf("MSISDN %s was given to another module at the same time (a number reaches one module): %w",
+		keyport.MaskedMSISDN(msisdn), keyport.ErrConflict)
 }
 
 // SetModuleMSISDN sets or clears the module's MSISDN; ErrConflict when
@@ -199,8 +210,8 @@ func (r *repo) ModuleByMSISDN(ctx context.Context, msisdn string) (keyport.EID, 
 	case 1:
 		return keyport.EID(eids[0]), nil
 	}
-	return "", fmt.Errorf("store: module by MSISDN: +%s is the MSISDN of several modules (%s), from before keyport refused a shared number: %w",
-		msisdn, strings.Join(eids, ", "), keyport.ErrConflict)
+	return "", fmt.Errorf("store: module by MSISDN: %s is the MSISDN of several modules (%s), from before keyport refused a shared number: %w",
+		keyport.MaskedMSISDN(msisdn), strings.Join(eids, ", "), keyport.ErrConflict)
 }
 
 // maxSharedListed bounds the modules an error or SharedMSISDNs names for

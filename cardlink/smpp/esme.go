@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyport/keyport"
 	"github.com/keyport/keyport/internal/wait"
 )
 
@@ -163,7 +164,7 @@ func (e *ESME) Send(ctx context.Context, msisdn string, packet []byte) ([]string
 		}
 		id, err := e.submit(ctx, body)
 		if err != nil {
-			return ids, fmt.Errorf("smpp: submit segment %d of %d to %s: %w", i+1, len(segs), msisdn, err)
+			return ids, fmt.Errorf("smpp: submit segment %d of %d to %s: %w", i+1, len(segs), keyport.MaskedMSISDN(msisdn), err)
 		}
 		ids = append(ids, id)
 	}
@@ -176,7 +177,7 @@ func checkMSISDN(s string) error {
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
-			return fmt.Errorf("smpp: MSISDN %q is not all digits", s)
+			return fmt.Errorf("smpp: MSISDN %s is not all digits (character %d is %q)", keyport.MaskedMSISDN(s), i+1, s[i:i+1])
 		}
 	}
 	return nil
@@ -538,11 +539,11 @@ func (e *ESME) deliver(p PDU) Status {
 	}
 	mo := MO{From: m.Source, To: m.Dest, ESMClass: m.ESMClass, ProtocolID: m.ProtocolID, DataCoding: m.DataCoding, UserData: m.UserData()}
 	if e.onMO == nil {
-		e.log.Info("smpp: mobile-originated message", "from", mo.From, "octets", len(mo.UserData))
+		e.log.Info("smpp: mobile-originated message", "from", keyport.MaskedMSISDN(mo.From), "octets", len(mo.UserData))
 		return StatusOK
 	}
 	if err := e.onMO(mo); err != nil {
-		e.log.Warn("smpp: mobile-originated message not taken; the SMSC will deliver it again", "from", mo.From, "err", err)
+		e.log.Warn("smpp: mobile-originated message not taken; the SMSC will deliver it again", "from", keyport.MaskedMSISDN(mo.From), "err", err)
 		return StatusTempAppErr
 	}
 	return StatusOK

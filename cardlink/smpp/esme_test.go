@@ -477,6 +477,43 @@ func TestWrongPasswordNeverBindsAndNothingShowsThePassword(t *testing.T) {
 	}
 }
 
+// A handset's MSISDN is personal data: the ESME names it only masked
+// (keyport.MaskedMSISDN) in the log line of a mobile-originated message
+// its handler could not take, in the error of a submit the SMSC refused,
+// and in the error of a destination that is not all digits.
+func TestTheESMENamesAHandsetsMSISDNOnlyMasked(t *testing.T) {
+	s := startSMSC(t)
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	e := newESME(t, s.url(""), smpp.Handlers{Log: log, MO: func(smpp.MO) error { return errors.New("database down") }})
+	if _, err := e.Send(sendCtx(t), "7770001234", packet(10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("deliver_sm_resp ESME_RX_T_APPN", func(evs []smscEvent) bool {
+		for _, ev := range evs {
+			if ev.Event == "deliver_sm_resp" && ev.Status == uint32(smpp.StatusTempAppErr) {
+				return true
+			}
+		}
+		return false
+	})
+	_, refused := e.Send(sendCtx(t), "5550001234", packet(10, 1))
+	_, notDigits := e.Send(sendCtx(t), "+4915200000001", packet(10, 1))
+	mu.Lock()
+	logged := logs.String()
+	mu.Unlock()
+	if !strings.Contains(logged, "from=+*******234") || strings.Contains(logged, "7770001234") {
+		t.Errorf("log of the MO message not taken: want its sender masked only:\n%s", logged)
+	}
+	if refused == nil || !strings.Contains(refused.Error(), "+*******234") || strings.Contains(refused.Error(), "5550001234") {
+		t.Errorf("refused submit: %v; want the destination masked only", refused)
+	}
+	if notDigits == nil || !strings.Contains(notDigits.Error(), "+**********001") || strings.Contains(notDigits.Error(), "4915200000001") {
+		t.Errorf("destination with a +: %v; want it masked only", notDigits)
+	}
+}
+
 type lockedWriter struct {
 	mu *sync.Mutex
 	w  *bytes.Buffer

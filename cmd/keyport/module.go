@@ -56,7 +56,10 @@ func cmdModulePSK(ctx context.Context, args []string) error {
 // cmdModuleSharedMSISDNs lists the MSISDNs several modules have (a
 // database from before keyport refused a shared number), each with its
 // modules: a proof of receipt from such a number is attributed to none of
-// them until an admin clears it on all but the module it reaches.
+// them, and none of them gets a trigger SMS (they are woken through the
+// agents' wake-up channel), until an admin clears it on all but the
+// module it reaches. It shows the numbers in full: it is the admin's list
+// to act on, like the console.
 func cmdModuleSharedMSISDNs(ctx context.Context, args []string) error {
 	a, fs, err := command(ctx, "module shared-msisdns", args, false, nil)
 	if err != nil {
@@ -90,7 +93,8 @@ func cmdModuleSharedMSISDNs(ctx context.Context, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "proofs of receipt from these numbers are attributed to no module: clear each number on every module but the one it reaches (DELETE /api/v1/admin/modules/{eid}/msisdn)")
+	fmt.Fprintln(stdout, "proofs of receipt from these numbers are attributed to no module, and their modules get no trigger SMS (they are woken through the agents' wake-up channel): "+
+		"clear each number on every module but the one it reaches (DELETE /api/v1/admin/modules/{eid}/msisdn)")
 	return nil
 }
 
@@ -102,7 +106,7 @@ func sharedMSISDNs(ctx context.Context, st keyport.OTARepo) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("%d MSISDN(s) are each the number of several modules (set before keyport refused a shared number): "+
-		"proofs of receipt from them are attributed to no module; `keyport module shared-msisdns` lists them", len(shared)), nil
+		"proofs of receipt from them are attributed to no module, and their modules get no trigger SMS; `keyport module shared-msisdns` lists them", len(shared)), nil
 }
 
 // warnSharedMSISDNs logs sharedMSISDNs' warning, if any.

@@ -21,6 +21,7 @@ import (
 	"github.com/keyport/keyport/cardlink/vcard"
 	"github.com/keyport/keyport/gp"
 	"github.com/keyport/keyport/internal/fixture"
+	"github.com/keyport/keyport/store/storetest"
 )
 
 // smsWorld is a cardlinktest.World whose module is reached by SMS only: an
@@ -31,8 +32,10 @@ type smsWorld struct {
 	*cardlinktest.World
 	SMSC   *smpptest.SMSC
 	MSISDN string
-	trig   atomic.Pointer[cardlink.SMSTrigger]
-	world  atomic.Pointer[cardlinktest.World] // for the worker, which starts inside NewWorld
+	// DSN is the world's database (SQLite).
+	DSN   string
+	trig  atomic.Pointer[cardlink.SMSTrigger]
+	world atomic.Pointer[cardlinktest.World] // for the worker, which starts inside NewWorld
 	// OTA is the key set the card holds (blobs under the ISD KEK).
 	OTA keyport.KeyBlobs
 
@@ -58,7 +61,7 @@ func newSMSWorld(t *testing.T, msisdn string, smscArgs ...string) *smsWorld {
 func newSMSWorldWith(t *testing.T, msisdn string, before func(*smsWorld), smscArgs ...string) *smsWorld {
 	t.Helper()
 	ctx := context.Background()
-	sw := &smsWorld{MSISDN: msisdn, SMSC: smpptest.Start(t, smscArgs...)}
+	sw := &smsWorld{MSISDN: msisdn, SMSC: smpptest.Start(t, smscArgs...), DSN: storetest.SQLitePath(t)}
 	cfg, err := smpp.ParseURL(sw.SMSC.URL(""))
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +94,7 @@ func newSMSWorldWith(t *testing.T, msisdn string, before func(*smsWorld), smscAr
 	if before != nil {
 		before(sw)
 	}
-	w := cardlinktest.NewWorld(t, cardlinktest.LinkOptions{Trigger: func(hub *cardlink.WakeHub, addr string) keyport.Trigger {
+	w := cardlinktest.NewWorldOn(t, sw.DSN, cardlinktest.LinkOptions{Trigger: func(hub *cardlink.WakeHub, addr string) keyport.Trigger {
 		tr, err := cardlink.NewSMSTrigger(cardlink.SMSTriggerConfig{Sender: esme,
 			Reach: lazyReach{&sw.world}, Admin: netip.MustParseAddrPort(addr), SendTimeout: time.Second})
 		if err != nil {
@@ -511,5 +514,84 @@ func TestSMSCDownJobsWaitAndTheESMERebinds(t *testing.T) {
 	j = cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
 	if j.State != keyport.JobDone {
 		t.Fatalf("job %s (%s) after the SMSC came back", j.State, j.LastError)
+	}
+}
+
+// A module whose MSISDN another module also has (a database from before
+// keyport refused a shared number: migration 20 marks both msisdn_shared)
+// gets no trigger SMS, since the number may reach another customer's
+// handset and its proof of receipt would be attributed to neither: the
+// worker wakes it through the agents' wake-up channel, as a module without
+// an MSISDN, and its job says why while no agent waits there. Once an
+// admin clears the number on the other module, the module gets the SMS
+// again, and its job is done by it.
+func TestAModuleWithASharedMSISDNIsWokenThroughTheWakeUpChannelNotBySMSUntilTheNumberIsUnshared(t *testing.T) {
+	capture(t)
+	ctx := context.Background()
+	env := pcsctest.Start(t, pcsctest.Options{})
+	const number = "4915200000021"
+	sw := newSMSWorld(t, "") // no number until both modules have it, marked
+	other := fixture.EID(t, 1)
+	if n, err := sw.Svc.ImportModules(ctx, fixture.Admin, "b1", strings.NewReader(sw.ImportLine(t, other, 1, "")), keyport.VerifyNone); err != nil || n != 1 {
+		t.Fatalf("import of the other module: %d, %v", n, err)
+	}
+	storetest.ExecSQL(t, sw.DSN, `INSERT INTO module_ota (module_id, msisdn, msisdn_shared)
+		SELECT id, ?, TRUE FROM modules WHERE eid = ?`, number, string(other))
+	storetest.ExecSQL(t, sw.DSN, `UPDATE module_ota SET msisdn = ?, msisdn_shared = TRUE
+		WHERE module_id = (SELECT id FROM modules WHERE eid = ?)`, number, string(sw.EID))
+	sw.MSISDN = number
+	noSMS := func(when string) {
+		t.Helper()
+		if subs := sw.SMSC.EventsWhere("submit_sm", nil); len(subs) != 0 {
+			t.Fatalf("%s: the SMSC received %d submits (to %s): want none", when, len(subs), subs[0].DestinationAddr)
+		}
+		m, err := sw.Svc.Store.GetModule(ctx, sw.EID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o, err := sw.Svc.Store.GetModuleOTA(ctx, m.ID); err != nil || o.Counter != 0 {
+			t.Fatalf("%s: SCP80 counter %d (%v): a trigger was sealed", when, o.Counter, err)
+		}
+	}
+
+	// No agent waits: the wake-up channel cannot reach the module, and
+	// the job says that no SMS went, and why.
+	j := cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool {
+		return strings.Contains(j.LastError, "other modules' number") && strings.Contains(j.LastError, "no handset agent waiting")
+	})
+	if j.State != keyport.JobQueued || strings.Contains(j.LastError, number) {
+		t.Fatalf("job %s (%q) of a module with a shared MSISDN", j.State, j.LastError)
+	}
+	noSMS("with the number shared")
+
+	// An agent waiting on the wake-up channel is woken.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	woken := make(chan bool, 1)
+	go func() { woken <- sw.Link.Hub.Wait(wctx, sw.EID, time.Hour, nil) }()
+	select {
+	case ok := <-woken:
+		if !ok {
+			t.Fatal("the wake-up channel's waiter ended unwoken")
+		}
+	case <-time.After(20 * time.Second): // as cardlinktest.WaitJob's bound
+		t.Fatal("the wake-up channel's waiter was not woken")
+	}
+	noSMS("with the number shared and an agent woken")
+
+	// The admin clears the number on the other module: it is the
+	// module's alone, which gets the trigger SMS again.
+	if err := sw.Svc.SetMSISDN(ctx, fixture.Admin, other, ""); err != nil {
+		t.Fatal(err)
+	}
+	env.StartCard(t, sw.Card.Card)
+	sw.startAgent(t, env)
+	j = cardlinktest.WaitJob(t, sw.Svc, sw.Prov, sw.Job.Ref, func(j *keyport.Job) bool { return j.State.Final() })
+	if j.State != keyport.JobDone {
+		t.Fatalf("job %s (%s) once the number is unshared", j.State, j.LastError)
+	}
+	subs := sw.SMSC.EventsWhere("submit_sm", func(e smpptest.Event) bool { return e.Status == 0 })
+	if len(subs) == 0 || subs[0].DestinationAddr != number {
+		t.Fatalf("the SMSC accepted %+v once the number is unshared; want the trigger to %s", subs, number)
 	}
 }
