@@ -221,23 +221,10 @@ func TestSMSTargetRefusesASharedMSISDNUntilEveryOtherModuleHasClearedIt(t *testi
 	storetest.EachDSN(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
 		w := fixture.New(t, storetest.Open(t, dsn), 3, 1)
+		w.OTAKeys(t, 3)
 		for n := range 3 {
-			gen, err := w.HSM.GenerateKeys(ctx, "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			blobs := keyport.KeyBlobs{}
-			for _, g := range gen {
-				blobs[g.Usage] = g.Wrapped
-			}
-			m, err := w.Store.GetModule(ctx, fixture.EID(t, n))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.Store.SetModuleOTAKeys(ctx, m.ID, keyport.OTAKVN, blobs); err != nil {
-				t.Fatal(err)
-			}
-			storetest.ExecSQL(t, dsn, `UPDATE module_ota SET msisdn = '4915200000009', msisdn_shared = TRUE WHERE module_id = ?`, m.ID)
+			storetest.ExecSQL(t, dsn, `UPDATE module_ota SET msisdn = '4915200000009', msisdn_shared = TRUE
+				WHERE module_id = (SELECT id FROM modules WHERE eid = ?)`, string(fixture.EID(t, n)))
 		}
 		eid := fixture.EID(t, 0)
 		refused := func(when string) {

@@ -34,23 +34,7 @@ func otaWorld(t *testing.T) (*fixture.World, keyport.SMSReach) {
 	ctx := context.Background()
 	dsn := storetest.SQLitePath(t)
 	w := fixture.New(t, storetest.Open(t, dsn), 3, 1)
-	for n := range 3 {
-		gen, err := w.HSM.GenerateKeys(ctx, "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		blobs := keyport.KeyBlobs{}
-		for _, g := range gen {
-			blobs[g.Usage] = g.Wrapped
-		}
-		m, err := w.Store.GetModule(ctx, fixture.EID(t, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Store.SetModuleOTAKeys(ctx, m.ID, keyport.OTAKVN, blobs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.OTAKeys(t, 3)
 	if err := w.Svc.SetMSISDN(ctx, fixture.Admin, fixture.EID(t, 0), ownNumber); err != nil {
 		t.Fatal(err)
 	}
