@@ -24,8 +24,9 @@ const (
 	// readBatchMax bounds the keys of one coalesced read.
 	readBatchMax = 64
 	// readBatchTimeout bounds a coalesced read, which runs for several
-	// callers and so under none's context.
-	readBatchTimeout = 30 * time.Second
+	// callers and so under none's context: as long as the admin server's
+	// PSK callback gives its own read.
+	readBatchTimeout = 10 * time.Second
 )
 
 // coalesced runs the reads of key K that concurrent callers make as one
